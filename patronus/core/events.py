@@ -1,0 +1,150 @@
+"""Events (what happened) and actions (what the driver must do), as frozen dataclasses.
+
+The core never performs I/O: components queue these and the driver drains them
+(`component.drain_events()`). Every event carries `at`, the driver-clock time (seconds) at which the
+core decided it. Events are plain values: they compare, hash and print, and `as_dict()` gives a
+JSON-ready form for stores, APIs and reports.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import Any
+
+from patronus.core.model import FlowKey, PathId, PathMetrics, PathStatus
+
+
+class FailoverReason(enum.Enum):
+    PATH_DOWN = "path_down"              # the flow's path was declared Down
+    BELOW_THRESHOLD = "below_threshold"  # the path's score fell below the policy's failover threshold
+    SLA_VIOLATION = "sla_violation"      # the path no longer meets the policy's hard requirements
+    PATH_REMOVED = "path_removed"        # the path was removed from the topology
+    POLICY_CHANGED = "policy_changed"    # re-evaluation after a policy change
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, FlowKey):
+        return {"src_ip": value.src_ip, "dst_ip": value.dst_ip, "src_port": value.src_port,
+                "dst_port": value.dst_port, "protocol": value.protocol}
+    if isinstance(value, PathMetrics):
+        return {f.name: getattr(value, f.name) for f in fields(value)}
+    if isinstance(value, tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Base of every event; `at` is the decision time on the driver's clock."""
+
+    at: float
+
+    @property
+    def kind(self) -> str:
+        return type(self).__name__
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):
+            out[f.name] = _jsonable(getattr(self, f.name))
+        return out
+
+
+# --- path monitor -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SendProbe(Event):
+    """Action: send probe `seq` on `path_id` now. The monitor has already started its timeout."""
+
+    path_id: PathId
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class PathStatusChanged(Event):
+    path_id: PathId
+    old: PathStatus
+    new: PathStatus
+    reason: str
+    metrics: PathMetrics | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PathMetricsUpdated(Event):
+    path_id: PathId
+    metrics: PathMetrics
+    status: PathStatus
+
+
+# --- router -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class FlowAssigned(Event):
+    flow: FlowKey
+    path_id: PathId
+    policy: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlowUnroutable(Event):
+    """A new flow matched `policy` but no usable path exists toward its destination."""
+
+    flow: FlowKey
+    policy: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailoverTriggered(Event):
+    flow: FlowKey
+    from_path: PathId
+    to_path: PathId
+    reason: FailoverReason
+    policy: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failback(Event):
+    flow: FlowKey
+    from_path: PathId
+    to_path: PathId
+    policy: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlowStranded(Event):
+    """The flow's path failed and no other usable path exists; it stays unassigned until one does."""
+
+    flow: FlowKey
+    from_path: PathId
+    reason: FailoverReason
+    policy: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlowExpired(Event):
+    flow: FlowKey
+    path_id: PathId | None
+    idle_s: float
+
+
+# --- SLA --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class SlaViolated(Event):
+    subject: str           # path id, or "path/class"
+    traffic_class: str
+    violations: tuple[str, ...]   # which targets failed: "latency", "loss", "jitter"
+    latency_ms: float
+    loss_pct: float
+    jitter_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class SlaRestored(Event):
+    subject: str
+    traffic_class: str
+    violated_for_s: float

@@ -1,0 +1,159 @@
+"""Identities and values of the SD-WAN model: sites, endpoints, paths, flows, metrics.
+
+Everything here is an immutable value. Times are seconds on whatever clock the driver uses (the core
+never reads a clock); metrics carry their unit in their name.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, replace
+from typing import NamedTuple, NewType
+
+from patronus.core.errors import ConfigError
+
+SiteId = NewType("SiteId", str)
+EndpointId = NewType("EndpointId", str)
+PathId = NewType("PathId", str)
+
+
+class PathStatus(enum.Enum):
+    """Health of a path. Ordered by preference: UP before DEGRADED before DOWN."""
+
+    UP = "up"
+    DEGRADED = "degraded"
+    DOWN = "down"
+
+    @property
+    def rank(self) -> int:
+        """0 for UP, 1 for DEGRADED, 2 for DOWN (lower is healthier)."""
+        return _STATUS_RANK[self]
+
+
+_STATUS_RANK = {PathStatus.UP: 0, PathStatus.DEGRADED: 1, PathStatus.DOWN: 2}
+
+PROTOCOL_NUMBERS: dict[str, int] = {"icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "icmpv6": 58,
+                                    "sctp": 132}
+PROTOCOL_NAMES: dict[int, str] = {v: k for k, v in PROTOCOL_NUMBERS.items()}
+
+
+def parse_protocol(value: object, field_name: str = "protocol") -> int:
+    """`"udp"` / `17` → 17."""
+    if isinstance(value, bool):
+        raise ConfigError(f"expected a protocol name or number, got {value!r}", field_name)
+    if isinstance(value, int):
+        if 0 <= value <= 255:
+            return value
+        raise ConfigError(f"expected a protocol number 0-255, got {value}", field_name)
+    if isinstance(value, str):
+        name = value.strip().lower()
+        if name in PROTOCOL_NUMBERS:
+            return PROTOCOL_NUMBERS[name]
+        if name.isdigit():
+            return parse_protocol(int(name), field_name)
+    raise ConfigError(f"expected a protocol name ({', '.join(PROTOCOL_NUMBERS)}) or number, got {value!r}",
+                      field_name)
+
+
+def canonical_ip(value: object, field_name: str) -> str:
+    """Canonical text form of an IPv4 or IPv6 address; raises ConfigError naming the field."""
+    try:
+        return str(ipaddress.ip_address(value))  # type: ignore[arg-type]
+    except ValueError:
+        raise ConfigError(f"expected an IPv4 or IPv6 address, got {value!r}", field_name) from None
+
+
+def _port(value: object, field_name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(f"expected a port number 0-65535, got {value!r}", field_name)
+    return value
+
+
+class FlowKey(NamedTuple):
+    """The 5-tuple that identifies a flow. Hashable and cheap to hash.
+
+    Addresses are canonical strings (Python caches string hashes, so lookups of existing flows stay
+    fast). Build untrusted keys with `FlowKey.parse`, which validates and canonicalises; direct
+    construction is for code that already holds canonical values.
+    """
+
+    src_ip: str
+    dst_ip: str
+    src_port: int
+    dst_port: int
+    protocol: int
+
+    @classmethod
+    def parse(cls, src_ip: object, dst_ip: object, src_port: object, dst_port: object,
+              protocol: object) -> FlowKey:
+        errors: list[tuple[str, str]] = []
+        values: list[object] = []
+        for name, fn, raw in (
+            ("src_ip", canonical_ip, src_ip), ("dst_ip", canonical_ip, dst_ip),
+            ("src_port", _port, src_port), ("dst_port", _port, dst_port),
+            ("protocol", parse_protocol, protocol),
+        ):
+            try:
+                values.append(fn(raw, name))  # type: ignore[operator]
+            except ConfigError as exc:
+                errors.extend(exc.errors)
+        if errors:
+            raise ConfigError(errors)
+        return cls(*values)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        proto = PROTOCOL_NAMES.get(self.protocol, str(self.protocol))
+        src = f"[{self.src_ip}]" if ":" in self.src_ip else self.src_ip
+        dst = f"[{self.dst_ip}]" if ":" in self.dst_ip else self.dst_ip
+        return f"{proto} {src}:{self.src_port}->{dst}:{self.dst_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    id: SiteId
+    name: str
+    prefixes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One uplink of a site: where its tunnels start or end."""
+
+    id: EndpointId
+    site: SiteId
+    address: str
+    interface_type: str = "wan"
+    cost_per_gb: float = 0.0
+    bandwidth_mbps: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """A directed path from a local endpoint to a remote site's endpoint."""
+
+    id: PathId
+    src_site: SiteId
+    dst_site: SiteId
+    src_endpoint: EndpointId = EndpointId("")
+    dst_endpoint: EndpointId = EndpointId("")
+    cost_per_gb: float = 0.0
+    bandwidth_mbps: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PathMetrics:
+    """What the monitor knows of a path at `measured_at` (driver clock, seconds)."""
+
+    latency_ms: float
+    jitter_ms: float
+    loss_pct: float
+    score: float
+    measured_at: float
+    bandwidth_mbps: float = 0.0
+    mtu_bytes: int = 1500
+    cost_per_gb: float = 0.0
+    samples: int = 0
+
+    def with_(self, **changes: object) -> PathMetrics:
+        return replace(self, **changes)  # type: ignore[arg-type]
