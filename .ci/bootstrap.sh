@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Installs what `make test`, `make demo` and `make bench` need, idempotently:
+#   1. Debian packages (apt-get, --no-install-recommends), only those missing;
+#   2. a virtualenv in .venv made from Debian's /usr/bin/python3;
+#   3. the pinned Python packages of .ci/constraints.txt and Patronus itself (editable).
+# On a machine where it cannot do that (not root and packages missing, no apt-get), it stops and says
+# what to do. Re-running it when nothing changed takes well under a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PY=/usr/bin/python3
+say() { printf 'patronus setup: %s\n' "$*" >&2; }
+
+# --- 1. system packages --------------------------------------------------------------------------
+missing=()
+[ -x "$PY" ] || missing+=(python3)
+if [ -x "$PY" ]; then
+  "$PY" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+fi
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+
+if ((${#missing[@]})); then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "missing: ${missing[*]} and there is no apt-get here."
+    say "Patronus' setup targets Debian/Ubuntu. Elsewhere install Python >= 3.11 with venv and the"
+    say "equivalents of: ${missing[*]}; then run 'make test' again."
+    exit 2
+  fi
+  if [ "$(id -u)" != 0 ]; then
+    say "missing Debian packages: ${missing[*]}"
+    say "run as root ('sudo make test'), or install them first:"
+    say "  sudo apt-get install --no-install-recommends ${missing[*]}"
+    exit 2
+  fi
+  say "installing Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+"$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || {
+  say "$PY is $("$PY" -V 2>&1); Patronus needs Python >= 3.11 (Debian 12 or newer)."
+  exit 2
+}
+
+# --- 2 and 3. virtualenv and pinned Python packages -----------------------------------------------
+want=$(cat .ci/constraints.txt pyproject.toml | sha256sum | cut -c1-16)
+stamp="$VENV/.patronus-setup"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
+  exit 0
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating virtualenv $VENV from $PY"
+  "$PY" -m venv "$VENV"
+fi
+say "installing pinned Python packages into $VENV"
+if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
+      -c .ci/constraints.txt -e '.[test]' 2> "$VENV/pip-error.log"; then
+  cat "$VENV/pip-error.log" >&2
+  say "pip could not install the pinned packages (above). Check network access to PyPI."
+  exit 2
+fi
+echo "$want" > "$stamp"
+say "ready"

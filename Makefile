@@ -1,0 +1,34 @@
+# Patronus: the two commands are `make demo` and `make test`; each installs what it needs first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SETUP  := bash .ci/bootstrap.sh
+
+.PHONY: setup test lint typecheck unit demo bench clean
+
+setup:
+	@$(SETUP)
+
+## test: lint, type-check and run the whole suite (unit, property, sim, emulation)
+test: setup lint typecheck
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check patronus emulation tests benchmarks
+
+typecheck: setup
+	$(PY) -m mypy
+
+## unit: the fast part of the suite only
+unit: setup
+	$(PY) -m pytest -m "unit or property"
+
+## demo: the main job, end to end
+demo: setup
+	$(VENV)/bin/patronus demo
+
+## bench: benchmarks, one JSON per benchmark under reports/bench/
+bench: setup
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis reports/bench/*.json

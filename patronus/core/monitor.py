@@ -1,0 +1,430 @@
+"""Path monitor: probe scheduling, timeouts, BFD-style liveness, metrics and status, sans-IO.
+
+What may change state here: `add_path`/`remove_path`, `on_timer(now)` (sends due, timeouts due,
+reports due), `on_probe_reply(...)` and `on_probe_result(...)`. Every status transition happens in
+`_PathState.settle`. This module must not know about sockets, clocks, routing or flows: it turns
+probe outcomes into `PathStatusChanged` / `PathMetricsUpdated` events and `SendProbe` actions.
+
+Liveness (in the style of BFD, RFC 5880): a path is Down once `detect_multiplier` consecutive probes
+went unanswered within their timeout, and comes back only after `up_count` consecutive answered
+probes (hysteresis). Each probe's timeout is a deadline in the core: `timeout_s` from the profile,
+or, when that is None, adaptive as in RFC 6298 (srtt + 4·rttvar), never below the probe interval and
+never above `max_timeout_s` (the seed's 2 s). With a short RTT the detection time after a cut is
+therefore about interval × multiplier (the `fast` profile: 20 ms × 3 ≈ 60 ms); a long RTT adds itself
+once, because a probe cannot be called lost before its reply could have arrived.
+
+While a path is alive its status follows the seed's quality rule over the probe window
+(`quality.status_for`). When a dead path comes back, the window keeps only the probes that brought
+it back: the outage measured the outage, not the path.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, replace
+from typing import Any
+
+from patronus.core.errors import ConfigError
+from patronus.core.events import Event, PathMetricsUpdated, PathStatusChanged, SendProbe
+from patronus.core.model import PathId, PathMetrics, PathStatus
+from patronus.core.quality import ProbeWindow, quality_score, status_for
+from patronus.core.units import format_duration, parse_duration
+
+MIN_INTERVAL_S = 0.010
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorProfile:
+    """How one path is probed and judged."""
+
+    name: str = "default"
+    interval_s: float = 1.0
+    detect_multiplier: int = 3
+    up_count: int = 3
+    window: int = 10
+    timeout_s: float | None = None        # None: adaptive (RFC 6298) between interval and max
+    max_timeout_s: float = 2.0
+    report_interval_s: float = 1.0        # cadence of PathMetricsUpdated
+    jitter: str = "stdev"                 # "stdev" (seed) or "rfc3550"
+
+    def __post_init__(self) -> None:
+        errors = self.problems()
+        if errors:
+            raise ConfigError(errors)
+
+    def problems(self, prefix: str = "monitor") -> list[tuple[str, str]]:
+        errs: list[tuple[str, str]] = []
+        if not self.interval_s >= MIN_INTERVAL_S:
+            errs.append((f"{prefix}.interval",
+                         f"must be at least {format_duration(MIN_INTERVAL_S)}, got "
+                         f"{format_duration(self.interval_s) if self.interval_s > 0 else self.interval_s}"))
+        if self.detect_multiplier < 1:
+            errs.append((f"{prefix}.detect_multiplier", f"must be at least 1, got {self.detect_multiplier}"))
+        if self.up_count < 1:
+            errs.append((f"{prefix}.up_count", f"must be at least 1, got {self.up_count}"))
+        if self.window < 1:
+            errs.append((f"{prefix}.window", f"must be at least 1 sample, got {self.window}"))
+        elif self.up_count > self.window:
+            errs.append((f"{prefix}.up_count", f"must not exceed the window ({self.window}), got {self.up_count}"))
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            errs.append((f"{prefix}.timeout", f"must be positive, got {self.timeout_s}"))
+        if not self.max_timeout_s > 0:
+            errs.append((f"{prefix}.max_timeout", f"must be positive, got {self.max_timeout_s}"))
+        if not self.report_interval_s > 0:
+            errs.append((f"{prefix}.report_interval", f"must be positive, got {self.report_interval_s}"))
+        if self.jitter not in ("stdev", "rfc3550"):
+            errs.append((f"{prefix}.jitter", f"expected 'stdev' or 'rfc3550', got {self.jitter!r}"))
+        return errs
+
+    @property
+    def detection_time_s(self) -> float:
+        """Nominal detection time for a short-RTT path: interval × multiplier."""
+        return self.interval_s * self.detect_multiplier
+
+    @classmethod
+    def from_config(cls, value: Any, field: str = "monitor") -> MonitorProfile:
+        """`"fast"`, `"default"`, or a mapping such as `{profile: fast, interval: "50ms", multiplier: 4}`."""
+        if isinstance(value, MonitorProfile):
+            return value
+        if isinstance(value, str):
+            if value in PROFILES:
+                return PROFILES[value]
+            raise ConfigError(f"unknown monitor profile {value!r}; expected one of {', '.join(PROFILES)} "
+                              "or a mapping with an interval", field)
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a profile name or a mapping, got {value!r}", field)
+        known = {"profile", "interval", "detect_multiplier", "multiplier", "up_count", "window", "timeout",
+                 "max_timeout", "report_interval", "jitter"}
+        errors: list[tuple[str, str]] = [(f"{field}.{k}", "unknown setting") for k in value if k not in known]
+        base_name = value.get("profile", "default")
+        if base_name not in PROFILES:
+            errors.append((f"{field}.profile", f"unknown monitor profile {base_name!r}"))
+            base_name = "default"
+        base = PROFILES[base_name]
+        changes: dict[str, Any] = {"name": "custom" if set(value) - {"profile"} else base.name}
+        durations = {"interval": "interval_s", "timeout": "timeout_s", "max_timeout": "max_timeout_s",
+                     "report_interval": "report_interval_s"}
+        for key, attr in durations.items():
+            if key in value:
+                try:
+                    changes[attr] = parse_duration(value[key], f"{field}.{key}")
+                except ConfigError as exc:
+                    errors.extend(exc.errors)
+        for key, attr in (("detect_multiplier", "detect_multiplier"), ("multiplier", "detect_multiplier"),
+                          ("up_count", "up_count"), ("window", "window")):
+            if key in value:
+                v = value[key]
+                if isinstance(v, bool) or not isinstance(v, int):
+                    errors.append((f"{field}.{key}", f"expected a whole number, got {v!r}"))
+                else:
+                    changes[attr] = v
+        if "jitter" in value:
+            changes["jitter"] = value["jitter"]
+        if errors:
+            raise ConfigError(errors)
+        try:
+            return replace(base, **changes)
+        except ConfigError as exc:
+            raise ConfigError([(f.replace("monitor", field, 1), r) for f, r in exc.errors]) from None
+
+
+PROFILES: dict[str, MonitorProfile] = {
+    "default": MonitorProfile(name="default", interval_s=1.0),
+    "fast": MonitorProfile(name="fast", interval_s=0.020, report_interval_s=0.5),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCounters:
+    sent: int
+    received: int
+    timed_out: int
+    late: int          # replies that arrived after their probe had timed out, or duplicates
+    unexpected: int    # replies to probes never sent (or to a removed path)
+
+
+class _PathState:
+    __slots__ = ("alive", "bandwidth_mbps", "cost_per_gb", "good_run", "late", "miss_run", "mtu_bytes",
+                 "next_report_at", "next_send_at", "next_seq", "outstanding", "path_id", "profile", "received",
+                 "rttvar_s", "score", "sent", "srtt_s", "status", "status_since", "timed_out", "unexpected",
+                 "wake_at", "window")
+
+    def __init__(self, path_id: PathId, profile: MonitorProfile, now: float, start_seq: int) -> None:
+        self.path_id = path_id
+        self.profile = profile
+        self.window = ProbeWindow(profile.window)
+        self.outstanding: dict[int, tuple[float, float]] = {}   # seq -> (sent_at, deadline)
+        self.next_seq = start_seq
+        self.next_send_at = now
+        self.next_report_at = now + profile.report_interval_s
+        self.alive = False
+        self.status = PathStatus.DOWN
+        self.status_since = now
+        self.score = 0.0
+        self.miss_run = 0
+        self.good_run = 0
+        self.srtt_s: float | None = None
+        self.rttvar_s = 0.0
+        self.sent = self.received = self.timed_out = self.late = self.unexpected = 0
+        self.bandwidth_mbps = 0.0
+        self.mtu_bytes = 1500
+        self.cost_per_gb = 0.0
+        self.wake_at = now
+
+    def timeout_s(self) -> float:
+        p = self.profile
+        if p.timeout_s is not None:
+            return p.timeout_s
+        if self.srtt_s is None:
+            return max(p.interval_s, min(1.0, p.max_timeout_s))
+        rto = self.srtt_s + 4.0 * self.rttvar_s
+        return min(max(rto, p.interval_s), max(p.max_timeout_s, p.interval_s))
+
+    def jitter_ms(self) -> float:
+        w = self.window
+        return w.rfc3550_jitter_ms if self.profile.jitter == "rfc3550" else w.stdev_ms
+
+    def metrics(self, now: float) -> PathMetrics:
+        w = self.window
+        return PathMetrics(latency_ms=w.mean_ms, jitter_ms=self.jitter_ms(), loss_pct=w.loss_pct,
+                           score=self.score, measured_at=now, bandwidth_mbps=self.bandwidth_mbps,
+                           mtu_bytes=self.mtu_bytes, cost_per_gb=self.cost_per_gb, samples=len(w))
+
+    def next_wake(self) -> float:
+        t = self.next_send_at if self.next_send_at < self.next_report_at else self.next_report_at
+        for _, deadline in self.outstanding.values():
+            if deadline < t:
+                t = deadline
+        return t
+
+
+class PathMonitor:
+    """Probes every path on its profile's schedule and turns outcomes into metrics and status events.
+
+    Drive it with `on_timer(now)` at `next_deadline()`, perform the `SendProbe` actions it queues,
+    and feed replies with `on_probe_reply(path_id, seq, sent_at, now)`. Callers that model probing
+    themselves (tests, flow-level simulation) can skip the schedule with `on_probe_result`.
+    """
+
+    def __init__(self, profile: MonitorProfile | None = None, *, start_seq: int = 0) -> None:
+        self.profile = profile or PROFILES["default"]
+        self._start_seq = start_seq
+        self._paths: dict[PathId, _PathState] = {}
+        self._heap: list[tuple[float, int, PathId]] = []
+        self._tie = 0
+        self._events: list[Event] = []
+
+    # -- topology ---------------------------------------------------------------------------------
+
+    def add_path(self, path_id: PathId, now: float, *, profile: MonitorProfile | None = None,
+                 cost_per_gb: float = 0.0, bandwidth_mbps: float = 0.0, schedule: bool = True) -> None:
+        """Start monitoring `path_id`; the first probe is due at `now`. The path starts Down.
+
+        `schedule=False` registers the path without a probe schedule (outcomes come from
+        `on_probe_result`)."""
+        if path_id in self._paths:
+            raise ConfigError(f"path {path_id!r} is already monitored", "path_id")
+        st = _PathState(path_id, profile or self.profile, now, self._start_seq)
+        st.cost_per_gb = cost_per_gb
+        st.bandwidth_mbps = bandwidth_mbps
+        if not schedule:
+            st.next_send_at = float("inf")
+        self._paths[path_id] = st
+        self._arm(st)
+
+    def remove_path(self, path_id: PathId) -> None:
+        self._paths.pop(path_id, None)   # heap entries for it are dropped lazily
+
+    def set_profile(self, path_id: PathId, profile: MonitorProfile, now: float) -> None:
+        st = self._state(path_id)
+        st.profile = profile
+        samples = st.window.samples()
+        st.window = ProbeWindow(profile.window)
+        for x in samples[-profile.window:]:
+            st.window.add(x)
+        st.next_send_at = min(st.next_send_at, now + profile.interval_s)
+        self._arm(st)
+
+    def set_bandwidth(self, path_id: PathId, bandwidth_mbps: float) -> None:
+        self._state(path_id).bandwidth_mbps = bandwidth_mbps
+
+    def set_mtu(self, path_id: PathId, mtu_bytes: int) -> None:
+        self._state(path_id).mtu_bytes = mtu_bytes
+
+    @property
+    def path_ids(self) -> list[PathId]:
+        return list(self._paths)
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    def status(self, path_id: PathId) -> PathStatus:
+        return self._state(path_id).status
+
+    def metrics(self, path_id: PathId, now: float) -> PathMetrics:
+        return self._state(path_id).metrics(now)
+
+    def counters(self, path_id: PathId) -> ProbeCounters:
+        st = self._state(path_id)
+        return ProbeCounters(st.sent, st.received, st.timed_out, st.late, st.unexpected)
+
+    def current_timeout_s(self, path_id: PathId) -> float:
+        return self._state(path_id).timeout_s()
+
+    def drain_events(self) -> list[Event]:
+        ev, self._events = self._events, []
+        return ev
+
+    def next_deadline(self) -> float | None:
+        heap, paths = self._heap, self._paths
+        while heap:
+            t, _, pid = heap[0]
+            st = paths.get(pid)
+            if st is not None and st.wake_at == t:
+                return t
+            heapq.heappop(heap)
+        return None
+
+    # -- inputs -----------------------------------------------------------------------------------
+
+    def on_timer(self, now: float) -> None:
+        """Fire everything due at or before `now`: timeouts, then probe sends, then reports."""
+        heap, paths = self._heap, self._paths
+        while heap and heap[0][0] <= now:
+            t, _, pid = heapq.heappop(heap)
+            st = paths.get(pid)
+            if st is None or st.wake_at != t:
+                continue
+            self._service(st, now)
+            self._arm(st)
+
+    def on_probe_reply(self, path_id: PathId, seq: int, sent_at: float | None, now: float) -> bool:
+        """A reply to probe `seq` arrived at `now`. Returns False when it is not counted.
+
+        `sent_at` is the send time carried by the (authenticated) probe, or None to use the time the
+        monitor asked for the probe. A reply for an unknown path or seq, a late or duplicate reply,
+        or one that would give a negative RTT changes nothing but a counter."""
+        st = self._paths.get(path_id)
+        if st is None:
+            return False
+        rec = st.outstanding.pop(seq, None)
+        if rec is None:
+            if self._start_seq <= seq < st.next_seq:
+                st.late += 1
+            else:
+                st.unexpected += 1
+            return False
+        start = rec[0] if sent_at is None else sent_at
+        rtt_s = now - start
+        if rtt_s < 0.0 or start < rec[0] - st.profile.max_timeout_s:
+            st.outstanding[seq] = rec
+            st.unexpected += 1
+            return False
+        st.received += 1
+        self._outcome(st, rtt_s, now)
+        return True
+
+    def on_probe_result(self, path_id: PathId, rtt_s: float | None, now: float) -> None:
+        """Feed one probe outcome directly (None = lost), bypassing the probe schedule."""
+        st = self._state(path_id)
+        st.sent += 1
+        if rtt_s is None:
+            st.timed_out += 1
+        else:
+            st.received += 1
+        self._outcome(st, rtt_s, now)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _state(self, path_id: PathId) -> _PathState:
+        try:
+            return self._paths[path_id]
+        except KeyError:
+            raise ConfigError(f"unknown path {path_id!r}", "path_id") from None
+
+    def _arm(self, st: _PathState) -> None:
+        t = st.next_wake()
+        st.wake_at = t
+        if t != float("inf"):
+            self._tie += 1
+            heapq.heappush(self._heap, (t, self._tie, st.path_id))
+
+    def _service(self, st: _PathState, now: float) -> None:
+        if st.outstanding:
+            due = sorted((d, seq) for seq, (_, d) in st.outstanding.items() if d <= now)
+            for _, seq in due:
+                del st.outstanding[seq]
+                st.timed_out += 1
+                self._outcome(st, None, now)
+        if st.next_send_at <= now:
+            seq = st.next_seq
+            st.next_seq += 1
+            st.sent += 1
+            st.outstanding[seq] = (now, now + st.timeout_s())
+            self._events.append(SendProbe(at=now, path_id=st.path_id, seq=seq))
+            interval = st.profile.interval_s
+            nxt = st.next_send_at + interval
+            if nxt <= now:   # the driver woke late: do not burst to catch up
+                nxt = now + interval
+            st.next_send_at = nxt
+        if st.next_report_at <= now:
+            if len(st.window):
+                self._events.append(PathMetricsUpdated(at=now, path_id=st.path_id, metrics=st.metrics(now),
+                                                       status=st.status))
+            nxt = st.next_report_at + st.profile.report_interval_s
+            st.next_report_at = nxt if nxt > now else now + st.profile.report_interval_s
+
+    def _outcome(self, st: _PathState, rtt_s: float | None, now: float) -> None:
+        w = st.window
+        p = st.profile
+        if rtt_s is None:
+            w.add(None)
+            st.good_run = 0
+            st.miss_run += 1
+            if st.alive and st.miss_run >= p.detect_multiplier:
+                st.alive = False
+                self._settle(st, now, PathStatus.DOWN,
+                             f"{st.miss_run} consecutive probes unanswered")
+                return
+        else:
+            rtt_ms = rtt_s * 1000.0
+            w.add(rtt_ms)
+            st.miss_run = 0
+            st.good_run += 1
+            if st.srtt_s is None:
+                st.srtt_s = rtt_s
+                st.rttvar_s = rtt_s / 2.0
+            else:
+                err = st.srtt_s - rtt_s
+                st.rttvar_s = 0.75 * st.rttvar_s + 0.25 * (err if err >= 0.0 else -err)
+                st.srtt_s = 0.875 * st.srtt_s + 0.125 * rtt_s
+            if not st.alive:
+                if st.good_run < p.up_count:
+                    return
+                st.alive = True
+                w.keep_last(st.good_run if st.good_run < p.window else p.window)
+        if not st.alive:
+            return
+        loss = w.loss_pct
+        score = quality_score(w.mean_ms, st.jitter_ms(), loss)
+        st.score = score
+        new = status_for(score, loss)
+        if new is not st.status:
+            if new is PathStatus.DOWN:
+                reason = f"loss {loss:.1f}% over the last {len(w)} probes"
+            elif st.status is PathStatus.DOWN:
+                reason = f"{st.good_run} consecutive probes answered"
+            else:
+                reason = f"score {score:.1f}"
+            self._settle(st, now, new, reason)
+
+    def _settle(self, st: _PathState, now: float, new: PathStatus, reason: str) -> None:
+        """The one place a path's status changes."""
+        old = st.status
+        if new is old:
+            return
+        st.status = new
+        st.status_since = now
+        if new is PathStatus.DOWN and not st.alive:
+            st.score = 0.0
+        self._events.append(PathStatusChanged(at=now, path_id=st.path_id, old=old, new=new, reason=reason,
+                                              metrics=st.metrics(now)))
