@@ -376,7 +376,10 @@ class Store:
         timeout_s = _number(p, "busy_timeout_s", busy_timeout_s, lo=0)
         p.raise_if_any()
         name = os.fspath(path)
-        conn = sqlite3.connect(name, timeout=timeout_s, isolation_level=None)
+        try:
+            conn = sqlite3.connect(name, timeout=timeout_s, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open {name!r}: {exc}", "store.path") from exc
         try:
             conn.row_factory = sqlite3.Row
             conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")

@@ -95,7 +95,7 @@ class FlowKey(NamedTuple):
             ("protocol", parse_protocol, protocol),
         ):
             try:
-                values.append(fn(raw, name))  # type: ignore[operator]
+                values.append(fn(raw, name))
             except ConfigError as exc:
                 errors.extend(exc.errors)
         if errors:

@@ -11,7 +11,10 @@ probes (hysteresis). Each probe's timeout is a deadline in the core: `timeout_s`
 or, when that is None, adaptive as in RFC 6298 (srtt + 4·rttvar), never below the probe interval and
 never above `max_timeout_s` (the seed's 2 s). With a short RTT the detection time after a cut is
 therefore about interval × multiplier (the `fast` profile: 20 ms × 3 ≈ 60 ms); a long RTT adds itself
-once, because a probe cannot be called lost before its reply could have arrived.
+once, because a probe cannot be called lost before its reply could have arrived. A reply that comes
+after its probe timed out stays a loss in the window, but it ends the run of misses and teaches the
+RTT estimator the new RTT: a path whose RTT rises (a brownout) is slow, not dead. Only an RTT jump
+larger than (multiplier − 1) × interval within one detection time can still look like a cut.
 
 While a path is alive its status follows the seed's quality rule over the probe window
 (`quality.status_for`). When a dead path comes back, the window keeps only the probes that brought
@@ -31,6 +34,7 @@ from patronus.core.quality import ProbeWindow, quality_score, status_for
 from patronus.core.units import format_duration, parse_duration
 
 MIN_INTERVAL_S = 0.010
+_EXPIRED_KEEP = 64        # timed-out probes remembered so that their late replies can be recognised
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +148,7 @@ class ProbeCounters:
 
 
 class _PathState:
-    __slots__ = ("alive", "bandwidth_mbps", "cost_per_gb", "good_run", "late", "miss_run", "mtu_bytes",
+    __slots__ = ("alive", "bandwidth_mbps", "cost_per_gb", "expired", "good_run", "late", "miss_run", "mtu_bytes",
                  "next_report_at", "next_send_at", "next_seq", "outstanding", "path_id", "profile", "received",
                  "rttvar_s", "score", "sent", "srtt_s", "status", "status_since", "timed_out", "unexpected",
                  "wake_at", "window")
@@ -154,6 +158,7 @@ class _PathState:
         self.profile = profile
         self.window = ProbeWindow(profile.window)
         self.outstanding: dict[int, tuple[float, float]] = {}   # seq -> (sent_at, deadline)
+        self.expired: dict[int, float] = {}                     # recently timed-out seq -> sent_at
         self.next_seq = start_seq
         self.next_send_at = now
         self.next_report_at = now + profile.report_interval_s
@@ -308,8 +313,16 @@ class PathMonitor:
             return False
         rec = st.outstanding.pop(seq, None)
         if rec is None:
-            if self._start_seq <= seq < st.next_seq:
+            sent = st.expired.pop(seq, None)
+            if sent is not None and now >= sent:
+                # A reply after its timeout: the probe stays lost in the window (too late to be useful
+                # traffic), but the path is evidently alive and slower than we thought, so the run of
+                # misses ends and the RTT estimator (hence the timeout) learns the new RTT.
                 st.late += 1
+                st.miss_run = 0
+                self._learn_rtt(st, now - sent)
+            elif self._start_seq <= seq < st.next_seq:
+                st.late += 1          # duplicate, or a reply to a probe too old to remember
             else:
                 st.unexpected += 1
             return False
@@ -352,7 +365,9 @@ class PathMonitor:
         if st.outstanding:
             due = sorted((d, seq) for seq, (_, d) in st.outstanding.items() if d <= now)
             for _, seq in due:
-                del st.outstanding[seq]
+                st.expired[seq] = st.outstanding.pop(seq)[0]
+                if len(st.expired) > _EXPIRED_KEEP:
+                    del st.expired[next(iter(st.expired))]
                 st.timed_out += 1
                 self._outcome(st, None, now)
         if st.next_send_at <= now:
@@ -390,13 +405,7 @@ class PathMonitor:
             w.add(rtt_ms)
             st.miss_run = 0
             st.good_run += 1
-            if st.srtt_s is None:
-                st.srtt_s = rtt_s
-                st.rttvar_s = rtt_s / 2.0
-            else:
-                err = st.srtt_s - rtt_s
-                st.rttvar_s = 0.75 * st.rttvar_s + 0.25 * (err if err >= 0.0 else -err)
-                st.srtt_s = 0.875 * st.srtt_s + 0.125 * rtt_s
+            self._learn_rtt(st, rtt_s)
             if not st.alive:
                 if st.good_run < p.up_count:
                     return
@@ -416,6 +425,17 @@ class PathMonitor:
             else:
                 reason = f"score {score:.1f}"
             self._settle(st, now, new, reason)
+
+    @staticmethod
+    def _learn_rtt(st: _PathState, rtt_s: float) -> None:
+        """RFC 6298 smoothed RTT and variation, from which the adaptive timeout follows."""
+        if st.srtt_s is None:
+            st.srtt_s = rtt_s
+            st.rttvar_s = rtt_s / 2.0
+        else:
+            err = st.srtt_s - rtt_s
+            st.rttvar_s = 0.75 * st.rttvar_s + 0.25 * (err if err >= 0.0 else -err)
+            st.srtt_s = 0.875 * st.srtt_s + 0.125 * rtt_s
 
     def _settle(self, st: _PathState, now: float, new: PathStatus, reason: str) -> None:
         """The one place a path's status changes."""

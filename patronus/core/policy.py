@@ -302,12 +302,12 @@ class Requirements:
         kw: dict[str, Any] = {}
         known = {"max_latency", "max_loss", "max_jitter", "max_cost_per_gb", "strict"}
         errors += [(f"{prefix}.{k}", "unknown requirement") for k in d if k not in known]
-        for key, attr, fn in (("max_latency", "max_latency_ms", lambda v, f: parse_duration(v, f) * 1e3),
-                              ("max_jitter", "max_jitter_ms", lambda v, f: parse_duration(v, f) * 1e3),
-                              ("max_loss", "max_loss_pct", lambda v, f: parse_ratio(v, f) * 100.0)):
+        for key, attr, parse, scale in (("max_latency", "max_latency_ms", parse_duration, 1e3),
+                                        ("max_jitter", "max_jitter_ms", parse_duration, 1e3),
+                                        ("max_loss", "max_loss_pct", parse_ratio, 100.0)):
             if d.get(key) is not None:
                 try:
-                    kw[attr] = fn(d[key], f"{prefix}.{key}")
+                    kw[attr] = parse(d[key], f"{prefix}.{key}") * scale
                 except ConfigError as exc:
                     errors.extend(exc.errors)
         c = d.get("max_cost_per_gb")

@@ -20,8 +20,9 @@ Rules:
   `failover_cooldown_s` of their last move. With no usable path a flow is stranded where it is and
   moves as soon as a path becomes usable.
 - Failback: a flow that failed over remembers its origin path and returns to it once the origin has
-  been Up for `failback_hold_s` without interruption, beats the current path by `min_improvement`
-  preference points, and the flow's cooldown has passed. A flapping path never stays Up long enough.
+  been acceptable to the flow's policy (Up, at or above its threshold, meeting its requirements) for
+  `failback_hold_s` without interruption, beats the current path by `min_improvement` preference
+  points, and the flow's cooldown has passed. A flapping path never stays acceptable long enough.
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ class _PathEntry:
 
 
 class _Flow:
-    __slots__ = ("app_class", "assigned_at", "dscp", "entry", "key", "last_seen", "moved_at", "origin",
-                 "policy", "site", "stranded")
+    __slots__ = ("app_class", "assigned_at", "dscp", "entry", "key", "last_seen", "moved_at", "ok_since",
+                 "origin", "policy", "site", "stranded")
 
     def __init__(self, key: FlowKey, entry: _PathEntry, policy: RoutingPolicy, site: SiteId, now: float,
                  dscp: int | None, app_class: str | None) -> None:
@@ -99,6 +100,7 @@ class _Flow:
         self.last_seen = now
         self.moved_at: float | None = None
         self.origin: PathId | None = None
+        self.ok_since: float | None = None    # since when the origin has been acceptable again
         self.stranded = False
         self.dscp = dscp
         self.app_class = app_class
@@ -134,6 +136,7 @@ class Router:
         self._lb_state: dict[tuple[str, SiteId], Any] = {}
         self._displaced: dict[PathId, dict[FlowKey, _Flow]] = {}   # origin path -> flows away from it
         self._timers: list[tuple[float, int, str, PathId]] = []
+        self._armed: dict[PathId, float] = {}
         self._tie = 0
         self._next_sweep: float | None = None
         for p in default_policies() if policies is None else policies:
@@ -290,14 +293,14 @@ class Router:
             e.status = status
             if status is _UP:
                 e.up_since = now
-                self._arm(now + self.config.failback_hold_s, "failback", path_id)
             else:
                 e.up_since = None
         self._invalidate()
-        st = e.status
-        if st is _DOWN:
+        if e.status is _DOWN:
             if old is not _DOWN:
                 self._evacuate(e, now, FailoverReason.PATH_DOWN)
+            if path_id in self._displaced:
+                self._try_failback(path_id, now)
             return
         if old is _DOWN:
             for f in e.flows.values():      # flows stranded on this path simply resume on it
@@ -382,7 +385,8 @@ class Router:
         while timers:
             when, _, kind, pid = timers[0]
             e = self._paths.get(pid)
-            if kind == "failback" and e is not None and pid in self._displaced and e.status is _UP:
+            if kind == "failback" and e is not None and pid in self._displaced and e.status is _UP \
+                    and self._armed.get(pid) == when:
                 t = when if t is None or when < t else t
                 break
             heapq.heappop(timers)
@@ -391,8 +395,9 @@ class Router:
     def on_timer(self, now: float) -> None:
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, kind, pid = heapq.heappop(timers)
-            if kind == "failback" and pid in self._displaced:
+            when, _, kind, pid = heapq.heappop(timers)
+            if kind == "failback" and self._armed.get(pid) == when:
+                del self._armed[pid]
                 self._try_failback(pid, now)
         if self._next_sweep is not None and now >= self._next_sweep:
             self.expire_idle(now)
@@ -475,7 +480,7 @@ class Router:
             return tier[0]
         key = (policy.name, site)
         if mode is LoadBalance.ROUND_ROBIN:
-            n = self._lb_state.get(key, 0)
+            n: int = self._lb_state.get(key, 0)
             self._lb_state[key] = n + 1
             return tier[n % len(tier)]
         if mode is LoadBalance.LEAST_CONNECTIONS:
@@ -531,6 +536,7 @@ class Router:
         f.entry = to
         f.stranded = False
         f.moved_at = now
+        f.ok_since = None
         if reason is None:
             self._events.append(Failback(at=now, flow=f.key, from_path=frm.path.id, to_path=to.path.id,
                                          policy=f.policy.name))
@@ -567,9 +573,6 @@ class Router:
                 self._move(f, to, now, reason)
             elif not f.stranded:
                 f.stranded = True
-                if f.origin is None:
-                    f.origin = e.path.id
-                    self._displaced.setdefault(e.path.id, {})[f.key] = f
                 self._events.append(FlowStranded(at=now, flow=f.key, from_path=e.path.id, reason=reason,
                                                  policy=f.policy.name))
 
@@ -610,31 +613,49 @@ class Router:
                 continue
             self._move(f, to, now, reason)
 
+    def _origin_acceptable(self, f: _Flow, origin: _PathEntry) -> bool:
+        """Would the flow's policy accept its origin path right now?"""
+        if origin.status is not _UP:
+            return False
+        p = f.policy
+        m = origin.metrics
+        if p.failover_threshold is not None and m.score < p.failover_threshold:
+            return False
+        return p.requirements is None or p.requirements.met_by(m)
+
     def _try_failback(self, origin_id: PathId, now: float) -> None:
+        """Called whenever the origin path's state changes and at failback timers: track, per
+        displaced flow, since when the origin has been acceptable, and move the flow back once that
+        has lasted `failback_hold_s`, its cooldown has passed and the gain is `min_improvement`."""
         flows = self._displaced.get(origin_id)
         origin = self._paths.get(origin_id)
-        if not flows or origin is None or origin.status is not _UP or origin.up_since is None:
+        if not flows or origin is None:
             return
         cfg = self.config
-        if now - origin.up_since < cfg.failback_hold_s:
-            return
-        om = origin.metrics
+        wake: float | None = None
         for f in list(flows.values()):
             cur = f.entry
             if cur is origin:
                 self._clear_origin(f)
                 continue
-            if f.moved_at is not None and now - f.moved_at < cfg.failover_cooldown_s:
-                self._arm(f.moved_at + cfg.failover_cooldown_s, "failback", origin_id)
+            if not self._origin_acceptable(f, origin):
+                f.ok_since = None
+                continue
+            if f.ok_since is None:
+                f.ok_since = now
+            ready = f.ok_since + cfg.failback_hold_s
+            if f.moved_at is not None and f.moved_at + cfg.failover_cooldown_s > ready:
+                ready = f.moved_at + cfg.failover_cooldown_s
+            if now < ready:
+                wake = ready if wake is None or ready < wake else wake
                 continue
             p = f.policy
-            if p.requirements is not None and p.requirements.strict and not p.requirements.met_by(om):
-                continue
-            if p.failover_threshold is not None and om.score < p.failover_threshold:
-                continue
-            gain = p.score(om) - p.score(cur.metrics)
+            gain = p.score(origin.metrics) - p.score(cur.metrics)
             if f.stranded or cur.status is _DOWN or gain >= cfg.min_improvement:
                 self._move(f, origin, now, None)
+        if wake is not None and self._armed.get(origin_id) != wake:
+            self._armed[origin_id] = wake
+            self._arm(wake, "failback", origin_id)
 
 
 _FALLBACK = RoutingPolicy("implicit-default", 1_000_001)
