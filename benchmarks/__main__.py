@@ -1,0 +1,29 @@
+"""`python -m benchmarks [NAME ...]`: run the benchmarks (all by default) and print their figures."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from benchmarks.common import OUT_DIR, pin_one_core
+
+ALL = ["bench_routing", "bench_monitor"]
+
+
+def main(argv: list[str]) -> int:
+    names = argv or ALL
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(ALL)}", file=sys.stderr)
+        return 2
+    cpu = pin_one_core()
+    print(f"benchmarks on one core (cpu {cpu}); results in {OUT_DIR}")
+    for name in names:
+        for rec in importlib.import_module(f"benchmarks.{name}").main():
+            mark = "ok  " if rec["ok"] else "MISS"
+            print(f"  [{mark}] {rec['name']:<24} {rec['value']:>14,.0f} {rec['unit']:<10} goal {rec['goal']:,.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
