@@ -228,8 +228,14 @@ def _nearest_rank(sorted_values: list[float], pct: int) -> float:
     return sorted_values[min(max(rank, 1), n) - 1]
 
 
+# Measurement resolution: a value within this of its target meets it. Below it, differences are float
+# rounding (the standard deviation of [0, 1e-106] is not a real 5e-107 ms of jitter), and without it a
+# uniform shift of every sample could turn a "violation" into compliance.
+RESOLUTION = 1e-9
+
+
 def _part(target: float, measured: float) -> float:
-    if measured <= 0.0:
+    if measured <= target + RESOLUTION:
         return 100.0
     return 100.0 * min(1.0, target / measured)
 
@@ -392,15 +398,15 @@ class SlaMonitor:
         violations: list[str] = []
         if n:
             parts.append(_part(target.latency_ms, lat))
-            if lat > target.latency_ms:
+            if lat > target.latency_ms + RESOLUTION:
                 violations.append("latency")
         if s.sent:
             parts.append(_part(target.loss_pct, loss_pct))
-            if loss_pct > target.loss_pct:
+            if loss_pct > target.loss_pct + RESOLUTION:
                 violations.append("loss")
         if n:
             parts.append(_part(target.jitter_ms, jitter))
-            if jitter > target.jitter_ms:
+            if jitter > target.jitter_ms + RESOLUTION:
                 violations.append("jitter")
         score = min(100.0, max(0.0, math.fsum(parts) / len(parts))) if parts else 0.0
 

@@ -316,3 +316,16 @@ def test_select_best_path_per_class_targets() -> None:
     assert mon.select_best_path(["p2", "p1"], 2.0, traffic_class="voice") == "p1"
     assert mon.select_best_path(["p2", "p1"], 2.0, max_jitter_ms=1.0, traffic_class="voice") == "p1"
     assert mon.select_best_path(["p2", "p1"], 2.0) is None      # no data in the default class
+
+
+def test_float_rounding_is_not_a_violation() -> None:
+    # Found by Hypothesis: the standard deviation of [0, 1e-106] is 5e-107, which is rounding, not
+    # jitter; a 0 ms jitter target must treat it as met (and so must the score).
+    from patronus.core.sla import SlaMonitor, SlaTarget
+
+    mon = SlaMonitor(SlaTarget(latency_ms=1.0, loss_pct=0.0, jitter_ms=0.0, window_s=1.0, min_samples=1,
+                               latency_percentile=50))
+    mon.record_latency("p", 0.0, 0.5)
+    mon.record_latency("p", 1e-106, 0.5)
+    m = mon.measure("p", 1.0)
+    assert m.compliant is True and m.violations == () and m.score == 100.0
