@@ -12,7 +12,7 @@ pytestmark = pytest.mark.unit
 CORE = Path(__file__).resolve().parents[2] / "patronus" / "core"
 ALLOWED = {
     "__future__", "abc", "bisect", "collections", "dataclasses", "enum", "functools", "hashlib", "heapq",
-    "ipaddress", "itertools", "math", "operator", "re", "statistics", "typing", "zlib",
+    "hmac", "ipaddress", "itertools", "math", "operator", "re", "statistics", "struct", "typing", "zlib",
 }
 FORBIDDEN_EXAMPLES = {"asyncio", "socket", "subprocess", "time", "os", "threading", "random", "datetime"}
 
