@@ -2,16 +2,20 @@
 
 What may change state here: `add_path`/`remove_path`, `on_timer(now)` (sends due, timeouts due,
 reports due), `on_probe_reply(...)` and `on_probe_result(...)`. Every status transition happens in
-`_PathState.settle`. This module must not know about sockets, clocks, routing or flows: it turns
+`PathMonitor._settle`. This module must not know about sockets, clocks, routing or flows: it turns
 probe outcomes into `PathStatusChanged` / `PathMetricsUpdated` events and `SendProbe` actions.
 
 Liveness (in the style of BFD, RFC 5880): a path is Down once `detect_multiplier` consecutive probes
 went unanswered within their timeout, and comes back only after `up_count` consecutive answered
-probes (hysteresis). Each probe's timeout is a deadline in the core: `timeout_s` from the profile,
-or, when that is None, adaptive as in RFC 6298 (srtt + 4·rttvar), never below the probe interval and
-never above `max_timeout_s` (the seed's 2 s). With a short RTT the detection time after a cut is
-therefore about interval × multiplier (the `fast` profile: 20 ms × 3 ≈ 60 ms); a long RTT adds itself
-once, because a probe cannot be called lost before its reply could have arrived. A reply that comes
+probes (hysteresis), whatever took it Down. Each probe's timeout is a deadline in the core:
+`timeout_s` from the profile, or, when that is None, adaptive as in RFC 6298
+(srtt + max(interval/10, 4·rttvar)), never above `max_timeout_s` (the seed's 2 s). The last answered
+probe went out at most one interval before a cut, so with a short RTT the detection time after a cut
+is at most interval × multiplier plus that small margin (the `fast` profile: 20 ms × 3 ≈ 60 ms, at
+least 40 ms); a long RTT adds itself once, because a probe cannot be called lost before its reply
+could have arrived. The timeout follows the path's own jitter (4·rttvar), so a jittery path gets a
+longer detection time rather than false Downs; a fixed BFD-style detect timer (no reply for
+interval × multiplier) was tried and turned a jittery brownout into a "cut". A reply that comes
 after its probe timed out stays a loss in the window, but it ends the run of misses and teaches the
 RTT estimator the new RTT: a path whose RTT rises (a brownout) is slow, not dead. Only an RTT jump
 larger than (multiplier − 1) × interval within one detection time can still look like a cut.
@@ -124,12 +128,13 @@ class MonitorProfile:
                     changes[attr] = v
         if "jitter" in value:
             changes["jitter"] = value["jitter"]
+        try:
+            profile = replace(base, **changes)
+        except ConfigError as exc:
+            errors.extend((f.replace("monitor", field, 1), r) for f, r in exc.errors)
         if errors:
             raise ConfigError(errors)
-        try:
-            return replace(base, **changes)
-        except ConfigError as exc:
-            raise ConfigError([(f.replace("monitor", field, 1), r) for f, r in exc.errors]) from None
+        return profile
 
 
 PROFILES: dict[str, MonitorProfile] = {
@@ -182,8 +187,12 @@ class _PathState:
             return p.timeout_s
         if self.srtt_s is None:
             return max(p.interval_s, min(1.0, p.max_timeout_s))
-        rto = self.srtt_s + 4.0 * self.rttvar_s
-        return min(max(rto, p.interval_s), max(p.max_timeout_s, p.interval_s))
+        # RFC 6298's srtt + max(G, 4·rttvar), with a granularity G of a tenth of the interval. Not
+        # floored at the interval: that would add up to one interval to every detection time.
+        margin = 4.0 * self.rttvar_s
+        granularity = p.interval_s / 10.0
+        rto = self.srtt_s + (margin if margin > granularity else granularity)
+        return min(rto, max(p.max_timeout_s, p.interval_s))
 
     def jitter_ms(self) -> float:
         w = self.window
@@ -397,8 +406,7 @@ class PathMonitor:
             st.miss_run += 1
             if st.alive and st.miss_run >= p.detect_multiplier:
                 st.alive = False
-                self._settle(st, now, PathStatus.DOWN,
-                             f"{st.miss_run} consecutive probes unanswered")
+                self._settle(st, now, PathStatus.DOWN, f"{st.miss_run} consecutive probes unanswered")
                 return
         else:
             rtt_ms = rtt_s * 1000.0
@@ -417,6 +425,8 @@ class PathMonitor:
         score = quality_score(w.mean_ms, st.jitter_ms(), loss)
         st.score = score
         new = status_for(score, loss)
+        if st.status is PathStatus.DOWN and new is not PathStatus.DOWN and st.good_run < p.up_count:
+            return   # hysteresis for every Down, also one the loss rule decided: no flapping around 50 %
         if new is not st.status:
             if new is PathStatus.DOWN:
                 reason = f"loss {loss:.1f}% over the last {len(w)} probes"
