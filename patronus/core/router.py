@@ -128,6 +128,8 @@ class Router:
         self._by_site: dict[SiteId, list[_PathEntry]] = {}
         self._flows: dict[FlowKey, _Flow] = {}
         self._policies: list[RoutingPolicy] = []
+        self._active: list[RoutingPolicy] = []      # enabled policies, in match order
+        self._needs_addrs = False
         self._prefixes: list[tuple[int, int, int, int, SiteId]] = []  # (-len, version, net, mask, site)
         self._site_cache: dict[str, SiteId | None] = {}
         self._events: list[Event] = []
@@ -188,6 +190,7 @@ class Router:
         self._active = [p for p in self._policies if p.enabled]
         self._needs_addrs = any(p.match.needs_addresses for p in self._active)
         self._invalidate()
+        self._lb_state.clear()      # a policy's load-balancing mode (and so its state's shape) may change
         # Existing flows keep their path (sticky); they take the policy that now matches them, so
         # thresholds and requirements of the new policy apply from here on.
         by_name = {p.name: p for p in self._active}
@@ -227,13 +230,16 @@ class Router:
 
     def set_site_prefixes(self, site: SiteId, prefixes: Iterable[str]) -> None:
         rows = [r for r in self._prefixes if r[4] != site]
+        errors: list[tuple[str, str]] = []
         for i, text in enumerate(prefixes):
             try:
                 n = ipaddress.ip_network(text, strict=False)
             except (ValueError, TypeError):
-                raise ConfigError(f"expected a prefix like 10.1.0.0/16, got {text!r}",
-                                  f"sites.{site}.prefixes[{i}]") from None
+                errors.append((f"sites.{site}.prefixes[{i}]", f"expected a prefix like 10.1.0.0/16, got {text!r}"))
+                continue
             rows.append((-n.prefixlen, n.version, int(n.network_address), int(n.netmask), site))
+        if errors:
+            raise ConfigError(errors)     # nothing changed
         self._prefixes = sorted(rows)
         self._site_cache.clear()
 
@@ -536,7 +542,6 @@ class Router:
         f.entry = to
         f.stranded = False
         f.moved_at = now
-        f.ok_since = None
         if reason is None:
             self._events.append(Failback(at=now, flow=f.key, from_path=frm.path.id, to_path=to.path.id,
                                          policy=f.policy.name))
@@ -544,6 +549,7 @@ class Router:
             return
         if f.origin is None:
             f.origin = frm.path.id
+            f.ok_since = None       # a new origin; moves that keep the origin keep its hold running
             self._displaced.setdefault(frm.path.id, {})[f.key] = f
         elif f.origin == to.path.id:
             self._clear_origin(f)
