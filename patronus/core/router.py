@@ -75,13 +75,12 @@ class RouterConfig:
 
 
 class _PathEntry:
-    __slots__ = ("flows", "metrics", "path", "salt", "status", "up_since")
+    __slots__ = ("flows", "metrics", "path", "salt", "status")
 
-    def __init__(self, path: Path, status: PathStatus, metrics: PathMetrics, now: float) -> None:
+    def __init__(self, path: Path, status: PathStatus, metrics: PathMetrics) -> None:
         self.path = path
         self.status = status
         self.metrics = metrics
-        self.up_since = now if status is _UP else None
         self.flows: dict[FlowKey, _Flow] = {}    # insertion-ordered: deterministic iteration
         self.salt = int.from_bytes(hashlib.blake2b(path.id.encode(), digest_size=8).digest(), "big")
 
@@ -207,7 +206,7 @@ class Router:
             raise ConfigError(f"path {path.id!r} already exists", "path.id")
         m = metrics or PathMetrics(latency_ms=0.0, jitter_ms=0.0, loss_pct=100.0, score=0.0, measured_at=now,
                                    bandwidth_mbps=path.bandwidth_mbps or 0.0, cost_per_gb=path.cost_per_gb)
-        entry = _PathEntry(path, status, self._with_static(path, m), now)
+        entry = _PathEntry(path, status, self._with_static(path, m))
         self._paths[path.id] = entry
         self._by_site.setdefault(path.dst_site, []).append(entry)
         self._invalidate()
@@ -295,12 +294,8 @@ class Router:
         old = e.status
         if metrics is not None:
             e.metrics = self._with_static(e.path, metrics)
-        if status is not None and status is not old:
+        if status is not None:
             e.status = status
-            if status is _UP:
-                e.up_since = now
-            else:
-                e.up_since = None
         self._invalidate()
         if e.status is _DOWN:
             if old is not _DOWN:
