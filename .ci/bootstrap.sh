@@ -19,6 +19,12 @@ if [ -x "$PY" ]; then
   "$PY" -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 fi
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# the agent: WireGuard in userspace where the kernel has no module, its configuration tool, nftables
+# (libnftables is loaded by the agent), and iperf3 for bandwidth figures in tests and benchmarks
+command -v wireguard-go >/dev/null 2>&1 || missing+=(wireguard-go)
+command -v wg >/dev/null 2>&1 || missing+=(wireguard-tools)
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
+command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
 
 if ((${#missing[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then

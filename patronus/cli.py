@@ -5,6 +5,7 @@ Exit codes: 0 success, 1 an expectation failed, 2 bad input or an environment th
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import typer
@@ -73,6 +74,239 @@ def demo(
     console.print("flows at the end: " + ", ".join(f"{k} on {v}" for k, v in result.final_paths.items()))
     if result.detection_s is None or result.failover_s is None:
         raise typer.Exit(1)
+
+
+# --- the site agent ---------------------------------------------------------------------------------
+
+def _load_site(path: str) -> Any:
+    from patronus.agent import config as cfgmod
+
+    try:
+        return cfgmod.load(path)
+    except ConfigError as exc:
+        console.print(f"[red]{path}: {len(exc.errors)} error(s)[/red]")
+        for fld, reason in exc.errors:
+            console.print(f"  {fld or '(file)'}: {reason}", markup=False)
+        raise typer.Exit(2) from None
+
+
+ConfigOpt = Annotated[str, typer.Option("--config", "-c", envvar="PATRONUS_CONFIG", help="The site file (YAML).")]
+
+
+@app.command()
+def validate(path: Annotated[str, typer.Argument(help="The site file to check.")]) -> None:
+    """Check a site file; list every error with its path (exit 2), or summarise it (exit 0)."""
+    cfg = _load_site(path)
+    console.print(f"[green]{path}: valid[/green] — site {cfg.name} (id {cfg.id}), {len(cfg.uplinks)} uplink(s), "
+                  f"{len(cfg.remotes)} remote site(s), {len(cfg.paths)} path(s), monitor '{cfg.monitor.name}', "
+                  f"steering {cfg.steering}")
+    for p in cfg.paths:
+        console.print(f"  path {p.id}: {p.uplink.address} → {p.endpoint.address}, tunnel {p.ifname} "
+                      f"(port {p.listen_port} → {p.peer_port})", markup=False)
+
+
+@app.command()
+def agent(config: ConfigOpt,
+          log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info") -> None:
+    """Run the site agent in the foreground until SIGTERM/SIGINT (then it removes everything it created)."""
+    import asyncio
+    import logging
+
+    from patronus.agent.daemon import AgentError, serve
+
+    cfg = _load_site(config)
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def ready(a: Any) -> None:
+        host, port = cfg.api_listen
+        logging.getLogger("patronus.agent").info("ready: API on http://%s:%d (token in %s), public key %s",
+                                                 host, port, cfg.api_token_file if not cfg.api_token else
+                                                 "the site file", a.public_key)
+
+    try:
+        code = asyncio.run(serve(cfg, ready=ready))
+    except (AgentError, ConfigError) as exc:
+        console.print(f"[red]agent {cfg.name} cannot start:[/red] {exc}", markup=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
+
+
+def _client(config: str) -> Any:
+    from patronus.agent.client import AgentClient, ClientError
+
+    try:
+        return AgentClient.from_config(_load_site(config))
+    except ClientError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _call(fn: Any, *a: Any) -> Any:
+    from patronus.agent.client import ClientError
+
+    try:
+        return fn(*a)
+    except ClientError as exc:
+        console.print(f"[red]error:[/red] {exc}", markup=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+_COLOR = {"up": "green", "degraded": "yellow", "down": "red"}
+
+
+def _num(x: Any, fmt: str = ".1f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _paths_table(paths: list[dict[str, Any]]) -> Table:
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("path", "status", "latency ms", "jitter ms", "loss %", "score", "flows", "probes", "rejected",
+                "tunnel"):
+        t.add_column(col, justify="left" if col in ("path", "status", "tunnel") else "right")
+    for p in paths:
+        c = _COLOR.get(p["status"], "")
+        t.add_row(p["id"], f"[{c}]{p['status']}[/{c}]", _num(p["latency_ms"], ".2f"), _num(p["jitter_ms"], ".2f"),
+                  _num(p["loss_pct"]), _num(p["score"]), str(p["flows"]),
+                  f"{p['probes_received']}/{p['probes_sent']}", str(p["probes_rejected"]), p["interface"])
+    return t
+
+
+@app.command()
+def status(config: ConfigOpt,
+           json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The running agent's site, paths and latest events."""
+    import json as _json
+
+    c = _client(config)
+    site = _call(c.get, "/site")
+    paths = _call(c.get, "/paths")
+    events = _call(c.get, "/events?limit=10")
+    if json_out:
+        print(_json.dumps({"site": site, "paths": paths, "events": events}, indent=2))
+        return
+    console.print(f"site [bold]{site['name']}[/bold] (id {site['id']}), WireGuard {site['wireguard_backend']}, "
+                  f"steering {site['steering']}, monitor '{site.get('monitor_profile')}'")
+    console.print(_paths_table(paths))
+    if events:
+        console.print("[bold]recent events[/bold]")
+        for e in events:
+            detail = ", ".join(f"{k}={v}" for k, v in e.items() if k not in ("kind", "at", "metrics"))
+            console.print(f"  {time.strftime('%H:%M:%S', time.localtime(e['at']))}.{int(e['at'] % 1 * 1000):03d} "
+                          f"{e['kind']}: {detail}", markup=False)
+
+
+@app.command()
+def paths(config: ConfigOpt, json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Every path with its status and measurements."""
+    import json as _json
+
+    data = _call(_client(config).get, "/paths")
+    if json_out:
+        print(_json.dumps(data, indent=2))
+    else:
+        console.print(_paths_table(data))
+
+
+@app.command()
+def flows(config: ConfigOpt, json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Connections being steered, with their policy and path."""
+    import json as _json
+
+    data = _call(_client(config).get, "/flows")
+    if json_out:
+        print(_json.dumps(data, indent=2))
+        return
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("flow", "policy", "path", "first path"):
+        t.add_column(col)
+    for f in data:
+        proto = {6: "tcp", 17: "udp", 1: "icmp"}.get(f["protocol"], str(f["protocol"]))
+        t.add_row(f"{proto} {f['src_ip']}:{f['src_port']} → {f['dst_ip']}:{f['dst_port']}", f["policy"],
+                  f["path"] or "-", f["origin_path"] or "-")
+    console.print(t)
+    console.print(f"{len(data)} flow(s)")
+
+
+policy_app = typer.Typer(no_args_is_help=True, help="Routing policies of a running agent.")
+app.add_typer(policy_app, name="policy")
+
+
+@policy_app.command("apply")
+def policy_apply(config: ConfigOpt,
+                 file: Annotated[str, typer.Option("--file", "-f", help="YAML: one policy or a list of them.")],
+                 ) -> None:
+    """Create or update policies from a file (all are checked before any is applied)."""
+    import yaml
+
+    from patronus.core.policy import RoutingPolicy
+
+    try:
+        doc = yaml.safe_load(open(file))  # noqa: SIM115 - read at once
+    except (OSError, yaml.YAMLError) as exc:
+        console.print(f"[red]{file}:[/red] {exc}")
+        raise typer.Exit(2) from None
+    items = doc.get("policies") if isinstance(doc, dict) and "policies" in doc else doc
+    items = items if isinstance(items, list) else [items]
+    errors: list[tuple[str, str]] = []
+    for i, d in enumerate(items):
+        try:
+            RoutingPolicy.from_dict(d, f"policies[{i}]")
+        except ConfigError as exc:
+            errors += exc.errors
+    if errors:
+        console.print(f"[red]{file}: {len(errors)} error(s), nothing applied[/red]")
+        for fld, reason in errors:
+            console.print(f"  {fld}: {reason}", markup=False)
+        raise typer.Exit(2)
+    c = _client(config)
+    for d in items:
+        created = _call(c.put, f"/policies/{d['name']}", d)
+        console.print(f"{'created' if created else 'updated'} policy {d['name']}", markup=False)
+
+
+@policy_app.command("list")
+def policy_list(config: ConfigOpt) -> None:
+    """The agent's policies in match order."""
+    import yaml
+
+    print(yaml.safe_dump(_call(_client(config).get, "/policies"), sort_keys=False))
+
+
+@app.command()
+def cleanup(config: Annotated[str | None, typer.Option("--config", "-c", envvar="PATRONUS_CONFIG",
+                                                       help="Only this site's leftovers.")] = None,
+            all_sites: Annotated[bool, typer.Option("--all", help="Every Patronus agent's leftovers.")] = False,
+            ) -> None:
+    """Remove what a crashed agent left (its tunnels, nft table, rules, routes, wireguard-go processes)."""
+    from patronus.agent.cleanup import agent_running
+    from patronus.agent.cleanup import cleanup as do_cleanup
+
+    if (config is None) == (not all_sites):
+        console.print("[red]error:[/red] give --config SITE_FILE or --all")
+        raise typer.Exit(2)
+    cfg = _load_site(config) if config else None
+    if cfg is not None and (pid := agent_running(cfg)) is not None:
+        console.print(f"[red]the agent of site {cfg.name} is running (pid {pid}); stop it with SIGTERM instead[/red]")
+        raise typer.Exit(1)
+    rep = do_cleanup(cfg)
+    for r in rep.removed:
+        console.print(f"removed {r}", markup=False)
+    for p in rep.problems:
+        console.print(f"[yellow]problem:[/yellow] {p}", markup=False)
+    if not rep.removed and not rep.problems:
+        console.print("nothing to remove")
+    raise typer.Exit(1 if rep.problems else 0)
+
+
+def _register_tools() -> None:
+    from patronus.agent.cli_tools import doctor, keys_app
+
+    app.add_typer(keys_app, name="keys", help="WireGuard keys.")
+    app.command(name="doctor")(doctor)
+
+
+_register_tools()
 
 
 def main() -> None:

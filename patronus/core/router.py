@@ -331,6 +331,45 @@ class Router:
             return e.path.id        # Degraded: kept unless the policy's threshold said otherwise
         return self._new_flow(flow, now, dscp, app_class, site)
 
+    def preview(self, site: SiteId, policy: str | None = None) -> PathId | None:
+        """The path a new flow of `policy` (a name; None = the implicit default) toward `site` would be
+        given now, load balancing aside (the best-ranked usable path). Changes nothing: drivers that
+        compile decisions into a kernel table (the agent's nftables steering) ask this per policy."""
+        pol = self.policy_named(policy)
+        ranked, _ = self._ranking(pol, site)
+        return ranked[0].path.id if ranked else None
+
+    def place(self, flow: FlowKey, path_id: PathId, now: float, *, site: SiteId,
+              policy: str | None = None) -> PathId | None:
+        """Register `flow` as already on `path_id` (the kernel sent it there, or it arrived over that
+        path) under `policy` (a name; None = the implicit default). From here on it is an ordinary
+        sticky flow: it fails over, is stranded and fails back like any other. A flow placed on a Down
+        path is evacuated at once, keeping that path as its origin. Returns the flow's path, or None if
+        it is stranded. A flow the router already has is left where it is."""
+        f = self._flows.get(flow)
+        if f is not None:
+            return f.entry.path.id
+        e = self._entry(path_id)
+        pol = self.policy_named(policy)
+        f = _Flow(flow, e, pol, site, now, None, None)
+        self._flows[flow] = f
+        e.flows[flow] = f
+        if self._next_sweep is None:
+            self._next_sweep = now + self._sweep_period()
+        self._events.append(FlowAssigned(at=now, flow=flow, path_id=path_id, policy=pol.name))
+        if e.status is _DOWN:
+            self._evacuate_one(f, e, now)
+        return None if f.stranded else f.entry.path.id
+
+    def policy_named(self, name: str | None) -> RoutingPolicy:
+        """The enabled policy called `name` (None = the implicit default); KeyError if there is none."""
+        if name is None or name == _FALLBACK.name:
+            return _FALLBACK
+        for p in self._active:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
     def touch(self, flow: FlowKey, now: float) -> None:
         f = self._flows.get(flow)
         if f is not None:
@@ -569,13 +608,17 @@ class Router:
     def _evacuate(self, e: _PathEntry, now: float, reason: FailoverReason) -> None:
         """Every flow on a failed path moves to its best usable path, or is stranded."""
         for f in list(e.flows.values()):
-            to = self._choose(f.policy, f.site, f.key, exclude=e)
-            if to is not None:
-                self._move(f, to, now, reason)
-            elif not f.stranded:
-                f.stranded = True
-                self._events.append(FlowStranded(at=now, flow=f.key, from_path=e.path.id, reason=reason,
-                                                 policy=f.policy.name))
+            self._evacuate_one(f, e, now, reason)
+
+    def _evacuate_one(self, f: _Flow, e: _PathEntry, now: float,
+                      reason: FailoverReason = FailoverReason.PATH_DOWN) -> None:
+        to = self._choose(f.policy, f.site, f.key, exclude=e)
+        if to is not None:
+            self._move(f, to, now, reason)
+        elif not f.stranded:
+            f.stranded = True
+            self._events.append(FlowStranded(at=now, flow=f.key, from_path=e.path.id, reason=reason,
+                                             policy=f.policy.name))
 
     def _rescue_stranded(self, site: SiteId, now: float) -> None:
         for e in list(self._by_site.get(site, ())):

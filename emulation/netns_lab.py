@@ -1,0 +1,275 @@
+"""A small real-kernel lab: two Patronus sites in network namespaces, two uplinks each, one "internet".
+
+    hq-host ── lan0 [hq] isp1 ──┐            ┌── isp1 [br] lan0 ── br-host
+                         isp2 ──┤   [core]   ├── isp2
+                                └────────────┘
+    plus a management veth from the host into each site (the agent's API listens there)
+
+Every namespace is named `pt<run>-<role>` (run = 4 hex digits, so concurrent labs never collide),
+every veth is created inside those namespaces (the root-side management ends are `pt<run>m<k>`), and
+`teardown()` removes the namespaces, which takes every interface in them along, after stopping the
+agents it started (by pid, SIGTERM then SIGKILL). `build()` runs in try/except: a failed build tears
+down what it made before re-raising.
+
+Used by the agent's integration tests and the failover-gap benchmark; also a way to try two agents
+by hand (`python -m emulation.netns_lab up`, see the README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from patronus.agent.keys import generate_private_key, public_key
+
+SITES = ("hq", "br")
+UPLINKS = ("isp1", "isp2")
+TOKEN = "patronus-lab-token-0123456789"
+SECRET = "patronus-lab-probe-secret"
+
+
+@dataclass
+class SiteInfo:
+    name: str
+    id: int
+    ns: str
+    lan_prefix: str
+    lan_gw: str
+    host_ns: str
+    host_ip: str
+    mgmt_ip: str
+    uplinks: dict[str, tuple[str, str]]      # uplink -> (address, gateway)
+    private_key: str
+    config_path: Path | None = None
+    agent: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def api(self) -> str:
+        return f"http://{self.mgmt_ip}:8470/api/v1"
+
+
+def _run(argv: list[str], check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.strip()}")
+    return r
+
+
+@dataclass
+class TwoSiteLab:
+    workdir: Path
+    run: str = field(default_factory=lambda: secrets.token_hex(2))
+    site_ids: tuple[int, int] | None = None
+    sites: dict[str, SiteInfo] = field(default_factory=dict)
+    namespaces: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        if self.site_ids is None:
+            base = 10 + (int(self.run, 16) % 700) * 2
+            self.site_ids = (base, base + 1)
+        self.octet = 16 + int(self.run, 16) % 100
+
+    def ns(self, role: str) -> str:
+        return f"pt{self.run}-{role}"
+
+    # -- build -------------------------------------------------------------------------------------
+
+    def build(self) -> TwoSiteLab:
+        from pyroute2 import netns
+
+        try:
+            for role in ("core", *SITES, *(f"{s}h" for s in SITES)):
+                netns.create(self.ns(role))
+                self.namespaces.append(self.ns(role))
+                self._sysctl(self.ns(role), "net/ipv4/ip_forward", "1" if role in ("core", *SITES) else "0")
+                self._ip(self.ns(role), "link", "set", "lo", "up")
+            assert self.site_ids is not None
+            for k, s in enumerate(SITES):
+                info = SiteInfo(name=s, id=self.site_ids[k], ns=self.ns(s), lan_prefix=f"10.{self.octet}.{k + 1}.0/24",
+                                lan_gw=f"10.{self.octet}.{k + 1}.1", host_ns=self.ns(f"{s}h"),
+                                host_ip=f"10.{self.octet}.{k + 1}.10", mgmt_ip=f"100.72.{self.octet}.{4 * k + 2}",
+                                uplinks={}, private_key=generate_private_key())
+                self.sites[s] = info
+                # LAN
+                self._veth(info.ns, "lan0", info.host_ns, "eth0")
+                self._addr(info.ns, "lan0", f"{info.lan_gw}/24")
+                self._addr(info.host_ns, "eth0", f"{info.host_ip}/24")
+                self._ip(info.host_ns, "route", "add", "default", "via", info.lan_gw)
+                # uplinks into the core
+                for u, up in enumerate(UPLINKS):
+                    net = f"10.{self.octet + 100}.{k * 2 + u + 1}"
+                    core_if = f"{s}-{up}"
+                    self._veth(info.ns, up, self.ns("core"), core_if)
+                    self._addr(info.ns, up, f"{net}.1/24")
+                    self._addr(self.ns("core"), core_if, f"{net}.254/24")
+                    info.uplinks[up] = (f"{net}.1", f"{net}.254")
+                # management
+                root_if = f"pt{self.run}m{k}"
+                self._veth(None, root_if, info.ns, "mgmt0")
+                self._ip(None, "addr", "add", f"100.72.{self.octet}.{4 * k + 1}/30", "dev", root_if)
+                self._addr(info.ns, "mgmt0", f"{info.mgmt_ip}/30")
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def _ip(self, ns: str | None, *args: str) -> None:
+        argv = (["ip", "netns", "exec", ns] if ns else []) + ["ip", *args]
+        _run(argv)
+
+    def _sysctl(self, ns: str, key: str, value: str) -> None:
+        _run(["ip", "netns", "exec", ns, "sh", "-c", f"echo {value} > /proc/sys/{key}"])
+
+    def _veth(self, ns_a: str | None, if_a: str, ns_b: str, if_b: str) -> None:
+        tmp_a, tmp_b = f"pt{self.run}t{secrets.token_hex(2)}", f"pt{self.run}t{secrets.token_hex(2)}"
+        _run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
+        try:
+            _run(["ip", "link", "set", tmp_b, "netns", ns_b, "name", if_b, "up"])
+            if ns_a is None:
+                _run(["ip", "link", "set", tmp_a, "name", if_a, "up"])
+            else:
+                _run(["ip", "link", "set", tmp_a, "netns", ns_a, "name", if_a, "up"])
+        except BaseException:
+            _run(["ip", "link", "del", tmp_a], check=False)
+            raise
+
+    def _addr(self, ns: str, dev: str, cidr: str) -> None:
+        self._ip(ns, "addr", "add", cidr, "dev", dev)
+
+    # -- site files and agents ---------------------------------------------------------------------
+
+    def site_config(self, name: str, **overrides: Any) -> dict[str, Any]:
+        me = self.sites[name]
+        other = next(s for s in self.sites.values() if s.name != name)
+        d: dict[str, Any] = {
+            "version": 1,
+            "site": {"name": me.name, "id": me.id, "lan_prefixes": [me.lan_prefix], "lan_interfaces": ["lan0"]},
+            "uplinks": [{"name": up, "interface": up, "address": me.uplinks[up][0], "gateway": me.uplinks[up][1],
+                         "cost_per_gb": 0.0 if up == "isp1" else 0.05,
+                         "bandwidth": "100mbit" if up == "isp1" else "1gbit"} for up in UPLINKS],
+            "remotes": [{"name": other.name, "id": other.id, "public_key": public_key(other.private_key),
+                         "prefixes": [other.lan_prefix],
+                         "endpoints": [{"uplink": up, "address": other.uplinks[up][0]} for up in UPLINKS]}],
+            "wireguard": {"private_key_file": str(self.workdir / f"{name}.key")},
+            "probe": {"secret": SECRET},
+            "monitor": "fast",
+            "router": {"failback_hold": "3s", "failover_cooldown": "1s"},
+            "api": {"listen": f"{me.mgmt_ip}:8470", "token": TOKEN},
+            "database": str(self.workdir / f"{name}.db"),
+            "state_dir": str(self.workdir / f"run-{name}"),
+            "metrics_interval": "1s",
+        }
+        for k, v in overrides.items():
+            d[k] = v
+        return d
+
+    def write_config(self, name: str, **overrides: Any) -> Path:
+        me = self.sites[name]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        key = self.workdir / f"{name}.key"
+        if not key.exists():
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(me.private_key + "\n")
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(self.site_config(name, **overrides), sort_keys=False))
+        me.config_path = path
+        return path
+
+    def start_agent(self, name: str, **overrides: Any) -> subprocess.Popen[bytes]:
+        me = self.sites[name]
+        cfg = self.write_config(name, **overrides)
+        me.log_path = self.workdir / f"{name}-agent.log"
+        log = open(me.log_path, "ab")  # noqa: SIM115 - the child owns it
+        me.agent = subprocess.Popen(["ip", "netns", "exec", me.ns, sys.executable, "-m", "patronus.cli", "agent",
+                                     "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        log.close()
+        return me.agent
+
+    def stop_agent(self, name: str, timeout_s: float = 15.0) -> int | None:
+        me = self.sites[name]
+        p, me.agent = me.agent, None
+        if p is None or p.poll() is not None:
+            return p.returncode if p is not None else None
+        p.send_signal(signal.SIGTERM)
+        try:
+            return p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            return p.wait(5)
+
+    def agent_log(self, name: str) -> str:
+        p = self.sites[name].log_path
+        return p.read_text(errors="replace") if p and p.exists() else ""
+
+    # -- faults ------------------------------------------------------------------------------------
+
+    def cut(self, site: str, uplink: str, mode: str = "down") -> None:
+        """Cut `site`'s `uplink` at the core: the far end's link down, or an nft drop (link stays up)."""
+        core_if = f"{site}-{uplink}"
+        if mode == "down":
+            self._ip(self.ns("core"), "link", "set", core_if, "down")
+        elif mode == "drop":
+            _run(["ip", "netns", "exec", self.ns("core"), "nft", "-f", "-"], input=(
+                f"table inet ptlab_{site}_{uplink} {{ chain fwd {{ type filter hook forward priority 0; "
+                f'iifname "{core_if}" drop; oifname "{core_if}" drop; }} }}\n'))
+        else:
+            raise ValueError(f"cut mode must be 'down' or 'drop', got {mode!r}")
+
+    def restore(self, site: str, uplink: str, mode: str = "down") -> None:
+        if mode == "down":
+            self._ip(self.ns("core"), "link", "set", f"{site}-{uplink}", "up")
+        else:
+            _run(["ip", "netns", "exec", self.ns("core"), "nft", "delete", "table", "inet", f"ptlab_{site}_{uplink}"])
+
+    # -- teardown ----------------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        from pyroute2 import netns
+
+        for name in list(self.sites):
+            with contextlib.suppress(Exception):
+                self.stop_agent(name)
+        for ns in reversed(self.namespaces):
+            with contextlib.suppress(Exception):
+                netns.remove(ns)
+        self.namespaces.clear()
+        for k in range(len(SITES)):
+            _run(["ip", "link", "del", f"pt{self.run}m{k}"], check=False)
+
+    def __enter__(self) -> TwoSiteLab:
+        return self.build()
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+
+def wait_for(cond: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+    """Poll `cond()` until it returns something truthy; raise TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    last_exc: Exception | None = None
+    while True:
+        try:
+            v = cond()
+            if v:
+                return v
+        except Exception as exc:     # the thing polled may not be up yet
+            last_exc = exc
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}"
+                               + (f" (last error: {last_exc})" if last_exc else ""))
+        time.sleep(interval_s)

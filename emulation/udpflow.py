@@ -1,0 +1,146 @@
+"""A constant-rate UDP flow with sequence numbers and send timestamps, and its receiver.
+
+    python -m emulation.udpflow send --to 10.2.0.10:5001 --rate 1000 --duration 10 [--sport 40001]
+    python -m emulation.udpflow recv --port 5001 --out arrivals.json [--duration 12] [--ready FILE]
+
+Each datagram carries `!QQ` (sequence, CLOCK_REALTIME send time in ns) and padding. All network
+namespaces share the host's clock, so the receiver's one-way delay is exact. The receiver writes every
+arrival (seq, sent_ns, received_ns) as JSON when it stops (SIGTERM, SIGINT or --duration), and
+`analyse()` turns that into the longest gap, losses and reordering.
+
+The sender paces on an absolute schedule (packet i leaves at start + i/rate), so a late wake-up is
+caught up rather than accumulated, and it keeps one source port for the whole run: one connection,
+one conntrack entry, which is what a sticky flow is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HEADER = struct.Struct("!QQ")
+
+
+def send(dst: tuple[str, int], rate: float, duration: float, sport: int = 0, size: int = 64) -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", sport))
+    pad = bytes(max(0, size - HEADER.size))
+    start = time.monotonic()
+    n = 0
+    total = int(rate * duration)
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    while n < total and not stop:
+        due = start + n / rate
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)     # pacing to an absolute schedule, not waiting for a condition
+        try:
+            s.sendto(HEADER.pack(n, time.time_ns()) + pad, dst)
+        except OSError:
+            pass                  # unreachable for a moment (no path): the packet is lost, go on
+        n += 1
+    return n
+
+
+def receive(port: int, out: Path, duration: float | None, ready: Path | None) -> int:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.bind(("0.0.0.0", port))
+    s.settimeout(0.2)
+    arrivals: list[tuple[int, int, int]] = []
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    if ready is not None:
+        ready.write_text("ready\n")
+    end = time.monotonic() + duration if duration else None
+    while not stop and (end is None or time.monotonic() < end):
+        try:
+            data = s.recv(2048)
+        except TimeoutError:
+            continue
+        now = time.time_ns()
+        if len(data) >= HEADER.size:
+            seq, sent = HEADER.unpack_from(data)
+            arrivals.append((seq, sent, now))
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"port": port, "arrivals": arrivals}))
+    tmp.replace(out)
+    return len(arrivals)
+
+
+@dataclass(frozen=True)
+class FlowStats:
+    received: int
+    lost: int
+    max_gap_ms: float
+    gap_start_s: float | None      # wall time the longest gap began (last arrival before it)
+    mean_delay_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def analyse(path: Path, *, since_ns: int | None = None, until_ns: int | None = None, sent: int | None = None) -> FlowStats:
+    data = json.loads(path.read_text())
+    arr = sorted((a for a in data["arrivals"] if (since_ns is None or a[2] >= since_ns)
+                  and (until_ns is None or a[2] <= until_ns)), key=lambda a: a[2])
+    if not arr:
+        return FlowStats(0, sent or 0, float("inf"), None, float("nan"))
+    gap, at = 0, None
+    for a, b in zip(arr, arr[1:], strict=False):
+        if b[2] - a[2] > gap:
+            gap, at = b[2] - a[2], a[2]
+    seqs = {a[0] for a in arr}
+    expected = sent if sent is not None else (max(seqs) + 1)
+    return FlowStats(received=len(seqs), lost=max(0, expected - len(seqs)), max_gap_ms=gap / 1e6,
+                     gap_start_s=at / 1e9 if at is not None else None,
+                     mean_delay_ms=sum(a[2] - a[1] for a in arr) / len(arr) / 1e6)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m emulation.udpflow")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("send")
+    sp.add_argument("--to", required=True, help="HOST:PORT")
+    sp.add_argument("--rate", type=float, default=1000.0, help="packets per second")
+    sp.add_argument("--duration", type=float, default=10.0)
+    sp.add_argument("--sport", type=int, default=0)
+    sp.add_argument("--size", type=int, default=64)
+    rp = sub.add_parser("recv")
+    rp.add_argument("--port", type=int, required=True)
+    rp.add_argument("--out", type=Path, required=True)
+    rp.add_argument("--duration", type=float, default=None)
+    rp.add_argument("--ready", type=Path, default=None)
+    a = ap.parse_args(argv)
+    if a.cmd == "send":
+        host, _, port = a.to.rpartition(":")
+        n = send((host, int(port)), a.rate, a.duration, a.sport, a.size)
+        print(json.dumps({"sent": n}))
+    else:
+        n = receive(a.port, a.out, a.duration, a.ready)
+        print(json.dumps({"received": n}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""`patronus cleanup`: remove what a crashed agent left behind, and only that.
+
+What is ours, by tag (never by guess): nft tables named `patronus_s<id>`; ip rules and routes with
+rtm_protocol 0xB7 (`ROUTE_PROTO`) in our tables; interfaces whose ifalias starts with
+`patronus:s<id>` (WireGuard tunnels); wireguard-go processes whose pid the agent recorded in its
+state directory (checked against /proc/PID/cmdline before any signal). Acts in the current network
+namespace, like the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+
+from patronus.agent.config import PATH_TABLE_BASE, ROUTE_PROTO, UPLINK_TABLE_BASE, SiteConfig
+from patronus.agent.nft import Nft, NftError
+
+log = logging.getLogger(__name__)
+_TABLE = re.compile(r"^table inet (patronus_s\d+)$", re.M)
+
+
+@dataclass
+class CleanupReport:
+    removed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def agent_running(cfg: SiteConfig) -> int | None:
+    from patronus.agent.daemon import _running_pid
+
+    return _running_pid(cfg.state_dir / "agent.pid")
+
+
+def cleanup(cfg: SiteConfig | None, state_dirs: list[FsPath] | None = None) -> CleanupReport:
+    """Remove the leftovers of site `cfg`'s agent (or of every Patronus agent when `cfg` is None)."""
+    from pyroute2 import IPRoute
+
+    rep = CleanupReport()
+    # nftables
+    try:
+        with Nft() as nft:
+            tables = _TABLE.findall(nft.run("list tables\n"))
+            for t in tables:
+                if cfg is None or t == cfg.nft_table:
+                    nft.run(f"delete table inet {t}\n")
+                    rep.removed.append(f"nft table inet {t}")
+    except NftError as exc:
+        rep.problems.append(f"nftables: {exc}")
+    # rules and routes
+    with IPRoute() as ipr:
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            for r in ipr.get_rules(family=fam):
+                if r.get_attr("FRA_PROTOCOL") == ROUTE_PROTO:
+                    prio = r.get_attr("FRA_PRIORITY")
+                    try:
+                        ipr.rule("del", family=fam, priority=prio, protocol=ROUTE_PROTO,
+                                 table=r.get_attr("FRA_TABLE") or r["table"], action=r["action"],
+                                 **_selectors(r))
+                        rep.removed.append(f"ip rule {prio} ({'v6' if fam == socket.AF_INET6 else 'v4'})")
+                    except Exception as exc:
+                        rep.problems.append(f"ip rule {prio}: {exc}")
+            for table in range(UPLINK_TABLE_BASE, PATH_TABLE_BASE + 256):
+                try:
+                    routes = ipr.get_routes(family=fam, table=table)
+                except Exception:
+                    continue
+                ours = [rt for rt in routes if rt.get("proto") == ROUTE_PROTO]
+                for rt in ours:
+                    try:
+                        ipr.route("del", family=fam, table=table, dst=rt.get_attr("RTA_DST") or "default",
+                                  dst_len=rt["dst_len"], proto=ROUTE_PROTO)
+                        rep.removed.append(f"route table {table} {rt.get_attr('RTA_DST') or 'default'}")
+                    except Exception as exc:
+                        rep.problems.append(f"route in table {table}: {exc}")
+    # tunnels and their processes
+    from patronus.agent.wireguard import WireGuardManager
+
+    dirs = state_dirs if state_dirs is not None else ([cfg.state_dir] if cfg is not None else
+                                                      sorted(FsPath("/run/patronus").glob("*")))
+    owner = cfg.owner if cfg is not None else "patronus:"
+    for d in dirs or [FsPath("/run/patronus/none")]:
+        try:
+            mgr = WireGuardManager("userspace", d)
+            rep.removed += mgr.cleanup(owner)
+        except Exception as exc:
+            rep.problems.append(f"tunnels ({d}): {exc}")
+    return rep
+
+
+def _selectors(r: object) -> dict[str, object]:
+    out: dict[str, object] = {}
+    get = r.get_attr  # type: ignore[attr-defined]
+    if get("FRA_FWMARK") is not None:
+        out["fwmark"] = get("FRA_FWMARK")
+        out["fwmask"] = get("FRA_FWMASK") or 0xFFFFFFFF
+    if get("FRA_SRC") is not None:
+        out["src"] = get("FRA_SRC")
+        out["src_len"] = r["src_len"]  # type: ignore[index]
+    if get("FRA_DST") is not None:
+        out["dst"] = get("FRA_DST")
+        out["dst_len"] = r["dst_len"]  # type: ignore[index]
+    return out

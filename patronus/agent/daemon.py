@@ -1,0 +1,778 @@
+"""The site agent: one asyncio process that drives the sans-IO core against the real host.
+
+Start-up is plan-then-apply with rollback: the site file was validated before we get here; then the
+agent opens its store, loads (or creates, 0600) its WireGuard key and API token, creates one WireGuard
+interface per path, installs steering (nftables + policy routing), opens its probe sockets and its
+API. If any step fails, everything done so far is undone in reverse order before the error is
+reported. SIGTERM/SIGINT stop it the same way: every interface, rule, route, table and child process
+it created is removed.
+
+Clock: the core runs on `time.monotonic()`; what leaves the process (store, API, events) carries wall
+time (`time.time()`), converted with the offset measured at start.
+
+Threads: everything runs on the event loop thread except pyroute2 work (interfaces, routes, rules,
+conntrack dumps), which runs on one dedicated worker thread because pyroute2's synchronous objects
+cannot run inside a running event loop. nftables map updates, the failover fast path, run on the loop
+thread through libnftables (well under a millisecond).
+
+Steering and the router: the kernel steers *slots* (remote site × policy × path the connections were
+first put on; see `steering.py`), and the router holds one flow per slot, so its per-flow logic
+(immediate failover on Down, threshold and cooldown, failback after the hold and a minimum
+improvement) decides per slot. After every batch of core events the agent recomputes the two kernel
+maps from the router's state and applies the difference in one nftables transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path as FsPath
+from typing import Any, TypeVar
+
+from patronus import __version__
+from patronus.agent import keys as keymod
+from patronus.agent.config import PathPlan, SiteConfig
+from patronus.agent.prober import Prober
+from patronus.agent.steering import (
+    FALLBACK_POLICY_NO,
+    KernelFlow,
+    Steering,
+    path_mark,
+    slot_mark,
+    split_slot,
+)
+from patronus.agent.store import Store
+from patronus.core.errors import ConfigError
+from patronus.core.events import (
+    Event,
+    Failback,
+    FailoverTriggered,
+    FlowAssigned,
+    FlowExpired,
+    FlowStranded,
+    PathMetricsUpdated,
+    PathStatusChanged,
+    SendProbe,
+)
+from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, PathStatus, Site, SiteId
+from patronus.core.monitor import PathMonitor
+from patronus.core.policy import RoutingPolicy
+from patronus.core.router import Router
+from patronus.core.sla import SlaMonitor
+
+log = logging.getLogger("patronus.agent")
+T = TypeVar("T")
+
+_EVENT_BUFFER = 1000
+_FLOW_REFRESH_S = 1.0
+_SLOT_TOUCH_S = 1.0
+_STORED_KINDS = (PathStatusChanged, FailoverTriggered, Failback, FlowStranded)
+
+
+class AgentError(RuntimeError):
+    """The agent cannot start on this host (the message says why); nothing it did is left behind."""
+
+
+def _wall_offset() -> float:
+    return time.time() - time.monotonic()
+
+
+def _public_key_of_config(cfg: SiteConfig) -> str:
+    return keymod.public_key(keymod.load_or_create_private_key(cfg.wg_private_key_file))
+
+
+class Agent:
+    """Implements `patronus.agent.api.AgentControl` for the API."""
+
+    def __init__(self, cfg: SiteConfig) -> None:
+        self.cfg = cfg
+        self.offset = _wall_offset()
+        self.started_at = time.time()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patronus-kernel")
+        self.store: Store | None = None
+        self.wg: Any = None
+        self.wg_backend = "none"
+        self.steering: Steering | None = None
+        self.prober: Prober | None = None
+        self.public_key = ""
+        self.token = ""
+        self.monitor = PathMonitor(cfg.monitor)
+        self.router = Router(cfg.router, ())
+        self.sla = SlaMonitor(cfg.sla)
+        self._undo: list[tuple[str, Callable[[], Any]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._events: deque[dict[str, Any]] = deque(maxlen=_EVENT_BUFFER)
+        self._status_since: dict[PathId, float] = {}
+        self._timeouts_seen: dict[PathId, int] = {}
+        self._policy_no: dict[str, int] = {}
+        self._slots: dict[int, FlowKey] = {}             # slot mark -> router flow
+        self._slot_of: dict[FlowKey, int] = {}
+        self._kernel_flows: list[KernelFlow] = []
+        self._flows_at = 0.0
+        self._failovers: Counter[str] = Counter()
+        self._last_steering_change: float | None = None
+        self._steering_changes = 0
+        self._plans = {p.id: p for p in cfg.paths}
+        self._remote_no = {r.name: i + 1 for i, r in enumerate(cfg.remotes)}
+        self._stopping = False
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    async def _k(self, fn: Callable[..., T], *args: Any) -> T:
+        assert self.loop is not None
+        return await self.loop.run_in_executor(self.kernel, fn, *args)
+
+    def wall(self, mono: float) -> float:
+        return mono + self.offset
+
+    # -- start / stop ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring everything up; on any failure undo what was done and raise AgentError."""
+        self.loop = asyncio.get_running_loop()
+        try:
+            await self._start()
+        except BaseException as exc:
+            await self.stop()
+            if isinstance(exc, AgentError | ConfigError):
+                raise
+            if isinstance(exc, Exception):
+                raise AgentError(f"{type(exc).__name__}: {exc}") from exc
+            raise
+
+    async def _start(self) -> None:
+        cfg = self.cfg
+        if os.geteuid() != 0 and (cfg.steering != "none" or cfg.paths):
+            raise AgentError("the agent needs root (CAP_NET_ADMIN) to create tunnels, routes and rules")
+        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pidfile = cfg.state_dir / "agent.pid"
+        other = _running_pid(pidfile)
+        if other is not None and other != os.getpid():
+            raise AgentError(f"another agent of site {cfg.name} is running (pid {other}, {pidfile})")
+        pidfile.write_text(f"{os.getpid()}\n")
+        self._undo.append(("pidfile", lambda: pidfile.unlink(missing_ok=True)))
+
+        cfg.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.store = Store.open(cfg.database)
+        store = self.store
+        self._undo.append(("store", store.close))
+        self._init_store(store)
+
+        private = await self._k(keymod.load_or_create_private_key, cfg.wg_private_key_file)
+        self.public_key = keymod.public_key(private)
+        self.token = cfg.api_token or _load_or_create_token(cfg.api_token_file)
+
+        # policies: the store's (changed through the API) win over the file's, so they survive restarts
+        stored = store.list_policies()
+        policies = [RoutingPolicy.from_dict(r.spec, f"store.policies.{r.name}") for r in stored] \
+            if stored else list(cfg.policies)
+        if not stored:
+            with store.transaction():
+                for p in policies:
+                    store.upsert_policy(p.name, p.priority, p.enabled, p.to_dict(), now=time.time())
+        self.router.replace_policies(policies)
+        self._number_policies()
+
+        # kernel: tunnels, then steering
+        if cfg.paths:
+            from patronus.agent.wireguard import TunnelSpec, WireGuardManager, detect_backend
+
+            self.wg_backend = await self._k(detect_backend, cfg.wg_backend)
+            self.wg = WireGuardManager(self.wg_backend, cfg.state_dir)
+            for p in cfg.paths:
+                remote = cfg.remote(p.remote)
+                spec = TunnelSpec(ifname=p.ifname, private_key=private, listen_port=p.listen_port,
+                                  fwmark=p.uplink.mark, mtu=cfg.wg_mtu, peer_public_key=remote.public_key,
+                                  peer_endpoint=(p.endpoint.address, p.peer_port),
+                                  allowed_ips=tuple(remote.prefixes), keepalive_s=cfg.wg_keepalive_s,
+                                  owner=cfg.owner)
+                await self._k(self.wg.create, spec)
+                self._undo.append((f"tunnel {p.ifname}", lambda n=p.ifname: self.wg.delete(n)))
+        if cfg.steering == "nftables":
+            self.steering = Steering(cfg)
+            await self._k(self.steering.apply, self._numbered_policies())
+            self._undo.append(("steering", self.steering.teardown))
+
+        # probing
+        self.prober = Prober(cfg, self._on_probe_reply)
+        self.prober.start(self.loop)
+        self._undo.append(("probes", self.prober.close))
+
+        # core
+        now = time.monotonic()
+        for path in cfg.core_paths():
+            self.monitor.add_path(path.id, now, cost_per_gb=path.cost_per_gb,
+                                  bandwidth_mbps=path.bandwidth_mbps or 0.0)
+            self.router.add_path(path, now, PathStatus.DOWN)
+            self._status_since[path.id] = self.wall(now)
+        for r in cfg.remotes:
+            self.router.set_site_prefixes(SiteId(r.name), r.prefixes)
+        self._pump(now)
+        self._tasks.append(self.loop.create_task(self._periodic(), name="patronus-periodic"))
+        self._publish({"kind": "agent_started", "at": time.time(), "site": cfg.name, "paths": len(cfg.paths),
+                       "wireguard_backend": self.wg_backend, "steering": cfg.steering})
+        log.info("agent %s up: %d paths, wireguard %s, steering %s", cfg.name, len(cfg.paths), self.wg_backend,
+                 cfg.steering)
+
+    async def stop(self) -> None:
+        """Undo everything `start` did, newest first. Safe to call more than once."""
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self.store is not None and self._undo:
+            with contextlib.suppress(Exception):
+                self._persist_flows()
+        while self._undo:
+            what, fn = self._undo.pop()
+            try:
+                if what in ("store", "probes", "pidfile"):
+                    fn()
+                else:
+                    await self._k(fn)
+            except Exception as exc:
+                log.error("stop: %s: %s", what, exc)
+        self.kernel.shutdown(wait=True)
+        for q in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait({"kind": "agent_stopping", "at": time.time()})
+
+    def _init_store(self, store: Store) -> None:
+        cfg = self.cfg
+        with store.transaction():
+            store.upsert_site(Site(SiteId(cfg.name), cfg.name, cfg.lan_prefixes), status="active")
+            for up in cfg.uplinks:
+                store.add_endpoint(Endpoint(EndpointId(f"{cfg.name}:{up.name}"), SiteId(cfg.name), up.address,
+                                            cost_per_gb=up.cost_per_gb, bandwidth_mbps=up.bandwidth_mbps or None))
+            for r in cfg.remotes:
+                store.upsert_site(Site(SiteId(r.name), r.name, r.prefixes), public_key=r.public_key)
+                for ep in r.endpoints:
+                    store.add_endpoint(Endpoint(EndpointId(f"{r.name}:{ep.uplink}"), SiteId(r.name), ep.address))
+            for path in cfg.core_paths():
+                store.upsert_path(path, wg_interface=self._plans[path.id].ifname)
+
+    # -- policies and slots ------------------------------------------------------------------------
+
+    def _number_policies(self) -> None:
+        used = set(self._policy_no.values())
+        for p in self.router.list_policies():
+            if p.name not in self._policy_no:
+                n = next(i for i in range(1, FALLBACK_POLICY_NO) if i not in used)
+                self._policy_no[p.name] = n
+                used.add(n)
+
+    def _numbered_policies(self) -> list[tuple[int, RoutingPolicy]]:
+        return [(self._policy_no[p.name], p) for p in self.router.list_policies()]
+
+    def _policy_names(self) -> dict[int, str | None]:
+        names: dict[int, str | None] = {n: name for name, n in self._policy_no.items()}
+        names[FALLBACK_POLICY_NO] = None
+        return names
+
+    def _sync_slots(self, now: float) -> None:
+        """One router flow per (remote, policy, path) slot: placed on its path, then left to the router."""
+        active = {p.name for p in self.router.list_policies() if p.enabled}
+        for pn, name in self._policy_names().items():
+            if name is not None and name not in active:
+                continue
+            for p in self.cfg.paths:
+                rn = self._remote_no[p.remote]
+                mark = slot_mark(rn, pn, p.number)
+                if mark in self._slots and self.router.flow_path(self._slots[mark]) is not None:
+                    continue
+                if self.router.path_status(p.id) is PathStatus.DOWN:
+                    # No connection can be on a path that has never been usable: new flows only go to
+                    # usable paths. Its slots appear when it first comes up (else they would be
+                    # "rescued" onto the first path up and kept there by the failback rules).
+                    continue
+                key = FlowKey("0.0.0.0", "0.0.0.0", (rn << 8) | pn, p.number, 0)
+                self._slots[mark] = key
+                self._slot_of[key] = mark
+                self.router.place(key, p.id, now, site=SiteId(p.remote), policy=name)
+
+    def _desired_maps(self) -> tuple[dict[int, int], dict[int, int]]:
+        new_slot: dict[int, int] = {}
+        slot_path: dict[int, int] = {}
+        names = self._policy_names()
+        active = {p.name for p in self.router.list_policies() if p.enabled}
+        for r in self.cfg.remotes:
+            rn = self._remote_no[r.name]
+            for pn, name in names.items():
+                if name is not None and name not in active:
+                    continue
+                best = self.router.preview(SiteId(r.name), name)
+                if best is not None:
+                    new_slot[slot_mark(rn, pn, 0)] = slot_mark(rn, pn, self._plans[best].number)
+        for mark, key in self._slots.items():
+            cur = self.router.flow_path(key)
+            info = self.router.flow_info(key)
+            if cur is not None and info is not None and not info.stranded:
+                slot_path[mark] = path_mark(self._plans[cur].number)
+        return new_slot, slot_path
+
+    def _sync_kernel(self, trigger: list[Event]) -> None:
+        if self.steering is None or not self.steering.applied:
+            return
+        new_slot, slot_path = self._desired_maps()
+        done = self.steering.update(new_slot, slot_path)
+        if done is None:
+            return
+        self._steering_changes += 1
+        self._last_steering_change = self.wall(done)
+        moves = [e for e in trigger if isinstance(e, FailoverTriggered | Failback)]
+        if moves:
+            first = min(e.at for e in moves)
+            self._publish({"kind": "steering_applied", "at": self.wall(done), "moves": len(moves),
+                           "latency_ms": round((done - first) * 1000, 3),
+                           "paths": sorted({str(e.to_path) for e in moves})})
+
+    # -- the core loop -----------------------------------------------------------------------------
+
+    def _on_probe_reply(self, path_id: PathId, seq: int, sent_at: float, now: float) -> None:
+        if self.monitor.on_probe_reply(path_id, seq, sent_at, now):
+            self.sla.record_probe(path_id, (now - sent_at) * 1000.0, now)
+        self._pump(now)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self._pump(time.monotonic())
+
+    def _pump(self, now: float) -> None:
+        """Feed timers and events through monitor → router → kernel until quiet, then re-arm."""
+        if self._stopping:
+            return
+        mon, router, sla = self.monitor, self.router, self.sla
+        mon.on_timer(now)
+        status_changed = False
+        metrics_changed = False
+        for ev in mon.drain_events():
+            if isinstance(ev, SendProbe):
+                if self.prober is not None:
+                    self.prober.send(ev.path_id, ev.seq)
+                continue
+            if isinstance(ev, PathStatusChanged):
+                status_changed = True
+                self._status_since[ev.path_id] = self.wall(ev.at)
+                self._publish(self._event_dict(ev))
+            elif isinstance(ev, PathMetricsUpdated):
+                metrics_changed = True
+                self._count_timeouts(ev.path_id, now)
+            router.handle(ev)
+        if status_changed:
+            self._sync_slots(now)
+        d = router.next_deadline()
+        if d is not None and d <= now:
+            router.on_timer(now)
+        rev = router.drain_events()
+        for ev in rev:
+            if isinstance(ev, FailoverTriggered):
+                self._failovers[ev.reason.value] += 1
+            if isinstance(ev, FlowExpired) and ev.flow in self._slot_of:
+                mark = self._slot_of.pop(ev.flow)
+                self._slots.pop(mark, None)
+            if isinstance(ev, FlowAssigned) and ev.flow in self._slot_of:
+                continue
+            self._publish(self._event_dict(ev))
+        d = sla.next_deadline()
+        if d is not None and d <= now:
+            sla.on_timer(now)
+        for ev in sla.drain_events():
+            self._publish(self._event_dict(ev))
+        if rev or status_changed or metrics_changed:
+            try:
+                self._sync_kernel(rev)
+            except Exception as exc:     # a refused kernel update must not kill the agent
+                log.error("steering update failed: %s", exc)
+                self._publish({"kind": "steering_error", "at": time.time(), "error": str(exc)})
+        if self.store is not None:
+            stored = [e for e in rev if isinstance(e, _STORED_KINDS) and not isinstance(e, FlowAssigned)]
+            stored = [e for e in stored if not isinstance(e, FlowAssigned)]
+            if status_changed or stored:
+                self._store_events(stored)
+        self._arm()
+
+    def _count_timeouts(self, path_id: PathId, now: float) -> None:
+        c = self.monitor.counters(path_id)
+        seen = self._timeouts_seen.get(path_id, 0)
+        for _ in range(min(c.timed_out - seen, 100)):
+            self.sla.record_probe(path_id, None, now)
+        self._timeouts_seen[path_id] = c.timed_out
+
+    def _arm(self) -> None:
+        assert self.loop is not None
+        ds = [d for d in (self.monitor.next_deadline(), self.router.next_deadline(), self.sla.next_deadline())
+              if d is not None]
+        if not ds:
+            return
+        when = min(ds)
+        if self._timer is not None:
+            if self._timer_at is not None and self._timer_at <= when:
+                return
+            self._timer.cancel()
+        # asyncio's clock is time.monotonic() on Linux, the same clock as the core's
+        self._timer = self.loop.call_at(when, self._on_timer)
+        self._timer_at = when
+
+    async def _periodic(self) -> None:
+        """Slow duties: keep slots alive, refresh the flow table, record metrics history."""
+        next_metrics = time.monotonic() + self.cfg.metrics_interval_s
+        while True:
+            await asyncio.sleep(min(_SLOT_TOUCH_S, self.cfg.metrics_interval_s))
+            now = time.monotonic()
+            for key in list(self._slot_of):
+                self.router.touch(key, now)
+            self._sync_slots(now)
+            self._pump(now)
+            if self.steering is not None and self.steering.applied and now - self._flows_at >= _FLOW_REFRESH_S:
+                try:
+                    self._kernel_flows = await self._k(self.steering.flows)
+                    self._flows_at = now
+                except Exception as exc:
+                    log.warning("conntrack dump failed: %s", exc)
+            if now >= next_metrics:
+                next_metrics = now + self.cfg.metrics_interval_s
+                self._record_metrics(now)
+
+    def _record_metrics(self, now: float) -> None:
+        if self.store is None:
+            return
+        samples = []
+        for pid in self.monitor.path_ids():
+            m = self.monitor.metrics(pid, now)
+            samples.append((pid, m.with_(measured_at=self.wall(now))))
+        try:
+            with self.store.transaction():
+                self.store.record_metrics_many(samples)
+                for pid in self.monitor.path_ids():
+                    self.store.set_path_status(pid, self.monitor.status(pid), at=self._status_since.get(pid))
+            self._persist_flows()
+        except Exception as exc:
+            log.error("store: cannot record metrics: %s", exc)
+
+    def _persist_flows(self) -> None:
+        if self.store is None:
+            return
+        flows = self.list_flows()
+        keep = set()
+        now = time.time()
+        with self.store.transaction():
+            for f in flows:
+                key = FlowKey(f["src_ip"], f["dst_ip"], f["src_port"], f["dst_port"], f["protocol"])
+                keep.add(key)
+                prev = self.store.get_flow(key)
+                self.store.upsert_flow(key, started_at=prev.started_at if prev else now, last_seen=now,
+                                       path_id=f["path"], policy=f["policy"])
+            for rec in self.store.list_flows():
+                if rec.flow not in keep:
+                    self.store.remove_flow(rec.flow)
+
+    def _store_events(self, events: list[Event]) -> None:
+        assert self.store is not None
+        if not events:
+            return
+        try:
+            self.store.record_events([e.__class__(**{**_fields(e), "at": self.wall(e.at)}) for e in events])
+        except Exception as exc:
+            log.error("store: cannot record events: %s", exc)
+
+    # -- events out --------------------------------------------------------------------------------
+
+    def _event_dict(self, ev: Event) -> dict[str, Any]:
+        d = ev.as_dict()
+        d["at"] = self.wall(ev.at)
+        return d
+
+    def _publish(self, d: dict[str, Any]) -> None:
+        self._events.append(d)
+        for q in list(self._subscribers):
+            try:
+                q.put_nowait(d)
+            except asyncio.QueueFull:
+                # a consumer that does not keep up loses its oldest event, never the agent's memory
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+                q.put_nowait(d)
+
+    # -- AgentControl (the API) --------------------------------------------------------------------
+
+    def site_info(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"name": cfg.name, "id": cfg.id, "lan_prefixes": list(cfg.lan_prefixes),
+                "public_key": self.public_key,
+                "uplinks": [{"name": u.name, "interface": u.interface, "address": u.address,
+                             "gateway": u.gateway, "cost_per_gb": u.cost_per_gb,
+                             "bandwidth_mbps": u.bandwidth_mbps or None} for u in cfg.uplinks],
+                "remotes": [{"name": r.name, "id": r.id, "prefixes": list(r.prefixes),
+                             "endpoints": [{"uplink": e.uplink, "address": e.address} for e in r.endpoints]}
+                            for r in cfg.remotes],
+                "wireguard_backend": self.wg_backend, "steering": cfg.steering, "started_at": self.started_at,
+                "version": __version__, "monitor_profile": cfg.monitor.name,
+                "steering_changes": self._steering_changes, "last_steering_change": self._last_steering_change}
+
+    def _path_dict(self, plan: PathPlan, now: float) -> dict[str, Any]:
+        pid = plan.id
+        m = self.monitor.metrics(pid, now)
+        c = self.monitor.counters(pid)
+        sender = self.prober.senders.get(pid) if self.prober else None
+        rejected = dict(sender.counters.rejected) if sender else {}
+        return {"id": pid, "remote": plan.remote, "uplink": plan.uplink.name, "remote_uplink": plan.endpoint.uplink,
+                "interface": plan.ifname, "status": self.monitor.status(pid).value,
+                "status_since": self._status_since.get(pid), "latency_ms": m.latency_ms, "jitter_ms": m.jitter_ms,
+                "loss_pct": m.loss_pct, "score": m.score, "bandwidth_mbps": m.bandwidth_mbps or None,
+                "mtu_bytes": m.mtu_bytes or None, "cost_per_gb": plan.uplink.cost_per_gb,
+                "probes_sent": sender.counters.sent if sender else c.sent, "probes_received": c.received,
+                "probes_timed_out": c.timed_out, "probes_late": c.late,
+                "probes_rejected": sum(rejected.values()), "probes_rejected_by_reason": rejected,
+                "probe_timeout_ms": round(self.monitor.current_timeout_s(pid) * 1000, 3),
+                "flows": sum(1 for f in self.list_flows() if f["path"] == pid),
+                "local_address": plan.uplink.address, "remote_address": plan.endpoint.address}
+
+    def list_paths(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [self._path_dict(p, now) for p in self.cfg.paths]
+
+    def path_history(self, path_id: str, since: float | None, until: float | None, limit: int) -> list[dict[str, Any]]:
+        if path_id not in self._plans:
+            raise KeyError(path_id)
+        assert self.store is not None
+        rows = self.store.metrics_history(path_id, since, until, limit)
+        return [{"measured_at": m.measured_at, "latency_ms": m.latency_ms, "jitter_ms": m.jitter_ms,
+                 "loss_pct": m.loss_pct, "score": m.score, "bandwidth_mbps": m.bandwidth_mbps or None,
+                 "mtu_bytes": m.mtu_bytes or None} for m in rows]
+
+    def list_policies(self) -> list[RoutingPolicy]:
+        return self.router.list_policies()
+
+    def _apply_policies(self, policies: list[RoutingPolicy]) -> None:
+        """Router, kernel classifier and store change together, or not at all."""
+        old = self.router.list_policies()
+        if len(policies) >= FALLBACK_POLICY_NO - 1:
+            raise ConfigError(f"at most {FALLBACK_POLICY_NO - 2} policies", "policies")
+        self.router.replace_policies(policies)
+        self._number_policies()
+        try:
+            if self.steering is not None and self.steering.applied:
+                self.steering.set_policies(self._numbered_policies())
+        except Exception:
+            self.router.replace_policies(old)
+            raise
+        if self.store is not None:
+            with self.store.transaction():
+                names = {p.name for p in policies}
+                for rec in self.store.list_policies():
+                    if rec.name not in names:
+                        self.store.delete_policy(rec.name)
+                for p in policies:
+                    self.store.upsert_policy(p.name, p.priority, p.enabled, p.to_dict(), now=time.time())
+        now = time.monotonic()
+        self._sync_slots(now)
+        self._pump(now)
+        self._publish({"kind": "policies_changed", "at": time.time(), "policies": [p.name for p in policies]})
+
+    def put_policy(self, policy: RoutingPolicy) -> bool:
+        current = self.router.list_policies()
+        created = all(p.name != policy.name for p in current)
+        self._apply_policies([p for p in current if p.name != policy.name] + [policy])
+        return created
+
+    def delete_policy(self, name: str) -> None:
+        current = self.router.list_policies()
+        if all(p.name != name for p in current):
+            raise KeyError(name)
+        self._apply_policies([p for p in current if p.name != name])
+
+    def replace_policies(self, policies: list[RoutingPolicy]) -> None:
+        names = [p.name for p in policies]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError([(f"policies.{n}", "duplicate policy name") for n in dup])
+        self._apply_policies(policies)
+
+    def list_flows(self) -> list[dict[str, Any]]:
+        names = self._policy_names()
+        by_number = {p.number: p for p in self.cfg.paths}
+        out = []
+        for f in self._kernel_flows:
+            _rn, pn, n = split_slot(f.slot)
+            key = self._slots.get(f.slot)
+            cur = self.router.flow_path(key) if key is not None else None
+            origin = by_number.get(n)
+            pol = names.get(pn, None)
+            out.append({"src_ip": f.src_ip, "dst_ip": f.dst_ip, "src_port": f.src_port, "dst_port": f.dst_port,
+                        "protocol": f.protocol, "policy": pol if pol is not None else "implicit-default",
+                        "path": cur, "origin_path": origin.id if origin else None,
+                        "bytes": None, "packets": None, "age_s": None, "expires_in_s": f.timeout_s})
+        return out
+
+    def topology(self) -> dict[str, Any]:
+        nodes = [{"id": self.cfg.name, "kind": "local", "prefixes": list(self.cfg.lan_prefixes)}]
+        nodes += [{"id": r.name, "kind": "remote", "prefixes": list(r.prefixes)} for r in self.cfg.remotes]
+        now = time.monotonic()
+        links = [{"path": p.id, "from": self.cfg.name, "to": p.remote, "uplink": p.uplink.name,
+                  "remote_uplink": p.endpoint.uplink, "status": self.monitor.status(p.id).value,
+                  "score": self.monitor.metrics(p.id, now).score} for p in self.cfg.paths]
+        return {"nodes": nodes, "links": links}
+
+    async def test_path(self, path_id: str, probes: int, bandwidth: bool) -> dict[str, Any]:
+        from patronus.agent.ondemand import test_path
+
+        plan = self._plans.get(PathId(path_id))
+        if plan is None:
+            raise KeyError(path_id)
+        if not 1 <= probes <= 1000:
+            raise ValueError("probes must be 1-1000")
+        return await test_path(self.cfg, plan, probes=probes, bandwidth=bandwidth)
+
+    def recent_events(self, limit: int) -> list[dict[str, Any]]:
+        return list(self._events)[-limit:] if limit > 0 else []
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.discard(q)
+
+    def prometheus_snapshot(self) -> Any:
+        from patronus.agent.metrics import MetricsSnapshot, PathSample
+
+        rows = []
+        for d in self.list_paths():
+            rows.append(PathSample(
+                path=d["id"], remote=d["remote"], uplink=d["uplink"], status=d["status"],
+                latency_ms=_finite(d["latency_ms"]), jitter_ms=_finite(d["jitter_ms"]),
+                loss_ratio=None if _finite(d["loss_pct"]) is None else d["loss_pct"] / 100.0,
+                score=_finite(d["score"]), flows=d["flows"], probes_sent=d["probes_sent"],
+                probes_received=d["probes_received"], probes_rejected=d["probes_rejected_by_reason"]))
+        unattributed: Counter[str] = Counter()
+        if self.prober is not None:
+            for c in self.prober.reflector_counters.values():
+                unattributed.update(c.rejected)
+        return MetricsSnapshot(paths=rows, failovers=dict(self._failovers),
+                               unattributed_rejections=dict(unattributed))
+
+
+def _finite(x: float | None) -> float | None:
+    import math
+
+    return None if x is None or not math.isfinite(x) else x
+
+
+def _fields(e: Event) -> dict[str, Any]:
+    from dataclasses import fields
+
+    return {f.name: getattr(e, f.name) for f in fields(e)}
+
+
+def _running_pid(pidfile: FsPath) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        cmd = FsPath(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if b"patronus" in cmd else None
+
+
+def _load_or_create_token(path: FsPath) -> str:
+    try:
+        tok = path.read_text().strip()
+        if len(tok) >= 16:
+            return tok
+    except OSError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tok = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(tok + "\n")
+    os.replace(tmp, path)
+    return tok
+
+
+async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None) -> int:
+    """Run the agent until SIGTERM/SIGINT; return the exit code. The API runs in the same loop."""
+    import uvicorn
+
+    from patronus.agent.api import create_app
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(cfg)
+    await agent.start()
+    server: uvicorn.Server | None = None
+    api_task: asyncio.Task[Any] | None = None
+    try:
+        host, port = cfg.api_listen
+        config = uvicorn.Config(create_app(agent, agent.token), host=host, port=port, log_level="warning",
+                                lifespan="off", access_log=False, ws="websockets-sansio"
+                                if _has_ws_sansio() else "auto")
+        server = _QuietServer(config)
+        api_task = loop.create_task(server.serve())
+        while not server.started:
+            if api_task.done():
+                exc = api_task.exception()
+                raise AgentError(f"API cannot listen on {host}:{port}: {exc or 'it stopped at start'}")
+            await asyncio.sleep(0.01)
+        if ready is not None:
+            ready(agent)
+        stopper = loop.create_task(stop.wait())
+        await asyncio.wait({stopper, api_task}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        return 0
+    finally:
+        if server is not None:
+            server.should_exit = True
+        if api_task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(api_task, 5)
+        await agent.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def _has_ws_sansio() -> bool:
+    try:
+        import uvicorn.protocols.websockets.websockets_sansio_impl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _QuietServer:
+    """uvicorn.Server without its own signal handling (the agent owns SIGTERM/SIGINT)."""
+
+    def __new__(cls, config: Any) -> Any:
+        import uvicorn
+
+        class S(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Any:
+                yield
+
+        return S(config)

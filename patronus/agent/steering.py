@@ -1,0 +1,370 @@
+"""Kernel steering with nftables conntrack marks and policy routing.
+
+How a packet from the LAN to a remote site finds its path:
+
+1. **Classify once per connection** (prerouting, or output for the router's own traffic). A
+   connection whose conntrack mark is not ours yet gets a packet mark from the destination
+   (`remote_site` map: prefix → `0x50RR0000`, RR = remote site number), then the `classify` chain
+   ORs in the policy number (`0x50RRPP00`: the first enabled policy, in priority order, whose match
+   rules hold, compiled to nft expressions), then the `new_slot` map gives the *slot*
+   `0x50RRPPNN`: the path NN that policy PP's new flows toward RR take now. The slot is stored as
+   the connection's conntrack mark, so the connection is **sticky**: later packets skip
+   classification. A connection that arrives over a tunnel gets the slot of the path it arrived on,
+   so replies return the way requests came.
+2. **Steer every packet**: `slot_path` maps the connection's slot to a path's packet mark
+   `0x5A0000NN`, and an `ip rule fwmark 0x5A0000NN lookup 71NN` sends it into that path's WireGuard
+   interface.
+3. **Failover is one transaction**: the flows of slot (RR, PP, NN) move together by changing one
+   `slot_path` element; every slot on a failed path, and every `new_slot` element that pointed at it,
+   change in a single nftables transaction (`update`), so all affected connections move at the same
+   instant, without touching conntrack. The agent's router decides, per slot, exactly as it does per
+   flow (threshold, cooldown, failback hold): each slot is one router flow.
+4. Traffic to a remote prefix that no path can take hits `ip rule to PREFIX unreachable` instead of
+   leaking onto the underlay's default route.
+
+WireGuard's own encrypted packets and the probes leave through their uplink by mark too
+(`fwmark 0x5B0000UU lookup 705U`), and replies sourced from an uplink address use that uplink's table.
+
+Ownership: the nft table is `patronus_s<site id>`, every rule and route carries rtm_protocol 0xB7 and
+lives in our priority/table ranges, so `teardown`/`cleanup` remove only what an agent of this site
+created. Sysctls the agent changes are restored on teardown.
+
+All methods are synchronous and use pyroute2's synchronous API, so the agent calls them from one
+worker thread (pyroute2's sync objects cannot run inside a running asyncio loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Any
+
+from patronus.agent.config import (
+    PATH_MARK_BASE,
+    ROUTE_PROTO,
+    RULE_PRIORITY_BASE,
+    SLOT_MARK_BASE,
+    SiteConfig,
+)
+from patronus.agent.nft import Nft, NftError
+from patronus.core.policy import MatchRules, RoutingPolicy
+
+log = logging.getLogger(__name__)
+
+SLOT_MASK = 0xFF000000
+FALLBACK_POLICY_NO = 0xFF
+PRIO_PATH = RULE_PRIORITY_BASE            # + path number (1..250)
+PRIO_UPLINK_MARK = RULE_PRIORITY_BASE + 300
+PRIO_UPLINK_SRC = RULE_PRIORITY_BASE + 310
+PRIO_UNREACHABLE = RULE_PRIORITY_BASE + 900
+
+
+class SteeringError(RuntimeError):
+    """The kernel refused a steering change; nothing of that change is left applied."""
+
+
+def slot_mark(remote_no: int, policy_no: int, path_no: int) -> int:
+    return SLOT_MARK_BASE | remote_no << 16 | policy_no << 8 | path_no
+
+
+def split_slot(mark: int) -> tuple[int, int, int]:
+    return (mark >> 16) & 0xFF, (mark >> 8) & 0xFF, mark & 0xFF
+
+
+def match_expressions(m: MatchRules) -> list[str] | None:
+    """nft expressions for one policy's match rules (one list per rule to emit, AND within a rule),
+    or None when the kernel cannot evaluate them (application classes need DPI)."""
+    if m.app_class is not None:
+        return None
+    parts: list[str] = []
+    fam: int | None = None
+    for attr, kw in (("src_prefix", "saddr"), ("dst_prefix", "daddr")):
+        pfx = getattr(m, attr)
+        if pfx is not None:
+            net = ipaddress.ip_network(pfx.text, strict=False)
+            if fam is not None and fam != net.version:
+                return []        # an IPv4 source and an IPv6 destination: matches nothing
+            fam = net.version
+            parts.append(f"{'ip' if fam == 4 else 'ip6'} {kw} {net}")
+    if m.protocol is not None:
+        parts.append(f"meta l4proto {m.protocol}")
+    if m.src_ports is not None or m.dst_ports is not None:
+        if m.protocol is None:
+            parts.append("meta l4proto { tcp, udp, sctp, dccp, udplite }")
+        for attr, kw in (("src_ports", "sport"), ("dst_ports", "dport")):
+            r = getattr(m, attr)
+            if r is not None:
+                parts.append(f"th {kw} {r.lo}" if r.lo == r.hi else f"th {kw} {r.lo}-{r.hi}")
+    if m.dscp is not None:
+        vals = ", ".join(str(d) for d in sorted(m.dscp))
+        parts.append(f"{'ip' if fam != 6 else 'ip6'} dscp {{ {vals} }}")
+        if fam is None:
+            # DSCP lives in a different header per family: one rule per family
+            return [" ".join(parts), " ".join(p.replace("ip dscp", "ip6 dscp") for p in parts)]
+    return [" ".join(parts)]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelFlow:
+    """A connection the kernel is steering (from conntrack)."""
+
+    src_ip: str
+    dst_ip: str
+    src_port: int
+    dst_port: int
+    protocol: int
+    slot: int
+    timeout_s: int | None
+
+
+class Steering:
+    def __init__(self, cfg: SiteConfig) -> None:
+        self.cfg = cfg
+        self.table = cfg.nft_table
+        self.remote_no = {r.name: i + 1 for i, r in enumerate(cfg.remotes)}
+        self._nft: Nft | None = None
+        self._new_slot: dict[int, int] = {}
+        self._slot_path: dict[int, int] = {}
+        self._sysctl_saved: dict[str, str] = {}
+        self.applied = False
+
+    # -- plan ------------------------------------------------------------------------------------
+
+    def classify_rules(self, policies: Iterable[tuple[int, RoutingPolicy]]) -> list[str]:
+        rules = []
+        for no, pol in policies:
+            if not pol.enabled:
+                continue
+            exprs = match_expressions(pol.match)
+            if exprs is None:
+                continue
+            for e in exprs:
+                rules.append(f"{e} meta mark set meta mark or {no << 8:#x} return".strip())
+        rules.append(f"meta mark set meta mark or {FALLBACK_POLICY_NO << 8:#x}")
+        return rules
+
+    def ruleset(self, policies: Iterable[tuple[int, RoutingPolicy]]) -> str:
+        cfg = self.cfg
+        t = self.table
+        v4 = []
+        v6 = []
+        for r in cfg.remotes:
+            for p in r.prefixes:
+                elem = f"{p} : {slot_mark(self.remote_no[r.name], 0, 0):#x}"
+                (v6 if ":" in p else v4).append(elem)
+        lines = [f"add table inet {t}", f"delete table inet {t}", f"table inet {t} {{"]
+        lines.append("  map remote_site4 { type ipv4_addr : mark; flags interval; "
+                     + (f"elements = {{ {', '.join(v4)} }}; " if v4 else "") + "}")
+        lines.append("  map remote_site6 { type ipv6_addr : mark; flags interval; "
+                     + (f"elements = {{ {', '.join(v6)} }}; " if v6 else "") + "}")
+        lines.append("  map new_slot { type mark : mark; }")
+        lines.append("  map slot_path { type mark : mark; }")
+        lines.append("  chain classify {")
+        lines += [f"    {r}" for r in self.classify_rules(policies)]
+        lines.append("  }")
+        lines.append("  chain newflow {")
+        for p in cfg.paths:
+            base = slot_mark(self.remote_no[p.remote], 0, p.number)
+            lines.append(f'    iifname "{p.ifname}" meta mark set {base:#x} jump classify')
+            lines.append(f'    iifname "{p.ifname}" ct mark set meta mark meta mark set 0 return')
+        lines.append("    meta nfproto ipv4 meta mark set ip daddr map @remote_site4")
+        lines.append("    meta nfproto ipv6 meta mark set ip6 daddr map @remote_site6")
+        lines.append(f"    meta mark and {SLOT_MASK:#x} == {SLOT_MARK_BASE:#x} jump classify")
+        lines.append(f"    meta mark and {SLOT_MASK:#x} == {SLOT_MARK_BASE:#x} ct mark set meta mark map @new_slot")
+        lines.append(f"    meta mark and {SLOT_MASK:#x} == {SLOT_MARK_BASE:#x} meta mark set 0")
+        lines.append("  }")
+        lines.append("  chain steer {")
+        lines.append("    ip daddr @remote_site4 meta mark set ct mark map @slot_path")
+        lines.append("    ip6 daddr @remote_site6 meta mark set ct mark map @slot_path")
+        lines.append("  }")
+        for hook, kind in (("prerouting", "filter"), ("output", "route")):
+            lines.append(f"  chain {hook} {{ type {kind} hook {hook} priority mangle; policy accept;")
+            lines.append(f"    ct mark and {SLOT_MASK:#x} == 0 jump newflow")
+            lines.append(f"    ct mark and {SLOT_MASK:#x} == {SLOT_MARK_BASE:#x} jump steer")
+            lines.append("  }")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    # -- apply -----------------------------------------------------------------------------------
+
+    def _nftc(self) -> Nft:
+        if self._nft is None:
+            self._nft = Nft()
+        return self._nft
+
+    def apply(self, policies: Iterable[tuple[int, RoutingPolicy]]) -> None:
+        """Install sysctls, the nft table, and the routing rules and tables. All or nothing."""
+        from pyroute2 import IPRoute
+
+        done: list[str] = []
+        try:
+            self._sysctl("net/ipv4/ip_forward", "1")
+            self._sysctl("net/ipv6/conf/all/forwarding", "1", optional=True)
+            self._sysctl("net/netfilter/nf_conntrack_acct", "1", optional=True)
+            for p in self.cfg.paths:
+                self._sysctl(f"net/ipv4/conf/{p.ifname}/rp_filter", "0", optional=True)
+            done.append("sysctl")
+            self._nftc().run(self.ruleset(policies))
+            done.append("nft")
+            self._new_slot.clear()
+            self._slot_path.clear()
+            with IPRoute() as ipr:
+                self._routes(ipr, "add")
+            self.applied = True
+        except Exception as exc:
+            log.error("steering: apply failed (%s); removing what was applied", exc)
+            self.teardown()
+            if isinstance(exc, SteeringError):
+                raise
+            raise SteeringError(f"cannot install steering: {exc}") from exc
+
+    def _routes(self, ipr: Any, op: str) -> None:
+        cfg = self.cfg
+        errors: list[str] = []
+
+        def do(fn: Any, *a: Any, **kw: Any) -> None:
+            try:
+                fn(*a, **kw)
+            except Exception as exc:
+                code = getattr(exc, "code", None)
+                if op == "del" and code in (2, 3, 19):   # ENOENT/ESRCH/ENODEV: already gone
+                    return
+                if op == "add":
+                    raise SteeringError(f"{fn.__name__} {a} {kw}: {exc}") from exc
+                errors.append(f"{a} {kw}: {exc}")
+
+        for up in cfg.uplinks:
+            fam = socket.AF_INET6 if ":" in up.address else socket.AF_INET
+            if op == "add":
+                idx = ipr.link_lookup(ifname=up.interface)
+                if not idx:
+                    raise SteeringError(f"uplink {up.name}: interface {up.interface} does not exist")
+                route: dict[str, Any] = {"dst": "default", "table": up.table, "oif": idx[0], "proto": ROUTE_PROTO,
+                                         "family": fam, "prefsrc": up.address}
+                if up.gateway:
+                    route["gateway"] = up.gateway
+                else:
+                    route["scope"] = 253      # link: the far end is on this wire
+                do(ipr.route, "replace", **route)
+            else:
+                do(ipr.flush_routes, table=up.table, proto=ROUTE_PROTO)
+            do(ipr.rule, op, family=fam, priority=PRIO_UPLINK_MARK + up.number, fwmark=up.mark,
+               fwmask=0xFFFFFFFF, table=up.table, protocol=ROUTE_PROTO)
+            do(ipr.rule, op, family=fam, priority=PRIO_UPLINK_SRC + up.number, src=up.address,
+               table=up.table, protocol=ROUTE_PROTO)
+        for p in cfg.paths:
+            prefixes = cfg.remote(p.remote).prefixes
+            if op == "add":
+                idx = ipr.link_lookup(ifname=p.ifname)
+                if not idx:
+                    raise SteeringError(f"path {p.id}: tunnel interface {p.ifname} does not exist")
+                for pfx in prefixes:
+                    do(ipr.route, "replace", dst=pfx, table=p.table, oif=idx[0], proto=ROUTE_PROTO,
+                       family=socket.AF_INET6 if ":" in pfx else socket.AF_INET)
+            else:
+                do(ipr.flush_routes, table=p.table, proto=ROUTE_PROTO)
+            for fam in {socket.AF_INET6 if ":" in x else socket.AF_INET for x in prefixes}:
+                do(ipr.rule, op, family=fam, priority=PRIO_PATH + p.number, fwmark=p.mark, fwmask=0xFFFFFFFF,
+                   table=p.table, protocol=ROUTE_PROTO)
+        n = 0
+        for r in cfg.remotes:
+            for pfx in r.prefixes:
+                net = ipaddress.ip_network(pfx)
+                do(ipr.rule, op, family=socket.AF_INET6 if net.version == 6 else socket.AF_INET,
+                   priority=PRIO_UNREACHABLE + n, dst=str(net.network_address), dst_len=net.prefixlen,
+                   action="unreachable", protocol=ROUTE_PROTO)
+                n += 1
+        if errors:
+            log.warning("steering: %d routing objects could not be removed: %s", len(errors), "; ".join(errors))
+
+    def set_policies(self, policies: Iterable[tuple[int, RoutingPolicy]]) -> None:
+        """Recompile the classify chain (one transaction; connections already classified keep their slot)."""
+        rules = self.classify_rules(policies)
+        cmd = [f"flush chain inet {self.table} classify"]
+        cmd += [f"add rule inet {self.table} classify {r}" for r in rules]
+        try:
+            self._nftc().run("\n".join(cmd) + "\n")
+        except NftError as exc:
+            raise SteeringError(f"cannot install the policies: {exc}") from exc
+
+    def update(self, new_slot: Mapping[int, int], slot_path: Mapping[int, int]) -> float | None:
+        """Make the kernel maps equal to the given ones in one transaction. Returns the monotonic
+        time at which the transaction completed, or None if nothing had to change."""
+        cmd: list[str] = []
+        for name, want, have in (("new_slot", new_slot, self._new_slot), ("slot_path", slot_path, self._slot_path)):
+            gone = [k for k in have if k not in want or want[k] != have[k]]
+            add = [k for k in want if have.get(k) != want[k]]
+            if gone:
+                cmd.append(f"delete element inet {self.table} {name} {{ {', '.join(f'{k:#x}' for k in gone)} }}")
+            if add:
+                cmd.append(f"add element inet {self.table} {name} {{ "
+                           + ", ".join(f"{k:#x} : {want[k]:#x}" for k in add) + " }")
+        if not cmd:
+            return None
+        try:
+            self._nftc().run("\n".join(cmd) + "\n")
+        except NftError as exc:
+            raise SteeringError(f"steering update refused: {exc}") from exc
+        done = time.monotonic()
+        self._new_slot = dict(new_slot)
+        self._slot_path = dict(slot_path)
+        return done
+
+    def flows(self) -> list[KernelFlow]:
+        """Connections the kernel steers (conntrack entries carrying a slot mark)."""
+        from pyroute2 import Conntrack
+
+        out = []
+        ct = Conntrack()
+        try:
+            for e in ct.dump_entries(mark=SLOT_MARK_BASE, mark_mask=SLOT_MASK):
+                t = e.tuple_orig
+                out.append(KernelFlow(src_ip=str(t.saddr), dst_ip=str(t.daddr), src_port=int(t.sport or 0),
+                                      dst_port=int(t.dport or 0), protocol=int(t.proto or 0), slot=int(e.mark),
+                                      timeout_s=e.timeout))
+        finally:
+            ct.close()
+        return out
+
+    # -- teardown --------------------------------------------------------------------------------
+
+    def teardown(self) -> None:
+        from pyroute2 import IPRoute
+
+        try:
+            self._nftc().run(f"add table inet {self.table}\ndelete table inet {self.table}\n")
+        except NftError as exc:
+            log.warning("steering: cannot remove nft table %s: %s", self.table, exc)
+        with IPRoute() as ipr:
+            self._routes(ipr, "del")
+        for key, old in self._sysctl_saved.items():
+            with contextlib.suppress(OSError):
+                FsPath("/proc/sys", key).write_text(old)
+        self._sysctl_saved.clear()
+        self._new_slot.clear()
+        self._slot_path.clear()
+        self.applied = False
+        if self._nft is not None:
+            self._nft.close()
+            self._nft = None
+
+    def _sysctl(self, key: str, value: str, optional: bool = False) -> None:
+        f = FsPath("/proc/sys", key)
+        try:
+            old = f.read_text().strip()
+            if old != value:
+                f.write_text(value)
+                self._sysctl_saved.setdefault(key, old)
+        except OSError as exc:
+            if not optional:
+                raise SteeringError(f"cannot set {key.replace('/', '.')}={value}: {exc.strerror}") from exc
+
+
+def path_mark(path_no: int) -> int:
+    return PATH_MARK_BASE | path_no
