@@ -225,8 +225,8 @@ class TwoSiteLab:
             self._ip(self.ns("core"), "link", "set", core_if, "down")
         elif mode == "drop":
             _run(["ip", "netns", "exec", self.ns("core"), "nft", "-f", "-"], input=(
-                f"table inet ptlab_{site}_{uplink} {{ chain fwd {{ type filter hook forward priority 0; "
-                f'iifname "{core_if}" drop; oifname "{core_if}" drop; }} }}\n'))
+                f"table inet ptlab_{site}_{uplink} {{\n chain cut {{\n  type filter hook forward priority 0;\n"
+                f'  iifname "{core_if}" drop\n  oifname "{core_if}" drop\n }}\n}}\n'))
         else:
             raise ValueError(f"cut mode must be 'down' or 'drop', got {mode!r}")
 

@@ -16,6 +16,8 @@ one conntrack entry, which is what a sticky flow is.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import signal
 import socket
@@ -48,10 +50,9 @@ def send(dst: tuple[str, int], rate: float, duration: float, sport: int = 0, siz
         delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)     # pacing to an absolute schedule, not waiting for a condition
-        try:
+        # unreachable for a moment (no path): the packet is lost, go on
+        with contextlib.suppress(OSError):
             s.sendto(HEADER.pack(n, time.time_ns()) + pad, dst)
-        except OSError:
-            pass                  # unreachable for a moment (no path): the packet is lost, go on
         n += 1
     return n
 
@@ -100,14 +101,15 @@ class FlowStats:
         return self.__dict__.copy()
 
 
-def analyse(path: Path, *, since_ns: int | None = None, until_ns: int | None = None, sent: int | None = None) -> FlowStats:
+def analyse(path: Path, *, since_ns: int | None = None, until_ns: int | None = None,
+            sent: int | None = None) -> FlowStats:
     data = json.loads(path.read_text())
     arr = sorted((a for a in data["arrivals"] if (since_ns is None or a[2] >= since_ns)
                   and (until_ns is None or a[2] <= until_ns)), key=lambda a: a[2])
     if not arr:
         return FlowStats(0, sent or 0, float("inf"), None, float("nan"))
     gap, at = 0, None
-    for a, b in zip(arr, arr[1:], strict=False):
+    for a, b in itertools.pairwise(arr):
         if b[2] - a[2] > gap:
             gap, at = b[2] - a[2], a[2]
     seqs = {a[0] for a in arr}

@@ -549,17 +549,17 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
         errs.add("steering", "the XDP / tc-BPF dataplane is not built yet; use 'nftables' (or 'none' to "
                              "measure paths without steering traffic)")
 
-    bw = _mapping(top.get("bandwidth_test"), "bandwidth_test", errs, {"interval", "duration", "rate"})
+    bwt = _mapping(top.get("bandwidth_test"), "bandwidth_test", errs, {"interval", "duration", "rate"})
     bw_interval = 0.0
-    if bw.get("interval", "off") not in ("off", None, False):
-        bw_interval = _duration(bw["interval"], "bandwidth_test.interval", errs, 10.0)
-    bw_duration = _duration(bw.get("duration", "2s"), "bandwidth_test.duration", errs, 0.2)
+    if bwt.get("interval", "off") not in ("off", None, False):
+        bw_interval = _duration(bwt["interval"], "bandwidth_test.interval", errs, 10.0)
+    bw_duration = _duration(bwt.get("duration", "2s"), "bandwidth_test.duration", errs, 0.2)
     if bw_duration > 30:
         errs.add("bandwidth_test.duration", "at most 30 s")
     bw_rate = 50.0
-    if bw.get("rate") is not None:
+    if bwt.get("rate") is not None:
         try:
-            bw_rate = parse_rate(bw["rate"], "bandwidth_test.rate") / 1e6
+            bw_rate = parse_rate(bwt["rate"], "bandwidth_test.rate") / 1e6
         except ConfigError as exc:
             errs.take(exc)
     pmtu = top.get("pmtu", True)

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path as FsPath
 from typing import Any, TypeVar
@@ -154,6 +155,8 @@ class Agent:
 
     async def _start(self) -> None:
         cfg = self.cfg
+        loop = self.loop
+        assert loop is not None
         if os.geteuid() != 0 and (cfg.steering != "none" or cfg.paths):
             raise AgentError("the agent needs root (CAP_NET_ADMIN) to create tunnels, routes and rules")
         cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -185,30 +188,34 @@ class Agent:
         self.router.replace_policies(policies)
         self._number_policies()
 
-        # kernel: tunnels, then steering
+        # kernel: uplink routing, tunnels, then steering
+        if cfg.steering == "nftables":
+            self.steering = Steering(cfg)
+            self._undo.append(("steering", self.steering.teardown))
+            await self._k(self.steering.apply_uplinks)
         if cfg.paths:
             from patronus.agent.wireguard import TunnelSpec, WireGuardManager, detect_backend
 
             self.wg_backend = await self._k(detect_backend, cfg.wg_backend)
             self.wg = WireGuardManager(self.wg_backend, cfg.state_dir)
-            for p in cfg.paths:
-                remote = cfg.remote(p.remote)
-                spec = TunnelSpec(ifname=p.ifname, private_key=private, listen_port=p.listen_port,
-                                  fwmark=p.uplink.mark, mtu=cfg.wg_mtu, peer_public_key=remote.public_key,
-                                  peer_endpoint=(p.endpoint.address, p.peer_port),
+            for plan in cfg.paths:
+                remote = cfg.remote(plan.remote)
+                spec = TunnelSpec(ifname=plan.ifname, private_key=private, listen_port=plan.listen_port,
+                                  fwmark=plan.uplink.mark, mtu=cfg.wg_mtu, peer_public_key=remote.public_key,
+                                  peer_endpoint=(plan.endpoint.address, plan.peer_port),
                                   allowed_ips=tuple(remote.prefixes), keepalive_s=cfg.wg_keepalive_s,
                                   owner=cfg.owner)
                 await self._k(self.wg.create, spec)
-                self._undo.append((f"tunnel {p.ifname}", lambda n=p.ifname: self.wg.delete(n)))
-        if cfg.steering == "nftables":
-            self.steering = Steering(cfg)
+                self._undo.append((f"tunnel {plan.ifname}", functools.partial(self.wg.delete, plan.ifname)))
+        if self.steering is not None:
             await self._k(self.steering.apply, self._numbered_policies())
             self._undo.append(("steering", self.steering.teardown))
 
-        # probing
+        # probing, and the bandwidth-test servers (one per uplink and peer site: one pair key each)
         self.prober = Prober(cfg, self._on_probe_reply)
-        self.prober.start(self.loop)
+        self.prober.start(loop)
         self._undo.append(("probes", self.prober.close))
+        await self._start_bandwidth_servers()
 
         # core
         now = time.monotonic()
@@ -220,11 +227,69 @@ class Agent:
         for r in cfg.remotes:
             self.router.set_site_prefixes(SiteId(r.name), r.prefixes)
         self._pump(now)
-        self._tasks.append(self.loop.create_task(self._periodic(), name="patronus-periodic"))
-        self._publish({"kind": "agent_started", "at": time.time(), "site": cfg.name, "paths": len(cfg.paths),
+        self._tasks.append(loop.create_task(self._periodic(), name="patronus-periodic"))
+        if cfg.pmtu:
+            self._tasks.append(loop.create_task(self._measure_mtus(), name="patronus-pmtu"))
+        if cfg.bandwidth_interval_s > 0:
+            self._tasks.append(loop.create_task(self._bandwidth_tests(), name="patronus-bandwidth"))
+        self._publish({"kind": "AgentStarted", "at": time.time(), "site": cfg.name, "paths": len(cfg.paths),
                        "wireguard_backend": self.wg_backend, "steering": cfg.steering})
         log.info("agent %s up: %d paths, wireguard %s, steering %s", cfg.name, len(cfg.paths), self.wg_backend,
                  cfg.steering)
+
+    async def _start_bandwidth_servers(self) -> None:
+        from patronus.agent.bwtest import BandwidthServer
+        from patronus.agent.config import probe_key
+        from patronus.agent.ondemand import bandwidth_port
+        from patronus.agent.sockets import open_path_socket
+
+        servers: list[Any] = []
+        self._undo.append(("bandwidth servers", lambda: [srv.close() for srv in servers]))
+        for r in self.cfg.remotes:
+            key = probe_key(self.cfg, r)
+            if key is None:
+                continue
+            for up in self.cfg.uplinks:
+                sock = open_path_socket(up.address, up.interface, up.mark, bandwidth_port(self.cfg, r.id))
+                servers.append(await BandwidthServer.serve(sock, key))
+
+    async def _measure_mtus(self) -> None:
+        """Path MTU of every path once it is up (RFC 4821 style search with DF probes)."""
+        from patronus.agent.ondemand import path_mtu
+
+        pending = {p.id: p for p in self.cfg.paths}
+        while pending:
+            for pid, plan in list(pending.items()):
+                if self.monitor.status(pid) is PathStatus.DOWN:
+                    continue
+                try:
+                    res = await path_mtu(self.cfg, plan)
+                except Exception as exc:
+                    log.warning("path MTU of %s: %s", pid, exc)
+                    del pending[pid]
+                    continue
+                del pending[pid]
+                if res.get("path_mtu"):
+                    self.monitor.set_mtu(pid, int(res["path_mtu"]))
+                    self._publish({"kind": "PathMtuMeasured", "at": time.time(), "path_id": pid, **res})
+            if pending:
+                await asyncio.sleep(1.0)     # re-check paths not yet up once a second
+
+    async def _bandwidth_tests(self) -> None:
+        from patronus.agent.ondemand import measure_bandwidth
+
+        while True:
+            for plan in self.cfg.paths:
+                if self.monitor.status(plan.id) is PathStatus.DOWN:
+                    continue
+                try:
+                    res = await measure_bandwidth(self.cfg, plan)
+                except Exception as exc:
+                    log.warning("bandwidth test of %s: %s", plan.id, exc)
+                    continue
+                self.monitor.set_bandwidth(plan.id, float(res["goodput_mbps"]))
+                self._publish({"kind": "BandwidthMeasured", "at": time.time(), "path_id": plan.id, **res})
+            await asyncio.sleep(self.cfg.bandwidth_interval_s)   # the configured period between rounds
 
     async def stop(self) -> None:
         """Undo everything `start` did, newest first. Safe to call more than once."""
@@ -253,7 +318,7 @@ class Agent:
         self.kernel.shutdown(wait=True)
         for q in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait({"kind": "agent_stopping", "at": time.time()})
+                q.put_nowait({"kind": "AgentStopping", "at": time.time()})
 
     def _init_store(self, store: Store) -> None:
         cfg = self.cfg
@@ -340,7 +405,7 @@ class Agent:
         moves = [e for e in trigger if isinstance(e, FailoverTriggered | Failback)]
         if moves:
             first = min(e.at for e in moves)
-            self._publish({"kind": "steering_applied", "at": self.wall(done), "moves": len(moves),
+            self._publish({"kind": "SteeringApplied", "at": self.wall(done), "moves": len(moves),
                            "latency_ms": round((done - first) * 1000, 3),
                            "paths": sorted({str(e.to_path) for e in moves})})
 
@@ -402,10 +467,9 @@ class Agent:
                 self._sync_kernel(rev)
             except Exception as exc:     # a refused kernel update must not kill the agent
                 log.error("steering update failed: %s", exc)
-                self._publish({"kind": "steering_error", "at": time.time(), "error": str(exc)})
+                self._publish({"kind": "SteeringError", "at": time.time(), "error": str(exc)})
         if self.store is not None:
-            stored = [e for e in rev if isinstance(e, _STORED_KINDS) and not isinstance(e, FlowAssigned)]
-            stored = [e for e in stored if not isinstance(e, FlowAssigned)]
+            stored: list[Event] = [e for e in rev if isinstance(e, _STORED_KINDS)]
             if status_changed or stored:
                 self._store_events(stored)
         self._arm()
@@ -456,13 +520,13 @@ class Agent:
         if self.store is None:
             return
         samples = []
-        for pid in self.monitor.path_ids():
+        for pid in self.monitor.path_ids:
             m = self.monitor.metrics(pid, now)
             samples.append((pid, m.with_(measured_at=self.wall(now))))
         try:
             with self.store.transaction():
                 self.store.record_metrics_many(samples)
-                for pid in self.monitor.path_ids():
+                for pid in self.monitor.path_ids:
                     self.store.set_path_status(pid, self.monitor.status(pid), at=self._status_since.get(pid))
             self._persist_flows()
         except Exception as exc:
@@ -485,7 +549,7 @@ class Agent:
                 if rec.flow not in keep:
                     self.store.remove_flow(rec.flow)
 
-    def _store_events(self, events: list[Event]) -> None:
+    def _store_events(self, events: Sequence[Event]) -> None:
         assert self.store is not None
         if not events:
             return
@@ -586,7 +650,7 @@ class Agent:
         now = time.monotonic()
         self._sync_slots(now)
         self._pump(now)
-        self._publish({"kind": "policies_changed", "at": time.time(), "policies": [p.name for p in policies]})
+        self._publish({"kind": "PoliciesChanged", "at": time.time(), "policies": [p.name for p in policies]})
 
     def put_policy(self, policy: RoutingPolicy) -> bool:
         current = self.router.list_policies()

@@ -97,7 +97,9 @@ class Prober:
 
     def _open_reflector(self, up: UplinkConfig) -> None:
         assert self._loop is not None
-        sock = open_path_socket(up.address, up.interface, up.mark, self.cfg.probe_port)
+        # DF on replies: a path-MTU probe's reply must not be fragmented on the way back (else a too-big
+        # probe would look like a fit)
+        sock = open_path_socket(up.address, up.interface, up.mark, self.cfg.probe_port, df=True)
         self.reflectors[up.name] = sock
         self.reflector_counters[up.name] = StreamCounters()
         self._reflector_windows[up.name] = OrderedDict()

@@ -152,8 +152,8 @@ class Steering:
     def ruleset(self, policies: Iterable[tuple[int, RoutingPolicy]]) -> str:
         cfg = self.cfg
         t = self.table
-        v4 = []
-        v6 = []
+        v4: list[str] = []
+        v6: list[str] = []
         for r in cfg.remotes:
             for p in r.prefixes:
                 elem = f"{p} : {slot_mark(self.remote_no[r.name], 0, 0):#x}"
@@ -169,10 +169,10 @@ class Steering:
         lines += [f"    {r}" for r in self.classify_rules(policies)]
         lines.append("  }")
         lines.append("  chain newflow {")
-        for p in cfg.paths:
-            base = slot_mark(self.remote_no[p.remote], 0, p.number)
-            lines.append(f'    iifname "{p.ifname}" meta mark set {base:#x} jump classify')
-            lines.append(f'    iifname "{p.ifname}" ct mark set meta mark meta mark set 0 return')
+        for plan in cfg.paths:
+            base = slot_mark(self.remote_no[plan.remote], 0, plan.number)
+            lines.append(f'    iifname "{plan.ifname}" meta mark set {base:#x} jump classify')
+            lines.append(f'    iifname "{plan.ifname}" ct mark set meta mark meta mark set 0 return')
         lines.append("    meta nfproto ipv4 meta mark set ip daddr map @remote_site4")
         lines.append("    meta nfproto ipv6 meta mark set ip6 daddr map @remote_site6")
         lines.append(f"    meta mark and {SLOT_MASK:#x} == {SLOT_MARK_BASE:#x} jump classify")
@@ -198,24 +198,37 @@ class Steering:
             self._nft = Nft()
         return self._nft
 
-    def apply(self, policies: Iterable[tuple[int, RoutingPolicy]]) -> None:
-        """Install sysctls, the nft table, and the routing rules and tables. All or nothing."""
+    def apply_uplinks(self) -> None:
+        """Step 1, before the tunnels exist: forwarding on, and each uplink's table and rules, so the
+        tunnels' first handshake (marked with its uplink's fwmark) already has a route."""
         from pyroute2 import IPRoute
 
-        done: list[str] = []
         try:
             self._sysctl("net/ipv4/ip_forward", "1")
             self._sysctl("net/ipv6/conf/all/forwarding", "1", optional=True)
             self._sysctl("net/netfilter/nf_conntrack_acct", "1", optional=True)
+            with IPRoute() as ipr:
+                self._routes(ipr, "add", paths=False)
+        except Exception as exc:
+            log.error("steering: uplink routing failed (%s); removing what was applied", exc)
+            self.teardown()
+            if isinstance(exc, SteeringError):
+                raise
+            raise SteeringError(f"cannot install uplink routing: {exc}") from exc
+
+    def apply(self, policies: Iterable[tuple[int, RoutingPolicy]]) -> None:
+        """Step 2, once the tunnels exist: the nft table and each path's table and rules. All or nothing
+        (a failure removes steps 1 and 2)."""
+        from pyroute2 import IPRoute
+
+        try:
             for p in self.cfg.paths:
                 self._sysctl(f"net/ipv4/conf/{p.ifname}/rp_filter", "0", optional=True)
-            done.append("sysctl")
             self._nftc().run(self.ruleset(policies))
-            done.append("nft")
             self._new_slot.clear()
             self._slot_path.clear()
             with IPRoute() as ipr:
-                self._routes(ipr, "add")
+                self._routes(ipr, "add", uplinks=False)
             self.applied = True
         except Exception as exc:
             log.error("steering: apply failed (%s); removing what was applied", exc)
@@ -224,7 +237,7 @@ class Steering:
                 raise
             raise SteeringError(f"cannot install steering: {exc}") from exc
 
-    def _routes(self, ipr: Any, op: str) -> None:
+    def _routes(self, ipr: Any, op: str, *, uplinks: bool = True, paths: bool = True) -> None:
         cfg = self.cfg
         errors: list[str] = []
 
@@ -239,7 +252,7 @@ class Steering:
                     raise SteeringError(f"{fn.__name__} {a} {kw}: {exc}") from exc
                 errors.append(f"{a} {kw}: {exc}")
 
-        for up in cfg.uplinks:
+        for up in cfg.uplinks if uplinks else ():
             fam = socket.AF_INET6 if ":" in up.address else socket.AF_INET
             if op == "add":
                 idx = ipr.link_lookup(ifname=up.interface)
@@ -258,7 +271,7 @@ class Steering:
                fwmask=0xFFFFFFFF, table=up.table, protocol=ROUTE_PROTO)
             do(ipr.rule, op, family=fam, priority=PRIO_UPLINK_SRC + up.number, src=up.address,
                table=up.table, protocol=ROUTE_PROTO)
-        for p in cfg.paths:
+        for p in cfg.paths if paths else ():
             prefixes = cfg.remote(p.remote).prefixes
             if op == "add":
                 idx = ipr.link_lookup(ifname=p.ifname)
@@ -273,7 +286,7 @@ class Steering:
                 do(ipr.rule, op, family=fam, priority=PRIO_PATH + p.number, fwmark=p.mark, fwmask=0xFFFFFFFF,
                    table=p.table, protocol=ROUTE_PROTO)
         n = 0
-        for r in cfg.remotes:
+        for r in cfg.remotes if paths else ():
             for pfx in r.prefixes:
                 net = ipaddress.ip_network(pfx)
                 do(ipr.rule, op, family=socket.AF_INET6 if net.version == 6 else socket.AF_INET,

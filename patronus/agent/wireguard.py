@@ -1,0 +1,745 @@
+"""One WireGuard interface per path, on the kernel module or on wireguard-go, in the current network namespace.
+
+Decisions:
+
+* **Two backends, one API.** `kernel` speaks netlink only (pyroute2 `IPRoute` for the link, pyroute2
+  `WireGuard` for keys and the peer). `userspace` runs `wireguard-go -f IFNAME` as our child and configures it
+  with `wg set` (no library API for its UAPI socket): argument lists, checked exit codes, stderr in errors.
+  The link itself (MTU, ifalias, up) is always set over netlink, whichever backend made it.
+* **Ownership.** Every interface we create carries `spec.owner` as its ifalias, set right after the link
+  appears, so even a half-built interface is found by `cleanup(owner_prefix)`; nothing without our tag is
+  ever touched. wireguard-go processes are recorded in `state_dir/wg-IFNAME.pid` (pid, ifname, owner), and are
+  only ever signalled after `/proc/PID/cmdline` proves they are wireguard-go for that interface; signals go
+  through a pidfd, so a recycled pid can never be hit. Never `pkill`.
+* **The process outlives its creator.** wireguard-go starts in a new session with its output in
+  `state_dir/wg-IFNAME.log`, so an agent restart does not take the tunnels down; a later manager (another
+  process, even) finds it again through the pid file. Exit is detected by polling the pidfd, which also
+  works for a zombie whose parent is gone (and the creating process reaps its own children).
+* **Wait for conditions.** `create` polls, with a deadline, for the control socket
+  `/var/run/wireguard/IFNAME.sock` *and* the link; early exit or timeout raises with the log tail. A
+  stale socket left by a killed wireguard-go is removed first (so it cannot satisfy the wait); a live one
+  means the name is in use elsewhere: those sockets are shared by every network namespace, so interface
+  names must be unique machine-wide (callers use names like `pt<site>p<n>`).
+* **All or nothing.** If `create` fails half-way it removes what it made (process, link, files) before
+  raising. `delete` is idempotent: deleting what is not there is not an error, so cleanup can always run.
+* The private key never touches the disk here: `wg set … private-key /dev/stdin` reads it from a pipe, and
+  `TunnelSpec`'s repr hides it.
+* `status` works from the outside: kernel via `WireGuard().info`, userspace via `wg show IFNAME dump`, both
+  parsed by pure functions (`parse_wg_dump`, `parse_kernel_info`) that the unit tests exercise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pyroute2 import IPRoute, WireGuard
+from pyroute2.netlink.exceptions import NetlinkError
+
+from patronus.agent.keys import check_key
+from patronus.core.errors import ConfigError, PatronusError
+
+__all__ = [
+    "BACKENDS",
+    "INSTALL_HINT",
+    "SOCKET_DIR",
+    "TunnelSpec",
+    "TunnelStatus",
+    "WireGuardError",
+    "WireGuardManager",
+    "detect_backend",
+    "kernel_available",
+    "parse_kernel_info",
+    "parse_wg_dump",
+    "userspace_available",
+    "validate_ifname",
+    "wg_set_argv",
+]
+
+Backend = Literal["kernel", "userspace"]
+BACKENDS: Final = ("kernel", "userspace")
+SOCKET_DIR: Final = Path("/var/run/wireguard")
+INSTALL_HINT: Final = "apt-get install --no-install-recommends wireguard-go wireguard-tools"
+IFNAMSIZ: Final = 16  # including the NUL: names are at most 15 characters
+IFALIASZ: Final = 256
+
+_POLL_S: Final = 0.01
+_LOG_TAIL_BYTES: Final = 2000
+
+
+class WireGuardError(PatronusError):
+    """WireGuard could not be set up, changed or inspected; the message says what and, if known, how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------------- spec
+
+
+def validate_ifname(name: object, field_name: str = "ifname") -> str:
+    """A valid Linux interface name (1..15 characters, no '/', ':' or whitespace, not '.'/'..')."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError("expected a non-empty interface name", field_name)
+    if len(name.encode()) > IFNAMSIZ - 1:
+        raise ConfigError(f"interface names are at most {IFNAMSIZ - 1} bytes, got {len(name.encode())}", field_name)
+    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name) or not name.isprintable():
+        raise ConfigError(f"{name!r} is not a valid interface name", field_name)
+    return name
+
+
+Problems = list[tuple[str, str]]  # (field, reason), as ConfigError takes them
+
+
+def _check_port(value: object, field_name: str, *, allow_zero: bool) -> Problems:
+    low = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 65535:
+        return [(field_name, f"expected an integer port {low}..65535, got {value!r}")]
+    return []
+
+
+def _check_host(host: object, field_name: str) -> Problems:
+    if not isinstance(host, str) or not host:
+        return [(field_name, f"expected an IP address or host name, got {host!r}")]
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host)
+        return []
+    if ":" in host or any(c.isspace() for c in host) or not host.isprintable() or len(host) > 253:
+        return [(field_name, f"{host!r} is neither an IP address nor a host name")]
+    return []
+
+
+def _endpoint_text(host: str, port: int) -> str:
+    """`host:port` as `wg` writes it: IPv6 literals in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _uint_errors(value: object, name: str, maximum: int, minimum: int = 0) -> Problems:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        return [(name, f"expected an integer {minimum}..{maximum}, got {value!r}")]
+    return []
+
+
+@dataclass(frozen=True, kw_only=True)
+class TunnelSpec:
+    """One WireGuard interface with exactly one peer. Validated on construction; keys are canonicalised."""
+
+    ifname: str
+    private_key: str = field(repr=False)
+    listen_port: int
+    fwmark: int = 0  # 0: no mark
+    mtu: int = 1420
+    peer_public_key: str
+    peer_endpoint: tuple[str, int]
+    allowed_ips: tuple[str, ...]
+    keepalive_s: int = 0  # 0: off
+    owner: str  # stored as the interface's ifalias, e.g. "patronus:s1"
+
+    def __post_init__(self) -> None:
+        errors: Problems = []
+
+        def check(fn: Any, *args: Any) -> Any:
+            try:
+                return fn(*args)
+            except ConfigError as e:
+                errors.extend(e.errors)
+                return None
+
+        check(validate_ifname, self.ifname, "ifname")
+        priv = check(check_key, self.private_key, "private_key")
+        pub = check(check_key, self.peer_public_key, "peer_public_key")
+        if priv is not None:
+            object.__setattr__(self, "private_key", priv)
+        if pub is not None:
+            object.__setattr__(self, "peer_public_key", pub)
+        errors += _check_port(self.listen_port, "listen_port", allow_zero=True)
+        errors += _uint_errors(self.fwmark, "fwmark", 2**32 - 1)
+        errors += _uint_errors(self.mtu, "mtu", 65535, minimum=576)
+        errors += _uint_errors(self.keepalive_s, "keepalive_s", 65535)
+
+        endpoint = self.peer_endpoint
+        if isinstance(endpoint, list):
+            endpoint = tuple(endpoint)
+            object.__setattr__(self, "peer_endpoint", endpoint)
+        if not isinstance(endpoint, tuple) or len(endpoint) != 2:
+            errors.append(("peer_endpoint", f"expected (host, port), got {endpoint!r}"))
+        else:
+            errors += _check_host(endpoint[0], "peer_endpoint.host")
+            errors += _check_port(endpoint[1], "peer_endpoint.port", allow_zero=False)
+
+        ips = self.allowed_ips
+        if isinstance(ips, list):
+            ips = tuple(ips)
+            object.__setattr__(self, "allowed_ips", ips)
+        if not isinstance(ips, tuple):
+            errors.append(("allowed_ips", f"expected a list of CIDR prefixes, got {ips!r}"))
+        else:
+            for i, cidr in enumerate(ips):
+                if not isinstance(cidr, str) or "/" not in cidr:
+                    errors.append((f"allowed_ips[{i}]", f"expected a CIDR prefix like 10.0.0.0/24, got {cidr!r}"))
+                    continue
+                try:
+                    ipaddress.ip_network(cidr, strict=False)
+                except ValueError as e:
+                    errors.append((f"allowed_ips[{i}]", str(e)))
+
+        owner = self.owner
+        if not isinstance(owner, str) or not owner or len(owner.encode()) >= IFALIASZ or not owner.isprintable():
+            errors.append(("owner", f"expected a printable tag of 1..{IFALIASZ - 1} bytes, got {owner!r}"))
+        if errors:
+            raise ConfigError(errors)
+
+
+@dataclass(frozen=True)
+class TunnelStatus:
+    ifname: str
+    latest_handshake: float | None  # epoch seconds; None: never
+    rx_bytes: int
+    tx_bytes: int
+    endpoint: str | None  # "host:port" ("[v6]:port"); None: not known yet
+
+
+def wg_set_argv(spec: TunnelSpec, key_path: str = "/dev/stdin") -> list[str]:
+    """The `wg set` command configuring `spec` on a wireguard-go interface (the key is read from `key_path`)."""
+    argv = [
+        "wg", "set", spec.ifname,
+        "listen-port", str(spec.listen_port),
+        "fwmark", str(spec.fwmark) if spec.fwmark else "off",
+        "private-key", key_path,
+        "peer", spec.peer_public_key,
+        "endpoint", _endpoint_text(*spec.peer_endpoint),
+        "persistent-keepalive", str(spec.keepalive_s) if spec.keepalive_s else "off",
+    ]  # fmt: skip
+    if spec.allowed_ips:
+        argv += ["allowed-ips", ",".join(spec.allowed_ips)]
+    return argv
+
+
+def parse_wg_dump(ifname: str, text: str) -> TunnelStatus:
+    """Parse `wg show IFNAME dump`: one interface line, then one line per peer (totals over all peers)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if not lines or len(lines[0].split("\t")) != 4:
+        raise WireGuardError(f"{ifname}: unexpected `wg show dump` output (no interface line)")
+    handshake: float | None = None
+    rx = tx = 0
+    endpoint: str | None = None
+    for n, line in enumerate(lines[1:], start=2):
+        cols = line.split("\t")
+        if len(cols) != 8:
+            raise WireGuardError(f"{ifname}: unexpected `wg show dump` line {n}: {len(cols)} columns, expected 8")
+        _pub, _psk, ep, _ips, hs, peer_rx, peer_tx, _ka = cols
+        try:
+            hs_s, rx_b, tx_b = int(hs), int(peer_rx), int(peer_tx)
+        except ValueError:
+            raise WireGuardError(f"{ifname}: unexpected `wg show dump` line {n}: non-numeric counters") from None
+        if hs_s > 0:
+            handshake = float(hs_s) if handshake is None else max(handshake, float(hs_s))
+        rx += rx_b
+        tx += tx_b
+        if endpoint is None and ep != "(none)":
+            endpoint = ep
+    return TunnelStatus(ifname=ifname, latest_handshake=handshake, rx_bytes=rx, tx_bytes=tx, endpoint=endpoint)
+
+
+def _field(obj: Any, key: str) -> Any:
+    """A field of a decoded pyroute2 NLA, whether pyroute2 hands back the NLA or its plain value."""
+    if obj is None:
+        return None
+    with contextlib.suppress(KeyError, TypeError):
+        return obj[key]
+    return None
+
+
+def _kernel_peers(msgs: Iterable[Any]) -> Iterator[Any]:
+    for msg in msgs:
+        yield from msg.get_attr("WGDEVICE_A_PEERS") or []
+
+
+def parse_kernel_info(ifname: str, msgs: Iterable[Any]) -> TunnelStatus:
+    """Parse the messages of pyroute2 `WireGuard().info(ifname)` (totals over all peers)."""
+    handshake: float | None = None
+    rx = tx = 0
+    endpoint: str | None = None
+    for peer in _kernel_peers(msgs):
+        hs = peer.get_attr("WGPEER_A_LAST_HANDSHAKE_TIME")
+        sec, nsec = _field(hs, "tv_sec") or 0, _field(hs, "tv_nsec") or 0
+        if sec > 0:
+            t = sec + nsec / 1e9
+            handshake = t if handshake is None else max(handshake, t)
+        rx += peer.get_attr("WGPEER_A_RX_BYTES") or 0
+        tx += peer.get_attr("WGPEER_A_TX_BYTES") or 0
+        ep = peer.get_attr("WGPEER_A_ENDPOINT")
+        addr, port = _field(ep, "addr"), _field(ep, "port")
+        if endpoint is None and addr and port and addr not in ("0.0.0.0", "::"):
+            endpoint = _endpoint_text(str(addr), int(port))
+    return TunnelStatus(ifname=ifname, latest_handshake=handshake, rx_bytes=rx, tx_bytes=tx, endpoint=endpoint)
+
+
+# ----------------------------------------------------------------------------------------------- backends
+
+
+def kernel_available() -> tuple[bool, str]:
+    """Whether the WireGuard kernel module is usable here, and why (not)."""
+    if Path("/sys/module/wireguard").exists():
+        return True, "wireguard module loaded (/sys/module/wireguard)"
+    probe = f"ptwgprobe{os.getpid() % 100000}"
+    try:
+        with IPRoute() as ipr:
+            try:
+                ipr.link("add", ifname=probe, kind="wireguard")
+            except NetlinkError as e:
+                if e.code == errno.EOPNOTSUPP:
+                    return False, "kernel has no wireguard module (creating a wireguard link: unknown device type)"
+                return False, f"creating a wireguard link failed: {os.strerror(e.code)}"
+            for idx in ipr.link_lookup(ifname=probe):
+                ipr.link("del", index=idx)
+    except OSError as e:  # netlink socket itself unavailable
+        return False, f"netlink unavailable: {e}"
+    return True, "wireguard links can be created (module loaded on demand)"
+
+
+def userspace_available() -> tuple[bool, str]:
+    """Whether wireguard-go + wg (and /dev/net/tun) are usable here, and why (not)."""
+    missing = [tool for tool in ("wireguard-go", "wg") if shutil.which(tool) is None]
+    problems = [f"{', '.join(missing)} not on PATH"] if missing else []
+    if not Path("/dev/net/tun").exists():
+        problems.append("/dev/net/tun missing (no TUN support)")
+    if problems:
+        return False, "; ".join(problems)
+    return True, f"wireguard-go at {shutil.which('wireguard-go')}, wg at {shutil.which('wg')}"
+
+
+def detect_backend(preferred: str = "auto") -> Backend:
+    """`kernel` if the module is usable, else `userspace` if wireguard-go and wg are; forced values are checked."""
+    if preferred not in ("auto", *BACKENDS):
+        raise ConfigError(f"expected one of auto, kernel, userspace, got {preferred!r}", "wireguard.backend")
+    kernel_why = ""
+    if preferred in ("auto", "kernel"):
+        ok, kernel_why = kernel_available()
+        if ok:
+            return "kernel"
+        if preferred == "kernel":
+            raise WireGuardError(
+                f"WireGuard kernel backend unavailable: {kernel_why}. Load it with `modprobe wireguard` (in "
+                f"mainline Linux since 5.6) or use the userspace backend: {INSTALL_HINT}"
+            )
+    ok, user_why = userspace_available()
+    if ok:
+        return "userspace"
+    prefix = f"no WireGuard backend: kernel: {kernel_why}; userspace: " if preferred == "auto" else ""
+    raise WireGuardError(f"{prefix or 'WireGuard userspace backend unavailable: '}{user_why}. Install: {INSTALL_HINT}")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+# Popen objects of the wireguard-go processes this Python process started, so it reaps its own children
+# (and Popen never warns about a child it lost track of). Other processes' children are handled by pid.
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@dataclass(frozen=True)
+class _PidRecord:
+    pid: int
+    ifname: str
+    owner: str
+    path: Path
+
+
+def _link_index(ipr: Any, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def _socket_path(ifname: str) -> Path:
+    return SOCKET_DIR / f"{ifname}.sock"
+
+
+def _socket_live(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+def _remove_stale_socket(ifname: str) -> None:
+    path = _socket_path(ifname)
+    if path.exists() and not _socket_live(path):
+        path.unlink(missing_ok=True)
+
+
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - _LOG_TAIL_BYTES))
+            text = f.read().decode(errors="replace").strip()
+    except OSError as e:
+        return f"(log unreadable: {e.strerror})"
+    return text or "(log empty)"
+
+
+def _proc_state(pid: int) -> str | None:
+    """The /proc state letter of `pid` (R, S, Z, ...), None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def _is_wireguard_go(pid: int, ifname: str) -> bool:
+    """True if `pid` is a live (non-zombie) `wireguard-go ... IFNAME` process."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    argv = [a for a in argv if a]
+    return (
+        len(argv) >= 2
+        and os.path.basename(argv[0]) == b"wireguard-go"
+        and argv[-1] == ifname.encode()
+        and _proc_state(pid) not in (None, "Z", "X")
+    )
+
+
+def _wait_pidfd(pidfd: int, timeout_s: float) -> bool:
+    """Wait until the process behind `pidfd` has exited (a zombie counts); True if it has."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(max(0, int(timeout_s * 1000))))
+
+
+def _run(argv: list[str], what: str, *, input_text: str | None = None, timeout_s: float = 10.0) -> str:
+    try:
+        res = subprocess.run(argv, input=input_text, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except FileNotFoundError:
+        raise WireGuardError(f"{what}: {argv[0]} not found on PATH. Install: {INSTALL_HINT}") from None
+    except subprocess.TimeoutExpired:
+        raise WireGuardError(f"{what}: `{argv[0]} {argv[1]}` did not finish within {timeout_s:g}s") from None
+    if res.returncode != 0:
+        raise WireGuardError(f"{what}: `{' '.join(argv[:3])}` exited {res.returncode}: {res.stderr.strip()}")
+    return res.stdout
+
+
+# ------------------------------------------------------------------------------------------------ manager
+
+
+class WireGuardManager:
+    """Creates, changes, inspects and removes WireGuard interfaces in the current network namespace."""
+
+    def __init__(
+        self,
+        backend: str,
+        state_dir: Path,
+        *,
+        start_timeout_s: float = 10.0,
+        stop_timeout_s: float = 5.0,
+        log_level: str = "error",
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"expected one of kernel, userspace, got {backend!r}", "wireguard.backend")
+        self.backend: Backend = "kernel" if backend == "kernel" else "userspace"
+        self.state_dir = Path(state_dir)
+        self.start_timeout_s = start_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.log_level = log_level  # wireguard-go LOG_LEVEL: verbose, error or silent
+
+    # -- paths
+
+    def _pid_path(self, ifname: str) -> Path:
+        return self.state_dir / f"wg-{ifname}.pid"
+
+    def _log_path(self, ifname: str) -> Path:
+        return self.state_dir / f"wg-{ifname}.log"
+
+    def _key_path(self, ifname: str) -> Path:
+        return self.state_dir / f"wg-{ifname}.key"  # not written by us (key goes via stdin); removed if found
+
+    # -- create
+
+    def create(self, spec: TunnelSpec) -> None:
+        """Create and configure `spec`'s interface and bring it up; on failure nothing of it is left behind."""
+        with IPRoute() as ipr:
+            if _link_index(ipr, spec.ifname) is not None:
+                raise WireGuardError(f"{spec.ifname}: an interface of that name already exists")
+        if self.backend == "kernel":
+            self._create_kernel(spec)
+        else:
+            self._create_userspace(spec)
+
+    def _finish_link(self, ipr: Any, spec: TunnelSpec) -> None:
+        idx = _link_index(ipr, spec.ifname)
+        if idx is None:
+            raise WireGuardError(f"{spec.ifname}: interface vanished during configuration")
+        ipr.link("set", index=idx, mtu=spec.mtu)
+        ipr.link("set", index=idx, state="up")
+
+    def _create_kernel(self, spec: TunnelSpec) -> None:
+        host, port = spec.peer_endpoint
+        with IPRoute() as ipr:
+            try:
+                ipr.link("add", ifname=spec.ifname, kind="wireguard")
+            except NetlinkError as e:
+                raise WireGuardError(f"{spec.ifname}: creating the wireguard link failed: {os.strerror(e.code)}") from e
+            try:
+                ipr.link("set", index=_link_index(ipr, spec.ifname), ifalias=spec.owner)
+                peer = {
+                    "public_key": spec.peer_public_key,
+                    "endpoint_addr": self._resolve(host, port),
+                    "endpoint_port": port,
+                    "persistent_keepalive": spec.keepalive_s,
+                    "replace_allowed_ips": True,
+                    "allowed_ips": list(spec.allowed_ips),
+                }
+                with WireGuard() as wg:
+                    wg.set(
+                        spec.ifname,
+                        listen_port=spec.listen_port,
+                        fwmark=spec.fwmark,
+                        private_key=spec.private_key,
+                        peer=peer,
+                    )
+                self._finish_link(ipr, spec)
+            except BaseException as e:
+                with contextlib.suppress(Exception):
+                    for idx in ipr.link_lookup(ifname=spec.ifname):
+                        ipr.link("del", index=idx)
+                if isinstance(e, NetlinkError):
+                    raise WireGuardError(f"{spec.ifname}: configuring failed: {os.strerror(e.code)}") from e
+                raise
+
+    @staticmethod
+    def _resolve(host: str, port: int) -> str:
+        """An IP literal for `host` (the kernel API takes addresses only; `wg` resolves names itself)."""
+        with contextlib.suppress(ValueError):
+            return str(ipaddress.ip_address(host))
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+        except OSError as e:
+            raise WireGuardError(f"peer endpoint {host!r}: cannot resolve: {e}") from None
+        return str(infos[0][4][0])
+
+    def _create_userspace(self, spec: TunnelSpec) -> None:
+        ifname = spec.ifname
+        sock = _socket_path(ifname)
+        if sock.exists() and _socket_live(sock):
+            raise WireGuardError(
+                f"{ifname}: {sock} is in use by another wireguard-go; its control sockets are shared by all network "
+                "namespaces, so interface names must be unique machine-wide"
+            )
+        sock.unlink(missing_ok=True)  # stale: it must not satisfy the wait below
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_path = self._log_path(ifname)
+        env = {**os.environ, "WG_PROCESS_FOREGROUND": "1", "LOG_LEVEL": self.log_level}
+        with open(log_path, "wb") as log:
+            try:
+                proc = subprocess.Popen(
+                    ["wireguard-go", "-f", ifname],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+            except FileNotFoundError:
+                raise WireGuardError(f"wireguard-go not found on PATH. Install: {INSTALL_HINT}") from None
+        _CHILDREN[proc.pid] = proc
+        try:
+            self._write_pid(ifname, proc.pid, spec.owner)
+            self._wait_up(proc, ifname, log_path)
+            with IPRoute() as ipr:
+                ipr.link("set", index=_link_index(ipr, ifname), ifalias=spec.owner)
+                _run(wg_set_argv(spec), f"{ifname}: configuring", input_text=spec.private_key + "\n")
+                self._finish_link(ipr, spec)
+            if spec.keepalive_s:
+                # wireguard-go sends the first keepalive (and so the first handshake) when the interval
+                # is set on an interface that is up; set before the link was up, it waits for traffic.
+                # Setting it again now warms the tunnel at once, so a failover never waits a handshake.
+                for value in ("off", str(spec.keepalive_s)):     # only a change from off sends one
+                    _run(["wg", "set", ifname, "peer", spec.peer_public_key, "persistent-keepalive", value],
+                         f"{ifname}: keepalive")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._stop_process(proc.pid, ifname)
+            with contextlib.suppress(Exception), IPRoute() as ipr:
+                for idx in ipr.link_lookup(ifname=ifname):
+                    ipr.link("del", index=idx)
+            self._pid_path(ifname).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                _remove_stale_socket(ifname)
+            raise
+
+    def _write_pid(self, ifname: str, pid: int, owner: str) -> None:
+        path = self._pid_path(ifname)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(f"{pid}\n{ifname}\n{owner}\n")
+        os.replace(tmp, path)
+
+    def _wait_up(self, proc: subprocess.Popen[bytes], ifname: str, log_path: Path) -> None:
+        """Poll until the control socket exists and the link is there; raise with the log tail otherwise."""
+        deadline = time.monotonic() + self.start_timeout_s
+        sock = _socket_path(ifname)
+        with IPRoute() as ipr:
+            while True:
+                if sock.exists() and _link_index(ipr, ifname) is not None:
+                    return
+                try:
+                    code = proc.wait(timeout=_POLL_S)  # doubles as the poll interval
+                except subprocess.TimeoutExpired:
+                    pass
+                else:
+                    _CHILDREN.pop(proc.pid, None)
+                    raise WireGuardError(f"{ifname}: wireguard-go exited with {code} while starting: {_tail(log_path)}")
+                if time.monotonic() > deadline:
+                    missing = [w for w, ok in (("socket " + str(sock), sock.exists()),
+                                               ("link", _link_index(ipr, ifname) is not None)) if not ok]
+                    raise WireGuardError(
+                        f"{ifname}: wireguard-go not ready after {self.start_timeout_s:g}s (missing: "
+                        f"{', '.join(missing)}): {_tail(log_path)}"
+                    )
+
+    # -- change
+
+    def _peer_keys(self, ifname: str) -> list[str]:
+        if self.backend == "kernel":
+            with WireGuard() as wg:
+                msgs = wg.info(ifname)
+            keys = []
+            for peer in _kernel_peers(msgs):
+                raw = peer.get_attr("WGPEER_A_PUBLIC_KEY")
+                keys.append(raw.decode() if isinstance(raw, bytes) else str(raw))
+            return keys
+        return _run(["wg", "show", ifname, "peers"], f"{ifname}: listing peers").split()
+
+    def update_peer_endpoint(self, ifname: str, host: str, port: int) -> None:
+        """Point the interface's (single) peer at `host:port`."""
+        errors = _check_host(host, "host") + _check_port(port, "port", allow_zero=False)
+        if errors:
+            raise ConfigError(errors)
+        try:
+            peers = self._peer_keys(ifname)
+        except NetlinkError as e:
+            raise WireGuardError(f"{ifname}: reading peers failed: {os.strerror(e.code)}") from e
+        if len(peers) != 1:
+            raise WireGuardError(f"{ifname}: expected exactly one peer, found {len(peers)}")
+        if self.backend == "kernel":
+            try:
+                with WireGuard() as wg:
+                    wg.set(
+                        ifname,
+                        peer={
+                            "public_key": peers[0],
+                            "endpoint_addr": self._resolve(host, port),
+                            "endpoint_port": port,
+                            "update_only": True,
+                        },
+                    )
+            except NetlinkError as e:
+                raise WireGuardError(f"{ifname}: setting the endpoint failed: {os.strerror(e.code)}") from e
+        else:
+            argv = ["wg", "set", ifname, "peer", peers[0], "endpoint", _endpoint_text(host, port)]
+            _run(argv, f"{ifname}: setting the endpoint")
+
+    # -- inspect
+
+    def status(self, ifname: str) -> TunnelStatus:
+        if self.backend == "kernel":
+            try:
+                with WireGuard() as wg:
+                    return parse_kernel_info(ifname, wg.info(ifname))
+            except NetlinkError as e:
+                raise WireGuardError(f"{ifname}: reading status failed: {os.strerror(e.code)}") from e
+        return parse_wg_dump(ifname, _run(["wg", "show", ifname, "dump"], f"{ifname}: reading status"))
+
+    # -- remove
+
+    def _read_pid(self, path: Path) -> _PidRecord | None:
+        try:
+            lines = path.read_text().splitlines()
+            return _PidRecord(pid=int(lines[0]), ifname=lines[1], owner=lines[2] if len(lines) > 2 else "", path=path)
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _stop_process(self, pid: int, ifname: str) -> bool:
+        """Stop `wireguard-go ... IFNAME` with pid `pid` if that is what runs there; True if we stopped it."""
+        proc = _CHILDREN.pop(pid, None)
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        try:
+            if not _is_wireguard_go(pid, ifname):
+                return False  # gone (zombie) or the pid now belongs to something else: not ours to signal
+            signal.pidfd_send_signal(pidfd, signal.SIGTERM)
+            if not _wait_pidfd(pidfd, self.stop_timeout_s):
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                if not _wait_pidfd(pidfd, self.stop_timeout_s):
+                    raise WireGuardError(f"{ifname}: wireguard-go pid {pid} survived SIGKILL")
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(pidfd)
+            if proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=self.stop_timeout_s)  # reap our own child
+
+    def _forget(self, ifname: str) -> None:
+        self._pid_path(ifname).unlink(missing_ok=True)
+        self._key_path(ifname).unlink(missing_ok=True)
+        _remove_stale_socket(ifname)
+
+    def delete(self, ifname: str) -> None:
+        """Remove the interface (and its wireguard-go process); deleting a missing interface is not an error."""
+        validate_ifname(ifname)
+        rec = self._read_pid(self._pid_path(ifname))
+        if rec is not None:
+            self._stop_process(rec.pid, ifname)
+        with IPRoute() as ipr:
+            idx = _link_index(ipr, ifname)
+            if idx is not None:
+                try:
+                    ipr.link("del", index=idx)
+                except NetlinkError as e:
+                    if e.code != errno.ENODEV:  # vanished with its process meanwhile
+                        raise WireGuardError(f"{ifname}: deleting the link failed: {os.strerror(e.code)}") from e
+        self._forget(ifname)
+
+    def cleanup(self, owner_prefix: str) -> list[str]:
+        """Remove every interface whose ifalias starts with `owner_prefix` in this namespace, and every
+        wireguard-go recorded under `state_dir` with such an owner (in any namespace). Returns the interface
+        names removed, sorted."""
+        if not owner_prefix:
+            raise ConfigError("refusing an empty owner prefix (it would match every tagged interface)", "owner_prefix")
+        removed: set[str] = set()
+        with IPRoute() as ipr:
+            ours = [
+                str(link.get("ifname"))
+                for link in ipr.get_links()
+                if (link.get("ifalias") or "").startswith(owner_prefix)
+            ]
+        for ifname in ours:
+            self.delete(ifname)
+            removed.add(ifname)
+        if self.state_dir.is_dir():
+            for path in sorted(self.state_dir.glob("wg-*.pid")):
+                rec = self._read_pid(path)
+                if rec is None or not rec.owner.startswith(owner_prefix):
+                    continue
+                if self._stop_process(rec.pid, rec.ifname):
+                    removed.add(rec.ifname)
+                self._forget(rec.ifname)
+        return sorted(removed)
