@@ -273,3 +273,56 @@ def wait_for(cond: Any, timeout_s: float, what: str, interval_s: float = 0.05) -
             raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}"
                                + (f" (last error: {last_exc})" if last_exc else ""))
         time.sleep(interval_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m emulation.netns_lab up [--dir DIR]`: two agents in namespaces until Ctrl-C."""
+    import argparse
+    import tempfile
+
+    ap = argparse.ArgumentParser(prog="python -m emulation.netns_lab")
+    ap.add_argument("command", choices=["up"])
+    ap.add_argument("--dir", type=Path, default=None, help="where site files, keys, databases and logs go")
+    ap.add_argument("--monitor", default="fast", help="monitor profile for both agents")
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print("needs root (network namespaces)", file=sys.stderr)
+        return 2
+    workdir = a.dir or Path(tempfile.mkdtemp(prefix="patronus-lab-"))
+    lab = TwoSiteLab(workdir)
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    try:
+        lab.build()
+        for s in SITES:
+            lab.start_agent(s, monitor=a.monitor)
+        hq, br = lab.sites["hq"], lab.sites["br"]
+        core = lab.ns("core")
+        print(f"""two agents are up (run {lab.run}); files in {workdir}
+  watch:    patronus status -c {hq.config_path}      (and -c {br.config_path})
+            patronus paths -c {hq.config_path} ; patronus flows -c {hq.config_path}
+  traffic:  ip netns exec {hq.host_ns} {sys.executable} -m emulation.udpflow send --to {br.host_ip}:5001 --duration 60 &
+  cut:      ip netns exec {core} ip link set hq-isp1 down      (restore: ... up)
+  a shell:  ip netns exec {hq.ns} bash         agent logs: {workdir}/hq-agent.log
+Ctrl-C stops the agents and removes every namespace.""", flush=True)
+        while not stop:
+            for s in lab.sites.values():
+                if s.agent is not None and s.agent.poll() is not None:
+                    print(f"agent {s.name} exited ({s.agent.returncode}); see {s.log_path}", file=sys.stderr)
+                    stop = True
+            signal.pause()      # woken by SIGINT/SIGTERM, or by SIGCHLD when an agent exits
+    finally:
+        lab.teardown()
+        print("lab removed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
