@@ -289,3 +289,42 @@ def test_sigterm_removes_everything_the_agent_created(tmp_path: Path) -> None:
         assert out.returncode == 1, out.stdout       # no wireguard-go of ours left
     finally:
         lab.teardown()
+
+
+def test_test_path_now_measures_rtt_and_bandwidth(lab: TwoSiteLab) -> None:
+    pid = next(iter(paths(lab, "hq")))
+    r = httpx.post(lab.sites["hq"].api + f"/paths/{pid}/test", headers=H, json={"probes": 20, "bandwidth": True},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["probes"]["received"] == 20 and d["probes"]["rtt_avg_ms"] < 50, d
+    assert d["bandwidth"].get("goodput_mbps", 0) > 1, d          # the default offered rate is 50 Mbit/s
+    assert d["bandwidth"]["loss_pct"] < 20, d
+
+
+def test_cleanup_after_kill_9_removes_only_that_agents_leftovers(tmp_path: Path) -> None:
+    lab = TwoSiteLab(tmp_path).build()
+    try:
+        lab.start_agent("hq")
+        wait_for(lambda: api(lab, "hq", "/site"), 20, "the agent's API")
+        ns, sid = lab.sites["hq"].ns, lab.sites["hq"].id
+        agent = lab.sites["hq"].agent
+        assert agent is not None
+        os.killpg(agent.pid, 9)
+        agent.wait(10)
+        lab.sites["hq"].agent = None
+
+        def run(*argv: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
+        assert f"pt{sid}p1" in run("ip", "-o", "link").stdout          # the crash left its tunnels
+        r = run(sys.executable, "-m", "patronus.cli", "cleanup", "--config", str(lab.sites["hq"].config_path))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "nft table inet patronus_s" in r.stdout
+        assert f"pt{sid}p" not in run("ip", "-o", "link").stdout
+        assert "proto 183" not in run("ip", "rule").stdout
+        assert "patronus" not in run("nft", "list", "tables").stdout
+        assert "mgmt0" in run("ip", "-o", "link").stdout                # not ours: untouched
+        out = subprocess.run(["pgrep", "-f", f"wireguard-go -f pt{sid}p"], capture_output=True)
+        assert out.returncode == 1, out.stdout
+    finally:
+        lab.teardown()
