@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import secrets
@@ -41,7 +42,7 @@ from typing import Any, TypeVar
 from patronus import __version__
 from patronus.agent import keys as keymod
 from patronus.agent.config import PathPlan, SiteConfig
-from patronus.agent.prober import Prober
+from patronus.agent.prober import Prober, ReflectorProcess
 from patronus.agent.steering import (
     FALLBACK_POLICY_NO,
     KernelFlow,
@@ -104,6 +105,7 @@ class Agent:
         self.wg_backend = "none"
         self.steering: Steering | None = None
         self.prober: Prober | None = None
+        self.reflector: ReflectorProcess | None = None
         self.public_key = ""
         self.token = ""
         self.monitor = PathMonitor(cfg.monitor)
@@ -212,6 +214,9 @@ class Agent:
             self._undo.append(("steering", self.steering.teardown))
 
         # probing, and the bandwidth-test servers (one per uplink and peer site: one pair key each)
+        self.reflector = ReflectorProcess(cfg)
+        self._undo.append(("reflector", self.reflector.close))
+        self.reflector.start(loop)
         self.prober = Prober(cfg, self._on_probe_reply)
         self.prober.start(loop)
         self._undo.append(("probes", self.prober.close))
@@ -236,6 +241,10 @@ class Agent:
                        "wireguard_backend": self.wg_backend, "steering": cfg.steering})
         log.info("agent %s up: %d paths, wireguard %s, steering %s", cfg.name, len(cfg.paths), self.wg_backend,
                  cfg.steering)
+        # Everything allocated so far lives as long as the agent: keep it out of the cyclic collector's
+        # full passes, whose pauses would otherwise grow with it (and delay probe processing).
+        gc.collect()
+        gc.freeze()
 
     async def _start_bandwidth_servers(self) -> None:
         from patronus.agent.bwtest import BandwidthServer
@@ -309,7 +318,7 @@ class Agent:
         while self._undo:
             what, fn = self._undo.pop()
             try:
-                if what in ("store", "probes", "pidfile"):
+                if what in ("store", "probes", "pidfile", "reflector"):
                     fn()
                 else:
                     await self._k(fn)
@@ -396,6 +405,10 @@ class Agent:
     def _sync_kernel(self, trigger: list[Event]) -> None:
         if self.steering is None or not self.steering.applied:
             return
+        # Invariant: every slot `new_slot` can send a connection to exists in the router (and so in
+        # `slot_path`). A path's status can reach the router through a metrics update as well as a
+        # status change, so the slots are checked here, before the maps are computed.
+        self._sync_slots(time.monotonic())
         new_slot, slot_path = self._desired_maps()
         done = self.steering.update(new_slot, slot_path)
         if done is None:
@@ -419,6 +432,10 @@ class Agent:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        if self.prober is not None:
+            # replies already in the socket buffers first, with their kernel arrival times: a pause of
+            # this loop must not turn an answered probe into a timed-out one
+            self.prober.drain()
         self._pump(time.monotonic())
 
     def _pump(self, now: float) -> None:
@@ -674,6 +691,7 @@ class Agent:
     def list_flows(self) -> list[dict[str, Any]]:
         names = self._policy_names()
         by_number = {p.number: p for p in self.cfg.paths}
+        now = time.time()
         out = []
         for f in self._kernel_flows:
             _rn, pn, n = split_slot(f.slot)
@@ -684,7 +702,9 @@ class Agent:
             out.append({"src_ip": f.src_ip, "dst_ip": f.dst_ip, "src_port": f.src_port, "dst_port": f.dst_port,
                         "protocol": f.protocol, "policy": pol if pol is not None else "implicit-default",
                         "path": cur, "origin_path": origin.id if origin else None,
-                        "bytes": None, "packets": None, "age_s": None, "expires_in_s": f.timeout_s})
+                        "bytes": f.bytes, "packets": f.packets,
+                        "age_s": round(now - f.started_at, 3) if f.started_at else None,
+                        "expires_in_s": f.timeout_s})
         return out
 
     def topology(self) -> dict[str, Any]:
@@ -728,10 +748,7 @@ class Agent:
                 loss_ratio=None if _finite(d["loss_pct"]) is None else d["loss_pct"] / 100.0,
                 score=_finite(d["score"]), flows=d["flows"], probes_sent=d["probes_sent"],
                 probes_received=d["probes_received"], probes_rejected=d["probes_rejected_by_reason"]))
-        unattributed: Counter[str] = Counter()
-        if self.prober is not None:
-            for c in self.prober.reflector_counters.values():
-                unattributed.update(c.rejected)
+        unattributed: Counter[str] = self.reflector.rejected() if self.reflector is not None else Counter()
         return MetricsSnapshot(paths=rows, failovers=dict(self._failovers),
                                unattributed_rejections=dict(unattributed))
 

@@ -1,8 +1,9 @@
 """Probe sender and reflector on real UDP sockets (asyncio, `loop.add_reader` on raw sockets).
 
-- **Reflector**, one per uplink: a socket bound to the uplink's address and the probe port (and to
-  the uplink interface, with the uplink's mark, so the reply leaves the way the request came). It
-  answers every valid request with `reflect()`, same size (path-MTU probes rely on that).
+- **Reflector**, one socket per uplink bound to the uplink's address and the probe port (and to the
+  uplink interface, with the uplink's mark, so the reply leaves the way the request came). It runs
+  in its own child process (`reflector.py`) so that no pause of the agent (GC, SQLite, API) delays
+  a peer's measurement; `ReflectorProcess` starts it and collects its counters.
 - **Sender**, one per path: a socket bound to the uplink's address on an ephemeral port, to the
   uplink interface (SO_BINDTODEVICE) and marked with the uplink's fwmark, sending to the remote
   endpoint's reflector. So a path's probes go out of its own uplink whatever the main routing table
@@ -11,40 +12,46 @@
 Every received datagram is decoded with the site pair's key; anything short, forged, of the wrong
 type or session, or replayed (per-stream `ReplayWindow`) is dropped and counted by reason, and never
 reaches the monitor. The sender's clock is `time.monotonic_ns()` carried in `t_send`, so the RTT of an
-authenticated reply is measured from the send instant (the HMAC protects it).
+authenticated reply is measured from the send instant (the HMAC protects it) to the kernel's receive
+timestamp (SO_TIMESTAMPNS), not to when the loop got round to reading it. `drain()` reads every
+waiting reply; the agent calls it before it lets any probe time out, so a pause of the agent's own
+loop never turns an answered probe into a lost one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import select
 import socket
+import struct
+import subprocess
+import sys
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-from patronus.agent.config import PathPlan, SiteConfig, UplinkConfig, probe_key
+from patronus.agent.config import PathPlan, SiteConfig, probe_key
+from patronus.agent.reflector import reject_reason
 from patronus.agent.sockets import open_path_socket
 from patronus.core.errors import PeerError
 from patronus.core.model import PathId
-from patronus.core.probe import Probe, ProbeType, ReplayWindow, decode, encode, reflect
+from patronus.core.probe import Probe, ProbeType, ReplayWindow, decode, encode
 
 log = logging.getLogger(__name__)
 
 _MAX_DGRAM = 65535
-_REFLECTOR_STREAMS = 4096        # replay windows kept per reflector (least recently used dropped)
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_SCM_TIMESTAMPNS = _SO_TIMESTAMPNS
+_TIMESPEC = struct.Struct("@qq")
+_ANC_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
-def reject_reason(exc: PeerError) -> str:
-    msg = str(exc)
-    if "HMAC" in msg or "authenticat" in msg or "key" in msg:
-        return "auth"
-    if "short" in msg or "long" in msg:
-        return "truncated"
-    return "malformed"
 
 
 @dataclass
@@ -74,10 +81,7 @@ class Prober:
         self.cfg = cfg
         self.on_reply = on_reply
         self.senders: dict[PathId, _Sender] = {}
-        self.reflectors: dict[str, socket.socket] = {}
-        self.reflector_counters: dict[str, StreamCounters] = {}
         self._peer_key: dict[str, bytes | None] = {}          # remote endpoint address -> pair key
-        self._reflector_windows: dict[str, OrderedDict[tuple[str, int, int], ReplayWindow]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         for r in cfg.remotes:
             k = probe_key(cfg, r)
@@ -87,23 +91,11 @@ class Prober:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         try:
-            for up in self.cfg.uplinks:
-                self._open_reflector(up)
             for p in self.cfg.paths:
                 self.open_sender(p)
         except Exception:
             self.close()
             raise
-
-    def _open_reflector(self, up: UplinkConfig) -> None:
-        assert self._loop is not None
-        # DF on replies: a path-MTU probe's reply must not be fragmented on the way back (else a too-big
-        # probe would look like a fit)
-        sock = open_path_socket(up.address, up.interface, up.mark, self.cfg.probe_port, df=True)
-        self.reflectors[up.name] = sock
-        self.reflector_counters[up.name] = StreamCounters()
-        self._reflector_windows[up.name] = OrderedDict()
-        self._loop.add_reader(sock.fileno(), self._on_reflector_readable, up.name, sock)
 
     def open_sender(self, p: PathPlan) -> None:
         assert self._loop is not None
@@ -112,19 +104,19 @@ class Prober:
             self._loop.remove_reader(old.sock.fileno())
             old.sock.close()
         sock = open_path_socket(p.uplink.address, p.uplink.interface, p.uplink.mark, 0)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         s = _Sender(p, self._peer_key.get(p.endpoint.address), self.cfg.probe_port, sock)
         self.senders[p.id] = s
         self._loop.add_reader(sock.fileno(), self._on_sender_readable, s)
 
     def close(self) -> None:
-        socks = [s.sock for s in self.senders.values()] + list(self.reflectors.values())
+        socks = [s.sock for s in self.senders.values()]
         for sock in socks:
             if self._loop is not None:
                 with contextlib.suppress(ValueError, OSError):
                     self._loop.remove_reader(sock.fileno())
             sock.close()
         self.senders.clear()
-        self.reflectors.clear()
 
     # -- sending ---------------------------------------------------------------------------------
 
@@ -144,15 +136,27 @@ class Prober:
 
     # -- receiving -------------------------------------------------------------------------------
 
+    def drain(self) -> None:
+        """Read every reply waiting on any sender socket (each with its kernel arrival time)."""
+        for s in list(self.senders.values()):
+            self._on_sender_readable(s)
+
     def _on_sender_readable(self, s: _Sender) -> None:
         while True:
             try:
-                data, _addr = s.sock.recvfrom(_MAX_DGRAM)
+                data, anc, _flags, _addr = s.sock.recvmsg(_MAX_DGRAM, _ANC_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 return      # e.g. ICMP port unreachable reported on the socket: the probe is lost
-            now = time.monotonic()
+            mono = time.monotonic()
+            now = mono
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == _SCM_TIMESTAMPNS and len(payload) >= 16:
+                    sec, nsec = _TIMESPEC.unpack_from(payload)
+                    # the kernel stamped CLOCK_REALTIME; carry it over to the monotonic clock
+                    arrived = mono - (time.time() - (sec + nsec / 1e9))
+                    now = min(mono, max(arrived, mono - 5.0))
             try:
                 p = decode(data, s.key)
             except PeerError as exc:
@@ -167,52 +171,98 @@ class Prober:
             s.counters.replies += 1
             self.on_reply(s.plan.id, p.seq, p.t_send_ns / 1e9, now)
 
-    def _on_reflector_readable(self, uplink: str, sock: socket.socket) -> None:
-        c = self.reflector_counters[uplink]
-        windows = self._reflector_windows[uplink]
-        while True:
-            try:
-                data, addr = sock.recvfrom(_MAX_DGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            t_ns = time.time_ns()
-            host = addr[0]
-            if host not in self._peer_key:
-                c.rejected["unknown_peer"] += 1
-                continue
-            try:
-                req = decode(data, self._peer_key[host])
-            except PeerError as exc:
-                c.rejected[reject_reason(exc)] += 1
-                continue
-            if req.type is not ProbeType.REQUEST:
-                c.rejected["unexpected"] += 1
-                continue
-            stream = (host, addr[1], req.session)
-            w = windows.get(stream)
-            if w is None:
-                w = windows[stream] = ReplayWindow(4096)
-                if len(windows) > _REFLECTOR_STREAMS:
-                    windows.popitem(last=False)
-            else:
-                windows.move_to_end(stream)
-            if not w.check_and_update(req.seq):
-                c.rejected["replay"] += 1
-                continue
-            try:
-                sock.sendto(encode(reflect(req, t_ns), self._peer_key[host]), addr)
-                c.replies += 1
-            except OSError:
-                c.send_errors += 1
-
     # -- reporting -------------------------------------------------------------------------------
 
     def rejected_total(self) -> Counter[str]:
         total: Counter[str] = Counter()
         for s in self.senders.values():
             total.update(s.counters.rejected)
-        for c in self.reflector_counters.values():
-            total.update(c.rejected)
         return total
+
+
+class ReflectorProcess:
+    """The reflector child process (`python -m patronus.agent.reflector`) and its latest counters."""
+
+    def __init__(self, cfg: SiteConfig) -> None:
+        self.cfg = cfg
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.counters: dict[str, dict[str, Any]] = {}
+        self._buf = b""
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def spec(self) -> dict[str, Any]:
+        peers: dict[str, str | None] = {}
+        for r in self.cfg.remotes:
+            k = probe_key(self.cfg, r)
+            for ep in r.endpoints:
+                peers[ep.address] = k.hex() if k is not None else None
+        return {"port": self.cfg.probe_port, "peers": peers,
+                "uplinks": [{"name": u.name, "address": u.address, "interface": u.interface, "mark": u.mark}
+                            for u in self.cfg.uplinks]}
+
+    def start(self, loop: asyncio.AbstractEventLoop, timeout_s: float = 10.0) -> None:
+        self._loop = loop
+        self.proc = subprocess.Popen([sys.executable, "-m", "patronus.agent.reflector"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps(self.spec()) + "\n").encode())
+        self.proc.stdin.flush()
+        # the first line says whether every socket is bound (a blocking read with a deadline)
+        out = self.proc.stdout
+        ready, _, _ = select.select([out], [], [], timeout_s)
+        line = out.readline() if ready else b""
+        try:
+            msg = json.loads(line) if line else {"error": f"no answer within {timeout_s:g} s"}
+        except ValueError:
+            msg = {"error": f"unexpected output {line[:200]!r}"}
+        if not msg.get("ready"):
+            self.close()
+            raise OSError(f"probe reflector did not start: {msg.get('error')}")
+        os.set_blocking(out.fileno(), False)
+        loop.add_reader(out.fileno(), self._on_output)
+
+    def _on_output(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        try:
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return
+        if not chunk:
+            if self._loop is not None:
+                self._loop.remove_reader(self.proc.stdout.fileno())
+            log.error("probe reflector exited (%s)", self.proc.poll())
+            return
+        self._buf += chunk
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if "counters" in msg:
+                self.counters = msg["counters"]
+
+    def rejected(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for c in self.counters.values():
+            total.update(c.get("rejected", {}))
+        return total
+
+    def close(self) -> None:
+        p, self.proc = self.proc, None
+        if p is None:
+            return
+        if self._loop is not None and p.stdout is not None:
+            with contextlib.suppress(ValueError, OSError):
+                self._loop.remove_reader(p.stdout.fileno())
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        for f in (p.stdin, p.stdout):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()

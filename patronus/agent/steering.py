@@ -121,6 +121,9 @@ class KernelFlow:
     protocol: int
     slot: int
     timeout_s: int | None
+    packets: int | None = None      # both directions (conntrack accounting, enabled by the agent)
+    bytes: int | None = None
+    started_at: float | None = None  # wall time (conntrack timestamps, enabled by the agent)
 
 
 class Steering:
@@ -207,6 +210,7 @@ class Steering:
             self._sysctl("net/ipv4/ip_forward", "1")
             self._sysctl("net/ipv6/conf/all/forwarding", "1", optional=True)
             self._sysctl("net/netfilter/nf_conntrack_acct", "1", optional=True)
+            self._sysctl("net/netfilter/nf_conntrack_timestamp", "1", optional=True)
             with IPRoute() as ipr:
                 self._routes(ipr, "add", paths=False)
         except Exception as exc:
@@ -331,16 +335,30 @@ class Steering:
 
     def flows(self) -> list[KernelFlow]:
         """Connections the kernel steers (conntrack entries carrying a slot mark)."""
-        from pyroute2 import Conntrack
+        from pyroute2 import NFCTSocket
+        from pyroute2.conntrack import NFCTAttrTuple
+
+        def counters(msg: Any) -> tuple[int | None, int | None]:
+            pk = by = None
+            for attr in ("CTA_COUNTERS_ORIG", "CTA_COUNTERS_REPLY"):
+                c = msg.get_attr(attr)
+                if c is not None:
+                    pk = (pk or 0) + int(c.get_attr("CTA_COUNTERS_PACKETS") or 0)
+                    by = (by or 0) + int(c.get_attr("CTA_COUNTERS_BYTES") or 0)
+            return pk, by
 
         out = []
-        ct = Conntrack()
+        ct = NFCTSocket()
         try:
-            for e in ct.dump_entries(mark=SLOT_MARK_BASE, mark_mask=SLOT_MASK):
-                t = e.tuple_orig
+            for msg in ct.dump(mark=SLOT_MARK_BASE, mark_mask=SLOT_MASK):
+                t = NFCTAttrTuple.from_netlink(msg["nfgen_family"], msg.get_attr("CTA_TUPLE_ORIG"))
+                pk, by = counters(msg)
+                ts = msg.get_attr("CTA_TIMESTAMP")
+                start = ts.get_attr("CTA_TIMESTAMP_START") if ts is not None else None
                 out.append(KernelFlow(src_ip=str(t.saddr), dst_ip=str(t.daddr), src_port=int(t.sport or 0),
-                                      dst_port=int(t.dport or 0), protocol=int(t.proto or 0), slot=int(e.mark),
-                                      timeout_s=e.timeout))
+                                      dst_port=int(t.dport or 0), protocol=int(t.proto or 0),
+                                      slot=int(msg.get_attr("CTA_MARK") or 0), timeout_s=msg.get_attr("CTA_TIMEOUT"),
+                                      packets=pk, bytes=by, started_at=start / 1e9 if start else None))
         finally:
             ct.close()
         return out

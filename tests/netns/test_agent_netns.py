@@ -158,6 +158,12 @@ def test_flows_take_the_path_their_policy_selects(lab: TwoSiteLab) -> None:
         p_web = wait_for(lambda: flow_path(lab, 5002), 10, "the default flow in the flow table")
     finally:
         sent_b, sent_w = bulk.finish()["sent"], web.finish()["sent"]
+    flows = api(lab, "hq", "/flows")
+    assert all(f["path"] for f in flows), (flows, api(lab, "hq", "/events?limit=60"))  # type: ignore[union-attr, index]
+    seen = {f["dst_port"]: f for f in flows}  # type: ignore[union-attr, index]
+    for port, pol in ((5001, "bulk"), (5002, "Default")):
+        f = seen[port]
+        assert f["policy"] == pol and f["packets"] > 1000 and f["bytes"] > 1000 * 64 and f["age_s"] >= 0, f
     assert p_bulk.split(":")[1].startswith("isp2-"), p_bulk      # highest bandwidth: local isp2
     assert p_web.split(":")[1].startswith("isp1-"), p_web        # lowest cost: local isp1
     assert analyse(bulk.out, sent=sent_b).lost == 0
@@ -277,8 +283,15 @@ def test_sigterm_removes_everything_the_agent_created(tmp_path: Path) -> None:
                     run("sh", "-c", "ls /var/run/wireguard 2>/dev/null; ip route show table all | grep -c 'proto 183'"))
         during = state()
         assert "pt" in during[0] and "7900" in during[1] and "patronus_s" in during[2]
+        # state that must survive a restart: a policy set through the API, and the metrics history
+        base = lab.sites["hq"].api
+        keep = {"name": "keep-me", "priority": 5, "match": {"dst_ports": 7000}, "preference": "lowest_loss"}
+        assert httpx.put(base + "/policies/keep-me", headers=H, json=keep, timeout=5).status_code == 201
+        pid = next(iter(paths(lab, "hq")))
+        wait_for(lambda: len(api(lab, "hq", f"/paths/{pid}/metrics")) >= 2, 10, "metrics history rows")  # type: ignore[arg-type]
         rc = lab.stop_agent("hq")
         assert rc == 0, lab.agent_log("hq")
+        stopped_at = time.time()
         links, rules, tables, rest = state()
         assert f"pt{lab.sites['hq'].id}p" not in links
         assert "proto 183" not in rules
@@ -287,6 +300,13 @@ def test_sigterm_removes_everything_the_agent_created(tmp_path: Path) -> None:
         assert not list((tmp_path / "run-hq").glob("wg-*.pid"))
         out = subprocess.run(["pgrep", "-f", f"wireguard-go -f pt{lab.sites['hq'].id}p"], capture_output=True)
         assert out.returncode == 1, out.stdout       # no wireguard-go of ours left
+        # restart: the policy and the history are still there
+        lab.start_agent("hq", policies="default")
+        wait_for(lambda: api(lab, "hq", "/site"), 20, "the restarted agent's API")
+        assert any(p["name"] == "keep-me" for p in api(lab, "hq", "/policies"))  # type: ignore[union-attr, index]
+        hist = api(lab, "hq", f"/paths/{pid}/metrics")
+        assert any(h["measured_at"] < stopped_at for h in hist), hist  # type: ignore[union-attr, index]
+        assert lab.stop_agent("hq") == 0
     finally:
         lab.teardown()
 
