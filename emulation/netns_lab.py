@@ -84,6 +84,57 @@ class TwoSiteLab:
     def ns(self, role: str) -> str:
         return f"pt{self.run}-{role}"
 
+    @classmethod
+    def fresh(cls, workdir: Path, tries: int = 200) -> TwoSiteLab:
+        """A lab whose namespaces, management addresses and site ids (hence tunnel names) collide with
+        no lab already running on this machine (concurrent test runs and benchmarks build labs too: a
+        shared management /30 would send our API calls to their agents)."""
+        addrs = _run(["ip", "-o", "-4", "addr", "show"]).stdout
+        netns_list = _run(["ip", "netns", "list"]).stdout
+        wg_dir = Path("/var/run/wireguard")
+        socks = {p.name for p in wg_dir.iterdir()} if wg_dir.is_dir() else set()
+        for _ in range(tries):
+            lab = cls(workdir)
+            assert lab.site_ids is not None
+            if (f" 100.72.{lab.octet}." not in addrs and f"pt{lab.run}-" not in netns_list
+                    and not any(n.startswith(f"pt{i}p") for n in socks for i in lab.site_ids)):
+                return lab
+        raise RuntimeError("no free lab number (too many labs running?)")
+
+    # -- the agents' API, from the host (through the management veths) -----------------------------
+
+    def api(self, site: str, path: str) -> Any:
+        """GET an agent's API; raises with the agent's log if an agent of ours has exited."""
+        import httpx
+
+        for s in self.sites.values():
+            if s.agent is not None and s.agent.poll() is not None:
+                raise RuntimeError(f"agent {s.name} exited with {s.agent.returncode}:\n"
+                                   f"{self.agent_log(s.name)[-2000:]}")
+        r = httpx.get(self.sites[site].api + path, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        r.raise_for_status()
+        return r.json()
+
+    def paths(self, site: str) -> dict[str, dict[str, Any]]:
+        return {p["id"]: p for p in self.api(site, "/paths")}
+
+    def all_up(self, site: str) -> bool:
+        """Every path Up with a clean window (the first probes, sent before the peer listened, are lost)."""
+        return all(p["status"] == "up" and p["loss_pct"] == 0 for p in self.paths(site).values())
+
+    def handshakes(self, site: str) -> list[int]:
+        """Latest WireGuard handshake time of each of `site`'s tunnels (0 = none yet)."""
+        out = _run(["ip", "netns", "exec", self.sites[site].ns, "wg", "show", "all", "latest-handshakes"]).stdout
+        mine = f"pt{self.sites[site].id}p"   # wireguard-go's sockets are shared by all namespaces: ours only
+        return [int(line.split()[-1]) for line in out.strip().splitlines() if line.startswith(mine)]
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Both agents' paths Up with clean windows, and a handshake on every tunnel."""
+        wait_for(lambda: all(self.all_up(s) for s in self.sites if self.sites[s].agent is not None), timeout_s,
+                 "every path Up at every running agent")
+        wait_for(lambda: all(t > 0 for s in self.sites if self.sites[s].agent is not None
+                             for t in self.handshakes(s)), 20, "a WireGuard handshake on every tunnel")
+
     # -- build -------------------------------------------------------------------------------------
 
     def build(self) -> TwoSiteLab:
@@ -289,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         print("needs root (network namespaces)", file=sys.stderr)
         return 2
     workdir = a.dir or Path(tempfile.mkdtemp(prefix="patronus-lab-"))
-    lab = TwoSiteLab(workdir)
+    lab = TwoSiteLab.fresh(workdir)
     stop = False
 
     def on_signal(*_: object) -> None:
