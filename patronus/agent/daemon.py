@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import gc
+import hashlib
 import logging
 import os
 import secrets
@@ -45,6 +46,7 @@ from patronus.agent.config import PathPlan, SiteConfig
 from patronus.agent.prober import Prober, ReflectorProcess
 from patronus.agent.steering import (
     FALLBACK_POLICY_NO,
+    LB_BUCKETS,
     KernelFlow,
     Steering,
     path_mark,
@@ -66,7 +68,7 @@ from patronus.core.events import (
 )
 from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, PathStatus, Site, SiteId
 from patronus.core.monitor import PathMonitor
-from patronus.core.policy import RoutingPolicy
+from patronus.core.policy import LoadBalance, RoutingPolicy
 from patronus.core.router import Router
 from patronus.core.sla import SlaMonitor
 
@@ -392,9 +394,16 @@ class Agent:
             for pn, name in names.items():
                 if name is not None and name not in active:
                     continue
-                best = self.router.preview(SiteId(r.name), name)
-                if best is not None:
-                    new_slot[slot_mark(rn, pn, 0)] = slot_mark(rn, pn, self._plans[best].number)
+                pol = self.router.policy_named(name)
+                if pol.load_balance is LoadBalance.NONE:
+                    best = self.router.preview(SiteId(r.name), name)
+                    if best is not None:
+                        new_slot[slot_mark(rn, pn, 0)] = slot_mark(rn, pn, self._plans[best].number)
+                    continue
+                tier = self.router.preview_tier(SiteId(r.name), name)
+                if tier:
+                    for bucket, pid in enumerate(lb_buckets(pol.load_balance, tier, LB_BUCKETS)):
+                        new_slot[slot_mark(rn, pn, bucket)] = slot_mark(rn, pn, self._plans[pid].number)
         for mark, key in self._slots.items():
             cur = self.router.flow_path(key)
             info = self.router.flow_info(key)
@@ -751,6 +760,30 @@ class Agent:
         unattributed: Counter[str] = self.reflector.rejected() if self.reflector is not None else Counter()
         return MetricsSnapshot(paths=rows, failovers=dict(self._failovers),
                                unattributed_rejections=dict(unattributed))
+
+
+def lb_buckets(mode: LoadBalance, tier: list[tuple[PathId, float, float]], n: int) -> list[PathId]:
+    """Which tier path each of `n` hash buckets sends new connections to.
+
+    flow_hash: rendezvous hashing, so losing a path moves only its buckets; weighted_round_robin:
+    shares proportional to bandwidth (largest remainder); round_robin and least_connections: an even
+    spread (the kernel cannot count connections per path at classification time)."""
+    if mode is LoadBalance.FLOW_HASH:
+        def weight(bucket: int, pid: PathId) -> int:
+            return int.from_bytes(hashlib.blake2b(f"{bucket}|{pid}".encode(), digest_size=8).digest(), "big")
+        return [max(tier, key=lambda t: (weight(b, t[0]), t[0]))[0] for b in range(n)]
+    if mode is LoadBalance.WEIGHTED_ROUND_ROBIN:
+        weights = [bw if bw > 0 else 1.0 for _, _, bw in tier]
+        total = sum(weights)
+        exact = [w * n / total for w in weights]
+        counts = [int(x) for x in exact]
+        for i in sorted(range(len(tier)), key=lambda i: exact[i] - counts[i], reverse=True)[:n - sum(counts)]:
+            counts[i] += 1
+        out: list[PathId] = []
+        for (pid, _, _), c in zip(tier, counts, strict=True):
+            out += [pid] * c
+        return out
+    return [tier[b % len(tier)][0] for b in range(n)]
 
 
 def _finite(x: float | None) -> float | None:

@@ -7,7 +7,10 @@ How a packet from the LAN to a remote site finds its path:
    (`remote_site` map: prefix → `0x50RR0000`, RR = remote site number), then the `classify` chain
    ORs in the policy number (`0x50RRPP00`: the first enabled policy, in priority order, whose match
    rules hold, compiled to nft expressions), then the `new_slot` map gives the *slot*
-   `0x50RRPPNN`: the path NN that policy PP's new flows toward RR take now. The slot is stored as
+   `0x50RRPPNN`: the path NN that policy PP's new flows toward RR take now (for a load-balancing
+   policy, a hash of the 5-tuple first picks one of 16 buckets `0x50RRPPbb`, and each bucket maps to
+   a path of the policy's tier: rendezvous hashing for flow_hash, shares by bandwidth for weighted
+   round-robin, an even spread for round-robin and least-connections). The slot is stored as
    the connection's conntrack mark, so the connection is **sticky**: later packets skip
    classification. A connection that arrives over a tunnel gets the slot of the path it arrived on,
    so replies return the way requests came.
@@ -53,12 +56,14 @@ from patronus.agent.config import (
     SiteConfig,
 )
 from patronus.agent.nft import Nft, NftError
-from patronus.core.policy import MatchRules, RoutingPolicy
+from patronus.core.policy import LoadBalance, MatchRules, RoutingPolicy
 
 log = logging.getLogger(__name__)
 
 SLOT_MASK = 0xFF000000
 FALLBACK_POLICY_NO = 0xFF
+LB_BUCKETS = 16          # hash buckets of a load-balancing policy's new connections
+LB_SEED = 0x5A7C0DE
 PRIO_PATH = RULE_PRIORITY_BASE            # + path number (1..250)
 PRIO_UPLINK_MARK = RULE_PRIORITY_BASE + 300
 PRIO_UPLINK_SRC = RULE_PRIORITY_BASE + 310
@@ -148,6 +153,17 @@ class Steering:
             if exprs is None:
                 continue
             for e in exprs:
+                if pol.load_balance is not LoadBalance.NONE:
+                    # A new connection from the LAN (no arrival path in the mark) of a load-balancing
+                    # policy lands in one of LB_BUCKETS buckets by a hash of its 5-tuple; the agent
+                    # maps each bucket to a path of the policy's tier (new_slot 0x50RRPPbb).
+                    for r in self.cfg.remotes:
+                        base = slot_mark(self.remote_no[r.name], no, 0)
+                        for fam, ip in (("ipv4", "ip"), ("ipv6", "ip6")):
+                            rules.append(f"meta nfproto {fam} meta mark {slot_mark(self.remote_no[r.name], 0, 0):#x} "
+                                         f"{e} meta mark set jhash {ip} saddr . {ip} daddr . meta l4proto . "
+                                         f"th sport . th dport mod {LB_BUCKETS} seed {LB_SEED:#x} offset {base:#x} "
+                                         "return".replace("  ", " "))
                 rules.append(f"{e} meta mark set meta mark or {no << 8:#x} return".strip())
         rules.append(f"meta mark set meta mark or {FALLBACK_POLICY_NO << 8:#x}")
         return rules

@@ -339,6 +339,18 @@ class Router:
         ranked, _ = self._ranking(pol, site)
         return ranked[0].path.id if ranked else None
 
+    def preview_tier(self, site: SiteId, policy: str | None = None) -> list[tuple[PathId, float, float]]:
+        """The paths a load-balancing `policy` spreads new flows toward `site` over now (its best path
+        and every usable path within `lb_tolerance` points of it), best first, as (path, score,
+        bandwidth in Mbit/s or 0). Changes nothing."""
+        pol = self.policy_named(policy)
+        ranked, scores = self._ranking(pol, site)
+        if not ranked:
+            return []
+        floor = scores[0] - pol.lb_tolerance
+        return [(e.path.id, s, e.metrics.bandwidth_mbps if e.metrics.bandwidth_mbps > 0 else 0.0)
+                for e, s in zip(ranked, scores, strict=True) if s >= floor]
+
     def place(self, flow: FlowKey, path_id: PathId, now: float, *, site: SiteId,
               policy: str | None = None) -> PathId | None:
         """Register `flow` as already on `path_id` (the kernel sent it there, or it arrived over that

@@ -326,3 +326,74 @@ def test_cleanup_after_kill_9_removes_only_that_agents_leftovers(tmp_path: Path)
         assert out.returncode == 1, out.stdout
     finally:
         lab.teardown()
+
+
+def test_event_stream_and_cli_against_a_running_agent(lab: TwoSiteLab) -> None:
+    from websockets.sync.client import connect
+
+    hq = lab.sites["hq"]
+    url = hq.api.replace("http://", "ws://") + "/events/stream"
+    with connect(url, additional_headers=H, open_timeout=5) as ws:
+        body = {"name": "ws-check", "priority": 30, "match": {"dst_ports": 7001}, "preference": "lowest_latency"}
+        assert httpx.put(hq.api + "/policies/ws-check", headers=H, json=body, timeout=5).status_code == 201
+        try:
+            deadline = time.monotonic() + 5
+            kinds = []
+            while time.monotonic() < deadline:
+                ev = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+                kinds.append(ev["kind"])
+                if ev["kind"] == "PoliciesChanged":
+                    assert "ws-check" in ev["policies"]
+                    break
+            assert "PoliciesChanged" in kinds, kinds
+        finally:
+            httpx.delete(hq.api + "/policies/ws-check", headers=H, timeout=5)
+    # the CLI reads the site file for the API address and token
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "patronus.cli", *args, "-c", str(hq.config_path)],
+                              capture_output=True, text=True, timeout=30)
+    r = cli("status")
+    assert r.returncode == 0, r.stderr
+    assert "site hq" in r.stdout and "br:isp1-isp1" in r.stdout and "up" in r.stdout
+    r = cli("paths", "--json")
+    assert r.returncode == 0 and len(json.loads(r.stdout)) == 4
+    pol = lab.workdir / "pol.yaml"
+    pol.write_text("- {name: cli-pol, priority: 40, match: {dst_ports: 7002}, preference: lowest_cost}\n")
+    r = cli("policy", "apply", "-f", str(pol))
+    assert r.returncode == 0 and "created policy cli-pol" in r.stdout, r.stdout + r.stderr
+    pol.write_text("- {name: cli-bad, priority: -3}\n")
+    r = cli("policy", "apply", "-f", str(pol))
+    assert r.returncode == 2 and "priority" in r.stdout
+    assert all(p["name"] != "cli-bad" for p in lab.api("hq", "/policies"))
+    httpx.delete(hq.api + "/policies/cli-pol", headers=H, timeout=5)
+
+
+@pytest.mark.parametrize("mode", ["round_robin", "flow_hash"])
+def test_load_balancing_policy_spreads_new_flows_over_its_tier(lab: TwoSiteLab, mode: str) -> None:
+    hq, br = lab.sites["hq"], lab.sites["br"]
+    port = 6000 + (mode == "flow_hash")
+    body = {"name": f"lb-{mode}", "priority": 15, "match": {"protocol": "udp", "dst_ports": port},
+            "preference": "lowest_latency", "load_balance": mode, "lb_tolerance": 100}
+    assert httpx.put(hq.api + f"/policies/lb-{mode}", headers=H, json=body, timeout=5).status_code == 201
+    try:
+        code = ("import socket\n"
+                "for sp in range(46000, 46016):\n"
+                "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('0.0.0.0', sp))\n"
+                f"    [s.sendto(b'x', ('{br.host_ip}', {port})) for _ in range(3)]\n")
+        subprocess.run(["ip", "netns", "exec", hq.host_ns, sys.executable, "-c", code], check=True, timeout=30)
+
+        def spread() -> dict[str, int] | None:
+            flows = [f for f in lab.api("hq", "/flows") if f["dst_port"] == port]
+            if len(flows) < 16:
+                return None
+            counts: dict[str, int] = {}
+            for f in flows:
+                assert f["policy"] == f"lb-{mode}", f
+                counts[f["path"]] = counts.get(f["path"], 0) + 1
+            return counts
+        counts = wait_for(spread, 10, "16 load-balanced flows in the flow table")
+        assert len(counts) >= 2, counts          # 16 flows, 4 equal paths: never all on one
+        if mode == "round_robin":
+            assert max(counts.values()) <= 12, counts
+    finally:
+        httpx.delete(hq.api + f"/policies/lb-{mode}", headers=H, timeout=5)
