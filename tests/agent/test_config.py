@@ -113,3 +113,16 @@ def test_cli_validate(tmp_path: Path) -> None:
     assert "uplinks[0].address" in r.output and "api.listen" in r.output
     r = CliRunner().invoke(app, ["validate", str(tmp_path / "missing.yaml")])
     assert r.exit_code == 2 and "cannot read" in r.output
+
+
+def test_agent_refuses_an_invalid_site_file_before_touching_anything(tmp_path: Path) -> None:
+    d = site("hq", 3, "br", 7, 1, 2)
+    d["uplinks"][0]["interface"] = "a-name-far-too-long-for-linux"
+    d["state_dir"] = str(tmp_path / "state")
+    d["database"] = str(tmp_path / "db" / "hq.db")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(d))
+    r = CliRunner().invoke(app, ["agent", "--config", str(bad)])
+    assert r.exit_code == 2
+    assert "uplinks[0].interface" in r.output
+    assert not (tmp_path / "state").exists() and not (tmp_path / "db").exists()
