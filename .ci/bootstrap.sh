@@ -25,6 +25,8 @@ command -v wireguard-go >/dev/null 2>&1 || missing+=(wireguard-go)
 command -v wg >/dev/null 2>&1 || missing+=(wireguard-tools)
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
+# the test-bed: Mininet (Debian's, without Open vSwitch: sites are joined by direct links)
+[ -d /usr/lib/python3/dist-packages/mininet ] && command -v mnexec >/dev/null 2>&1 || missing+=(mininet)
 
 if ((${#missing[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then
@@ -51,9 +53,21 @@ fi
 }
 
 # --- 2 and 3. virtualenv and pinned Python packages -----------------------------------------------
+# Debian's own Python modules the venv needs (Mininet; later bcc) are exposed one by one through a
+# .pth file, not with --system-site-packages, so no other Debian package can shadow a pinned one.
+link_debian_modules() {
+  local extras="$VENV/debian-modules" site
+  mkdir -p "$extras"
+  for m in mininet; do
+    [ -e "/usr/lib/python3/dist-packages/$m" ] && ln -sfn "/usr/lib/python3/dist-packages/$m" "$extras/$m"
+  done
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$(cd "$extras" && pwd)" > "$site/patronus-debian-modules.pth"
+}
 want=$(cat .ci/constraints.txt pyproject.toml | sha256sum | cut -c1-16)
 stamp="$VENV/.patronus-setup"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/python" ]; then
+  link_debian_modules
   exit 0
 fi
 if [ ! -x "$VENV/bin/python" ]; then
@@ -67,5 +81,6 @@ if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
   say "pip could not install the pinned packages (above). Check network access to PyPI."
   exit 2
 fi
+link_debian_modules
 echo "$want" > "$stamp"
 say "ready"

@@ -31,13 +31,18 @@ from typing import Any
 HEADER = struct.Struct("!QQ")
 
 
-def send(dst: tuple[str, int], rate: float, duration: float, sport: int = 0, size: int = 64) -> int:
+def send(dst: tuple[str, int], rate: float, duration: float, sport: int = 0, size: int = 64, burst: int = 1,
+         dscp: int = 0) -> int:
+    """`rate` ticks per second, `burst` packets per tick (video: 30 frames/s of several packets)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("0.0.0.0", sport))
+    if dscp:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << 2)
     pad = bytes(max(0, size - HEADER.size))
     start = time.monotonic()
     n = 0
     total = int(rate * duration)
+    seq = 0
     stop = False
 
     def on_term(*_: object) -> None:
@@ -50,11 +55,13 @@ def send(dst: tuple[str, int], rate: float, duration: float, sport: int = 0, siz
         delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)     # pacing to an absolute schedule, not waiting for a condition
-        # unreachable for a moment (no path): the packet is lost, go on
-        with contextlib.suppress(OSError):
-            s.sendto(HEADER.pack(n, time.time_ns()) + pad, dst)
+        for _ in range(burst):
+            # unreachable for a moment (no path): the packet is lost, go on
+            with contextlib.suppress(OSError):
+                s.sendto(HEADER.pack(seq, time.time_ns()) + pad, dst)
+            seq += 1
         n += 1
-    return n
+    return seq
 
 
 def receive(port: int, out: Path, duration: float | None, ready: Path | None) -> int:
@@ -128,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--duration", type=float, default=10.0)
     sp.add_argument("--sport", type=int, default=0)
     sp.add_argument("--size", type=int, default=64)
+    sp.add_argument("--burst", type=int, default=1, help="packets per tick")
+    sp.add_argument("--dscp", type=int, default=0)
     rp = sub.add_parser("recv")
     rp.add_argument("--port", type=int, required=True)
     rp.add_argument("--out", type=Path, required=True)
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.cmd == "send":
         host, _, port = a.to.rpartition(":")
-        n = send((host, int(port)), a.rate, a.duration, a.sport, a.size)
+        n = send((host, int(port)), a.rate, a.duration, a.sport, a.size, a.burst, a.dscp)
         print(json.dumps({"sent": n}))
     else:
         n = receive(a.port, a.out, a.duration, a.ready)

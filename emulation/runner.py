@@ -1,0 +1,439 @@
+"""`patronus-lab run`: a scenario end to end on the Mininet backend.
+
+Build the network (sites, LAN hosts, impaired uplinks, core) → write each site's agent file and
+start real `patronus agent` processes in the site routers → wait until every path is Up and every
+tunnel has a handshake → start receivers, taps and senders → play the timeline at its times
+(recording when each change took effect) while sampling every agent's paths → stop traffic →
+collect events → tear everything down (always, in `finally`, unless `--keep`) → write the raw data
+(`raw/`) and the reports.
+
+The runner owns processes by pid and namespaces by name (`pt<run>-*`); nothing is killed by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from emulation.backends.mininet_net import MininetNet
+from patronus.agent.keys import generate_private_key, public_key
+
+TOKEN_BYTES = 24
+PROBE_SECRET = "patronus-lab-probe-secret-0001"
+SLA_BY_CLASS: dict[str, dict[str, float]] = {
+    # ITU-T G.114-ish budgets for voice, looser for video, web and bulk (class -> target)
+    "voip": {"latency_ms": 150.0, "loss_pct": 1.0, "jitter_ms": 30.0},
+    "video": {"latency_ms": 200.0, "loss_pct": 2.0, "jitter_ms": 50.0},
+    "web": {"latency_ms": 300.0, "loss_pct": 5.0, "jitter_ms": 100.0},
+    "default": {"latency_ms": 300.0, "loss_pct": 5.0, "jitter_ms": 100.0},
+    "bulk": {"latency_ms": 1000.0, "loss_pct": 10.0, "jitter_ms": 500.0},
+}
+
+
+class RunError(RuntimeError):
+    """The run could not be carried out (exit code 2)."""
+
+
+@dataclass
+class FlowPlan:
+    name: str
+    type: str
+    cls: str
+    src_site: str
+    src_host: int
+    dst_site: str
+    dst_host: int
+    dst_port: int
+    sport: int
+    start_s: float
+    stop_s: float
+    rate: float = 1000.0          # ticks per second
+    size: int = 64
+    burst: int = 1
+    interval_s: float = 1.0       # http
+    bandwidth_bps: float = 0.0    # tcp_bulk cap (0 = none)
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    sent: int = 0
+
+    @property
+    def udp(self) -> bool:
+        return self.type in ("udp_cbr", "voip", "video")
+
+
+@dataclass
+class Event:
+    at_s: float
+    action: str
+    target: str
+    params: dict[str, Any]
+    apply: Callable[[], int | None]          # returns the ns time the change took effect (or None: now)
+
+
+class Sampler(threading.Thread):
+    """Polls every agent's /paths (and, at the end, /events) from the host over the management links."""
+
+    def __init__(self, apis: dict[str, str], token: str, period_s: float = 0.25) -> None:
+        super().__init__(daemon=True, name="patronus-lab-sampler")
+        self.apis = apis
+        self.h = {"Authorization": f"Bearer {token}"}
+        self.period_s = period_s
+        self.rows: list[list[Any]] = []
+        self.stop_event = threading.Event()
+        self.client = httpx.Client(headers=self.h, timeout=2.0)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            t = time.time()
+            for site, base in self.apis.items():
+                try:
+                    ps = self.client.get(base + "/paths").json()
+                except (httpx.HTTPError, ValueError):
+                    continue
+                for p in ps:
+                    self.rows.append([site, p["id"], round(t, 4), p["status"], p["latency_ms"], p["jitter_ms"],
+                                      p["loss_pct"], p["score"], p["probes_sent"], p["probes_timed_out"]])
+            self.stop_event.wait(self.period_s)   # the sampling period, interruptible by stop()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(5)
+        self.client.close()
+
+
+class Runner:
+    def __init__(self, scenario: Any, out: Path, *, keep: bool = False, impairment_backend: str = "auto",
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.sc = scenario
+        self.out = Path(out)
+        self.raw = self.out / "raw"
+        self.keep = keep
+        self.progress = progress or (lambda msg: None)
+        self.run_id = secrets.token_hex(2)
+        self.token = secrets.token_urlsafe(TOKEN_BYTES)
+        self.net: MininetNet | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.keys: dict[str, str] = {}
+        self.links: dict[str, Any] = {}          # "site.uplink" -> relay/netem link handle
+        self.base_impairment: dict[str, Any] = {}
+        self.flows: list[FlowPlan] = []
+        self.helpers: list[subprocess.Popen[bytes]] = []   # receivers, taps, servers
+        self.timeline_rows: list[list[Any]] = []
+        self.t0 = 0.0
+        self.impairment_backend = impairment_backend
+        self.site_ids: dict[str, int] = {}
+        self.started_at = 0.0
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _ns(self, node: Any) -> str:
+        assert self.net is not None
+        return self.net.ns(node)
+
+    def _popen(self, ns: str, argv: list[str], log: Path | None = None) -> subprocess.Popen[bytes]:
+        out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
+        p = subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=out, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+        if log:
+            out.close()  # type: ignore[union-attr]
+        return p
+
+    def _api(self, site: str, path: str) -> Any:
+        assert self.net is not None
+        r = httpx.get(f"http://{self.net.sites[site].mgmt_ip}:8470/api/v1{path}",
+                      headers={"Authorization": f"Bearer {self.token}"}, timeout=5)
+        r.raise_for_status()
+        return r.json()
+
+    # -- agents ------------------------------------------------------------------------------------
+
+    def site_file(self, site: str, agent: dict[str, Any], remotes: list[str]) -> dict[str, Any]:
+        assert self.net is not None
+        me = self.net.sites[site]
+        d: dict[str, Any] = {
+            "version": 1,
+            "site": {"name": site, "id": self.site_ids[site], "lan_prefixes": [me.spec.lan_prefix]},
+            "uplinks": [{"name": up.name, "interface": up.name, "address": me.uplink_addr[up.name][0],
+                         "gateway": me.uplink_addr[up.name][1], "cost_per_gb": up.cost_per_gb,
+                         **({"bandwidth": f"{up.bandwidth_bps:.0f}bit"} if up.bandwidth_bps else {})}
+                        for up in me.spec.uplinks],
+            "remotes": [],
+            "wireguard": {"private_key_file": str(self.out / "agents" / f"{site}.key")},
+            "probe": {"secret": PROBE_SECRET},
+            "api": {"listen": f"{me.mgmt_ip}:8470", "token": self.token},
+            "database": str(self.out / "agents" / f"{site}.db"),
+            "state_dir": f"/run/patronus/{site}",
+            "metrics_interval": "1s",
+            "pmtu": False,
+        }
+        for r in remotes:
+            other = self.net.sites[r]
+            d["remotes"].append({"name": r, "id": self.site_ids[r], "public_key": public_key(self.keys[r]),
+                                 "prefixes": [other.spec.lan_prefix],
+                                 "endpoints": [{"uplink": up.name, "address": other.uplink_addr[up.name][0]}
+                                               for up in other.spec.uplinks]})
+        for k, v in agent.items():
+            if v is not None:
+                d[k] = v
+        return d
+
+    def start_agents(self, agents: dict[str, dict[str, Any]], remotes: dict[str, list[str]]) -> None:
+        assert self.net is not None
+        (self.out / "agents").mkdir(parents=True, exist_ok=True)
+        for site in self.net.sites:
+            key = self.out / "agents" / f"{site}.key"
+            self.keys[site] = generate_private_key()
+            fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(self.keys[site] + "\n")
+        for site, nodes in self.net.sites.items():
+            cfg = self.out / "agents" / f"{site}.yaml"
+            cfg.write_text(yaml.safe_dump(self.site_file(site, agents.get(site, {}), remotes[site]), sort_keys=False))
+            self.agents[site] = self._popen(self._ns(nodes.router),
+                                            [sys.executable, "-m", "patronus.cli", "agent", "--config", str(cfg)],
+                                            self.out / "agents" / f"{site}.log")
+
+    def agent_down(self) -> str | None:
+        for site, p in self.agents.items():
+            if p.poll() is not None:
+                log = (self.out / "agents" / f"{site}.log").read_text(errors="replace")[-2000:]
+                return f"agent {site} exited with {p.returncode}:\n{log}"
+        return None
+
+    def wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        pending = set(self.agents)
+        while pending:
+            err = self.agent_down()
+            if err:
+                raise RunError(err)
+            for site in list(pending):
+                try:
+                    ps = self._api(site, "/paths")
+                except (httpx.HTTPError, ValueError):
+                    continue
+                if ps and all(p["status"] == "up" and p["loss_pct"] == 0 for p in ps):
+                    pending.discard(site)
+            if time.monotonic() > deadline:
+                raise RunError(f"paths not all Up after {timeout_s:g} s at: {', '.join(sorted(pending))}")
+            time.sleep(0.1)      # polling the agents' API for a condition, with a deadline
+
+    def stop_agents(self) -> None:
+        for p in self.agents.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.agents.values():
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+
+    # -- traffic -----------------------------------------------------------------------------------
+
+    def start_receivers(self) -> None:
+        assert self.net is not None
+        tdir = self.raw / "traffic"
+        tdir.mkdir(parents=True, exist_ok=True)
+        for f in self.flows:
+            dst = self.net.sites[f.dst_site]
+            ns = self._ns(dst.hosts[f.dst_host])
+            if f.udp:
+                ready = tdir / f"{f.name}.ready"
+                f.procs.append(self._popen(ns, [sys.executable, "-m", "emulation.udpflow", "recv", "--port",
+                                                str(f.dst_port), "--out", str(tdir / f"{f.name}.json"),
+                                                "--ready", str(ready)]))
+                self._wait_file(ready, f"receiver of {f.name}")
+            elif f.type == "tcp_bulk":
+                f.procs.append(self._popen(ns, ["iperf3", "-s", "-p", str(f.dst_port), "-1"]))
+            elif f.type == "http":
+                f.procs.append(self._popen(ns, [sys.executable, "-m", "emulation.traffic.http", "serve", "--port",
+                                                str(f.dst_port)]))
+        # one tap per source site router, on its tunnels
+        ports_by_site: dict[str, set[int]] = {}
+        for f in self.flows:
+            if f.udp:
+                ports_by_site.setdefault(f.src_site, set()).add(f.dst_port)
+        for site, ports in ports_by_site.items():
+            ready = tdir / f"tap-{site}.ready"
+            self.helpers.append(self._popen(self._ns(self.net.sites[site].router),
+                                            [sys.executable, "-m", "emulation.traffic.tap", "--out",
+                                             str(tdir / f"tap-{site}.csv"), "--ports",
+                                             ",".join(str(p) for p in sorted(ports)), "--ready", str(ready)]))
+            self._wait_file(ready, f"tap at {site}")
+
+    def _wait_file(self, path: Path, what: str, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise RunError(f"{what} did not start within {timeout_s:g} s")
+            time.sleep(0.02)     # polling for the child's ready file, with a deadline
+
+    def start_sender(self, f: FlowPlan) -> None:
+        assert self.net is not None
+        src = self.net.sites[f.src_site]
+        dst = self.net.sites[f.dst_site]
+        ns = self._ns(src.hosts[f.src_host])
+        dst_ip = dst.host_ip(f.dst_host)
+        dur = f.stop_s - f.start_s
+        if f.udp:
+            f.procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "emulation.udpflow", "send", "--to",
+                 f"{dst_ip}:{f.dst_port}", "--rate", f"{f.rate:g}", "--duration", f"{dur:g}", "--sport", str(f.sport),
+                 "--size", str(f.size), "--burst", str(f.burst)], stdout=subprocess.PIPE, start_new_session=True))
+        elif f.type == "tcp_bulk":
+            argv = ["iperf3", "-c", dst_ip, "-p", str(f.dst_port), "-t", f"{max(1, round(dur))}", "-J",
+                    "--cport", str(f.sport)]
+            if f.bandwidth_bps:
+                argv += ["-b", f"{f.bandwidth_bps:.0f}"]
+            f.procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *argv], stdout=subprocess.PIPE,
+                                            start_new_session=True))
+        elif f.type == "http":
+            f.procs.append(subprocess.Popen(
+                ["ip", "netns", "exec", ns, sys.executable, "-m", "emulation.traffic.http", "fetch", "--url",
+                 f"http://{dst_ip}:{f.dst_port}/", "--interval", f"{f.interval_s:g}", "--duration", f"{dur:g}",
+                 "--out", str(self.raw / "traffic" / f"{f.name}.http.csv")], start_new_session=True))
+
+    def finish_traffic(self) -> None:
+        """Wait for the senders (they stop by themselves at their stop time), then stop the receivers
+        and taps so they write their records. procs[0] is a flow's receiver or server, procs[1] its
+        sender or client."""
+        for f in self.flows:
+            if len(f.procs) < 2:
+                continue
+            sender = f.procs[1]
+            out, _ = sender.communicate(timeout=max(60.0, f.stop_s - f.start_s + 30))
+            if f.udp:
+                with contextlib.suppress(ValueError, KeyError):
+                    f.sent = int(json.loads(out)["sent"])
+            elif f.type == "tcp_bulk":
+                (self.raw / "traffic" / f"{f.name}.iperf.json").write_bytes(out or b"{}")
+        for p in [f.procs[0] for f in self.flows if f.procs] + self.helpers:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(5)
+
+    def kill_all(self) -> None:
+        for f in self.flows:
+            for p in f.procs:
+                if p.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(5)
+        for p in self.helpers:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+
+    # -- raw data ----------------------------------------------------------------------------------
+
+    def write_packets(self) -> None:
+        """packets.csv: every sent packet of every UDP flow, its arrival (or none) and its path."""
+        assert self.net is not None
+        tdir = self.raw / "traffic"
+        if_to_path: dict[tuple[str, str], str] = {}
+        for site in self.net.sites:
+            with contextlib.suppress(Exception):
+                for p in self._api(site, "/paths"):
+                    if_to_path[(site, p["interface"])] = p["id"]
+        with open(self.raw / "packets.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["flow", "seq", "sent_ns", "recv_ns", "path"])
+            for f in self.flows:
+                if not f.udp:
+                    continue
+                arrivals: dict[int, tuple[int, int]] = {}
+                fp = tdir / f"{f.name}.json"
+                if fp.exists():
+                    for seq, sent, recv in json.loads(fp.read_text())["arrivals"]:
+                        arrivals.setdefault(seq, (sent, recv))
+                paths: dict[int, str] = {}
+                dst_ip = self.net.sites[f.dst_site].host_ip(f.dst_host)
+                tap = tdir / f"tap-{f.src_site}.csv"
+                if tap.exists():
+                    with open(tap) as th:
+                        for row in csv.DictReader(th):
+                            if (row["dst_ip"] == dst_ip and int(row["dst_port"]) == f.dst_port
+                                    and int(row["src_port"]) == f.sport):
+                                paths[int(row["seq"])] = if_to_path.get((f.src_site, row["ifname"]), "")
+                total = max(f.sent, (max(arrivals) + 1) if arrivals else 0)
+                for seq in range(total):
+                    sent, recv = arrivals.get(seq, (0, 0))
+                    w.writerow([f.name, seq, sent or "", recv or "", paths.get(seq, "")])
+
+    def write_raw(self, sampler: Sampler, expectations: list[dict[str, Any]], links: list[dict[str, Any]]) -> None:
+        assert self.net is not None
+        self.raw.mkdir(parents=True, exist_ok=True)
+        with open(self.raw / "path_metrics.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["site", "path", "at", "status", "latency_ms", "jitter_ms", "loss_pct", "score", "probes_sent",
+                        "probes_timed_out"])
+            w.writerows(sampler.rows)
+        with open(self.raw / "timeline.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["at_s", "applied_at", "action", "target", "params"])
+            w.writerows(self.timeline_rows)
+        with open(self.raw / "events.jsonl", "w") as fh:
+            for site in self.net.sites:
+                try:
+                    events = self._api(site, "/events?limit=10000")
+                except (httpx.HTTPError, ValueError):
+                    continue
+                for e in events:
+                    fh.write(json.dumps({**e, "site": site}, sort_keys=True) + "\n")
+        tcp_rows, http_rows = [], []
+        for f in self.flows:
+            ip = self.raw / "traffic" / f"{f.name}.iperf.json"
+            if ip.exists():
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    for iv in json.loads(ip.read_text()).get("intervals", []):
+                        s = iv["sum"]
+                        tcp_rows.append([f.name, round(self.t0 + f.start_s + s["end"], 4), s["bits_per_second"]])
+            hp = self.raw / "traffic" / f"{f.name}.http.csv"
+            if hp.exists():
+                with open(hp) as hh:
+                    for row in csv.DictReader(hh):
+                        http_rows.append([f.name, row["at"], row["latency_ms"], row["ok"]])
+        if tcp_rows:
+            with open(self.raw / "tcp.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["flow", "at", "bits_per_second"])
+                w.writerows(tcp_rows)
+        if http_rows:
+            with open(self.raw / "http.csv", "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(["flow", "at", "latency_ms", "ok"])
+                w.writerows(http_rows)
+        self.write_packets()
+        classes = {f.cls for f in self.flows}
+        run = {
+            "scenario": self.sc.name, "backend": "mininet", "impairment_backend": self.impairment_backend,
+            "seed": self.sc.seed, "started_at": self.started_at, "t0": self.t0, "duration_s": self.sc.duration,
+            "flows": [{"name": f.name, "type": f.type, "class": f.cls, "src_site": f.src_site, "dst_site": f.dst_site,
+                       "dst_port": f.dst_port, "rate_pps": f.rate * f.burst if f.udp else None,
+                       "start_s": f.start_s, "stop_s": f.stop_s, "sent": f.sent} for f in self.flows],
+            "links": links,
+            "sla_targets": {c: SLA_BY_CLASS.get(c, SLA_BY_CLASS["default"]) for c in sorted(classes)},
+            "expectations": expectations,
+        }
+        (self.raw / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True))

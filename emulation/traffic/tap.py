@@ -1,0 +1,109 @@
+"""Which path did each packet take? A tap in the source site's router.
+
+    python -m emulation.traffic.tap --out taps.csv --ports 5001,5060 [--ready FILE]
+
+Runs in a site router's namespace, listens (AF_PACKET, outgoing only) on every WireGuard interface of
+the agent (`pt<site id>p<n>`, found at start and re-scanned each second) and records, for UDP
+packets to the given destination ports that carry `emulation.udpflow`'s header, the sequence number
+and the interface they left on. The runner maps interfaces to path ids through the agent's API.
+Stops on SIGTERM/SIGINT and writes `dst_ip,dst_port,src_port,seq,ifname,at_ns` rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from pathlib import Path
+
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+_SEQ = struct.Struct("!QQ")
+
+
+def _wg_ifaces() -> dict[str, int]:
+    out = {}
+    for name in os.listdir("/sys/class/net"):
+        if name.startswith("pt") and "p" in name[2:]:
+            try:
+                out[name] = int(Path(f"/sys/class/net/{name}/ifindex").read_text())
+            except OSError:
+                continue
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m emulation.traffic.tap")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--ports", required=True, help="destination ports to record, comma separated")
+    ap.add_argument("--ready", type=Path)
+    a = ap.parse_args(argv)
+    ports = {int(p) for p in a.ports.split(",") if p}
+    socks: dict[int, tuple[str, socket.socket]] = {}
+    rows: list[tuple[str, int, int, int, str, int]] = []
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+
+    def rescan() -> None:
+        known = {name for name, _ in socks.values()}
+        for name, _idx in _wg_ifaces().items():
+            if name in known:
+                continue
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+            s.bind((name, 0))
+            s.setblocking(False)
+            socks[s.fileno()] = (name, s)
+
+    rescan()
+    if a.ready:
+        a.ready.write_text("ready\n")
+    next_scan = time.monotonic() + 1.0
+    while not stop:
+        try:
+            ready, _, _ = select.select(list(socks), [], [], 0.2)
+        except InterruptedError:
+            continue
+        for fd in ready:
+            name, s = socks[fd]
+            while True:
+                try:
+                    data, addr = s.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                if addr[2] != PACKET_OUTGOING or len(data) < 20 + 8 + 16 or data[0] >> 4 != 4 or data[9] != 17:
+                    continue
+                ihl = (data[0] & 0x0F) * 4
+                sport, dport = struct.unpack_from("!HH", data, ihl)
+                if dport not in ports:
+                    continue
+                seq, _sent = _SEQ.unpack_from(data, ihl + 8)
+                dst = socket.inet_ntoa(data[16:20])
+                rows.append((dst, dport, sport, seq, name, time.time_ns()))
+        if time.monotonic() >= next_scan:
+            next_scan = time.monotonic() + 1.0
+            rescan()
+    tmp = a.out.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["dst_ip", "dst_port", "src_port", "seq", "ifname", "at_ns"])
+        w.writerows(rows)
+    tmp.replace(a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
