@@ -364,9 +364,9 @@ def main(argv: list[str] | None = None) -> int:
   a shell:  ip netns exec {hq.ns} bash         agent logs: {workdir}/hq-agent.log
 Ctrl-C stops the agents and removes every namespace.""", flush=True)
         while not stop:
-            for s in lab.sites.values():
-                if s.agent is not None and s.agent.poll() is not None:
-                    print(f"agent {s.name} exited ({s.agent.returncode}); see {s.log_path}", file=sys.stderr)
+            for info in lab.sites.values():
+                if info.agent is not None and info.agent.poll() is not None:
+                    print(f"agent {info.name} exited ({info.agent.returncode}); see {info.log_path}", file=sys.stderr)
                     stop = True
             signal.pause()      # woken by SIGINT/SIGTERM, or by SIGCHLD when an agent exits
     finally:

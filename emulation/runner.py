@@ -30,19 +30,11 @@ from typing import Any
 import httpx
 import yaml
 
-from emulation.backends.mininet_net import MininetNet
+from emulation.backends.mininet_net import MininetNet, NetSpec, SiteSpec, UplinkSpec
 from patronus.agent.keys import generate_private_key, public_key
 
 TOKEN_BYTES = 24
 PROBE_SECRET = "patronus-lab-probe-secret-0001"
-SLA_BY_CLASS: dict[str, dict[str, float]] = {
-    # ITU-T G.114-ish budgets for voice, looser for video, web and bulk (class -> target)
-    "voip": {"latency_ms": 150.0, "loss_pct": 1.0, "jitter_ms": 30.0},
-    "video": {"latency_ms": 200.0, "loss_pct": 2.0, "jitter_ms": 50.0},
-    "web": {"latency_ms": 300.0, "loss_pct": 5.0, "jitter_ms": 100.0},
-    "default": {"latency_ms": 300.0, "loss_pct": 5.0, "jitter_ms": 100.0},
-    "bulk": {"latency_ms": 1000.0, "loss_pct": 10.0, "jitter_ms": 500.0},
-}
 
 
 class RunError(RuntimeError):
@@ -137,6 +129,7 @@ class Runner:
         self.impairment_backend = impairment_backend
         self.site_ids: dict[str, int] = {}
         self.started_at = 0.0
+        self._stopped: set[str] = set()
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -381,6 +374,15 @@ class Runner:
                     sent, recv = arrivals.get(seq, (0, 0))
                     w.writerow([f.name, seq, sent or "", recv or "", paths.get(seq, "")])
 
+    def sla_targets(self) -> dict[str, dict[str, float]]:
+        """Each traffic class's target: the sending site's agent `sla` (the agent checks the same)."""
+        out: dict[str, dict[str, float]] = {}
+        for f in self.sc.flows:
+            t = self.sc.site(f.src.site).agent.sla
+            out.setdefault(f.traffic_class, {"latency_ms": t.latency_ms, "loss_pct": t.loss_pct,
+                                             "jitter_ms": t.jitter_ms})
+        return out
+
     def write_raw(self, sampler: Sampler, expectations: list[dict[str, Any]], links: list[dict[str, Any]]) -> None:
         assert self.net is not None
         self.raw.mkdir(parents=True, exist_ok=True)
@@ -425,15 +427,216 @@ class Runner:
                 w.writerow(["flow", "at", "latency_ms", "ok"])
                 w.writerows(http_rows)
         self.write_packets()
-        classes = {f.cls for f in self.flows}
         run = {
             "scenario": self.sc.name, "backend": "mininet", "impairment_backend": self.impairment_backend,
-            "seed": self.sc.seed, "started_at": self.started_at, "t0": self.t0, "duration_s": self.sc.duration,
+            "seed": self.sc.seed, "started_at": self.started_at, "t0": self.t0, "duration_s": self.sc.duration_s,
             "flows": [{"name": f.name, "type": f.type, "class": f.cls, "src_site": f.src_site, "dst_site": f.dst_site,
                        "dst_port": f.dst_port, "rate_pps": f.rate * f.burst if f.udp else None,
                        "start_s": f.start_s, "stop_s": f.stop_s, "sent": f.sent} for f in self.flows],
             "links": links,
-            "sla_targets": {c: SLA_BY_CLASS.get(c, SLA_BY_CLASS["default"]) for c in sorted(classes)},
+            "sla_targets": self.sla_targets(),
             "expectations": expectations,
         }
         (self.raw / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True))
+
+    # -- plan and run ------------------------------------------------------------------------------
+
+    def plan(self) -> NetSpec:
+        sc = self.sc
+        self.site_ids = {s.name: s.id for s in sc.sites}
+        spec = NetSpec(run=self.run_id, impairment_backend=self.impairment_backend, sites=tuple(
+            SiteSpec(s.name, s.id, s.lan_prefix, s.hosts,
+                     tuple(UplinkSpec(u.name, u.bandwidth_bps, u.cost_per_gb) for u in s.uplinks))
+            for s in sc.sites))
+        self.flows = []
+        for i, f in enumerate(sc.flows):
+            t = f.type.value
+            plan = FlowPlan(name=f.name, type=t, cls=f.traffic_class, src_site=f.src.site, src_host=f.src.host - 1,
+                            dst_site=f.dst.site, dst_host=f.dst.host - 1, dst_port=f.dst_port, sport=41000 + i,
+                            start_s=f.start_s, stop_s=f.stop_s)
+            if t in ("udp_cbr", "voip"):
+                plan.rate = float(f.rate_pps or (50.0 if t == "voip" else 1000.0))
+                plan.size = max(16, int(f.payload_bytes or 172))
+            elif t == "video":
+                fps = float(f.frame_rate or 30.0)
+                pps = float(f.packets_per_s or fps)
+                plan.rate, plan.burst, plan.size = fps, max(1, round(pps / fps)), int(f.payload_bytes or 1200)
+            elif t == "tcp_bulk":
+                plan.bandwidth_bps = float(f.bandwidth_bps or 0.0)
+            elif t == "http":
+                plan.interval_s = float(f.interval_s or 1.0)
+            self.flows.append(plan)
+        return spec
+
+    def expectations(self) -> list[dict[str, Any]]:
+        out = []
+        for e in self.sc.expectations:
+            d: dict[str, Any] = {"type": e.kind, "text": e.text}
+            for attr, key in (("flow", "flow"), ("max_s", "max"), ("max_packets", "max"), ("max_changes", "max"),
+                              ("min_ratio", "min"), ("min_changes", "min")):
+                if hasattr(e, attr):
+                    d[key] = getattr(e, attr)
+            if hasattr(e, "link"):
+                d["link"] = str(e.link)
+            if hasattr(e, "start_s"):
+                d["during"] = [e.start_s, e.end_s]
+            tgt = getattr(e, "target", None)
+            if tgt is not None:
+                d["target"] = {"latency_ms": tgt.latency_ms, "loss_pct": tgt.loss_pct, "jitter_ms": tgt.jitter_ms}
+            out.append(d)
+        return out
+
+    def _impairment(self, s: Any) -> Any:
+        from emulation.links.impairment import GilbertElliott, Impairment
+
+        ge = s.loss_model
+        return Impairment(delay_s=s.delay_s, jitter_s=s.jitter_s, jitter_distribution=s.jitter_distribution.value,
+                          loss=s.loss_ratio,
+                          loss_model=GilbertElliott(ge.p, ge.r, ge.h, ge.k) if ge is not None else None,
+                          rate_bps=s.rate_bps, queue_limit=s.queue_limit_packets, duplicate=s.duplicate_ratio,
+                          reorder=s.reorder_ratio, corrupt=s.corrupt_ratio, cut=not s.up)
+
+    def start_links(self) -> None:
+        from emulation.links import make_link
+
+        assert self.net is not None
+        for site in self.sc.sites:
+            nodes = self.net.sites[site.name]
+            for u in site.uplinks:
+                imp = self._impairment(u.baseline())
+                if self.impairment_backend == "relay":
+                    ns = self._ns(nodes.relay_node[u.name])
+                    link = make_link("relay", ns_x=ns, if_x="x", ns_y=ns, if_y="y", seed=self.sc.seed + len(self.links),
+                                     impairment_xy=imp, impairment_yx=imp, tag=f"pt{self.run_id}")
+                else:
+                    link = make_link("netem", ns_x=self._ns(nodes.router), if_x=u.name, ns_y=self._ns(self.net.core),
+                                     if_y=f"s{nodes.number}-{u.name}", seed=self.sc.seed + len(self.links),
+                                     impairment_xy=imp, impairment_yx=imp)
+                link.start()
+                self.links[f"{site.name}.{u.name}"] = link
+
+    def stop_links(self) -> None:
+        for link in self.links.values():
+            with contextlib.suppress(Exception):
+                link.stop()
+        self.links.clear()
+
+    def execute(self) -> int:
+        """Run the scenario; returns the exit code (0 pass, 1 an expectation failed)."""
+        from emulation.links import choose_backend
+
+        if self.impairment_backend == "auto":
+            self.impairment_backend, why = choose_backend("auto")
+            self.progress(f"impairment backend: {self.impairment_backend} ({why})")
+        spec = self.plan()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.raw.mkdir(parents=True, exist_ok=True)
+        (self.out / "scenario.yaml").write_text(self.sc.to_yaml())
+        sampler: Sampler | None = None
+        try:
+            self.progress(f"building {len(spec.sites)} sites (run {self.run_id})")
+            self.net = MininetNet(spec).build()
+            self.start_links()
+            self.progress("starting agents")
+            agents = {s.name: s.agent.to_dict() for s in self.sc.sites}
+            self.start_agents(agents, {s.name: list(self.sc.remotes_of(s.name)) for s in self.sc.sites})
+            self.wait_ready(90)
+            self.progress("agents ready; starting traffic")
+            self.start_receivers()
+            sampler = Sampler({s: f"http://{n.mgmt_ip}:8470/api/v1" for s, n in self.net.sites.items()}, self.token)
+            sampler.start()
+            self.started_at = time.time()
+            self.t0 = self.started_at + 0.5
+            actions: list[tuple[float, int, Callable[[], None]]] = []
+            for i, f in enumerate(self.flows):
+                actions.append((f.start_s, i, lambda f=f: self.start_sender(f)))  # type: ignore[misc]
+            for j, step in enumerate(self.sc.schedule()):
+                actions.append((step.at_s, 10_000 + j, lambda st=step: self.apply_step(st)))  # type: ignore[misc]
+            actions.sort(key=lambda a: (a[0], a[1]))
+            for at_s, _, act in actions:
+                due = self.t0 + at_s
+                while time.time() < due:
+                    time.sleep(min(0.05, due - time.time()))   # waiting for the scheduled instant
+                err = self.agent_down()
+                if err and not self._stopped_on_purpose():
+                    raise RunError(err)
+                act()
+            end = self.t0 + self.sc.duration_s
+            self.progress("running until the end of the timeline")
+            while time.time() < end:
+                time.sleep(min(0.2, end - time.time()))       # waiting for the scenario's end
+            self.progress("stopping traffic, collecting data")
+            self.finish_traffic()
+            sampler.stop()
+            links = [{"link": f"{s.name}.{u.name}",
+                      "paths": [p["id"] for p in self._paths_of(s.name) if p["uplink"] == u.name]}
+                     for s in self.sc.sites for u in s.uplinks]
+            self.write_raw(sampler, self.expectations(), links)
+        finally:
+            if sampler is not None and sampler.is_alive():
+                sampler.stop()
+            self.kill_all()
+            if self.keep and self.net is not None:
+                self.progress(self.keep_message())
+            else:
+                self.progress("tearing down")
+                self.teardown()
+        from emulation.report import report_command
+
+        return report_command(self.out)
+
+    def _paths_of(self, site: str) -> list[dict[str, Any]]:
+        try:
+            return list(self._api(site, "/paths"))
+        except (httpx.HTTPError, ValueError):
+            return []
+
+    def _stopped_on_purpose(self) -> bool:
+        return all(s in self._stopped for s, p in self.agents.items() if p.poll() is not None)
+
+    def apply_step(self, step: Any) -> None:
+        from emulation.scenario.timeline import AgentStep
+
+        if isinstance(step, AgentStep):
+            if step.running:
+                self._stopped.discard(step.site)
+                self.restart_agent(step.site)
+            else:
+                self._stopped.add(step.site)
+                p = self.agents[step.site]
+                p.send_signal(signal.SIGTERM)
+                p.wait(20)
+            applied = time.time()
+            self.timeline_rows.append([step.at_s, round(applied, 6), "agent_start" if step.running else "agent_stop",
+                                       step.site, "{}"])
+            return
+        link = self.links[str(step.link)]
+        ns = link.set("both", self._impairment(step.settings))
+        event = self.sc.timeline[step.event]
+        action = event.action
+        self.timeline_rows.append([step.at_s, round(ns / 1e9, 6), action, str(step.link),
+                                   json.dumps({"changed": list(step.changed), "up": step.settings.up,
+                                               "delay_ms": step.settings.delay_s * 1e3,
+                                               "loss": step.settings.loss_ratio}, sort_keys=True)])
+
+    def restart_agent(self, site: str) -> None:
+        assert self.net is not None
+        cfg = self.out / "agents" / f"{site}.yaml"
+        self.agents[site] = self._popen(self._ns(self.net.sites[site].router),
+                                        [sys.executable, "-m", "patronus.cli", "agent", "--config", str(cfg)],
+                                        self.out / "agents" / f"{site}.log")
+
+    def keep_message(self) -> str:
+        assert self.net is not None
+        lines = [f"network kept up (run {self.run_id}); remove it with: patronus-lab clean --run {self.run_id}"]
+        for s, n in self.net.sites.items():
+            lines.append(f"  {s}: ip netns exec {self._ns(n.router)} bash   (agent API http://{n.mgmt_ip}:8470, "
+                         f"site file {self.out / 'agents' / (s + '.yaml')})")
+        return "\n".join(lines)
+
+    def teardown(self) -> None:
+        self.stop_agents()
+        self.stop_links()
+        if self.net is not None:
+            self.net.teardown()
+            self.net = None

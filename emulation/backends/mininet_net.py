@@ -34,8 +34,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-UPLINK_BASE = ipaddress.ip_network("100.64.0.0/10")
-MGMT_BASE = ipaddress.ip_network("100.96.0.0/11")
+UPLINK_BASE = ipaddress.IPv4Network("100.64.0.0/10")
+MGMT_BASE = ipaddress.IPv4Network("100.96.0.0/11")
 PRIVATE_DIRS = ["/var/run/wireguard", "/run/patronus"]
 
 
@@ -190,11 +190,17 @@ class MininetNet:
                 ns_run(hns, ["ip", "addr", "add", f"{nodes.host_ip(i)}/{plen}", "dev", "eth0"])
                 ns_run(hns, ["ip", "route", "add", "default", "via", nodes.lan_gw])
             for u, up in enumerate(nodes.spec.uplinks):
-                net = list(UPLINK_BASE.subnets(new_prefix=24))[k * 8 + u]
+                net = ipaddress.IPv4Network((int(UPLINK_BASE.network_address) + (k * 8 + u) * 256, 24))
                 addr, gw = str(net.network_address + 1), str(net.network_address + 254)
                 nodes.uplink_addr[up.name] = (addr, gw)
                 ns_run(rns, ["ip", "addr", "add", f"{addr}/24", "dev", up.name])
                 ns_run(core, ["ip", "addr", "add", f"{gw}/24", "dev", f"s{k}-{up.name}"])
+                # Full checksums and wire-size packets on every uplink interface: a checksum left to
+                # "offload" on a veth reaches the relay's raw socket unfinished, and WireGuard's UDP
+                # sockets (GRO) then silently drop what the relay forwards.
+                for ns_name, intf in ((rns, up.name), (core, f"s{k}-{up.name}")):
+                    for feat in ("tx", "rx", "gso", "gro", "tso"):
+                        ns_run(ns_name, ["ethtool", "-K", intf, feat, "off"], check=False)
                 relay = nodes.relay_node.get(up.name)
                 if relay is not None:
                     lns = self.ns(relay)

@@ -1,0 +1,674 @@
+"""A run directory's raw data: loading and validation (the contract between the runner and the reports).
+
+    DIR/raw/run.json          the run: scenario, backends, seed, clocks, flows, links, SLA targets,
+                              expectations
+    DIR/raw/timeline.csv      at_s, applied_at, action, target, params (JSON text)
+    DIR/raw/packets.csv       flow, seq, sent_ns, recv_ns (empty = lost), path (may be empty)
+    DIR/raw/path_metrics.csv  site, path, at, status, latency_ms, jitter_ms, loss_pct, score,
+                              probes_sent, probes_timed_out (cumulative counters)
+    DIR/raw/events.jsonl      agent events, one JSON object a line, each with "site" and "at"
+    DIR/raw/tcp.csv           optional: flow, at, bits_per_second
+    DIR/raw/http.csv          optional: flow, at, latency_ms, ok
+
+Every time is wall-clock seconds (float) unless its name ends in `_ns` (integer nanoseconds,
+CLOCK_REALTIME); `run.json`'s `t0` is the wall time of scenario time 0. The loaded frames add
+scenario-time columns (`t_s`, `sent_s`, `recv_s`) so analysis code never mixes the two.
+
+`RunData.load` checks everything before returning and raises one `RawDataError` listing every problem
+with its file, line and column; nothing is analysed from data that failed a check. Nothing here
+writes to the directory.
+
+Details the analysis relies on:
+  * packets.csv has one row per packet *sent* (a lost one with an empty recv_ns, and an empty sent_ns
+    if the send time is unknown: it is then estimated from its neighbours' and the flow's rate); integers
+    are plain digits (nanoseconds need all 64 bits: no "1.7e18"). `path` makes the ledger's "first packet on the
+    new path" and per-flow path changes possible; without it they fall back on the agents' events.
+  * timeline.csv: a flap is one row with `{"period_s"|"period", "count"[, "down_s"|"down"]}` or one row
+    per edge with `{"state": "down"|"up"}`; a ramp is one row at its start (later steps, if logged, carry
+    `{"step": k}`); `clear` is accepted beside the other actions.
+  * run.json `links[].paths`: path ids, or `site/path` (unambiguous with three sites or more); ids in the
+    agent's `remote:local-remote_uplink` form need no entry at all (timeline.py).
+  * `sla_targets` entries may also give `latency_percentile` (50, 95, 99) and use the agent's human form
+    (`latency: "150ms"`); an `sla_compliance` expectation may carry its own `target`.
+  * events.jsonl: kind, at, site always; PathStatusChanged path_id/old/new, FailoverTriggered and Failback
+    from_path/to_path (and `policy`, matched against the flow's class when several slots move), SlaViolated/
+    SlaRestored subject (and traffic_class); other kinds are kept and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from emulation.measure.errors import RawDataError
+from patronus.core.errors import ConfigError
+from patronus.core.units import parse_duration, parse_ratio
+
+FLOW_TYPES = ("udp_cbr", "voip", "video", "tcp_bulk", "http")
+PACKET_FLOW_TYPES = ("udp_cbr", "voip", "video")
+BACKENDS = ("mininet", "sim")
+IMPAIRMENT_BACKENDS = ("netem", "relay", "model")
+ACTIONS = ("impair", "cut", "restore", "clear", "flap", "ramp", "agent_stop", "agent_start")
+STATUSES = ("up", "degraded", "down")
+EXPECTATION_TYPES = ("failover_gap", "lost_packets", "sla_compliance", "path_changes", "detect_time",
+                     "flow_stays")
+
+TIMELINE_COLUMNS = ("at_s", "applied_at", "action", "target", "params")
+PACKET_COLUMNS = ("flow", "seq", "sent_ns", "recv_ns", "path")
+PATH_METRIC_COLUMNS = ("site", "path", "at", "status", "latency_ms", "jitter_ms", "loss_pct", "score",
+                       "probes_sent", "probes_timed_out")
+TCP_COLUMNS = ("flow", "at", "bits_per_second")
+HTTP_COLUMNS = ("flow", "at", "latency_ms", "ok")
+
+# Event kinds the analysis reads, and the fields each must carry (besides kind, at, site).
+EVENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "PathStatusChanged": ("path_id", "old", "new"),
+    "FailoverTriggered": ("from_path", "to_path"),
+    "Failback": ("from_path", "to_path"),
+    "SteeringApplied": (),
+    "SlaViolated": ("subject",),
+    "SlaRestored": ("subject",),
+}
+EVENT_COLUMNS = ("at", "t_s", "site", "kind", "path_id", "old", "new", "reason", "from_path", "to_path",
+                 "policy", "subject", "traffic_class", "paths", "line")
+
+_MAX_REPORTED = 3   # bad values reported per column before "and N more"
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSpec:
+    name: str
+    type: str
+    traffic_class: str
+    src_site: str
+    dst_site: str
+    dst_port: int | None
+    rate_pps: float | None
+    start_s: float
+    stop_s: float
+    sent: int
+
+    @property
+    def has_packets(self) -> bool:
+        """True for the flow types whose every datagram is in packets.csv."""
+        return self.type in PACKET_FLOW_TYPES
+
+
+@dataclass(frozen=True, slots=True)
+class SlaTarget:
+    """A class's targets; None means "not judged". The latency compared with `latency_ms` is the
+    delay's `latency_percentile` (50, 95 or 99; 95 unless the target says otherwise)."""
+
+    latency_ms: float | None = None
+    loss_pct: float | None = None
+    jitter_ms: float | None = None
+    latency_percentile: int = 95
+
+    def meets(self, latency_ms: float | None, loss_pct: float | None, jitter_ms: float | None) -> bool:
+        """Every judged metric within its target; a metric without a measurement is not judged.
+        `latency_ms` is the measured latency at `latency_percentile`."""
+        pairs = ((latency_ms, self.latency_ms), (loss_pct, self.loss_pct), (jitter_ms, self.jitter_ms))
+        return all(m is None or t is None or m <= t for m, t in pairs)
+
+
+def parse_target(t: object, path: str) -> tuple[SlaTarget | None, list[str]]:
+    """An SLA target in the contract's form (latency_ms, loss_pct, jitter_ms: numbers) or the agent's
+    (latency: "150ms", loss: "1%", jitter: "30ms"), either with latency_percentile (50/95/99 or
+    "p95"). Returns (target, problems)."""
+    if not isinstance(t, dict):
+        return None, [f"{path}: expected an object, got {t!r}"]
+    problems: list[str] = []
+    vals: dict[str, float | None] = {}
+    for attr, human, parse, scale in (("latency_ms", "latency", parse_duration, 1000.0),
+                                      ("loss_pct", "loss", parse_ratio, 100.0),
+                                      ("jitter_ms", "jitter", parse_duration, 1000.0)):
+        v = t.get(attr)
+        if v is not None:
+            if not _is_number(v) or v < 0:
+                problems.append(f"{path}.{attr}: expected a non-negative number, got {v!r}")
+            vals[attr] = float(v) if _is_number(v) else None
+        elif t.get(human) is not None:
+            try:
+                vals[attr] = parse(t[human], f"{path}.{human}") * scale
+            except ConfigError as exc:
+                problems.append(str(exc))
+                vals[attr] = None
+        else:
+            vals[attr] = None
+    pct = t.get("latency_percentile", 95)
+    if isinstance(pct, str) and pct.lower().startswith("p"):
+        pct = pct[1:]
+    try:
+        pct_i = int(pct)
+    except (TypeError, ValueError):
+        pct_i = -1
+    if pct_i not in (50, 95, 99) or isinstance(pct, bool):
+        problems.append(f"{path}.latency_percentile: expected one of 50, 95, 99, got {t.get('latency_percentile')!r}")
+        pct_i = 95
+    return SlaTarget(latency_percentile=pct_i, **vals), problems
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    scenario: str
+    backend: str
+    impairment_backend: str
+    seed: int
+    started_at: float
+    t0: float
+    duration_s: float
+    flows: tuple[FlowSpec, ...]
+    links: Mapping[str, tuple[str, ...]]
+    sla_targets: Mapping[str, SlaTarget]
+    expectations: tuple[Mapping[str, Any], ...]
+
+    def flow(self, name: str) -> FlowSpec:
+        for f in self.flows:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def target_for(self, traffic_class: str) -> SlaTarget | None:
+        return self.sla_targets.get(traffic_class)
+
+
+@dataclass(frozen=True, eq=False)
+class RunData:
+    """Everything under DIR/raw, validated. Frames are sorted by time (stable for ties).
+
+    * `timeline`: at_s, applied_at, action, target, params (dict), line (in timeline.csv), t_s
+    * `packets`: flow, seq, sent_ns (int64), recv_ns (nullable Int64), path ("" when unknown),
+      received (bool), sent_estimated (bool: a lost packet whose row had no sent_ns, see
+      _estimate_sent), sent_s, recv_s (scenario seconds, NaN when lost), delay_ms (NaN when lost)
+    * `path_metrics`: the CSV's columns (floats NaN when empty) and t_s
+    * `events`: EVENT_COLUMNS ("" where an event has no such field; `paths` a tuple); `event_dicts`
+      holds each event as read
+    * `tcp` / `http`: the optional files, with t_s, or None
+    """
+
+    dir: Path
+    run: RunInfo
+    timeline: pd.DataFrame
+    packets: pd.DataFrame
+    path_metrics: pd.DataFrame
+    events: pd.DataFrame
+    event_dicts: tuple[Mapping[str, Any], ...]
+    tcp: pd.DataFrame | None = None
+    http: pd.DataFrame | None = None
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RunData:
+        return load_run(directory)
+
+    @property
+    def t0_ns(self) -> int:
+        return round(self.run.t0 * 1e9)
+
+    def rel(self, wall: float) -> float:
+        """Wall seconds → scenario seconds."""
+        return wall - self.run.t0
+
+    def flow_packets(self, flow: str) -> pd.DataFrame:
+        """One flow's packets, in send order."""
+        key = f"packets:{flow}"
+        if key not in self._cache:
+            df = self.packets[self.packets["flow"] == flow]
+            self._cache[key] = df.sort_values(["sent_ns", "seq"], kind="stable").reset_index(drop=True)
+        out: pd.DataFrame = self._cache[key]
+        return out
+
+
+class _Errors:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, where: str, reason: str) -> None:
+        self.items.append((where, reason))
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            raise RawDataError(self.items)
+
+
+# --- run.json -------------------------------------------------------------------------------------
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _parse_run(doc: object, where: str, errors: _Errors) -> RunInfo | None:
+    if not isinstance(doc, dict):
+        errors.add(where, f"expected a JSON object, got {type(doc).__name__}")
+        return None
+    n_before = len(errors.items)
+
+    def get(obj: Mapping[str, Any], key: str, path: str, check: str, choices: Iterable[str] = (),
+            optional: bool = False) -> Any:
+        if key not in obj:
+            if not optional:
+                errors.add(where, f"{path}{key}: missing")
+            return None
+        v = obj[key]
+        if v is None and optional:
+            return None
+        ok = {"str": isinstance(v, str) and v != "", "int": _is_int(v), "number": _is_number(v),
+              "list": isinstance(v, list), "dict": isinstance(v, dict)}[check]
+        choices = tuple(choices)
+        if ok and choices and v not in choices:
+            errors.add(where, f"{path}{key}: expected one of {', '.join(choices)}, got {v!r}")
+            return None
+        if not ok:
+            what = {"str": "a non-empty string", "int": "an integer", "number": "a finite number",
+                    "list": "a list", "dict": "an object"}[check]
+            errors.add(where, f"{path}{key}: expected {what}, got {v!r}")
+            return None
+        return v
+
+    scenario = get(doc, "scenario", "", "str")
+    backend = get(doc, "backend", "", "str", BACKENDS)
+    imp = get(doc, "impairment_backend", "", "str", IMPAIRMENT_BACKENDS)
+    seed = get(doc, "seed", "", "int")
+    started_at = get(doc, "started_at", "", "number")
+    t0 = get(doc, "t0", "", "number")
+    duration_s = get(doc, "duration_s", "", "number")
+    if duration_s is not None and duration_s <= 0:
+        errors.add(where, f"duration_s: expected a positive number, got {duration_s!r}")
+
+    flows: list[FlowSpec] = []
+    seen: set[str] = set()
+    for i, f in enumerate(get(doc, "flows", "", "list") or []):
+        p = f"flows[{i}]."
+        if not isinstance(f, dict):
+            errors.add(where, f"flows[{i}]: expected an object, got {f!r}")
+            continue
+        vals = {
+            "name": get(f, "name", p, "str"), "type": get(f, "type", p, "str", FLOW_TYPES),
+            "class": get(f, "class", p, "str"), "src_site": get(f, "src_site", p, "str"),
+            "dst_site": get(f, "dst_site", p, "str"), "dst_port": get(f, "dst_port", p, "int", optional=True),
+            "rate_pps": get(f, "rate_pps", p, "number", optional=True), "start_s": get(f, "start_s", p, "number"),
+            "stop_s": get(f, "stop_s", p, "number"), "sent": get(f, "sent", p, "int"),
+        }
+        if vals["name"] in seen:
+            errors.add(where, f"{p}name: duplicate flow name {vals['name']!r}")
+        seen.add(vals["name"])
+        if any(vals[k] is None for k in ("name", "type", "class", "src_site", "dst_site", "start_s", "stop_s",
+                                         "sent")):
+            continue
+        if vals["stop_s"] < vals["start_s"]:
+            errors.add(where, f"{p}stop_s: {vals['stop_s']} is before start_s {vals['start_s']}")
+        flows.append(FlowSpec(name=vals["name"], type=vals["type"], traffic_class=vals["class"],
+                              src_site=vals["src_site"], dst_site=vals["dst_site"], dst_port=vals["dst_port"],
+                              rate_pps=None if vals["rate_pps"] is None else float(vals["rate_pps"]),
+                              start_s=float(vals["start_s"]), stop_s=float(vals["stop_s"]), sent=vals["sent"]))
+
+    links: dict[str, tuple[str, ...]] = {}
+    for i, link in enumerate(get(doc, "links", "", "list") or []):
+        p = f"links[{i}]."
+        if not isinstance(link, dict):
+            errors.add(where, f"links[{i}]: expected an object, got {link!r}")
+            continue
+        name = get(link, "link", p, "str")
+        paths = get(link, "paths", p, "list")
+        if name is None or paths is None:
+            continue
+        if not all(isinstance(x, str) and x for x in paths):
+            errors.add(where, f"{p}paths: expected a list of path ids, got {paths!r}")
+            continue
+        links[name] = tuple(links.get(name, ())) + tuple(paths)
+
+    targets: dict[str, SlaTarget] = {}
+    for cls_name, t in (get(doc, "sla_targets", "", "dict") or {}).items():
+        target, problems = parse_target(t, f"sla_targets.{cls_name}")
+        for problem in problems:
+            errors.add(where, problem)
+        if target is not None:
+            targets[cls_name] = target
+
+    expectations: list[dict[str, Any]] = []
+    for i, e in enumerate(get(doc, "expectations", "", "list") or []):
+        p = f"expectations[{i}]."
+        if not isinstance(e, dict):
+            errors.add(where, f"expectations[{i}]: expected an object, got {e!r}")
+            continue
+        if get(e, "type", p, "str", EXPECTATION_TYPES) is None or get(e, "text", p, "str") is None:
+            continue
+        expectations.append(dict(e))
+
+    if len(errors.items) > n_before:
+        return None
+    return RunInfo(scenario=scenario, backend=backend, impairment_backend=imp, seed=seed,
+                   started_at=float(started_at), t0=float(t0), duration_s=float(duration_s), flows=tuple(flows),
+                   links=links, sla_targets=targets, expectations=tuple(expectations))
+
+
+# --- tables ---------------------------------------------------------------------------------------
+
+def _read_csv(path: Path, where: str, columns: tuple[str, ...], errors: _Errors) -> pd.DataFrame | None:
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skipinitialspace=True)
+    except FileNotFoundError:
+        errors.add(where, "missing file")
+        return None
+    except pd.errors.EmptyDataError:
+        errors.add(where, f"empty file: expected a header line with columns {', '.join(columns)}")
+        return None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        errors.add(where, f"not a readable CSV file: {exc}")
+        return None
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in columns if c not in df.columns]
+    for c in missing:
+        errors.add(where, f"missing column {c!r} (has: {', '.join(df.columns)})")
+    if missing:
+        return None
+    return df
+
+
+def _report_bad(where: str, column: str, bad: np.ndarray, values: pd.Series, what: str, errors: _Errors) -> None:
+    idx = np.flatnonzero(bad)
+    for i in idx[:_MAX_REPORTED]:
+        errors.add(f"{where} line {int(i) + 2} column {column!r}", f"expected {what}, got {values.iloc[int(i)]!r}")
+    if len(idx) > _MAX_REPORTED:
+        errors.add(f"{where} column {column!r}", f"... and {len(idx) - _MAX_REPORTED} more bad values")
+
+
+def _floats(df: pd.DataFrame, column: str, where: str, errors: _Errors, *, allow_empty: bool) -> np.ndarray:
+    s = df[column].str.strip()
+    present = (s != "").to_numpy(dtype=bool)
+    num = pd.to_numeric(s.where(s != ""), errors="coerce").to_numpy(dtype=np.float64)
+    bad = present & ~np.isfinite(num)
+    if not allow_empty:
+        bad |= ~present
+    if bad.any():
+        _report_bad(where, column, bad, df[column], "a number" + ("" if allow_empty else " (required)"), errors)
+    out: np.ndarray = np.where(present & ~bad, num, np.nan)
+    return out
+
+
+def _ints(df: pd.DataFrame, column: str, where: str, errors: _Errors, *,
+          allow_empty: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(values as int64, present mask). Integers are parsed exactly (nanosecond times need all 64 bits)."""
+    s = df[column].str.strip()
+    present = (s != "").to_numpy(dtype=bool)
+    ok = s.str.fullmatch(r"[+-]?[0-9]{1,19}").to_numpy(dtype=bool) & present
+    if ok.any():   # 19 digits may not fit in int64
+        ok[ok] = [-(2**63) <= int(v) < 2**63 for v in s[ok].tolist()] if s[ok].str.len().max() >= 19 else True
+    bad = present & ~ok
+    if not allow_empty:
+        bad |= ~present
+    if bad.any():
+        _report_bad(where, column, bad, df[column], "an integer" + ("" if allow_empty else " (required)"), errors)
+    out = np.zeros(len(s), dtype=np.int64)
+    if ok.any():
+        out[ok] = s[ok].astype("int64").to_numpy(dtype=np.int64)
+    return out, ok
+
+
+def _strings(df: pd.DataFrame, column: str, where: str, errors: _Errors, *, allow_empty: bool,
+             choices: tuple[str, ...] = ()) -> np.ndarray:
+    s = df[column].str.strip()
+    arr: np.ndarray = s.to_numpy(dtype=object)
+    bad = np.zeros(len(arr), dtype=bool)
+    if not allow_empty:
+        bad |= (s == "").to_numpy(dtype=bool)
+    if choices:
+        bad |= ~s.isin(choices + (("",) if allow_empty else ())).to_numpy(dtype=bool)
+    if bad.any():
+        what = f"one of {', '.join(choices)}" if choices else "a non-empty value"
+        _report_bad(where, column, bad, df[column], what, errors)
+    return arr
+
+
+def _load_timeline(path: Path, where: str, run: RunInfo | None, errors: _Errors) -> pd.DataFrame | None:
+    df = _read_csv(path, where, TIMELINE_COLUMNS, errors)
+    if df is None:
+        return None
+    n = len(errors.items)
+    at_s = _floats(df, "at_s", where, errors, allow_empty=False)
+    applied = _floats(df, "applied_at", where, errors, allow_empty=False)
+    action = _strings(df, "action", where, errors, allow_empty=False, choices=ACTIONS)
+    target = _strings(df, "target", where, errors, allow_empty=False)
+    params: list[dict[str, Any]] = []
+    for i, text in enumerate(df["params"].tolist()):
+        text = text.strip()
+        try:
+            val = json.loads(text) if text else {}
+        except json.JSONDecodeError as exc:
+            errors.add(f"{where} line {i + 2} column 'params'", f"expected JSON text, got {text!r} ({exc.msg})")
+            val = {}
+        if not isinstance(val, dict):
+            errors.add(f"{where} line {i + 2} column 'params'", f"expected a JSON object, got {text!r}")
+            val = {}
+        params.append(val)
+    if len(errors.items) > n:
+        return None
+    out = pd.DataFrame({"at_s": at_s, "applied_at": applied, "action": action.astype(str),
+                        "target": target.astype(str), "params": pd.Series(params, dtype=object),
+                        "line": np.arange(2, len(df) + 2)})
+    out["t_s"] = out["applied_at"] - (run.t0 if run else 0.0)
+    return out.sort_values(["applied_at", "line"], kind="stable").reset_index(drop=True)
+
+
+def _load_packets(path: Path, where: str, run: RunInfo | None, errors: _Errors) -> pd.DataFrame | None:
+    df = _read_csv(path, where, PACKET_COLUMNS, errors)
+    if df is None:
+        return None
+    n = len(errors.items)
+    flow = _strings(df, "flow", where, errors, allow_empty=False)
+    seq, _ = _ints(df, "seq", where, errors, allow_empty=False)
+    sent, sent_known = _ints(df, "sent_ns", where, errors, allow_empty=True)
+    recv, received = _ints(df, "recv_ns", where, errors, allow_empty=True)
+    path_ids = _strings(df, "path", where, errors, allow_empty=True)
+    no_sent = ~sent_known & received & (df["sent_ns"].str.strip() == "").to_numpy(dtype=bool)
+    if no_sent.any():
+        _report_bad(where, "sent_ns", no_sent, df["sent_ns"], "the send time of a received packet", errors)
+    if run is not None and len(flow):
+        known = {f.name for f in run.flows}
+        for name in sorted(set(flow.tolist()) - known - {""}):
+            line = int(np.flatnonzero(flow == name)[0]) + 2
+            errors.add(f"{where} line {line} column 'flow'", f"{name!r} is not a flow of raw/run.json")
+    if len(errors.items) > n:
+        return None
+    t0_ns = round(run.t0 * 1e9) if run else 0
+    if run is not None and not sent_known.all():
+        sent = _estimate_sent(flow, seq, sent, sent_known, run, t0_ns)
+    out = pd.DataFrame({
+        "flow": flow.astype(str), "seq": seq, "sent_ns": sent,
+        "recv_ns": pd.array(np.where(received, recv, 0), dtype="Int64"),
+        "path": path_ids.astype(str), "received": received, "sent_estimated": ~sent_known,
+    })
+    out.loc[~received, "recv_ns"] = pd.NA
+    out["sent_s"] = (sent - t0_ns) / 1e9
+    out["recv_s"] = np.where(received, (recv - t0_ns) / 1e9, np.nan)
+    out["delay_ms"] = np.where(received, (recv - sent) / 1e6, np.nan)
+    return out
+
+
+def _estimate_sent(flow: np.ndarray, seq: np.ndarray, sent: np.ndarray, known: np.ndarray, run: RunInfo,
+                   t0_ns: int) -> np.ndarray:
+    """Send times of lost packets whose row has none (a receiver only learns the send time of what
+    arrives): the senders pace on an absolute schedule, so it is interpolated by sequence number between
+    the flow's nearest known packets, and extrapolated at the ends with the flow's rate (or the spacing of
+    its known packets; with none known, start_s + seq/rate)."""
+    out = sent.copy()
+    for spec in run.flows:
+        rows = np.flatnonzero(flow == spec.name)
+        miss = rows[~known[rows]]
+        if len(miss) == 0:
+            continue
+        have = rows[known[rows]]
+        have = have[np.argsort(seq[have], kind="stable")]
+        ks, kt = seq[have].astype(np.float64), sent[have]
+        step_ns = 1e9 / spec.rate_pps if spec.rate_pps else (
+            float(np.median(np.diff(kt) / np.diff(ks))) if len(have) > 1 and np.all(np.diff(ks) > 0) else 1e6)
+        base = int(kt[0]) if len(have) else t0_ns + round(spec.start_s * 1e9)
+        anchor = float(ks[0]) if len(have) else 0.0
+        ms = seq[miss].astype(np.float64)
+        if len(have) >= 2:
+            est = np.interp(ms, ks, (kt - base).astype(np.float64))
+            lo, hi = ms < ks[0], ms > ks[-1]
+            est[lo] = (ms[lo] - ks[0]) * step_ns
+            est[hi] = float(kt[-1] - base) + (ms[hi] - ks[-1]) * step_ns
+        else:
+            est = (ms - anchor) * step_ns
+        out[miss] = base + np.round(est).astype(np.int64)
+    return out
+
+
+def _load_path_metrics(path: Path, where: str, run: RunInfo | None, errors: _Errors) -> pd.DataFrame | None:
+    df = _read_csv(path, where, PATH_METRIC_COLUMNS, errors)
+    if df is None:
+        return None
+    n = len(errors.items)
+    cols: dict[str, Any] = {
+        "site": _strings(df, "site", where, errors, allow_empty=False).astype(str),
+        "path": _strings(df, "path", where, errors, allow_empty=False).astype(str),
+        "at": _floats(df, "at", where, errors, allow_empty=False),
+        "status": _strings(df, "status", where, errors, allow_empty=False, choices=STATUSES).astype(str),
+    }
+    for c in ("latency_ms", "jitter_ms", "loss_pct", "score"):
+        cols[c] = _floats(df, c, where, errors, allow_empty=True)
+    for c in ("probes_sent", "probes_timed_out"):
+        cols[c] = _ints(df, c, where, errors, allow_empty=False)[0]
+    if len(errors.items) > n:
+        return None
+    out = pd.DataFrame(cols)
+    out["t_s"] = out["at"] - (run.t0 if run else 0.0)
+    return out.sort_values(["site", "path", "at"], kind="stable").reset_index(drop=True)
+
+
+def _load_events(path: Path, where: str, run: RunInfo | None,
+                 errors: _Errors) -> tuple[pd.DataFrame, tuple[dict[str, Any], ...]] | None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        errors.add(where, "missing file")
+        return None
+    except UnicodeDecodeError as exc:
+        errors.add(where, f"not UTF-8 text: {exc}")
+        return None
+    n = len(errors.items)
+    dicts: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        loc = f"{where} line {lineno}"
+        try:
+            ev = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.add(loc, f"expected a JSON object, got {line[:60]!r} ({exc.msg})")
+            continue
+        if not isinstance(ev, dict):
+            errors.add(loc, f"expected a JSON object, got {line[:60]!r}")
+            continue
+        problems = [k for k, ok in (("kind", isinstance(ev.get("kind"), str) and ev.get("kind")),
+                                    ("at", _is_number(ev.get("at"))),
+                                    ("site", isinstance(ev.get("site"), str) and ev.get("site"))) if not ok]
+        kind = ev.get("kind")
+        if not problems and kind in EVENT_FIELDS:
+            problems = [k for k in EVENT_FIELDS[kind] if not isinstance(ev.get(k), str) or not ev.get(k)]
+        if problems:
+            for k in problems:
+                errors.add(f"{loc} field {k!r}", f"missing or invalid in {kind or 'event'} ({ev.get(k)!r})")
+            continue
+        dicts.append(ev)
+        paths = ev.get("paths")
+        rows.append({
+            "at": float(ev["at"]), "t_s": float(ev["at"]) - (run.t0 if run else 0.0), "site": ev["site"],
+            "kind": kind, **{k: str(ev.get(k) or "") for k in ("path_id", "old", "new", "reason", "from_path",
+                                                               "to_path", "policy", "subject", "traffic_class")},
+            "paths": tuple(str(p) for p in paths) if isinstance(paths, list) else (),
+            "line": lineno,
+        })
+    if len(errors.items) > n:
+        return None
+    frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
+    if not rows:
+        frame = frame.astype({"at": "float64", "t_s": "float64", "line": "int64"})
+    frame = frame.sort_values(["at", "line"], kind="stable").reset_index(drop=True)
+    order = sorted(range(len(dicts)), key=lambda i: (rows[i]["at"], rows[i]["line"]))
+    return frame, tuple(dicts[i] for i in order)
+
+
+def _load_optional(path: Path, where: str, kind: str, run: RunInfo | None,
+                   errors: _Errors) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    columns = TCP_COLUMNS if kind == "tcp" else HTTP_COLUMNS
+    df = _read_csv(path, where, columns, errors)
+    if df is None:
+        return None
+    n = len(errors.items)
+    out: dict[str, Any] = {"flow": _strings(df, "flow", where, errors, allow_empty=False).astype(str),
+                           "at": _floats(df, "at", where, errors, allow_empty=False)}
+    if kind == "tcp":
+        out["bits_per_second"] = _floats(df, "bits_per_second", where, errors, allow_empty=False)
+    else:
+        out["latency_ms"] = _floats(df, "latency_ms", where, errors, allow_empty=True)
+        ok = df["ok"].str.strip().str.lower()
+        good = ok.isin(["1", "true", "0", "false"]).to_numpy(dtype=bool)
+        if not good.all():
+            _report_bad(where, "ok", ~good, df["ok"], "one of true, false, 1, 0", errors)
+        out["ok"] = ok.isin(["1", "true"]).to_numpy(dtype=bool)
+    if len(errors.items) > n:
+        return None
+    frame = pd.DataFrame(out)
+    frame["t_s"] = frame["at"] - (run.t0 if run else 0.0)
+    return frame.sort_values(["flow", "at"], kind="stable").reset_index(drop=True)
+
+
+def load_run(directory: str | Path) -> RunData:
+    """Load and validate DIR/raw. Raises RawDataError listing every problem (file, line, column)."""
+    d = Path(directory)
+    raw = d / "raw"
+    errors = _Errors()
+    if not d.is_dir():
+        raise RawDataError([(str(d), "not a directory")])
+    if not raw.is_dir():
+        raise RawDataError([(f"{d}/raw", "missing directory: expected the run's raw data there")])
+    run: RunInfo | None = None
+    try:
+        doc = json.loads((raw / "run.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        errors.add("raw/run.json", "missing file")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        errors.add("raw/run.json", f"not valid JSON: {exc}")
+    else:
+        run = _parse_run(doc, "raw/run.json", errors)
+    timeline = _load_timeline(raw / "timeline.csv", "raw/timeline.csv", run, errors)
+    packets = _load_packets(raw / "packets.csv", "raw/packets.csv", run, errors)
+    metrics = _load_path_metrics(raw / "path_metrics.csv", "raw/path_metrics.csv", run, errors)
+    events = _load_events(raw / "events.jsonl", "raw/events.jsonl", run, errors)
+    tcp = _load_optional(raw / "tcp.csv", "raw/tcp.csv", "tcp", run, errors)
+    http = _load_optional(raw / "http.csv", "raw/http.csv", "http", run, errors)
+    errors.raise_if_any()
+    assert run is not None and timeline is not None and packets is not None and metrics is not None
+    assert events is not None
+    data = RunData(dir=d, run=run, timeline=timeline, packets=packets, path_metrics=metrics, events=events[0],
+                   event_dicts=events[1], tcp=tcp, http=http)
+    # what needs the tables to check: flap schedules and the expectations' parameters
+    from emulation.measure.expectations import check_expectations
+    from emulation.measure.timeline import edges
+
+    problems: list[tuple[str, str]] = []
+    for check in (edges, check_expectations):
+        try:
+            check(data)
+        except RawDataError as exc:
+            problems.extend(exc.errors)
+    if problems:
+        raise RawDataError(problems)
+    return data

@@ -1,0 +1,150 @@
+"""The report's tables, built once (with pandas) and rendered as Markdown or HTML."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+
+from emulation.measure.analysis import Analysis
+from emulation.measure.expectations import ExpectationResult
+from emulation.measure.ledger import STAGE_TITLES, STAGES
+
+DASH = "–"
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    frame: pd.DataFrame     # every cell already a string
+    note: str = ""
+
+    def to_markdown(self) -> str:
+        cols = [str(c) for c in self.frame.columns]
+
+        def esc(s: str) -> str:
+            return s.replace("|", "\\|").replace("\n", " ")
+
+        lines = ["| " + " | ".join(esc(c) for c in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        for row in self.frame.itertuples(index=False):
+            lines.append("| " + " | ".join(esc(str(v)) for v in row) + " |")
+        if self.frame.empty:
+            lines.append("| " + " | ".join([DASH] * len(cols)) + " |")
+        return "\n".join(lines)
+
+    def to_html(self) -> str:
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in self.frame.columns)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>"
+                       for row in self.frame.itertuples(index=False))
+        if self.frame.empty:
+            body = f'<tr><td colspan="{len(self.frame.columns)}">none</td></tr>'
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def num(v: float | int | None, digits: int = 1, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return DASH
+    text = f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+    return f"{text} {unit}".rstrip()
+
+
+def expectation_value(e: ExpectationResult) -> str:
+    v = e.value
+    if v is None:
+        return DASH
+    if e.type in ("failover_gap", "detect_time"):
+        return num(float(v) * 1000.0, 1, "ms")
+    if e.type == "sla_compliance":
+        return num(float(v) * 100.0, 2, "%")
+    return str(v)
+
+
+def expectations_table(a: Analysis) -> Table:
+    rows = [{"result": "PASS" if e.passed else "FAIL", "expectation": e.text, "type": e.type,
+             "value": expectation_value(e)} for e in a.expectations]
+    return Table("Expectations", pd.DataFrame(rows, columns=["result", "expectation", "type", "value"]))
+
+
+def failover_table(a: Analysis) -> Table:
+    rows = []
+    for e in sorted(a.ledger, key=lambda e: (e.at_s, e.event, e.flow)):
+        row = {"event": e.event, "at (s)": num(e.at_s, 3), "flow": e.flow,
+               "from → to": f"{e.from_path or '?'} → {e.to_path or DASH}",
+               "declared": e.declared or DASH}
+        for s in STAGES[1:]:
+            row[f"{STAGE_TITLES[s]} (ms)"] = num(e.stages_ms[s], 1)
+        row["gap (ms)"] = num(e.gap_ms, 1)
+        row["lost"] = num(e.lost_packets)
+        rows.append(row)
+    cols = ["event", "at (s)", "flow", "from → to", "declared", *[f"{STAGE_TITLES[s]} (ms)" for s in STAGES[1:]],
+            "gap (ms)", "lost"]
+    return Table("Failover timing", pd.DataFrame(rows, columns=cols),
+                 note="Times are ms after the impairment took effect; – means it did not happen before the "
+                      "next timeline event. The gap is the longest interval between the flow's arrivals.")
+
+
+def sla_table(a: Analysis) -> Table:
+    rows = []
+    for s in a.sla:
+        t = a.run.run.target_for(s.traffic_class)
+        target = DASH if t is None else ", ".join(
+            x for x in (None if t.latency_ms is None else f"p95 ≤ {t.latency_ms:g} ms",
+                        None if t.loss_pct is None else f"loss ≤ {t.loss_pct:g} %",
+                        None if t.jitter_ms is None else f"jitter ≤ {t.jitter_ms:g} ms") if x)
+        rows.append({"flow": s.flow, "class": s.traffic_class, "target": target,
+                     "compliance": num(s.compliance_pct, 2, "%"), "windows": f"{s.compliant_windows}/{s.windows}",
+                     "p50 (ms)": num(s.latency_p50_ms, 2), "p95 (ms)": num(s.latency_p95_ms, 2),
+                     "p99 (ms)": num(s.latency_p99_ms, 2), "jitter (ms)": num(s.jitter_ms, 2),
+                     "loss": num(s.loss_pct, 3, "%")})
+    cols = ["flow", "class", "target", "compliance", "windows", "p50 (ms)", "p95 (ms)", "p99 (ms)", "jitter (ms)",
+            "loss"]
+    return Table("SLA per flow", pd.DataFrame(rows, columns=cols),
+                 note="Compliance: share of 1-second windows meeting every target of the class. One-way delay; "
+                      "jitter is the standard deviation of the delay.")
+
+
+def flows_table(a: Analysis) -> Table:
+    rows = [{"flow": f.flow, "type": f.type, "sites": f"{f.src_site} → {f.dst_site}", "sent": f.sent,
+             "received": f.received, "lost": f.lost, "reordered": f.reordered, "duplicates": f.duplicates,
+             "max gap (ms)": num(f.max_gap_ms, 1), "at (s)": num(f.max_gap_at_s, 3),
+             "mean delay (ms)": num(f.latency_mean_ms, 2), "RFC 3550 jitter (ms)": num(f.jitter_rfc3550_ms, 3),
+             "path changes": f.path_changes, "paths": ", ".join(f.paths) or DASH} for f in a.flows]
+    cols = ["flow", "type", "sites", "sent", "received", "lost", "reordered", "duplicates", "max gap (ms)", "at (s)",
+            "mean delay (ms)", "RFC 3550 jitter (ms)", "path changes", "paths"]
+    return Table("Flows", pd.DataFrame(rows, columns=cols))
+
+
+def paths_table(a: Analysis) -> Table:
+    rows = []
+    for p in a.paths:
+        rows.append({
+            "site": p.site, "path": p.path, "links": ", ".join(p.links) or DASH,
+            "latency mean/min/max (ms)": "/".join(num(x, 1) for x in (p.latency_mean_ms, p.latency_min_ms,
+                                                                      p.latency_max_ms)),
+            "loss mean/max (%)": "/".join(num(x, 1) for x in (p.loss_mean_pct, p.loss_max_pct)),
+            "score mean/min": "/".join(num(x, 1) for x in (p.score_mean, p.score_min)),
+            "up/degraded/down (s)": "/".join(num(p.time_in_status_s[s], 1) for s in ("up", "degraded", "down")),
+            "status changes": p.status_changes,
+            "probes lost": f"{p.probes_timed_out}/{p.probes_sent}",
+            "SLA by class": ", ".join(f"{c} {num(v, 1, '%')}" for c, v in p.sla_compliance_pct.items()) or DASH,
+        })
+    cols = ["site", "path", "links", "latency mean/min/max (ms)", "loss mean/max (%)", "score mean/min",
+            "up/degraded/down (s)", "status changes", "probes lost", "SLA by class"]
+    return Table("Paths (the agents' measurements)", pd.DataFrame(rows, columns=cols),
+                 note="SLA by class: share of the time the path's own latency, loss and jitter met the class's "
+                      "targets.")
+
+
+def timeline_table(a: Analysis) -> Table:
+    tl = a.run.timeline
+    rows = [{"at (s)": num(float(r.at_s), 3), "applied (s)": num(float(r.t_s), 4), "action": r.action,
+             "target": r.target, "params": json.dumps(r.params, sort_keys=True) if r.params else DASH}
+            for r in tl.itertuples(index=False)]
+    return Table("Timeline", pd.DataFrame(rows, columns=["at (s)", "applied (s)", "action", "target", "params"]))
+
+
+def all_tables(a: Analysis) -> list[Table]:
+    return [expectations_table(a), failover_table(a), sla_table(a), flows_table(a), paths_table(a),
+            timeline_table(a)]

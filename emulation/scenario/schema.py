@@ -1,0 +1,987 @@
+"""The scenario schema, version 1: checks a whole document and builds a `Scenario`, or lists every error.
+
+`from_dict(doc)` walks the entire document and collects every problem as (dotted path, reason), e.g.
+`sites.hq.uplinks.isp1.delay: expected a duration like "20ms", got 'fast'` or `traffic[2].to: unknown
+site 'brr'; the sites are hq, br`. It raises one `ConfigError` with all of them, or returns a fully
+resolved, immutable `Scenario` (defaults applied, SI units, timeline sorted). Mappings keyed by name
+(sites, uplinks) appear in paths as `.name`; list items as `[index]` (their position in the file).
+
+Why hand-written rather than pydantic: units, cross-references (flows → sites and hosts, timeline →
+links, expectations → flows) and the path/reason wording are most of the work, and the site file
+(`patronus.agent.config`) and the core's parsers (`RoutingPolicy.from_dict`, `MonitorProfile.from_config`,
+`SlaTarget.from_dict`) already report that way; pydantic's messages and `loc` tuples would all have to
+be rewritten. The schema is the `_KNOWN_*` key sets below plus `scenarios/README.md`.
+
+Nothing here reads a file (that is `loader`) or knows how a backend builds the network.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from emulation.scenario.fmt import fmt_duration
+from emulation.scenario.model import (
+    ACTIONS,
+    EXPECTATIONS,
+    IMPAIRMENT_KEYS,
+    MAX_UPLINKS,
+    RAMPABLE,
+    SCHEMA_VERSION,
+    VIDEO_PACKET_BYTES,
+    VOIP_PAYLOAD_BYTES,
+    VOIP_RATE_PPS,
+    AgentSettings,
+    AgentStart,
+    AgentStop,
+    Clear,
+    Core,
+    Cut,
+    DetectTime,
+    Endpoint,
+    Expectation,
+    FailoverGap,
+    Flap,
+    Flow,
+    FlowStays,
+    FlowType,
+    GilbertElliott,
+    Impair,
+    Impairment,
+    JitterDistribution,
+    LinkRef,
+    LostPackets,
+    PathChanges,
+    Ramp,
+    Restore,
+    Scenario,
+    Site,
+    SlaCompliance,
+    Steering,
+    TimelineEvent,
+    Topology,
+    Uplink,
+)
+from patronus.core.errors import ConfigError
+from patronus.core.monitor import MonitorProfile
+from patronus.core.policy import RoutingPolicy, default_policies
+from patronus.core.router import RouterConfig
+from patronus.core.sla import SlaTarget
+from patronus.core.units import parse_duration, parse_rate, parse_ratio, parse_size
+
+T = TypeVar("T")
+
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")          # site and uplink names, as in the agent's site file
+SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")       # the scenario's name
+FLOW_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")   # flow names: no dots (they appear in override paths)
+MAX_SITES = 64
+MAX_HOSTS = 100
+MAX_DELAY_S = 10.0
+MAX_DURATION_S = 24 * 3600.0
+MAX_PAYLOAD_BYTES = 1392      # a UDP payload that fits the agent's WireGuard MTU (1420) unfragmented
+MIN_PAYLOAD_BYTES = 16        # sequence number and send timestamp (emulation.udpflow)
+
+_KNOWN_TOP = {"version", "name", "description", "seed", "duration", "sites", "core", "traffic", "timeline",
+              "expectations"}
+_KNOWN_SITE = {"id", "lan_prefix", "hosts", "uplinks", "agent"}
+_KNOWN_UPLINK = {"bandwidth", "delay", "jitter", "jitter_distribution", "loss", "queue_limit", "cost_per_gb"}
+_KNOWN_AGENT = {"monitor", "policies", "steering", "router", "sla"}
+_KNOWN_ROUTER = {"failback_hold", "failover_cooldown", "min_improvement", "idle_timeout"}
+_KNOWN_CORE = {"topology", "hub"}
+_FLOW_COMMON = {"name", "type", "from", "to", "class", "start", "stop", "dst_port"}
+_FLOW_PARAMS: dict[FlowType, set[str]] = {
+    FlowType.UDP_CBR: {"rate", "size"},
+    FlowType.VOIP: set(),
+    FlowType.VIDEO: {"bitrate", "fps"},
+    FlowType.TCP_BULK: {"bandwidth"},
+    FlowType.HTTP: {"interval", "size"},
+}
+_IMPAIR_KEYS = {key for key, _ in IMPAIRMENT_KEYS.values()}
+_EVENT_COMMON = {"at", "action", "note"}
+_EVENT_PARAMS: dict[str, set[str]] = {
+    "impair": {"link"} | _IMPAIR_KEYS,
+    "cut": {"link"},
+    "restore": {"link"},
+    "clear": {"link"},
+    "flap": {"link", "period", "count"},
+    "ramp": {"link", "to", "over", "steps"},
+    "agent_stop": {"site"},
+    "agent_start": {"site"},
+}
+_EXPECTATION_KEYS: dict[str, tuple[set[str], set[str]]] = {   # kind → (known, required)
+    "failover_gap": ({"flow", "max"}, {"flow", "max"}),
+    "lost_packets": ({"flow", "max"}, {"flow", "max"}),
+    "sla_compliance": ({"flow", "min", "target"}, {"flow", "min"}),
+    "path_changes": ({"flow", "min", "max"}, {"flow", "max"}),
+    "detect_time": ({"link", "max"}, {"link", "max"}),
+    "flow_stays": ({"flow", "during"}, {"flow", "during"}),
+}
+
+
+class Errors:
+    """Every problem found, in document order, as (path, reason)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, path: str, reason: str) -> None:
+        self.items.append((path, reason))
+
+    def attempt(self, fn: Callable[..., T], *args: Any) -> T | None:
+        """Call a parser that raises `ConfigError`; keep its errors and return None on failure."""
+        try:
+            return fn(*args)
+        except ConfigError as exc:
+            self.items.extend(exc.errors)
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class SiteDecl:
+    """A site as declared, valid or not: references to a site whose own settings are wrong are checked as
+    far as they can be, but not reported again as unknown (one mistake, one error)."""
+
+    uplinks: tuple[str, ...]      # the uplink names written under it
+    hosts: int | None             # None when `hosts` itself is wrong
+    site: Site | None             # None when the site has errors
+
+
+def join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _choices(values: Iterable[str]) -> str:
+    return ", ".join(values)
+
+
+def _mapping(value: object, path: str, errs: Errors, known: set[str], required: Iterable[str] = (),
+             what: str = "setting") -> dict[str, Any] | None:
+    """The value as a dict with only known keys checked; None (error recorded) when it is not a mapping."""
+    if not isinstance(value, Mapping):
+        errs.add(path or "(top level)", f"expected a mapping, got {_kind(value)}")
+        return None
+    for key in value:
+        if key not in known:
+            hint = difflib.get_close_matches(str(key), sorted(known), n=1)
+            errs.add(join(path, key), f"unknown {what}" + (f"; did you mean {hint[0]!r}?" if hint else
+                                                           f"; expected one of {_choices(sorted(known))}"))
+    for key in required:
+        if value.get(key) is None:
+            errs.add(join(path, key), "required")
+    return dict(value)
+
+
+def _kind(value: object) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, str):
+        return f"{value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"{value!r}"
+
+
+def _duration(value: object, path: str, errs: Errors, *, positive: bool = False,
+              at_most: float | None = None) -> float | None:
+    x = errs.attempt(parse_duration, value, path)
+    if x is None:
+        return None
+    if not math.isfinite(x):        # parse_duration reads "1e400" as infinity
+        errs.add(path, f"expected a finite duration, got {value!r}")
+        return None
+    if x < 0 or (positive and x == 0):
+        errs.add(path, f"expected a {'positive' if positive else 'non-negative'} duration, got {value!r}")
+        return None
+    if at_most is not None and x > at_most:
+        errs.add(path, f"at most {fmt_duration(at_most)}, got {value!r}")
+        return None
+    return x
+
+
+def _rate(value: object, path: str, errs: Errors) -> float | None:
+    x = errs.attempt(parse_rate, value, path)
+    if x is None:
+        return None
+    if not math.isfinite(x):
+        errs.add(path, f"expected a finite rate, got {value!r}")
+        return None
+    if not x > 0:
+        errs.add(path, f'expected a positive rate like "100mbit", got {value!r}')
+        return None
+    return x
+
+
+def _ratio(value: object, path: str, errs: Errors) -> float | None:
+    return errs.attempt(parse_ratio, value, path)
+
+
+def _int(value: object, path: str, errs: Errors, lo: int, hi: int, what: str = "a whole number") -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        errs.add(path, f"expected {what} {lo}-{hi}, got {_kind(value)}")
+        return None
+    return value
+
+
+def _number(value: object, path: str, errs: Errors, lo: float, hi: float, what: str) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not lo <= value <= hi:
+        errs.add(path, f"expected {what}, got {_kind(value)}")
+        return None
+    return float(value)
+
+
+def _enum(value: object, path: str, errs: Errors, enum_type: type[T]) -> T | None:
+    try:
+        return enum_type(value)  # type: ignore[call-arg]
+    except ValueError:
+        choices = [str(m) for m in enum_type]  # type: ignore[attr-defined]
+        errs.add(path, f"expected one of {_choices(choices)}, got {_kind(value)}")
+        return None
+
+
+def _name(value: object, path: str, errs: Errors, what: str) -> bool:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        errs.add(path, f"{what} names are lowercase letters, digits and '-', starting with a letter, at most 31 "
+                       f"characters; got {_kind(value)}")
+        return False
+    return True
+
+
+def _parse_pps(value: object, path: str, errs: Errors) -> float | None:
+    """Packets per second: 1000, "1000", "1000pps" or "1000/s"."""
+    number: object = value
+    if isinstance(value, str):
+        text = value.strip().lower().removesuffix("pps").removesuffix("/s").strip()
+        try:
+            number = float(text)
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number) \
+            or not 0 < number <= 1e6:
+        errs.add(path, f'expected a packet rate like 1000 or "1000pps" (above 0, at most 1000000), got {value!r}')
+        return None
+    return float(number)
+
+
+def _size(value: object, path: str, errs: Errors, lo: int, hi: int) -> int | None:
+    try:
+        n = parse_size(value, path)
+    except ConfigError as exc:
+        errs.items.extend(exc.errors)
+        return None
+    except (OverflowError, ValueError):     # parse_size("1e400"): int(inf)
+        errs.add(path, f'expected a size like "1500" or "64k", got {value!r}')
+        return None
+    if not lo <= n <= hi:
+        errs.add(path, f"expected a size of {lo}-{hi} bytes, got {value!r}")
+        return None
+    return n
+
+
+# --- the document ----------------------------------------------------------------------------------
+
+def from_dict(doc: object, source: str = "") -> Scenario:
+    """Check a whole scenario document; return the `Scenario` or raise `ConfigError` with every error."""
+    errs = Errors()
+    if doc is None:
+        raise ConfigError([("(top level)", "the scenario is empty")])
+    top = _mapping(doc, "", errs, _KNOWN_TOP, ("version", "name", "duration", "sites"))
+    if top is None:
+        raise ConfigError(errs.items)
+
+    version = top.get("version")
+    if version is not None and (isinstance(version, bool) or version != SCHEMA_VERSION):
+        errs.add("version", f"unsupported version {version!r}; this test-bed reads version {SCHEMA_VERSION}")
+
+    name = top.get("name")
+    if name is not None and (not isinstance(name, str) or not SLUG_RE.match(name)):
+        errs.add("name", f"expected a slug (lowercase letters, digits and '-', at most 63 characters), "
+                         f"got {_kind(name)}")
+    description = top.get("description", "")
+    if description is None:
+        description = ""
+    if not isinstance(description, str):
+        errs.add("description", f"expected text, got {_kind(description)}")
+        description = ""
+    seed = top.get("seed", 1)
+    if _int(seed, "seed", errs, 0, 2**63 - 1, "a seed (whole number)") is None:
+        seed = 1
+
+    duration = None
+    if top.get("duration") is not None:
+        duration = _duration(top["duration"], "duration", errs, positive=True, at_most=MAX_DURATION_S)
+
+    decls = _sites(top.get("sites"), errs)
+    core = _core(top.get("core"), errs, decls)
+    flow_decls = _flows(top.get("traffic"), errs, decls, core, duration)
+    timeline, interrupted = _timeline(top.get("timeline"), errs, decls, duration)
+    expectations = _expectations(top.get("expectations"), errs, decls, flow_decls, interrupted, duration)
+    sites = [d.site for d in decls.values() if d.site is not None]
+    flows = [f for f in flow_decls.values() if f is not None]
+
+    if errs.items:
+        raise ConfigError(errs.items)
+    assert duration is not None and isinstance(name, str)
+    return Scenario(name=name, description=description.strip(), seed=int(seed), duration_s=duration,
+                    sites=tuple(sites), core=core, flows=tuple(flows), timeline=tuple(timeline),
+                    expectations=tuple(expectations), source=source)
+
+
+# --- sites -----------------------------------------------------------------------------------------
+
+def _sites(raw: object, errs: Errors) -> dict[str, SiteDecl]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        errs.add("sites", f"expected a mapping of site name → site, got {_kind(raw)}")
+        return {}
+    if len(raw) < 2:
+        errs.add("sites", f"a scenario needs at least 2 sites, got {len(raw)}")
+    if len(raw) > MAX_SITES:
+        errs.add("sites", f"at most {MAX_SITES} sites, got {len(raw)}")
+
+    # ids: the explicit ones first, then the smallest unused numbers in file order
+    explicit: dict[str, int] = {}
+    owner: dict[int, str] = {}
+    for name, body in raw.items():
+        if isinstance(body, Mapping) and body.get("id") is not None:
+            sid = _int(body["id"], f"sites.{name}.id", errs, 1, 4000, "a site id")
+            if sid is None:
+                continue
+            if sid in owner:
+                errs.add(f"sites.{name}.id", f"duplicate of sites.{owner[sid]}.id ({sid})")
+                continue
+            explicit[str(name)] = sid
+            owner[sid] = str(name)
+    ids: dict[str, int] = {}
+    next_id = 1
+    for name in raw:
+        if str(name) in explicit:
+            ids[str(name)] = explicit[str(name)]
+            continue
+        while next_id in owner:
+            next_id += 1
+        ids[str(name)] = next_id
+        owner[next_id] = str(name)
+
+    decls: dict[str, SiteDecl] = {}
+    prefixes: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    for name, body in raw.items():
+        path = f"sites.{name}"
+        ok = _name(name, path, errs, "site")
+        body = body if body is not None else {}
+        site = _site(str(name), body, path, ids[str(name)], errs, prefixes)
+        uplinks = body.get("uplinks") if isinstance(body, Mapping) else None
+        hosts = body.get("hosts", 1) if isinstance(body, Mapping) else 1
+        decls[str(name)] = SiteDecl(
+            uplinks=tuple(str(u) for u in uplinks) if isinstance(uplinks, Mapping) else (),
+            hosts=hosts if isinstance(hosts, int) and not isinstance(hosts, bool) and 1 <= hosts <= MAX_HOSTS else None,
+            site=site if ok else None)
+    return decls
+
+
+def _site(name: str, body: object, path: str, sid: int, errs: Errors,
+          prefixes: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]) -> Site | None:
+    m = _mapping(body, path, errs, _KNOWN_SITE, ("uplinks",))
+    if m is None:
+        return None
+    ok = True
+    # LAN prefix and hosts
+    hosts = 1
+    if m.get("hosts") is not None:
+        h = _int(m["hosts"], f"{path}.hosts", errs, 1, MAX_HOSTS, "a number of LAN hosts")
+        ok &= h is not None
+        hosts = h or 1
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+    if m.get("lan_prefix") is not None:
+        raw_prefix = m["lan_prefix"]
+        try:
+            if not isinstance(raw_prefix, str):
+                raise ValueError("not text")
+            net = ipaddress.ip_network(raw_prefix, strict=True)
+        except ValueError as exc:
+            errs.add(f"{path}.lan_prefix", f"expected a prefix like 10.1.0.0/24, got {_kind(raw_prefix)}: {exc}")
+            ok = False
+    elif sid <= 255:
+        net = ipaddress.ip_network(f"10.{sid}.0.0/24")
+    else:
+        errs.add(f"{path}.lan_prefix", f"required when the site id ({sid}) is above 255 (the default is "
+                                       "10.<id>.0.0/24)")
+        ok = False
+    if net is not None:
+        usable = net.num_addresses - (2 if net.version == 4 and net.prefixlen < 31 else 0)
+        if hosts + 1 > usable:
+            errs.add(f"{path}.hosts", f"{hosts} hosts and the site's router do not fit in {net} ({usable} "
+                                      f"addresses)")
+            ok = False
+        for other, where in prefixes:
+            if other.version == net.version and other.overlaps(net):
+                errs.add(f"{path}.lan_prefix", f"{net} overlaps {where} ({other})")
+                ok = False
+        prefixes.append((net, f"{path}.lan_prefix"))
+
+    uplinks = _uplinks(m.get("uplinks"), f"{path}.uplinks", errs)
+    agent = _agent(m.get("agent"), f"{path}.agent", errs)
+    if not ok or uplinks is None or agent is None or net is None:
+        return None
+    return Site(name=name, id=sid, lan_prefix=str(net), hosts=hosts, uplinks=tuple(uplinks), agent=agent)
+
+
+def _uplinks(raw: object, path: str, errs: Errors) -> list[Uplink] | None:
+    if raw is None:
+        return None           # "required", reported by the site's mapping check
+    if not isinstance(raw, Mapping):
+        errs.add(path, f"expected a mapping of uplink name → settings, got {_kind(raw)}")
+        return None
+    if not raw:
+        errs.add(path, "a site needs at least one uplink, got none")
+        return None
+    if len(raw) > MAX_UPLINKS:
+        errs.add(path, f"at most {MAX_UPLINKS} uplinks per site, got {len(raw)}")
+    out: list[Uplink] = []
+    failed = False
+    for number, (name, body) in enumerate(raw.items()):
+        up = _uplink(name, number, body if body is not None else {}, join(path, name), errs)
+        if up is None:
+            failed = True
+        else:
+            out.append(up)
+    return None if failed or len(raw) > MAX_UPLINKS else out
+
+
+def _uplink(name: object, number: int, body: object, path: str, errs: Errors) -> Uplink | None:
+    ok = _name(name, path, errs, "uplink")
+    m = _mapping(body, path, errs, _KNOWN_UPLINK)
+    if m is None:
+        return None
+    n_errors = len(errs.items)
+    bandwidth = _rate(m.get("bandwidth", "100mbit"), f"{path}.bandwidth", errs)
+    delay = _duration(m.get("delay", 0), f"{path}.delay", errs, at_most=MAX_DELAY_S)
+    jitter = _duration(m.get("jitter", 0), f"{path}.jitter", errs, at_most=MAX_DELAY_S)
+    dist = _enum(m.get("jitter_distribution", "normal"), f"{path}.jitter_distribution", errs, JitterDistribution)
+    loss = _ratio(m.get("loss", 0), f"{path}.loss", errs)
+    queue = _int(m.get("queue_limit", 1000), f"{path}.queue_limit", errs, 1, 1_000_000, "a queue length in packets")
+    cost = _number(m.get("cost_per_gb", 0), f"{path}.cost_per_gb", errs, 0, 1e6,
+                   "a non-negative price per GB")
+    if not ok or len(errs.items) != n_errors:
+        return None
+    assert bandwidth is not None and delay is not None and jitter is not None and dist is not None
+    assert loss is not None and queue is not None and cost is not None
+    return Uplink(name=str(name), number=number, bandwidth_bps=bandwidth, delay_s=delay, jitter_s=jitter,
+                  jitter_distribution=dist, loss_ratio=loss, queue_limit_packets=queue, cost_per_gb=cost)
+
+
+def _agent(raw: object, path: str, errs: Errors) -> AgentSettings | None:
+    if raw is None:
+        return AgentSettings()
+    m = _mapping(raw, path, errs, _KNOWN_AGENT)
+    if m is None:
+        return None
+    n_errors = len(errs.items)
+    monitor = errs.attempt(MonitorProfile.from_config, m.get("monitor", "default"), f"{path}.monitor")
+    if monitor is not None:
+        for key, attr in (("interval", "interval_s"), ("timeout", "timeout_s"), ("max_timeout", "max_timeout_s"),
+                          ("report_interval", "report_interval_s")):
+            v = getattr(monitor, attr)
+            if v is not None and not math.isfinite(v):       # the core's parser reads "1e400" as infinity
+                errs.add(f"{path}.monitor.{key}", "expected a finite duration")
+                monitor = None
+                break
+
+    policies: tuple[RoutingPolicy, ...] = tuple(default_policies())
+    raw_pol = m.get("policies", "default")
+    if raw_pol != "default":
+        if not isinstance(raw_pol, list) or not raw_pol:
+            errs.add(f"{path}.policies", f"expected 'default' or a list of policies, got {_kind(raw_pol)}")
+        else:
+            parsed = [errs.attempt(RoutingPolicy.from_dict, p, f"{path}.policies[{i}]") for i, p in
+                      enumerate(raw_pol)]
+            seen: dict[str, int] = {}
+            for i, p in enumerate(parsed):
+                if p is None:
+                    continue
+                if p.name in seen:
+                    errs.add(f"{path}.policies[{i}].name", f"duplicate of policies[{seen[p.name]}].name ({p.name!r})")
+                seen.setdefault(p.name, i)
+            for i, p in enumerate(parsed):
+                req = p.requirements if p is not None else None
+                for key, attr in (("max_latency", "max_latency_ms"), ("max_jitter", "max_jitter_ms")):
+                    v = getattr(req, attr, None)     # the core's parser takes -5 and "1e400"
+                    if v is not None and not (math.isfinite(v) and v >= 0):
+                        errs.add(f"{path}.policies[{i}].requirements.{key}",
+                                 f"expected a non-negative, finite duration, got {v / 1e3!r} s")
+            policies = tuple(p for p in parsed if p is not None)
+
+    steering = _enum(m.get("steering", "nftables"), f"{path}.steering", errs, Steering)
+
+    router = RouterConfig()
+    rc = _mapping(m.get("router") or {}, f"{path}.router", errs, _KNOWN_ROUTER)
+    if rc is not None:
+        kw: dict[str, float] = {}
+        for key, attr in (("failback_hold", "failback_hold_s"), ("failover_cooldown", "failover_cooldown_s")):
+            if key in rc:
+                v = _duration(rc[key], f"{path}.router.{key}", errs)
+                if v is not None:
+                    kw[attr] = v
+        if "idle_timeout" in rc:
+            v = _duration(rc["idle_timeout"], f"{path}.router.idle_timeout", errs, positive=True)
+            if v is not None:
+                kw["idle_timeout_s"] = v
+        if "min_improvement" in rc:
+            mi = _number(rc["min_improvement"], f"{path}.router.min_improvement", errs, 0, 100,
+                         "a score difference 0-100")
+            if mi is not None:
+                kw["min_improvement"] = mi
+        router = RouterConfig(**kw)          # every value was range-checked above
+
+    sla = errs.attempt(SlaTarget.from_dict, m.get("sla") or {}, f"{path}.sla")
+    if len(errs.items) != n_errors or monitor is None or steering is None or sla is None:
+        return None
+    return AgentSettings(monitor=monitor, policies=policies, steering=steering, router=router, sla=sla)
+
+
+def _core(raw: object, errs: Errors, sites: Mapping[str, SiteDecl]) -> Core:
+    if raw is None:
+        return Core()
+    m = _mapping(raw, "core", errs, _KNOWN_CORE)
+    if m is None:
+        return Core()
+    topology = _enum(m.get("topology", "internet"), "core.topology", errs, Topology)
+    hub = m.get("hub")
+    if topology is Topology.HUB_AND_SPOKE:
+        if hub is None:
+            errs.add("core.hub", "required with topology hub-and-spoke: the name of the hub site")
+        elif not isinstance(hub, str) or hub not in sites:
+            errs.add("core.hub", _unknown_site(hub, sites))
+            hub = None
+    elif hub is not None and topology is not None:
+        errs.add("core.hub", f"only with topology hub-and-spoke (the topology is {topology})")
+        hub = None
+    return Core(topology=topology or Topology.INTERNET, hub=hub if isinstance(hub, str) else None)
+
+
+def _unknown_site(name: object, sites: Mapping[str, SiteDecl]) -> str:
+    hint = difflib.get_close_matches(str(name), list(sites), n=1)
+    return (f"unknown site {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+            + f" (the sites are {_choices(sites) or 'none'})")
+
+
+# --- traffic ---------------------------------------------------------------------------------------
+
+_ENDPOINT_RE = re.compile(r"^([^.\s]+)(?:\.host([0-9]+))?$")
+
+
+def _endpoint(value: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl]) -> Endpoint | None:
+    m = _ENDPOINT_RE.match(value) if isinstance(value, str) else None
+    if m is None:
+        errs.add(path, f"expected a site name or site.hostN (e.g. hq or hq.host2), got {_kind(value)}")
+        return None
+    site, host = m.group(1), int(m.group(2) or 1)
+    if site not in sites:
+        errs.add(path, _unknown_site(site, sites))
+        return None
+    n = sites[site].hosts
+    if n is not None and not 1 <= host <= n:
+        errs.add(path, f"{site} has {n} LAN host{'s' if n != 1 else ''} (host1" + (f"..host{n}" if n > 1 else "")
+                       + f"), got host{host}")
+        return None
+    return Endpoint(site, host)
+
+
+def _flows(raw: object, errs: Errors, sites: Mapping[str, SiteDecl], core: Core,
+           duration: float | None) -> dict[str, Flow | None]:
+    """Every flow declared, by name: the `Flow`, or None when it has errors (already reported)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, list):
+        errs.add("traffic", f"expected a list of flows, got {_kind(raw)}")
+        return {}
+    flows: dict[str, Flow | None] = {}
+    names: dict[str, int] = {}
+    ports: dict[tuple[str, str, int], int] = {}
+    for i, item in enumerate(raw):
+        path = f"traffic[{i}]"
+        name = item.get("name") if isinstance(item, Mapping) else None
+        if isinstance(name, str) and name in names:
+            errs.add(f"{path}.name", f"duplicate of traffic[{names[name]}].name ({name!r})")
+            name = None
+        flow = _flow(item, path, errs, sites, core, duration)
+        if flow is not None:
+            key = (str(flow.dst), flow.protocol, flow.dst_port)
+            if key in ports:
+                errs.add(f"{path}.dst_port", f"{flow.protocol} port {flow.dst_port} on {flow.dst} is already the "
+                                             f"destination of traffic[{ports[key]}]; give one of them another "
+                                             "dst_port")
+            else:
+                ports[key] = i
+        if isinstance(name, str):
+            names[name] = i
+            flows[name] = flow
+    return flows
+
+
+def _flow(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl], core: Core,
+          duration: float | None) -> Flow | None:
+    every_param = set().union(*_FLOW_PARAMS.values())
+    if not isinstance(item, Mapping):
+        errs.add(path, f"expected a flow mapping, got {_kind(item)}")
+        return None
+    ftype = None
+    if item.get("type") is not None:
+        ftype = _enum(item["type"], f"{path}.type", errs, FlowType)
+    known = _FLOW_COMMON | (_FLOW_PARAMS[ftype] if ftype is not None else every_param)
+    unknown_params = {k for k in item if k in every_param and k not in known}
+    m = _mapping({k: v for k, v in item.items() if k not in unknown_params}, path, errs, known, ("name", "type",
+                                                                                                 "from", "to"))
+    assert m is not None
+    for key in sorted(unknown_params, key=list(item).index):
+        assert ftype is not None
+        if ftype is FlowType.VOIP:
+            reason = (f"not a setting of a voip flow: voip is G.711, fixed at {VOIP_RATE_PPS:g} packets/s of "
+                      f"{VOIP_PAYLOAD_BYTES} bytes")
+        else:
+            takes = sorted(_FLOW_PARAMS[ftype])
+            reason = f"not a setting of a {ftype} flow" + (f"; it takes {_choices(takes)}" if takes else "")
+        errs.add(join(path, key), reason)
+
+    n_errors = len(errs.items)
+    name = m.get("name")
+    if name is not None and (not isinstance(name, str) or not FLOW_RE.match(name)):
+        errs.add(f"{path}.name", f"flow names are letters, digits, '_' and '-', starting with a letter; "
+                                 f"got {_kind(name)}")
+    src = _endpoint(m["from"], f"{path}.from", errs, sites) if m.get("from") is not None else None
+    dst = _endpoint(m["to"], f"{path}.to", errs, sites) if m.get("to") is not None else None
+    if src is not None and dst is not None:
+        if src.site == dst.site:
+            errs.add(f"{path}.to", f"a flow must cross the WAN: from and to are both at site {src.site}")
+        elif core.topology is Topology.HUB_AND_SPOKE and core.hub not in (src.site, dst.site) and core.hub:
+            errs.add(f"{path}.to", f"in a hub-and-spoke core spokes talk only to the hub: {src.site} → {dst.site} "
+                                   f"does not start or end at {core.hub}")
+    tclass = m.get("class", ftype.default_class if ftype else "default")
+    if not isinstance(tclass, str) or not tclass.strip() or len(tclass) > 63:
+        errs.add(f"{path}.class", f"expected a class label (text, at most 63 characters), got {_kind(tclass)}")
+    start = _duration(m.get("start", 0), f"{path}.start", errs)
+    stop = duration
+    if m.get("stop") is not None:
+        stop = _duration(m["stop"], f"{path}.stop", errs, positive=True)
+        if stop is not None and duration is not None and stop > duration:
+            errs.add(f"{path}.stop", f"{fmt_duration(stop)} is after the end of the scenario "
+                                     f"(duration {fmt_duration(duration)})")
+    if start is not None and duration is not None and start >= duration:
+        errs.add(f"{path}.start", f"{fmt_duration(start)} is not before the end of the scenario "
+                                  f"(duration {fmt_duration(duration)})")
+    elif start is not None and stop is not None and m.get("stop") is not None and start >= stop:
+        errs.add(f"{path}.stop", f"must be after start ({fmt_duration(start)}), got {fmt_duration(stop)}")
+    port = _int(m.get("dst_port", ftype.default_port if ftype else 1), f"{path}.dst_port", errs, 1, 65535, "a port")
+
+    params: dict[str, Any] = {}
+    if ftype is FlowType.UDP_CBR:
+        params["rate_pps"] = _parse_pps(m.get("rate", 1000), f"{path}.rate", errs)
+        params["payload_bytes"] = _size(m.get("size", 64), f"{path}.size", errs, MIN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES)
+    elif ftype is FlowType.VOIP:
+        params.update(rate_pps=VOIP_RATE_PPS, payload_bytes=VOIP_PAYLOAD_BYTES)
+    elif ftype is FlowType.VIDEO:
+        params["bitrate_bps"] = _rate(m.get("bitrate", "4mbit"), f"{path}.bitrate", errs)
+        params["frame_rate"] = _number(m.get("fps", 30), f"{path}.fps", errs, 1, 240, "frames per second, 1-240")
+        params["payload_bytes"] = VIDEO_PACKET_BYTES
+    elif ftype is FlowType.TCP_BULK:
+        params["bandwidth_bps"] = _rate(m["bandwidth"], f"{path}.bandwidth", errs) \
+            if m.get("bandwidth") is not None else None
+    elif ftype is FlowType.HTTP:
+        params["interval_s"] = _duration(m.get("interval", "1s"), f"{path}.interval", errs, positive=True)
+        params["response_bytes"] = _size(m.get("size", "64k"), f"{path}.size", errs, 1, 10**9)
+
+    if len(errs.items) != n_errors or ftype is None or src is None or dst is None or start is None \
+            or stop is None or port is None or not isinstance(name, str) or not isinstance(tclass, str):
+        return None
+    return Flow(name=name, type=ftype, src=src, dst=dst, traffic_class=tclass.strip(), start_s=start, stop_s=stop,
+                dst_port=port, **params)
+
+
+# --- timeline --------------------------------------------------------------------------------------
+
+def _link(value: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl]) -> LinkRef | None:
+    if not isinstance(value, str) or value.count(".") != 1:
+        errs.add(path, f"expected a link as site.uplink (e.g. hq.isp1), got {_kind(value)}")
+        return None
+    site, uplink = value.split(".")
+    if site not in sites:
+        errs.add(path, _unknown_site(site, sites))
+        return None
+    names = list(sites[site].uplinks)
+    if not names and sites[site].site is None:
+        return None               # the site's uplinks are themselves wrong, and reported
+    if uplink not in names:
+        hint = difflib.get_close_matches(uplink, names, n=1)
+        errs.add(path, f"unknown uplink {uplink!r} of site {site}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                       + f" (its uplinks are {_choices(names)})")
+        return None
+    return LinkRef(site, uplink)
+
+
+def _impairment(m: Mapping[str, Any], path: str, errs: Errors, *, ramp: bool) -> Impairment | None:
+    """The impairment keys of `m` (others are ignored here); None when one of them is wrong."""
+    n_errors = len(errs.items)
+    kw: dict[str, Any] = {}
+    for attr, (key, kind) in IMPAIRMENT_KEYS.items():
+        if key not in m:
+            continue
+        where = join(path, key)
+        value = m[key]
+        if ramp and attr not in RAMPABLE:
+            errs.add(where, "cannot be ramped (it is not a number); set it with an impair event before the ramp")
+            continue
+        if kind == "duration":
+            kw[attr] = _duration(value, where, errs, at_most=MAX_DELAY_S)
+        elif kind == "ratio":
+            kw[attr] = _ratio(value, where, errs)
+        elif kind == "rate":
+            kw[attr] = _rate(value, where, errs)
+        elif kind == "enum":
+            kw[attr] = _enum(value, where, errs, JitterDistribution)
+        else:
+            kw[attr] = _loss_model(value, where, errs)
+    if "loss" in m and "loss_model" in m:
+        errs.add(join(path, "loss_model"), "give either loss (random) or loss_model (bursts), not both")
+    if len(errs.items) != n_errors:
+        return None
+    return Impairment(**kw)
+
+
+def _loss_model(value: object, path: str, errs: Errors) -> GilbertElliott | None:
+    m = _mapping(value, path, errs, {"type", "p", "r", "h", "k"}, ("type", "p", "r"))
+    if m is None:
+        return None
+    n_errors = len(errs.items)
+    if m.get("type") is not None and m["type"] != "gilbert_elliott":
+        errs.add(f"{path}.type", f"expected gilbert_elliott, got {_kind(m['type'])}")
+    values = {k: _ratio(m[k], f"{path}.{k}", errs) for k in ("p", "r", "h", "k") if m.get(k) is not None}
+    if len(errs.items) != n_errors or "p" not in values or "r" not in values:
+        return None
+    return GilbertElliott(**values)  # type: ignore[arg-type]
+
+
+def _timeline(raw: object, errs: Errors, sites: Mapping[str, SiteDecl],
+              duration: float | None) -> tuple[list[TimelineEvent], set[str]]:
+    """The events sorted by time (stable), and the links that some event cuts or flaps (as written)."""
+    if raw is None:
+        return [], set()
+    if not isinstance(raw, list):
+        errs.add("timeline", f"expected a list of events, got {_kind(raw)}")
+        return [], set()
+    interrupted = {str(item.get("link")) for item in raw
+                   if isinstance(item, Mapping) and item.get("action") in ("cut", "flap")}
+    parsed: list[tuple[int, TimelineEvent]] = []
+    for i, item in enumerate(raw):
+        ev = _event(item, f"timeline[{i}]", errs, sites, duration)
+        if ev is not None:
+            parsed.append((i, ev))
+    # windowed events (flap, ramp) on one link must not overlap: their steps would interleave
+    windows: dict[LinkRef, list[tuple[int, TimelineEvent]]] = {}
+    for i, ev in parsed:
+        if isinstance(ev, Flap | Ramp):
+            for j, other in windows.get(ev.link, []):
+                if ev.at_s < other.end_s and other.at_s < ev.end_s:
+                    errs.add(f"timeline[{i}]", f"this {ev.action} of {ev.link} ({fmt_duration(ev.at_s)}–"
+                                               f"{fmt_duration(ev.end_s)}) overlaps the {other.action} at "
+                                               f"timeline[{j}] ({fmt_duration(other.at_s)}–"
+                                               f"{fmt_duration(other.end_s)})")
+            windows.setdefault(ev.link, []).append((i, ev))
+    return [ev for _, ev in sorted(parsed, key=lambda t: (t[1].at_s, t[0]))], interrupted
+
+
+def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
+           duration: float | None) -> TimelineEvent | None:
+    if not isinstance(item, Mapping):
+        errs.add(path, f"expected an event mapping (at, action, ...), got {_kind(item)}")
+        return None
+    action = item.get("action")
+    if action is not None and (not isinstance(action, str) or action not in ACTIONS):
+        hint = difflib.get_close_matches(str(action), list(ACTIONS), n=1)
+        errs.add(f"{path}.action", f"unknown action {action!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                   + f" (expected one of {_choices(ACTIONS)})")
+        action = None
+    known = _EVENT_COMMON | (_EVENT_PARAMS[action] if action else set().union(*_EVENT_PARAMS.values()))
+    required = ["at", "action"]
+    if action:
+        required += ["site"] if action.startswith("agent_") else ["link"]
+        required += {"flap": ["period", "count"], "ramp": ["to", "over"]}.get(action, [])
+    m = _mapping(item, path, errs, known, required, what="setting" if not action else f"setting of a {action} event")
+    assert m is not None
+    n_errors = len(errs.items)
+
+    at = _duration(m["at"], f"{path}.at", errs) if m.get("at") is not None else None
+    if at is not None and duration is not None and at > duration:
+        errs.add(f"{path}.at", f"{fmt_duration(at)} is after the end of the scenario (duration "
+                               f"{fmt_duration(duration)})")
+    note = m.get("note", "")
+    if not isinstance(note, str):
+        errs.add(f"{path}.note", f"expected text, got {_kind(note)}")
+    link = _link(m["link"], f"{path}.link", errs, sites) if m.get("link") is not None else None
+    site = m.get("site")
+    if site is not None and (not isinstance(site, str) or site not in sites):
+        errs.add(f"{path}.site", _unknown_site(site, sites))
+
+    ev: TimelineEvent | None = None
+    if action == "impair":
+        imp = _impairment(m, path, errs, ramp=False)
+        if imp is not None and not imp.given():
+            errs.add(path, f"an impair event needs at least one of {_choices(sorted(_IMPAIR_KEYS))}")
+        elif imp is not None and link is not None and at is not None:
+            ev = Impair(at_s=at, link=link, impairment=imp)
+    elif action in ("cut", "restore", "clear") and link is not None and at is not None:
+        ev = {"cut": Cut, "restore": Restore, "clear": Clear}[action](at_s=at, link=link)
+    elif action == "flap":
+        period = _duration(m["period"], f"{path}.period", errs, positive=True) if m.get("period") is not None else None
+        count = _int(m["count"], f"{path}.count", errs, 1, 10_000, "a number of flaps") \
+            if m.get("count") is not None else None
+        if period is not None and count is not None and link is not None and at is not None:
+            ev = Flap(at_s=at, link=link, period_s=period, count=count)
+    elif action == "ramp":
+        to_raw = m.get("to")
+        to = None
+        if to_raw is not None:
+            to_map = _mapping(to_raw, f"{path}.to", errs, _IMPAIR_KEYS, what="impairment")
+            if to_map is not None:
+                to = _impairment(to_map, f"{path}.to", errs, ramp=True)
+                if to is not None and not to.given():
+                    rampable = _choices(IMPAIRMENT_KEYS[a][0] for a in RAMPABLE)
+                    errs.add(f"{path}.to", f"a ramp needs at least one of {rampable}")
+                    to = None
+        over = _duration(m["over"], f"{path}.over", errs, positive=True) if m.get("over") is not None else None
+        steps = _int(m.get("steps", 10), f"{path}.steps", errs, 1, 10_000, "a number of steps")
+        if to is not None and over is not None and steps is not None and link is not None and at is not None:
+            ev = Ramp(at_s=at, link=link, to=to, over_s=over, steps=steps)
+    elif action in ("agent_stop", "agent_start") and isinstance(site, str) and site in sites and at is not None:
+        ev = (AgentStop if action == "agent_stop" else AgentStart)(at_s=at, site=site)
+
+    if ev is not None and duration is not None and ev.end_s > duration and at is not None and at <= duration:
+        errs.add(path, f"this {ev.action} ends at {fmt_duration(ev.end_s)}, after the end of the scenario (duration "
+                       f"{fmt_duration(duration)})")
+    if len(errs.items) != n_errors or ev is None:
+        return None
+    if isinstance(note, str) and note.strip():
+        ev = _with_note(ev, note.strip())
+    return ev
+
+
+def _with_note(ev: TimelineEvent, note: str) -> TimelineEvent:
+    from dataclasses import replace
+
+    return replace(ev, note=note)
+
+
+# --- expectations ----------------------------------------------------------------------------------
+
+def _expectations(raw: object, errs: Errors, sites: Mapping[str, SiteDecl], flows: Mapping[str, Flow | None],
+                  interrupted: set[str], duration: float | None) -> list[Expectation]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        errs.add("expectations", f"expected a list of expectations, got {_kind(raw)}")
+        return []
+    out: list[Expectation] = []
+    for i, item in enumerate(raw):
+        exp = _expectation(item, f"expectations[{i}]", errs, sites, flows, interrupted, duration)
+        if exp is not None:
+            out.append(exp)
+    return out
+
+
+def _expectation(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
+                 flows: Mapping[str, Flow | None], interrupted: set[str], duration: float | None) -> Expectation | None:
+    if not isinstance(item, Mapping) or len(item) != 1:
+        got = f"{_choices(str(k) for k in item)}" if isinstance(item, Mapping) else _kind(item)
+        errs.add(path, f"expected one expectation, a mapping with one of {_choices(EXPECTATIONS)}; "
+                       f"got {got or 'nothing'}")
+        return None
+    (kind, body), = item.items()
+    if kind not in EXPECTATIONS:
+        hint = difflib.get_close_matches(str(kind), list(EXPECTATIONS), n=1)
+        errs.add(join(path, kind), "unknown expectation" + (f"; did you mean {hint[0]!r}?" if hint else
+                                                            f"; expected one of {_choices(EXPECTATIONS)}"))
+        return None
+    path = join(path, kind)
+    known, required = _EXPECTATION_KEYS[kind]
+    m = _mapping(body, path, errs, known, sorted(required))
+    if m is None:
+        return None
+    n_errors = len(errs.items)
+
+    flow: Flow | None = None
+    if "flow" in known and m.get("flow") is not None:
+        fname = m["flow"]
+        if not isinstance(fname, str) or fname not in flows:
+            hint = difflib.get_close_matches(str(fname), list(flows), n=1)
+            errs.add(f"{path}.flow", f"unknown flow {fname!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                     + f" (the flows are {_choices(flows) or 'none'})")
+        elif flows[fname] is not None:    # (None: the flow has errors of its own, already reported)
+            flow = flows[fname]
+            assert flow is not None
+            if kind in ("failover_gap", "lost_packets", "sla_compliance") and not flow.type.is_packet_flow:
+                errs.add(f"{path}.flow", f"{kind} is measured on packet flows (udp_cbr, voip, video); "
+                                         f"{flow.name} is {flow.type}")
+    exp: Expectation | None = None
+    if kind == "failover_gap":
+        mx = _duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
+        if flow is not None and mx is not None:
+            exp = FailoverGap(flow=flow.name, max_s=mx)
+    elif kind == "lost_packets":
+        n = _int(m["max"], f"{path}.max", errs, 0, 10**12, "a count") if m.get("max") is not None else None
+        if flow is not None and n is not None:
+            exp = LostPackets(flow=flow.name, max_packets=n)
+    elif kind == "path_changes":
+        n = _int(m["max"], f"{path}.max", errs, 0, 10**6, "a count") if m.get("max") is not None else None
+        lo = _int(m.get("min", 0), f"{path}.min", errs, 0, 10**6, "a count")
+        if n is not None and lo is not None and lo > n:
+            errs.add(f"{path}.min", f"must not exceed max ({n}), got {lo}")
+        elif flow is not None and n is not None and lo is not None:
+            exp = PathChanges(flow=flow.name, max_changes=n, min_changes=lo)
+    elif kind == "sla_compliance":
+        mn = _ratio(m["min"], f"{path}.min", errs) if m.get("min") is not None else None
+        target = None
+        if m.get("target") is not None and flow is not None:
+            decl = sites.get(flow.src.site)
+            base = decl.site.agent.sla if decl is not None and decl.site is not None else None
+            target = errs.attempt(SlaTarget.from_dict, m["target"], f"{path}.target", base)
+        if flow is not None and mn is not None:
+            exp = SlaCompliance(flow=flow.name, min_ratio=mn, target=target)
+    elif kind == "detect_time":
+        link = _link(m["link"], f"{path}.link", errs, sites) if m.get("link") is not None else None
+        mx = _duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
+        if link is not None and str(link) not in interrupted:
+            errs.add(f"{path}.link", f"{link} is never cut or flapped in the timeline: there is nothing to detect")
+        elif link is not None and mx is not None:
+            exp = DetectTime(link=link, max_s=mx)
+    elif kind == "flow_stays":
+        during = m.get("during")
+        if not isinstance(during, list) or len(during) != 2:
+            if during is not None:
+                errs.add(f"{path}.during", f"expected [START, END] like [20s, 40s], got {_kind(during)}")
+        else:
+            a = _duration(during[0], f"{path}.during[0]", errs)
+            b = _duration(during[1], f"{path}.during[1]", errs)
+            if a is not None and b is not None:
+                if a >= b:
+                    errs.add(f"{path}.during", f"the window must end after it starts, got {fmt_duration(a)} to "
+                                               f"{fmt_duration(b)}")
+                elif duration is not None and b > duration:
+                    errs.add(f"{path}.during[1]", f"{fmt_duration(b)} is after the end of the scenario (duration "
+                                                  f"{fmt_duration(duration)})")
+                elif flow is not None and not flow.active(a, b):
+                    life = f"{fmt_duration(flow.start_s)}–{fmt_duration(flow.stop_s)}"
+                    errs.add(f"{path}.during", f"{fmt_duration(a)}–{fmt_duration(b)} is not within the lifetime of "
+                                               f"{flow.name} ({life})")
+                elif flow is not None:
+                    exp = FlowStays(flow=flow.name, start_s=a, end_s=b)
+    if len(errs.items) != n_errors:
+        return None
+    return exp
+

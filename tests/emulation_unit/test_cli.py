@@ -1,0 +1,56 @@
+"""`patronus-lab validate`: a summary per valid file, every error of an invalid one, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from emulation.cli import app
+from tests.emulation_unit.conftest import MINIMAL, SCENARIOS
+
+pytestmark = pytest.mark.unit
+
+runner = CliRunner()
+
+
+def test_valid_files_exit_0_with_a_summary() -> None:
+    result = runner.invoke(app, ["validate", *map(str, SCENARIOS)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == len(SCENARIOS)
+    basic = next(line for line in lines if "failover-basic.yaml" in line)
+    assert basic.endswith("failover-basic.yaml: valid — 2 sites, 2 flows, 2 timeline events, 7 expectations")
+
+
+def test_an_invalid_file_lists_every_error_and_exits_2(tmp_path: Path) -> None:
+    doc = {**MINIMAL, "duration": "soon", "sites": {"hq": {"uplinks": {"isp1": {"delay": "fast"}}},
+                                                     "br": {"uplinks": {"isp1": {"loss": "200%"}}}}}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc, sort_keys=False))
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(MINIMAL, sort_keys=False))
+    result = runner.invoke(app, ["validate", str(good), str(bad)])
+    assert result.exit_code == 2
+    lines = result.output.splitlines()
+    assert lines[0] == f"{good}: valid — 2 sites, 0 flows, 0 timeline events, 0 expectations"
+    assert lines[1] == f"{bad}: invalid — 3 errors"
+    assert lines[2:] == [
+        "  duration: expected a duration like \"20ms\", got 'soon'",
+        "  sites.hq.uplinks.isp1.delay: expected a duration like \"20ms\", got 'fast'",
+        "  sites.br.uplinks.isp1.loss: expected a ratio between 0% and 100%, got '200%'",
+    ]
+
+
+def test_a_missing_file_exits_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert "cannot read the scenario file" in result.output
+
+
+def test_validate_needs_a_file_and_the_app_lists_its_commands() -> None:
+    assert runner.invoke(app, ["validate"]).exit_code == 2
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0 and "validate" in result.output

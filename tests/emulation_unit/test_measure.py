@@ -1,0 +1,506 @@
+"""emulation.measure against synthetic runs with known ground truth (emulation.measure.synthetic) and
+small hand-made ones whose every number is worked out below."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from emulation.measure import (
+    STAGES,
+    Analysis,
+    RawDataError,
+    RunData,
+    analyse,
+    edges,
+    latency_cdf,
+    longest_gap,
+    nearest_rank,
+    on_link,
+)
+from emulation.measure.rundata import parse_target
+from emulation.measure.synthetic import P1, P2, SyntheticSpec, SyntheticTruth, write_raw_dir, write_synthetic_run
+from emulation.measure.timeline import window_end
+
+pytestmark = pytest.mark.unit
+
+MS = 1e-3   # tolerance for times derived from float wall clocks near 1.7e9 s (resolution ~0.24 µs)
+
+
+def _run(path: Path, spec: SyntheticSpec | None = None) -> tuple[SyntheticTruth, RunData, Analysis]:
+    truth = write_synthetic_run(path, spec)
+    run = RunData.load(path)
+    return truth, run, analyse(run)
+
+
+@pytest.fixture(scope="module")
+def basic(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SyntheticTruth, RunData, Analysis]:
+    d = tmp_path_factory.mktemp("basic") / "run"
+    truth, run, a = _run(d)
+    return d, truth, run, a
+
+
+def _entry(a: Analysis, flow: str, event: str | None = None) -> Any:
+    found = [e for e in a.ledger if e.flow == flow and (event is None or e.event == event)]
+    assert len(found) == 1, [(e.flow, e.event) for e in a.ledger]
+    return found[0]
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+def test_load_gives_typed_frames_in_scenario_time(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    _, truth, run, _ = basic
+    assert run.run.scenario == "synthetic-failover" and run.run.backend == "sim" and run.run.seed == 7
+    assert [f.name for f in run.run.flows] == ["cbr", "voip", "web"]
+    pk = run.packets
+    assert pk["sent_ns"].dtype == np.int64 and str(pk["recv_ns"].dtype) == "Int64"
+    lost = pk[~pk["received"]]
+    assert len(lost) == truth.cbr_lost and lost["recv_ns"].isna().all() and lost["delay_ms"].isna().all()
+    assert pk["recv_ns"].dropna().astype("int64").min() > 1_700_000_000 * 10**9   # exact 64-bit ns
+    assert run.timeline["params"].tolist() == [{}, {}]
+    assert run.timeline["action"].tolist() == ["cut", "restore"]
+    assert run.timeline["t_s"].iloc[0] == pytest.approx(20.0003, abs=1e-6)
+    assert list(run.events["at"]) == sorted(run.events["at"])
+    assert run.http is not None and len(run.http) == 58 and run.tcp is None
+
+
+# --- ledger ---------------------------------------------------------------------------------------
+
+def test_ledger_stages_come_out_at_the_injected_times(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    _, truth, _, a = basic
+    e = _entry(a, "cbr")
+    assert (e.event, e.action, e.link, e.at_s) == ("cut hq.isp1", "cut", "hq.isp1", 20.0)
+    assert (e.from_path, e.to_path, e.declared) == (P1, P2, "down")
+    s = e.stages_ms
+    assert list(s) == list(STAGES)
+    assert s["impairment_applied"] == 0.0
+    assert s["path_declared"] == pytest.approx(60.0, abs=MS) == e.detect_ms
+    assert s["routing_decision"] == pytest.approx(60.0, abs=MS)
+    assert s["steering_changed"] == pytest.approx(62.0, abs=MS)
+    # the first packet sent at or after the steering change (20.0623 s) leaves at 20.063 s
+    assert s["first_packet_new_path"] == pytest.approx(62.7, abs=MS) == pytest.approx(truth.first_new_packet_ms)
+    # path metrics are sampled every 0.2 s: the first sample after the cut showing timeouts is at 20.2 s
+    assert truth.first_probe_lost_ms is not None
+    assert s["first_probe_lost"] == pytest.approx(truth.first_probe_lost_ms, abs=MS) == pytest.approx(199.7, abs=MS)
+    # the rolling 1-s loss passes 1 % with the 11th lost packet (sent at 20.011 s) and is back at 1 %
+    # when only 10 lost packets remain in the window (the one ending at 21.052 s)
+    assert e.sla_violated_ms == pytest.approx(10.7, abs=MS)
+    assert s["sla_restored"] == pytest.approx(1051.7, abs=MS)
+
+
+def test_gap_and_losses_are_exact(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    _, truth, _, a = basic
+    e = _entry(a, "cbr")
+    # packets sent 20.001 … 20.062 s are lost (62); the last one before arrives at 20.012 s (12 ms path),
+    # the first after (sent 20.063 s on the 15 ms path) at 20.078 s: 66 ms
+    assert e.lost_packets == 62 == truth.lost_in_first_window
+    assert e.gap_ms == 66.0 == truth.gap_first_window_ms
+    cbr = next(f for f in a.flows if f.flow == "cbr")
+    assert (cbr.sent, cbr.received, cbr.lost) == (58_000, 57_938, 62)
+    assert cbr.max_gap_ms == 66.0 and cbr.max_gap_at_s == pytest.approx(20.012)
+    assert cbr.path_changes == 2 and cbr.paths == (P1, P2)
+    assert cbr.loss_pct == pytest.approx(100 * 62 / 58_000)
+
+
+def test_gap_matches_the_truth_with_jitter(tmp_path: Path) -> None:
+    truth, _, a = _run(tmp_path / "run", SyntheticSpec(jitter_ms=2.0))
+    e = _entry(a, "cbr")
+    assert e.gap_ms == truth.gap_first_window_ms != 66.0
+    assert e.lost_packets == truth.lost_in_first_window == 62
+    assert next(f for f in a.flows if f.flow == "cbr").max_gap_ms == truth.cbr_max_gap_ms
+
+
+def test_only_flows_on_the_broken_link_are_on_the_ledger(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    _, _, _, a = basic
+    # voip (br → hq on hq:isp2-isp2) never crosses hq.isp1; web (no packets) is counted in because its
+    # site's router moved a path of the link
+    assert sorted(e.flow for e in a.ledger) == ["cbr", "web"]
+    web = _entry(a, "web")
+    assert web.gap_ms is None and web.lost_packets is None
+    assert web.stages_ms["first_packet_new_path"] is None
+    assert web.stages_ms["routing_decision"] == pytest.approx(60.0, abs=MS)
+
+
+def test_brownout_is_declared_degraded(tmp_path: Path) -> None:
+    truth, _, a = _run(tmp_path / "run", SyntheticSpec(action="impair"))
+    e = _entry(a, "cbr")
+    assert (e.event, e.declared, e.from_path, e.to_path) == ("impair hq.isp1", "degraded", P1, P2)
+    assert e.lost_packets == truth.lost_in_first_window > 0
+    assert e.gap_ms == truth.gap_first_window_ms
+    assert e.stages_ms["steering_changed"] == pytest.approx(62.0, abs=MS)
+    # a brownout is no cut: detect_time (cuts and flaps only) has nothing to judge
+    det = next(x for x in a.expectations if x.type == "detect_time")
+    assert (det.passed, det.value) == (False, None)
+
+
+def test_flap_expands_into_edges_and_the_flow_moves_once(tmp_path: Path) -> None:
+    truth, run, a = _run(tmp_path / "run", SyntheticSpec(action="flap"))
+    es = edges(run)
+    assert [e.label for e in es] == [f"flap hq.isp1 {s} {k}/3" for k in (1, 2, 3) for s in ("down", "up")]
+    assert [round(e.at_s, 6) for e in es] == [20.0, 21.0, 22.0, 23.0, 24.0, 25.0]
+    assert window_end(run, es[0]) == pytest.approx(es[1].applied_at)
+    # later down edges find cbr on the other path: not on the ledger for them
+    cbr = [e for e in a.ledger if e.flow == "cbr"]
+    assert [e.event for e in cbr] == ["flap hq.isp1 down 1/3"]
+    assert cbr[0].gap_ms == truth.gap_first_window_ms and cbr[0].lost_packets == 62
+    assert [d.event for d in a.detections] == [f"flap hq.isp1 down {k}/3" for k in (1, 2, 3)]
+    assert all(d.down_ms == pytest.approx(60.0, abs=MS) for d in a.detections)
+
+
+def test_without_failover_the_gap_lasts_until_the_restore(tmp_path: Path) -> None:
+    truth, _, a = _run(tmp_path / "run", SyntheticSpec(failover=False))
+    e = _entry(a, "cbr")
+    s = e.stages_ms
+    assert s["path_declared"] == pytest.approx(60.0, abs=MS)
+    assert s["routing_decision"] is None and s["steering_changed"] is None and s["first_packet_new_path"] is None
+    assert e.to_path is None
+    # sent 20.001 … 40.000 s: 20,000 lost; arrivals 20.012 s → 40.013 s (first packet after the restore)
+    assert e.lost_packets == 20_000 == truth.lost_in_first_window
+    assert e.gap_ms == 20_001.0 == truth.gap_first_window_ms
+
+
+def test_lost_packets_without_send_times_are_placed_by_sequence(tmp_path: Path,
+                                                                basic: tuple[Path, SyntheticTruth, RunData,
+                                                                             Analysis]) -> None:
+    _, _, run0, a0 = basic
+    _, run, a = _run(tmp_path / "run", SyntheticSpec(lost_send_times=False))
+    est = run.packets[run.packets["sent_estimated"]]
+    assert len(est) == 62 and not est["received"].any()
+    # a constant-rate sender: interpolating by sequence number gives the exact send times back
+    assert run.packets["sent_ns"].tolist() == run0.packets["sent_ns"].tolist()
+    assert [(e.flow, e.gap_ms, e.lost_packets, e.stages_ms) for e in a.ledger] == [
+        (e.flow, e.gap_ms, e.lost_packets, e.stages_ms) for e in a0.ledger]
+    assert a.sla == a0.sla
+
+
+def test_without_paths_in_packets_csv_the_ledger_falls_back_on_the_agent(tmp_path: Path) -> None:
+    _, _, a = _run(tmp_path / "run", SyntheticSpec(path_column=False))
+    assert sorted(e.flow for e in a.ledger) == ["cbr", "web"]   # voip: nothing moved at br, nothing lost
+    e = _entry(a, "cbr")
+    assert e.stages_ms["first_packet_new_path"] is None          # needs the path column
+    assert e.stages_ms["routing_decision"] == pytest.approx(60.0, abs=MS)
+    assert e.from_path == P1 and e.gap_ms == 66.0 and e.lost_packets == 62
+    # path changes from the agent's moves: both slots leaving P1 at once count once, then the failback
+    pc = next(x for x in a.expectations if x.type == "path_changes")
+    assert (pc.value, pc.passed) == (2, True)
+
+
+# --- flows and SLA --------------------------------------------------------------------------------
+
+T0 = 1000.0
+T0_NS = 1_000 * 10**9
+TINY_RUN: dict[str, Any] = {
+    "scenario": "tiny", "backend": "sim", "impairment_backend": "model", "seed": 1, "started_at": T0 - 1,
+    "t0": T0, "duration_s": 3.0,
+    "flows": [{"name": "f", "type": "udp_cbr", "class": "voice", "src_site": "a", "dst_site": "b",
+               "dst_port": 5001, "rate_pps": 10, "start_s": 0.0, "stop_s": 3.0, "sent": 30}],
+    "links": [], "sla_targets": {"voice": {"latency_ms": 50, "loss_pct": 1, "jitter_ms": 5}},
+    "expectations": [
+        {"type": "lost_packets", "flow": "f", "max": 1, "during": [1, 2], "text": "f loses ≤ 1 in [1 s, 2 s)"},
+        {"type": "sla_compliance", "flow": "f", "min": 0.3, "text": "f meets its SLA ≥ 30 %"},
+        {"type": "sla_compliance", "flow": "f", "min": 0.5, "text": "f meets 'lax' ≥ 50 %",
+         "target": {"latency": "200ms", "loss": "15%", "jitter": "50ms"}},
+        {"type": "failover_gap", "flow": "f", "max": 0.25, "text": "f gap ≤ 250 ms"},
+        {"type": "failover_gap", "flow": "f", "max": 0.25, "during": [2, 3], "text": "f gap ≤ 250 ms in [2, 3]"},
+    ],
+}
+
+
+def _tiny_packets() -> list[tuple[str, int, int, int | None, str]]:
+    """10 packets/s for 3 s: second 0 all at 10 ms; second 1 loses seq 12 and 13; second 2 has one
+    packet (seq 29) at 100 ms."""
+    rows: list[tuple[str, int, int, int | None, str]] = []
+    for i in range(30):
+        sent = T0_NS + i * 100_000_000
+        delay_ms = 100 if i == 29 else 10
+        rows.append(("f", i, sent, None if i in (12, 13) else sent + delay_ms * 1_000_000, "p1"))
+    return rows
+
+
+def test_sla_compliance_matches_a_hand_computation(tmp_path: Path) -> None:
+    run = RunData.load(write_raw_dir(tmp_path / "tiny", TINY_RUN, packets=_tiny_packets()))
+    a = analyse(run)
+    (s,) = a.sla
+    # window 0 meets everything; window 1 loses 2 of 10 (20 % > 1 %); window 2's p95 (rank ceil(9.5) =
+    # 10 of 10 samples) is the 100 ms packet, > 50 ms
+    assert (s.windows, s.compliant_windows) == (3, 1)
+    assert s.compliance_pct == pytest.approx(100 / 3)
+    delays = [10.0] * 27 + [100.0]
+    # nearest rank over 28 delivered: p50 rank 14, p95 rank ceil(26.6) = 27, p99 rank ceil(27.72) = 28
+    assert (s.latency_p50_ms, s.latency_p95_ms, s.latency_p99_ms) == (10.0, 10.0, 100.0)
+    assert s.jitter_ms == pytest.approx(statistics.pstdev(delays))
+    assert s.loss_pct == pytest.approx(100 * 2 / 30)
+    (f,) = a.flows
+    # arrivals: seq 11 at 1.110 s, seq 14 at 1.410 s: 300 ms; seq 28 at 2.810 s, seq 29 at 3.000 s
+    assert f.max_gap_ms == 300.0 and f.max_gap_at_s == pytest.approx(1.11)
+    assert (f.lost, f.received, f.reordered, f.duplicates) == (2, 28, 0, 0)
+    ok = [(x.text, x.passed, x.value) for x in a.expectations]
+    assert ok == [("f loses ≤ 1 in [1 s, 2 s)", False, 2),
+                  ("f meets its SLA ≥ 30 %", True, pytest.approx(1 / 3)),
+                  # lax: window 1 still loses too much (20 % > 15 %); window 2 passes (p95 100 ms ≤ 200, stdev 27 ≤ 50)
+                  ("f meets 'lax' ≥ 50 %", True, pytest.approx(2 / 3)),
+                  ("f gap ≤ 250 ms", False, pytest.approx(0.3)),
+                  ("f gap ≤ 250 ms in [2, 3]", True, pytest.approx(0.19))]
+
+
+def test_basic_sla_is_57_of_58_windows(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    _, _, _, a = basic
+    by_flow = {s.flow: s for s in a.sla}
+    assert sorted(by_flow) == ["cbr", "voip", "web"]
+    # 58 one-second windows from 1 s to 59 s; only [20 s, 21 s) loses more than 1 % (62 of 1000)
+    cbr = by_flow["cbr"]
+    assert (cbr.windows, cbr.compliant_windows) == (58, 57)
+    assert cbr.compliance_pct == pytest.approx(100 * 57 / 58)
+    assert (cbr.latency_p50_ms, cbr.latency_p95_ms, cbr.latency_p99_ms) == (15.0, 15.0, 15.0)
+    assert by_flow["voip"].compliance_pct == 100.0
+    assert by_flow["web"].latency_p95_ms == 32.0   # http: request latencies 30, 31, 32 ms
+
+
+def test_nearest_rank_and_cdf(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    v = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+    assert [nearest_rank(v, p) for p in (50, 90, 95, 99, 100)] == [5.0, 9.0, 10.0, 10.0, 10.0]
+    assert nearest_rank(np.array([]), 50) is None
+    _, _, run, _ = basic
+    cdf = latency_cdf(run, "cbr")
+    assert len(cdf) == 57_938 and cdf["fraction"].iloc[-1] == 1.0
+    assert cdf["delay_ms"].is_monotonic_increasing
+
+
+def test_longest_gap_counts_the_window_edges() -> None:
+    arr = np.array([10, 20, 50], dtype=np.int64)
+    assert longest_gap(arr, 0, 100) == (50, 50)     # 50 → the window's end
+    assert longest_gap(arr, 15, 40) == (30, 20)     # straddling intervals count whole
+    assert longest_gap(np.array([], dtype=np.int64), 0, 70) == (70, 0)
+    assert longest_gap(arr, 40, 40) == (0, 40)
+
+
+# --- paths ----------------------------------------------------------------------------------------
+
+def test_path_summaries(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    _, _, _, a = basic
+    by = {(p.site, p.path): p for p in a.paths}
+    assert len(by) == 8
+    p1 = by[("hq", P1)]
+    assert p1.links == ("br.isp1", "hq.isp1")
+    # down from the first sample ≥ 20.0603 s (20.2 s) to the last < 40.5003 s (40.4 s): 20.4 s
+    assert p1.time_in_status_s["down"] == pytest.approx(20.4, abs=1e-6)
+    assert p1.status_changes == 2 and p1.probes_timed_out == 1000
+    assert p1.latency_min_ms == 12.0 and p1.score_min == 0.0
+    assert by[("hq", P2)].time_in_status_s["down"] == 0.0
+    assert by[("hq", P2)].sla_compliance_pct == {"default": 100.0, "voice": 100.0}
+
+
+def test_path_membership_from_ids_and_links(tmp_path: Path) -> None:
+    run = RunData.load(write_raw_dir(tmp_path / "t", {**TINY_RUN, "links": [
+        {"link": "hq.isp1", "paths": ["br:isp1-isp2", "odd-path", "c/weird"]}]}))
+    assert on_link(run, "hq", "br:isp1-isp2", "hq.isp1")
+    assert not on_link(run, "c", "br:isp1-isp2", "hq.isp1")   # at c that id is c.isp1 → br.isp2
+    assert on_link(run, "x", "odd-path", "hq.isp1")            # unconventional ids: the list decides
+    assert on_link(run, "c", "weird", "hq.isp1") and not on_link(run, "d", "weird", "hq.isp1")
+    # the agent's ids say it all, whichever site's list (if any) names them: br's hq:isp2-isp1 crosses
+    # br.isp2 and hq.isp1
+    assert on_link(run, "br", "hq:isp2-isp1", "hq.isp1") and on_link(run, "br", "hq:isp2-isp1", "br.isp2")
+    assert not on_link(run, "br", "hq:isp2-isp1", "br.isp1")
+
+
+# --- expectations ---------------------------------------------------------------------------------
+
+def test_default_expectations_pass(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    _, _, _, a = basic
+    got = {x.type: (x.passed, x.value) for x in a.expectations}
+    assert got == {"failover_gap": (True, pytest.approx(0.066)), "lost_packets": (True, 62),
+                   "sla_compliance": (True, pytest.approx(57 / 58)), "path_changes": (True, 2),
+                   "detect_time": (True, pytest.approx(0.06, abs=1e-6)), "flow_stays": (True, 0)}
+    assert a.passed
+
+
+def test_expectations_fail_as_they_should(tmp_path: Path) -> None:
+    tight = (
+        {"type": "failover_gap", "flow": "cbr", "max": 0.05, "text": "gap ≤ 50 ms"},
+        {"type": "lost_packets", "max": 61, "text": "≤ 61 lost over all flows"},
+        {"type": "sla_compliance", "min": 0.99, "text": "every flow ≥ 99 %"},
+        {"type": "path_changes", "flow": "cbr", "max": 1, "text": "cbr moves at most once"},
+        {"type": "path_changes", "flow": "cbr", "min": 3, "max": 5, "text": "cbr moves 3-5 times"},
+        {"type": "detect_time", "link": "hq.isp1", "max": 0.05, "text": "detected within 50 ms"},
+        {"type": "detect_time", "link": "br.isp2", "max": 1, "text": "br.isp2 (never cut)"},
+        {"type": "flow_stays", "flow": "cbr", "during": [25, 45], "text": "cbr stays 25-45 s"},
+        {"type": "flow_stays", "flow": "cbr", "during": [15, 25], "text": "cbr stays 15-25 s"},
+        {"type": "flow_stays", "flow": "voip", "path": "hq:isp1-isp1", "text": "voip on hq:isp1-isp1"},
+    )
+    _, _, a = _run(tmp_path / "run", SyntheticSpec(expectations=tight))
+    got = [(x.text, x.passed, x.value) for x in a.expectations]
+    assert got == [
+        ("gap ≤ 50 ms", False, pytest.approx(0.066)),
+        ("≤ 61 lost over all flows", False, 62),
+        ("every flow ≥ 99 %", False, pytest.approx(57 / 58)),
+        ("cbr moves at most once", False, 2),
+        ("cbr moves 3-5 times", False, 2),
+        ("detected within 50 ms", False, pytest.approx(0.06, abs=1e-6)),
+        ("br.isp2 (never cut)", False, None),
+        ("cbr stays 25-45 s", True, 0),
+        ("cbr stays 15-25 s", False, 1),
+        ("voip on hq:isp1-isp1", False, 0),
+    ]
+    assert not a.passed
+
+
+def test_a_run_without_failover_fails_its_expectations(tmp_path: Path) -> None:
+    _, _, a = _run(tmp_path / "run", SyntheticSpec(failover=False))
+    got: dict[str, Any] = {x.type: (x.passed, x.value) for x in a.expectations}
+    assert got["failover_gap"] == (False, pytest.approx(20.001))
+    assert got["lost_packets"] == (False, 20_000)
+    assert got["sla_compliance"][0] is False
+    assert got["detect_time"][0] is True   # the agents noticed; they just did not move the flow
+
+
+@pytest.mark.parametrize(("expectation", "message"), [
+    ({"type": "failover_gap", "flow": "nope", "max": 1, "text": "t"}, "expectations[0].flow: 'nope' is not a flow"),
+    ({"type": "failover_gap", "flow": "cbr", "text": "t"}, "expectations[0].max: missing"),
+    ({"type": "flow_stays", "flow": "cbr", "during": [5, 1], "text": "t"}, "expectations[0].during"),
+    ({"type": "sla_compliance", "flow": "cbr", "min": 0.9, "target": {"latency": "fast"}, "text": "t"},
+     "expectations[0].target.latency"),
+])
+def test_bad_expectation_parameters_are_named(tmp_path: Path, expectation: dict[str, Any], message: str) -> None:
+    truth_dir = tmp_path / "run"
+    write_synthetic_run(truth_dir, SyntheticSpec(expectations=(expectation,)))
+    with pytest.raises(RawDataError) as exc:
+        RunData.load(truth_dir)
+    assert message in str(exc.value) and "raw/run.json" in str(exc.value)
+
+
+def test_sla_targets_in_both_forms() -> None:
+    t, problems = parse_target({"latency": "150ms", "loss": "1%", "jitter": "30ms", "latency_percentile": "p99"},
+                               "x")
+    assert problems == [] and t is not None
+    got: tuple[Any, ...] = (t.latency_ms, t.loss_pct, t.jitter_ms, t.latency_percentile)
+    assert got == (pytest.approx(150.0), 1.0, pytest.approx(30.0), 99)
+    t, problems = parse_target({"latency_ms": 20, "loss_pct": None}, "x")
+    assert problems == [] and t is not None and (t.latency_ms, t.loss_pct, t.jitter_ms) == (20.0, None, None)
+    _, problems = parse_target({"latency_ms": -1, "latency_percentile": 90}, "sla_targets.voice")
+    assert [p.split(":")[0] for p in problems] == ["sla_targets.voice.latency_ms",
+                                                   "sla_targets.voice.latency_percentile"]
+
+
+# --- bad raw data ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def raw_copy(basic: tuple[Path, SyntheticTruth, RunData, Analysis], tmp_path: Path) -> Path:
+    d = tmp_path / "copy"
+    shutil.copytree(basic[0] / "raw", d / "raw")
+    return d
+
+
+def _rewrite_csv(path: Path, drop: str | None = None, replace_line: tuple[int, str, str] | None = None) -> None:
+    lines = path.read_text().splitlines()
+    if drop is not None:
+        header = lines[0].split(",")
+        k = header.index(drop)
+        lines = [",".join(c for i, c in enumerate(line.split(",")) if i != k) for line in lines]
+    if replace_line is not None:
+        n, old, new = replace_line
+        assert old in lines[n - 1]
+        lines[n - 1] = lines[n - 1].replace(old, new, 1)
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _errors(d: Path) -> str:
+    with pytest.raises(RawDataError) as exc:
+        RunData.load(d)
+    return str(exc.value)
+
+
+def test_missing_column_is_named(raw_copy: Path) -> None:
+    _rewrite_csv(raw_copy / "raw" / "packets.csv", drop="recv_ns")
+    msg = _errors(raw_copy)
+    assert "raw/packets.csv: missing column 'recv_ns' (has: flow, seq, sent_ns, path)" in msg
+
+
+def test_missing_file_is_named(raw_copy: Path) -> None:
+    (raw_copy / "raw" / "path_metrics.csv").unlink()
+    assert "raw/path_metrics.csv: missing file" in _errors(raw_copy)
+
+
+def test_bad_values_name_line_and_column(raw_copy: Path) -> None:
+    _rewrite_csv(raw_copy / "raw" / "packets.csv", replace_line=(3, "cbr,1,", "cbr,one,"))
+    _rewrite_csv(raw_copy / "raw" / "timeline.csv", replace_line=(2, "cut", "snip"))
+    msg = _errors(raw_copy)
+    # every problem, in every file, at once
+    assert "raw/packets.csv line 3 column 'seq': expected an integer (required), got 'one'" in msg
+    assert "raw/timeline.csv line 2 column 'action': expected one of impair, cut" in msg
+
+
+def test_bad_run_json(raw_copy: Path) -> None:
+    doc = json.loads((raw_copy / "raw" / "run.json").read_text())
+    del doc["t0"]
+    doc["flows"][0]["type"] = "carrier-pigeon"
+    (raw_copy / "raw" / "run.json").write_text(json.dumps(doc))
+    msg = _errors(raw_copy)
+    assert "raw/run.json: t0: missing" in msg
+    assert "raw/run.json: flows[0].type: expected one of udp_cbr" in msg
+
+
+def test_unknown_flow_in_packets(raw_copy: Path) -> None:
+    _rewrite_csv(raw_copy / "raw" / "packets.csv", replace_line=(5, "cbr,", "cbx,"))
+    assert "raw/packets.csv line 5 column 'flow': 'cbx' is not a flow of raw/run.json" in _errors(raw_copy)
+
+
+def test_bad_event_lines_are_named(raw_copy: Path) -> None:
+    with (raw_copy / "raw" / "events.jsonl").open("a") as fh:
+        fh.write("not json\n")
+        fh.write(json.dumps({"kind": "FailoverTriggered", "at": 1.0, "site": "hq", "from_path": P1}) + "\n")
+    msg = _errors(raw_copy)
+    assert "raw/events.jsonl line" in msg and "expected a JSON object, got 'not json'" in msg
+    assert "field 'to_path': missing or invalid in FailoverTriggered" in msg
+
+
+def test_no_raw_directory(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert "missing directory" in _errors(tmp_path / "empty")
+
+
+def test_flap_with_human_period(tmp_path: Path) -> None:
+    run = RunData.load(write_raw_dir(tmp_path / "t", TINY_RUN, timeline=[
+        (1.0, T0 + 1.0, "flap", "a.isp1", {"period": "400ms", "count": 2}),
+        (2.5, T0 + 2.5, "clear", "a.isp1", {}),
+        (2.6, T0 + 2.6, "ramp", "a.isp1", {"over": "1s", "step": 1}),
+        (2.7, T0 + 2.7, "ramp", "a.isp1", {"over": "1s", "step": 2}),
+    ]))
+    es = edges(run)
+    assert [(round(e.at_s, 6), e.state, e.breaking) for e in es] == [
+        (1.0, "down", True), (1.2, "up", False), (1.4, "down", True), (1.6, "up", False), (2.5, "", False),
+        (2.6, "", True), (2.7, "", False)]
+    assert window_end(run, es[5]) == T0 + 3.0   # a ramp's later steps do not end its window
+    with pytest.raises(RawDataError, match=r"raw/timeline.csv line 2 column 'params': a flap needs period_s"):
+        RunData.load(write_raw_dir(tmp_path / "u", TINY_RUN, timeline=[(1.0, T0 + 1.0, "flap", "a.isp1", {})]))
+
+
+def test_flap_edges_and_ramp_steps_row_by_row(tmp_path: Path) -> None:
+    """The runner's way: one row per flap edge ({"up": false/true}) and per ramp step."""
+    run = RunData.load(write_raw_dir(tmp_path / "t", TINY_RUN, timeline=[
+        (0.5, T0 + 0.5, "flap", "a.isp1", {"up": False}),
+        (0.7, T0 + 0.7, "flap", "a.isp1", {"up": True}),
+        (1.0, T0 + 1.0, "ramp", "a.isp1", {"delay_ms": 20}),
+        (1.5, T0 + 1.5, "ramp", "a.isp1", {"delay_ms": 40}),
+        (1.6, T0 + 1.6, "cut", "b.isp1", {}),
+        (2.0, T0 + 2.0, "ramp", "a.isp1", {"delay_ms": 60}),
+        (2.5, T0 + 2.5, "restore", "a.isp1", {}),
+        (2.8, T0 + 2.8, "ramp", "a.isp1", {"delay_ms": 10}),
+    ]))
+    got = [(e.label, e.breaking, e.continuation) for e in edges(run)]
+    assert got == [("flap a.isp1 down", True, False), ("flap a.isp1 up", False, False),
+                   ("ramp a.isp1", True, False), ("ramp a.isp1 (step)", False, True), ("cut b.isp1", True, False),
+                   ("ramp a.isp1 (step)", False, True), ("restore a.isp1", False, False),
+                   ("ramp a.isp1", True, False)]
+    es = edges(run)
+    assert window_end(run, es[2]) == T0 + 1.6      # the ramp's own steps do not end its window; the cut does
+
+
+def test_spec_is_a_plain_value() -> None:
+    assert replace(SyntheticSpec(), seed=3).seed == 3
