@@ -37,6 +37,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path as FsPath
 from typing import Any, TypeVar
 
@@ -132,6 +133,7 @@ class Agent:
         self._plans = {p.id: p for p in cfg.paths}
         self._remote_no = {r.name: i + 1 for i, r in enumerate(cfg.remotes)}
         self._stopping = False
+        self._suspect: dict[PathId, float] = {}      # path -> when a sibling failed (fate sharing)
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -436,7 +438,28 @@ class Agent:
     def _on_probe_reply(self, path_id: PathId, seq: int, sent_at: float, now: float) -> None:
         if self.monitor.on_probe_reply(path_id, seq, sent_at, now):
             self.sla.record_probe(path_id, (now - sent_at) * 1000.0, now)
+        since = self._suspect.get(path_id)
+        if since is not None and sent_at > since:
+            # a probe sent after its sibling failed came back: this path is fine after all
+            del self._suspect[path_id]
+            self.router.update_path(path_id, now, status=self.monitor.status(path_id))
         self._pump(now)
+
+    def _suspect_siblings(self, failed: PathId, at: float, now: float) -> None:
+        """Fate sharing: paths over the same local uplink, or to the same remote endpoint, as a path
+        that just went Down probably failed with it, but their own probes have not timed out yet. They
+        count as Degraded until a probe sent after the failure comes back (one RTT if they are fine), so
+        the flows leaving the failed path go to a path of another uplink at once, not to a sibling
+        that is about to fail too (which would double the failover gap)."""
+        plan = self._plans[failed]
+        for sib in self.cfg.paths:
+            if sib.id == failed or self.monitor.status(sib.id) is PathStatus.DOWN:
+                continue
+            shares = sib.uplink.name == plan.uplink.name or (sib.remote == plan.remote
+                                                             and sib.endpoint.uplink == plan.endpoint.uplink)
+            if shares and sib.id not in self._suspect:
+                self._suspect[sib.id] = at
+                self.router.update_path(sib.id, now, status=PathStatus.DEGRADED)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -464,9 +487,18 @@ class Agent:
                 status_changed = True
                 self._status_since[ev.path_id] = self.wall(ev.at)
                 self._publish(self._event_dict(ev))
+                if ev.new is PathStatus.DOWN:
+                    self._suspect.pop(ev.path_id, None)
+                    router.handle(ev)
+                    self._suspect_siblings(ev.path_id, ev.at, now)
+                    continue
+                if ev.path_id in self._suspect:
+                    ev = replace(ev, new=PathStatus.DEGRADED)
             elif isinstance(ev, PathMetricsUpdated):
                 metrics_changed = True
                 self._count_timeouts(ev.path_id, now)
+                if ev.path_id in self._suspect and ev.status is not PathStatus.DOWN:
+                    ev = replace(ev, status=PathStatus.DEGRADED)
             router.handle(ev)
         if status_changed:
             self._sync_slots(now)
