@@ -67,7 +67,7 @@ from patronus.core.events import (
     PathStatusChanged,
     SendProbe,
 )
-from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, PathStatus, Site, SiteId
+from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, PathMetrics, PathStatus, Site, SiteId
 from patronus.core.monitor import PathMonitor
 from patronus.core.policy import LoadBalance, RoutingPolicy
 from patronus.core.router import Router
@@ -79,6 +79,8 @@ T = TypeVar("T")
 _EVENT_BUFFER = 1000
 _FLOW_REFRESH_S = 1.0
 _SLOT_TOUCH_S = 1.0
+_TUNNEL_CHECK_S = 2.0
+TUNNEL_GRACE_S = 15.0
 _STORED_KINDS = (PathStatusChanged, FailoverTriggered, Failback, FlowStranded)
 
 
@@ -134,6 +136,9 @@ class Agent:
         self._remote_no = {r.name: i + 1 for i, r in enumerate(cfg.remotes)}
         self._stopping = False
         self._suspect: dict[PathId, float] = {}      # path -> when a sibling failed (fate sharing)
+        self._tunnel_dead: set[PathId] = set()       # Up by probes, but no working WireGuard session
+        self._up_since_wall: dict[PathId, float] = {}
+        self._tunnel_checked = 0.0
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -442,7 +447,8 @@ class Agent:
         if since is not None and sent_at > since:
             # a probe sent after its sibling failed came back: this path is fine after all
             del self._suspect[path_id]
-            self.router.update_path(path_id, now, status=self.monitor.status(path_id))
+            self.router.update_path(path_id, now, status=self.monitor.status(path_id),
+                                    metrics=self.monitor.metrics(path_id, now))
         self._pump(now)
 
     def _suspect_siblings(self, failed: PathId, at: float, now: float) -> None:
@@ -459,7 +465,8 @@ class Agent:
                                                              and sib.endpoint.uplink == plan.endpoint.uplink)
             if shares and sib.id not in self._suspect:
                 self._suspect[sib.id] = at
-                self.router.update_path(sib.id, now, status=PathStatus.DEGRADED)
+                self.router.update_path(sib.id, now, status=PathStatus.DEGRADED,
+                                        metrics=_suspect_metrics(self.monitor.metrics(sib.id, now)))
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -492,13 +499,17 @@ class Agent:
                     router.handle(ev)
                     self._suspect_siblings(ev.path_id, ev.at, now)
                     continue
-                if ev.path_id in self._suspect:
+                if ev.path_id in self._tunnel_dead:
+                    ev = replace(ev, new=PathStatus.DOWN)
+                elif ev.path_id in self._suspect:
                     ev = replace(ev, new=PathStatus.DEGRADED)
             elif isinstance(ev, PathMetricsUpdated):
                 metrics_changed = True
                 self._count_timeouts(ev.path_id, now)
-                if ev.path_id in self._suspect and ev.status is not PathStatus.DOWN:
-                    ev = replace(ev, status=PathStatus.DEGRADED)
+                if ev.path_id in self._tunnel_dead:
+                    ev = replace(ev, status=PathStatus.DOWN)
+                elif ev.path_id in self._suspect and ev.status is not PathStatus.DOWN:
+                    ev = replace(ev, status=PathStatus.DEGRADED, metrics=_suspect_metrics(ev.metrics))
             router.handle(ev)
         if status_changed:
             self._sync_slots(now)
@@ -573,6 +584,67 @@ class Agent:
             if now >= next_metrics:
                 next_metrics = now + self.cfg.metrics_interval_s
                 self._record_metrics(now)
+            if self.wg is not None and now - self._tunnel_checked >= _TUNNEL_CHECK_S:
+                self._tunnel_checked = now
+                try:
+                    shakes = await self._k(self._handshakes)
+                except Exception as exc:
+                    log.warning("tunnel check failed: %s", exc)
+                else:
+                    self._check_tunnels(shakes, time.monotonic())
+
+    def _handshakes(self) -> dict[PathId, float | None]:
+        """Latest WireGuard handshake (wall time) of every path's tunnel (kernel thread)."""
+        out: dict[PathId, float | None] = {}
+        for p in self.cfg.paths:
+            try:
+                out[p.id] = self.wg.status(p.ifname).latest_handshake
+            except Exception:
+                out[p.id] = None
+        return out
+
+    def _check_tunnels(self, shakes: dict[PathId, float | None], now: float) -> None:
+        """A path whose probes pass but whose tunnel has no live WireGuard session would black-hole
+        every packet steered onto it: such a path counts as Down for routing until its tunnel
+        handshakes. "No live session": no handshake at all although the path has been Up for
+        TUNNEL_GRACE_S, or none for longer than WireGuard's session lifetime (180 s) plus the grace.
+        A dead tunnel is also nudged (a fresh handshake initiation) on every check."""
+        wall = time.time()
+        changed = False
+        for p in self.cfg.paths:
+            pid = p.id
+            if self.monitor.status(pid) is PathStatus.DOWN:
+                self._up_since_wall.pop(pid, None)
+                if pid in self._tunnel_dead:
+                    self._tunnel_dead.discard(pid)
+                continue
+            up_since = self._up_since_wall.setdefault(pid, wall)
+            last = shakes.get(pid)
+            dead = (last is None and wall - up_since > TUNNEL_GRACE_S) or \
+                   (last is not None and wall - last > 180.0 + TUNNEL_GRACE_S)
+            if dead and pid not in self._tunnel_dead:
+                self._tunnel_dead.add(pid)
+                changed = True
+                log.warning("path %s: probes pass but tunnel %s has no WireGuard session; routing around it",
+                            pid, p.ifname)
+                self._publish({"kind": "TunnelDown", "at": wall, "path_id": pid, "interface": p.ifname,
+                               "latest_handshake": last})
+                self.router.update_path(pid, now, status=PathStatus.DOWN)
+            elif not dead and pid in self._tunnel_dead:
+                self._tunnel_dead.discard(pid)
+                changed = True
+                self._publish({"kind": "TunnelUp", "at": wall, "path_id": pid, "interface": p.ifname,
+                               "latest_handshake": last})
+                self.router.update_path(pid, now, status=self.monitor.status(pid),
+                                        metrics=self.monitor.metrics(pid, now))
+            if pid in self._tunnel_dead and self.loop is not None:
+                self.loop.run_in_executor(self.kernel, self._nudge, p)
+        if changed:
+            self._pump(now)
+
+    def _nudge(self, plan: PathPlan) -> None:
+        with contextlib.suppress(Exception):
+            self.wg.kick(plan.ifname, self.cfg.wg_keepalive_s)
 
     def _record_metrics(self, now: float) -> None:
         if self.store is None:
@@ -816,6 +888,12 @@ def lb_buckets(mode: LoadBalance, tier: list[tuple[PathId, float, float]], n: in
             out += [pid] * c
         return out
     return [tier[b % len(tier)][0] for b in range(n)]
+
+
+def _suspect_metrics(m: PathMetrics) -> PathMetrics:
+    """What the router sees of a path suspected by fate sharing: Degraded and scored as lossy, so it
+    ranks below every path not suspected, even other Degraded ones, until it answers a probe."""
+    return m.with_(loss_pct=100.0, score=0.0)
 
 
 def _finite(x: float | None) -> float | None:

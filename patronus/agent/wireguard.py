@@ -624,6 +624,18 @@ class WireGuardManager:
             return keys
         return _run(["wg", "show", ifname, "peers"], f"{ifname}: listing peers").split()
 
+    def kick(self, ifname: str, keepalive_s: int = 5) -> None:
+        """Make the tunnel start a fresh handshake now (setting a keepalive interval from off does)."""
+        validate_ifname(ifname)
+        for peer in self._peer_keys(ifname):
+            if self.backend == "kernel":
+                with WireGuard() as wg:
+                    wg.set(ifname, peer={"public_key": peer, "persistent_keepalive": 0})
+                    wg.set(ifname, peer={"public_key": peer, "persistent_keepalive": keepalive_s})
+            else:
+                for value in ("off", str(keepalive_s or 5)):
+                    _run(["wg", "set", ifname, "peer", peer, "persistent-keepalive", value], f"{ifname}: kick")
+
     def update_peer_endpoint(self, ifname: str, host: str, port: int) -> None:
         """Point the interface's (single) peer at `host:port`."""
         errors = _check_host(host, "host") + _check_port(port, "port", allow_zero=False)

@@ -397,3 +397,29 @@ def test_load_balancing_policy_spreads_new_flows_over_its_tier(lab: TwoSiteLab, 
             assert max(counts.values()) <= 12, counts
     finally:
         httpx.delete(hq.api + f"/policies/lb-{mode}", headers=H, timeout=5)
+
+
+def test_a_path_whose_tunnel_cannot_handshake_is_routed_around(tmp_path: Path) -> None:
+    """Probes pass (UDP 862) but WireGuard's ports are blocked in the core: without a session the
+    path would black-hole what is steered onto it, so the agent treats it as Down."""
+    lab = TwoSiteLab.fresh(tmp_path).build()
+    core = lab.ns("core")
+    # the tunnels' ports: port_base (40000) + peer site id · 16 + uplink numbers
+    ranges = ", ".join(f"{40000 + s.id * 16}-{40000 + s.id * 16 + 15}" for s in lab.sites.values())
+    block = ("table inet ptlab_wg {\n chain f {\n  type filter hook forward priority 0;\n"
+             f"  udp dport {{ {ranges} }} drop\n }}\n}}\n")
+    try:
+        subprocess.run(["ip", "netns", "exec", core, "nft", "-f", "-"], input=block, text=True, check=True)
+        for s in ("hq", "br"):
+            lab.start_agent(s)
+        wait_for(lambda: lab.all_up("hq"), 30, "probes pass on every path")
+
+        def kinds(kind: str) -> set[str]:
+            return {e["path_id"] for e in lab.api("hq", "/events?limit=500") if e["kind"] == kind}
+        down = wait_for(lambda: len(kinds("TunnelDown")) == 4 and kinds("TunnelDown"), 40,
+                        "TunnelDown for every path")
+        assert down == set(lab.paths("hq"))
+        subprocess.run(["ip", "netns", "exec", core, "nft", "delete", "table", "inet", "ptlab_wg"], check=True)
+        wait_for(lambda: len(kinds("TunnelUp")) == 4, 30, "TunnelUp once handshakes go through")
+    finally:
+        lab.teardown()
