@@ -27,6 +27,8 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v iperf3 >/dev/null 2>&1 || missing+=(iperf3)
 # the test-bed: Mininet (Debian's, without Open vSwitch: sites are joined by direct links)
 [ -d /usr/lib/python3/dist-packages/mininet ] && command -v mnexec >/dev/null 2>&1 || missing+=(mininet)
+# ethtool: the test-bed turns veth offloads off on impaired links (the relay must see wire packets)
+command -v ethtool >/dev/null 2>&1 || missing+=(ethtool)
 
 if ((${#missing[@]})); then
   if ! command -v apt-get >/dev/null 2>&1; then
