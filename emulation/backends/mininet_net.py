@@ -25,6 +25,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import re
 import secrets
 import subprocess
 from collections.abc import Sequence
@@ -250,10 +251,18 @@ def clean(run: str | None = None) -> list[str]:
                 removed.append(f"process {pid} in {name}")
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
         removed.append(f"namespace {name}")
+    # wireguard-go control sockets whose process is gone (killed with its namespace): stale, and in
+    # the way of the next run's interface of the same name
+    from patronus.agent.wireguard import SOCKET_DIR, _socket_live
+
+    for sock in sorted(Path(SOCKET_DIR).glob("pt*p*.sock")):
+        if not _socket_live(sock):
+            sock.unlink(missing_ok=True)
+            removed.append(f"stale socket {sock}")
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     for line in links.splitlines():
         ifname = line.split(":")[1].strip().split("@")[0]
-        if ifname.startswith(f"pt{run or ''}") and "m" in ifname[2:]:
+        if re.fullmatch(rf"pt{run or '[0-9a-f]{4}'}m\d+", ifname):
             subprocess.run(["ip", "link", "del", ifname], capture_output=True)
             removed.append(f"link {ifname}")
     return removed

@@ -215,7 +215,7 @@ class Agent:
                                   fwmark=plan.uplink.mark, mtu=cfg.wg_mtu, peer_public_key=remote.public_key,
                                   peer_endpoint=(plan.endpoint.address, plan.peer_port),
                                   allowed_ips=tuple(remote.prefixes), keepalive_s=cfg.wg_keepalive_s,
-                                  owner=cfg.owner)
+                                  owner=cfg.owner, initiate=cfg.id < remote.id)
                 await self._k(self.wg.create, spec)
                 self._undo.append((f"tunnel {plan.ifname}", functools.partial(self.wg.delete, plan.ifname)))
         if self.steering is not None:
@@ -637,7 +637,8 @@ class Agent:
                                "latest_handshake": last})
                 self.router.update_path(pid, now, status=self.monitor.status(pid),
                                         metrics=self.monitor.metrics(pid, now))
-            if pid in self._tunnel_dead and self.loop is not None:
+            # nudged from one end only (the lower site id), for the reason in WireGuardManager.create
+            if pid in self._tunnel_dead and self.loop is not None and self.cfg.id < self.cfg.remote(p.remote).id:
                 self.loop.run_in_executor(self.kernel, self._nudge, p)
         if changed:
             self._pump(now)

@@ -143,6 +143,7 @@ class TunnelSpec:
     allowed_ips: tuple[str, ...]
     keepalive_s: int = 0  # 0: off
     owner: str  # stored as the interface's ifalias, e.g. "patronus:s1"
+    initiate: bool = True  # start the first handshake at once (one end of a pair only: see below)
 
     def __post_init__(self) -> None:
         errors: Problems = []
@@ -564,10 +565,13 @@ class WireGuardManager:
                 ipr.link("set", index=_link_index(ipr, ifname), ifalias=spec.owner)
                 _run(wg_set_argv(spec), f"{ifname}: configuring", input_text=spec.private_key + "\n")
                 self._finish_link(ipr, spec)
-            if spec.keepalive_s:
+            if spec.keepalive_s and spec.initiate:
                 # wireguard-go sends the first keepalive (and so the first handshake) when the interval
                 # is set on an interface that is up; set before the link was up, it waits for traffic.
                 # Setting it again now warms the tunnel at once, so a failover never waits a handshake.
+                # Only one end does this: two agents started together would otherwise send crossing
+                # initiations in step, each discarding the other's response, again and again on links
+                # whose RTT is longer than WireGuard's retry jitter.
                 for value in ("off", str(spec.keepalive_s)):     # only a change from off sends one
                     _run(["wg", "set", ifname, "peer", spec.peer_public_key, "persistent-keepalive", value],
                          f"{ifname}: keepalive")
