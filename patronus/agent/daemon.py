@@ -214,7 +214,12 @@ class Agent:
                 spec = TunnelSpec(ifname=plan.ifname, private_key=private, listen_port=plan.listen_port,
                                   fwmark=plan.uplink.mark, mtu=cfg.wg_mtu, peer_public_key=remote.public_key,
                                   peer_endpoint=(plan.endpoint.address, plan.peer_port),
-                                  allowed_ips=tuple(remote.prefixes), keepalive_s=cfg.wg_keepalive_s,
+                                  allowed_ips=tuple(remote.prefixes),
+                                  # One end of each tunnel (the lower site id) initiates and keeps it
+                                  # warm; if both did, their keepalive timers (set at the same moment
+                                  # by agents started together) would make their handshake initiations
+                                  # cross every time, each end discarding the other's response.
+                                  keepalive_s=cfg.wg_keepalive_s if cfg.id < remote.id else 0,
                                   owner=cfg.owner, initiate=cfg.id < remote.id)
                 await self._k(self.wg.create, spec)
                 self._undo.append((f"tunnel {plan.ifname}", functools.partial(self.wg.delete, plan.ifname)))
@@ -496,8 +501,9 @@ class Agent:
                 self._publish(self._event_dict(ev))
                 if ev.new is PathStatus.DOWN:
                     self._suspect.pop(ev.path_id, None)
-                    router.handle(ev)
+                    # siblings first, so the flows leaving this path do not land on one of them
                     self._suspect_siblings(ev.path_id, ev.at, now)
+                    router.handle(ev)
                     continue
                 if ev.path_id in self._tunnel_dead:
                     ev = replace(ev, new=PathStatus.DOWN)

@@ -663,7 +663,10 @@ class Router:
             if to is None or to.status is not _UP:
                 continue
             if reason is FailoverReason.BELOW_THRESHOLD:
-                if thr is not None and to.metrics.score < thr and to.metrics.score <= m.score:
+                # a target also below the threshold must be clearly better (min_improvement), or flows
+                # ping-pong between two poor paths whose scores take turns being higher
+                if thr is not None and to.metrics.score < thr \
+                        and to.metrics.score < m.score + self.config.min_improvement:
                     continue
             elif p.requirements is not None and not p.requirements.met_by(to.metrics):
                 continue
