@@ -225,6 +225,26 @@ class Runner:
                 raise RunError(f"paths not all Up after {timeout_s:g} s at: {', '.join(sorted(pending))}")
             time.sleep(0.1)      # polling the agents' API for a condition, with a deadline
 
+    def wait_tunnels(self, timeout_s: float) -> None:
+        """Every WireGuard tunnel of every agent has completed a handshake (a run measures failovers,
+        not the first handshake of a backup tunnel nobody had used yet)."""
+        assert self.net is not None
+        deadline = time.monotonic() + timeout_s
+        pending = dict(self.site_ids)
+        while pending:
+            for site, sid in list(pending.items()):
+                out = subprocess.run(["ip", "netns", "exec", self._ns(self.net.sites[site].router), "wg", "show",
+                                      "all", "latest-handshakes"], capture_output=True, text=True).stdout
+                stamps = [int(line.split()[-1]) for line in out.splitlines() if line.startswith(f"pt{sid}p")]
+                if stamps and all(t > 0 for t in stamps):
+                    del pending[site]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise RunError(f"WireGuard tunnels without a handshake after {timeout_s:g} s at: "
+                               f"{', '.join(sorted(pending))}")
+            time.sleep(0.2)      # polling the tunnels for a condition, with a deadline
+
     def stop_agents(self) -> None:
         for p in self.agents.values():
             if p.poll() is None:
@@ -541,7 +561,8 @@ class Runner:
             agents = {s.name: s.agent.to_dict() for s in self.sc.sites}
             self.start_agents(agents, {s.name: list(self.sc.remotes_of(s.name)) for s in self.sc.sites})
             self.wait_ready(90)
-            self.progress("agents ready; starting traffic")
+            self.wait_tunnels(60)
+            self.progress("agents ready, every tunnel up; starting traffic")
             self.start_receivers()
             sampler = Sampler({s: f"http://{n.mgmt_ip}:8470/api/v1" for s, n in self.net.sites.items()}, self.token)
             sampler.start()
