@@ -22,9 +22,12 @@ typecheck: setup
 unit: setup
 	$(PY) -m pytest -m "unit or property"
 
-## demo: the main job, end to end
+## demo: the main job, end to end: failover-basic on real agents in namespaces (needs root), with its report
 demo: setup
-	$(VENV)/bin/patronus demo
+	@if [ "$$(id -u)" != 0 ]; then echo "make demo runs real agents in network namespaces: run it as root (sudo make demo)," \
+	  "or try the virtual-time demo: $(VENV)/bin/patronus demo" >&2; exit 2; fi
+	$(VENV)/bin/patronus-lab run scenarios/failover-basic.yaml --out reports/demo/failover-basic
+	@echo "report: reports/demo/failover-basic/report.html (also report.md, summary.json, junit.xml, plots/)"
 
 ## bench: benchmarks, one JSON per benchmark under reports/bench/
 bench: setup
