@@ -662,6 +662,12 @@ class Router:
             to = self._choose(p, f.site, f.key, exclude=e)
             if to is None or to.status is not _UP:
                 continue
+            # Going back to the path it failed away from is a failback, whatever the trigger: it waits
+            # for the failback hold (else a flapping origin pulls its flows back at every "up", the
+            # very thing the hold is for).
+            if f.origin is not None and to.path.id == f.origin != e.path.id and \
+                    (f.ok_since is None or now - f.ok_since < self.config.failback_hold_s):
+                continue
             if reason is FailoverReason.BELOW_THRESHOLD:
                 # a target also below the threshold must be clearly better (min_improvement), or flows
                 # ping-pong between two poor paths whose scores take turns being higher
