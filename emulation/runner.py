@@ -67,15 +67,6 @@ class FlowPlan:
         return self.type in ("udp_cbr", "voip", "video")
 
 
-@dataclass
-class Event:
-    at_s: float
-    action: str
-    target: str
-    params: dict[str, Any]
-    apply: Callable[[], int | None]          # returns the ns time the change took effect (or None: now)
-
-
 class Sampler(threading.Thread):
     """Polls every agent's /paths (and, at the end, /events) from the host over the management links."""
 

@@ -216,12 +216,6 @@ class MininetNet:
             subprocess.run(["ip", "link", "set", f"pt{self.run}m{k}", "up"], check=True, capture_output=True)
             ns_run(rns, ["ip", "link", "set", "mgmt0", "up"])
 
-    # -- faults without impairment backends (link state) ---------------------------------------
-
-    def set_core_link(self, site: str, uplink: str, up: bool) -> None:
-        k = self.sites[site].number
-        ns_run(self.ns(self.core), ["ip", "link", "set", f"s{k}-{uplink}", "up" if up else "down"])
-
     # -- teardown ----------------------------------------------------------------------------------
 
     def teardown(self) -> None:
@@ -271,7 +265,3 @@ def clean(run: str | None = None) -> list[str]:
 def new_run_id() -> str:
     return secrets.token_hex(2)
 
-
-def workdir_for(out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    return out

@@ -518,8 +518,6 @@ class Agent:
                 elif ev.path_id in self._suspect and ev.status is not PathStatus.DOWN:
                     ev = replace(ev, status=PathStatus.DEGRADED, metrics=_suspect_metrics(ev.metrics))
             router.handle(ev)
-        if status_changed:
-            self._sync_slots(now)
         d = router.next_deadline()
         if d is not None and d <= now:
             router.on_timer(now)
@@ -801,13 +799,6 @@ class Agent:
         if all(p.name != name for p in current):
             raise KeyError(name)
         self._apply_policies([p for p in current if p.name != name])
-
-    def replace_policies(self, policies: list[RoutingPolicy]) -> None:
-        names = [p.name for p in policies]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ConfigError([(f"policies.{n}", "duplicate policy name") for n in dup])
-        self._apply_policies(policies)
 
     def list_flows(self) -> list[dict[str, Any]]:
         names = self._policy_names()

@@ -171,14 +171,6 @@ class Prober:
             s.counters.replies += 1
             self.on_reply(s.plan.id, p.seq, p.t_send_ns / 1e9, now)
 
-    # -- reporting -------------------------------------------------------------------------------
-
-    def rejected_total(self) -> Counter[str]:
-        total: Counter[str] = Counter()
-        for s in self.senders.values():
-            total.update(s.counters.rejected)
-        return total
-
 
 class ReflectorProcess:
     """The reflector child process (`python -m patronus.agent.reflector`) and its latest counters."""
