@@ -37,7 +37,6 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path as FsPath
 from typing import Any, TypeVar
 
@@ -63,14 +62,11 @@ from patronus.core.events import (
     FlowAssigned,
     FlowExpired,
     FlowStranded,
-    PathMetricsUpdated,
     PathStatusChanged,
-    SendProbe,
 )
-from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, PathMetrics, PathStatus, Site, SiteId
-from patronus.core.monitor import PathMonitor
+from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, PathStatus, Site, SiteId
 from patronus.core.policy import LoadBalance, RoutingPolicy
-from patronus.core.router import Router
+from patronus.core.site import SiteLogic
 from patronus.core.sla import SlaMonitor
 
 log = logging.getLogger("patronus.agent")
@@ -113,9 +109,10 @@ class Agent:
         self.reflector: ReflectorProcess | None = None
         self.public_key = ""
         self.token = ""
-        self.monitor = PathMonitor(cfg.monitor)
-        self.router = Router(cfg.router, ())
-        self.sla = SlaMonitor(cfg.sla)
+        self.logic = SiteLogic(cfg.name, cfg.monitor, cfg.router, SlaMonitor(cfg.sla), ())
+        self.monitor = self.logic.monitor
+        self.router = self.logic.router
+        self.sla = self.logic.sla
         self._undo: list[tuple[str, Callable[[], Any]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -123,7 +120,6 @@ class Agent:
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._events: deque[dict[str, Any]] = deque(maxlen=_EVENT_BUFFER)
         self._status_since: dict[PathId, float] = {}
-        self._timeouts_seen: dict[PathId, int] = {}
         self._policy_no: dict[str, int] = {}
         self._slots: dict[int, FlowKey] = {}             # slot mark -> router flow
         self._slot_of: dict[FlowKey, int] = {}
@@ -135,8 +131,6 @@ class Agent:
         self._plans = {p.id: p for p in cfg.paths}
         self._remote_no = {r.name: i + 1 for i, r in enumerate(cfg.remotes)}
         self._stopping = False
-        self._suspect: dict[PathId, float] = {}      # path -> when a sibling failed (fate sharing)
-        self._tunnel_dead: set[PathId] = set()       # Up by probes, but no working WireGuard session
         self._up_since_wall: dict[PathId, float] = {}
         self._tunnel_checked = 0.0
 
@@ -239,12 +233,10 @@ class Agent:
         # core
         now = time.monotonic()
         for path in cfg.core_paths():
-            self.monitor.add_path(path.id, now, cost_per_gb=path.cost_per_gb,
-                                  bandwidth_mbps=path.bandwidth_mbps or 0.0)
-            self.router.add_path(path, now, PathStatus.DOWN)
+            self.logic.add_path(path, now)
             self._status_since[path.id] = self.wall(now)
         for r in cfg.remotes:
-            self.router.set_site_prefixes(SiteId(r.name), r.prefixes)
+            self.logic.set_site_prefixes(r.name, r.prefixes)
         self._pump(now)
         self._tasks.append(loop.create_task(self._periodic(), name="patronus-periodic"))
         if cfg.pmtu:
@@ -446,33 +438,8 @@ class Agent:
     # -- the core loop -----------------------------------------------------------------------------
 
     def _on_probe_reply(self, path_id: PathId, seq: int, sent_at: float, now: float) -> None:
-        if self.monitor.on_probe_reply(path_id, seq, sent_at, now):
-            self.sla.record_probe(path_id, (now - sent_at) * 1000.0, now)
-        since = self._suspect.get(path_id)
-        if since is not None and sent_at > since:
-            # a probe sent after its sibling failed came back: this path is fine after all
-            del self._suspect[path_id]
-            self.router.update_path(path_id, now, status=self.monitor.status(path_id),
-                                    metrics=self.monitor.metrics(path_id, now))
+        self.logic.on_probe_reply(path_id, seq, sent_at, now)
         self._pump(now)
-
-    def _suspect_siblings(self, failed: PathId, at: float, now: float) -> None:
-        """Fate sharing: paths over the same local uplink as a path that just went Down probably failed
-        with it, but their own probes have not timed out yet. They
-        count as Degraded until a probe sent after the failure comes back (one RTT if they are fine), so
-        the flows leaving the failed path go to a path of another uplink at once, not to a sibling
-        that is about to fail too (which would double the failover gap)."""
-        plan = self._plans[failed]
-        for sib in self.cfg.paths:
-            if sib.id == failed or self.monitor.status(sib.id) is PathStatus.DOWN:
-                continue
-            # Only the local uplink: that is the failure a site sees most and the one suspicion pays
-            # for. Suspecting the paths to the same remote endpoint too sent flows to a worse path
-            # when the local uplink was the one cut (the test-bed's failover-basic showed it).
-            if sib.uplink.name == plan.uplink.name and sib.id not in self._suspect:
-                self._suspect[sib.id] = at
-                self.router.update_path(sib.id, now, status=PathStatus.DEGRADED,
-                                        metrics=_suspect_metrics(self.monitor.metrics(sib.id, now)))
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -487,41 +454,14 @@ class Agent:
         """Feed timers and events through monitor → router → kernel until quiet, then re-arm."""
         if self._stopping:
             return
-        mon, router, sla = self.monitor, self.router, self.sla
-        mon.on_timer(now)
-        status_changed = False
-        metrics_changed = False
-        for ev in mon.drain_events():
-            if isinstance(ev, SendProbe):
-                if self.prober is not None:
-                    self.prober.send(ev.path_id, ev.seq)
-                continue
-            if isinstance(ev, PathStatusChanged):
-                status_changed = True
-                self._status_since[ev.path_id] = self.wall(ev.at)
-                self._publish(self._event_dict(ev))
-                if ev.new is PathStatus.DOWN:
-                    self._suspect.pop(ev.path_id, None)
-                    # siblings first, so the flows leaving this path do not land on one of them
-                    self._suspect_siblings(ev.path_id, ev.at, now)
-                    router.handle(ev)
-                    continue
-                if ev.path_id in self._tunnel_dead:
-                    ev = replace(ev, new=PathStatus.DOWN)
-                elif ev.path_id in self._suspect:
-                    ev = replace(ev, new=PathStatus.DEGRADED)
-            elif isinstance(ev, PathMetricsUpdated):
-                metrics_changed = True
-                self._count_timeouts(ev.path_id, now)
-                if ev.path_id in self._tunnel_dead:
-                    ev = replace(ev, status=PathStatus.DOWN)
-                elif ev.path_id in self._suspect and ev.status is not PathStatus.DOWN:
-                    ev = replace(ev, status=PathStatus.DEGRADED, metrics=_suspect_metrics(ev.metrics))
-            router.handle(ev)
-        d = router.next_deadline()
-        if d is not None and d <= now:
-            router.on_timer(now)
-        rev = router.drain_events()
+        step = self.logic.pump(now)
+        if self.prober is not None:
+            for probe in step.probes:
+                self.prober.send(probe.path_id, probe.seq)
+        for sc in step.status:
+            self._status_since[sc.path_id] = self.wall(sc.at)
+            self._publish(self._event_dict(sc))
+        rev = step.router
         for ev in rev:
             if isinstance(ev, FailoverTriggered):
                 self._failovers[ev.reason.value] += 1
@@ -531,12 +471,10 @@ class Agent:
             if isinstance(ev, FlowAssigned) and ev.flow in self._slot_of:
                 continue
             self._publish(self._event_dict(ev))
-        d = sla.next_deadline()
-        if d is not None and d <= now:
-            sla.on_timer(now)
-        for ev in sla.drain_events():
-            self._publish(self._event_dict(ev))
-        if rev or status_changed or metrics_changed:
+        for sev in step.sla:
+            self._publish(self._event_dict(sev))
+        status_changed = bool(step.status)
+        if step.routing_changed:
             try:
                 self._sync_kernel(rev)
             except Exception as exc:     # a refused kernel update must not kill the agent
@@ -548,20 +486,11 @@ class Agent:
                 self._store_events(stored)
         self._arm()
 
-    def _count_timeouts(self, path_id: PathId, now: float) -> None:
-        c = self.monitor.counters(path_id)
-        seen = self._timeouts_seen.get(path_id, 0)
-        for _ in range(min(c.timed_out - seen, 100)):
-            self.sla.record_probe(path_id, None, now)
-        self._timeouts_seen[path_id] = c.timed_out
-
     def _arm(self) -> None:
         assert self.loop is not None
-        ds = [d for d in (self.monitor.next_deadline(), self.router.next_deadline(), self.sla.next_deadline())
-              if d is not None]
-        if not ds:
+        when = self.logic.next_deadline()
+        if when is None:
             return
-        when = min(ds)
         if self._timer is not None:
             if self._timer_at is not None and self._timer_at <= when:
                 return
@@ -620,30 +549,26 @@ class Agent:
             pid = p.id
             if self.monitor.status(pid) is PathStatus.DOWN:
                 self._up_since_wall.pop(pid, None)
-                if pid in self._tunnel_dead:
-                    self._tunnel_dead.discard(pid)
+                self.logic.set_tunnel_dead(pid, False, now)
                 continue
             up_since = self._up_since_wall.setdefault(pid, wall)
             last = shakes.get(pid)
             dead = (last is None and wall - up_since > TUNNEL_GRACE_S) or \
                    (last is not None and wall - last > 180.0 + TUNNEL_GRACE_S)
-            if dead and pid not in self._tunnel_dead:
-                self._tunnel_dead.add(pid)
+            if dead and not self.logic.tunnel_dead(pid):
+                self.logic.set_tunnel_dead(pid, True, now)
                 changed = True
                 log.warning("path %s: probes pass but tunnel %s has no WireGuard session; routing around it",
                             pid, p.ifname)
                 self._publish({"kind": "TunnelDown", "at": wall, "path_id": pid, "interface": p.ifname,
                                "latest_handshake": last})
-                self.router.update_path(pid, now, status=PathStatus.DOWN)
-            elif not dead and pid in self._tunnel_dead:
-                self._tunnel_dead.discard(pid)
+            elif not dead and self.logic.tunnel_dead(pid):
+                self.logic.set_tunnel_dead(pid, False, now)
                 changed = True
                 self._publish({"kind": "TunnelUp", "at": wall, "path_id": pid, "interface": p.ifname,
                                "latest_handshake": last})
-                self.router.update_path(pid, now, status=self.monitor.status(pid),
-                                        metrics=self.monitor.metrics(pid, now))
             # nudged from one end only (the lower site id), for the reason in WireGuardManager.create
-            if pid in self._tunnel_dead and self.loop is not None and self.cfg.id < self.cfg.remote(p.remote).id:
+            if self.logic.tunnel_dead(pid) and self.loop is not None and self.cfg.id < self.cfg.remote(p.remote).id:
                 self.loop.run_in_executor(self.kernel, self._nudge, p)
         if changed:
             self._pump(now)
@@ -887,12 +812,6 @@ def lb_buckets(mode: LoadBalance, tier: list[tuple[PathId, float, float]], n: in
             out += [pid] * c
         return out
     return [tier[b % len(tier)][0] for b in range(n)]
-
-
-def _suspect_metrics(m: PathMetrics) -> PathMetrics:
-    """What the router sees of a path suspected by fate sharing: Degraded and scored as lossy, so it
-    ranks below every path not suspected, even other Degraded ones, until it answers a probe."""
-    return m.with_(loss_pct=100.0, score=0.0)
 
 
 def _finite(x: float | None) -> float | None:

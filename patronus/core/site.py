@@ -1,0 +1,206 @@
+"""One site's decision logic: path monitor → router → SLA, with fate sharing and dead tunnels.
+
+This is what every driver runs for a site: the agent (asyncio, real probes and kernel steering) and
+the simulator (simpy, modelled probes and packets). It owns the three core objects and the two
+rules that sit between the monitor's verdicts and the router's view of a path:
+
+* **Fate sharing.** When a path goes Down, the other paths over the same local uplink probably
+  failed with it, but their own probes have not timed out yet. They count as Degraded, scored as
+  lossy, until a probe sent after the failure comes back (one RTT if they are fine). So the flows
+  leaving the failed path go to a path over another uplink at once, not to a sibling that is about to
+  fail too (which would double the failover gap). Only the local uplink: that is the failure a site
+  sees most and the one suspicion pays for; suspecting the paths to the same remote endpoint as well
+  sent flows to a worse path when the local uplink was the one cut (the test-bed's failover-basic).
+* **Dead tunnels.** A path whose probes pass but whose tunnel carries nothing (the driver decides:
+  the agent from WireGuard handshakes) is Down for routing until the driver says it works again.
+
+Sans-IO like the rest of the core: feed replies with `on_probe_reply`, call `pump(now)` whenever
+`next_deadline()` is due or something was fed, and perform what it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from patronus.core.events import (
+    Event,
+    PathMetricsUpdated,
+    PathStatusChanged,
+    SendProbe,
+)
+from patronus.core.model import Path, PathId, PathMetrics, PathStatus, SiteId
+from patronus.core.monitor import MonitorProfile, PathMonitor
+from patronus.core.policy import RoutingPolicy
+from patronus.core.router import Router, RouterConfig
+from patronus.core.sla import SlaMonitor
+
+_MAX_TIMEOUTS_PER_STEP = 100    # SLA samples recorded for timeouts found in one step (after a long pause)
+
+
+@dataclass(slots=True)
+class Step:
+    """What one `pump` produced, in the order it happened."""
+
+    probes: list[SendProbe] = field(default_factory=list)
+    status: list[PathStatusChanged] = field(default_factory=list)   # the monitor's verdicts, as made
+    router: list[Event] = field(default_factory=list)               # FlowAssigned, FailoverTriggered, ...
+    sla: list[Event] = field(default_factory=list)                  # SlaViolated, SlaRestored
+    metrics_changed: bool = False
+
+    @property
+    def routing_changed(self) -> bool:
+        """True when the kernel's (or the model's) view of paths or flows may need an update."""
+        return bool(self.router or self.status or self.metrics_changed)
+
+
+def suspect_metrics(m: PathMetrics) -> PathMetrics:
+    """What the router sees of a path suspected by fate sharing: scored as lossy, so it ranks below
+    every path not suspected, even other Degraded ones, until it answers a probe."""
+    return m.with_(loss_pct=100.0, score=0.0)
+
+
+def uplink_of(path: Path) -> str:
+    """The local uplink a path leaves by: its source endpoint is `site:uplink`."""
+    return str(path.src_endpoint).rpartition(":")[2]
+
+
+class SiteLogic:
+    def __init__(self, site: str, profile: MonitorProfile | None = None, router: RouterConfig | None = None,
+                 sla: SlaMonitor | None = None, policies: Iterable[RoutingPolicy] | None = None) -> None:
+        self.site = site
+        self.monitor = PathMonitor(profile)
+        self.router = Router(router, policies)
+        self.sla = sla if sla is not None else SlaMonitor()
+        self._uplink: dict[PathId, str] = {}
+        self._suspect: dict[PathId, float] = {}      # path -> when a sibling failed
+        self._tunnel_dead: set[PathId] = set()
+        self._timeouts_seen: dict[PathId, int] = {}
+
+    # -- paths -------------------------------------------------------------------------------------
+
+    def add_path(self, path: Path, now: float) -> None:
+        self.monitor.add_path(path.id, now, cost_per_gb=path.cost_per_gb,
+                              bandwidth_mbps=path.bandwidth_mbps or 0.0)
+        self.router.add_path(path, now, PathStatus.DOWN)
+        self._uplink[path.id] = uplink_of(path)
+
+    def set_site_prefixes(self, site: str, prefixes: Iterable[str]) -> None:
+        self.router.set_site_prefixes(SiteId(site), prefixes)
+
+    @property
+    def path_ids(self) -> list[PathId]:
+        return list(self._uplink)
+
+    def status(self, path_id: PathId) -> PathStatus:
+        """The status routing uses: the monitor's, unless the tunnel is dead (Down) or the path is
+        suspected by fate sharing (Degraded)."""
+        st = self.monitor.status(path_id)
+        if path_id in self._tunnel_dead:
+            return PathStatus.DOWN
+        if path_id in self._suspect and st is not PathStatus.DOWN:
+            return PathStatus.DEGRADED
+        return st
+
+    def suspected(self, path_id: PathId) -> bool:
+        return path_id in self._suspect
+
+    def tunnel_dead(self, path_id: PathId) -> bool:
+        return path_id in self._tunnel_dead
+
+    # -- inputs ------------------------------------------------------------------------------------
+
+    def on_probe_reply(self, path_id: PathId, seq: int, sent_at: float, now: float) -> bool:
+        """A probe reply arrived at `now` (sent at `sent_at`, both on the driver's monotonic clock).
+        Returns False if the monitor did not take it (unknown, late, duplicate). Call `pump` after."""
+        took = self.monitor.on_probe_reply(path_id, seq, sent_at, now)
+        if took:
+            self.sla.record_probe(path_id, (now - sent_at) * 1000.0, now)
+        since = self._suspect.get(path_id)
+        if since is not None and sent_at > since:
+            # a probe sent after its sibling failed came back: this path is fine after all
+            del self._suspect[path_id]
+            self._update_router(path_id, now)
+        return took
+
+    def set_tunnel_dead(self, path_id: PathId, dead: bool, now: float) -> bool:
+        """Mark a path's tunnel dead (Down for routing) or alive again. Returns True if that changed
+        anything; call `pump` after."""
+        if dead == (path_id in self._tunnel_dead):
+            return False
+        if dead:
+            self._tunnel_dead.add(path_id)
+            self.router.update_path(path_id, now, status=PathStatus.DOWN)
+        else:
+            self._tunnel_dead.discard(path_id)
+            self._update_router(path_id, now)
+        return True
+
+    def _update_router(self, path_id: PathId, now: float) -> None:
+        m = self.monitor.metrics(path_id, now)
+        if path_id in self._suspect and self.monitor.status(path_id) is not PathStatus.DOWN:
+            m = suspect_metrics(m)
+        self.router.update_path(path_id, now, status=self.status(path_id), metrics=m)
+
+    def _suspect_siblings(self, failed: PathId, at: float, now: float) -> None:
+        up = self._uplink[failed]
+        for pid, sib_up in self._uplink.items():
+            if pid == failed or sib_up != up or pid in self._suspect:
+                continue
+            if self.monitor.status(pid) is PathStatus.DOWN:
+                continue
+            self._suspect[pid] = at
+            self.router.update_path(pid, now, status=PathStatus.DEGRADED,
+                                    metrics=suspect_metrics(self.monitor.metrics(pid, now)))
+
+    # -- the step ----------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        ds = [d for d in (self.monitor.next_deadline(), self.router.next_deadline(), self.sla.next_deadline())
+              if d is not None]
+        return min(ds) if ds else None
+
+    def pump(self, now: float) -> Step:
+        """Fire what is due and feed the monitor's verdicts through the router and the SLA monitor."""
+        mon, router, sla = self.monitor, self.router, self.sla
+        step = Step()
+        mon.on_timer(now)
+        for ev in mon.drain_events():
+            if isinstance(ev, SendProbe):
+                step.probes.append(ev)
+                continue
+            if isinstance(ev, PathStatusChanged):
+                step.status.append(ev)
+                if ev.new is PathStatus.DOWN:
+                    self._suspect.pop(ev.path_id, None)
+                    # siblings first, so the flows leaving this path do not land on one of them
+                    self._suspect_siblings(ev.path_id, ev.at, now)
+                elif ev.path_id in self._tunnel_dead:
+                    ev = replace(ev, new=PathStatus.DOWN)
+                elif ev.path_id in self._suspect:
+                    ev = replace(ev, new=PathStatus.DEGRADED)
+            elif isinstance(ev, PathMetricsUpdated):
+                step.metrics_changed = True
+                self._count_timeouts(ev.path_id, now)
+                if ev.path_id in self._tunnel_dead:
+                    ev = replace(ev, status=PathStatus.DOWN)
+                elif ev.path_id in self._suspect and ev.status is not PathStatus.DOWN:
+                    ev = replace(ev, status=PathStatus.DEGRADED, metrics=suspect_metrics(ev.metrics))
+            router.handle(ev)
+        d = router.next_deadline()
+        if d is not None and d <= now:
+            router.on_timer(now)
+        step.router = router.drain_events()
+        d = sla.next_deadline()
+        if d is not None and d <= now:
+            sla.on_timer(now)
+        step.sla = sla.drain_events()
+        return step
+
+    def _count_timeouts(self, path_id: PathId, now: float) -> None:
+        """Every probe the monitor gave up on is a lost sample for the path's SLA."""
+        c = self.monitor.counters(path_id)
+        seen = self._timeouts_seen.get(path_id, 0)
+        for _ in range(min(c.timed_out - seen, _MAX_TIMEOUTS_PER_STEP)):
+            self.sla.record_probe(path_id, None, now)
+        self._timeouts_seen[path_id] = c.timed_out
