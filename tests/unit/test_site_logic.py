@@ -1,0 +1,108 @@
+"""Unit tests of patronus.core.site.SiteLogic: the monitor → router step every driver runs per site,
+with fate sharing between paths over one uplink and dead tunnels. Virtual time: a tiny network
+answers every probe after a fixed RTT unless its uplink is cut."""
+
+from __future__ import annotations
+
+import pytest
+
+from patronus.core.events import FailoverTriggered
+from patronus.core.model import EndpointId, FlowKey, Path, PathId, PathStatus, SiteId
+from patronus.core.monitor import PROFILES
+from patronus.core.site import SiteLogic, uplink_of
+
+pytestmark = pytest.mark.unit
+
+RTT = {"br:isp1-isp1": 0.020, "br:isp1-isp2": 0.120, "br:isp2-isp1": 0.150, "br:isp2-isp2": 0.180}
+
+
+def _path(pid: str) -> Path:
+    local, remote = pid.split(":")[1].split("-")
+    return Path(id=PathId(pid), src_site=SiteId("hq"), dst_site=SiteId("br"),
+                src_endpoint=EndpointId(f"hq:{local}"), dst_endpoint=EndpointId(f"br:{remote}"))
+
+
+class Net:
+    """Drives a SiteLogic like a driver would: probes come back after RTT unless their uplink is cut."""
+
+    def __init__(self) -> None:
+        self.logic = SiteLogic("hq", PROFILES["fast"])
+        self.now = 0.0
+        self.cut: set[str] = set()
+        self.rtt = dict(RTT)
+        self.inflight: list[tuple[float, PathId, int, float]] = []
+        self.events: list[object] = []
+        for pid in RTT:
+            self.logic.add_path(_path(pid), 0.0)
+        self.logic.set_site_prefixes("br", ["10.2.0.0/24"])
+
+    def run_until(self, t: float) -> None:
+        while True:
+            d = self.logic.next_deadline()
+            nxt = min([d if d is not None else t] + [a for a, *_ in self.inflight])
+            if nxt > t:
+                self.now = t
+                return
+            self.now = max(self.now, nxt)
+            due = [x for x in self.inflight if x[0] <= self.now]
+            self.inflight = [x for x in self.inflight if x[0] > self.now]
+            for _, pid, seq, sent in sorted(due):
+                self.logic.on_probe_reply(pid, seq, sent, self.now)
+            step = self.logic.pump(self.now)
+            self.events += step.status + step.router
+            for p in step.probes:
+                if uplink_of(_path(p.path_id)) not in self.cut:
+                    self.inflight.append((self.now + self.rtt[p.path_id], p.path_id, p.seq, self.now))
+
+
+def test_flows_leave_a_cut_uplink_for_the_other_uplink_not_a_sibling() -> None:
+    net = Net()
+    net.run_until(2.0)
+    assert all(net.logic.status(PathId(p)) is PathStatus.UP for p in RTT)
+    flow = FlowKey("10.1.0.2", "10.2.0.2", 4000, 5001, 17)
+    best = net.logic.router.select_path(flow, net.now)
+    assert best == PathId("br:isp1-isp1")
+    net.cut.add("isp1")
+    net.run_until(2.5)
+    moves = [e for e in net.events if isinstance(e, FailoverTriggered) and e.flow == flow]
+    # one move, straight to a path over isp2: the sibling br:isp1-isp2 was suspected at once
+    assert len(moves) == 1
+    assert uplink_of(_path(moves[0].to_path)) == "isp2"
+    assert net.logic.status(PathId("br:isp1-isp2")) is PathStatus.DOWN
+
+
+def test_a_suspected_sibling_that_answers_is_cleared() -> None:
+    net = Net()
+    net.run_until(2.0)
+    # one path's probes fail (its remote end), the sibling over the same uplink still works
+    net.rtt["br:isp1-isp1"] = 10.0      # replies come far too late: the path goes Down
+    sib = PathId("br:isp1-isp2")
+    seen_suspected = False
+    while net.logic.monitor.status(PathId("br:isp1-isp1")) is not PathStatus.DOWN:
+        net.run_until(net.now + 0.001)
+    seen_suspected = net.logic.suspected(sib)
+    assert seen_suspected and net.logic.status(sib) is PathStatus.DEGRADED
+    net.run_until(net.now + 0.2)
+    # cleared once a probe sent after the failure answered
+    assert not net.logic.suspected(sib)
+    assert net.logic.status(sib) is PathStatus.UP
+
+
+def test_dead_tunnel_is_down_for_routing_until_alive() -> None:
+    net = Net()
+    net.run_until(2.0)
+    flow = FlowKey("10.1.0.2", "10.2.0.2", 4000, 5001, 17)
+    assert net.logic.router.select_path(flow, net.now) == PathId("br:isp1-isp1")
+    assert net.logic.set_tunnel_dead(PathId("br:isp1-isp1"), True, net.now)
+    assert not net.logic.set_tunnel_dead(PathId("br:isp1-isp1"), True, net.now)   # no change
+    net.logic.pump(net.now)
+    assert net.logic.router.flow_path(flow) != PathId("br:isp1-isp1")
+    assert net.logic.status(PathId("br:isp1-isp1")) is PathStatus.DOWN
+    assert net.logic.monitor.status(PathId("br:isp1-isp1")) is PathStatus.UP   # probes still pass
+    net.run_until(3.0)
+    assert net.logic.status(PathId("br:isp1-isp1")) is PathStatus.DOWN         # stays down for routing
+    net.logic.set_tunnel_dead(PathId("br:isp1-isp1"), False, net.now)
+    assert net.logic.status(PathId("br:isp1-isp1")) is PathStatus.UP
+    # and the flow returns to it after the failback hold
+    net.run_until(net.now + net.logic.router.config.failback_hold_s + 1.0)
+    assert net.logic.router.flow_path(flow) == PathId("br:isp1-isp1")
