@@ -16,8 +16,11 @@ least 40 ms); a long RTT adds itself once, because a probe cannot be called lost
 could have arrived. The timeout follows the path's own jitter (4·rttvar), so a jittery path gets a
 longer detection time rather than false Downs; a fixed BFD-style detect timer (no reply for
 interval × multiplier) was tried and turned a jittery brownout into a "cut". A reply that comes
-after its probe timed out stays a loss in the window, but it ends the run of misses and teaches the
-RTT estimator the new RTT: a path whose RTT rises (a brownout) is slow, not dead. Only an RTT jump
+after its probe timed out ends the run of misses, teaches the RTT estimator the new RTT, and turns
+the loss recorded at the timeout back into an RTT sample while it is still in the window: the
+timeout is a liveness deadline, and a delayed probe is not a lost one. A path whose RTT rises (a
+brownout) is slow, not dead, and a healthy path on a busy host does not read a few-ms delay past its
+tight timeout as loss. Only an RTT jump
 larger than (multiplier − 1) × interval within one detection time can still look like a cut.
 
 While a path is alive its status follows the seed's quality rule over the probe window
@@ -163,7 +166,7 @@ class _PathState:
         self.profile = profile
         self.window = ProbeWindow(profile.window)
         self.outstanding: dict[int, tuple[float, float]] = {}   # seq -> (sent_at, deadline)
-        self.expired: dict[int, float] = {}                     # recently timed-out seq -> sent_at
+        self.expired: dict[int, tuple[float, tuple[int, int]]] = {}   # timed-out seq -> (sent_at, window serial)
         self.next_seq = start_seq
         self.next_send_at = now
         self.next_report_at = now + profile.report_interval_s
@@ -322,14 +325,20 @@ class PathMonitor:
             return False
         rec = st.outstanding.pop(seq, None)
         if rec is None:
-            sent = st.expired.pop(seq, None)
-            if sent is not None and now >= sent:
-                # A reply after its timeout: the probe stays lost in the window (too late to be useful
-                # traffic), but the path is evidently alive and slower than we thought, so the run of
-                # misses ends and the RTT estimator (hence the timeout) learns the new RTT.
+            exp = st.expired.pop(seq, None)
+            if exp is not None and now >= exp[0]:
+                # A reply after its timeout. The timeout is a liveness deadline (it makes a cut show
+                # within interval × multiplier), not a verdict on the probe: the probe was delayed,
+                # not lost. So the run of misses ends, the RTT estimator (hence the timeout) learns
+                # the new RTT, and the loss recorded at the timeout becomes this RTT in the window if
+                # it is still there. Otherwise a delay spike of a few ms past a tight adaptive timeout
+                # (a busy host, a queue) would read as loss and push a healthy path Down.
+                sent = exp[0]
                 st.late += 1
                 st.miss_run = 0
                 self._learn_rtt(st, now - sent)
+                if st.window.revise(exp[1], (now - sent) * 1000.0) and st.alive:
+                    self._judge(st, now)
             elif self._start_seq <= seq < st.next_seq:
                 st.late += 1          # duplicate, or a reply to a probe too old to remember
             else:
@@ -374,11 +383,12 @@ class PathMonitor:
         if st.outstanding:
             due = sorted((d, seq) for seq, (_, d) in st.outstanding.items() if d <= now)
             for _, seq in due:
-                st.expired[seq] = st.outstanding.pop(seq)[0]
-                if len(st.expired) > _EXPIRED_KEEP:
-                    del st.expired[next(iter(st.expired))]
+                sent_at = st.outstanding.pop(seq)[0]
                 st.timed_out += 1
                 self._outcome(st, None, now)
+                st.expired[seq] = (sent_at, st.window.last_serial)
+                if len(st.expired) > _EXPIRED_KEEP:
+                    del st.expired[next(iter(st.expired))]
         if st.next_send_at <= now:
             seq = st.next_seq
             st.next_seq += 1
@@ -419,8 +429,13 @@ class PathMonitor:
                     return
                 st.alive = True
                 w.keep_last(st.good_run if st.good_run < p.window else p.window)
-        if not st.alive:
-            return
+        if st.alive:
+            self._judge(st, now)
+
+    def _judge(self, st: _PathState, now: float) -> None:
+        """A live path's score and status from its window (the seed's quality rule)."""
+        w = st.window
+        p = st.profile
         loss = w.loss_pct
         score = quality_score(w.mean_ms, st.jitter_ms(), loss)
         st.score = score

@@ -70,8 +70,8 @@ class ProbeWindow:
     estimator (J += (|D| − J)/16 over consecutive RTTs) is kept alongside for callers that want it.
     """
 
-    __slots__ = ("_buf", "_i", "_n", "_nrecv", "_since_rebuild", "_sum", "_sumsq", "last_rtt_ms",
-                 "rfc3550_jitter_ms", "size")
+    __slots__ = ("_added", "_buf", "_i", "_n", "_nrecv", "_since_rebuild", "_sum", "_sumsq", "generation",
+                 "last_rtt_ms", "rfc3550_jitter_ms", "size")
 
     def __init__(self, size: int = 10) -> None:
         if size < 1:
@@ -84,6 +84,8 @@ class ProbeWindow:
         self._sum = 0.0
         self._sumsq = 0.0
         self._since_rebuild = 0
+        self._added = 0        # outcomes added since the window was (re)started: serial of the next one
+        self.generation = 0    # bumped by keep_last, which re-lays the buffer out
         self.last_rtt_ms: float | None = None
         self.rfc3550_jitter_ms = 0.0
 
@@ -113,9 +115,30 @@ class ProbeWindow:
             self.last_rtt_ms = rtt_ms
         i += 1
         self._i = 0 if i == self.size else i
+        self._added += 1
         self._since_rebuild += 1
         if self._since_rebuild >= 4096:
             self._rebuild()
+
+    @property
+    def last_serial(self) -> tuple[int, int]:
+        """(generation, serial) of the newest outcome: what `revise` needs to find it again."""
+        return self.generation, self._added - 1
+
+    def revise(self, serial: tuple[int, int], rtt_ms: float) -> bool:
+        """Turn a lost outcome, still in the window, into a received one with `rtt_ms` (its reply came
+        after all). Returns False when that outcome has left the window or was not a loss."""
+        gen, k = serial
+        if gen != self.generation or k < self._added - self._n or k >= self._added:
+            return False
+        slot = k % self.size
+        if self._buf[slot] is not None:
+            return False
+        self._buf[slot] = rtt_ms
+        self._nrecv += 1
+        self._sum += rtt_ms
+        self._sumsq += rtt_ms * rtt_ms
+        return True
 
     def _rebuild(self) -> None:
         got = [x for x in self.samples() if x is not None]
@@ -133,11 +156,12 @@ class ProbeWindow:
     def keep_last(self, k: int) -> None:
         """Forget all but the newest `k` outcomes (used when a dead path comes back)."""
         kept = self.samples()[-k:] if k > 0 else []
-        last, jit = self.last_rtt_ms, self.rfc3550_jitter_ms
+        last, jit, gen = self.last_rtt_ms, self.rfc3550_jitter_ms, self.generation
         self.__init__(self.size)  # type: ignore[misc]
         for x in kept:
             self.add(x)
         self.last_rtt_ms, self.rfc3550_jitter_ms = last, jit
+        self.generation = gen + 1
 
     @property
     def received(self) -> int:

@@ -492,18 +492,25 @@ def test_reply_after_timeout_is_late() -> None:
     net.run_until(deadline)                                    # the probe times out
     timed_out = mon.counters(P1).timed_out
     assert timed_out >= 1
-    before = snapshot(mon, net.now)
+    before = mon.metrics(P1, net.now)
+    assert before.loss_pct > 0.0
+    late_rtt_s = net.now + 0.001 - net.sent_at[(P1, pending.seq)]
     assert not mon.on_probe_reply(P1, pending.seq, None, net.now + 0.001)
     assert mon.counters(P1).late == 1
-    assert mon.counters(P1).timed_out == timed_out
-    assert snapshot(mon, net.now) == before        # still a loss in the window; no event
-    assert mon.drain_events() == []
+    assert mon.counters(P1).timed_out == timed_out     # the timeout happened; the counter says so
+    after = mon.metrics(P1, net.now)
+    # ... but in the window the probe was delayed, not lost: one loss fewer, one sample more, with its RTT
+    assert after.loss_pct == pytest.approx(before.loss_pct - 100.0 / after.samples)
+    n = after.samples
+    recv_before = round(n * (1 - before.loss_pct / 100))
+    assert after.latency_ms * (recv_before + 1) == pytest.approx(before.latency_ms * recv_before + late_rtt_s * 1000)
+    assert mon.status(P1) is PathStatus.UP
     # (a late reply only teaches the RTT estimator; a second copy is a plain duplicate)
     tau = mon.current_timeout_s(P1)
     assert not mon.on_probe_reply(P1, pending.seq, None, net.now + 0.002)
     assert mon.counters(P1).late == 2
     assert mon.current_timeout_s(P1) == tau
-    assert snapshot(mon, net.now) == before
+    assert mon.metrics(P1, net.now) == after
 
 
 def test_sent_at_from_the_probe_is_used_for_rtt() -> None:

@@ -342,3 +342,26 @@ def test_periodic_rebuild_removes_rounding_residue() -> None:
     got = [x for x in w.samples() if x is not None]
     assert w.stdev_ms == pytest.approx(statistics.pstdev(got), abs=1e-12)
     assert w.mean_ms == pytest.approx(statistics.fmean(got), abs=1e-12)
+
+
+def test_window_revise_turns_a_held_loss_into_a_sample_only() -> None:
+    w = ProbeWindow(4)
+    w.add(10.0)
+    w.add(None)
+    lost = w.last_serial
+    w.add(12.0)
+    assert w.loss_pct == pytest.approx(100 / 3)
+    assert w.revise(lost, 30.0)
+    assert w.loss_pct == 0.0 and w.mean_ms == pytest.approx(52 / 3)
+    assert not w.revise(lost, 30.0)                  # no longer a loss
+    w.add(None)
+    gone = w.last_serial
+    for _ in range(4):
+        w.add(11.0)                                  # the loss has left the window
+    assert not w.revise(gone, 30.0)
+    assert w.samples() == [11.0] * 4
+    w.add(None)
+    kept = w.last_serial
+    w.keep_last(2)                                   # re-laid out: old serials mean nothing now
+    assert not w.revise(kept, 30.0)
+    assert w.samples() == [11.0, None]
