@@ -41,6 +41,8 @@ from patronus.core.quality import ProbeWindow, quality_score, status_for
 from patronus.core.units import format_duration, parse_duration
 
 MIN_INTERVAL_S = 0.010
+UP_SCORE = 50.0           # quality.status_for: Degraded below this score
+UP_HYSTERESIS = 5.0       # a Degraded path is Up again at UP_SCORE + this
 _EXPIRED_KEEP = 64        # timed-out probes remembered so that their late replies can be recognised
 
 
@@ -142,7 +144,9 @@ class MonitorProfile:
 
 PROFILES: dict[str, MonitorProfile] = {
     "default": MonitorProfile(name="default", interval_s=1.0),
-    "fast": MonitorProfile(name="fast", interval_s=0.020, report_interval_s=0.5),
+    # 50 probes = the last second: the seed's 10 would judge loss and jitter over 200 ms, where one lost
+    # probe is 10 % loss and five (one short stall) take a path Down by the loss rule
+    "fast": MonitorProfile(name="fast", interval_s=0.020, window=50, report_interval_s=0.5),
 }
 
 
@@ -440,6 +444,8 @@ class PathMonitor:
         score = quality_score(w.mean_ms, st.jitter_ms(), loss)
         st.score = score
         new = status_for(score, loss)
+        if new is PathStatus.UP and st.status is PathStatus.DEGRADED and score < UP_SCORE + UP_HYSTERESIS:
+            new = PathStatus.DEGRADED   # back Up only clearly above the line: no Up/Degraded flutter at 50
         if st.status is PathStatus.DOWN and new is not PathStatus.DOWN and st.good_run < p.up_count:
             return   # hysteresis for every Down, also one the loss rule decided: no flapping around 50 %
         if new is not st.status:

@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from patronus.core.events import PathStatusChanged, SendProbe
 from patronus.core.model import PathId, PathStatus
-from patronus.core.monitor import MonitorProfile, PathMonitor
+from patronus.core.monitor import UP_HYSTERESIS, UP_SCORE, MonitorProfile, PathMonitor
 from patronus.core.quality import (
     ProbeWindow,
     jitter_score,
@@ -200,10 +200,15 @@ def test_liveness_and_hysteresis(profile: MonitorProfile, outcomes: list[float |
         # leaving Down (whatever put it there) needs `up_count` consecutive answers
         if status is DOWN and new is not DOWN:
             assert len(history) >= u and all(x is not None for x in history[-u:]), history
-        # while not Down, the status is the seed's rule over the window
+        # while not Down, the status is the seed's rule over the window, except that a Degraded path
+        # stays Degraded until its score clears the line by the hysteresis
         if new is not DOWN:
             met = mon.metrics(P, t)
-            assert new is status_for(met.score, met.loss_pct)
+            rule = status_for(met.score, met.loss_pct)
+            if status is DEGRADED and rule is UP and met.score < UP_SCORE + UP_HYSTERESIS:
+                assert new is DEGRADED
+            else:
+                assert new is rule
             assert met.score == pytest.approx(quality_score(met.latency_ms, met.jitter_ms, met.loss_pct))
         been_up = been_up or new is not DOWN
         status = new

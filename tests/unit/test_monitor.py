@@ -665,7 +665,7 @@ def fields_of(exc: pytest.ExceptionInfo[ConfigError]) -> list[str]:
 
 
 def test_builtin_profiles() -> None:
-    assert (FAST.interval_s, FAST.detect_multiplier, FAST.up_count, FAST.window) == (0.020, 3, 3, 10)
+    assert (FAST.interval_s, FAST.detect_multiplier, FAST.up_count, FAST.window) == (0.020, 3, 3, 50)
     assert (DEFAULT.interval_s, DEFAULT.detect_multiplier, DEFAULT.up_count, DEFAULT.window) == (1.0, 3, 3, 10)
     assert MonitorProfile() == DEFAULT
     assert PathMonitor().profile is DEFAULT
