@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,12 +84,18 @@ class Sampler(threading.Thread):
         self.h = {"Authorization": f"Bearer {token}"}
         self.period_s = period_s
         self.rows: list[list[Any]] = []
+        # (site, src_ip, dst_ip, protocol, dst_port) -> policy name -> times seen in the agent's flow table
+        self.policies: dict[tuple[str, str, str, int, int], Counter[str]] = {}
         self.stop_event = threading.Event()
         self.client = httpx.Client(headers=self.h, timeout=2.0)
 
     def run(self) -> None:
+        n = 0
         while not self.stop_event.is_set():
             t = time.time()
+            if n % max(1, round(1.0 / self.period_s)) == 0:
+                self.sample_flows()
+            n += 1
             for site, base in self.apis.items():
                 try:
                     ps = self.client.get(base + "/paths").json()
@@ -98,6 +105,22 @@ class Sampler(threading.Thread):
                     self.rows.append([site, p["id"], round(t, 4), p["status"], p["latency_ms"], p["jitter_ms"],
                                       p["loss_pct"], p["score"], p["probes_sent"], p["probes_timed_out"]])
             self.stop_event.wait(self.period_s)   # the sampling period, interruptible by stop()
+
+    def sample_flows(self) -> None:
+        """Which policy classified which connection, from each agent's flow table (about once a second)."""
+        for site, base in self.apis.items():
+            try:
+                fs = self.client.get(base + "/flows").json()
+            except (httpx.HTTPError, ValueError):
+                continue
+            for f in fs if isinstance(fs, list) else []:
+                with contextlib.suppress(KeyError, TypeError):
+                    key = (site, f["src_ip"], f["dst_ip"], int(f["protocol"]), int(f["dst_port"]))
+                    self.policies.setdefault(key, Counter())[str(f["policy"])] += 1
+
+    def policy_of(self, site: str, src_ip: str, dst_ip: str, protocol: int, dst_port: int) -> str | None:
+        seen = self.policies.get((site, src_ip, dst_ip, protocol, dst_port))
+        return seen.most_common(1)[0][0] if seen else None
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -451,7 +474,11 @@ class Runner:
             "seed": self.sc.seed, "started_at": self.started_at, "t0": self.t0, "duration_s": self.sc.duration_s,
             "flows": [{"name": f.name, "type": f.type, "class": f.cls, "src_site": f.src_site, "dst_site": f.dst_site,
                        "dst_port": f.dst_port, "rate_pps": f.rate * f.burst if f.udp else None,
-                       "start_s": f.start_s, "stop_s": f.stop_s, "sent": f.sent} for f in self.flows],
+                       "start_s": f.start_s, "stop_s": f.stop_s, "sent": f.sent,
+                       "policy": sampler.policy_of(f.src_site, self.net.sites[f.src_site].host_ip(f.src_host),
+                                                   self.net.sites[f.dst_site].host_ip(f.dst_host),
+                                                   17 if f.udp else 6, f.dst_port)}
+                      for f in self.flows],
             "links": links,
             "sla_targets": self.sla_targets(),
             "expectations": expectations,

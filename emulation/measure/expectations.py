@@ -15,7 +15,8 @@ whole run). `value` is in the unit of the parameter it is compared with:
                             else the class's; None without any target.
   path_changes    max (n)   value: with a flow, how many times its packets changed path in the
                             window (from the agent's FailoverTriggered/Failback of its slot when the
-                            packets name no paths); without, every FailoverTriggered/Failback (at
+                            packets name no paths: the slots of the flow's `policy` if run.json names
+                            it, else of the policy named like its class); without, every FailoverTriggered/Failback (at
                             `site`, if given). An optional `min` must be reached too.
   detect_time     max (s)   value: the slowest time to Down (ledger.detections' down_ms) of the cuts
                             and flap down edges in the window on `link` (every link if not given). One
@@ -134,7 +135,11 @@ def _agent_moves(run: RunData, lo_s: float, hi_s: float, site: str | None, flow:
     ev = ev[ev["kind"].isin(["FailoverTriggered", "Failback"]) & (ev["t_s"] >= lo_s) & (ev["t_s"] < hi_s)]
     if site is not None:
         ev = ev[ev["site"] == site]
-    if flow is not None:
+    if flow is not None and flow.policy is not None:
+        # the runner saw which policy classified the flow: its slots' moves are the flow's
+        ev = ev[(ev["site"] == flow.src_site) & (ev["policy"] == flow.policy) &
+                np.array([path_leads_to(str(x), flow.dst_site) for x in ev["from_path"]], dtype=bool)]
+    elif flow is not None:
         ev = ev[ev["site"] == flow.src_site]
         same_class = ev[ev["policy"] == flow.traffic_class]
         if not same_class.empty:

@@ -26,6 +26,8 @@ Details the analysis relies on:
   * timeline.csv: a flap is one row with `{"period_s"|"period", "count"[, "down_s"|"down"]}` or one row
     per edge with `{"state": "down"|"up"}`; a ramp is one row at its start (later steps, if logged, carry
     `{"step": k}`); `clear` is accepted beside the other actions.
+  * run.json `flows[].policy` (optional): the agent policy that classified the flow, as the runner saw it
+    in the agent's flow table; the slot events of that policy are then the flow's moves.
   * run.json `links[].paths`: path ids, or `site/path` (unambiguous with three sites or more); ids in the
     agent's `remote:local-remote_uplink` form need no entry at all (timeline.py).
   * `sla_targets` entries may also give `latency_percentile` (50, 95, 99) and use the agent's human form
@@ -94,6 +96,7 @@ class FlowSpec:
     start_s: float
     stop_s: float
     sent: int
+    policy: str | None = None     # the agent's policy that classified the flow, as observed (optional)
 
     @property
     def has_packets(self) -> bool:
@@ -299,6 +302,7 @@ def _parse_run(doc: object, where: str, errors: _Errors) -> RunInfo | None:
             "dst_site": get(f, "dst_site", p, "str"), "dst_port": get(f, "dst_port", p, "int", optional=True),
             "rate_pps": get(f, "rate_pps", p, "number", optional=True), "start_s": get(f, "start_s", p, "number"),
             "stop_s": get(f, "stop_s", p, "number"), "sent": get(f, "sent", p, "int"),
+            "policy": get(f, "policy", p, "str", optional=True),
         }
         if vals["name"] in seen:
             errors.add(where, f"{p}name: duplicate flow name {vals['name']!r}")
@@ -311,7 +315,8 @@ def _parse_run(doc: object, where: str, errors: _Errors) -> RunInfo | None:
         flows.append(FlowSpec(name=vals["name"], type=vals["type"], traffic_class=vals["class"],
                               src_site=vals["src_site"], dst_site=vals["dst_site"], dst_port=vals["dst_port"],
                               rate_pps=None if vals["rate_pps"] is None else float(vals["rate_pps"]),
-                              start_s=float(vals["start_s"]), stop_s=float(vals["stop_s"]), sent=vals["sent"]))
+                              start_s=float(vals["start_s"]), stop_s=float(vals["stop_s"]), sent=vals["sent"],
+                              policy=vals["policy"]))
 
     links: dict[str, tuple[str, ...]] = {}
     for i, link in enumerate(get(doc, "links", "", "list") or []):

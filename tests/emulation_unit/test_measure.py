@@ -312,6 +312,37 @@ def test_path_membership_from_ids_and_links(tmp_path: Path) -> None:
 
 # --- expectations ---------------------------------------------------------------------------------
 
+def _tcp_moves_run(tmp_path: Path, policy: str | None) -> Analysis:
+    """A TCP flow (no per-packet paths) and agent events of two policies: only the flow's own
+    policy's moves are its path changes."""
+    flow = {"name": "backup", "type": "tcp_bulk", "class": "bulk", "src_site": "a", "dst_site": "b",
+            "dst_port": 5201, "rate_pps": None, "start_s": 0.0, "stop_s": 3.0, "sent": 0}
+    if policy is not None:
+        flow["policy"] = policy
+    run = {**TINY_RUN, "flows": [flow], "sla_targets": {},
+           "expectations": [{"type": "flow_stays", "flow": "backup", "text": "backup stays"}]}
+    ev = [{"kind": "FailoverTriggered", "at": T0 + 1.0, "site": "a", "from_path": "b:isp1-isp1",
+           "to_path": "b:isp2-isp1", "policy": "voice"},
+          {"kind": "FailoverTriggered", "at": T0 + 2.0, "site": "a", "from_path": "b:isp2-isp1",
+           "to_path": "b:isp1-isp1", "policy": "voice"}]
+    if policy == "big-transfers":
+        ev.append({"kind": "FailoverTriggered", "at": T0 + 1.5, "site": "a", "from_path": "b:isp1-isp1",
+                   "to_path": "b:isp2-isp2", "policy": "big-transfers"})
+    return analyse(RunData.load(write_raw_dir(tmp_path / str(policy), run, events=ev)))
+
+
+def test_path_changes_of_a_tcp_flow_come_from_its_own_policy(tmp_path: Path) -> None:
+    # the runner saw the flow classified by "quiet": no event of that policy, no change
+    (x,) = _tcp_moves_run(tmp_path, "quiet").expectations
+    assert (x.passed, x.value) == (True, 0)
+    (x,) = _tcp_moves_run(tmp_path, "big-transfers").expectations
+    assert (x.passed, x.value) == (False, 1)
+    # not known: the old guess (every slot toward the flow's destination) still applies
+    (x,) = _tcp_moves_run(tmp_path, None).expectations
+    assert (x.passed, x.value) == (False, 2)
+
+
+
 def test_default_expectations_pass(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
     _, _, _, a = basic
     got = {x.type: (x.passed, x.value) for x in a.expectations}
