@@ -40,6 +40,7 @@ TOKEN_BYTES = 24
 # router boxes, so they go ahead of traffic generators, receivers and the runner itself. Without
 # this, healthy paths of the brownout scenario went Down when the host was busy (3 probes
 # unanswered: a relay or reflector stalled for more than 60 ms).
+SETTLE_TIMEOUT_S = 60.0     # for slots displaced at start to come home (a failback hold, with margin)
 RELAY_NICE = -10
 AGENT_NICE = -5
 PROBE_SECRET = "patronus-lab-probe-secret-0001"
@@ -266,6 +267,33 @@ class Runner:
                 raise RunError(f"WireGuard tunnels without a handshake after {timeout_s:g} s at: "
                                f"{', '.join(sorted(pending))}")
             time.sleep(0.2)      # polling the tunnels for a condition, with a deadline
+
+    def wait_settled(self, timeout_s: float) -> bool:
+        """Every agent has its slots on the paths they started on (none waiting to fail back) and every
+        path Up without loss: the steady state a scenario starts from. A slot displaced by something
+        seen while the agents started (a slow first probe, a loss) comes home after the failback hold;
+        starting the clock before would count that return as the scenario's path change. Returns
+        False if the deadline passed first (the run goes on, and says so)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            err = self.agent_down()
+            if err:
+                raise RunError(err)
+            settled = True
+            for site in self.agents:
+                try:
+                    info, ps = self._api(site, "/site"), self._api(site, "/paths")
+                except (httpx.HTTPError, ValueError):
+                    settled = False
+                    break
+                if info.get("displaced_slots", 0) or not all(p["status"] == "up" for p in ps):
+                    settled = False
+                    break
+            if settled:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)      # polling the agents' API for a condition, with a deadline
 
     def stop_agents(self) -> None:
         for p in self.agents.values():
@@ -589,6 +617,9 @@ class Runner:
             self.start_agents(agents, {s.name: list(self.sc.remotes_of(s.name)) for s in self.sc.sites})
             self.wait_ready(90)
             self.wait_tunnels(60)
+            if not self.wait_settled(SETTLE_TIMEOUT_S):
+                self.progress(f"warning: agents not settled after {SETTLE_TIMEOUT_S:g} s (slots still away from "
+                              "their first path, or a path not Up); starting anyway")
             self.progress("agents ready, every tunnel up; starting traffic")
             self.start_receivers()
             sampler = Sampler({s: f"http://{n.mgmt_ip}:8470/api/v1" for s, n in self.net.sites.items()}, self.token)

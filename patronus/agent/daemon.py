@@ -651,7 +651,13 @@ class Agent:
                             for r in cfg.remotes],
                 "wireguard_backend": self.wg_backend, "steering": cfg.steering, "started_at": self.started_at,
                 "version": __version__, "monitor_profile": cfg.monitor.name,
-                "steering_changes": self._steering_changes, "last_steering_change": self._last_steering_change}
+                "steering_changes": self._steering_changes, "last_steering_change": self._last_steering_change,
+                "displaced_slots": self.displaced_slots()}
+
+    def displaced_slots(self) -> int:
+        """Slots away from the path they started on, waiting to fail back (0 when the site is settled)."""
+        return sum(1 for key in self._slot_of if (info := self.router.flow_info(key)) is not None
+                   and info.origin is not None)
 
     def _path_dict(self, plan: PathPlan, now: float) -> dict[str, Any]:
         pid = plan.id
