@@ -160,7 +160,8 @@ class ProbeCounters:
 
 
 class _PathState:
-    __slots__ = ("alive", "bandwidth_mbps", "cost_per_gb", "expired", "good_run", "late", "miss_run", "mtu_bytes",
+    __slots__ = ("alive", "answered_sent_at", "bandwidth_mbps", "cost_per_gb", "expired", "good_run", "late",
+                 "miss_run", "miss_since", "mtu_bytes",
                  "next_report_at", "next_send_at", "next_seq", "outstanding", "path_id", "profile", "received",
                  "rttvar_s", "score", "sent", "srtt_s", "status", "status_since", "timed_out", "unexpected",
                  "wake_at", "window")
@@ -179,6 +180,8 @@ class _PathState:
         self.status_since = now
         self.score = 0.0
         self.miss_run = 0
+        self.miss_since: float | None = None        # send time of the first probe of the current miss run
+        self.answered_sent_at: float | None = None  # send time of the newest probe that got a reply
         self.good_run = 0
         self.srtt_s: float | None = None
         self.rttvar_s = 0.0
@@ -284,6 +287,15 @@ class PathMonitor:
     def metrics(self, path_id: PathId, now: float) -> PathMetrics:
         return self._state(path_id).metrics(now)
 
+    def miss_since(self, path_id: PathId) -> float | None:
+        """When the first probe of the path's current run of misses was sent (None: no misses)."""
+        st = self._state(path_id)
+        return st.miss_since if st.miss_run else None
+
+    def answered_sent_at(self, path_id: PathId) -> float | None:
+        """Send time of the newest probe that got a reply, late or not: the path was alive then."""
+        return self._state(path_id).answered_sent_at
+
     def counters(self, path_id: PathId) -> ProbeCounters:
         st = self._state(path_id)
         return ProbeCounters(st.sent, st.received, st.timed_out, st.late, st.unexpected)
@@ -340,6 +352,8 @@ class PathMonitor:
                 sent = exp[0]
                 st.late += 1
                 st.miss_run = 0
+                if st.answered_sent_at is None or sent > st.answered_sent_at:
+                    st.answered_sent_at = sent
                 self._learn_rtt(st, now - sent)
                 if st.window.revise(exp[1], (now - sent) * 1000.0) and st.alive:
                     self._judge(st, now)
@@ -355,6 +369,8 @@ class PathMonitor:
             st.unexpected += 1
             return False
         st.received += 1
+        if st.answered_sent_at is None or start > st.answered_sent_at:
+            st.answered_sent_at = start
         self._outcome(st, rtt_s, now)
         return True
 
@@ -364,8 +380,11 @@ class PathMonitor:
         st.sent += 1
         if rtt_s is None:
             st.timed_out += 1
+            if st.miss_run == 0:
+                st.miss_since = now
         else:
             st.received += 1
+            st.answered_sent_at = now - rtt_s
         self._outcome(st, rtt_s, now)
 
     # -- internals --------------------------------------------------------------------------------
@@ -389,6 +408,8 @@ class PathMonitor:
             for _, seq in due:
                 sent_at = st.outstanding.pop(seq)[0]
                 st.timed_out += 1
+                if st.miss_run == 0:
+                    st.miss_since = sent_at
                 self._outcome(st, None, now)
                 st.expired[seq] = (sent_at, st.window.last_serial)
                 if len(st.expired) > _EXPIRED_KEEP:

@@ -75,12 +75,13 @@ class RouterConfig:
 
 
 class _PathEntry:
-    __slots__ = ("flows", "metrics", "path", "salt", "status")
+    __slots__ = ("flows", "metrics", "path", "salt", "status", "suspect")
 
     def __init__(self, path: Path, status: PathStatus, metrics: PathMetrics) -> None:
         self.path = path
         self.status = status
         self.metrics = metrics
+        self.suspect = False     # probably failed with a sibling: not a target while another path is
         self.flows: dict[FlowKey, _Flow] = {}    # insertion-ordered: deterministic iteration
         self.salt = int.from_bytes(hashlib.blake2b(path.id.encode(), digest_size=8).digest(), "big")
 
@@ -314,6 +315,18 @@ class Router:
         if path_id in self._displaced:
             self._try_failback(path_id, now)
 
+    def set_suspect(self, path_id: PathId, suspect: bool) -> None:
+        """Fate sharing, decided by the driver: a suspected path is chosen for no flow while a path not
+        suspected can take it, and no flow fails back onto it. Flows already on it stay: suspicion
+        is a guess, only the path's own probes may evict them."""
+        e = self._entry(path_id)
+        if e.suspect != suspect:
+            e.suspect = suspect
+            self._invalidate()
+
+    def is_suspect(self, path_id: PathId) -> bool:
+        return self._entry(path_id).suspect
+
     # -- flows ------------------------------------------------------------------------------------
 
     def select_path(self, flow: FlowKey, now: float, *, dscp: int | None = None, app_class: str | None = None,
@@ -506,8 +519,9 @@ class Router:
         if req is not None:
             meets = [e for e in usable if req.met_by(e.metrics)]
             usable = meets if (meets or req.strict) else usable
-        up = [e for e in usable if e.status is _UP]
-        group = up or usable
+        pool = [e for e in usable if not e.suspect] or usable
+        up = [e for e in pool if e.status is _UP]
+        group = up or pool
         scored = sorted(((-policy.score(e.metrics), e.path.id, e) for e in group), key=lambda t: (t[0], t[1]))
         ranked = [t[2] for t in scored]
         scores = [-t[0] for t in scored]
@@ -680,7 +694,7 @@ class Router:
 
     def _origin_acceptable(self, f: _Flow, origin: _PathEntry) -> bool:
         """Would the flow's policy accept its origin path right now?"""
-        if origin.status is not _UP:
+        if origin.status is not _UP or origin.suspect:
             return False
         p = f.policy
         m = origin.metrics

@@ -4,13 +4,16 @@ This is what every driver runs for a site: the agent (asyncio, real probes and k
 the simulator (simpy, modelled probes and packets). It owns the three core objects and the two
 rules that sit between the monitor's verdicts and the router's view of a path:
 
-* **Fate sharing.** When a path goes Down, the other paths over the same local uplink probably
-  failed with it, but their own probes have not timed out yet. They count as Degraded, scored as
-  lossy, until a probe sent after the failure comes back (one RTT if they are fine). So the flows
-  leaving the failed path go to a path over another uplink at once, not to a sibling that is about to
-  fail too (which would double the failover gap). Only the local uplink: that is the failure a site
-  sees most and the one suspicion pays for; suspecting the paths to the same remote endpoint as well
-  sent flows to a worse path when the local uplink was the one cut (the test-bed's failover-basic).
+* **Fate sharing.** When a path goes Down, the paths that share a piece of it (the same local uplink,
+  or the same remote endpoint) may have failed with it, but their own probes have not timed out yet
+  (a longer RTT times out later). Those without a reply to a probe sent after the failed path's first
+  missed probe are *suspected*: the router sends no flow to them while another path can take it, so
+  the flows leaving the failed path go straight to a path that is working, not to a sibling that is
+  about to fail too (which would double the failover gap). A sibling that answered a probe sent
+  after the failure began is evidently fine and is not suspected, which tells a local uplink cut
+  (every path over that uplink misses) from a remote one (every path to that endpoint misses). A
+  suspected path's own flows stay where they are (a guess must not evict them), and one reply to a
+  probe sent after the failure clears the suspicion.
 * **Dead tunnels.** A path whose probes pass but whose tunnel carries nothing (the driver decides:
   the agent from WireGuard handshakes) is Down for routing until the driver says it works again.
 
@@ -29,7 +32,7 @@ from patronus.core.events import (
     PathStatusChanged,
     SendProbe,
 )
-from patronus.core.model import Path, PathId, PathMetrics, PathStatus, SiteId
+from patronus.core.model import Path, PathId, PathStatus, SiteId
 from patronus.core.monitor import MonitorProfile, PathMonitor
 from patronus.core.policy import RoutingPolicy
 from patronus.core.router import Router, RouterConfig
@@ -54,12 +57,6 @@ class Step:
         return bool(self.router or self.status or self.metrics_changed)
 
 
-def suspect_metrics(m: PathMetrics) -> PathMetrics:
-    """What the router sees of a path suspected by fate sharing: scored as lossy, so it ranks below
-    every path not suspected, even other Degraded ones, until it answers a probe."""
-    return m.with_(loss_pct=100.0, score=0.0)
-
-
 def uplink_of(path: Path) -> str:
     """The local uplink a path leaves by: its source endpoint is `site:uplink`."""
     return str(path.src_endpoint).rpartition(":")[2]
@@ -73,7 +70,8 @@ class SiteLogic:
         self.router = Router(router, policies)
         self.sla = sla if sla is not None else SlaMonitor()
         self._uplink: dict[PathId, str] = {}
-        self._suspect: dict[PathId, float] = {}      # path -> when a sibling failed
+        self._endpoint: dict[PathId, str] = {}       # the remote endpoint, `site:uplink`
+        self._suspect: dict[PathId, float] = {}      # path -> when its sibling's failure began
         self._tunnel_dead: set[PathId] = set()
         self._timeouts_seen: dict[PathId, int] = {}
 
@@ -84,6 +82,7 @@ class SiteLogic:
                               bandwidth_mbps=path.bandwidth_mbps or 0.0)
         self.router.add_path(path, now, PathStatus.DOWN)
         self._uplink[path.id] = uplink_of(path)
+        self._endpoint[path.id] = str(path.dst_endpoint)
 
     def set_site_prefixes(self, site: str, prefixes: Iterable[str]) -> None:
         self.router.set_site_prefixes(SiteId(site), prefixes)
@@ -93,14 +92,8 @@ class SiteLogic:
         return list(self._uplink)
 
     def status(self, path_id: PathId) -> PathStatus:
-        """The status routing uses: the monitor's, unless the tunnel is dead (Down) or the path is
-        suspected by fate sharing (Degraded)."""
-        st = self.monitor.status(path_id)
-        if path_id in self._tunnel_dead:
-            return PathStatus.DOWN
-        if path_id in self._suspect and st is not PathStatus.DOWN:
-            return PathStatus.DEGRADED
-        return st
+        """The status routing uses: the monitor's, unless the tunnel is dead (Down)."""
+        return PathStatus.DOWN if path_id in self._tunnel_dead else self.monitor.status(path_id)
 
     def suspected(self, path_id: PathId) -> bool:
         return path_id in self._suspect
@@ -118,9 +111,8 @@ class SiteLogic:
             self.sla.record_probe(path_id, (now - sent_at) * 1000.0, now)
         since = self._suspect.get(path_id)
         if since is not None and sent_at > since:
-            # a probe sent after its sibling failed came back: this path is fine after all
-            del self._suspect[path_id]
-            self._update_router(path_id, now)
+            # a probe sent after its sibling's failure began came back: this path is fine after all
+            self._clear_suspect(path_id)
         return took
 
     def set_tunnel_dead(self, path_id: PathId, dead: bool, now: float) -> bool:
@@ -133,25 +125,29 @@ class SiteLogic:
             self.router.update_path(path_id, now, status=PathStatus.DOWN)
         else:
             self._tunnel_dead.discard(path_id)
-            self._update_router(path_id, now)
+            self.router.update_path(path_id, now, status=self.status(path_id),
+                                    metrics=self.monitor.metrics(path_id, now))
         return True
 
-    def _update_router(self, path_id: PathId, now: float) -> None:
-        m = self.monitor.metrics(path_id, now)
-        if path_id in self._suspect and self.monitor.status(path_id) is not PathStatus.DOWN:
-            m = suspect_metrics(m)
-        self.router.update_path(path_id, now, status=self.status(path_id), metrics=m)
+    def _clear_suspect(self, path_id: PathId) -> None:
+        if self._suspect.pop(path_id, None) is not None:
+            self.router.set_suspect(path_id, False)
 
-    def _suspect_siblings(self, failed: PathId, at: float, now: float) -> None:
-        up = self._uplink[failed]
-        for pid, sib_up in self._uplink.items():
-            if pid == failed or sib_up != up or pid in self._suspect:
+    def _suspect_siblings(self, failed: PathId, at: float) -> None:
+        began = self.monitor.miss_since(failed)
+        began = at if began is None else began
+        up, ep = self._uplink[failed], self._endpoint[failed]
+        mon = self.monitor
+        for pid in self._uplink:
+            if pid == failed or pid in self._suspect or mon.status(pid) is PathStatus.DOWN:
                 continue
-            if self.monitor.status(pid) is PathStatus.DOWN:
+            if self._uplink[pid] != up and self._endpoint[pid] != ep:
                 continue
-            self._suspect[pid] = at
-            self.router.update_path(pid, now, status=PathStatus.DEGRADED,
-                                    metrics=suspect_metrics(self.monitor.metrics(pid, now)))
+            alive_at = mon.answered_sent_at(pid)
+            if alive_at is not None and alive_at > began:
+                continue        # answered a probe sent after the failure began: not part of it
+            self._suspect[pid] = began
+            self.router.set_suspect(pid, True)
 
     # -- the step ----------------------------------------------------------------------------------
 
@@ -172,20 +168,16 @@ class SiteLogic:
             if isinstance(ev, PathStatusChanged):
                 step.status.append(ev)
                 if ev.new is PathStatus.DOWN:
-                    self._suspect.pop(ev.path_id, None)
+                    self._clear_suspect(ev.path_id)
                     # siblings first, so the flows leaving this path do not land on one of them
-                    self._suspect_siblings(ev.path_id, ev.at, now)
+                    self._suspect_siblings(ev.path_id, ev.at)
                 elif ev.path_id in self._tunnel_dead:
                     ev = replace(ev, new=PathStatus.DOWN)
-                elif ev.path_id in self._suspect:
-                    ev = replace(ev, new=PathStatus.DEGRADED)
             elif isinstance(ev, PathMetricsUpdated):
                 step.metrics_changed = True
                 self._count_timeouts(ev.path_id, now)
                 if ev.path_id in self._tunnel_dead:
                     ev = replace(ev, status=PathStatus.DOWN)
-                elif ev.path_id in self._suspect and ev.status is not PathStatus.DOWN:
-                    ev = replace(ev, status=PathStatus.DEGRADED, metrics=suspect_metrics(ev.metrics))
             router.handle(ev)
         d = router.next_deadline()
         if d is not None and d <= now:

@@ -29,7 +29,7 @@ class Net:
         self.logic = SiteLogic("hq", PROFILES["fast"])
         self.now = 0.0
         self.cut: set[str] = set()
-        self.rtt = dict(RTT)
+        self.rtt: dict[str, float | None] = dict(RTT)     # None: the path drops everything
         self.inflight: list[tuple[float, PathId, int, float]] = []
         self.events: list[object] = []
         for pid in RTT:
@@ -51,8 +51,9 @@ class Net:
             step = self.logic.pump(self.now)
             self.events += step.status + step.router
             for p in step.probes:
-                if uplink_of(_path(p.path_id)) not in self.cut:
-                    self.inflight.append((self.now + self.rtt[p.path_id], p.path_id, p.seq, self.now))
+                rtt = self.rtt[p.path_id]
+                if uplink_of(_path(p.path_id)) not in self.cut and rtt is not None:
+                    self.inflight.append((self.now + rtt, p.path_id, p.seq, self.now))
 
 
 def test_flows_leave_a_cut_uplink_for_the_other_uplink_not_a_sibling() -> None:
@@ -77,15 +78,17 @@ def test_a_suspected_sibling_that_answers_is_cleared() -> None:
     # one path's probes fail (its remote end), the sibling over the same uplink still works
     net.rtt["br:isp1-isp1"] = 10.0      # replies come far too late: the path goes Down
     sib = PathId("br:isp1-isp2")
-    seen_suspected = False
     while net.logic.monitor.status(PathId("br:isp1-isp1")) is not PathStatus.DOWN:
         net.run_until(net.now + 0.001)
-    seen_suspected = net.logic.suspected(sib)
-    assert seen_suspected and net.logic.status(sib) is PathStatus.DEGRADED
+    # both kinds of sibling are suspected: the one over the same uplink, the one to the same endpoint
+    assert net.logic.suspected(sib) and net.logic.router.is_suspect(sib)
+    assert net.logic.suspected(PathId("br:isp2-isp1"))
+    assert not net.logic.suspected(PathId("br:isp2-isp2"))
+    assert net.logic.status(sib) is PathStatus.UP        # a guess changes no status
     net.run_until(net.now + 0.2)
-    # cleared once a probe sent after the failure answered
-    assert not net.logic.suspected(sib)
-    assert net.logic.status(sib) is PathStatus.UP
+    # cleared once a probe sent after the failure began answered
+    assert not net.logic.suspected(sib) and not net.logic.router.is_suspect(sib)
+    assert not net.logic.suspected(PathId("br:isp2-isp1"))
 
 
 def test_dead_tunnel_is_down_for_routing_until_alive() -> None:
@@ -106,3 +109,22 @@ def test_dead_tunnel_is_down_for_routing_until_alive() -> None:
     # and the flow returns to it after the failback hold
     net.run_until(net.now + net.logic.router.config.failback_hold_s + 1.0)
     assert net.logic.router.flow_path(flow) == PathId("br:isp1-isp1")
+
+
+def test_a_sibling_that_answered_since_the_failure_began_is_not_suspected() -> None:
+    net = Net()
+    net.rtt["br:isp1-isp2"] = 0.010          # a short path over the same local uplink
+    net.run_until(2.0)
+    flow = FlowKey("10.1.0.2", "10.2.0.2", 4000, 5001, 17)
+    assert net.logic.router.select_path(flow, net.now) == PathId("br:isp1-isp2")
+    net.logic.router.remove_flow(flow, net.now)
+    flow2 = FlowKey("10.1.0.2", "10.2.0.2", 4001, 5001, 17)
+    net.logic.router.place(flow2, PathId("br:isp1-isp1"), net.now, site=SiteId("br"))
+    # the remote endpoint br:isp1 fails: both paths to it drop everything
+    net.rtt["br:isp1-isp1"] = net.rtt["br:isp2-isp1"] = None
+    while net.logic.monitor.status(PathId("br:isp1-isp1")) is not PathStatus.DOWN:
+        net.run_until(net.now + 0.001)
+    # the local uplink is evidently fine (its short path answered since); the endpoint's other path is not
+    assert not net.logic.suspected(PathId("br:isp1-isp2"))
+    assert net.logic.suspected(PathId("br:isp2-isp1"))
+    assert net.logic.router.flow_path(flow2) == PathId("br:isp1-isp2")
