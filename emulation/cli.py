@@ -7,8 +7,9 @@ Exit codes: 0 success, 1 an expectation failed, 2 bad input or an environment th
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -62,9 +63,13 @@ def run(
     file: Annotated[Path, typer.Argument(help="The scenario file.", show_default=False)],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default reports/runs/NAME-TIME).")
                    ] = None,
-    backend: Annotated[str, typer.Option(help="mininet (real agents in namespaces).")] = "mininet",
-    impairment: Annotated[str, typer.Option(help="auto, netem or relay.")] = "auto",
-    keep: Annotated[bool, typer.Option("--keep", help="Leave the network up for inspection.")] = False,
+    backend: Annotated[str, typer.Option(help="mininet (real agents in namespaces) or sim (the simpy "
+                                              "simulator: virtual time, no root).")] = "mininet",
+    impairment: Annotated[str, typer.Option(help="auto, netem or relay (mininet).")] = "auto",
+    keep: Annotated[bool, typer.Option("--keep", help="Leave the network up for inspection (mininet).")] = False,
+    mode: Annotated[str | None, typer.Option(help="sim only: packet (every datagram simulated), flow (UDP "
+                                                  "records computed per flow) or auto (packet unless huge).")
+                    ] = None,
 ) -> None:
     """Run a scenario end to end and write its reports; exit 0 if every expectation holds, 1 if not."""
     import os
@@ -72,6 +77,18 @@ def run(
 
     from emulation.scenario import load
 
+    if backend not in ("mininet", "sim"):
+        console.print(f"[red]backend {backend!r} is not available; expected mininet or sim[/red]")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if mode is not None and backend != "sim":
+        console.print("[red]--mode applies to --backend sim only[/red]")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    if backend == "sim":
+        from emulation.backends.sim import MODES
+
+        if (mode or "auto") not in MODES:
+            console.print(f"[red]--mode: expected one of {', '.join(MODES)}, got {mode!r}[/red]")
+            raise typer.Exit(EXIT_BAD_INPUT)
     try:
         scenario = load(file)
     except ConfigError as exc:
@@ -79,9 +96,17 @@ def run(
         for field, reason in exc.errors:
             console.print(f"  {field}: {reason}" if field else f"  {reason}", markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    if backend != "mininet":
-        console.print(f"[red]backend {backend!r} is not available; this test-bed runs 'mininet'[/red]")
-        raise typer.Exit(EXIT_BAD_INPUT)
+    out = out or Path("reports") / "runs" / f"{scenario.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    started = _time.monotonic()
+
+    def progress(msg: str) -> None:
+        console.print(f"[dim]{_time.monotonic() - started:7.1f} s[/dim]  {msg}", markup=True)
+
+    if backend == "sim":
+        if keep or impairment != "auto":
+            console.print("[yellow]--keep and --impairment apply to the mininet backend; the simulator models "
+                          "every link itself[/yellow]")
+        raise typer.Exit(_run_sim(scenario, out, mode or "auto", progress))
     if os.geteuid() != 0:
         console.print("[red]the mininet backend needs root (network namespaces); run with sudo[/red]")
         raise typer.Exit(EXIT_BAD_INPUT)
@@ -92,12 +117,6 @@ def run(
         raise typer.Exit(EXIT_BAD_INPUT) from None
     from emulation.runner import RunError, Runner
 
-    out = out or Path("reports") / "runs" / f"{scenario.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    started = _time.monotonic()
-
-    def progress(msg: str) -> None:
-        console.print(f"[dim]{_time.monotonic() - started:7.1f} s[/dim]  {msg}", markup=True)
-
     runner = Runner(scenario, out, keep=keep, impairment_backend=impairment, progress=progress)
     try:
         code = runner.execute()
@@ -106,6 +125,31 @@ def run(
         raise typer.Exit(EXIT_BAD_INPUT) from None
     console.print(f"report: {out / 'report.html'} (and report.md, summary.json, junit.xml)")
     raise typer.Exit(code)
+
+
+def _run_sim(scenario: Any, out: Path, mode: str, progress: Callable[[str], None]) -> int:
+    """`run --backend sim`: simulate, write the reports, print each expectation's verdict."""
+    import json
+
+    from emulation.backends.sim import run_sim
+    from emulation.measure.expectations import ExpectationResult
+    from emulation.report.tables import expectation_value
+
+    try:
+        code = run_sim(scenario, out, mode=mode, progress=progress)
+    except ConfigError as exc:
+        for field, reason in exc.errors:
+            console.print(f"[red]{field}: {reason}[/red]" if field else f"[red]{reason}[/red]")
+        return EXIT_BAD_INPUT
+    summary = json.loads((out / "summary.json").read_text())
+    kinds = [e["type"] for e in json.loads((out / "raw" / "run.json").read_text())["expectations"]]
+    for kind, e in zip(kinds, summary["expectations"], strict=True):
+        shown = expectation_value(ExpectationResult(kind, e["text"], e["passed"], e["value"]))
+        console.print(f"{'PASS' if e['passed'] else 'FAIL'}  {e['text']}  (measured {shown})", markup=False)
+    verdict = "passed" if summary["passed"] else "FAILED"
+    console.print(f"{scenario.name}: {verdict} in simulation; report: {out / 'report.html'} (and report.md, "
+                  "summary.json, junit.xml)", markup=False)
+    return code
 
 
 @app.command()
@@ -130,6 +174,67 @@ def clean(run_id: Annotated[str | None, typer.Option("--run", help="Only this ru
         console.print(f"removed {r}", markup=False)
     if not removed:
         console.print("nothing to remove")
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Run directory A (the reference).", show_default=False)],
+    run_b: Annotated[Path, typer.Argument(help="Run directory B (compared with A).", show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write compare.md, compare.html and compare.json "
+                                                                   "here.")] = None,
+    detect_tol: Annotated[str | None, typer.Option("--detect-tol", help="Detection time tolerance, e.g. 20ms.",
+                                                   show_default="one probe interval")] = None,
+    gap_tol: Annotated[str | None, typer.Option("--gap-tol", help="Failover gap tolerance.",
+                                                show_default="the detection tolerance")] = None,
+    lost_tol: Annotated[float | None, typer.Option("--lost-tol", help="Lost packets tolerance.",
+                                                   show_default="the flow's packets in the gap tolerance")] = None,
+    rel_tol: Annotated[str | None, typer.Option("--rel-tol", help="Relative tolerance of gaps and lost packets.",
+                                                show_default="25%")] = None,
+    sla_tol: Annotated[float | None, typer.Option("--sla-tol", help="SLA compliance tolerance, percent points.",
+                                                  show_default="2")] = None,
+    loss_tol: Annotated[float | None, typer.Option("--loss-tol", help="Loss tolerance, percent points.",
+                                                   show_default="0.5")] = None,
+    latency_tol: Annotated[str | None, typer.Option("--latency-tol", help="Latency and jitter tolerance.",
+                                                    show_default="2ms, or 10 % if larger")] = None,
+    allow_changes: Annotated[bool, typer.Option("--allow-changes", help="Compare runs whose scenario settings "
+                                                "differ (the differences are listed).")] = False,
+) -> None:
+    """Two runs of one scenario side by side (e.g. sim against mininet): detection times, failover gaps, lost
+    packets and SLA metrics, differences beyond tolerance flagged. Exit 0 agree, 1 flagged, 2 bad input."""
+    from emulation.compare import ToleranceOptions, compare_command
+
+    opts = ToleranceOptions(detect=detect_tol, gap=gap_tol, lost=lost_tol, relative=rel_tol, sla_pct=sla_tol,
+                            loss_pct=loss_tol, latency=latency_tol)
+    raise typer.Exit(compare_command(run_a, run_b, out, tolerances=opts, allow_changes=allow_changes,
+                                     console=console))
+
+
+@app.command()
+def sweep(
+    file: Annotated[Path, typer.Argument(help="The scenario file.", show_default=False)],
+    param: Annotated[list[str], typer.Option("--param", "-p", help="NAME=V1,V2,... (repeat for each axis): a dotted "
+                                             "scenario path, or monitor.KEY / router.KEY / sla.KEY / steering for "
+                                             "every site's agent, e.g. monitor.interval=20ms,50ms,100ms.",
+                                             show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep directory.",
+                                             show_default="reports/sweeps/NAME-TIME")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", help="Parallel processes; 0 runs the points in "
+                                                "this process.", show_default="the CPU count")] = None,
+    dask: Annotated[str | None, typer.Option("--dask", help="Run the points on this Dask scheduler "
+                                             "(tcp://host:8786) instead; needs dask\\[distributed].",
+                                             show_default=False)] = None,
+    explain_window: Annotated[str | None, typer.Option("--explain-window", help="How long after a timeline event "
+                                                       "a failover still counts as explained.",
+                                                       show_default="from the monitor profile")] = None,
+) -> None:
+    """Run a scenario over a grid of settings on the simulator (the timer tuner): one results table
+    (results.parquet, results.csv), plots against the probe interval and sweep.md. Exit 0 all passed, 1 an
+    expectation failed at some point, 2 bad input (every problem listed, nothing run) or a point that could
+    not run."""
+    from emulation.sweep import sweep_command
+
+    raise typer.Exit(sweep_command(file, param, out, workers=workers, dask_address=dask,
+                                   explain_window=explain_window, console=console))
 
 
 def main() -> None:

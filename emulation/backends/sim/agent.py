@@ -1,0 +1,305 @@
+"""One site's agent in virtual time: the agent's own `SiteLogic`, driven the way the asyncio agent drives it.
+
+What it does, mirroring `patronus.agent.daemon.Agent`:
+  * `pump(now)` whenever the core's `next_deadline()` is due (one simpy Timeout armed at a time; a
+    stale one is recognised by its token and ignored) and after every probe reply, then performs the
+    step: `SendProbe` → a probe crosses the path's links to the remote site's reflector and back
+    (`on_probe_reply(path, seq, sent_at, now)` when it returns); status, router and SLA events are
+    published with the agent's fields; a routing change updates the steering.
+  * Steering: the agent steers per slot, we steer per flow (each scenario flow is one router flow,
+    classified by `Router.select_path` on its 5-tuple, so the policies match as they do in the kernel).
+    A flow is classified when it starts, or at the first routing change after that when no path was
+    usable yet; its packets then take `router.flow_path(key)` as applied by the last steering change
+    (None: stranded, the packet is lost). A change is applied `steering_latency_s` after the decision
+    (0 by default: no kernel here) and, when flows moved, published as `SteeringApplied` like the
+    agent's.
+  * Once a second, like the agent's periodic duty: the running flows are touched (so they never idle
+    out while they send) and the core is pumped.
+  * `stop()` is the agent's SIGTERM: it removes its tunnels and steering, so nothing more is probed,
+    reflected, sent or received at the site; replies still in flight are ignored. `start()` runs a
+    fresh `SiteLogic` (paths Down until probes bring them up, flows classified again).
+
+Clock: the core sees virtual seconds (scenario time); published events carry wall time `T0 + at`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from emulation.backends.sim.network import FROM_CORE, PROBE_WIRE_BYTES, TO_CORE, Hops, later
+from patronus.agent.config import SiteConfig
+from patronus.core.events import Event, Failback, FailoverTriggered, FlowAssigned, FlowExpired, FlowUnroutable
+from patronus.core.model import FlowKey, PathId, SiteId
+from patronus.core.site import SiteLogic
+from patronus.core.sla import SlaMonitor
+
+if TYPE_CHECKING:
+    from emulation.backends.sim.engine import Simulation
+    from emulation.backends.sim.traffic import SimFlow
+
+HOUSEKEEPING_S = 1.0        # the agent's periodic duty (slot touches, a pump)
+
+
+@dataclass(frozen=True, slots=True)
+class SimPath:
+    """One path of a site: where it goes and the hops of its probes and packets, both ways."""
+
+    id: PathId
+    remote: str
+    uplink: str
+    remote_uplink: str
+    forward: Hops       # local uplink toward the core, then the remote uplink from it
+    reverse: Hops       # the remote uplink toward the core, then the local uplink from it
+
+
+def _finite(v: Any) -> Any:
+    """JSON-safe: non-finite floats as None, recursively (the agent's API would not emit NaN either)."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite(x) for x in v]
+    return v
+
+
+class SimAgent:
+    def __init__(self, sim: Simulation, cfg: SiteConfig) -> None:
+        self.sim = sim
+        self.env = sim.env
+        self.name = cfg.name
+        self.cfg = cfg
+        self.running = False
+        self.generation = 0
+        self.logic: SiteLogic | None = None
+        net = sim.net
+        self.paths: dict[PathId, SimPath] = {}
+        for p in cfg.paths:
+            local = f"{cfg.name}.{p.uplink.name}"
+            remote = f"{p.remote}.{p.endpoint.uplink}"
+            self.paths[p.id] = SimPath(p.id, p.remote, p.uplink.name, p.endpoint.uplink,
+                                       net.hops((local, TO_CORE), (remote, FROM_CORE)),
+                                       net.hops((remote, TO_CORE), (local, FROM_CORE)))
+        self.flows: list[SimFlow] = []          # flows sent from this site
+        self.events: list[dict[str, Any]] = []  # published, in order
+        self.steering_changes = 0
+        self._timer_token = 0
+        self._timer_at: float | None = None
+        self._now = -math.inf
+        self._unroutable: set[FlowKey] = set()
+        self.probes_sent = 0
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        if self.running:
+            return
+        cfg = self.cfg
+        self.running = True
+        self.generation += 1
+        self._now = max(self._now, now)
+        self.logic = SiteLogic(cfg.name, cfg.monitor, cfg.router, SlaMonitor(cfg.sla), cfg.policies)
+        for path in cfg.core_paths():
+            self.logic.add_path(path, now)
+        for r in cfg.remotes:
+            self.logic.set_site_prefixes(r.name, r.prefixes)
+        self._unroutable.clear()
+        self.publish({"kind": "AgentStarted", "at": self.sim.wall(now), "site": cfg.name, "paths": len(cfg.paths),
+                      "wireguard_backend": "none", "steering": cfg.steering})
+        self._pump(now)
+        self._housekeeping(self.generation)
+
+    def stop(self, now: float) -> None:
+        if not self.running:
+            return
+        self.running = False
+        self.generation += 1
+        self._timer_token += 1
+        self._timer_at = None
+        self.logic = None
+        for f in self.flows:
+            f.classified = False
+            f.set_path(None, now)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def publish(self, d: dict[str, Any]) -> None:
+        self.events.append(d)
+
+    def _publish_event(self, ev: Event) -> None:
+        d = _finite(ev.as_dict())
+        d["at"] = self.sim.wall(ev.at)
+        self.publish(d)
+
+    # -- the core loop -----------------------------------------------------------------------------
+
+    def _clock(self) -> float:
+        """Now, never earlier than a time already handed to the core."""
+        now = self.env.now
+        if now < self._now:
+            now = self._now
+        self._now = now
+        return now
+
+    def _pump(self, now: float) -> None:
+        logic = self.logic
+        assert logic is not None
+        step = logic.pump(now)
+        for probe in step.probes:
+            self._send_probe(probe.path_id, probe.seq, now)
+        for sc in step.status:
+            self._publish_event(sc)
+        for ev in step.router:
+            if isinstance(ev, FlowUnroutable):
+                if ev.flow in self._unroutable:
+                    continue
+                self._unroutable.add(ev.flow)
+            elif isinstance(ev, FlowAssigned):
+                self._unroutable.discard(ev.flow)
+            elif isinstance(ev, FlowExpired):
+                for f in self.flows:
+                    if f.key == ev.flow:
+                        f.classified = False
+            self._publish_event(ev)
+        for sev in step.sla:
+            self._publish_event(sev)
+        if step.routing_changed:
+            self._steer(now, step.router)
+        self._arm()
+
+    def _arm(self) -> None:
+        assert self.logic is not None
+        when = self.logic.next_deadline()
+        if when is None or (self._timer_at is not None and self._timer_at <= when):
+            return
+        self._timer_token += 1
+        token = self._timer_token
+        self._timer_at = when
+        later(self.env, when - self.env.now, lambda _e: self._on_timer(token, when))
+
+    def _on_timer(self, token: int, when: float) -> None:
+        if token != self._timer_token:
+            return              # replaced by an earlier timer, or the agent stopped
+        self._timer_at = None
+        now = self._clock()
+        if now < when:          # float rounding of the timeout: never hand the core a time before its deadline
+            now = self._now = when
+        self._pump(now)
+
+    def _housekeeping(self, generation: int) -> None:
+        if generation != self.generation:
+            return
+        now = self._clock()
+        assert self.logic is not None
+        router = self.logic.router
+        for f in self.flows:
+            if f.classified and f.active:
+                router.touch(f.key, now)
+        self._pump(now)
+        later(self.env, HOUSEKEEPING_S, lambda _e: self._housekeeping(generation))
+
+    # -- probes ------------------------------------------------------------------------------------
+
+    def _send_probe(self, path_id: PathId, seq: int, sent_at: float) -> None:
+        path = self.paths[path_id]
+        remote = self.sim.agents[path.remote]
+        net = self.sim.net
+        generation = self.generation
+        self.probes_sent += 1
+
+        def home() -> None:
+            if self.generation != generation:
+                return          # the agent that sent it is gone
+            now = self._clock()
+            assert self.logic is not None
+            self.logic.on_probe_reply(path_id, seq, sent_at, now)
+            self._pump(now)
+
+        def reflect() -> None:
+            if remote.running:
+                net.send(path.reverse, PROBE_WIRE_BYTES, home)
+
+        net.send(path.forward, PROBE_WIRE_BYTES, reflect)
+
+    # -- steering ----------------------------------------------------------------------------------
+
+    def flow_started(self, f: SimFlow) -> None:
+        """A flow's first packet: the kernel classifies it (if a path is usable)."""
+        if self.running:
+            now = self._clock()
+            if self._classify(f, now):
+                self._pump(now)
+
+    def _classify(self, f: SimFlow, now: float) -> bool:
+        """Give an unclassified running flow its router flow, if a path toward its site is usable.
+        Returns True if it got one."""
+        assert self.logic is not None
+        if self.cfg.steering == "none":
+            return False        # no steering: nothing carries LAN traffic into the tunnels
+        router = self.logic.router
+        if router.preview(SiteId(f.dst_site)) is None:
+            return False        # no usable path at all: the kernel drops it, the router hears nothing
+        pid = router.select_path(f.key, now)
+        if pid is None:
+            return False
+        f.classified = True
+        f.set_path(pid, now)    # the kernel's new-flow map already points there
+        f.pending_path = pid
+        info = router.flow_info(f.key)
+        if f.policy is None and info is not None:
+            f.policy = info.policy
+        return True
+
+    def _steer(self, now: float, trigger: list[Event]) -> None:
+        assert self.logic is not None
+        router = self.logic.router
+        for f in self.flows:
+            if f.active and not f.classified:
+                self._classify(f, now)
+        changes: list[tuple[SimFlow, PathId | None]] = []
+        for f in self.flows:
+            if f.classified:
+                pid = router.flow_path(f.key)
+                if pid != f.pending_path:
+                    changes.append((f, pid))
+                    f.pending_path = pid
+        if not changes:
+            return
+        self.steering_changes += 1
+        latency = self.sim.options.steering_latency_s
+        done = now + latency
+        if latency > 0:
+            generation = self.generation
+
+            def apply(_e: object) -> None:
+                if generation == self.generation:
+                    for f, pid in changes:
+                        f.set_path(pid, done)
+            later(self.env, latency, apply)
+        else:
+            for f, pid in changes:
+                f.set_path(pid, now)
+        moves = [e for e in trigger if isinstance(e, FailoverTriggered | Failback)]
+        if moves:
+            first = min(e.at for e in moves)
+            self.publish({"kind": "SteeringApplied", "at": self.sim.wall(done), "moves": len(moves),
+                          "latency_ms": round((done - first) * 1000, 3),
+                          "paths": sorted({str(e.to_path) for e in moves})})
+
+    # -- sampling ----------------------------------------------------------------------------------
+
+    def sample(self, now: float, wall: float) -> list[list[Any]]:
+        """One path_metrics row per path, as the test-bed's sampler reads the agent's /paths."""
+        if not self.running or self.logic is None:
+            return []
+        mon = self.logic.monitor
+        rows = []
+        at = round(wall, 4)
+        for pid in self.paths:
+            m = mon.metrics(pid, now)
+            c = mon.counters(pid)
+            rows.append([self.name, pid, at, mon.status(pid).value, m.latency_ms, m.jitter_ms, m.loss_pct, m.score,
+                         c.sent, c.timed_out])
+        return rows

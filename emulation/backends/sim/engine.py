@@ -1,0 +1,345 @@
+"""The simulation of one scenario run: build it, play it in virtual time, write its raw data.
+
+Virtual time is scenario time: 0 is the scenario's start, which is wall time `T0` in every file
+(`t0` in run.json; `started_at` is T0 − 0.5 s, when the runner starts sampling). The agents start
+during a warm-up before 0 (each at its own deterministic phase within one probe interval, so sites do
+not probe in lockstep), long enough for every path to come up, as the Mininet runner waits for every
+path to be Up before it starts the traffic. The run goes on for a drain period after the scenario's
+end so that packets in flight arrive; sampling stops at the end, as the runner's sampler does.
+
+Simultaneous events run in the order they were scheduled (simpy's insertion order): flows start
+before timeline steps of the same instant, as in the runner's action list.
+
+Mode: `packet` simulates every UDP datagram; `flow` computes the UDP records per flow after the run
+(see `traffic`); `auto` takes packet mode unless the scenario's UDP flows would send more than
+`AUTO_PACKET_LIMIT` datagrams. Probes are always simulated.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import simpy
+import yaml
+
+from emulation.backends.sim import traffic as tr
+from emulation.backends.sim.agent import SimAgent
+from emulation.backends.sim.network import Network, later
+from emulation.backends.sim.writer import (
+    expectations_doc,
+    sla_targets_doc,
+    write_csv,
+    write_events,
+    write_json,
+    write_packets,
+)
+from emulation.scenario.model import Ramp, Scenario
+from emulation.scenario.timeline import AgentStep, LinkStep, Step
+from emulation.siteconf import API_PORT, site_document, uplink_addresses
+from patronus.agent.config import from_dict
+from patronus.core.errors import ConfigError
+
+T0 = 1_700_000_000.0               # wall time of scenario time 0, in every file
+T0_NS = 1_700_000_000 * 1_000_000_000
+SAMPLE_LEAD_S = 0.5                # sampling starts this long before 0 (the runner's t0 = started_at + 0.5)
+SAMPLE_PERIOD_S = 0.25             # the runner's sampler
+MAX_METRIC_ROWS = 5_000_000        # above this, path_metrics is sampled more coarsely (a multiple of 0.25 s)
+AUTO_PACKET_LIMIT = 2_000_000      # auto mode: packet mode up to this many UDP datagrams, flow mode above
+MODES = ("auto", "packet", "flow")
+SIM_TOKEN = "patronus-sim-token-0000000000000000"
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """Knobs of the model that a scenario does not say."""
+
+    steering_latency_s: float = 0.0          # decision → packets on the new path (the kernel update)
+    sample_period_s: float | None = None     # None: SAMPLE_PERIOD_S, coarser for huge runs
+
+
+def stable_seed(*parts: object) -> int:
+    """A 64-bit seed from a scenario seed and names (never Python's salted `hash`)."""
+    text = "/".join(str(p) for p in parts)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def sim_public_key(scenario: Scenario, site: str) -> str:
+    """A deterministic stand-in for a site's WireGuard public key (no tunnel runs in the simulator)."""
+    raw = hashlib.blake2b(f"patronus-sim-key|{scenario.name}|{site}".encode(), digest_size=32).digest()
+    return base64.b64encode(raw).decode("ascii")
+
+
+def udp_datagrams(scenario: Scenario) -> int:
+    """How many datagrams the scenario's UDP flows send (what packet mode costs)."""
+    total = 0
+    for f in scenario.flows:
+        if f.type.is_packet_flow:
+            p = tr.plan(f)
+            total += int(p.rate * (f.stop_s - f.start_s)) * p.burst
+    return total
+
+
+def resolve_mode(scenario: Scenario, mode: str) -> str:
+    if mode not in MODES:
+        raise ConfigError(f"expected one of {', '.join(MODES)}, got {mode!r}", "mode")
+    if mode != "auto":
+        return mode
+    return "packet" if udp_datagrams(scenario) <= AUTO_PACKET_LIMIT else "flow"
+
+
+def warmup_s(scenario: Scenario) -> float:
+    """Time before 0 that the agents start: several probe rounds and the first probe's 1 s timeout."""
+    need = max(s.agent.monitor.interval_s * (s.agent.monitor.up_count + 2) + 1.0 for s in scenario.sites)
+    return max(2.0, math.ceil(need * 2.0) / 2.0)
+
+
+class Simulation:
+    """One run: the network, one `SimAgent` per site (from the site file the runner would write), the
+    flows; `run()` plays it, `write_raw()` writes what the reports read. Raises ConfigError for a bad
+    mode before anything is built."""
+
+    def __init__(self, scenario: Scenario, out: Path, mode: str, options: SimOptions | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.sc = scenario
+        self.out = Path(out)
+        self.mode = resolve_mode(scenario, mode)
+        self.options = options or SimOptions()
+        self.progress = progress or (lambda _msg: None)
+        self.t0_ns = T0_NS
+        self.warmup_s = warmup_s(scenario)
+        self.env = simpy.Environment(initial_time=-self.warmup_s)
+        self.net = Network(self.env, scenario)
+        addrs = uplink_addresses(scenario)
+        keys = {s.name: sim_public_key(scenario, s.name) for s in scenario.sites}
+        self.documents: dict[str, dict[str, Any]] = {}
+        self.agents: dict[str, SimAgent] = {}
+        for k, s in enumerate(scenario.sites):
+            doc = site_document(scenario, s.name, uplink_addr=addrs, public_keys=keys, agents_dir=self.out / "agents",
+                                api_listen=f"127.0.0.{k + 1}:{API_PORT}", token=SIM_TOKEN)
+            self.documents[s.name] = doc
+            self.agents[s.name] = SimAgent(self, from_dict(doc, f"<simulated site {s.name}>"))
+        self.flows: list[tr.SimFlow] = []
+        for i, f in enumerate(scenario.flows):
+            sf = tr.SimFlow(i, f, scenario, self.agents[f.src.site], self.agents[f.dst.site])
+            self.flows.append(sf)
+            self.agents[f.src.site].flows.append(sf)
+        self.running: dict[str, list[tuple[float, int]]] = {s.name: [(-math.inf, 0)] for s in scenario.sites}
+        self.timeline_rows: list[list[Any]] = []
+        self._metrics: Any = None          # csv writer of raw/path_metrics.csv while the run goes
+        self.tcp: list[list[Any]] = []
+        self.http: list[list[Any]] = []
+        self._link_tables: dict[str, tr.LinkTable] = {}
+        self._running_tables: dict[str, tr.StepTable] = {}
+        self.sample_period_s = self._sample_period()
+        self.events_processed = 0
+        self.probes_sent = 0
+
+    # -- clocks and lookups --------------------------------------------------------------------------
+
+    @staticmethod
+    def wall(t: float) -> float:
+        return T0 + t
+
+    def link_table(self, link: str) -> tr.LinkTable:
+        if link not in self._link_tables:
+            self._link_tables[link] = tr.LinkTable(self.net.history[link])
+        return self._link_tables[link]
+
+    def running_table(self, site: str) -> tr.StepTable:
+        if site not in self._running_tables:
+            self._running_tables[site] = tr.StepTable(self.running[site])
+        return self._running_tables[site]
+
+    def _sample_period(self) -> float:
+        if self.options.sample_period_s is not None:
+            return self.options.sample_period_s
+        paths = sum(len(a.paths) for a in self.agents.values())
+        rows = paths * (self.sc.duration_s + SAMPLE_LEAD_S) / SAMPLE_PERIOD_S
+        return SAMPLE_PERIOD_S * max(1, math.ceil(rows / MAX_METRIC_ROWS))
+
+    def drain_s(self) -> float:
+        """After the end: long enough for the slowest packet in flight to arrive."""
+        worst = 0.0
+        for hist in self.net.history.values():
+            for _, s in hist:
+                worst = max(worst, s.delay_s + 4.0 * s.jitter_s)
+        return 2.0 * worst + 1.0
+
+    # -- the run -----------------------------------------------------------------------------------
+
+    def _agent_step(self, site: str, running: bool) -> None:
+        now = self.env.now
+        agent = self.agents[site]
+        if running:
+            agent.start(now)
+        else:
+            agent.stop(now)
+        self.running[site].append((now, int(running)))
+
+    def _apply(self, step: Step, ramp_step: int | None) -> None:
+        now = self.env.now
+        if isinstance(step, AgentStep):
+            self._agent_step(step.site, step.running)
+            self.timeline_rows.append([step.at_s, round(self.wall(now), 6),
+                                       "agent_start" if step.running else "agent_stop", step.site, "{}"])
+            return
+        assert isinstance(step, LinkStep)
+        link = str(step.link)
+        self.net.apply(link, step.settings, now)
+        s = step.settings
+        params: dict[str, Any] = {"changed": list(step.changed), "up": s.up, "delay_ms": s.delay_s * 1e3,
+                                  "loss": s.loss_ratio}
+        if ramp_step is not None:
+            params["step"] = ramp_step
+        self.timeline_rows.append([step.at_s, round(self.wall(now), 6), self.sc.timeline[step.event].action, link,
+                                   json.dumps(params, sort_keys=True)])
+
+    def _sample(self) -> None:
+        now = self.env.now
+        wall = self.wall(now)
+        for agent in self.agents.values():
+            self._metrics.writerows(agent.sample(now, wall))
+
+    def _flow_start(self, f: tr.SimFlow) -> None:
+        f.active = True
+        f.src.flow_started(f)
+        if f.udp and self.mode == "packet":
+            tr.start_packets(self, f)
+
+    def run(self) -> None:
+        """Schedule the agents, flows, timeline and sampler, play them, then compute what the flow-level
+        models give (flow-mode UDP records, TCP rates, HTTP requests). Writes raw/path_metrics.csv as
+        it samples."""
+        env, sc = self.env, self.sc
+        wall_started = time.monotonic()
+        phase = random.Random(f"sim/{sc.seed}/agent-phase")
+
+        def at(t: float, fn: Callable[[], None]) -> None:
+            later(env, t - env.now, lambda _e: fn())
+
+        for s in sc.sites:
+            at(env.now + phase.random() * s.agent.monitor.interval_s, partial(self._agent_step, s.name, True))
+        for f in self.flows:
+            at(f.start_s, partial(self._flow_start, f))
+            at(f.stop_s, partial(setattr, f, "active", False))
+        ramp_steps: dict[int, int] = {}
+        for step in sc.schedule():
+            k = None
+            if isinstance(step, LinkStep) and isinstance(sc.timeline[step.event], Ramp):
+                k = ramp_steps[step.event] = ramp_steps.get(step.event, 0) + 1
+            at(step.at_s, partial(self._apply, step, k))
+        period = self.sample_period_s
+        n_samples = math.floor((sc.duration_s + SAMPLE_LEAD_S) / period + 1e-9) + 1
+        for i in range(n_samples):
+            at(-SAMPLE_LEAD_S + i * period, self._sample)
+        at(0.0, self._check_ready)
+        for i in range(1, 10):
+            at(sc.duration_s * i / 10, partial(self._report_progress, i * 10, wall_started))
+        raw = self.out / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        with open(raw / "path_metrics.csv", "w", newline="") as fh:      # written as sampled: it can be large
+            self._metrics = csv.writer(fh)
+            self._metrics.writerow(["site", "path", "at", "status", "latency_ms", "jitter_ms", "loss_pct", "score",
+                                    "probes_sent", "probes_timed_out"])
+            env.run(until=sc.duration_s + self.drain_s())
+        took = time.monotonic() - wall_started
+        self.events_processed = next(env._eid)     # simpy numbers every event it schedules
+        self.probes_sent = sum(a.probes_sent for a in self.agents.values())
+        self.progress(f"simulated {env.now + self.warmup_s:g} s in {took:.1f} s: {self.events_processed} events "
+                      f"({self.events_processed / max(took, 1e-9):,.0f}/s), {self.probes_sent} probes")
+        if self.mode == "flow":
+            for f in self.flows:
+                if f.udp:
+                    tr.synthesize_packets(self, f, np.random.default_rng(stable_seed(sc.seed, "flow", f.name)))
+        for f in self.flows:
+            if f.type == "tcp_bulk":
+                self.tcp += [[f.name, round(self.wall(t), 4), bps] for t, bps in tr.tcp_rows(self, f)]
+            elif f.type == "http":
+                rng = np.random.default_rng(stable_seed(sc.seed, "http", f.name))
+                self.http += [[f.name, self.wall(a), lat, int(ok)] for a, lat, ok in tr.http_rows(self, f, rng)]
+
+    def _report_progress(self, pct: int, wall_started: float) -> None:
+        self.progress(f"{pct} % of the scenario simulated ({time.monotonic() - wall_started:.1f} s)")
+
+    def _check_ready(self) -> None:
+        for agent in self.agents.values():
+            if agent.running and agent.logic is not None:
+                down = [p for p in agent.paths if agent.logic.monitor.status(p).value != "up"]
+                if down:
+                    self.progress(f"warning: at {agent.name}, not Up when the scenario starts: {', '.join(down)}")
+
+    # -- output ------------------------------------------------------------------------------------
+
+    def write_raw(self) -> None:
+        """The rest of raw/ (run.json, timeline, packets, events, tcp, http), the normalized scenario and
+        each site's agent file."""
+        raw = self.out / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        sc = self.sc
+        (self.out / "scenario.yaml").write_text(sc.to_yaml())
+        agents_dir = self.out / "agents"
+        agents_dir.mkdir(exist_ok=True)
+        for name, doc in self.documents.items():
+            (agents_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+        write_csv(raw / "timeline.csv", ["at_s", "applied_at", "action", "target", "params"], self.timeline_rows)
+        write_events(raw / "events.jsonl", ((name, a.events) for name, a in self.agents.items()))
+        if self.tcp:
+            write_csv(raw / "tcp.csv", ["flow", "at", "bits_per_second"], self.tcp)
+        if self.http:
+            write_csv(raw / "http.csv", ["flow", "at", "latency_ms", "ok"], self.http)
+        packet_flows = []
+        for f in self.flows:
+            if f.udp:
+                if len(f.recv_ns) != f.sent:
+                    f.allocate()       # never started (cannot happen: flows start before the end)
+                sent = self.t0_ns + np.round(f.send_times() * tr.NS).astype(np.int64)
+                packet_flows.append((f.name, sent, np.frombuffer(f.recv_ns, dtype=np.int64),
+                                     np.frombuffer(f.path_no, dtype=np.int16).astype(np.int64), f.path_names))
+        write_packets(raw / "packets.csv", packet_flows)
+        run = {
+            "scenario": sc.name, "backend": "sim", "impairment_backend": "model", "seed": sc.seed,
+            "started_at": T0 - SAMPLE_LEAD_S, "t0": T0, "duration_s": sc.duration_s,
+            "flows": [{"name": f.name, "type": f.type, "class": f.cls, "src_site": f.src_site,
+                       "dst_site": f.dst_site, "dst_port": f.key.dst_port,
+                       "rate_pps": f.plan.rate * f.plan.burst if f.udp else None, "start_s": f.start_s,
+                       "stop_s": f.stop_s, "sent": f.sent, "policy": f.policy} for f in self.flows],
+            "links": [{"link": f"{s.name}.{u.name}",
+                       "paths": [p.id for p in self.agents[s.name].paths.values() if p.uplink == u.name]}
+                      for s in sc.sites for u in s.uplinks],
+            "sla_targets": sla_targets_doc(sc),
+            "expectations": expectations_doc(sc),
+            "sim": {"mode": self.mode, "warmup_s": self.warmup_s, "sample_period_s": self.sample_period_s,
+                    "steering_latency_s": self.options.steering_latency_s, "drain_s": self.drain_s()},
+        }
+        write_json(raw / "run.json", run)
+
+
+def run_sim(scenario: Scenario, out: Path, *, mode: str = "auto", progress: Callable[[str], None] | None = None,
+            options: SimOptions | None = None) -> int:
+    """Simulate `scenario`, write `out/raw/*` and the reports; 0 when every expectation holds, else 1.
+
+    Raises ConfigError for a bad `mode` (before anything is written)."""
+    from emulation.report import write_reports
+
+    sim = Simulation(scenario, Path(out), mode, options, progress)
+    sim.progress(f"simulating {scenario.name}: {len(scenario.sites)} sites, "
+                 f"{sum(len(a.paths) for a in sim.agents.values())} paths, {len(sim.flows)} flows, "
+                 f"{sim.mode} mode")
+    sim.run()
+    sim.progress("writing the raw data")
+    sim.write_raw()
+    sim.progress("analysing, writing the reports")
+    summary = write_reports(sim.out)
+    return 0 if summary.passed else 1

@@ -1,0 +1,89 @@
+"""A scenario site as its agent's site file: the document every backend gives `patronus agent`.
+
+    doc = site_document(scenario, "hq", uplink_addr=uplink_addresses(scenario), public_keys=keys,
+                        agents_dir=out / "agents", api_listen="100.96.0.2:8470", token=token)
+    cfg = patronus.agent.config.from_dict(doc)      # exactly what the agent would parse
+
+The Mininet backend writes the document as YAML and starts a real agent on it; the simulator parses it
+with the agent's own `from_dict` and runs `SiteLogic` on the result. Building it in one place means a
+scenario's monitor profile, policies, router settings and SLA reach both backends through the same
+parser, so the two cannot drift apart.
+
+Also here, the test-bed's address plan (`uplink_addresses`, `host_address`), which
+`emulation.backends.mininet_net` configures and the simulator only needs as names: uplink u of the
+k-th site (file order) is the /24 at 100.64.0.0 + (8k + u)·256, the router .1 and the core's gateway
+.254; LAN host i (0-based) of a site is its LAN prefix's network address + 10 + i.
+
+Pure: no files, no clock, no randomness.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from emulation.scenario.model import Scenario
+
+PROBE_SECRET = "patronus-lab-probe-secret-0001"   # shared by every site of a test-bed run
+API_PORT = 8470
+UPLINK_BASE = ipaddress.IPv4Network("100.64.0.0/10")
+
+
+def uplink_addresses(scenario: Scenario) -> dict[str, dict[str, tuple[str, str]]]:
+    """site → uplink → (the router's address, the core's gateway), as the Mininet backend assigns them."""
+    out: dict[str, dict[str, tuple[str, str]]] = {}
+    for k, site in enumerate(scenario.sites):
+        out[site.name] = {}
+        for u, up in enumerate(site.uplinks):
+            net = ipaddress.IPv4Network((int(UPLINK_BASE.network_address) + (k * 8 + u) * 256, 24))
+            out[site.name][up.name] = (str(net.network_address + 1), str(net.network_address + 254))
+    return out
+
+
+def host_address(scenario: Scenario, site: str, host: int) -> str:
+    """The address of LAN host `host` (numbered from 1, as in the scenario's `site.hostN`)."""
+    prefix = ipaddress.ip_network(scenario.site(site).lan_prefix)
+    return str(prefix.network_address + 10 + (host - 1))
+
+
+def site_document(scenario: Scenario, site: str, *, uplink_addr: Mapping[str, Mapping[str, tuple[str, str]]],
+                  public_keys: Mapping[str, str], agents_dir: str | Path, api_listen: str, token: str,
+                  remotes: Sequence[str] | None = None, agent: Mapping[str, Any] | None = None,
+                  probe_secret: str = PROBE_SECRET) -> dict[str, Any]:
+    """The site file of `site`'s agent.
+
+    `uplink_addr`: site → uplink → (address, gateway) for every site involved; `public_keys`: each
+    remote's WireGuard public key; `agents_dir`: where the run keeps the agents' key files and
+    databases; `api_listen`/`token`: the agent's API. `remotes` defaults to `scenario.remotes_of(site)`
+    and `agent` to the site's `agent.to_dict()` (its keys override the generated ones; None values are
+    left out)."""
+    me = scenario.site(site)
+    agents = Path(agents_dir)
+    d: dict[str, Any] = {
+        "version": 1,
+        "site": {"name": site, "id": me.id, "lan_prefixes": [me.lan_prefix]},
+        "uplinks": [{"name": up.name, "interface": up.name, "address": uplink_addr[site][up.name][0],
+                     "gateway": uplink_addr[site][up.name][1], "cost_per_gb": up.cost_per_gb,
+                     **({"bandwidth": f"{up.bandwidth_bps:.0f}bit"} if up.bandwidth_bps else {})}
+                    for up in me.uplinks],
+        "remotes": [],
+        "wireguard": {"private_key_file": str(agents / f"{site}.key")},
+        "probe": {"secret": probe_secret},
+        "api": {"listen": api_listen, "token": token},
+        "database": str(agents / f"{site}.db"),
+        "state_dir": f"/run/patronus/{site}",
+        "metrics_interval": "1s",
+        "pmtu": False,
+    }
+    for r in (scenario.remotes_of(site) if remotes is None else remotes):
+        other = scenario.site(r)
+        d["remotes"].append({"name": r, "id": other.id, "public_key": public_keys[r],
+                             "prefixes": [other.lan_prefix],
+                             "endpoints": [{"uplink": up.name, "address": uplink_addr[r][up.name][0]}
+                                           for up in other.uplinks]})
+    for k, v in (me.agent.to_dict() if agent is None else agent).items():
+        if v is not None:
+            d[k] = v
+    return d

@@ -1,0 +1,67 @@
+"""Every shipped scenario, with its timeline compressed, on the Mininet backend in CI: real agents,
+real relays, real packets, the scenario's own expectations. Each run must pass and leave no namespace
+of ours behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.emulation, pytest.mark.timeout(420)]
+
+if os.geteuid() != 0:
+    pytest.skip("needs root for network namespaces", allow_module_level=True)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# scenario -> dotted overrides (Scenario.with_overrides) that keep its story and shorten its pauses
+SHORT: dict[str, dict[str, Any]] = {
+    "failover-basic": {"duration": "22s", "timeline.0.at": "8s", "timeline.1.at": "14s"},
+    "brownout": {"duration": "34s", "timeline.0.at": "6s", "timeline.0.over": "10s", "timeline.0.steps": 10,
+                 "timeline.1.at": "20s", "expectations.2.flow_stays.during": ["6s", "20s"]},
+    "flapping": {"duration": "28s", "timeline.0.at": "6s", "timeline.0.count": 3},
+    "voip-sla": {"duration": "36s", "timeline.0.at": "5s", "timeline.1.at": "12s", "timeline.2.at": "24s"},
+    "six-sites": {"duration": "34s", "timeline.0.at": "8s", "timeline.1.at": "14s", "timeline.2.at": "20s",
+                  "timeline.3.at": "26s", "expectations.9.flow_stays.during": ["5s", "13s"]},
+}
+
+
+def _ours() -> set[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return {line.split()[0] for line in out.splitlines() if line.startswith("pt")}
+
+
+def _short(name: str, tmp_path: Path) -> Path:
+    from emulation.scenario import load
+
+    sc = load(ROOT / "scenarios" / f"{name}.yaml").with_overrides(SHORT[name])
+    path = tmp_path / f"{name}-short.yaml"
+    path.write_text(sc.to_yaml())
+    return path
+
+
+@pytest.mark.parametrize("name", sorted(SHORT))
+def test_shipped_scenario_short_passes_and_leaves_nothing(name: str, tmp_path: Path) -> None:
+    scenario = _short(name, tmp_path)
+    out = tmp_path / "run"
+    before = _ours()
+    r = subprocess.run([sys.executable, "-m", "emulation.cli", "run", str(scenario), "--out", str(out)],
+                       capture_output=True, text=True, timeout=400, cwd=ROOT)
+    leftovers = _ours() - before
+    summary = json.loads((out / "summary.json").read_text())
+    failed = [f"{e['text']} (measured {e['value']})" for e in summary["expectations"] if not e["passed"]]
+    assert r.returncode == 0, "\n".join(failed) + "\n" + r.stdout[-2000:] + r.stderr[-2000:]
+    assert summary["passed"] and summary["backend"] == "mininet" and not failed
+    assert summary["impairment_backend"] in ("relay", "netem")
+    for f in ("report.md", "report.html", "junit.xml", "raw/packets.csv", "raw/events.jsonl", "plots"):
+        assert (out / f).exists(), f
+    assert not leftovers, leftovers
+    if name == "failover-basic":
+        fo = [f for f in summary["failovers"] if f["flow"] == "cbr"]
+        assert fo and fo[0]["gap_ms"] < 300 and fo[0]["detect_ms"] < 200

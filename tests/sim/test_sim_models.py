@@ -1,0 +1,150 @@
+"""The simulator's pieces: packets crossing link models hop by hop, the flow-level loss model, and the
+TCP and HTTP models around an outage."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import simpy
+
+from emulation.backends.sim.engine import T0, Simulation
+from emulation.backends.sim.network import FROM_CORE, TO_CORE, Network
+from emulation.backends.sim.traffic import LinkTable, _cross
+from emulation.links.impairment import GilbertElliott, Impairment, ImpairmentModel
+from emulation.scenario import parse
+from emulation.scenario.model import GilbertElliott as ScenarioGE
+
+pytestmark = pytest.mark.sim
+
+TWO_SITES = """
+version: 1
+name: two-sites
+duration: 12s
+sites:
+  hq:
+    uplinks:
+      isp1: {bandwidth: 1mbit, delay: 10ms}
+    agent: {monitor: fast}
+  br:
+    uplinks:
+      isp1: {bandwidth: 100mbit, delay: 5ms}
+    agent: {monitor: fast}
+"""
+
+
+def test_a_packet_crosses_both_links_in_order_with_their_delay_and_serialization() -> None:
+    sc = parse(TWO_SITES)
+    env = simpy.Environment()
+    net = Network(env, sc)
+    hops = net.hops(("hq.isp1", TO_CORE), ("br.isp1", FROM_CORE))
+    arrivals: list[float] = []
+    for _ in range(2):              # back to back: the second waits for the first at hq's 1 Mbit/s
+        net.send(hops, 1250, lambda: arrivals.append(env.now))
+    env.run()
+    ser_hq, ser_br = 1250 * 8 / 1e6, 1250 * 8 / 100e6
+    assert arrivals[0] == pytest.approx(ser_hq + 0.010 + ser_br + 0.005)
+    assert arrivals[1] - arrivals[0] == pytest.approx(ser_hq)
+
+
+def test_a_cut_link_drops_everything_and_a_restored_one_carries_again() -> None:
+    sc = parse(TWO_SITES)
+    env = simpy.Environment()
+    net = Network(env, sc)
+    hops = net.hops(("br.isp1", TO_CORE), ("hq.isp1", FROM_CORE))
+    got: list[float] = []
+    base = sc.uplink("hq.isp1").baseline()
+    net.apply("hq.isp1", replace(base, up=False), env.now)
+    net.send(hops, 100, lambda: got.append(env.now))
+    env.run()
+    assert got == []
+    net.apply("hq.isp1", base, env.now)
+    net.send(hops, 100, lambda: got.append(env.now))
+    env.run()
+    assert len(got) == 1
+    assert [s.up for _, s in net.history["hq.isp1"]] == [True, False, True]     # baseline, cut, restore
+
+
+def test_flow_level_burst_loss_matches_the_packet_models() -> None:
+    """The flow mode's Gilbert-Elliott chain loses what the relay's model loses, in bursts as long."""
+    ge = ScenarioGE(p=0.05, r=0.3)
+    base = parse(TWO_SITES).uplink("hq.isp1").baseline()
+    settings = replace(base, loss_model=ge, rate_bps=0.0)
+    table = LinkTable([(-np.inf, settings)])
+    n = 40_000
+    t = np.arange(n) * 1e-3
+    _, lost = _cross(table, t, 100, np.random.default_rng(7))
+    model = ImpairmentModel(Impairment(loss_model=GilbertElliott(0.05, 0.3)), seed=7)
+    lost_model = np.array([not model.on_packet(i * 1e-3, 100) for i in range(n)])
+    for losses in (lost, lost_model):
+        assert losses.mean() == pytest.approx(ge.mean_loss_ratio, abs=0.01)     # 14.3 %
+        starts = np.flatnonzero(losses[1:] & ~losses[:-1])
+        assert losses.sum() / len(starts) == pytest.approx(1 / ge.r, rel=0.1)   # mean burst: 3.3 packets
+
+
+TCP_AND_HTTP = TWO_SITES.replace("duration: 12s", "duration: 12s\nseed: 3") + """
+traffic:
+  - {name: bulk, type: tcp_bulk, from: hq, to: br, bandwidth: 500kbit}
+  - {name: web, type: http, from: hq, to: br, interval: 500ms, size: 10k}
+timeline:
+  - {at: 4s, action: cut, link: hq.isp1}
+  - {at: 6s, action: restore, link: hq.isp1}
+"""
+
+
+def test_tcp_stops_during_an_outage_and_resumes_at_its_retransmission_timeout(tmp_path: Path) -> None:
+    sim = Simulation(parse(TCP_AND_HTTP), tmp_path, "packet")
+    sim.run()
+    sim.write_raw()
+    with open(tmp_path / "raw" / "tcp.csv") as fh:
+        rate = {round(float(r["at"]) - T0): float(r["bits_per_second"]) for r in csv.DictReader(fh)}
+    # the cap, until the cut at 4 s; hq has one uplink, so nothing until the link is back (6 s) and the
+    # path is Up again (a few probes later); the sender's timeouts fire at 4.2, 4.6, 5.4 and 7.0 s
+    assert [rate[s] for s in (1, 2, 3, 4)] == [500e3] * 4
+    assert [rate[s] for s in (5, 6, 7)] == [0.0] * 3
+    assert [rate[s] for s in (8, 9, 10, 11, 12)] == [500e3] * 5
+    with open(tmp_path / "raw" / "http.csv") as fh:
+        web = [(float(r["at"]) - T0, float(r["latency_ms"]), r["ok"] == "1") for r in csv.DictReader(fh)]
+    assert all(ok for at, _, ok in web if at < 3.9 or at > 7.0)
+    assert not any(ok for at, _, ok in web if 4.0 <= at < 5.0)      # its SYN retry at +1 s still finds no path
+    rtt = 2 * (0.010 + 0.005)
+    fastest = min(lat for _, lat, ok in web if ok)
+    assert fastest == pytest.approx((3 * rtt + 10 * 1024 * 8 / (1e6 * 1380 / 1494)) * 1000, rel=0.01)
+
+
+AGENT_STOP = TWO_SITES + """
+traffic:
+  - {name: cbr, type: udp_cbr, from: hq, to: br, rate: 100}
+timeline:
+  - {at: 3s, action: agent_stop, site: br}
+  - {at: 5s, action: agent_start, site: br}
+"""
+
+
+def test_a_stopped_agent_neither_reflects_nor_receives_and_a_restarted_one_starts_afresh(tmp_path: Path) -> None:
+    sim = Simulation(parse(AGENT_STOP), tmp_path, "packet")
+    sim.run()
+    sim.write_raw()
+    with open(tmp_path / "raw" / "packets.csv") as fh:
+        packets = [((int(r["sent_ns"]) - int(T0 * 1e9)) / 1e9, r["recv_ns"] != "", r["path"])
+                   for r in csv.DictReader(fh)]
+    assert all(got for t, got, _ in packets if t < 2.9 or t > 5.5)
+    assert not any(got for t, got, _ in packets if 3.0 <= t < 5.0)       # br's tunnels are gone
+    # hq stops sending into the tunnel once its paths to br are Down (br reflects nothing), until they
+    # come back after br's restart
+    assert any(path == "" for t, _, path in packets if 3.2 < t < 5.0)
+    events = [json.loads(line) for line in (tmp_path / "raw" / "events.jsonl").read_text().splitlines()]
+    started = [e["at"] - T0 for e in events if e["kind"] == "AgentStarted" and e["site"] == "br"]
+    assert len(started) == 2 and started[1] == pytest.approx(5.0)
+    downs = [e["at"] - T0 for e in events if e["kind"] == "PathStatusChanged" and e["site"] == "hq"
+             and e["new"] == "down"]
+    assert downs and all(3.0 < t < 3.3 for t in downs)
+    with open(tmp_path / "raw" / "path_metrics.csv") as fh:
+        br_samples = [float(r["at"]) - T0 for r in csv.DictReader(fh) if r["site"] == "br"]
+    assert not [t for t in br_samples if 3.0 < t < 5.0]       # a stopped agent answers no API
+    assert (tmp_path / "raw" / "timeline.csv").read_text().splitlines()[1:] == [
+        "3.0,1700000003.0,agent_stop,br,{}", "5.0,1700000005.0,agent_start,br,{}"]
