@@ -32,6 +32,7 @@ import httpx
 import yaml
 
 from emulation.backends.mininet_net import MininetNet, NetSpec, SiteSpec, UplinkSpec
+from emulation.siteconf import expectations_doc, site_document, sla_targets_doc
 from patronus.agent.keys import generate_private_key, public_key
 
 TOKEN_BYTES = 24
@@ -43,7 +44,6 @@ TOKEN_BYTES = 24
 SETTLE_TIMEOUT_S = 60.0     # for slots displaced at start to come home (a failback hold, with margin)
 RELAY_NICE = -10
 AGENT_NICE = -5
-PROBE_SECRET = "patronus-lab-probe-secret-0001"
 
 
 class RunError(RuntimeError):
@@ -178,34 +178,12 @@ class Runner:
     # -- agents ------------------------------------------------------------------------------------
 
     def site_file(self, site: str, agent: dict[str, Any], remotes: list[str]) -> dict[str, Any]:
+        """The site file of `site`'s agent (emulation.siteconf builds it the same way for every backend)."""
         assert self.net is not None
-        me = self.net.sites[site]
-        d: dict[str, Any] = {
-            "version": 1,
-            "site": {"name": site, "id": self.site_ids[site], "lan_prefixes": [me.spec.lan_prefix]},
-            "uplinks": [{"name": up.name, "interface": up.name, "address": me.uplink_addr[up.name][0],
-                         "gateway": me.uplink_addr[up.name][1], "cost_per_gb": up.cost_per_gb,
-                         **({"bandwidth": f"{up.bandwidth_bps:.0f}bit"} if up.bandwidth_bps else {})}
-                        for up in me.spec.uplinks],
-            "remotes": [],
-            "wireguard": {"private_key_file": str(self.out / "agents" / f"{site}.key")},
-            "probe": {"secret": PROBE_SECRET},
-            "api": {"listen": f"{me.mgmt_ip}:8470", "token": self.token},
-            "database": str(self.out / "agents" / f"{site}.db"),
-            "state_dir": f"/run/patronus/{site}",
-            "metrics_interval": "1s",
-            "pmtu": False,
-        }
-        for r in remotes:
-            other = self.net.sites[r]
-            d["remotes"].append({"name": r, "id": self.site_ids[r], "public_key": public_key(self.keys[r]),
-                                 "prefixes": [other.spec.lan_prefix],
-                                 "endpoints": [{"uplink": up.name, "address": other.uplink_addr[up.name][0]}
-                                               for up in other.spec.uplinks]})
-        for k, v in agent.items():
-            if v is not None:
-                d[k] = v
-        return d
+        return site_document(self.sc, site, uplink_addr={n: dict(s.uplink_addr) for n, s in self.net.sites.items()},
+                             public_keys={r: public_key(self.keys[r]) for r in remotes},
+                             agents_dir=self.out / "agents", api_listen=f"{self.net.sites[site].mgmt_ip}:8470",
+                             token=self.token, remotes=remotes, agent=agent)
 
     def start_agents(self, agents: dict[str, dict[str, Any]], remotes: dict[str, list[str]]) -> None:
         assert self.net is not None
@@ -444,15 +422,6 @@ class Runner:
                     sent, recv = arrivals.get(seq, (0, 0))
                     w.writerow([f.name, seq, sent or "", recv or "", paths.get(seq, "")])
 
-    def sla_targets(self) -> dict[str, dict[str, float]]:
-        """Each traffic class's target: the sending site's agent `sla` (the agent checks the same)."""
-        out: dict[str, dict[str, float]] = {}
-        for f in self.sc.flows:
-            t = self.sc.site(f.src.site).agent.sla
-            out.setdefault(f.traffic_class, {"latency_ms": t.latency_ms, "loss_pct": t.loss_pct,
-                                             "jitter_ms": t.jitter_ms})
-        return out
-
     def write_raw(self, sampler: Sampler, expectations: list[dict[str, Any]], links: list[dict[str, Any]]) -> None:
         assert self.net is not None
         self.raw.mkdir(parents=True, exist_ok=True)
@@ -508,7 +477,7 @@ class Runner:
                                                    17 if f.udp else 6, f.dst_port)}
                       for f in self.flows],
             "links": links,
-            "sla_targets": self.sla_targets(),
+            "sla_targets": sla_targets_doc(self.sc),
             "expectations": expectations,
         }
         (self.raw / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True))
@@ -541,24 +510,6 @@ class Runner:
                 plan.interval_s = float(f.interval_s or 1.0)
             self.flows.append(plan)
         return spec
-
-    def expectations(self) -> list[dict[str, Any]]:
-        out = []
-        for e in self.sc.expectations:
-            d: dict[str, Any] = {"type": e.kind, "text": e.text}
-            for attr, key in (("flow", "flow"), ("max_s", "max"), ("max_packets", "max"), ("max_changes", "max"),
-                              ("min_ratio", "min"), ("min_changes", "min")):
-                if hasattr(e, attr):
-                    d[key] = getattr(e, attr)
-            if hasattr(e, "link"):
-                d["link"] = str(e.link)
-            if hasattr(e, "start_s"):
-                d["during"] = [e.start_s, e.end_s]
-            tgt = getattr(e, "target", None)
-            if tgt is not None:
-                d["target"] = {"latency_ms": tgt.latency_ms, "loss_pct": tgt.loss_pct, "jitter_ms": tgt.jitter_ms}
-            out.append(d)
-        return out
 
     def _impairment(self, s: Any) -> Any:
         from emulation.links.impairment import GilbertElliott, Impairment
@@ -650,7 +601,7 @@ class Runner:
             links = [{"link": f"{s.name}.{u.name}",
                       "paths": [p["id"] for p in self._paths_of(s.name) if p["uplink"] == u.name]}
                      for s in self.sc.sites for u in s.uplinks]
-            self.write_raw(sampler, self.expectations(), links)
+            self.write_raw(sampler, expectations_doc(self.sc), links)
         finally:
             if sampler is not None and sampler.is_alive():
                 sampler.stop()

@@ -87,3 +87,32 @@ def site_document(scenario: Scenario, site: str, *, uplink_addr: Mapping[str, Ma
         if v is not None:
             d[k] = v
     return d
+
+
+def expectations_doc(scenario: Scenario) -> list[dict[str, Any]]:
+    """run.json's expectations, the same for every backend."""
+    out = []
+    for e in scenario.expectations:
+        d: dict[str, Any] = {"type": e.kind, "text": e.text}
+        for attr, key in (("flow", "flow"), ("max_s", "max"), ("max_packets", "max"), ("max_changes", "max"),
+                          ("min_ratio", "min"), ("min_changes", "min")):
+            if hasattr(e, attr):
+                d[key] = getattr(e, attr)
+        if hasattr(e, "link"):
+            d["link"] = str(e.link)
+        if hasattr(e, "start_s"):
+            d["during"] = [getattr(e, "start_s"), getattr(e, "end_s")]  # noqa: B009 - FlowStays only
+        tgt = getattr(e, "target", None)
+        if tgt is not None:
+            d["target"] = {"latency_ms": tgt.latency_ms, "loss_pct": tgt.loss_pct, "jitter_ms": tgt.jitter_ms}
+        out.append(d)
+    return out
+
+
+def sla_targets_doc(scenario: Scenario) -> dict[str, dict[str, float]]:
+    """Each traffic class's target: the sending site's agent `sla` (the agent checks the same)."""
+    out: dict[str, dict[str, float]] = {}
+    for f in scenario.flows:
+        t = scenario.site(f.src.site).agent.sla
+        out.setdefault(f.traffic_class, {"latency_ms": t.latency_ms, "loss_pct": t.loss_pct, "jitter_ms": t.jitter_ms})
+    return out

@@ -38,8 +38,6 @@ from emulation.backends.sim import traffic as tr
 from emulation.backends.sim.agent import SimAgent
 from emulation.backends.sim.network import Network, later
 from emulation.backends.sim.writer import (
-    expectations_doc,
-    sla_targets_doc,
     write_csv,
     write_events,
     write_json,
@@ -47,7 +45,7 @@ from emulation.backends.sim.writer import (
 )
 from emulation.scenario.model import Ramp, Scenario
 from emulation.scenario.timeline import AgentStep, LinkStep, Step
-from emulation.siteconf import API_PORT, site_document, uplink_addresses
+from emulation.siteconf import API_PORT, expectations_doc, site_document, sla_targets_doc, uplink_addresses
 from patronus.agent.config import from_dict
 from patronus.core.errors import ConfigError
 
