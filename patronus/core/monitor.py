@@ -372,6 +372,10 @@ class PathMonitor:
         if st.answered_sent_at is None or start > st.answered_sent_at:
             st.answered_sent_at = start
         self._outcome(st, rtt_s, now)
+        if st.wake_at < st.next_wake():
+            # the answered probe's timeout was the next wake-up: move it, so the driver is not woken
+            # for nothing (about one wasted wake-up a probe otherwise); the old heap entry goes stale
+            self._arm(st)
         return True
 
     def on_probe_result(self, path_id: PathId, rtt_s: float | None, now: float) -> None:

@@ -124,7 +124,9 @@ def test_flow_mode_writes_the_same_records_and_reaches_the_same_verdicts(failove
     lost = {s["flow"]: s for s in flow["failovers"]}, {s["flow"]: s for s in packet["failovers"]}
     for name in ("cbr", "voice"):
         f, p = lost[0][name], lost[1][name]
-        assert f["ledger"]["to_path"] == p["ledger"]["to_path"]
+        # both leave the cut uplink (which of isp2's paths is a race between the failed path's detection
+        # and its siblings' next replies: fate sharing, patronus.core.site)
+        assert f["ledger"]["to_path"].startswith("br:isp2-") and p["ledger"]["to_path"].startswith("br:isp2-")
         assert abs(f["lost_packets"] - p["lost_packets"]) <= 0.3 * p["lost_packets"] + 2
 
 
