@@ -41,7 +41,7 @@ TOKEN_BYTES = 24
 # router boxes, so they go ahead of traffic generators, receivers and the runner itself. Without
 # this, healthy paths of the brownout scenario went Down when the host was busy (3 probes
 # unanswered: a relay or reflector stalled for more than 60 ms).
-SETTLE_TIMEOUT_S = 60.0     # for slots displaced at start to come home (a failback hold, with margin)
+SETTLE_TIMEOUT_S = 60.0     # at least; three quiet periods (failback hold + 1 s) if that is longer
 RELAY_NICE = -10
 AGENT_NICE = -5
 
@@ -247,16 +247,19 @@ class Runner:
             time.sleep(0.2)      # polling the tunnels for a condition, with a deadline
 
     def wait_settled(self, timeout_s: float) -> bool:
-        """Every agent has its slots on the paths they started on (none waiting to fail back) and every
-        path Up without loss: the steady state a scenario starts from. A slot displaced by something
-        seen while the agents started (a slow first probe, a loss) comes home after the failback hold;
-        starting the clock before would count that return as the scenario's path change. Returns
-        False if the deadline passed first (the run goes on, and says so)."""
-        deadline = time.monotonic() + timeout_s
+        """The steady state a scenario starts from: every path Up, and nothing changed (no path
+        status, no steering) for longer than the longest failback hold. Agents that start together
+        often move a slot on their first few probes (a slow first reply through a fresh tunnel, one
+        loss); it comes back after the failback hold, and starting the clock before that would
+        count the return as the scenario's path change. Returns False if the deadline passed first
+        (the run goes on, and says so)."""
+        quiet_s = max((s.agent.router.failback_hold_s for s in self.sc.sites), default=0.0) + 1.0
+        deadline = time.monotonic() + max(timeout_s, 3 * quiet_s)
         while True:
             err = self.agent_down()
             if err:
                 raise RunError(err)
+            last = 0.0
             settled = True
             for site in self.agents:
                 try:
@@ -264,10 +267,12 @@ class Runner:
                 except (httpx.HTTPError, ValueError):
                     settled = False
                     break
-                if info.get("displaced_slots", 0) or not all(p["status"] == "up" for p in ps):
+                if not all(p["status"] == "up" for p in ps):
                     settled = False
                     break
-            if settled:
+                last = max([last, info.get("last_steering_change") or 0.0] +
+                           [p.get("status_since") or 0.0 for p in ps])
+            if settled and time.time() - last >= quiet_s:
                 return True
             if time.monotonic() > deadline:
                 return False
@@ -569,8 +574,8 @@ class Runner:
             self.wait_ready(90)
             self.wait_tunnels(60)
             if not self.wait_settled(SETTLE_TIMEOUT_S):
-                self.progress(f"warning: agents not settled after {SETTLE_TIMEOUT_S:g} s (slots still away from "
-                              "their first path, or a path not Up); starting anyway")
+                self.progress(f"warning: agents not settled after {SETTLE_TIMEOUT_S:g} s (a path not Up, or "
+                              "paths or steering still changing); starting anyway")
             self.progress("agents ready, every tunnel up; starting traffic")
             self.start_receivers()
             sampler = Sampler({s: f"http://{n.mgmt_ip}:8470/api/v1" for s, n in self.net.sites.items()}, self.token)
