@@ -73,7 +73,7 @@ class SiteLogic:
         self._endpoint: dict[PathId, str] = {}       # the remote endpoint, `site:uplink`
         self._suspect: dict[PathId, float] = {}      # path -> when its sibling's failure began
         self._tunnel_dead: set[PathId] = set()
-        self._timeouts_seen: dict[PathId, int] = {}
+        self._timeouts_seen: dict[PathId, tuple[int, int]] = {}   # (timed out, late) already counted
 
     # -- paths -------------------------------------------------------------------------------------
 
@@ -106,8 +106,11 @@ class SiteLogic:
     def on_probe_reply(self, path_id: PathId, seq: int, sent_at: float, now: float) -> bool:
         """A probe reply arrived at `now` (sent at `sent_at`, both on the driver's monotonic clock).
         Returns False if the monitor did not take it (unknown, late, duplicate). Call `pump` after."""
+        late_before = self.monitor.counters(path_id).late if path_id in self._uplink else 0
         took = self.monitor.on_probe_reply(path_id, seq, sent_at, now)
-        if took:
+        if took or (path_id in self._uplink and self.monitor.counters(path_id).late > late_before
+                    and now >= sent_at):
+            # a late reply is a delayed probe, not a lost one, for the SLA as for the monitor's window
             self.sla.record_probe(path_id, (now - sent_at) * 1000.0, now)
         since = self._suspect.get(path_id)
         if since is not None and sent_at > since:
@@ -190,9 +193,11 @@ class SiteLogic:
         return step
 
     def _count_timeouts(self, path_id: PathId, now: float) -> None:
-        """Every probe the monitor gave up on is a lost sample for the path's SLA."""
+        """Every probe the monitor gave up on and whose reply did not come late after all (counted at
+        each metrics report) is a lost sample for the path's SLA."""
         c = self.monitor.counters(path_id)
-        seen = self._timeouts_seen.get(path_id, 0)
-        for _ in range(min(c.timed_out - seen, _MAX_TIMEOUTS_PER_STEP)):
+        seen_out, seen_late = self._timeouts_seen.get(path_id, (0, 0))
+        lost = (c.timed_out - seen_out) - (c.late - seen_late)
+        for _ in range(min(max(lost, 0), _MAX_TIMEOUTS_PER_STEP)):
             self.sla.record_probe(path_id, None, now)
-        self._timeouts_seen[path_id] = c.timed_out
+        self._timeouts_seen[path_id] = (c.timed_out, c.late)
