@@ -65,3 +65,21 @@ def test_shipped_scenario_short_passes_and_leaves_nothing(name: str, tmp_path: P
     if name == "failover-basic":
         fo = [f for f in summary["failovers"] if f["flow"] == "cbr"]
         assert fo and fo[0]["gap_ms"] < 300 and fo[0]["detect_ms"] < 200
+        _sim_agrees(scenario, out, tmp_path / "sim")
+
+
+def _sim_agrees(scenario: Path, mininet_out: Path, sim_out: Path) -> None:
+    """The same scenario in simulation detects the cut within one probe interval of the emulation."""
+    from emulation.backends.sim import run_sim
+    from emulation.compare import compare_runs
+    from emulation.scenario import load
+
+    sc = load(scenario)
+    assert run_sim(sc, sim_out) == 0
+    c = compare_runs(mininet_out, sim_out)
+    interval_s = max(s.agent.monitor.interval_s for s in sc.sites)
+    detections = [d for d in c.differences if d.metric == "detect_ms"]
+    assert detections, c.differences
+    for d in detections:
+        assert d.a is not None and d.b is not None, d
+        assert abs(d.a - d.b) <= interval_s * 1000.0, d
