@@ -612,7 +612,8 @@ class Runner:
                 sampler.stop()
             self.kill_all()
             if self.keep and self.net is not None:
-                self.progress(self.keep_message())
+                sockets = self.detach_links()
+                self.progress(self.keep_message(sockets))
             else:
                 self.progress("tearing down")
                 self.teardown()
@@ -661,12 +662,25 @@ class Runner:
                                         [sys.executable, "-m", "patronus.cli", "agent", "--config", str(cfg)],
                                         self.out / "agents" / f"{site}.log")
 
-    def keep_message(self) -> str:
+    def detach_links(self) -> dict[str, str]:
+        """--keep: the relays must outlive the runner; each moves its control to a Unix socket."""
+        from emulation.links.relay import RelayLink
+
+        out = {}
+        for name, link in self.links.items():
+            if isinstance(link, RelayLink) and link.proc is not None:
+                out[name] = link.detach()
+        return out
+
+    def keep_message(self, sockets: dict[str, str] | None = None) -> str:
         assert self.net is not None
         lines = [f"network kept up (run {self.run_id}); remove it with: patronus-lab clean --run {self.run_id}"]
         for s, n in self.net.sites.items():
             lines.append(f"  {s}: ip netns exec {self._ns(n.router)} bash   (agent API http://{n.mgmt_ip}:8470, "
-                         f"site file {self.out / 'agents' / (s + '.yaml')})")
+                         f"token in {self.out / 'agents' / (s + '.yaml')})")
+        for link, path in sorted((sockets or {}).items()):
+            lines.append(f"  link {link}: relay control socket {path} (JSON lines: {{\"counters\": true}}, "
+                         f"{{\"set\": ...}})")
         return "\n".join(lines)
 
     def teardown(self) -> None:

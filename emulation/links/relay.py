@@ -399,6 +399,26 @@ class _Control:
         else:
             raise ConfigError(f"expected stdin or unix:PATH, got {spec!r}", "--control")
 
+    def _detach(self, line: bytes) -> dict[str, Any]:
+        """{"detach": "unix:PATH"}: from now on take control on a Unix socket at PATH and no longer
+        stop when stdin closes, so the relay outlives its parent (`patronus-lab run --keep`)."""
+        try:
+            spec = json.loads(line)["detach"]
+            if not isinstance(spec, str) or not spec.startswith("unix:") or len(spec) <= 5:
+                raise ValueError(f"expected unix:PATH, got {spec!r}")
+            path = spec[5:]
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(path)
+            os.chmod(path, 0o600)
+            listener.listen(8)
+            listener.setblocking(False)
+        except (ValueError, OSError) as exc:
+            return {"ok": False, "error": f"detach: {exc}"}
+        self.listener, self.path, self.stdin = listener, path, False
+        return {"ok": True, "control": spec}
+
     def fds(self) -> list[Any]:
         if self.stdin:
             return [0]
@@ -416,7 +436,10 @@ class _Control:
                 return
             self.inbuf += chunk
             for line in self._lines(self.inbuf):
-                _emit(relay.handle(line))
+                if self.stdin and line.startswith(b'{"detach"'):
+                    _emit(self._detach(line))
+                    continue
+                _emit(relay.handle(line) if self.stdin else {"ok": False, "error": "detached: use the socket"})
             return
         if f is self.listener:
             assert self.listener is not None
@@ -632,6 +655,8 @@ def cleanup(tag: str, timeout_s: float = 3.0) -> list[str]:
             done.append(f"relay pid {rec['pid']} ({rec.get('ns')}: {rec.get('x')}<->{rec.get('y')})")
         with contextlib.suppress(FileNotFoundError):
             f.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            f.with_suffix(".sock").unlink()      # a detached relay's control socket
     return done
 
 
@@ -667,6 +692,7 @@ class RelayLink:
         self._lock = threading.Lock()
         self._record: Path | None = None
         self.final_counters: dict[str, Any] | None = None
+        self.detached: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -747,6 +773,23 @@ class RelayLink:
         finally:
             self._reap(kill=False, timeout_s=timeout_s)
         return self.final_counters
+
+    def detach(self) -> str:
+        """Let the relay outlive this process: it moves its control to a Unix socket (returned) in
+        the registry directory and no longer stops when our end of its stdin closes. After this the
+        relay is stopped only through that socket, or by `patronus-lab clean` (its registry record)."""
+        proc = self.proc
+        assert proc is not None
+        path = str(registry_dir() / f"{self.tag}.{proc.pid}.sock")
+        self.request({"detach": f"unix:{path}"})
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        self.detached = proc        # no longer ours to stop: stop() and the registry record leave it be
+        self.proc = None
+        self._record = None
+        return path
 
     def __enter__(self) -> RelayLink:
         return self.start()

@@ -83,3 +83,47 @@ def _sim_agrees(scenario: Path, mininet_out: Path, sim_out: Path) -> None:
     for d in detections:
         assert d.a is not None and d.b is not None, d
         assert abs(d.a - d.b) <= interval_s * 1000.0, d
+
+
+def test_keep_leaves_the_network_running_and_clean_removes_it(tmp_path: Path) -> None:
+    """--keep: agents, relays and namespaces outlive the run (the relays answer on their control
+    sockets); `patronus-lab clean --run ID` then removes all of it."""
+    import re
+    import socket
+
+    from emulation.scenario import load
+
+    sc = load(ROOT / "scenarios" / "failover-basic.yaml").with_overrides(
+        {"duration": "6s", "timeline.0.at": "2s", "timeline.1.at": "4s", "expectations": []})
+    scenario = tmp_path / "keep.yaml"
+    scenario.write_text(sc.to_yaml())
+    before = _ours()
+    r = subprocess.run([sys.executable, "-m", "emulation.cli", "run", str(scenario), "--out", str(tmp_path / "run"),
+                        "--keep"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    m = re.search(r"clean --run ([0-9a-f]{4})", r.stdout)
+    assert m, r.stdout[-2000:] + r.stderr[-2000:]
+    run_id = m.group(1)
+    try:
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        kept = _ours() - before
+        assert kept and all(n.startswith(f"pt{run_id}-") for n in kept)
+        socks = re.findall(r"relay control socket (\S+)", r.stdout)
+        assert len(socks) == 4                                   # 2 sites × 2 uplinks
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(5)
+            s.connect(socks[0])
+            s.sendall(b'{"counters": true}\n')
+            reply = json.loads(s.makefile().readline())
+        assert reply["ok"] and reply["counters"]["xy"]["packets_in"] > 0
+        ns = re.search(r"hq: ip netns exec (\S+) bash", r.stdout)
+        assert ns, r.stdout[-2000:]
+        health = subprocess.run(["ip", "netns", "exec", ns.group(1), sys.executable, "-m", "patronus.cli", "status",
+                                 "--config", str(tmp_path / "run" / "agents" / "hq.yaml")],
+                                capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert health.returncode == 0 and "br:isp1-isp1" in health.stdout, health.stdout + health.stderr
+    finally:
+        c = subprocess.run([sys.executable, "-m", "emulation.cli", "clean", "--run", run_id],
+                           capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert c.returncode == 0, c.stdout + c.stderr
+    assert not (_ours() - before)
+    assert not any(Path(p).exists() for p in socks)
