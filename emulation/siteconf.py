@@ -73,7 +73,7 @@ def site_document(scenario: Scenario, site: str, *, uplink_addr: Mapping[str, Ma
         "probe": {"secret": probe_secret},
         "api": {"listen": api_listen, "token": token},
         "database": str(agents / f"{site}.db"),
-        "state_dir": f"/run/patronus/{site}",
+        "state_dir": str(agents / f"{site}.state"),   # per run: two runs may share site names
         "metrics_interval": "1s",
         "pmtu": False,
     }
