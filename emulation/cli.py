@@ -115,14 +115,17 @@ def run(
     except ImportError:
         console.print("[red]Mininet is not importable: run 'make setup' (installs Debian's mininet)[/red]")
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    from emulation.progress import RunProgress
     from emulation.runner import RunError, Runner
 
-    runner = Runner(scenario, out, keep=keep, impairment_backend=impairment, progress=progress)
-    try:
-        code = runner.execute()
-    except RunError as exc:
-        console.print(f"[red]run failed:[/red] {exc}", markup=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+    with RunProgress(console) as bars:
+        runner = Runner(scenario, out, keep=keep, impairment_backend=impairment, progress=bars, clock=bars.clock)
+        try:
+            code = runner.execute()
+        except RunError as exc:
+            bars.close()
+            console.print(f"[red]run failed:[/red] {exc}", markup=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
     console.print(f"report: {out / 'report.html'} (and report.md, summary.json, junit.xml)")
     raise typer.Exit(code)
 

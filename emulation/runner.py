@@ -131,12 +131,14 @@ class Sampler(threading.Thread):
 
 class Runner:
     def __init__(self, scenario: Any, out: Path, *, keep: bool = False, impairment_backend: str = "auto",
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 clock: Callable[[float, float, str], None] | None = None) -> None:
         self.sc = scenario
         self.out = Path(out)
         self.raw = self.out / "raw"
         self.keep = keep
         self.progress = progress or (lambda msg: None)
+        self.clock = clock or (lambda t, total, nxt: None)     # scenario time, for a progress bar
         self.run_id = secrets.token_hex(2)
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
         self.net: MininetNet | None = None
@@ -558,7 +560,7 @@ class Runner:
 
         if self.impairment_backend == "auto":
             self.impairment_backend, why = choose_backend("auto")
-            self.progress(f"impairment backend: {self.impairment_backend} ({why})")
+            self.progress(f"note: impairment backend {self.impairment_backend} ({why})")
         spec = self.plan()
         self.out.mkdir(parents=True, exist_ok=True)
         self.raw.mkdir(parents=True, exist_ok=True)
@@ -582,24 +584,31 @@ class Runner:
             sampler.start()
             self.started_at = time.time()
             self.t0 = self.started_at + 0.5
-            actions: list[tuple[float, int, Callable[[], None]]] = []
+            actions: list[tuple[float, int, str, Callable[[], None]]] = []
             for i, f in enumerate(self.flows):
-                actions.append((f.start_s, i, lambda f=f: self.start_sender(f)))  # type: ignore[misc]
+                actions.append((f.start_s, i, f"start {f.name}",
+                                lambda f=f: self.start_sender(f)))  # type: ignore[misc]
             for j, step in enumerate(self.sc.schedule()):
-                actions.append((step.at_s, 10_000 + j, lambda st=step: self.apply_step(st)))  # type: ignore[misc]
+                label = f"{self.sc.timeline[step.event].action} {step.link if hasattr(step, 'link') else step.site}"
+                actions.append((step.at_s, 10_000 + j, label,
+                                lambda st=step: self.apply_step(st)))  # type: ignore[misc]
             actions.sort(key=lambda a: (a[0], a[1]))
-            for at_s, _, act in actions:
+            total = self.sc.duration_s
+            self.progress(f"running the timeline ({len(self.sc.timeline)} events, {total:g} s)")
+            for at_s, _, label, act in actions:
                 due = self.t0 + at_s
                 while time.time() < due:
+                    self.clock(time.time() - self.t0, total, f"{label} at {at_s:g} s")
                     time.sleep(min(0.05, due - time.time()))   # waiting for the scheduled instant
                 err = self.agent_down()
                 if err and not self._stopped_on_purpose():
                     raise RunError(err)
                 act()
-            end = self.t0 + self.sc.duration_s
-            self.progress("running until the end of the timeline")
+            end = self.t0 + total
             while time.time() < end:
+                self.clock(time.time() - self.t0, total, "end")
                 time.sleep(min(0.2, end - time.time()))       # waiting for the scenario's end
+            self.clock(total, total, "")
             self.progress("stopping traffic, collecting data")
             self.finish_traffic()
             sampler.stop()
