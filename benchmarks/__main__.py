@@ -7,7 +7,7 @@ import sys
 
 from benchmarks.common import OUT_DIR, pin_one_core
 
-ALL = ["bench_routing", "bench_monitor", "bench_failover", "bench_probe_overhead", "bench_relay"]
+ALL = ["bench_routing", "bench_monitor", "bench_failover", "bench_probe_overhead", "bench_relay", "bench_testbed"]
 
 
 def main(argv: list[str]) -> int:

@@ -570,15 +570,16 @@ class Runner:
             self.progress(f"building {len(spec.sites)} sites (run {self.run_id})")
             self.net = MininetNet(spec).build()
             self.start_links()
-            self.progress("starting agents")
+            self.progress("starting agents (network built)")
             agents = {s.name: s.agent.to_dict() for s in self.sc.sites}
             self.start_agents(agents, {s.name: list(self.sc.remotes_of(s.name)) for s in self.sc.sites})
             self.wait_ready(90)
             self.wait_tunnels(60)
+            self.progress("agents ready, every tunnel up; letting them settle")
             if not self.wait_settled(SETTLE_TIMEOUT_S):
                 self.progress(f"warning: agents not settled after {SETTLE_TIMEOUT_S:g} s (a path not Up, or "
                               "paths or steering still changing); starting anyway")
-            self.progress("agents ready, every tunnel up; starting traffic")
+            self.progress("starting traffic")
             self.start_receivers()
             sampler = Sampler({s: f"http://{n.mgmt_ip}:8470/api/v1" for s, n in self.net.sites.items()}, self.token)
             sampler.start()
@@ -625,7 +626,9 @@ class Runner:
                 self.progress(self.keep_message(sockets))
             else:
                 self.progress("tearing down")
+                t = time.monotonic()
                 self.teardown()
+                self.progress(f"note: torn down in {time.monotonic() - t:.2f} s")
         from emulation.report import report_command
 
         return report_command(self.out)
