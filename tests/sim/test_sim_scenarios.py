@@ -76,7 +76,10 @@ def test_failover_basic_passes_with_a_detection_time_of_the_fast_profile(failove
         ledger = f["ledger"]
         assert ledger["declared"] == "down" and ledger["from_path"] == "br:isp1-isp1"
         assert ledger["to_path"].split(":")[1].startswith("isp2-")       # off hq.isp1
-        assert ledger["routing_decision_ms"] == f["detect_ms"]          # the flows move at once
+        # the flows move once the siblings' answers tell a local cut from a remote one (patronus.core.site),
+        # at most multiplier × interval after the Down
+        wait_ms = ledger["routing_decision_ms"] - f["detect_ms"]
+        assert 0 <= wait_ms <= mon.detect_multiplier * mon.interval_s * 1000 + 1e-6
         gap_after_decision = ledger["first_packet_new_path_ms"] - ledger["routing_decision_ms"]
         assert 0 <= gap_after_decision <= 20.0 + 1e-6                   # the next packet (voice: 20 ms apart)
 

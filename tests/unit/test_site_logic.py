@@ -127,4 +127,30 @@ def test_a_sibling_that_answered_since_the_failure_began_is_not_suspected() -> N
     # the local uplink is evidently fine (its short path answered since); the endpoint's other path is not
     assert not net.logic.suspected(PathId("br:isp1-isp2"))
     assert net.logic.suspected(PathId("br:isp2-isp1"))
+    net.run_until(net.now + 0.2)
     assert net.logic.router.flow_path(flow2) == PathId("br:isp1-isp2")
+
+
+def test_the_move_waits_for_the_siblings_to_tell_a_local_cut_from_a_remote_one() -> None:
+    """At the Down neither sibling has had time to answer: the router is told only once one of them
+    has (here the path to the same remote endpoint over the other uplink: the cut is local), and the
+    flow goes to that better path rather than to the only path sharing nothing."""
+    net = Net()
+    net.rtt["br:isp2-isp1"] = 0.100
+    net.run_until(2.0)
+    flow = FlowKey("10.1.0.2", "10.2.0.2", 4000, 5001, 17)
+    assert net.logic.router.select_path(flow, net.now) == PathId("br:isp1-isp1")
+    net.cut.add("isp1")
+    while net.logic.monitor.status(PathId("br:isp1-isp1")) is not PathStatus.DOWN:
+        net.run_until(net.now + 0.001)
+    down_at = net.now
+    assert net.logic.router.flow_path(flow) == PathId("br:isp1-isp1")       # held: the router not told yet
+    assert net.logic.next_deadline() is not None
+    net.run_until(net.now + 0.2)
+    moves = [e for e in net.events if isinstance(e, FailoverTriggered) and e.flow == flow]
+    assert len(moves) == 1 and moves[0].to_path == PathId("br:isp2-isp1")
+    assert moves[0].at - down_at <= 3 * 0.020 + 1e-9                        # at most multiplier × interval
+    # the cut uplink's other path stayed suspected until its own probes took it Down
+    sib = PathId("br:isp1-isp2")
+    assert net.logic.suspected(sib) or net.logic.monitor.status(sib) is PathStatus.DOWN
+    assert not net.logic.suspected(PathId("br:isp2-isp1"))
