@@ -31,6 +31,7 @@ from emulation.scenario.fmt import (
     human_ratio,
 )
 from patronus.core.errors import ConfigError
+from patronus.core.mesh import full_mesh_peers, hierarchical_peers, hub_and_spoke_peers
 from patronus.core.monitor import PROFILES, MonitorProfile
 from patronus.core.policy import RoutingPolicy, default_policies
 from patronus.core.router import RouterConfig
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 MAX_UPLINKS = 4
+BACKENDS = ("mininet", "sim")       # what a scenario may run on (`backends:`), every one by default
 
 
 class Topology(enum.StrEnum):
@@ -50,6 +52,7 @@ class Topology(enum.StrEnum):
     INTERNET = "internet"            # every uplink meets one emulated core router
     HUB_AND_SPOKE = "hub-and-spoke"  # spokes talk only to the hub (the agents' remotes say so)
     FULL_MESH = "full-mesh"          # every site pair joined by point-to-point links between their uplinks
+    HIERARCHICAL = "hierarchical"    # regions: spokes peer with their region's hubs, hubs with each other
 
 
 class JitterDistribution(enum.StrEnum):
@@ -361,6 +364,7 @@ class Site:
     hosts: int
     uplinks: tuple[Uplink, ...]
     agent: AgentSettings
+    region: str | None = None       # for core.topology hierarchical (and region-wide timeline events)
 
     def uplink(self, name: str) -> Uplink:
         for u in self.uplinks:
@@ -373,19 +377,25 @@ class Site:
         return tuple(LinkRef(self.name, u.name) for u in self.uplinks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "lan_prefix": self.lan_prefix, "hosts": self.hosts,
-                "uplinks": {u.name: u.to_dict() for u in self.uplinks}, "agent": self.agent.to_dict()}
+        out: dict[str, Any] = {"id": self.id, "lan_prefix": self.lan_prefix, "hosts": self.hosts}
+        if self.region is not None:
+            out["region"] = self.region
+        out.update(uplinks={u.name: u.to_dict() for u in self.uplinks}, agent=self.agent.to_dict())
+        return out
 
 
 @dataclass(frozen=True, slots=True)
 class Core:
     topology: Topology = Topology.INTERNET
     hub: str | None = None          # the hub site, for hub-and-spoke
+    hubs: tuple[tuple[str, tuple[str, ...]], ...] = ()   # hierarchical: (region, its hub sites), in file order
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"topology": str(self.topology)}
         if self.hub is not None:
             out["hub"] = self.hub
+        if self.hubs:
+            out["hubs"] = {region: list(names) for region, names in self.hubs}
         return out
 
 
@@ -768,6 +778,7 @@ class Scenario:
     timeline: tuple[TimelineEvent, ...]          # sorted by time; simultaneous events keep file order
     expectations: tuple[Expectation, ...]
     version: int = SCHEMA_VERSION
+    backends: tuple[str, ...] = BACKENDS         # the backends it may run on
     source: str = field(default="", compare=False)
 
     # lookups
@@ -792,13 +803,25 @@ class Scenario:
         return tuple(ref for s in self.sites for ref in s.links)
 
     def remotes_of(self, site: str) -> tuple[str, ...]:
-        """The sites `site`'s agent builds paths to: every other site, or in hub-and-spoke only the hub
-        (for a spoke) and every spoke (for the hub)."""
+        """The sites `site`'s agent builds paths to (`patronus.core.mesh`): every other site; in
+        hub-and-spoke only the hub (for a spoke) and every spoke (for the hub); in hierarchical, a spoke's
+        region hubs, and for a hub every other hub and its region's spokes."""
         self.site(site)
-        others = tuple(s.name for s in self.sites if s.name != site)
-        if self.core.topology is Topology.HUB_AND_SPOKE and site != self.core.hub:
-            return tuple(s for s in others if s == self.core.hub)
-        return others
+        names = [s.name for s in self.sites]
+        topo = self.core.topology
+        if topo is Topology.HUB_AND_SPOKE and self.core.hub is not None:
+            return hub_and_spoke_peers(site, names, self.core.hub)
+        if topo is Topology.HIERARCHICAL:
+            region_of = {s.name: s.region for s in self.sites if s.region is not None}
+            return hierarchical_peers(site, names, region_of, dict(self.core.hubs))
+        return full_mesh_peers(site, names)
+
+    def refusal(self, backend: str) -> str | None:
+        """Why this scenario cannot run on `backend` (None: it can). Backends call it before building."""
+        if backend in self.backends:
+            return None
+        return (f"scenario {self.name} runs only on {', '.join(self.backends)} (its `backends:` field), "
+                f"not on {backend}")
 
     def summary(self) -> Summary:
         return Summary(len(self.sites), len(self.flows), len(self.timeline), len(self.expectations))
@@ -816,6 +839,7 @@ class Scenario:
         return {
             "version": self.version, "name": self.name, "description": self.description, "seed": self.seed,
             "duration": fmt_duration(self.duration_s),
+            **({"backends": list(self.backends)} if self.backends != BACKENDS else {}),
             "sites": {s.name: s.to_dict() for s in self.sites},
             "core": self.core.to_dict(),
             "traffic": [f.to_dict(self.duration_s) for f in self.flows],

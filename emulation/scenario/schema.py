@@ -17,6 +17,7 @@ Nothing here reads a file (that is `loader`) or knows how a backend builds the n
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import ipaddress
 import math
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 from emulation.scenario.fmt import fmt_duration
 from emulation.scenario.model import (
     ACTIONS,
+    BACKENDS,
     EXPECTATIONS,
     IMPAIRMENT_KEYS,
     MAX_UPLINKS,
@@ -80,19 +82,22 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")          # site and uplink names
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")       # the scenario's name
 FLOW_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")   # flow names: no dots (they appear in override paths)
 MAX_SITES = 64
+MAX_SIM_SITES = 2000          # with `backends: [sim]` (the simulator only)
+MAX_GROUP_SITES = 2000
 MAX_HOSTS = 100
 MAX_DELAY_S = 10.0
 MAX_DURATION_S = 24 * 3600.0
 MAX_PAYLOAD_BYTES = 1392      # a UDP payload that fits the agent's WireGuard MTU (1420) unfragmented
 MIN_PAYLOAD_BYTES = 16        # sequence number and send timestamp (emulation.udpflow)
 
-_KNOWN_TOP = {"version", "name", "description", "seed", "duration", "sites", "core", "traffic", "timeline",
-              "expectations"}
-_KNOWN_SITE = {"id", "lan_prefix", "hosts", "uplinks", "agent"}
+_KNOWN_TOP = {"version", "name", "description", "seed", "duration", "backends", "sites", "site_groups", "core",
+              "traffic", "timeline", "expectations"}
+_KNOWN_SITE = {"id", "lan_prefix", "hosts", "region", "uplinks", "agent"}
+_KNOWN_GROUP = {"count", "region", "hosts", "uplinks", "agent"}
 _KNOWN_UPLINK = {"bandwidth", "delay", "jitter", "jitter_distribution", "loss", "queue_limit", "cost_per_gb"}
 _KNOWN_AGENT = {"monitor", "policies", "steering", "router", "sla"}
 _KNOWN_ROUTER = {"failback_hold", "failover_cooldown", "min_improvement", "idle_timeout"}
-_KNOWN_CORE = {"topology", "hub"}
+_KNOWN_CORE = {"topology", "hub", "hubs"}
 _FLOW_COMMON = {"name", "type", "from", "to", "class", "start", "stop", "dst_port"}
 _FLOW_PARAMS: dict[FlowType, set[str]] = {
     FlowType.UDP_CBR: {"rate", "size"},
@@ -112,7 +117,10 @@ _EVENT_PARAMS: dict[str, set[str]] = {
     "ramp": {"link", "to", "over", "steps"},
     "agent_stop": {"site"},
     "agent_start": {"site"},
+    "region_cut": {"region", "uplink"},
+    "region_restore": {"region", "uplink"},
 }
+REGION_ACTIONS = {"region_cut": "cut", "region_restore": "restore"}   # expanded into one event per link
 _EXPECTATION_KEYS: dict[str, tuple[set[str], set[str]]] = {   # kind → (known, required)
     "failover_gap": ({"flow", "max"}, {"flow", "max"}),
     "lost_packets": ({"flow", "max"}, {"flow", "max"}),
@@ -292,7 +300,9 @@ def from_dict(doc: object, source: str = "") -> Scenario:
     errs = Errors()
     if doc is None:
         raise ConfigError([("(top level)", "the scenario is empty")])
-    top = _mapping(doc, "", errs, _KNOWN_TOP, ("version", "name", "duration", "sites"))
+    top = _mapping(doc, "", errs, _KNOWN_TOP, ("version", "name", "duration"))
+    if top is not None and top.get("sites") is None and top.get("site_groups") is None:
+        errs.add("sites", "required (or site_groups)")
     if top is None:
         raise ConfigError(errs.items)
 
@@ -318,7 +328,9 @@ def from_dict(doc: object, source: str = "") -> Scenario:
     if top.get("duration") is not None:
         duration = _duration(top["duration"], "duration", errs, positive=True, at_most=MAX_DURATION_S)
 
-    decls = _sites(top.get("sites"), errs)
+    backends = _backends(top.get("backends"), errs)
+    decls = _sites(top.get("sites"), errs, groups=top.get("site_groups"),
+                   max_sites=MAX_SIM_SITES if backends == ("sim",) else MAX_SITES)
     core = _core(top.get("core"), errs, decls)
     flow_decls = _flows(top.get("traffic"), errs, decls, core, duration)
     timeline, interrupted = _timeline(top.get("timeline"), errs, decls, duration)
@@ -331,23 +343,110 @@ def from_dict(doc: object, source: str = "") -> Scenario:
     assert duration is not None and isinstance(name, str)
     return Scenario(name=name, description=description.strip(), seed=int(seed), duration_s=duration,
                     sites=tuple(sites), core=core, flows=tuple(flows), timeline=tuple(timeline),
-                    expectations=tuple(expectations), source=source)
+                    expectations=tuple(expectations), backends=backends, source=source)
+
+
+def _backends(raw: object, errs: Errors) -> tuple[str, ...]:
+    if raw is None:
+        return BACKENDS
+    if not isinstance(raw, list) or not raw:
+        errs.add("backends", f"expected a list of backends among {_choices(BACKENDS)}, got {_kind(raw)}")
+        return BACKENDS
+    out: list[str] = []
+    for i, b in enumerate(raw):
+        if not isinstance(b, str) or b not in BACKENDS:
+            errs.add(f"backends[{i}]", f"expected one of {_choices(BACKENDS)}, got {_kind(b)}")
+        elif b in out:
+            errs.add(f"backends[{i}]", f"duplicate of {b!r}")
+        else:
+            out.append(b)
+    return tuple(b for b in BACKENDS if b in out) or BACKENDS
 
 
 # --- sites -----------------------------------------------------------------------------------------
 
-def _sites(raw: object, errs: Errors) -> dict[str, SiteDecl]:
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """A site group, checked once: its generated names and the settings they share."""
+
+    path: str
+    names: tuple[str, ...]
+    hosts: int
+    region: str | None
+    uplinks: tuple[Uplink, ...] | None      # None: wrong, reported once at the group's path
+    agent: AgentSettings | None
+
+
+def _groups(raw: object, errs: Errors, declared: Iterable[str]) -> list[_Group]:
+    """`site_groups`: group name → {count, region, hosts, uplinks, agent}, expanded into sites named
+    `<group>-1` … `<group>-<count>` after the sites declared one by one."""
     if raw is None:
+        return []
+    if not isinstance(raw, Mapping):
+        errs.add("site_groups", f"expected a mapping of group name → group, got {_kind(raw)}")
+        return []
+    taken = {str(n): "sites" for n in declared}
+    out: list[_Group] = []
+    for gname, body in raw.items():
+        path = f"site_groups.{gname}"
+        ok = _name(gname, path, errs, "site group")
+        m = _mapping(body if body is not None else {}, path, errs, _KNOWN_GROUP, ("count", "uplinks"))
+        if m is None:
+            continue
+        n_errors = len(errs.items)
+        count = _int(m["count"], f"{path}.count", errs, 1, MAX_GROUP_SITES, "a number of sites") \
+            if m.get("count") is not None else None
+        hosts = _int(m.get("hosts", 1), f"{path}.hosts", errs, 1, MAX_HOSTS, "a number of LAN hosts")
+        region = m.get("region")
+        if region is not None and not _name(region, f"{path}.region", errs, "region"):
+            region = None
+        uplinks = _uplinks(m.get("uplinks"), f"{path}.uplinks", errs)
+        agent = _agent(m.get("agent"), f"{path}.agent", errs)
+        if not ok or count is None or hosts is None:
+            continue
+        names = tuple(f"{gname}-{i}" for i in range(1, count + 1))
+        if not NAME_RE.match(names[-1]):
+            errs.add(f"{path}", f"its last site's name {names[-1]!r} is longer than 31 characters; shorten the "
+                                "group's name")
+            continue
+        clash = [(n, taken[n]) for n in names if n in taken]
+        if clash:
+            n, where = clash[0]
+            errs.add(f"{path}.count", f"generates site {n!r}, which {where} already declares"
+                                      + (f" (and {len(clash) - 1} more)" if len(clash) > 1 else ""))
+            continue
+        taken.update(dict.fromkeys(names, path))
+        good = len(errs.items) == n_errors
+        out.append(_Group(path, names, hosts, region if isinstance(region, str) else None,
+                          tuple(uplinks) if uplinks is not None and good else None,
+                          agent if good else None))
+    return out
+
+
+def _default_prefix(sid: int) -> str:
+    """A generated site's LAN prefix: 10.<id>.0.0/24 up to id 255, then 172.(16 + id / 256).(id % 256).0/24."""
+    if sid <= 255:
+        return f"10.{sid}.0.0/24"
+    return f"172.{16 + (sid >> 8)}.{sid & 255}.0/24"
+
+
+def _sites(raw: object, errs: Errors, *, groups: object = None, max_sites: int = MAX_SITES) -> dict[str, SiteDecl]:
+    if raw is None and groups is None:
         return {}
+    if raw is None:
+        raw = {}
     if not isinstance(raw, Mapping):
         errs.add("sites", f"expected a mapping of site name → site, got {_kind(raw)}")
         return {}
-    if len(raw) < 2:
-        errs.add("sites", f"a scenario needs at least 2 sites, got {len(raw)}")
-    if len(raw) > MAX_SITES:
-        errs.add("sites", f"at most {MAX_SITES} sites, got {len(raw)}")
+    group_decls = _groups(groups, errs, raw)
+    total = len(raw) + sum(len(g.names) for g in group_decls)
+    if total < 2:
+        errs.add("sites", f"a scenario needs at least 2 sites, got {total}")
+    if total > max_sites:
+        more = f" ({MAX_SIM_SITES} with backends: [sim])" if max_sites < MAX_SIM_SITES else ""
+        errs.add("sites", f"at most {max_sites} sites{more}, got {total}")
 
-    # ids: the explicit ones first, then the smallest unused numbers in file order
+    # ids: the explicit ones first, then the smallest unused numbers in file order (groups last)
     explicit: dict[str, int] = {}
     owner: dict[int, str] = {}
     for name, body in raw.items():
@@ -362,17 +461,17 @@ def _sites(raw: object, errs: Errors) -> dict[str, SiteDecl]:
             owner[sid] = str(name)
     ids: dict[str, int] = {}
     next_id = 1
-    for name in raw:
-        if str(name) in explicit:
-            ids[str(name)] = explicit[str(name)]
+    for name in [*map(str, raw), *(n for g in group_decls for n in g.names)]:
+        if name in explicit:
+            ids[name] = explicit[name]
             continue
         while next_id in owner:
             next_id += 1
-        ids[str(name)] = next_id
-        owner[next_id] = str(name)
+        ids[name] = next_id
+        owner[next_id] = name
 
     decls: dict[str, SiteDecl] = {}
-    prefixes: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+    prefixes = _Prefixes()
     for name, body in raw.items():
         path = f"sites.{name}"
         ok = _name(name, path, errs, "site")
@@ -384,11 +483,51 @@ def _sites(raw: object, errs: Errors) -> dict[str, SiteDecl]:
             uplinks=tuple(str(u) for u in uplinks) if isinstance(uplinks, Mapping) else (),
             hosts=hosts if isinstance(hosts, int) and not isinstance(hosts, bool) and 1 <= hosts <= MAX_HOSTS else None,
             site=site if ok else None)
+    for g in group_decls:
+        for name in g.names:
+            sid = ids[name]
+            net = ipaddress.ip_network(_default_prefix(sid))
+            ok = prefixes.add(net, f"{g.path} (site {name})", f"{g.path}.count", errs)
+            site = None
+            if ok and g.uplinks is not None and g.agent is not None:
+                site = Site(name=name, id=sid, lan_prefix=str(net), hosts=g.hosts, uplinks=g.uplinks, agent=g.agent,
+                            region=g.region)
+            decls[name] = SiteDecl(uplinks=tuple(u.name for u in g.uplinks or ()), hosts=g.hosts, site=site)
     return decls
 
 
-def _site(name: str, body: object, path: str, sid: int, errs: Errors,
-          prefixes: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]]) -> Site | None:
+class _Prefixes:
+    """The LAN prefixes seen so far, as integer ranges. While they are disjoint (no error yet), a new one
+    is checked against its neighbours only (prefixes either nest or are disjoint, so an overlap starts
+    within the new range or is the range just before it): a thousand sites cost no quadratic scan. After
+    the first overlap, every range is compared, so every overlap is still reported."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int, int, str, str]] = []     # (version, first, last, where, prefix)
+        self.sorted: dict[int, list[tuple[int, int]]] = {4: [], 6: []}   # version → [(first, last)], sorted
+        self.clean = True
+
+    def _overlaps_fast(self, version: int, lo: int, hi: int) -> bool:
+        ranges = self.sorted[version]
+        i = bisect.bisect_right(ranges, (hi, math.inf))
+        return i > 0 and ranges[i - 1][1] >= lo
+
+    def add(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network, where: str, path: str, errs: Errors) -> bool:
+        lo, hi = int(net.network_address), int(net.broadcast_address)
+        version = net.version
+        ok = True
+        if not self.clean or self._overlaps_fast(version, lo, hi):
+            for v, a, b, other_where, other in self.seen:
+                if v == version and a <= hi and lo <= b:
+                    errs.add(path, f"{net} overlaps {other_where} ({other})")
+                    ok = False
+        self.clean = self.clean and ok
+        self.seen.append((version, lo, hi, where, str(net)))
+        bisect.insort(self.sorted[version], (lo, hi))
+        return ok
+
+
+def _site(name: str, body: object, path: str, sid: int, errs: Errors, prefixes: _Prefixes) -> Site | None:
     m = _mapping(body, path, errs, _KNOWN_SITE, ("uplinks",))
     if m is None:
         return None
@@ -399,6 +538,9 @@ def _site(name: str, body: object, path: str, sid: int, errs: Errors,
         h = _int(m["hosts"], f"{path}.hosts", errs, 1, MAX_HOSTS, "a number of LAN hosts")
         ok &= h is not None
         hosts = h or 1
+    region = m.get("region")
+    if region is not None and not _name(region, f"{path}.region", errs, "region"):
+        ok = False
     net: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     if m.get("lan_prefix") is not None:
         raw_prefix = m["lan_prefix"]
@@ -421,17 +563,14 @@ def _site(name: str, body: object, path: str, sid: int, errs: Errors,
             errs.add(f"{path}.hosts", f"{hosts} hosts and the site's router do not fit in {net} ({usable} "
                                       f"addresses)")
             ok = False
-        for other, where in prefixes:
-            if other.version == net.version and other.overlaps(net):
-                errs.add(f"{path}.lan_prefix", f"{net} overlaps {where} ({other})")
-                ok = False
-        prefixes.append((net, f"{path}.lan_prefix"))
+        ok &= prefixes.add(net, f"{path}.lan_prefix", f"{path}.lan_prefix", errs)
 
     uplinks = _uplinks(m.get("uplinks"), f"{path}.uplinks", errs)
     agent = _agent(m.get("agent"), f"{path}.agent", errs)
     if not ok or uplinks is None or agent is None or net is None:
         return None
-    return Site(name=name, id=sid, lan_prefix=str(net), hosts=hosts, uplinks=tuple(uplinks), agent=agent)
+    return Site(name=name, id=sid, lan_prefix=str(net), hosts=hosts, uplinks=tuple(uplinks), agent=agent,
+                region=region if isinstance(region, str) else None)
 
 
 def _uplinks(raw: object, path: str, errs: Errors) -> list[Uplink] | None:
@@ -564,7 +703,60 @@ def _core(raw: object, errs: Errors, sites: Mapping[str, SiteDecl]) -> Core:
     elif hub is not None and topology is not None:
         errs.add("core.hub", f"only with topology hub-and-spoke (the topology is {topology})")
         hub = None
-    return Core(topology=topology or Topology.INTERNET, hub=hub if isinstance(hub, str) else None)
+    hubs: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    if topology is Topology.HIERARCHICAL:
+        hubs = _hubs(m.get("hubs"), errs, sites)
+    elif m.get("hubs") is not None and topology is not None:
+        errs.add("core.hubs", f"only with topology hierarchical (the topology is {topology})")
+    return Core(topology=topology or Topology.INTERNET, hub=hub if isinstance(hub, str) else None, hubs=hubs)
+
+
+def _hubs(raw: object, errs: Errors, sites: Mapping[str, SiteDecl]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """core.hubs: region → [hub site, ...]. Every site needs a region, every region with sites a hub, and
+    a hub belongs to the region it is listed under."""
+    if raw is None:
+        errs.add("core.hubs", "required with topology hierarchical: region → list of its hub sites")
+        return ()
+    if not isinstance(raw, Mapping) or not raw:
+        errs.add("core.hubs", f"expected a mapping of region → list of hub sites, got {_kind(raw)}")
+        return ()
+    region_of = {name: d.site.region for name, d in sites.items() if d.site is not None}
+    out: list[tuple[str, tuple[str, ...]]] = []
+    listed: dict[str, str] = {}
+    for region, names in raw.items():
+        path = f"core.hubs.{region}"
+        if not _name(region, path, errs, "region"):
+            continue
+        if not isinstance(names, list) or not names:
+            errs.add(path, f"expected a list of hub sites, got {_kind(names)}")
+            continue
+        good: list[str] = []
+        for i, h in enumerate(names):
+            where = f"{path}[{i}]"
+            if not isinstance(h, str) or h not in sites:
+                errs.add(where, _unknown_site(h, sites))
+            elif h in listed:
+                errs.add(where, f"{h} is already a hub of region {listed[h]}")
+            elif h in region_of and region_of[h] != region:
+                errs.add(where, f"{h} is in region {region_of[h] or '(none)'}, not {region}")
+            else:
+                listed[h] = str(region)
+                good.append(h)
+        out.append((str(region), tuple(good)))
+    declared = {r for r, _ in out}
+    missing: dict[str, list[str]] = {}
+    for name, region in region_of.items():
+        if region is None:
+            missing.setdefault("", []).append(name)
+        elif region not in declared:
+            missing.setdefault(region, []).append(name)
+    for region, names in missing.items():
+        few = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        if not region:
+            errs.add("sites", f"with topology hierarchical every site needs a region; these have none: {few}")
+        else:
+            errs.add("core.hubs", f"region {region} (sites {few}) has no hubs; list them under core.hubs.{region}")
+    return tuple(out)
 
 
 def _unknown_site(name: object, sites: Mapping[str, SiteDecl]) -> str:
@@ -780,6 +972,12 @@ def _timeline(raw: object, errs: Errors, sites: Mapping[str, SiteDecl],
                    if isinstance(item, Mapping) and item.get("action") in ("cut", "flap")}
     parsed: list[tuple[int, TimelineEvent]] = []
     for i, item in enumerate(raw):
+        if isinstance(item, Mapping) and isinstance(item.get("action"), str) and item["action"] in REGION_ACTIONS:
+            expanded = _region_event(item, f"timeline[{i}]", errs, sites, duration)
+            parsed += [(i, ev) for ev in expanded]
+            if item.get("action") == "region_cut":
+                interrupted.update(str(ev.target) for ev in expanded)
+            continue
         ev = _event(item, f"timeline[{i}]", errs, sites, duration)
         if ev is not None:
             parsed.append((i, ev))
@@ -804,9 +1002,10 @@ def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
         return None
     action = item.get("action")
     if action is not None and (not isinstance(action, str) or action not in ACTIONS):
-        hint = difflib.get_close_matches(str(action), list(ACTIONS), n=1)
+        every = [*ACTIONS, *REGION_ACTIONS]
+        hint = difflib.get_close_matches(str(action), every, n=1)
         errs.add(f"{path}.action", f"unknown action {action!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                                   + f" (expected one of {_choices(ACTIONS)})")
+                                   + f" (expected one of {_choices(every)})")
         action = None
     known = _EVENT_COMMON | (_EVENT_PARAMS[action] if action else set().union(*_EVENT_PARAMS.values()))
     required = ["at", "action"]
@@ -870,6 +1069,41 @@ def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
     if isinstance(note, str) and note.strip():
         ev = _with_note(ev, note.strip())
     return ev
+
+
+def _region_event(item: Mapping[str, Any], path: str, errs: Errors, sites: Mapping[str, SiteDecl],
+                  duration: float | None) -> list[TimelineEvent]:
+    """region_cut / region_restore: a cut (restore) of every link of the region's sites, or only their
+    uplink `uplink`, all at `at`; expanded into one ordinary event per link, noted with the region."""
+    action = str(item["action"])
+    m = _mapping(item, path, errs, _EVENT_COMMON | _EVENT_PARAMS[action], ["at", "action", "region"],
+                 what=f"setting of a {action} event")
+    assert m is not None
+    n_errors = len(errs.items)
+    at = _duration(m["at"], f"{path}.at", errs) if m.get("at") is not None else None
+    if at is not None and duration is not None and at > duration:
+        errs.add(f"{path}.at", f"{fmt_duration(at)} is after the end of the scenario (duration "
+                               f"{fmt_duration(duration)})")
+    note = m.get("note", "")
+    if not isinstance(note, str):
+        errs.add(f"{path}.note", f"expected text, got {_kind(note)}")
+        note = ""
+    region = m.get("region")
+    uplink = m.get("uplink")
+    members = [d.site for d in sites.values() if d.site is not None and d.site.region == region]
+    if region is not None and not members:
+        known = sorted({d.site.region for d in sites.values() if d.site is not None and d.site.region})
+        errs.add(f"{path}.region", f"no site is in region {_kind(region)}"
+                                   + (f" (the regions are {_choices(known)})" if known else " (no site has a region)"))
+    links = [LinkRef(site.name, u.name) for site in members for u in site.uplinks
+             if uplink is None or u.name == uplink]
+    if uplink is not None and members and not links:
+        errs.add(f"{path}.uplink", f"no site of region {region} has an uplink {_kind(uplink)}")
+    if len(errs.items) != n_errors or at is None:
+        return []
+    text = (note.strip() or f"{action.replace('_', ' ')} {region}" + (f" ({uplink})" if uplink else ""))
+    cls = Cut if REGION_ACTIONS[action] == "cut" else Restore
+    return [cls(at_s=at, link=ref, note=text) for ref in links]
 
 
 def _with_note(ev: TimelineEvent, note: str) -> TimelineEvent:

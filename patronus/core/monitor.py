@@ -307,6 +307,10 @@ class PathMonitor:
         ev, self._events = self._events, []
         return ev
 
+    def has_events(self) -> bool:
+        """Whether `drain_events()` would return anything (a driver may skip a pump when not)."""
+        return bool(self._events)
+
     def next_deadline(self) -> float | None:
         heap, paths = self._heap, self._paths
         while heap:

@@ -200,6 +200,12 @@ class SiteLogic:
 
     # -- the step ----------------------------------------------------------------------------------
 
+    def has_news(self) -> bool:
+        """Whether a `pump` now could change anything besides firing timers: the monitor has events
+        (a status or metrics change), or a Down is held until a sibling answers. A driver may skip the
+        pump after a probe reply when it has none, and wait for its next deadline."""
+        return self.monitor.has_events() or bool(self._held)
+
     def next_deadline(self) -> float | None:
         ds = [d for d in (self.monitor.next_deadline(), self.router.next_deadline(), self.sla.next_deadline(),
                           *(h[0] for h in self._held.values())) if d is not None]

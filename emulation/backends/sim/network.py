@@ -26,10 +26,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from heapq import heappush
 from typing import Any
 
 import simpy
-from simpy.events import Timeout
 
 from emulation.links.impairment import GilbertElliott, Impairment, ImpairmentModel
 from emulation.scenario.model import LinkSettings, Scenario
@@ -58,9 +58,26 @@ def impairment_of(s: LinkSettings) -> Impairment:
                       reorder=s.reorder_ratio, corrupt=s.corrupt_ratio, cut=not s.up)
 
 
+class _Call:
+    """The least an entry of simpy's queue needs to be (what `Environment.step` touches): a callback
+    list and a success flag. A `Timeout` costs a constructor with checks and a method call more."""
+
+    __slots__ = ("_ok", "_value", "callbacks")
+
+    def __init__(self, fn: Callable[[Any], None]) -> None:
+        self.callbacks: list[Callable[[Any], None]] | None = [fn]
+        self._ok = True
+        self._value = None
+
+
+_NORMAL = 1         # simpy's EventPriority.NORMAL, what a Timeout is scheduled with
+
+
 def later(env: simpy.Environment, delay: float, fn: Callable[[Any], None]) -> None:
-    """Call `fn(event)` `delay` seconds from now: one Timeout and a callback, no process."""
-    Timeout(env, delay if delay > 0.0 else 0.0).callbacks.append(fn)
+    """Call `fn(event)` `delay` seconds from now: one queue entry and a callback, no process. Ordered
+    exactly as a `Timeout(env, delay)` with that callback would be (same time, priority and event id)."""
+    queue: list[Any] = env._queue     # a _Call is an event to simpy's loop
+    heappush(queue, (env._now + (delay if delay > 0.0 else 0.0), _NORMAL, next(env._eid), _Call(fn)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +106,9 @@ class Network:
                 self.models[(name, direction)] = ImpairmentModel(imp, seed=f"sim/{scenario.seed}/{name}/{direction}")
             self.settings[name] = base
             self.history[name] = [(-math.inf, base)]
+        # the models whose impairment is only delay and rate (and queue): `_hop` schedules their packets
+        # itself, exactly as `ImpairmentModel.on_packet` would (see `_simple_release`)
+        self._simple: set[int] = {id(m) for m in self.models.values() if _is_simple(m.impairment)}
 
     def hops(self, *legs: tuple[str, str]) -> Hops:
         """The hops of a route given as (link, direction) pairs."""
@@ -99,7 +119,12 @@ class Network:
         """The link changes to `settings` (both directions), from the next packet on."""
         imp = impairment_of(settings)
         for direction in (TO_CORE, FROM_CORE):
-            self.models[(link, direction)].set(imp)
+            model = self.models[(link, direction)]
+            model.set(imp)
+            if _is_simple(imp):
+                self._simple.add(id(model))
+            else:
+                self._simple.discard(id(model))
         self.settings[link] = settings
         self.history[link].append((now, settings))
 
@@ -113,6 +138,15 @@ class Network:
         now = env.now
         model = models[i]
         nxt = i + 1
+        if id(model) in self._simple:
+            release = _simple_release(model, now, size)
+            if release is None:
+                return
+            if nxt == len(models):
+                later(env, release - now, lambda _e: arrive())
+            else:
+                later(env, release - now, lambda _e: self._hop(models, nxt, size, arrive))
+            return
         if model.passthrough(now):
             if nxt == len(models):
                 arrive()
@@ -126,3 +160,43 @@ class Network:
                 later(env, release - now, lambda _e: arrive())
             else:
                 later(env, release - now, lambda _e: self._hop(models, nxt, size, arrive))
+
+
+def _is_simple(imp: Impairment) -> bool:
+    """Only delay, rate and a queue: no randomness at all in what the model does to a packet."""
+    return (not imp.cut and not imp.jitter_s and not imp.loss and imp.loss_model is None and not imp.duplicate
+            and not imp.reorder and not imp.corrupt)
+
+
+def _simple_release(m: ImpairmentModel, now: float, size: int) -> float | None:
+    """`m.on_packet(now, size)` for a model whose impairment `_is_simple`: the release time of the one
+    copy, or None when the rate queue is full. The same steps on the same state (its rate queue, last
+    departure and release, counters) as the model's own code, which draws no random number for such an
+    impairment; without the list of (time, action) pairs and the calls. The simulator's hot path: every
+    probe crosses four of these."""
+    m.packets_in += 1
+    if m._identity and m._last_release <= now:
+        m.delivered += 1
+        return now
+    imp = m._imp
+    departure = now
+    rate = imp.rate_bps
+    if rate > 0:
+        q = m._rate_queue
+        while q and q[0] <= now:
+            q.popleft()
+        if len(q) >= imp.queue_limit:
+            m.dropped["queue_full"] += 1
+            return None
+        last = m._last_departure
+        departure = (now if now > last else last) + size * 8.0 / rate
+        m._last_departure = departure
+        q.append(departure)
+        if len(q) > m.queue_high_water:
+            m.queue_high_water = len(q)
+    release = departure + imp.delay_s
+    if release < m._last_release:
+        release = m._last_release
+    m._last_release = release
+    m.delivered += 1
+    return release
