@@ -96,6 +96,10 @@ def run(
         for field, reason in exc.errors:
             console.print(f"  {field}: {reason}" if field else f"  {reason}", markup=False)
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    refused = scenario.refusal(backend)
+    if refused:
+        console.print(f"[red]{file}: {refused}[/red]")
+        raise typer.Exit(EXIT_BAD_INPUT)
     out = out or Path("reports") / "runs" / f"{scenario.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
     started = _time.monotonic()
 

@@ -54,3 +54,13 @@ def test_validate_needs_a_file_and_the_app_lists_its_commands() -> None:
     assert runner.invoke(app, ["validate"]).exit_code == 2
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0 and "validate" in result.output
+
+
+def test_a_sim_only_scenario_is_refused_on_mininet_with_the_reason(tmp_path: Path) -> None:
+    doc = {**MINIMAL, "backends": ["sim"]}
+    f = tmp_path / "sim-only.yaml"
+    f.write_text(yaml.safe_dump(doc, sort_keys=False))
+    result = runner.invoke(app, ["run", str(f), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "runs only on sim" in result.output and "backends" in result.output
+    assert not (tmp_path / "out").exists()                  # nothing built, nothing written
