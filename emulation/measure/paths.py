@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from emulation.measure.rundata import STATUSES, RunData
-from emulation.measure.timeline import known_links, on_link
+from emulation.measure.timeline import links_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +61,8 @@ def _counted(cumulative: np.ndarray) -> int:
 
 def path_summaries(run: RunData) -> list[PathSummary]:
     pm = run.path_metrics
-    links = known_links(run)
     changes = run.events[run.events["kind"] == "PathStatusChanged"]
+    n_changes_of = changes.groupby(["site", "path_id"]).size().to_dict()
     out: list[PathSummary] = []
     for (site, path), g in pm.groupby(["site", "path"], sort=True):
         t = g["t_s"].to_numpy(dtype=np.float64)
@@ -83,9 +83,9 @@ def path_summaries(run: RunData) -> list[PathSummary]:
                     ok = ok & ~np.isnan(values) & (np.nan_to_num(values, nan=np.inf) <= limit)
             compliance[cls] = 100.0 * float(weight[ok].sum()) / total if total > 0 else None
         site_s, path_s = str(site), str(path)
-        n_changes = int(((changes["site"] == site_s) & (changes["path_id"] == path_s)).sum())
+        n_changes = int(n_changes_of.get((site_s, path_s), 0))
         out.append(PathSummary(
-            site=site_s, path=path_s, links=tuple(x for x in links if on_link(run, site_s, path_s, x)),
+            site=site_s, path=path_s, links=links_of(run, site_s, path_s),
             samples=len(g), first_s=float(t[0]), last_s=float(t[-1]),
             latency_mean_ms=_stat(lat, "mean"), latency_min_ms=_stat(lat, "min"), latency_max_ms=_stat(lat, "max"),
             jitter_mean_ms=_stat(jit, "mean"), loss_mean_pct=_stat(loss, "mean"), loss_max_pct=_stat(loss, "max"),

@@ -152,6 +152,24 @@ def on_link(run: RunData, site: str, path: str, link: str) -> bool:
     return path in entries
 
 
+def links_of(run: RunData, site: str, path: str) -> tuple[str, ...]:
+    """Every known link (`known_links`) that site `site`'s path `path` crosses, sorted: `on_link` for
+    each of them, in one look-up (a thousand-site run has thousands of links and paths)."""
+    if "links_index" not in run._cache:
+        index: dict[str, set[str]] = {}
+        for link, entries in run.run.links.items():
+            for entry in entries:
+                index.setdefault(entry, set()).add(link)
+        run._cache["links_index"] = (index, frozenset(known_links(run)))
+    index, known = run._cache["links_index"]
+    found = set(index.get(f"{site}/{path}", ()))
+    if parse_path_id(path) is not None:
+        found.update(x for x in derived_links(site, path) if x in known)
+    else:
+        found.update(index.get(path, ()))
+    return tuple(sorted(found & known))
+
+
 def path_leads_to(path: str, dst_site: str) -> bool:
     """Could `path` carry traffic toward `dst_site`? True for ids not in the agent's convention."""
     p = parse_path_id(path)

@@ -225,11 +225,35 @@ def render_plots(a: Analysis) -> dict[str, tuple[str, bytes]]:
         return _render_plots(a)
 
 
+MAX_SITE_PLOTS = 24    # a figure a site: a thousand-site run would take longer to draw than to simulate
+
+
+def plotted_sites(a: Analysis) -> tuple[list[str], int]:
+    """The sites that get a path plot, in name order, and how many are left out: every site when
+    there are at most MAX_SITE_PLOTS; else the sites flows start or end at, then the sites whose
+    paths changed status most."""
+    sites = sorted(a.run.path_metrics["site"].unique().tolist())
+    if len(sites) <= MAX_SITE_PLOTS:
+        return sites, 0
+    ends = {f.src_site for f in a.run.run.flows} | {f.dst_site for f in a.run.run.flows}
+    ev = a.run.events
+    changes = ev[ev["kind"] == "PathStatusChanged"]["site"].value_counts().to_dict()
+    ranked = sorted(sites, key=lambda s: (s not in ends, -changes.get(s, 0), s))
+    chosen = sorted(ranked[:MAX_SITE_PLOTS])
+    return chosen, len(sites) - len(chosen)
+
+
 def _render_plots(a: Analysis) -> dict[str, tuple[str, bytes]]:
     out: dict[str, tuple[str, bytes]] = {}
     out["failover-timeline.png"] = ("Failover ledger", png_bytes(plot_failover_timeline(a)))
-    for site in sorted(a.run.path_metrics["site"].unique().tolist()):
+    sites, left_out = plotted_sites(a)
+    for site in sites:
         out[f"paths-{_slug(site)}.png"] = (f"Paths at {site}", png_bytes(plot_path_metrics(a, site)))
+    if left_out:
+        name = f"paths-{_slug(sites[-1])}.png"
+        out[name] = (f"{out[name][0]} (per-site plots of {left_out} more sites left out: at most "
+                     f"{MAX_SITE_PLOTS}, the sites of the flows first, then those whose paths changed "
+                     f"status most)", out[name][1])
     out["flow-latency.png"] = ("One-way delay per flow", png_bytes(plot_flow_latency(a)))
     out["latency-cdf.png"] = ("Latency CDF per flow", png_bytes(plot_latency_cdf(a)))
     return out

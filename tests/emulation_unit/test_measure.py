@@ -535,3 +535,29 @@ def test_flap_edges_and_ramp_steps_row_by_row(tmp_path: Path) -> None:
 
 def test_spec_is_a_plain_value() -> None:
     assert replace(SyntheticSpec(), seed=3).seed == 3
+
+
+def test_links_of_is_on_link_for_every_known_link(basic: tuple[Path, SyntheticTruth, RunData, Analysis],
+                                                  tmp_path: Path) -> None:
+    from emulation.measure.timeline import known_links, links_of
+
+    _, _, run, _ = basic
+    odd = RunData.load(write_raw_dir(tmp_path / "odd", {**TINY_RUN, "links": [
+        {"link": "hq.isp1", "paths": ["br:isp1-isp2", "odd-path", "c/weird"]}]}))
+    for r in (run, odd):
+        paths = {(s, p) for s, p in r.path_metrics[["site", "path"]].itertuples(index=False)}
+        paths |= {("hq", "br:isp1-isp2"), ("x", "odd-path"), ("c", "weird"), ("br", "hq:isp2-isp1")}
+        for site, path in sorted(paths):
+            assert links_of(r, site, path) == tuple(x for x in known_links(r) if on_link(r, site, path, x))
+
+
+def test_per_site_plots_are_capped_flow_sites_first(basic: tuple[Path, SyntheticTruth, RunData, Analysis],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from emulation.report import plots
+
+    _, _, run, a = basic
+    assert plots.plotted_sites(a) == (sorted(run.path_metrics["site"].unique().tolist()), 0)
+    monkeypatch.setattr(plots, "MAX_SITE_PLOTS", 1)
+    chosen, left_out = plots.plotted_sites(a)
+    assert left_out == len(run.path_metrics["site"].unique()) - 1
+    assert chosen[0] in {f.src_site for f in run.run.flows} | {f.dst_site for f in run.run.flows}
