@@ -41,7 +41,7 @@ TOKEN_BYTES = 24
 # router boxes, so they go ahead of traffic generators, receivers and the runner itself. Without
 # this, healthy paths of the brownout scenario went Down when the host was busy (3 probes
 # unanswered: a relay or reflector stalled for more than 60 ms).
-SETTLE_TIMEOUT_S = 60.0     # at least; three quiet periods (failback hold + 1 s) if that is longer
+SETTLE_TIMEOUT_S = 60.0     # at least; three times (probe window + 1 s + failback hold) if that is longer
 RELAY_NICE = -10
 AGENT_NICE = -5
 
@@ -249,14 +249,15 @@ class Runner:
             time.sleep(0.2)      # polling the tunnels for a condition, with a deadline
 
     def wait_settled(self, timeout_s: float) -> bool:
-        """The steady state a scenario starts from: every path Up, and nothing changed (no path
-        status, no steering) for longer than the longest failback hold. Agents that start together
-        often move a slot on their first few probes (a slow first reply through a fresh tunnel, one
-        loss); it comes back after the failback hold, and starting the clock before that would
-        count the return as the scenario's path change. Returns False if the deadline passed first
-        (the run goes on, and says so)."""
-        quiet_s = max((s.agent.router.failback_hold_s for s in self.sc.sites), default=0.0) + 1.0
-        deadline = time.monotonic() + max(timeout_s, 3 * quiet_s)
+        """The steady state a scenario starts from: every path Up, no failback waiting to happen, and
+        no path status or steering change for longer than the longest probe window (plus 1 s). Agents
+        that start together often move a slot on their first probes (a slow first reply through a
+        fresh tunnel, one loss); it comes back once its path has been clean for the failback hold,
+        and starting the clock before would count that return as the scenario's path change. Returns
+        False if the deadline passed first (the run goes on, and says so)."""
+        quiet_s = max((s.agent.monitor.window * s.agent.monitor.interval_s for s in self.sc.sites), default=0.0) + 1.0
+        hold_s = max((s.agent.router.failback_hold_s for s in self.sc.sites), default=0.0)
+        deadline = time.monotonic() + max(timeout_s, 3 * (quiet_s + hold_s))
         while True:
             err = self.agent_down()
             if err:
@@ -269,7 +270,7 @@ class Runner:
                 except (httpx.HTTPError, ValueError):
                     settled = False
                     break
-                if not all(p["status"] == "up" for p in ps):
+                if info.get("pending_failbacks", 0) or not all(p["status"] == "up" for p in ps):
                     settled = False
                     break
                 last = max([last, info.get("last_steering_change") or 0.0] +

@@ -652,7 +652,7 @@ class Agent:
                 "wireguard_backend": self.wg_backend, "steering": cfg.steering, "started_at": self.started_at,
                 "version": __version__, "monitor_profile": cfg.monitor.name,
                 "steering_changes": self._steering_changes, "last_steering_change": self._last_steering_change,
-                "displaced_slots": self.displaced_slots()}
+                "displaced_slots": self.displaced_slots(), "pending_failbacks": self.router.pending_failbacks()}
 
     def displaced_slots(self) -> int:
         """Slots away from the path they started on, waiting to fail back (0 when the site is settled)."""

@@ -324,6 +324,10 @@ class Router:
             e.suspect = suspect
             self._invalidate()
 
+    def pending_failbacks(self) -> int:
+        """Origins with a failback timer running: flows will move back when it fires."""
+        return len(self._armed)
+
     def is_suspect(self, path_id: PathId) -> bool:
         return self._entry(path_id).suspect
 

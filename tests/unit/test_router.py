@@ -552,12 +552,14 @@ def failed_over(config: RouterConfig | None = None) -> tuple[Router, Clock]:
 
 def test_failback_after_the_hold_time() -> None:
     r, clock = failed_over()
+    assert r.pending_failbacks() == 0                    # the origin is Down: nothing to wait for yet
     r.update_path(PathId("a"), 2.0, status=UP, metrics=GOOD)
     assert r.flow_path(sip()) == "b"
-    assert r.next_deadline() == 12.0
+    assert r.next_deadline() == 12.0 and r.pending_failbacks() == 1
     clock.run_until(11.99)
     assert r.drain_events() == [] and r.flow_path(sip()) == "b"
     clock.run_until(12.0)
+    assert r.pending_failbacks() == 0
     assert r.drain_events() == [Failback(at=12.0, flow=sip(), from_path=PathId("b"), to_path=PathId("a"),
                                          policy="VoIP/Video")]
     info = r.flow_info(sip())
