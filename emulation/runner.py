@@ -250,7 +250,8 @@ class Runner:
 
     def wait_settled(self, timeout_s: float) -> bool:
         """The steady state a scenario starts from: every path Up, no failback waiting to happen, and
-        no path status or steering change for longer than the longest probe window (plus 1 s). Agents
+        no path status or steering change for longer than the longest probe window (plus 1 s; plus
+        the failback hold while a slot is away from its first path). Agents
         that start together often move a slot on their first probes (a slow first reply through a
         fresh tunnel, one loss); it comes back once its path has been clean for the failback hold,
         and starting the clock before would count that return as the scenario's path change. Returns
@@ -264,6 +265,7 @@ class Runner:
                 raise RunError(err)
             last = 0.0
             settled = True
+            displaced = False
             for site in self.agents:
                 try:
                     info, ps = self._api(site, "/site"), self._api(site, "/paths")
@@ -273,9 +275,13 @@ class Runner:
                 if info.get("pending_failbacks", 0) or not all(p["status"] == "up" for p in ps):
                     settled = False
                     break
+                displaced = displaced or bool(info.get("displaced_slots", 0))
                 last = max([last, info.get("last_steering_change") or 0.0] +
                            [p.get("status_since") or 0.0 for p in ps])
-            if settled and time.time() - last >= quiet_s:
+            # a slot still away from its first path may be waiting for its origin to look clean again
+            # (a loss in the window) before its failback hold even starts: give it the hold as well
+            need = quiet_s + (hold_s if displaced else 0.0)
+            if settled and time.time() - last >= need:
                 return True
             if time.monotonic() > deadline:
                 return False
