@@ -1016,13 +1016,7 @@ def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
     assert m is not None
     n_errors = len(errs.items)
 
-    at = _duration(m["at"], f"{path}.at", errs) if m.get("at") is not None else None
-    if at is not None and duration is not None and at > duration:
-        errs.add(f"{path}.at", f"{fmt_duration(at)} is after the end of the scenario (duration "
-                               f"{fmt_duration(duration)})")
-    note = m.get("note", "")
-    if not isinstance(note, str):
-        errs.add(f"{path}.note", f"expected text, got {_kind(note)}")
+    at, note = _event_at_and_note(m, path, errs, duration)
     link = _link(m["link"], f"{path}.link", errs, sites) if m.get("link") is not None else None
     site = m.get("site")
     if site is not None and (not isinstance(site, str) or site not in sites):
@@ -1071,6 +1065,20 @@ def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
     return ev
 
 
+def _event_at_and_note(m: Mapping[str, Any], path: str, errs: Errors,
+                       duration: float | None) -> tuple[float | None, str]:
+    """An event's `at` (within the scenario) and `note` (text; "" when missing or wrong)."""
+    at = _duration(m["at"], f"{path}.at", errs) if m.get("at") is not None else None
+    if at is not None and duration is not None and at > duration:
+        errs.add(f"{path}.at", f"{fmt_duration(at)} is after the end of the scenario (duration "
+                               f"{fmt_duration(duration)})")
+    note = m.get("note", "")
+    if not isinstance(note, str):
+        errs.add(f"{path}.note", f"expected text, got {_kind(note)}")
+        note = ""
+    return at, note
+
+
 def _region_event(item: Mapping[str, Any], path: str, errs: Errors, sites: Mapping[str, SiteDecl],
                   duration: float | None) -> list[TimelineEvent]:
     """region_cut / region_restore: a cut (restore) of every link of the region's sites, or only their
@@ -1080,14 +1088,7 @@ def _region_event(item: Mapping[str, Any], path: str, errs: Errors, sites: Mappi
                  what=f"setting of a {action} event")
     assert m is not None
     n_errors = len(errs.items)
-    at = _duration(m["at"], f"{path}.at", errs) if m.get("at") is not None else None
-    if at is not None and duration is not None and at > duration:
-        errs.add(f"{path}.at", f"{fmt_duration(at)} is after the end of the scenario (duration "
-                               f"{fmt_duration(duration)})")
-    note = m.get("note", "")
-    if not isinstance(note, str):
-        errs.add(f"{path}.note", f"expected text, got {_kind(note)}")
-        note = ""
+    at, note = _event_at_and_note(m, path, errs, duration)
     region = m.get("region")
     uplink = m.get("uplink")
     members = [d.site for d in sites.values() if d.site is not None and d.site.region == region]
