@@ -671,7 +671,7 @@ class Agent:
                 "loss_pct": m.loss_pct, "score": m.score, "bandwidth_mbps": m.bandwidth_mbps or None,
                 "mtu_bytes": m.mtu_bytes or None, "cost_per_gb": plan.uplink.cost_per_gb,
                 "probes_sent": sender.counters.sent if sender else c.sent, "probes_received": c.received,
-                "probes_timed_out": c.timed_out, "probes_late": c.late,
+                "probes_timed_out": c.timed_out, "probes_late": c.late, "probes_duplicate": c.duplicates,
                 "probes_rejected": sum(rejected.values()), "probes_rejected_by_reason": rejected,
                 "probe_timeout_ms": round(self.monitor.current_timeout_s(pid) * 1000, 3),
                 "flows": sum(1 for f in self.list_flows() if f["path"] == pid),

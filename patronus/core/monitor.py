@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, replace
+from enum import IntEnum
 from typing import Any
 
 from patronus.core.errors import ConfigError
@@ -155,12 +156,22 @@ class ProbeCounters:
     sent: int
     received: int
     timed_out: int
-    late: int          # replies that arrived after their probe had timed out, or duplicates
+    late: int          # replies that arrived after their probe had timed out (taken as delayed samples)
     unexpected: int    # replies to probes never sent (or to a removed path)
+    duplicates: int = 0    # second copies, and replies to probes too old to remember
+
+
+class Reply(IntEnum):
+    """What `PathMonitor.take_reply` made of a reply."""
+
+    IGNORED = 0     # unknown path or seq, a duplicate, a negative or impossible RTT: only a counter changed
+    TAKEN = 1       # the reply to an outstanding probe: an RTT sample
+    LATE = 2        # the reply to a probe that had timed out: the probe was delayed, not lost
 
 
 class _PathState:
-    __slots__ = ("alive", "answered_sent_at", "bandwidth_mbps", "cost_per_gb", "expired", "good_run", "late",
+    __slots__ = ("alive", "answered_sent_at", "bandwidth_mbps", "cost_per_gb", "duplicates", "expired", "good_run",
+                 "late",
                  "miss_run", "miss_since", "mtu_bytes",
                  "next_report_at", "next_send_at", "next_seq", "outstanding", "path_id", "profile", "received",
                  "rttvar_s", "score", "sent", "srtt_s", "status", "status_since", "timed_out", "unexpected",
@@ -185,7 +196,7 @@ class _PathState:
         self.good_run = 0
         self.srtt_s: float | None = None
         self.rttvar_s = 0.0
-        self.sent = self.received = self.timed_out = self.late = self.unexpected = 0
+        self.sent = self.received = self.timed_out = self.late = self.unexpected = self.duplicates = 0
         self.bandwidth_mbps = 0.0
         self.mtu_bytes = 1500
         self.cost_per_gb = 0.0
@@ -298,7 +309,7 @@ class PathMonitor:
 
     def counters(self, path_id: PathId) -> ProbeCounters:
         st = self._state(path_id)
-        return ProbeCounters(st.sent, st.received, st.timed_out, st.late, st.unexpected)
+        return ProbeCounters(st.sent, st.received, st.timed_out, st.late, st.unexpected, st.duplicates)
 
     def current_timeout_s(self, path_id: PathId) -> float:
         return self._state(path_id).timeout_s()
@@ -335,14 +346,21 @@ class PathMonitor:
             self._arm(st)
 
     def on_probe_reply(self, path_id: PathId, seq: int, sent_at: float | None, now: float) -> bool:
-        """A reply to probe `seq` arrived at `now`. Returns False when it is not counted.
+        """A reply to probe `seq` arrived at `now`. Returns True when it is an RTT sample of an
+        outstanding probe (`take_reply` says more: a late reply is a sample too, of a probe that had
+        timed out).
 
         `sent_at` is the send time carried by the (authenticated) probe, or None to use the time the
-        monitor asked for the probe. A reply for an unknown path or seq, a late or duplicate reply,
-        or one that would give a negative RTT changes nothing but a counter."""
+        monitor asked for the probe. A reply for an unknown path or seq, a duplicate reply, or one
+        that would give a negative RTT changes nothing but a counter."""
+        return self.take_reply(path_id, seq, sent_at, now) is Reply.TAKEN
+
+    def take_reply(self, path_id: PathId, seq: int, sent_at: float | None, now: float) -> Reply:
+        """`on_probe_reply`, saying what the reply was: TAKEN, LATE (after its timeout, taken as a
+        delayed probe) or IGNORED."""
         st = self._paths.get(path_id)
         if st is None:
-            return False
+            return Reply.IGNORED
         rec = st.outstanding.pop(seq, None)
         if rec is None:
             exp = st.expired.pop(seq, None)
@@ -361,17 +379,21 @@ class PathMonitor:
                 self._learn_rtt(st, now - sent)
                 if st.window.revise(exp[1], (now - sent) * 1000.0) and st.alive:
                     self._judge(st, now)
+                return Reply.LATE
+            if exp is not None:
+                st.expired[seq] = exp     # a forged copy that predates the probe: the real one may follow
+                st.unexpected += 1
             elif self._start_seq <= seq < st.next_seq:
-                st.late += 1          # duplicate, or a reply to a probe too old to remember
+                st.duplicates += 1        # a second copy, or a reply to a probe too old to remember
             else:
                 st.unexpected += 1
-            return False
+            return Reply.IGNORED
         start = rec[0] if sent_at is None else sent_at
         rtt_s = now - start
         if rtt_s < 0.0 or start < rec[0] - st.profile.max_timeout_s:
             st.outstanding[seq] = rec
             st.unexpected += 1
-            return False
+            return Reply.IGNORED
         st.received += 1
         if st.answered_sent_at is None or start > st.answered_sent_at:
             st.answered_sent_at = start
@@ -380,7 +402,7 @@ class PathMonitor:
             # the answered probe's timeout was the next wake-up: move it, so the driver is not woken
             # for nothing (about one wasted wake-up a probe otherwise); the old heap entry goes stale
             self._arm(st)
-        return True
+        return Reply.TAKEN
 
     def on_probe_result(self, path_id: PathId, rtt_s: float | None, now: float) -> None:
         """Feed one probe outcome directly (None = lost), bypassing the probe schedule."""

@@ -40,7 +40,7 @@ from patronus.core.events import (
     SendProbe,
 )
 from patronus.core.model import Path, PathId, PathStatus, SiteId
-from patronus.core.monitor import MonitorProfile, PathMonitor
+from patronus.core.monitor import MonitorProfile, PathMonitor, Reply
 from patronus.core.policy import RoutingPolicy
 from patronus.core.router import Router, RouterConfig
 from patronus.core.sla import SlaMonitor
@@ -114,18 +114,19 @@ class SiteLogic:
 
     def on_probe_reply(self, path_id: PathId, seq: int, sent_at: float, now: float) -> bool:
         """A probe reply arrived at `now` (sent at `sent_at`, both on the driver's monotonic clock).
-        Returns False if the monitor did not take it (unknown, late, duplicate). Call `pump` after."""
-        late_before = self.monitor.counters(path_id).late if path_id in self._uplink else 0
-        took = self.monitor.on_probe_reply(path_id, seq, sent_at, now)
-        if took or (path_id in self._uplink and self.monitor.counters(path_id).late > late_before
-                    and now >= sent_at):
+        Returns False if the monitor did not take it as the reply to an outstanding probe (unknown,
+        duplicate, or late: a late one is still an RTT sample). Call `pump` after."""
+        took = self.monitor.take_reply(path_id, seq, sent_at, now)
+        if took and now >= sent_at:
             # a late reply is a delayed probe, not a lost one, for the SLA as for the monitor's window
             self.sla.record_probe(path_id, (now - sent_at) * 1000.0, now)
-        since = self._suspect.get(path_id)
-        if since is not None and sent_at > since:
-            # a probe sent after its sibling's failure began came back: this path is fine after all
-            self._clear_suspect(path_id)
-        return took
+        suspect = self._suspect
+        if suspect:
+            since = suspect.get(path_id)
+            if since is not None and sent_at > since:
+                # a probe sent after its sibling's failure began came back: this path is fine after all
+                self._clear_suspect(path_id)
+        return took is Reply.TAKEN
 
     def set_tunnel_dead(self, path_id: PathId, dead: bool, now: float) -> bool:
         """Mark a path's tunnel dead (Down for routing) or alive again. Returns True if that changed
@@ -207,9 +208,14 @@ class SiteLogic:
         return self.monitor.has_events() or bool(self._held)
 
     def next_deadline(self) -> float | None:
-        ds = [d for d in (self.monitor.next_deadline(), self.router.next_deadline(), self.sla.next_deadline(),
-                          *(h[0] for h in self._held.values())) if d is not None]
-        return min(ds) if ds else None
+        best = self.monitor.next_deadline()
+        for d in (self.router.next_deadline(), self.sla.next_deadline()):
+            if d is not None and (best is None or d < best):
+                best = d
+        for h in self._held.values():
+            if best is None or h[0] < best:
+                best = h[0]
+        return best
 
     def pump(self, now: float) -> Step:
         """Fire what is due and feed the monitor's verdicts through the router and the SLA monitor."""

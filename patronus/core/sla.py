@@ -352,10 +352,22 @@ class SlaMonitor:
 
     def record_probe(self, subject: str, rtt_ms: float | None, now: float,
                      traffic_class: str = DEFAULT_CLASS) -> None:
-        """One probe's outcome: its RTT in ms, or None when it was lost."""
+        """One probe's outcome: its RTT in ms, or None when it was lost. The same as `record_latency`
+        (when answered) and `record_loss(subject, 1, lost)`, in one step: probes are the hot path."""
+        if rtt_ms is not None and (not _finite_number(rtt_ms) or rtt_ms < 0.0):
+            raise ValueError(f"latency must be a finite number of ms ≥ 0, got {rtt_ms!r}")
+        s = self._series_for(subject, traffic_class, now)
         if rtt_ms is not None:
-            self.record_latency(subject, rtt_ms, now, traffic_class)
-        self.record_loss(subject, 1, 0 if rtt_ms is not None else 1, now, traffic_class)
+            v = float(rtt_ms)
+            s.latency.append((now, v))
+            insort(s.sorted_latency, v)
+            s.packets.append((now, 1, 0))
+            s.sent += 1
+        else:
+            s.packets.append((now, 1, 1))
+            s.sent += 1
+            s.lost += 1
+        s.evict(now, self.target_for(subject, traffic_class).window_s)
 
     def forget(self, subject: str, traffic_class: str | None = None) -> None:
         """Drop the samples and verdicts of a subject (all its classes, or one). Targets stay."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import random
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -47,10 +46,10 @@ def test_play_runs_what_simpy_runs_in_the_same_order() -> None:
 
         def note(i: int, env: simpy.Environment = env, seen: list[tuple[float, int]] = seen) -> None:
             seen.append((env.now, i))
-        def nested(_e: object, env: simpy.Environment = env) -> None:
-            later(env, 0.0, lambda _e: note(99))
+        def nested(env: simpy.Environment = env) -> None:
+            later(env, 0.0, note, 99)
         for i, t in enumerate([0.5, 0.1, 0.5, 2.0, 3.0, 0.1, -0.5]):
-            later(env, t + 1.0, partial(lambda _e, i: note(i), i=i))
+            later(env, t + 1.0, note, i)
         later(env, 0.2, nested)
         if runner == "simpy":
             env.run(until=2.0)

@@ -18,7 +18,7 @@ import pytest
 from patronus.core.errors import ConfigError
 from patronus.core.events import Event, PathMetricsUpdated, PathStatusChanged, SendProbe
 from patronus.core.model import PathId, PathStatus
-from patronus.core.monitor import MIN_INTERVAL_S, PROFILES, MonitorProfile, PathMonitor
+from patronus.core.monitor import MIN_INTERVAL_S, PROFILES, MonitorProfile, PathMonitor, Reply
 from patronus.core.quality import quality_score
 
 pytestmark = pytest.mark.unit
@@ -467,7 +467,7 @@ def test_bad_replies_are_counted_and_change_nothing() -> None:
     assert not mon.on_probe_reply(P1, pending.seq, nd - 10.0, nd)      # forged, impossibly early
 
     c = mon.counters(P1)
-    assert c.late == base_counters.late + 2
+    assert c.duplicates == base_counters.duplicates + 2 and c.late == base_counters.late
     assert c.unexpected == base_counters.unexpected + 4
     assert (c.sent, c.received, c.timed_out) == (base_counters.sent, base_counters.received,
                                                  base_counters.timed_out)
@@ -495,7 +495,7 @@ def test_reply_after_timeout_is_late() -> None:
     before = mon.metrics(P1, net.now)
     assert before.loss_pct > 0.0
     late_rtt_s = net.now + 0.001 - net.sent_at[(P1, pending.seq)]
-    assert not mon.on_probe_reply(P1, pending.seq, None, net.now + 0.001)
+    assert mon.take_reply(P1, pending.seq, None, net.now + 0.001) is Reply.LATE
     assert mon.counters(P1).late == 1
     assert mon.counters(P1).timed_out == timed_out     # the timeout happened; the counter says so
     after = mon.metrics(P1, net.now)
@@ -507,8 +507,8 @@ def test_reply_after_timeout_is_late() -> None:
     assert mon.status(P1) is PathStatus.UP
     # (a late reply only teaches the RTT estimator; a second copy is a plain duplicate)
     tau = mon.current_timeout_s(P1)
-    assert not mon.on_probe_reply(P1, pending.seq, None, net.now + 0.002)
-    assert mon.counters(P1).late == 2
+    assert mon.take_reply(P1, pending.seq, None, net.now + 0.002) is Reply.IGNORED
+    assert mon.counters(P1).late == 1 and mon.counters(P1).duplicates == 1
     assert mon.current_timeout_s(P1) == tau
     assert mon.metrics(P1, net.now) == after
 

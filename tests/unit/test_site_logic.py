@@ -154,3 +154,35 @@ def test_the_move_waits_for_the_siblings_to_tell_a_local_cut_from_a_remote_one()
     sib = PathId("br:isp1-isp2")
     assert net.logic.suspected(sib) or net.logic.monitor.status(sib) is PathStatus.DOWN
     assert not net.logic.suspected(PathId("br:isp2-isp1"))
+
+
+def test_sla_samples_a_late_reply_but_not_a_duplicate() -> None:
+    """A reply after its probe's timeout is a delayed probe (an RTT sample for the SLA, and the loss
+    counted at the timeout is netted out); a second copy of a reply is nothing."""
+    net = Net()
+    pid = PathId("br:isp1-isp1")
+    logic, mon, sla = net.logic, net.logic.monitor, net.logic.sla
+    net.run_until(2.0)
+    net.rtt[pid] = None                       # from now on the path's probes get no reply in time
+    seq = mon.counters(pid).sent              # the next probe's sequence number
+    while mon.counters(pid).sent == seq:
+        deadline = mon.next_deadline()
+        assert deadline is not None
+        net.run_until(deadline)
+    sent_at = net.now
+    while mon.counters(pid).timed_out == 0:
+        deadline = mon.next_deadline()
+        assert deadline is not None
+        net.run_until(deadline)
+    latency_samples = sla.measure(pid, net.now).latency_samples
+    assert not logic.on_probe_reply(pid, seq, sent_at, net.now + 0.001)     # late: not "taken" ...
+    assert (mon.counters(pid).late, mon.counters(pid).duplicates) == (1, 0)
+    assert sla.measure(pid, net.now).latency_samples == latency_samples + 1  # ... but an RTT sample
+    assert not logic.on_probe_reply(pid, seq, sent_at, net.now + 0.002)     # a second copy of it
+    assert (mon.counters(pid).late, mon.counters(pid).duplicates) == (1, 1)
+    assert sla.measure(pid, net.now).latency_samples == latency_samples + 1  # is nothing
+    net.rtt[pid] = RTT[pid]
+    net.run_until(net.now + 1.0)              # metrics reports count the timeouts as SLA losses
+    c = mon.counters(pid)
+    assert c.timed_out >= 1
+    assert sla.measure(pid, net.now).packets_lost == c.timed_out - 1      # all but the late one

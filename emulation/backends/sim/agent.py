@@ -177,7 +177,7 @@ class SimAgent:
         self._timer_token += 1
         token = self._timer_token
         self._timer_at = when
-        later(self.env, when - self.env.now, lambda _e: self._on_timer(token, when))
+        later(self.env, when - self.env.now, self._on_timer, token, when)
 
     def _on_timer(self, token: int, when: float) -> None:
         if token != self._timer_token:
@@ -186,6 +186,14 @@ class SimAgent:
         now = self._clock()
         if now < when:          # float rounding of the timeout: never hand the core a time before its deadline
             now = self._now = when
+        logic = self.logic
+        assert logic is not None
+        due = logic.next_deadline()
+        if (due is None or due > now) and not logic.has_news():
+            # the deadline this timer was armed for went away (a reply came before its probe's timeout):
+            # nothing to fire, so no pump; arm for the next one
+            self._arm()
+            return
         self._pump(now)
 
     def _housekeeping(self, generation: int) -> None:
@@ -198,36 +206,33 @@ class SimAgent:
             if f.classified and f.active:
                 router.touch(f.key, now)
         self._pump(now)
-        later(self.env, HOUSEKEEPING_S, lambda _e: self._housekeeping(generation))
+        later(self.env, HOUSEKEEPING_S, self._housekeeping, generation)
 
     # -- probes ------------------------------------------------------------------------------------
 
     def _send_probe(self, path_id: PathId, seq: int, sent_at: float) -> None:
         path = self.paths[path_id]
-        remote = self.sim.agents[path.remote]
-        net = self.sim.net
-        generation = self.generation
         self.probes_sent += 1
+        self.sim.net.send(path.forward, PROBE_WIRE_BYTES, self._reflect, path, seq, sent_at, self.generation)
 
-        def home() -> None:
-            if self.generation != generation:
-                return          # the agent that sent it is gone
-            now = self._clock()
-            logic = self.logic
-            assert logic is not None
-            logic.on_probe_reply(path_id, seq, sent_at, now)
-            # Most replies change nothing a pump would act on (the armed timer fires what falls due,
-            # even at `now`); skipping their pump is a third of the simulator's time at 1,000 sites.
-            if logic.has_news():
-                self._pump(now)
-            else:
-                self._arm()
+    def _reflect(self, path: SimPath, seq: int, sent_at: float, generation: int) -> None:
+        """The probe reached the remote site: its reflector sends it back if the agent runs there."""
+        if self.sim.agents[path.remote].running:
+            self.sim.net.send(path.reverse, PROBE_WIRE_BYTES, self._probe_home, path.id, seq, sent_at, generation)
 
-        def reflect() -> None:
-            if remote.running:
-                net.send(path.reverse, PROBE_WIRE_BYTES, home)
-
-        net.send(path.forward, PROBE_WIRE_BYTES, reflect)
+    def _probe_home(self, path_id: PathId, seq: int, sent_at: float, generation: int) -> None:
+        if self.generation != generation:
+            return          # the agent that sent it is gone
+        now = self._clock()
+        logic = self.logic
+        assert logic is not None
+        logic.on_probe_reply(path_id, seq, sent_at, now)
+        # Most replies change nothing a pump would act on (the armed timer fires what falls due, even
+        # at `now`); skipping their pump is a third of the simulator's time at 1,000 sites.
+        if logic.has_news():
+            self._pump(now)
+        else:
+            self._arm()
 
     # -- steering ----------------------------------------------------------------------------------
 
@@ -279,7 +284,7 @@ class SimAgent:
         if latency > 0:
             generation = self.generation
 
-            def apply(_e: object) -> None:
+            def apply() -> None:
                 if generation == self.generation:
                     for f, pid in changes:
                         f.set_path(pid, done)

@@ -38,7 +38,7 @@ import yaml
 
 from emulation.backends.sim import traffic as tr
 from emulation.backends.sim.agent import SimAgent
-from emulation.backends.sim.network import Network, later
+from emulation.backends.sim.network import Network, _Call, later
 from emulation.backends.sim.writer import (
     write_csv,
     write_events,
@@ -240,7 +240,7 @@ class Simulation:
         phase = random.Random(f"sim/{sc.seed}/agent-phase")
 
         def at(t: float, fn: Callable[[], None]) -> None:
-            later(env, t - env.now, lambda _e: fn())
+            later(env, t - env.now, fn)
 
         for s in sc.sites:
             at(env.now + phase.random() * s.agent.monitor.interval_s, partial(self._agent_step, s.name, True))
@@ -368,6 +368,9 @@ def play(env: simpy.Environment, until: float) -> None:
                 break
             now, _, _, event = pop(queue)
             env._now = now
+            if event.__class__ is _Call:
+                event.fn(*event.args)
+                continue
             callbacks, event.callbacks = event.callbacks, None
             for callback in callbacks:
                 callback(event)

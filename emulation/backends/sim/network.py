@@ -58,14 +58,25 @@ def impairment_of(s: LinkSettings) -> Impairment:
                       reorder=s.reorder_ratio, corrupt=s.corrupt_ratio, cut=not s.up)
 
 
+def _fire(event: _Call) -> None:
+    event.fn(*event.args)
+
+
+_FIRE = (_fire,)    # every _Call's callbacks, for simpy's own loop (which only iterates them)
+
+
 class _Call:
-    """The least an entry of simpy's queue needs to be (what `Environment.step` touches): a callback
-    list and a success flag. A `Timeout` costs a constructor with checks and a method call more."""
+    """The least an entry of simpy's queue needs to be (what `Environment.step` touches): callbacks
+    and a success flag; here a function and its arguments, called as `fn(*args)`. A `Timeout` costs
+    a constructor with checks and a method call more, and a closure per entry besides. `play` calls
+    `fn` directly; simpy's own loop goes through `callbacks`."""
 
-    __slots__ = ("_ok", "_value", "callbacks")
+    __slots__ = ("_ok", "_value", "args", "callbacks", "fn")
 
-    def __init__(self, fn: Callable[[Any], None]) -> None:
-        self.callbacks: list[Callable[[Any], None]] | None = [fn]
+    def __init__(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.fn = fn
+        self.args = args
+        self.callbacks: tuple[Callable[[Any], None], ...] | None = _FIRE
         self._ok = True
         self._value = None
 
@@ -73,11 +84,11 @@ class _Call:
 _NORMAL = 1         # simpy's EventPriority.NORMAL, what a Timeout is scheduled with
 
 
-def later(env: simpy.Environment, delay: float, fn: Callable[[Any], None]) -> None:
-    """Call `fn(event)` `delay` seconds from now: one queue entry and a callback, no process. Ordered
-    exactly as a `Timeout(env, delay)` with that callback would be (same time, priority and event id)."""
+def later(env: simpy.Environment, delay: float, fn: Callable[..., None], *args: Any) -> None:
+    """Call `fn(*args)` `delay` seconds from now: one queue entry, no process. Ordered exactly as a
+    `Timeout(env, delay)` with that callback would be (same time, priority and event id)."""
     queue: list[Any] = env._queue     # a _Call is an event to simpy's loop
-    heappush(queue, (env._now + (delay if delay > 0.0 else 0.0), _NORMAL, next(env._eid), _Call(fn)))
+    heappush(queue, (env._now + (delay if delay > 0.0 else 0.0), _NORMAL, next(env._eid), _Call(fn, args)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +119,7 @@ class Network:
             self.history[name] = [(-math.inf, base)]
         # the models whose impairment is only delay and rate (and queue): `_hop` schedules their packets
         # itself, exactly as `ImpairmentModel.on_packet` would (see `_simple_release`)
-        self._simple: set[int] = {id(m) for m in self.models.values() if _is_simple(m.impairment)}
+        self._simple: dict[int, bool] = {id(m): _is_simple(m.impairment) for m in self.models.values()}
 
     def hops(self, *legs: tuple[str, str]) -> Hops:
         """The hops of a route given as (link, direction) pairs."""
@@ -121,45 +132,43 @@ class Network:
         for direction in (TO_CORE, FROM_CORE):
             model = self.models[(link, direction)]
             model.set(imp)
-            if _is_simple(imp):
-                self._simple.add(id(model))
-            else:
-                self._simple.discard(id(model))
+            self._simple[id(model)] = _is_simple(imp)
         self.settings[link] = settings
         self.history[link].append((now, settings))
 
-    def send(self, hops: Hops, size: int, arrive: Callable[[], None]) -> None:
-        """A packet of `size` bytes (on the wire) enters the first hop now; `arrive()` is called when
-        it leaves the last one, not at all if a hop drops it."""
-        self._hop(hops.models, 0, size, arrive)
+    def send(self, hops: Hops, size: int, arrive: Callable[..., None], *args: Any) -> None:
+        """A packet of `size` bytes (on the wire) enters the first hop now; `arrive(*args)` is called
+        when it leaves the last one, not at all if a hop drops it."""
+        self._hop(hops.models, 0, size, arrive, args)
 
-    def _hop(self, models: tuple[ImpairmentModel, ...], i: int, size: int, arrive: Callable[[], None]) -> None:
+    def _hop(self, models: tuple[ImpairmentModel, ...], i: int, size: int, arrive: Callable[..., None],
+             args: tuple[Any, ...]) -> None:
         env = self.env
-        now = env.now
+        now = env._now
         model = models[i]
         nxt = i + 1
-        if id(model) in self._simple:
+        if self._simple[id(model)]:
             release = _simple_release(model, now, size)
             if release is None:
                 return
             if nxt == len(models):
-                later(env, release - now, lambda _e: arrive())
+                later(env, release - now, arrive, *args)
             else:
-                later(env, release - now, lambda _e: self._hop(models, nxt, size, arrive))
+                later(env, release - now, self._hop, models, nxt, size, arrive, args)
             return
         if model.passthrough(now):
             if nxt == len(models):
-                arrive()
+                arrive(*args)
             else:
-                self._hop(models, nxt, size, arrive)
+                self._hop(models, nxt, size, arrive, args)
             return
         for release, action in model.on_packet(now, size):
             if action:      # corrupted (bit 0) or a duplicate (bit 1): refused at the far end
                 continue
             if nxt == len(models):
-                later(env, release - now, lambda _e: arrive())
+                later(env, release - now, arrive, *args)
             else:
-                later(env, release - now, lambda _e: self._hop(models, nxt, size, arrive))
+                later(env, release - now, self._hop, models, nxt, size, arrive, args)
 
 
 def _is_simple(imp: Impairment) -> bool:

@@ -187,7 +187,7 @@ def start_packets(sim: Simulation, f: SimFlow) -> None:
             send(n * burst + b)
         n += 1
         if n < f.ticks:
-            later(env, f.start_s + n / rate - env.now, lambda _e: tick(n))
+            later(env, f.start_s + n / rate - env.now, tick, n)
 
     if f.ticks:
         tick(0)
