@@ -115,3 +115,34 @@ def test_select_best_path_never_violates_a_requirement(
         assert best in ok
         assert all(measured[s].score <= measured[best].score for s in ok)
         assert all(not (measured[s].score == measured[best].score and s < best) for s in ok)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(min_value=0.0, max_value=0.5), latency), min_size=1, max_size=400),
+       st.floats(min_value=0.5, max_value=20.0), st.floats(min_value=0.0, max_value=1e4))
+def test_running_mean_and_jitter_match_two_passes_over_the_window(
+        steps: list[tuple[float, float]], window_s: float, offset: float) -> None:
+    # The window's mean and standard deviation come from running sums (recomputed now and then); they
+    # must agree with the plain two-pass computation over the samples still in the window, however
+    # samples come and go, also far from 0 (offset) where a naive Σv² would cancel.
+    import math
+
+    mon = SlaMonitor(SlaTarget(window_s=window_s, min_samples=1))
+    now = 0.0
+    kept: list[tuple[float, float]] = []
+    for dt, v in steps:
+        now += dt
+        mon.record_latency("p", v + offset, now)
+        kept.append((now, v + offset))
+        if len(kept) % 7 == 0:      # measure along the way too (it may recompute the sums)
+            mon.measure("p", now)
+    m = mon.measure("p", now)
+    vals = [v for t, v in kept if t >= now - window_s]
+    mean = math.fsum(vals) / len(vals)
+    stdev = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / len(vals))
+    spread = max(vals) - min(vals)
+    assert m.latency_samples == len(vals)
+    assert m.latency_mean_ms == pytest.approx(mean, rel=1e-12, abs=1e-9 * (spread + 1.0))
+    assert m.jitter_ms == pytest.approx(stdev, rel=1e-6, abs=1e-6 * (spread + 1.0))
+    if spread == 0.0:
+        assert m.jitter_ms == 0.0
