@@ -37,7 +37,17 @@ def _split(value: object, field: str, what: str) -> tuple[float, str]:
     m = _NUM_RE.match(value.replace("µ", "u"))
     if not m:
         raise ConfigError(f"expected {what}, got {value!r}", field)
-    return float(m.group(1)), m.group(3).lower()
+    number = float(m.group(1))
+    if not math.isfinite(number):       # "1e400" is a float overflow, not a value
+        raise ConfigError(f"expected {what}, got {value!r} (too large)", field)
+    return number, m.group(3).lower()
+
+
+def _finite(result: float, value: object, field: str) -> float:
+    """A number and its unit can overflow together ("1e307tbit")."""
+    if not math.isfinite(result):
+        raise ConfigError(f"got {value!r}: too large", field)
+    return result
 
 
 def parse_duration(value: object, field: str = "duration") -> float:
@@ -46,7 +56,7 @@ def parse_duration(value: object, field: str = "duration") -> float:
     unit = unit.replace("µ", "u")
     if unit not in _DURATION_UNITS:
         raise ConfigError(f'expected a duration like "20ms", got {value!r} (unknown unit {unit!r})', field)
-    return number * _DURATION_UNITS[unit]
+    return _finite(number * _DURATION_UNITS[unit], value, field)
 
 
 def parse_rate(value: object, field: str = "rate") -> float:
@@ -56,7 +66,7 @@ def parse_rate(value: object, field: str = "rate") -> float:
         return number
     if unit not in _RATE_UNITS:
         raise ConfigError(f'expected a rate like "100mbit", got {value!r} (unknown unit {unit!r})', field)
-    return number * _RATE_UNITS[unit]
+    return _finite(number * _RATE_UNITS[unit], value, field)
 
 
 def parse_ratio(value: object, field: str = "ratio") -> float:
@@ -76,7 +86,7 @@ def parse_size(value: object, field: str = "size") -> int:
     number, unit = _split(value, field, 'a size like "1500" or "64k"')
     if unit not in _SIZE_UNITS:
         raise ConfigError(f'expected a size like "1500" or "64k", got {value!r}', field)
-    return int(number * _SIZE_UNITS[unit])
+    return int(_finite(number * _SIZE_UNITS[unit], value, field))
 
 
 def format_duration(seconds: float) -> str:

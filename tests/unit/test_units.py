@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from patronus.core.errors import ConfigError
@@ -46,3 +48,14 @@ def test_format_duration() -> None:
     assert format_duration(0.02) == "20ms"
     assert format_duration(2.0) == "2s"
     assert format_duration(5e-5) == "50us"
+
+
+@pytest.mark.parametrize(("parse", "text"), [
+    (parse_duration, "1e400"), (parse_duration, "1e400ms"), (parse_duration, "1e308h"),
+    (parse_rate, "1e400"), (parse_rate, "1e307tbit"), (parse_size, "1e400"), (parse_size, "1e308gib"),
+    (parse_ratio, "1e400%"),
+])
+def test_numbers_that_overflow_are_refused_with_the_field(parse: Callable[..., object], text: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(text, "links.isp1.delay")
+    assert "links.isp1.delay" in str(exc.value)
