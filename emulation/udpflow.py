@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emulation.traffic.stopflag import StopFlag
+
 HEADER = struct.Struct("!QQ")
 
 
@@ -43,13 +45,7 @@ def send(dst: tuple[str, int], rate: float, duration: float, sport: int = 0, siz
     n = 0
     total = int(rate * duration)
     seq = 0
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop = StopFlag(signal.SIGTERM)
     while n < total and not stop:
         due = start + n / rate
         delay = due - time.monotonic()
@@ -70,14 +66,7 @@ def receive(port: int, out: Path, duration: float | None, ready: Path | None) ->
     s.bind(("0.0.0.0", port))
     s.settimeout(0.2)
     arrivals: list[tuple[int, int, int]] = []
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    stop = StopFlag(signal.SIGTERM, signal.SIGINT)
     if ready is not None:
         ready.write_text("ready\n")
     end = time.monotonic() + duration if duration else None

@@ -20,6 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlparse
 
+from emulation.traffic.stopflag import StopFlag
+
 
 def serve(port: int, size: int) -> int:
     body = bytes(size)
@@ -43,13 +45,7 @@ def serve(port: int, size: int) -> int:
 def fetch(url: str, interval: float, duration: float, out: Path, timeout: float = 2.0) -> int:
     u = urlparse(url)
     rows = []
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop = StopFlag(signal.SIGTERM)
     start = time.monotonic()
     n = 0
     while not stop and time.monotonic() - start < duration:

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from emulation.traffic.stopflag import StopFlag
+
 ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 _SEQ = struct.Struct("!QQ")
@@ -47,14 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ports = {int(p) for p in a.ports.split(",") if p}
     socks: dict[int, tuple[str, socket.socket]] = {}
     rows: list[tuple[str, int, int, int, str, int]] = []
-    stop = False
-
-    def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    stop = StopFlag(signal.SIGTERM, signal.SIGINT)
 
     def rescan() -> None:
         known = {name for name, _ in socks.values()}
