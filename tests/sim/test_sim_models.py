@@ -51,6 +51,45 @@ def test_a_packet_crosses_both_links_in_order_with_their_delay_and_serialization
     assert arrivals[1] - arrivals[0] == pytest.approx(ser_hq)
 
 
+def test_flow_mode_probes_cross_simple_links_in_one_step_as_hop_by_hop_would() -> None:
+    sc = parse(TWO_SITES)
+    env = simpy.Environment()
+    net = Network(env, sc, probe_shortcut=True)
+    out = net.hops(("hq.isp1", TO_CORE), ("br.isp1", FROM_CORE))
+    arrivals: list[float] = []
+    net.send(out, 100, lambda: arrivals.append(env.now))       # hop by hop, alone on the links
+    env.run()
+    start = env.now
+    delivered = [m.delivered for m in out.models]
+    got = net.shortcut(out, start, 100)
+    assert got is not None and got - start == pytest.approx(arrivals[0], abs=1e-12)
+    assert [m.delivered for m in out.models] == [d + 1 for d in delivered]
+    # not when a link changes before the packet has crossed it, and nothing is counted then
+    net.stable_until = start + 0.012         # after hq's 10.8 ms, before br's hop ends
+    assert net.shortcut(out, start, 100) is not None
+    net.stable_until = start + 0.010
+    assert net.shortcut(out, start, 100) is None
+    assert [m.delivered for m in out.models] == [d + 2 for d in delivered]
+    # nor over a link with anything random (jitter here), nor in packet mode
+    net.stable_until = float("inf")
+    net.apply("br.isp1", replace(sc.uplink("br.isp1").baseline(), jitter_s=0.002), start)
+    assert net.shortcut(out, start, 100) is None
+    assert Network(env, sc).shortcut(net.hops(("br.isp1", TO_CORE)), start, 100) is None
+
+
+def test_flow_mode_probes_take_one_event_a_round_trip_between_timeline_steps(tmp_path: Path) -> None:
+    events = {}
+    for mode in ("packet", "flow"):
+        sim = Simulation(parse(TWO_SITES), tmp_path / mode, mode)
+        sim.run()
+        events[mode] = (sim.events_processed, sim.probes_sent)
+    (packet_events, packet_probes), (flow_events, flow_probes) = events["packet"], events["flow"]
+    assert packet_probes == flow_probes
+    # a probe is four events hop by hop (one per link crossed) and one with the shortcut (its reply);
+    # the rest (timers, samples) is the same in both modes
+    assert packet_events - flow_events == pytest.approx(3 * packet_probes, rel=0.02)
+
+
 def test_a_cut_link_drops_everything_and_a_restored_one_carries_again() -> None:
     sc = parse(TWO_SITES)
     env = simpy.Environment()
@@ -125,8 +164,11 @@ timeline:
 """
 
 
-def test_a_stopped_agent_neither_reflects_nor_receives_and_a_restarted_one_starts_afresh(tmp_path: Path) -> None:
-    sim = Simulation(parse(AGENT_STOP), tmp_path, "packet")
+@pytest.mark.parametrize("mode", ["packet", "flow"])
+def test_a_stopped_agent_neither_reflects_nor_receives_and_a_restarted_one_starts_afresh(
+        tmp_path: Path, mode: str) -> None:
+    # in flow mode probes take the shortcut (network.py) between timeline steps: the same outcome
+    sim = Simulation(parse(AGENT_STOP), tmp_path, mode)
     sim.run()
     sim.write_raw()
     with open(tmp_path / "raw" / "packets.csv") as fh:

@@ -10,9 +10,12 @@ end so that packets in flight arrive; sampling stops at the end, as the runner's
 Simultaneous events run in the order they were scheduled (simpy's insertion order): flows start
 before timeline steps of the same instant, as in the runner's action list.
 
-Mode: `packet` simulates every UDP datagram; `flow` computes the UDP records per flow after the run
-(see `traffic`); `auto` takes packet mode unless the scenario's UDP flows would send more than
-`AUTO_PACKET_LIMIT` datagrams. Probes are always simulated.
+Mode: `packet` simulates every UDP datagram, and every probe hop by hop; `flow` computes the UDP
+records per flow after the run (see `traffic`), and lets probes cross delay-and-rate-only links in
+one step between timeline steps (see `network`: only the probes' queueing behind each other is left
+out); `auto` takes packet mode unless the scenario's UDP flows would send more than
+`AUTO_PACKET_LIMIT` datagrams or its agents more than `AUTO_PROBE_LIMIT` probes. Every probe is
+always simulated, and every reply goes through the site's core logic at its own virtual time.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ SAMPLE_LEAD_S = 0.5                # sampling starts this long before 0 (the run
 SAMPLE_PERIOD_S = 0.25             # the runner's sampler
 MAX_METRIC_ROWS = 1_000_000        # above this, path_metrics is sampled more coarsely (a multiple of 0.25 s)
 AUTO_PACKET_LIMIT = 2_000_000      # auto mode: packet mode up to this many UDP datagrams, flow mode above
+AUTO_PROBE_LIMIT = 10_000_000      # ... and up to this many probes (four events each in packet mode)
 MODES = ("auto", "packet", "flow")
 SIM_TOKEN = "patronus-sim-token-0000000000000000"
 
@@ -103,12 +107,15 @@ def udp_datagrams(scenario: Scenario) -> int:
     return total
 
 
-def resolve_mode(scenario: Scenario, mode: str) -> str:
+def resolve_mode(scenario: Scenario, mode: str, probes: int = 0) -> str:
+    """`mode`, or for `auto` the mode the run's size calls for: packet mode unless the scenario's UDP
+    flows send more than `AUTO_PACKET_LIMIT` datagrams or its agents send more than
+    `AUTO_PROBE_LIMIT` probes (`probes`, as `Simulation` counts them)."""
     if mode not in MODES:
         raise ConfigError(f"expected one of {', '.join(MODES)}, got {mode!r}", "mode")
     if mode != "auto":
         return mode
-    return "packet" if udp_datagrams(scenario) <= AUTO_PACKET_LIMIT else "flow"
+    return "packet" if udp_datagrams(scenario) <= AUTO_PACKET_LIMIT and probes <= AUTO_PROBE_LIMIT else "flow"
 
 
 def warmup_s(scenario: Scenario) -> float:
@@ -126,7 +133,7 @@ class Simulation:
                  progress: Callable[[str], None] | None = None) -> None:
         self.sc = scenario
         self.out = Path(out)
-        self.mode = resolve_mode(scenario, mode)
+        self.mode = resolve_mode(scenario, mode)    # a bad mode fails here, before anything is built
         self.options = options or SimOptions()
         self.progress = progress or (lambda _msg: None)
         self.t0_ns = T0_NS
@@ -143,6 +150,9 @@ class Simulation:
                                 api_listen=f"127.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}:{API_PORT}", token=SIM_TOKEN)
             self.documents[s.name] = doc
             self.agents[s.name] = SimAgent(self, from_dict(doc, f"<simulated site {s.name}>"))
+        if mode == "auto":
+            self.mode = resolve_mode(scenario, mode, self.probes_expected())
+        self.net.probe_shortcut = self.mode == "flow"
         self.flows: list[tr.SimFlow] = []
         for i, f in enumerate(scenario.flows):
             sf = tr.SimFlow(i, f, scenario, self.agents[f.src.site], self.agents[f.dst.site])
@@ -158,6 +168,8 @@ class Simulation:
         self.sample_period_s = self._sample_period()
         self.events_processed = 0
         self.probes_sent = 0
+        self._change_times: list[float] = []
+        self._changes_done = 0
 
     # -- clocks and lookups --------------------------------------------------------------------------
 
@@ -174,6 +186,12 @@ class Simulation:
         if site not in self._running_tables:
             self._running_tables[site] = tr.StepTable(self.running[site])
         return self._running_tables[site]
+
+    def probes_expected(self) -> int:
+        """About how many probes the run sends: every path of every site at its interval, from the
+        warm-up to the end."""
+        span = self.warmup_s + self.sc.duration_s
+        return round(sum(len(a.paths) * span / a.cfg.monitor.interval_s for a in self.agents.values()))
 
     def _sample_period(self) -> float:
         if self.options.sample_period_s is not None:
@@ -192,7 +210,14 @@ class Simulation:
 
     # -- the run -----------------------------------------------------------------------------------
 
+    def _changed(self) -> None:
+        """One of the run's link or agent changes happened: the network is stable up to the next."""
+        self._changes_done += 1
+        k = self._changes_done
+        self.net.stable_until = self._change_times[k] if k < len(self._change_times) else math.inf
+
     def _agent_step(self, site: str, running: bool) -> None:
+        self._changed()
         now = self.env.now
         agent = self.agents[site]
         if running:
@@ -209,6 +234,7 @@ class Simulation:
                                        "agent_start" if step.running else "agent_stop", step.site, "{}"])
             return
         assert isinstance(step, LinkStep)
+        self._changed()
         link = str(step.link)
         self.net.apply(link, step.settings, now)
         s = step.settings
@@ -239,11 +265,14 @@ class Simulation:
         wall_started = time.monotonic()
         phase = random.Random(f"sim/{sc.seed}/agent-phase")
 
-        def at(t: float, fn: Callable[[], None]) -> None:
+        def at(t: float, fn: Callable[[], None]) -> float:
             later(env, t - env.now, fn)
+            return env.now + max(t - env.now, 0.0)      # when it runs, as `later` computes it
 
+        changes: list[float] = []       # when links and agents change: the network is stable in between
         for s in sc.sites:
-            at(env.now + phase.random() * s.agent.monitor.interval_s, partial(self._agent_step, s.name, True))
+            changes.append(at(env.now + phase.random() * s.agent.monitor.interval_s,
+                              partial(self._agent_step, s.name, True)))
         for f in self.flows:
             at(f.start_s, partial(self._flow_start, f))
             at(f.stop_s, partial(setattr, f, "active", False))
@@ -252,7 +281,10 @@ class Simulation:
             k = None
             if isinstance(step, LinkStep) and isinstance(sc.timeline[step.event], Ramp):
                 k = ramp_steps[step.event] = ramp_steps.get(step.event, 0) + 1
-            at(step.at_s, partial(self._apply, step, k))
+            changes.append(at(step.at_s, partial(self._apply, step, k)))
+        self._change_times = sorted(changes)
+        self._changes_done = 0
+        self.net.stable_until = self._change_times[0] if changes else math.inf
         period = self.sample_period_s
         n_samples = math.floor((sc.duration_s + SAMPLE_LEAD_S) / period + 1e-9) + 1
         for i in range(n_samples):

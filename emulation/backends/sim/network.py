@@ -15,6 +15,14 @@ Corrupted copies are dropped (WireGuard's and the probes' authentication refuse 
 copies are dropped too (WireGuard's replay window, the prober's anti-replay window), after taking their
 place in the rate queue.
 
+Flow mode's probes (`probe_shortcut`): a probe whose hops are all delay-and-rate only, none of them
+changing while it crosses them (no timeline step before it leaves the last: `stable_until`), crosses
+them in one step: its time out of each is its time in, plus its serialization at the link's rate,
+plus the link's delay. What that leaves out is the queueing of probes behind each other at a link
+(microseconds: a probe is 100 bytes, at least a millisecond of them would have to arrive together);
+flow mode has no data packets in the models to queue behind anyway. It saves three of the four events
+of a round trip. Any other probe, and every probe in packet mode, goes hop by hop.
+
 Randomness: each model is seeded from the scenario's seed, the link's name and the direction, so a
 link's decisions do not depend on what else the scenario contains.
 
@@ -103,8 +111,11 @@ class Hops:
 class Network:
     """Every link of a scenario, its current settings and their history (for the flow-level models)."""
 
-    def __init__(self, env: simpy.Environment, scenario: Scenario) -> None:
+    def __init__(self, env: simpy.Environment, scenario: Scenario, *, probe_shortcut: bool = False) -> None:
         self.env = env
+        self.probe_shortcut = probe_shortcut
+        # no link changes before this virtual time (the simulation moves it as its timeline goes)
+        self.stable_until = math.inf
         self.models: dict[tuple[str, str], ImpairmentModel] = {}
         self.settings: dict[str, LinkSettings] = {}
         # link -> [(from virtual time, settings)], the first entry from -inf: the baseline
@@ -140,6 +151,26 @@ class Network:
         """A packet of `size` bytes (on the wire) enters the first hop now; `arrive(*args)` is called
         when it leaves the last one, not at all if a hop drops it."""
         self._hop(hops.models, 0, size, arrive, args)
+
+    def shortcut(self, hops: Hops, t: float, size: int) -> float | None:
+        """With `probe_shortcut`: the time a packet entering `hops` at `t` leaves the last one, if
+        every hop is delay-and-rate only and it gets to each before `stable_until` (counted as
+        delivered by each model); None otherwise, and nothing counted: send it hop by hop."""
+        if not self.probe_shortcut:
+            return None
+        until = self.stable_until
+        simple = self._simple
+        for m in hops.models:
+            if t >= until or not simple[id(m)]:
+                return None
+            if not m._identity:
+                imp = m._imp
+                rate = imp.rate_bps
+                t += (size * 8.0 / rate if rate > 0 else 0.0) + imp.delay_s
+        for m in hops.models:
+            m.packets_in += 1
+            m.delivered += 1
+        return t
 
     def _hop(self, models: tuple[ImpairmentModel, ...], i: int, size: int, arrive: Callable[..., None],
              args: tuple[Any, ...]) -> None:
