@@ -182,6 +182,13 @@ class Impairment:
                 and self.loss_model is None and self.rate_bps == 0 and self.duplicate == 0
                 and self.reorder == 0 and self.corrupt == 0)
 
+    @property
+    def is_deterministic(self) -> bool:
+        """Only delay, rate and a queue: nothing random happens to a packet (what it gets is a
+        function of when it arrives and of the packets before it)."""
+        return (not self.cut and not self.jitter_s and not self.loss and self.loss_model is None
+                and not self.duplicate and not self.reorder and not self.corrupt)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
         d["loss_model"] = self.loss_model.to_dict() if self.loss_model else None
@@ -302,6 +309,7 @@ class ImpairmentModel:
             self._ge_bad = False
         self._imp = impairment
         self._identity = impairment.is_identity
+        self.deterministic = impairment.is_deterministic
         dist = impairment.jitter_distribution
         self._table = dist_table(dist) if dist != "uniform" else None
 

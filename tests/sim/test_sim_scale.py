@@ -12,7 +12,7 @@ import pytest
 import simpy
 
 from emulation.backends.sim.engine import SimOptions, Simulation, WallBudgetExceeded, play, run_sim
-from emulation.backends.sim.network import _is_simple, _simple_release, later
+from emulation.backends.sim.network import _simple_release, later
 from emulation.backends.sim.synthetic import regional_mesh_doc
 from emulation.links.impairment import Impairment, ImpairmentModel
 from emulation.scenario import from_dict
@@ -24,8 +24,8 @@ def test_the_fast_hop_is_the_models_own_arithmetic() -> None:
     """Delay, rate and a short queue: `_simple_release` gives the times (and drops) `on_packet` gives,
     on the same model state, for a random arrival pattern."""
     imp = Impairment(delay_s=0.01, rate_bps=1e6, queue_limit=5)
-    assert _is_simple(imp) and not _is_simple(Impairment(delay_s=0.01, jitter_s=0.001))
-    assert not _is_simple(Impairment(loss=0.01)) and not _is_simple(Impairment(cut=True))
+    assert imp.is_deterministic and not Impairment(delay_s=0.01, jitter_s=0.001).is_deterministic
+    assert not Impairment(loss=0.01).is_deterministic and not Impairment(cut=True).is_deterministic
     a, b = ImpairmentModel(imp, seed="x"), ImpairmentModel(imp, seed="x")
     rng = random.Random(7)
     now = 0.0

@@ -128,10 +128,6 @@ class Network:
                 self.models[(name, direction)] = ImpairmentModel(imp, seed=f"sim/{scenario.seed}/{name}/{direction}")
             self.settings[name] = base
             self.history[name] = [(-math.inf, base)]
-        # the models whose impairment is only delay and rate (and queue): `_hop` schedules their packets
-        # itself, exactly as `ImpairmentModel.on_packet` would (see `_simple_release`)
-        self._simple: dict[int, bool] = {id(m): _is_simple(m.impairment) for m in self.models.values()}
-
     def hops(self, *legs: tuple[str, str]) -> Hops:
         """The hops of a route given as (link, direction) pairs."""
         return Hops(tuple(self.models[leg] for leg in legs), tuple(link for link, _ in legs),
@@ -143,7 +139,6 @@ class Network:
         for direction in (TO_CORE, FROM_CORE):
             model = self.models[(link, direction)]
             model.set(imp)
-            self._simple[id(model)] = _is_simple(imp)
         self.settings[link] = settings
         self.history[link].append((now, settings))
 
@@ -159,9 +154,8 @@ class Network:
         if not self.probe_shortcut:
             return None
         until = self.stable_until
-        simple = self._simple
         for m in hops.models:
-            if t >= until or not simple[id(m)]:
+            if t >= until or not m.deterministic:
                 return None
             if not m._identity:
                 imp = m._imp
@@ -178,7 +172,7 @@ class Network:
         now = env._now
         model = models[i]
         nxt = i + 1
-        if self._simple[id(model)]:
+        if model.deterministic:     # `_simple_release` does what `on_packet` would
             release = _simple_release(model, now, size)
             if release is None:
                 return
@@ -202,14 +196,8 @@ class Network:
                 later(env, release - now, self._hop, models, nxt, size, arrive, args)
 
 
-def _is_simple(imp: Impairment) -> bool:
-    """Only delay, rate and a queue: no randomness at all in what the model does to a packet."""
-    return (not imp.cut and not imp.jitter_s and not imp.loss and imp.loss_model is None and not imp.duplicate
-            and not imp.reorder and not imp.corrupt)
-
-
 def _simple_release(m: ImpairmentModel, now: float, size: int) -> float | None:
-    """`m.on_packet(now, size)` for a model whose impairment `_is_simple`: the release time of the one
+    """`m.on_packet(now, size)` for a model whose impairment `is_deterministic`: the release time of the one
     copy, or None when the rate queue is full. The same steps on the same state (its rate queue, last
     departure and release, counters) as the model's own code, which draws no random number for such an
     impairment; without the list of (time, action) pairs and the calls. The simulator's hot path: every
