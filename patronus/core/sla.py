@@ -251,9 +251,9 @@ class _Series:
     exactly (`math.fsum`, `shift` moved to the mean) once as many samples have come and gone as the
     window holds, so rounding cannot build up; with `shift` near the mean there is no cancellation."""
 
-    latency: deque[tuple[float, float]] = field(default_factory=deque)        # (t, latency_ms)
-    sorted_latency: list[float] = field(default_factory=list)                 # same values, sorted
-    packets: deque[tuple[float, int, int]] = field(default_factory=deque)     # (t, sent, lost)
+    # (t, latency_ms or None, packets sent, of which lost): a probe is one entry with both
+    samples: deque[tuple[float, float | None, int, int]] = field(default_factory=deque)
+    sorted_latency: list[float] = field(default_factory=list)                 # the latencies, sorted
     sent: int = 0
     lost: int = 0
     state: SlaState = SlaState.UNKNOWN
@@ -270,37 +270,40 @@ class _Series:
     window_s: float = 0.0           # the target's window, as of targets version `window_of`
     window_of: int = -1
 
-    def add_latency(self, now: float, v: float) -> None:
-        self.latency.append((now, v))
-        insort(self.sorted_latency, v)
-        if len(self.sorted_latency) == 1:
-            self.shift = v
-        d = v - self.shift
-        self.dev_sum += d
-        self.dev_sumsq += d * d
-        self.changes += 1
+    def add(self, now: float, v: float | None, sent: int, lost: int) -> None:
+        """One sample at `now`: a latency (or None), and packet counts (0, 0 for a latency alone)."""
+        self.samples.append((now, v, sent, lost))
+        if v is not None:
+            insort(self.sorted_latency, v)
+            if len(self.sorted_latency) == 1:
+                self.shift = v
+            d = v - self.shift
+            self.dev_sum += d
+            self.dev_sumsq += d * d
+            self.changes += 1
+        self.sent += sent
+        self.lost += lost
 
     def evict(self, now: float, window_s: float) -> None:
         cutoff = now - window_s
-        lat = self.latency
-        if lat and lat[0][0] < cutoff:
-            s = self.sorted_latency
-            shift = self.shift
-            while lat and lat[0][0] < cutoff:
-                _, v = lat.popleft()
+        q = self.samples
+        if not q or q[0][0] >= cutoff:
+            return
+        s = self.sorted_latency
+        shift = self.shift
+        while q and q[0][0] < cutoff:
+            _, v, sent, lost = q.popleft()
+            if v is not None:
                 del s[bisect_left(s, v)]
                 d = v - shift
                 self.dev_sum -= d
                 self.dev_sumsq -= d * d
                 self.changes += 1
-            if not s:
-                self.dev_sum = self.dev_sumsq = 0.0
-                self.changes = 0
-        pk = self.packets
-        while pk and pk[0][0] < cutoff:
-            _, sent, lost = pk.popleft()
             self.sent -= sent
             self.lost -= lost
+        if not s:
+            self.dev_sum = self.dev_sumsq = 0.0
+            self.changes = 0
 
     def mean_and_stdev(self) -> tuple[float, float]:
         """Mean and population standard deviation of the latencies in the window (0, 0 when none)."""
@@ -390,7 +393,7 @@ class SlaMonitor:
         if not _finite_number(latency_ms) or latency_ms < 0.0:
             raise ValueError(f"latency must be a finite number of ms ≥ 0, got {latency_ms!r}")
         s = self._series_for(subject, traffic_class, now)
-        s.add_latency(now, float(latency_ms))
+        s.add(now, float(latency_ms), 0, 0)
         s.evict(now, self.target_for(subject, traffic_class).window_s)
 
     def record_loss(self, subject: str, sent: int, lost: int, now: float,
@@ -401,9 +404,7 @@ class SlaMonitor:
             raise ValueError(f"expected packet counts with 0 ≤ lost ≤ sent, got sent={sent!r} lost={lost!r}")
         s = self._series_for(subject, traffic_class, now)
         if sent:
-            s.packets.append((now, sent, lost))
-            s.sent += sent
-            s.lost += lost
+            s.add(now, None, sent, lost)
         s.evict(now, self.target_for(subject, traffic_class).window_s)
 
     def record_probe(self, subject: str, rtt_ms: float | None, now: float,
@@ -415,13 +416,9 @@ class SlaMonitor:
             raise ValueError(f"latency must be a finite number of ms ≥ 0, got {rtt_ms!r}")
         s = self._series_for(subject, traffic_class, now)
         if rtt_ms is not None:
-            s.add_latency(now, float(rtt_ms))
-            s.packets.append((now, 1, 0))
-            s.sent += 1
+            s.add(now, float(rtt_ms), 1, 0)
         else:
-            s.packets.append((now, 1, 1))
-            s.sent += 1
-            s.lost += 1
+            s.add(now, None, 1, 1)
         if s.window_of != self._targets_version:
             s.window_s = self.target_for(subject, traffic_class).window_s
             s.window_of = self._targets_version
