@@ -219,16 +219,15 @@ class SimAgent:
         if there is None:
             net.send(path.forward, PROBE_WIRE_BYTES, self._reflect, path, seq, sent_at, self.generation)
             return
-        if there >= net.stable_until:       # the far end may change before the probe gets there
-            later(self.env, there - now, self._reflect, path, seq, sent_at, self.generation)
-            return
-        if not self.sim.agents[path.remote].running:
-            return                          # and stays so until the probe gets there: no reflector
-        back = net.shortcut(path.reverse, there, PROBE_WIRE_BYTES)
-        if back is None:                    # the way back goes hop by hop, from the far end
-            later(self.env, there - now, self._reflect, path, seq, sent_at, self.generation)
-            return
-        later(self.env, back - now, self._probe_home, path.id, seq, sent_at, self.generation)
+        if there < net.stable_until:        # nothing changes before the probe gets there
+            if not self.sim.agents[path.remote].running:
+                return                      # no reflector now, so none then
+            back = net.shortcut(path.reverse, there, PROBE_WIRE_BYTES)
+            if back is not None:
+                later(self.env, back - now, self._probe_home, path.id, seq, sent_at, self.generation)
+                return
+        # the far end may change before the probe gets there, or the way back goes hop by hop
+        later(self.env, there - now, self._reflect, path, seq, sent_at, self.generation)
 
     def _reflect(self, path: SimPath, seq: int, sent_at: float, generation: int) -> None:
         """The probe reached the remote site: its reflector sends it back if the agent runs there."""
