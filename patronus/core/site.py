@@ -117,7 +117,7 @@ class SiteLogic:
         Returns False if the monitor did not take it as the reply to an outstanding probe (unknown,
         duplicate, or late: a late one is still an RTT sample). Call `pump` after."""
         took = self.monitor.take_reply(path_id, seq, sent_at, now)
-        if took and now >= sent_at:
+        if took is not Reply.IGNORED and now >= sent_at:
             # a late reply is a delayed probe, not a lost one, for the SLA as for the monitor's window
             self.sla.record_probe(path_id, (now - sent_at) * 1000.0, now)
         suspect = self._suspect

@@ -128,6 +128,7 @@ class Network:
                 self.models[(name, direction)] = ImpairmentModel(imp, seed=f"sim/{scenario.seed}/{name}/{direction}")
             self.settings[name] = base
             self.history[name] = [(-math.inf, base)]
+
     def hops(self, *legs: tuple[str, str]) -> Hops:
         """The hops of a route given as (link, direction) pairs."""
         return Hops(tuple(self.models[leg] for leg in legs), tuple(link for link, _ in legs),
@@ -157,10 +158,9 @@ class Network:
         for m in hops.models:
             if t >= until or not m.deterministic:
                 return None
-            if not m._identity:
-                imp = m._imp
-                rate = imp.rate_bps
-                t += (size * 8.0 / rate if rate > 0 else 0.0) + imp.delay_s
+            imp = m._imp
+            rate = imp.rate_bps
+            t += (size * 8.0 / rate if rate > 0 else 0.0) + imp.delay_s
         for m in hops.models:
             m.packets_in += 1
             m.delivered += 1
