@@ -26,11 +26,22 @@ larger than (multiplier − 1) × interval within one detection time can still l
 While a path is alive its status follows the seed's quality rule over the probe window
 (`quality.status_for`). When a dead path comes back, the window keeps only the probes that brought
 it back: the outage measured the outage, not the path.
+
+Coasting (`coast`, for a flow-level simulation; the agent never coasts): a driver that knows a path's
+RTT will not change for a while (fixed links, no timeline step) vouches for it, and the monitor, once
+the path is steady at that RTT, sends and answers those probes itself, a batch at a time when the path
+is next woken or looked at, instead of asking for each one. Every coasted probe is counted, numbered,
+taught to the RTT estimator and put in the window as an answered probe would be; the window then holds
+one RTT, so score and status cannot change until the coast ends. Reports and every other timer go on.
+A 100-site hour is 68 million probes: coasting is what lets the simulator run it in minutes.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import Any
@@ -44,6 +55,7 @@ from patronus.core.units import format_duration, parse_duration
 MIN_INTERVAL_S = 0.010
 UP_SCORE = 50.0           # quality.status_for: Degraded below this score
 UP_HYSTERESIS = 5.0       # a Degraded path is Up again at UP_SCORE + this
+_COAST_TOLERANCE = 1e-9    # a coast's RTT and the window's samples agree to this part
 _EXPIRED_KEEP = 64        # timed-out probes remembered so that their late replies can be recognised
 
 
@@ -151,6 +163,10 @@ PROFILES: dict[str, MonitorProfile] = {
 }
 
 
+def _near(a: float, b: float) -> bool:
+    return abs(a - b) <= b * _COAST_TOLERANCE
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeCounters:
     sent: int
@@ -170,8 +186,8 @@ class Reply(IntEnum):
 
 
 class _PathState:
-    __slots__ = ("alive", "answered_sent_at", "bandwidth_mbps", "cost_per_gb", "duplicates", "expired", "good_run",
-                 "late",
+    __slots__ = ("alive", "answered_sent_at", "bandwidth_mbps", "coast_due", "coast_end", "coast_flight",
+                 "coast_resume_at", "coast_rtt_s", "cost_per_gb", "duplicates", "expired", "good_run", "late",
                  "miss_run", "miss_since", "mtu_bytes",
                  "next_report_at", "next_send_at", "next_seq", "outstanding", "path_id", "profile", "received",
                  "rttvar_s", "score", "sent", "srtt_s", "status", "status_since", "timed_out", "unexpected",
@@ -201,6 +217,12 @@ class _PathState:
         self.mtu_bytes = 1500
         self.cost_per_gb = 0.0
         self.wake_at = now
+        # a coast (`PathMonitor.coast`): probes sent before `coast_end` come back `coast_rtt_s` later
+        self.coast_rtt_s: float | None = None
+        self.coast_end = -math.inf
+        self.coast_resume_at = math.inf     # the first send after the coast (the accumulated schedule)
+        self.coast_flight: deque[float] = deque()   # send times of coasted probes not back yet
+        self.coast_due = math.inf           # when the next coasted probe is sent or answered
 
     def timeout_s(self) -> float:
         p = self.profile
@@ -226,7 +248,8 @@ class _PathState:
                            mtu_bytes=self.mtu_bytes, cost_per_gb=self.cost_per_gb, samples=len(w))
 
     def next_wake(self) -> float:
-        t = self.next_send_at if self.next_send_at < self.next_report_at else self.next_report_at
+        send = self.coast_resume_at if self.next_send_at < self.coast_end else self.next_send_at
+        t = send if send < self.next_report_at else self.next_report_at
         for _, deadline in self.outstanding.values():
             if deadline < t:
                 t = deadline
@@ -248,6 +271,11 @@ class PathMonitor:
         self._heap: list[tuple[float, int, PathId]] = []
         self._tie = 0
         self._events: list[Event] = []
+        self._clock = -math.inf     # the latest time handed in: queries bring coasting paths up to it
+        self._coasting: dict[PathId, None] = {}     # paths with coasted probes to account for
+        # what a coast's answered probes are for the rest of a site (the SLA): (path, rtt_ms, reply times)
+        self.coast_sink: Callable[[PathId, float, list[float]], None] | None = None
+        self.coasted_probes = 0     # probes sent by coasts, all paths, ever
 
     # -- topology ---------------------------------------------------------------------------------
 
@@ -269,9 +297,11 @@ class PathMonitor:
 
     def remove_path(self, path_id: PathId) -> None:
         self._paths.pop(path_id, None)   # heap entries for it are dropped lazily
+        self._coasting.pop(path_id, None)
 
     def set_profile(self, path_id: PathId, profile: MonitorProfile, now: float) -> None:
         st = self._state(path_id)
+        self._settle_coast(st, now)
         st.profile = profile
         samples = st.window.samples()
         st.window = ProbeWindow(profile.window)
@@ -293,26 +323,31 @@ class PathMonitor:
     # -- queries ----------------------------------------------------------------------------------
 
     def status(self, path_id: PathId) -> PathStatus:
-        return self._state(path_id).status
+        return self._current(path_id).status
 
     def metrics(self, path_id: PathId, now: float) -> PathMetrics:
-        return self._state(path_id).metrics(now)
+        st = self._state(path_id)
+        if now > self._clock:
+            self._clock = now
+        if st.coast_due <= self._clock:
+            self._sync(st, self._clock)
+        return st.metrics(now)
 
     def miss_since(self, path_id: PathId) -> float | None:
         """When the first probe of the path's current run of misses was sent (None: no misses)."""
-        st = self._state(path_id)
+        st = self._current(path_id)
         return st.miss_since if st.miss_run else None
 
     def answered_sent_at(self, path_id: PathId) -> float | None:
         """Send time of the newest probe that got a reply, late or not: the path was alive then."""
-        return self._state(path_id).answered_sent_at
+        return self._current(path_id).answered_sent_at
 
     def counters(self, path_id: PathId) -> ProbeCounters:
-        st = self._state(path_id)
+        st = self._current(path_id)
         return ProbeCounters(st.sent, st.received, st.timed_out, st.late, st.unexpected, st.duplicates)
 
     def current_timeout_s(self, path_id: PathId) -> float:
-        return self._state(path_id).timeout_s()
+        return self._current(path_id).timeout_s()
 
     def drain_events(self) -> list[Event]:
         ev, self._events = self._events, []
@@ -337,11 +372,15 @@ class PathMonitor:
     def on_timer(self, now: float) -> None:
         """Fire everything due at or before `now`: timeouts, then probe sends, then reports."""
         heap, paths = self._heap, self._paths
+        if now > self._clock:
+            self._clock = now
         while heap and heap[0][0] <= now:
             t, _, pid = heapq.heappop(heap)
             st = paths.get(pid)
             if st is None or st.wake_at != t:
                 continue
+            if st.coast_due <= now:
+                self._sync(st, now)
             self._service(st, now)
             self._arm(st)
 
@@ -361,6 +400,10 @@ class PathMonitor:
         st = self._paths.get(path_id)
         if st is None:
             return Reply.IGNORED
+        if now > self._clock:
+            self._clock = now
+        if st.coast_due <= now:
+            self._sync(st, now)
         rec = st.outstanding.pop(seq, None)
         if rec is None:
             exp = st.expired.pop(seq, None)
@@ -397,6 +440,8 @@ class PathMonitor:
         st.received += 1
         if st.answered_sent_at is None or start > st.answered_sent_at:
             st.answered_sent_at = start
+        if st.coast_rtt_s is not None and not _near(rtt_s, st.coast_rtt_s):
+            self._settle_coast(st, now)     # the driver's word no longer holds
         self._outcome(st, rtt_s, now)
         if st.wake_at < st.next_wake():
             # the answered probe's timeout was the next wake-up: move it, so the driver is not woken
@@ -417,6 +462,161 @@ class PathMonitor:
             st.answered_sent_at = now - rtt_s
         self._outcome(st, rtt_s, now)
 
+    # -- coasting: flow-level probing --------------------------------------------------------------
+
+    def coast(self, path_id: PathId, rtt_s: float, until: float, now: float) -> bool:
+        """Flow-level probing of a steady path. The driver vouches that every probe of `path_id` sent
+        before `until`, and every one outstanding now, comes back exactly `rtt_s` after it was sent
+        (a simulator whose links are fixed until then). If the path is steady at that RTT (alive, not
+        Down, its window full of answered probes each within a part in 10⁹ of it, its timeout above
+        it), the monitor asks for none of those probes (no `SendProbe`) and accounts for them itself,
+        a batch at a time, whenever the path is next woken or looked at: each one is sent on the
+        schedule, answered, taught to the RTT estimator, counted and put in the window, and
+        `coast_sink(path_id, rtt_ms, reply_times)` receives the replies (a site's SLA samples). Their
+        score is judged once a batch (the window holds one RTT, so it cannot change in between).
+        Reports, timeouts of other probes and everything else go on as before. The coast ends at
+        `until` (sends from then on are asked for again), or earlier when the path shows the
+        driver's word no longer holds (a timeout, a reply with another RTT). Returns whether it
+        coasts."""
+        st = self._paths.get(path_id)
+        if st is None or not (0.0 < rtt_s < math.inf):
+            return False
+        if now > self._clock:
+            self._clock = now
+        if st.coast_rtt_s is not None:
+            self._sync(st, now)
+            if st.coast_rtt_s is not None:
+                if st.coast_rtt_s != rtt_s:
+                    return False        # probes of another RTT are still out
+                if st.next_send_at < st.coast_end:
+                    return True         # coasting already
+        if not st.alive or st.status is PathStatus.DOWN or st.srtt_s is None:
+            return False
+        p = st.profile
+        if not st.next_send_at < until or st.next_send_at == math.inf:
+            return False
+        if not st.window.steady_at(rtt_s * 1000.0, rtt_s * 1000.0 * _COAST_TOLERANCE):
+            return False
+        # every coasted probe must come back within its timeout, which follows srtt towards rtt_s
+        if p.timeout_s is not None:
+            lowest = p.timeout_s
+        else:
+            lowest = min(min(st.srtt_s, rtt_s) + p.interval_s / 10.0, st.timeout_s(),
+                         max(p.max_timeout_s, p.interval_s))
+        if not rtt_s < lowest:
+            return False
+        for sent, deadline in st.outstanding.values():
+            if not now < sent + rtt_s < deadline:
+                return False        # its reply is overdue (lost?), or would come after its timeout
+        resume = math.inf
+        if until != math.inf:
+            t, interval = st.next_send_at, p.interval_s
+            while t < until:
+                t += interval
+            resume = t
+        st.coast_rtt_s = rtt_s
+        st.coast_end = until
+        st.coast_resume_at = resume
+        st.coast_due = st.next_send_at if not st.coast_flight or st.next_send_at < st.coast_flight[0] + rtt_s \
+            else st.coast_flight[0] + rtt_s
+        self._coasting[path_id] = None
+        self._arm(st)
+        return True
+
+    def coasting(self, path_id: PathId) -> bool:
+        """Whether the path's probes are coasted now (sent by the monitor itself, not asked for)."""
+        st = self._current(path_id)
+        return st.next_send_at < st.coast_end
+
+    def sync(self, now: float) -> None:
+        """Account for every coasted probe sent or answered by `now` (before reading the SLA samples
+        they feed; queries of one path do this for that path)."""
+        if now > self._clock:
+            self._clock = now
+        paths = self._paths
+        for pid in list(self._coasting):
+            st = paths[pid]
+            if st.coast_due <= now:
+                self._sync(st, now)
+
+    def _current(self, path_id: PathId) -> _PathState:
+        st = self._state(path_id)
+        if st.coast_due <= self._clock:
+            self._sync(st, self._clock)
+        return st
+
+    def _sync(self, st: _PathState, now: float) -> None:
+        """Send the coasted probes due by `now` and take the replies due by then."""
+        r = st.coast_rtt_s
+        assert r is not None
+        flight = st.coast_flight
+        t, end = st.next_send_at, st.coast_end
+        if t <= now and t < end:
+            interval = st.profile.interval_s
+            n = 0
+            while t <= now and t < end:
+                flight.append(t)
+                t += interval
+                n += 1
+            st.next_send_at = t
+            st.next_seq += n
+            st.sent += n
+            self.coasted_probes += n
+        if flight and flight[0] + r <= now:
+            replies: list[float] = []
+            sent = flight[0]
+            while flight and flight[0] + r <= now:
+                sent = flight.popleft()
+                replies.append(sent + r)
+            k = len(replies)
+            st.received += k
+            st.good_run += k
+            st.miss_run = 0
+            if st.answered_sent_at is None or sent > st.answered_sent_at:
+                st.answered_sent_at = sent
+            srtt, var = st.srtt_s, st.rttvar_s
+            assert srtt is not None
+            for _ in range(k):          # _learn_rtt k times, until it stops changing
+                err = srtt - r
+                nvar = 0.75 * var + 0.25 * (err if err >= 0.0 else -err)
+                nsrtt = 0.875 * srtt + 0.125 * r
+                if nvar == var and nsrtt == srtt:
+                    break
+                srtt, var = nsrtt, nvar
+            st.srtt_s, st.rttvar_s = srtt, var
+            rtt_ms = r * 1000.0
+            w = st.window
+            if w.uniform == rtt_ms:
+                w.add_run(rtt_ms, k)        # the window stays as it was: so does the score
+            else:
+                w.add_run(rtt_ms, k)
+                if st.alive:
+                    self._judge(st, replies[-1])
+            if self.coast_sink is not None:
+                self.coast_sink(st.path_id, rtt_ms, replies)
+        t = st.next_send_at
+        if t < end:
+            st.coast_due = flight[0] + r if flight and flight[0] + r < t else t
+        elif flight:
+            st.coast_due = flight[0] + r
+        else:
+            st.coast_rtt_s = None
+            st.coast_end = -math.inf
+            st.coast_resume_at = math.inf
+            st.coast_due = math.inf
+            self._coasting.pop(st.path_id, None)
+
+    def _settle_coast(self, st: _PathState, now: float) -> None:
+        """End a coast at `now`: what was coasted up to now is accounted for, probes already out under
+        it still come back as vouched, and the probes from now on are asked for again."""
+        if st.coast_rtt_s is None:
+            return
+        self._sync(st, now)
+        if st.coast_rtt_s is not None and st.next_send_at < st.coast_end:
+            st.coast_end = st.next_send_at
+            self._sync(st, now)
+        self._arm(st)
+
     # -- internals --------------------------------------------------------------------------------
 
     def _state(self, path_id: PathId) -> _PathState:
@@ -435,6 +635,8 @@ class PathMonitor:
     def _service(self, st: _PathState, now: float) -> None:
         if st.outstanding:
             due = sorted((d, seq) for seq, (_, d) in st.outstanding.items() if d <= now)
+            if due and st.coast_rtt_s is not None:
+                self._settle_coast(st, now)     # a probe the driver vouched for timed out
             for _, seq in due:
                 sent_at = st.outstanding.pop(seq)[0]
                 st.timed_out += 1

@@ -71,7 +71,7 @@ class ProbeWindow:
     """
 
     __slots__ = ("_added", "_buf", "_i", "_n", "_nrecv", "_since_rebuild", "_sum", "_sumsq", "generation",
-                 "last_rtt_ms", "rfc3550_jitter_ms", "size")
+                 "last_rtt_ms", "rfc3550_jitter_ms", "size", "uniform")
 
     def __init__(self, size: int = 10) -> None:
         if size < 1:
@@ -86,6 +86,7 @@ class ProbeWindow:
         self._since_rebuild = 0
         self._added = 0        # outcomes added since the window was (re)started: serial of the next one
         self.generation = 0    # bumped by keep_last, which re-lays the buffer out
+        self.uniform: float | None = None   # set by add_run: the RTT of every outcome in the full window
         self.last_rtt_ms: float | None = None
         self.rfc3550_jitter_ms = 0.0
 
@@ -104,6 +105,8 @@ class ProbeWindow:
         else:
             self._n += 1
         buf[i] = rtt_ms
+        if rtt_ms != self.uniform:
+            self.uniform = None
         if rtt_ms is not None:
             self._nrecv += 1
             self._sum += rtt_ms
@@ -120,6 +123,52 @@ class ProbeWindow:
         if self._since_rebuild >= 4096:
             self._rebuild()
 
+    def add_run(self, rtt_ms: float, count: int) -> None:
+        """`count` received outcomes of `rtt_ms` each: what `count` calls of `add(rtt_ms)` leave, with
+        the sums rebuilt exactly when the run fills the window (then in O(size), not O(count))."""
+        if rtt_ms == self.uniform:      # the window holds this RTT only: it stays as it is
+            j = self.rfc3550_jitter_ms
+            for _ in range(count):
+                nj = j - j / 16.0
+                if nj == j:
+                    break
+                j = nj
+            self.rfc3550_jitter_ms = j
+            self._added += count
+            self._i = self._added % self.size
+            return
+        if count < self.size:
+            for _ in range(count):
+                self.add(rtt_ms)
+            if self._buf.count(rtt_ms) == self.size:    # now the window holds this RTT only
+                self._rebuild()
+                self.uniform = rtt_ms
+            return
+        last = self.last_rtt_ms
+        j = self.rfc3550_jitter_ms
+        if last is not None:
+            d = rtt_ms - last
+            j += ((d if d >= 0.0 else -d) - j) / 16.0
+        for _ in range(count - 1):      # consecutive equal RTTs: J decays by 1/16 each, to its fixed point
+            nj = j - j / 16.0
+            if nj == j:
+                break
+            j = nj
+        self.rfc3550_jitter_ms = j
+        self.last_rtt_ms = rtt_ms
+        size = self.size
+        self._buf = [rtt_ms] * size
+        self._n = size
+        self._added += count
+        self._i = self._added % size
+        self._rebuild()
+        self.uniform = rtt_ms
+
+    def steady_at(self, rtt_ms: float, tolerance_ms: float) -> bool:
+        """Whether the window is full of received outcomes, each within `tolerance_ms` of `rtt_ms`."""
+        return self._n == self.size and self._nrecv == self.size and all(
+            x is not None and abs(x - rtt_ms) <= tolerance_ms for x in self._buf)
+
     @property
     def last_serial(self) -> tuple[int, int]:
         """(generation, serial) of the newest outcome: what `revise` needs to find it again."""
@@ -135,6 +184,7 @@ class ProbeWindow:
         if self._buf[slot] is not None:
             return False
         self._buf[slot] = rtt_ms
+        self.uniform = None
         self._nrecv += 1
         self._sum += rtt_ms
         self._sumsq += rtt_ms * rtt_ms

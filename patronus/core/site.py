@@ -76,6 +76,7 @@ class SiteLogic:
         self.monitor = PathMonitor(profile)
         self.router = Router(router, policies)
         self.sla = sla if sla is not None else SlaMonitor()
+        self.monitor.coast_sink = self.sla.record_probe_run     # coasted probes are SLA samples too
         self._uplink: dict[PathId, str] = {}
         self._endpoint: dict[PathId, str] = {}       # the remote endpoint, `site:uplink`
         self._suspect: dict[PathId, float] = {}      # path -> when its sibling's failure began
@@ -127,6 +128,15 @@ class SiteLogic:
                 # a probe sent after its sibling's failure began came back: this path is fine after all
                 self._clear_suspect(path_id)
         return took is Reply.TAKEN
+
+    def coast(self, path_id: PathId, rtt_s: float, until: float, now: float) -> bool:
+        """Flow-level probing (`PathMonitor.coast`): the driver vouches that the path's probes sent
+        before `until` come back `rtt_s` after they left; the monitor then sends and answers them
+        itself, and their replies are the SLA's samples as real ones are. Returns whether it coasts.
+        A suspected path does not coast (only a real reply may clear the suspicion)."""
+        if path_id in self._suspect or path_id in self._held or path_id in self._tunnel_dead:
+            return False
+        return self.monitor.coast(path_id, rtt_s, until, now)
 
     def set_tunnel_dead(self, path_id: PathId, dead: bool, now: float) -> bool:
         """Mark a path's tunnel dead (Down for routing) or alive again. Returns True if that changed
@@ -258,6 +268,7 @@ class SiteLogic:
         step.router = router.drain_events()
         d = sla.next_deadline()
         if d is not None and d <= now:
+            mon.sync(now)       # coasted probes answered by now are samples of this evaluation
             sla.on_timer(now)
         step.sla = sla.drain_events()
         return step

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import enum
 import math
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -284,6 +284,22 @@ class _Series:
         self.sent += sent
         self.lost += lost
 
+    def add_run(self, times: list[float], v: float) -> None:
+        """One probe answered with latency `v` at each of `times` (ascending): `add(t, v, 1, 0)` for
+        each, in O(1) list operations."""
+        k = len(times)
+        self.samples.extend([(t, v, 1, 0) for t in times])
+        s = self.sorted_latency
+        if not s:
+            self.shift = v
+        i = bisect_right(s, v)
+        s[i:i] = [v] * k
+        d = v - self.shift
+        self.dev_sum += d * k
+        self.dev_sumsq += d * d * k
+        self.changes += k
+        self.sent += k
+
     def evict(self, now: float, window_s: float) -> None:
         cutoff = now - window_s
         q = self.samples
@@ -291,19 +307,31 @@ class _Series:
             return
         s = self.sorted_latency
         shift = self.shift
+        run_v, run = 0.0, 0        # equal latencies leave in one cut (a coast's samples are all one)
         while q and q[0][0] < cutoff:
             _, v, sent, lost = q.popleft()
             if v is not None:
-                del s[bisect_left(s, v)]
-                d = v - shift
-                self.dev_sum -= d
-                self.dev_sumsq -= d * d
-                self.changes += 1
+                if run and v != run_v:
+                    self._remove(run_v, run)
+                    run = 0
+                run_v = v
+                run += 1
             self.sent -= sent
             self.lost -= lost
+        if run:
+            self._remove(run_v, run)
         if not s:
             self.dev_sum = self.dev_sumsq = 0.0
             self.changes = 0
+
+    def _remove(self, v: float, k: int) -> None:
+        s = self.sorted_latency
+        i = bisect_left(s, v)
+        del s[i:i + k]
+        d = v - self.shift
+        self.dev_sum -= d * k
+        self.dev_sumsq -= d * d * k
+        self.changes += k
 
     def mean_and_stdev(self) -> tuple[float, float]:
         """Mean and population standard deviation of the latencies in the window (0, 0 when none)."""
@@ -424,6 +452,22 @@ class SlaMonitor:
             s.window_of = self._targets_version
         s.evict(now, s.window_s)
 
+    def record_probe_run(self, subject: str, rtt_ms: float, times: list[float],
+                         traffic_class: str = DEFAULT_CLASS) -> None:
+        """Probes answered in `rtt_ms` each, at `times` (ascending): `record_probe(subject, rtt_ms, t)`
+        for each t, in one step (a flow-level simulation's coasted probes, a batch a second a path)."""
+        if not (rtt_ms.__class__ is float and 0.0 <= rtt_ms < math.inf) \
+                and (not _finite_number(rtt_ms) or rtt_ms < 0.0):
+            raise ValueError(f"latency must be a finite number of ms ≥ 0, got {rtt_ms!r}")
+        if not times:
+            return
+        s = self._series_for(subject, traffic_class, times[0])
+        s.add_run(times, float(rtt_ms))
+        if s.window_of != self._targets_version:
+            s.window_s = self.target_for(subject, traffic_class).window_s
+            s.window_of = self._targets_version
+        s.evict(times[-1], s.window_s)
+
     def forget(self, subject: str, traffic_class: str | None = None) -> None:
         """Drop the samples and verdicts of a subject (all its classes, or one). Targets stay."""
         for key in [k for k in self._keys if k[0] == subject and traffic_class in (None, k[1])]:
@@ -450,7 +494,10 @@ class SlaMonitor:
                  now: float) -> SlaMeasurement:
         vals = s.sorted_latency
         n = len(vals)
-        if n:
+        if n and vals[0] == vals[-1]:
+            p50 = p95 = p99 = mean = vals[0]
+            jitter = 0.0
+        elif n:
             p50, p95, p99 = (_nearest_rank(vals, p) for p in PERCENTILES)
             mean, jitter = s.mean_and_stdev()
         else:

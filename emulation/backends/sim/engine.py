@@ -72,6 +72,8 @@ class SimOptions:
     steering_latency_s: float = 0.0          # decision → packets on the new path (the kernel update)
     sample_period_s: float | None = None     # None: SAMPLE_PERIOD_S, coarser for huge runs
     wall_budget_s: float | None = None       # stop (raise WallBudgetExceeded) once the run has taken this long
+    # flow mode: a steady path's probes coast (`PathMonitor.coast`) between timeline steps
+    probe_coast: bool = True
 
 
 class WallBudgetExceeded(Exception):
@@ -214,6 +216,7 @@ class Simulation:
         """One of the run's link or agent changes happened: the network is stable up to the next."""
         self._changes_done += 1
         k = self._changes_done
+        self.net.stable_since = self.env.now
         self.net.stable_until = self._change_times[k] if k < len(self._change_times) else math.inf
 
     def _agent_step(self, site: str, running: bool) -> None:
@@ -305,6 +308,9 @@ class Simulation:
             play(env, sc.duration_s + self.drain_s())
         took = time.monotonic() - wall_started
         self.events_processed = next(env._eid)     # simpy numbers every event it schedules
+        for a in self.agents.values():
+            if a.logic is not None:
+                a.logic.monitor.sync(env.now)   # coasted probes sent by the end
         self.probes_sent = sum(a.probes_sent for a in self.agents.values())
         self.progress(f"simulated {env.now + self.warmup_s:g} s in {took:.1f} s: {self.events_processed} events "
                       f"({self.events_processed / max(took, 1e-9):,.0f}/s), {self.probes_sent} probes")

@@ -22,6 +22,9 @@ plus the link's delay. What that leaves out is the queueing of probes behind eac
 (microseconds: a probe is 100 bytes, at least a millisecond of them would have to arrive together);
 flow mode has no data packets in the models to queue behind anyway. It saves three of the four events
 of a round trip. Any other probe, and every probe in packet mode, goes hop by hop.
+Beyond that, a steady path's probes coast (`SimAgent._shortcut_home`, `PathMonitor.coast`): its
+monitor sends and answers them itself with the round trip `crossing_s` gives, up to the next step,
+and they cross no model at all (not counted in the models' packet counters, nothing to queue behind).
 
 Randomness: each model is seeded from the scenario's seed, the link's name and the direction, so a
 link's decisions do not depend on what else the scenario contains.
@@ -116,6 +119,7 @@ class Network:
         self.probe_shortcut = probe_shortcut
         # no link changes before this virtual time (the simulation moves it as its timeline goes)
         self.stable_until = math.inf
+        self.stable_since = -math.inf       # ... and none since this one (the last change applied)
         self.models: dict[tuple[str, str], ImpairmentModel] = {}
         self.settings: dict[str, LinkSettings] = {}
         # link -> [(from virtual time, settings)], the first entry from -inf: the baseline
@@ -165,6 +169,18 @@ class Network:
             m.packets_in += 1
             m.delivered += 1
         return t
+
+    def crossing_s(self, hops: Hops, size: int) -> float | None:
+        """What `shortcut` adds to a time: the hops' serializations and delays, when every hop is
+        delay-and-rate only (None otherwise). Counts nothing."""
+        total = 0.0
+        for m in hops.models:
+            if not m.deterministic:
+                return None
+            imp = m._imp
+            rate = imp.rate_bps
+            total += (size * 8.0 / rate if rate > 0 else 0.0) + imp.delay_s
+        return total
 
     def _hop(self, models: tuple[ImpairmentModel, ...], i: int, size: int, arrive: Callable[..., None],
              args: tuple[Any, ...]) -> None:
