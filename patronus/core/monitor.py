@@ -346,6 +346,12 @@ class PathMonitor:
         st = self._current(path_id)
         return ProbeCounters(st.sent, st.received, st.timed_out, st.late, st.unexpected, st.duplicates)
 
+    def losses(self, path_id: PathId) -> tuple[int, int]:
+        """(timed out, late): what `counters` says of lost probes, without accounting for coasted
+        probes first (they are never lost)."""
+        st = self._state(path_id)
+        return st.timed_out, st.late
+
     def current_timeout_s(self, path_id: PathId) -> float:
         return self._current(path_id).timeout_s()
 
@@ -379,7 +385,10 @@ class PathMonitor:
             st = paths.get(pid)
             if st is None or st.wake_at != t:
                 continue
-            if st.coast_due <= now:
+            if st.coast_due <= now and not (now < st.coast_end and not st.outstanding
+                                            and st.window.uniform == st.coast_rtt_s * 1000.0):  # type: ignore[operator]
+                # (a report of a path coasting at a steady window says the same synced or not: the
+                # coasted probes wait for the next reading, or the SLA's next evaluation)
                 self._sync(st, now)
             self._service(st, now)
             self._arm(st)
@@ -550,24 +559,28 @@ class PathMonitor:
         r = st.coast_rtt_s
         assert r is not None
         flight = st.coast_flight
+        replies: list[float] = []
+        sent = -math.inf        # the newest answered probe's send time
+        while flight and flight[0] + r <= now:
+            sent = flight.popleft()
+            replies.append(sent + r)
         t, end = st.next_send_at, st.coast_end
         if t <= now and t < end:
             interval = st.profile.interval_s
             n = 0
             while t <= now and t < end:
-                flight.append(t)
+                if flight or t + r > now:
+                    flight.append(t)
+                else:
+                    sent = t
+                    replies.append(t + r)
                 t += interval
                 n += 1
             st.next_send_at = t
             st.next_seq += n
             st.sent += n
             self.coasted_probes += n
-        if flight and flight[0] + r <= now:
-            replies: list[float] = []
-            sent = flight[0]
-            while flight and flight[0] + r <= now:
-                sent = flight.popleft()
-                replies.append(sent + r)
+        if replies:
             k = len(replies)
             st.received += k
             st.good_run += k
@@ -646,7 +659,7 @@ class PathMonitor:
                 st.expired[seq] = (sent_at, st.window.last_serial)
                 if len(st.expired) > _EXPIRED_KEEP:
                     del st.expired[next(iter(st.expired))]
-        if st.next_send_at <= now:
+        if st.next_send_at <= now and not st.next_send_at < st.coast_end:   # a coast sends by itself
             seq = st.next_seq
             st.next_seq += 1
             st.sent += 1

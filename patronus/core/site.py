@@ -138,6 +138,11 @@ class SiteLogic:
             return False
         return self.monitor.coast(path_id, rtt_s, until, now)
 
+    def sync(self, now: float) -> None:
+        """Account for the coasted probes sent or answered by `now`; call it before reading the SLA
+        monitor directly (a pump does it before each evaluation)."""
+        self.monitor.sync(now)
+
     def set_tunnel_dead(self, path_id: PathId, dead: bool, now: float) -> bool:
         """Mark a path's tunnel dead (Down for routing) or alive again. Returns True if that changed
         anything; call `pump` after."""
@@ -276,9 +281,9 @@ class SiteLogic:
     def _count_timeouts(self, path_id: PathId, now: float) -> None:
         """Every probe the monitor gave up on and whose reply did not come late after all (counted at
         each metrics report) is a lost sample for the path's SLA."""
-        c = self.monitor.counters(path_id)
+        timed_out, late = self.monitor.losses(path_id)
         seen_out, seen_late = self._timeouts_seen.get(path_id, (0, 0))
-        lost = (c.timed_out - seen_out) - (c.late - seen_late)
+        lost = (timed_out - seen_out) - (late - seen_late)
         for _ in range(min(max(lost, 0), _MAX_TIMEOUTS_PER_STEP)):
             self.sla.record_probe(path_id, None, now)
-        self._timeouts_seen[path_id] = (c.timed_out, c.late)
+        self._timeouts_seen[path_id] = (timed_out, late)

@@ -2,9 +2,10 @@
 
 State, and what may change it (every state change of this module happens here, nowhere else):
   * targets             -- `set_target` / `clear_target` only (configuration);
-  * sample windows      -- `record_latency`, `record_loss`, `record_probe` append; any call that takes
-                           `now` (`record_*`, `measure`, `select_best_path`, `evaluate`) evicts the
-                           samples older than the window, which never changes what a measurement says;
+  * sample windows      -- `record_latency`, `record_loss`, `record_probe`, `record_probe_run` append;
+                           any call that takes `now` (`record_*` but the run, `measure`,
+                           `select_best_path`, `evaluate`) evicts the samples older than the window,
+                           which never changes what a measurement says;
   * verdicts, compliance time, the violation latch and the event queue -- `evaluate` (and `on_timer`,
                            which calls it); `drain_events` empties the queue; `forget` drops a subject.
 What this module must not know: any clock (`now` is always an argument), sockets, how probes are sent
@@ -253,6 +254,8 @@ class _Series:
 
     # (t, latency_ms or None, packets sent, of which lost): a probe is one entry with both
     samples: deque[tuple[float, float | None, int, int]] = field(default_factory=deque)
+    # runs of probes answered with one latency, (their times, the latency): `add_run`
+    runs: deque[tuple[list[float], float]] = field(default_factory=deque)
     sorted_latency: list[float] = field(default_factory=list)                 # the latencies, sorted
     sent: int = 0
     lost: int = 0
@@ -285,10 +288,10 @@ class _Series:
         self.lost += lost
 
     def add_run(self, times: list[float], v: float) -> None:
-        """One probe answered with latency `v` at each of `times` (ascending): `add(t, v, 1, 0)` for
-        each, in O(1) list operations."""
+        """One probe answered with latency `v` at each of `times` (ascending): what `add(t, v, 1, 0)`
+        for each gives, kept as one entry of `runs` (a coast's second of probes: O(1), not O(len))."""
         k = len(times)
-        self.samples.extend([(t, v, 1, 0) for t in times])
+        self.runs.append((times, v))
         s = self.sorted_latency
         if not s:
             self.shift = v
@@ -302,12 +305,11 @@ class _Series:
 
     def evict(self, now: float, window_s: float) -> None:
         cutoff = now - window_s
-        q = self.samples
-        if not q or q[0][0] >= cutoff:
+        q, runs = self.samples, self.runs
+        if (not q or q[0][0] >= cutoff) and (not runs or runs[0][0][0] >= cutoff):
             return
         s = self.sorted_latency
-        shift = self.shift
-        run_v, run = 0.0, 0        # equal latencies leave in one cut (a coast's samples are all one)
+        run_v, run = 0.0, 0        # equal latencies leave in one cut
         while q and q[0][0] < cutoff:
             _, v, sent, lost = q.popleft()
             if v is not None:
@@ -320,6 +322,16 @@ class _Series:
             self.lost -= lost
         if run:
             self._remove(run_v, run)
+        while runs and runs[0][0][0] < cutoff:
+            times, v = runs[0]
+            if times[-1] < cutoff:
+                k = len(times)
+                runs.popleft()
+            else:
+                k = bisect_left(times, cutoff)
+                runs[0] = (times[k:], v)
+            self._remove(v, k)
+            self.sent -= k
         if not s:
             self.dev_sum = self.dev_sumsq = 0.0
             self.changes = 0
@@ -461,12 +473,9 @@ class SlaMonitor:
             raise ValueError(f"latency must be a finite number of ms ≥ 0, got {rtt_ms!r}")
         if not times:
             return
-        s = self._series_for(subject, traffic_class, times[0])
-        s.add_run(times, float(rtt_ms))
-        if s.window_of != self._targets_version:
-            s.window_s = self.target_for(subject, traffic_class).window_s
-            s.window_of = self._targets_version
-        s.evict(times[-1], s.window_s)
+        # no eviction here: every reading (`measure`, `evaluate`) evicts first, and `evaluate`, a second
+        # apart, keeps the samples within the window and a second
+        self._series_for(subject, traffic_class, times[0]).add_run(times, float(rtt_ms))
 
     def forget(self, subject: str, traffic_class: str | None = None) -> None:
         """Drop the samples and verdicts of a subject (all its classes, or one). Targets stay."""
@@ -554,17 +563,25 @@ class SlaMonitor:
                 if s.last_compliant:
                     s.compliant_s += dt
             s.evict(now, target.window_s)
-            m = self._measure(subject, traffic_class, s, target, now)
+            vals = s.sorted_latency
+            if vals and not s.lost and vals[0] == vals[-1] and vals[0] <= target.latency_ms + RESOLUTION:
+                # one latency, within target, nothing lost (no jitter): what `_measure` would say, without
+                # building it (a steady path, every second)
+                compliant: bool | None = True if max(len(vals), s.sent) >= target.min_samples else None
+                m = None
+            else:
+                m = self._measure(subject, traffic_class, s, target, now)
+                compliant = m.compliant
             s.last_eval_at = now
-            s.last_sufficient = m.compliant is not None
-            s.last_compliant = m.compliant is True
-            if m.compliant is False and s.state is not SlaState.VIOLATED:
+            s.last_sufficient = compliant is not None
+            s.last_compliant = compliant is True
+            if m is not None and m.compliant is False and s.state is not SlaState.VIOLATED:
                 s.state = SlaState.VIOLATED
                 s.violated_since = now
                 self._events.append(SlaViolated(
                     at=now, subject=subject, traffic_class=traffic_class, violations=m.violations,
                     latency_ms=m.latency_ms, loss_pct=m.loss_pct, jitter_ms=m.jitter_ms))
-            elif m.compliant is True and s.state is not SlaState.COMPLIANT:
+            elif compliant is True and s.state is not SlaState.COMPLIANT:
                 if s.state is SlaState.VIOLATED:
                     since = s.violated_since if s.violated_since is not None else now
                     self._events.append(SlaRestored(at=now, subject=subject, traffic_class=traffic_class,

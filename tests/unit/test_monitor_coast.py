@@ -210,6 +210,7 @@ def test_site_logic_gives_coasted_replies_to_the_sla_and_suspects_do_not_coast()
     pid = PathId("br:isp1-isp1")
     assert logic.coast(pid, 0.020, math.inf, net.now)
     net.run_until(70.0)
+    logic.sync(net.now)
     m = logic.sla.measure(str(pid), net.now)
     c = logic.monitor.counters(pid)
     assert abs(m.samples - 3000) <= 1 and m.loss_pct == 0.0 and m.jitter_ms == 0.0   # a full 60 s window, 50/s
