@@ -33,6 +33,7 @@ import yaml
 
 from emulation.backends.mininet_net import MininetNet, NetSpec, SiteSpec, UplinkSpec
 from emulation.siteconf import expectations_doc, site_document, sla_targets_doc
+from emulation.stallwatch import REPORT_MS, StallWatch
 from patronus.agent.keys import generate_private_key, public_key
 
 TOKEN_BYTES = 24
@@ -436,6 +437,21 @@ class Runner:
                     sent, recv = arrivals.get(seq, (0, 0))
                     w.writerow([f.name, seq, sent or "", recv or "", paths.get(seq, "")])
 
+    def write_stalls(self, stalls: list[tuple[float, float]]) -> None:
+        """raw/host_stalls.csv: every wake-up of the stall watcher at least `REPORT_MS` late, in scenario
+        seconds; and a note when one was as long as the fastest monitor's detection time."""
+        self.raw.mkdir(parents=True, exist_ok=True)
+        with open(self.raw / "host_stalls.csv", "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["at_s", "lag_ms"])
+            w.writerows([round(at - self.t0, 3), ms] for at, ms in stalls)
+        detect_ms = min(s.agent.monitor.detection_time_s for s in self.sc.sites) * 1000.0
+        worst = max(stalls, key=lambda x: x[1], default=None)
+        if worst is not None and worst[1] >= detect_ms:
+            self.progress(f"warning: the host stalled for {worst[1]:.0f} ms at {worst[0] - self.t0:.1f} s "
+                          f"(a fast agent calls a path Down after {detect_ms:.0f} ms): {len(stalls)} stalls over "
+                          f"{REPORT_MS:g} ms in raw/host_stalls.csv")
+
     def write_raw(self, sampler: Sampler, expectations: list[dict[str, Any]], links: list[dict[str, Any]]) -> None:
         assert self.net is not None
         self.raw.mkdir(parents=True, exist_ok=True)
@@ -573,6 +589,7 @@ class Runner:
         self.raw.mkdir(parents=True, exist_ok=True)
         (self.out / "scenario.yaml").write_text(self.sc.to_yaml())
         sampler: Sampler | None = None
+        watch = StallWatch()
         try:
             self.progress(f"building {len(spec.sites)} sites (run {self.run_id})")
             self.net = MininetNet(spec).build()
@@ -590,6 +607,7 @@ class Runner:
             self.start_receivers()
             sampler = Sampler({s: f"http://{n.mgmt_ip}:8470/api/v1" for s, n in self.net.sites.items()}, self.token)
             sampler.start()
+            watch.start()
             self.started_at = time.time()
             self.t0 = self.started_at + 0.5
             actions: list[tuple[float, int, str, Callable[[], None]]] = []
@@ -620,11 +638,13 @@ class Runner:
             self.progress("stopping traffic, collecting data")
             self.finish_traffic()
             sampler.stop()
+            self.write_stalls(watch.stop())
             links = [{"link": f"{s.name}.{u.name}",
                       "paths": [p["id"] for p in self._paths_of(s.name) if p["uplink"] == u.name]}
                      for s in self.sc.sites for u in s.uplinks]
             self.write_raw(sampler, expectations_doc(self.sc), links)
         finally:
+            watch.stop()
             if sampler is not None and sampler.is_alive():
                 sampler.stop()
             self.kill_all()

@@ -4,14 +4,18 @@ of ours behind."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from emulation.stallwatch import HostStallWarning
 
 pytestmark = [pytest.mark.emulation, pytest.mark.timeout(420)]
 
@@ -51,11 +55,20 @@ def test_shipped_scenario_short_passes_and_leaves_nothing(name: str, tmp_path: P
     scenario = _short(name, tmp_path)
     out = tmp_path / "run"
     before = _ours()
-    r = subprocess.run([sys.executable, "-m", "emulation.cli", "run", str(scenario), "--out", str(out)],
-                       capture_output=True, text=True, timeout=400, cwd=ROOT)
+    r = _run(scenario, out)
     leftovers = _ours() - before
     summary = json.loads((out / "summary.json").read_text())
     failed = [f"{e['text']} (measured {e['value']})" for e in summary["expectations"] if not e["passed"]]
+    stall = _longest_stall_ms(out)
+    if failed and stall >= _detection_ms(scenario):
+        # the host, not the SD-WAN: every path misses its probes at once. Measured, so once more, and said
+        warnings.warn(HostStallWarning(f"{name}: the host stalled for {stall:.0f} ms during the run and "
+                      f"{'; '.join(failed)} failed; running it once more"), stacklevel=1)
+        out = tmp_path / "run-again"
+        r = _run(scenario, out)
+        leftovers |= _ours() - before
+        summary = json.loads((out / "summary.json").read_text())
+        failed = [f"{e['text']} (measured {e['value']})" for e in summary["expectations"] if not e["passed"]]
     assert r.returncode == 0, "\n".join(failed) + "\n" + r.stdout[-2000:] + r.stderr[-2000:]
     assert summary["passed"] and summary["backend"] == "mininet" and not failed
     assert summary["impairment_backend"] in ("relay", "netem")
@@ -66,6 +79,23 @@ def test_shipped_scenario_short_passes_and_leaves_nothing(name: str, tmp_path: P
         fo = [f for f in summary["failovers"] if f["flow"] == "cbr"]
         assert fo and fo[0]["gap_ms"] < 300 and fo[0]["detect_ms"] < 200
         _sim_agrees(scenario, out, tmp_path / "sim")
+
+
+def _run(scenario: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "emulation.cli", "run", str(scenario), "--out", str(out)],
+                          capture_output=True, text=True, timeout=400, cwd=ROOT)
+
+
+def _longest_stall_ms(out: Path) -> float:
+    """The longest host stall the run's watcher measured (raw/host_stalls.csv), 0 when none."""
+    with open(out / "raw" / "host_stalls.csv") as fh:
+        return max((float(r["lag_ms"]) for r in csv.DictReader(fh)), default=0.0)
+
+
+def _detection_ms(scenario: Path) -> float:
+    from emulation.scenario import load
+
+    return min(s.agent.monitor.detection_time_s for s in load(scenario).sites) * 1000.0
 
 
 def _sim_agrees(scenario: Path, mininet_out: Path, sim_out: Path) -> None:

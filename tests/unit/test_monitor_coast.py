@@ -12,7 +12,6 @@ from patronus.core.events import PathMetricsUpdated, PathStatusChanged, SendProb
 from patronus.core.model import PathId, PathStatus
 from patronus.core.monitor import PROFILES, MonitorProfile, PathMonitor
 from patronus.core.quality import ProbeWindow
-from patronus.core.site import SiteLogic
 from patronus.core.sla import SlaMonitor
 from tests.unit.test_monitor import P1, Net, constant, jittered, net_with
 
@@ -202,7 +201,7 @@ def test_sla_record_probe_run_is_recording_one_by_one() -> None:
 
 
 def test_site_logic_gives_coasted_replies_to_the_sla_and_suspects_do_not_coast() -> None:
-    from tests.unit.test_site_logic import Net as SiteNet     # hq with two uplinks to br's two, fast profile
+    from tests.unit.test_site_logic import Net as SiteNet  # hq with two uplinks to br's two, fast profile
 
     net = SiteNet()
     logic = net.logic

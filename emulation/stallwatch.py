@@ -1,0 +1,81 @@
+"""Host stalls during an emulation run: how late a process that does nothing but sleep wakes up.
+
+The Mininet test-bed runs real agents in real time; a fast monitor profile calls a path Down after
+about 60 ms without replies. When the host itself stalls for that long (a VM's steal time, a burst of
+other work on two cores), every path of every agent misses its probes at once, and the run measures the
+host, not the SD-WAN. This watcher makes that visible: `python -m emulation.stallwatch` sleeps
+`PERIOD_S` at a time and prints `wall time,lag ms` for every wake-up at least `REPORT_MS` late, until
+it is terminated. `StallWatch` runs it beside a scenario and returns what it saw; the runner writes it
+to `raw/host_stalls.csv` and says so.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from types import FrameType
+
+PERIOD_S = 0.005
+REPORT_MS = 20.0
+
+
+class HostStallWarning(UserWarning):
+    """A run failed while the host stalled longer than an agent's detection time (said, not raised)."""
+
+
+def main() -> int:
+    stop = False
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    print("watching", flush=True)
+    while not stop:
+        t = time.monotonic()
+        time.sleep(PERIOD_S)        # the measurement itself: how much later than asked do we wake?
+        lag_ms = (time.monotonic() - t - PERIOD_S) * 1000.0
+        if lag_ms >= REPORT_MS:
+            print(f"{time.time():.4f},{lag_ms:.1f}", flush=True)
+    return 0
+
+
+class StallWatch:
+    """The watcher as a child process: `start()`, then `stop()` returns [(wall time, lag ms)]."""
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-m", "emulation.stallwatch"], stdout=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL, text=True)
+        assert self._proc.stdout is not None
+        self._proc.stdout.readline()        # "watching": it measures from now on
+
+    def stop(self) -> list[tuple[float, float]]:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return []
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        stalls = []
+        for line in out.splitlines():
+            at, _, ms = line.partition(",")
+            try:
+                stalls.append((float(at), float(ms)))
+            except ValueError:
+                continue
+        return stalls
+
+
+if __name__ == "__main__":
+    sys.exit(main())
