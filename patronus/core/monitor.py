@@ -526,8 +526,7 @@ class PathMonitor:
         st.coast_rtt_s = rtt_s
         st.coast_end = until
         st.coast_resume_at = resume
-        st.coast_due = st.next_send_at if not st.coast_flight or st.next_send_at < st.coast_flight[0] + rtt_s \
-            else st.coast_flight[0] + rtt_s
+        st.coast_due = self._coast_next(st)
         self._coasting[path_id] = None
         self._arm(st)
         return True
@@ -587,37 +586,35 @@ class PathMonitor:
             st.miss_run = 0
             if st.answered_sent_at is None or sent > st.answered_sent_at:
                 st.answered_sent_at = sent
-            srtt, var = st.srtt_s, st.rttvar_s
-            assert srtt is not None
-            for _ in range(k):          # _learn_rtt k times, until it stops changing
-                err = srtt - r
-                nvar = 0.75 * var + 0.25 * (err if err >= 0.0 else -err)
-                nsrtt = 0.875 * srtt + 0.125 * r
-                if nvar == var and nsrtt == srtt:
+            for _ in range(k):          # k samples of r, until the estimator stops changing
+                before = (st.srtt_s, st.rttvar_s)
+                self._learn_rtt(st, r)
+                if (st.srtt_s, st.rttvar_s) == before:
                     break
-                srtt, var = nsrtt, nvar
-            st.srtt_s, st.rttvar_s = srtt, var
             rtt_ms = r * 1000.0
             w = st.window
-            if w.uniform == rtt_ms:
-                w.add_run(rtt_ms, k)        # the window stays as it was: so does the score
-            else:
-                w.add_run(rtt_ms, k)
-                if st.alive:
-                    self._judge(st, replies[-1])
+            steady = w.uniform == rtt_ms    # then the window stays as it was: so does the score
+            w.add_run(rtt_ms, k)
+            if not steady and st.alive:
+                self._judge(st, replies[-1])
             if self.coast_sink is not None:
                 self.coast_sink(st.path_id, rtt_ms, replies)
-        t = st.next_send_at
-        if t < end:
-            st.coast_due = flight[0] + r if flight and flight[0] + r < t else t
-        elif flight:
-            st.coast_due = flight[0] + r
-        else:
+        st.coast_due = self._coast_next(st)
+        if st.coast_due == math.inf:
             st.coast_rtt_s = None
             st.coast_end = -math.inf
             st.coast_resume_at = math.inf
-            st.coast_due = math.inf
             self._coasting.pop(st.path_id, None)
+
+    @staticmethod
+    def _coast_next(st: _PathState) -> float:
+        """When the coast next sends a probe or takes a reply (inf: it has nothing left)."""
+        r = st.coast_rtt_s
+        assert r is not None
+        flight = st.coast_flight
+        reply = flight[0] + r if flight else math.inf
+        send = st.next_send_at if st.next_send_at < st.coast_end else math.inf
+        return reply if reply < send else send
 
     def _settle_coast(self, st: _PathState, now: float) -> None:
         """End a coast at `now`: what was coasted up to now is accounted for, probes already out under

@@ -61,6 +61,17 @@ def status_for(score: float, loss_pct: float) -> PathStatus:
     return UP
 
 
+def _jitter_decayed(j: float, count: int) -> float:
+    """The RFC 3550 estimator after `count` more RTTs equal to the last (D = 0: J − J/16 each time),
+    stopping once it no longer changes."""
+    for _ in range(count):
+        nj = j - j / 16.0
+        if nj == j:
+            break
+        j = nj
+    return j
+
+
 class ProbeWindow:
     """The last `size` probe outcomes of one path: an RTT in ms, or `None` for a lost probe.
 
@@ -127,13 +138,7 @@ class ProbeWindow:
         """`count` received outcomes of `rtt_ms` each: what `count` calls of `add(rtt_ms)` leave, with
         the sums rebuilt exactly when the run fills the window (then in O(size), not O(count))."""
         if rtt_ms == self.uniform:      # the window holds this RTT only: it stays as it is
-            j = self.rfc3550_jitter_ms
-            for _ in range(count):
-                nj = j - j / 16.0
-                if nj == j:
-                    break
-                j = nj
-            self.rfc3550_jitter_ms = j
+            self.rfc3550_jitter_ms = _jitter_decayed(self.rfc3550_jitter_ms, count)
             self._added += count
             self._i = self._added % self.size
             return
@@ -149,12 +154,7 @@ class ProbeWindow:
         if last is not None:
             d = rtt_ms - last
             j += ((d if d >= 0.0 else -d) - j) / 16.0
-        for _ in range(count - 1):      # consecutive equal RTTs: J decays by 1/16 each, to its fixed point
-            nj = j - j / 16.0
-            if nj == j:
-                break
-            j = nj
-        self.rfc3550_jitter_ms = j
+        self.rfc3550_jitter_ms = _jitter_decayed(j, count - 1)
         self.last_rtt_ms = rtt_ms
         size = self.size
         self._buf = [rtt_ms] * size
