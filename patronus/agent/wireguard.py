@@ -593,12 +593,15 @@ class WireGuardManager:
         os.replace(tmp, path)
 
     def _wait_up(self, proc: subprocess.Popen[bytes], ifname: str, log_path: Path) -> None:
-        """Poll until the control socket exists and the link is there; raise with the log tail otherwise."""
+        """Poll until the link is there and the control socket accepts a connection; raise with the log
+        tail otherwise. The socket file exists from wireguard-go's bind(), a moment before its listen():
+        a `wg` run in between is refused, takes the interface for a kernel one ("Protocol not supported")
+        and even unlinks the socket as stale. So existing is not enough: it must answer."""
         deadline = time.monotonic() + self.start_timeout_s
         sock = _socket_path(ifname)
         with IPRoute() as ipr:
             while True:
-                if sock.exists() and _link_index(ipr, ifname) is not None:
+                if _link_index(ipr, ifname) is not None and sock.exists() and _socket_live(sock):
                     return
                 try:
                     code = proc.wait(timeout=_POLL_S)  # doubles as the poll interval
