@@ -20,7 +20,10 @@ rules that sit between the monitor's verdicts and the router's view of a path:
   the far end; one to the same endpoint clears the endpoint: the failure is ours), at the latest when
   they all could have, and never more than `detect_multiplier` intervals after the Down. The flows
   then go to the best path that is not part of the failure instead of the only path sharing nothing
-  with it (failover-basic: 50 ms one way instead of 80, for a wait of about 20 ms).
+  with it (failover-basic: 50 ms one way instead of 80, for a wait of about 20 ms). The hold only
+  delays the Down, it never swallows it: a path back Up before its held Down was told still has its
+  Down told first (its flows leave, and come back only by the failback rules). Whether a brief
+  outage moves a call must not depend on which of two probes a few ms apart answered first.
 * **Dead tunnels.** A path whose probes pass but whose tunnel carries nothing (the driver decides:
   the agent from WireGuard handshakes) is Down for routing until the driver says it works again.
 
@@ -253,7 +256,12 @@ class SiteLogic:
                         router.set_suspect(ev.path_id, True)   # Down, though the router is not told yet
                         continue
                 else:
-                    if self._held.pop(ev.path_id, None) is not None:   # back before the router heard
+                    held = self._held.pop(ev.path_id, None)
+                    if held is not None:
+                        # back before the router heard: the Down happened all the same (its flows saw the
+                        # outage), so the router hears it now, then this status; a Down swallowed by the
+                        # hold would leave a call on a path that just dropped every probe of a detection time
+                        router.handle(replace(held[1], at=now))
                         router.set_suspect(ev.path_id, False)
                     if ev.path_id in self._tunnel_dead:
                         ev = replace(ev, new=PathStatus.DOWN)

@@ -4,11 +4,13 @@ answers every probe after a fixed RTT unless its uplink is cut."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from patronus.core.events import FailoverTriggered
 from patronus.core.model import EndpointId, FlowKey, Path, PathId, PathStatus, SiteId
-from patronus.core.monitor import PROFILES
+from patronus.core.monitor import PROFILES, MonitorProfile
 from patronus.core.site import SiteLogic, uplink_of
 
 pytestmark = pytest.mark.unit
@@ -25,8 +27,8 @@ def _path(pid: str) -> Path:
 class Net:
     """Drives a SiteLogic like a driver would: probes come back after RTT unless their uplink is cut."""
 
-    def __init__(self) -> None:
-        self.logic = SiteLogic("hq", PROFILES["fast"])
+    def __init__(self, profile: MonitorProfile = PROFILES["fast"]) -> None:
+        self.logic = SiteLogic("hq", profile)
         self.now = 0.0
         self.cut: set[str] = set()
         self.rtt: dict[str, float | None] = dict(RTT)     # None: the path drops everything
@@ -186,3 +188,33 @@ def test_sla_samples_a_late_reply_but_not_a_duplicate() -> None:
     c = mon.counters(pid)
     assert c.timed_out >= 1
     assert sla.measure(pid, net.now).packets_lost == c.timed_out - 1      # all but the late one
+
+
+def test_a_held_down_is_told_even_when_the_path_comes_back_first() -> None:
+    """A Down held while its siblings are suspected, whose path answers again before the hold ends: the
+    router still hears the Down (the flow leaves, for the path that shares nothing with the failure)
+    and the path's return afterwards; the flow comes back only after the failback hold. (Down after 5
+    misses: the hold, up to 5 intervals, outlasts the 3 answers that bring the path back.)"""
+    net = Net(replace(PROFILES["fast"], detect_multiplier=5))
+    net.rtt["br:isp2-isp1"] = net.rtt["br:isp1-isp2"] = 0.300     # siblings that answer late: a long hold
+    net.run_until(2.0)
+    flow = FlowKey("10.1.0.2", "10.2.0.2", 4000, 5001, 17)
+    pid = PathId("br:isp1-isp1")
+    assert net.logic.router.select_path(flow, net.now) == pid
+    net.rtt[pid] = None                               # only this path drops its probes, for a while ...
+    start = net.now
+    while net.logic.monitor.status(pid) is not PathStatus.DOWN and net.now < start + 1.0:
+        net.run_until(net.now + 0.001)
+    assert net.logic.router.flow_path(flow) == pid     # held
+    net.rtt[pid] = RTT[pid]                           # ... and answers again at once
+    down = net.now
+    while net.logic.monitor.status(pid) is not PathStatus.UP and net.now < down + 1.0:
+        net.run_until(net.now + 0.001)
+    assert net.now - down < 5 * 0.020                  # back within the hold
+    net.run_until(net.now + 0.3)
+    assert net.logic.monitor.status(pid) is PathStatus.UP
+    moves = [e for e in net.events if isinstance(e, FailoverTriggered) and e.flow == flow]
+    assert len(moves) == 1 and moves[0].from_path == pid
+    assert net.logic.router.flow_path(flow) != pid
+    net.run_until(net.now + net.logic.router.config.failback_hold_s + 1.0)
+    assert net.logic.router.flow_path(flow) == pid
