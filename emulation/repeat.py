@@ -96,24 +96,30 @@ def is_repeat_dir(directory: str | Path) -> bool:
 def run_repeated(scenario: Scenario, out: Path, n: int, run_one: RunOne, *, backend: str,
                  on_run: Callable[[int, int, int, Path], None] | None = None) -> int:
     """Run the scenario N times into OUT/runs/1 … N, then write the combined report; the exit code.
-    `on_run(i, seed, exit code, dir)` is called after each run. Raises ConfigError for a bad N (nothing
-    is written then)."""
+    `on_run(i, seed, exit code, dir)` is called after each run. Raises ConfigError for a bad N, or an
+    OUT that already holds runs (nothing is written then)."""
     from emulation.report import _write
 
     scenarios = plan_runs(scenario, n)
+    if (out / RUNS_DIR).is_dir() and any((out / RUNS_DIR).iterdir()):
+        raise ConfigError([("--out", f"{out} already holds the runs of an earlier repeated run ({RUNS_DIR}/): "
+                                     "give a new directory, or remove it first")])
     out.mkdir(parents=True, exist_ok=True)
     plan = {"scenario": scenario.name, "backend": backend, "runs": n, "seeds": [s.seed for s in scenarios],
             "duration_s": scenario.duration_s}
     _write(out / PLAN_FILE, (json.dumps(plan, sort_keys=True, indent=2) + "\n").encode("utf-8"))
     _write(out / "scenario.yaml", scenario.to_yaml().encode("utf-8"))
+    broken: set[int] = set()
     for i, sc in enumerate(scenarios, start=1):
         d = out / RUNS_DIR / str(i)
+        d.mkdir(parents=True)           # even if it cannot run: the combined report lists it
         code = run_one(sc, d)
         if on_run is not None:
             on_run(i, sc.seed, code, d)
         if code == EXIT_CODES[ERROR] or code not in EXIT_CODES.values():
+            broken.add(i)
             break
-    doc = write_combined(out)
+    doc = write_combined(out, frozenset(broken))
     return int(EXIT_CODES[doc["verdict"]])
 
 
