@@ -369,3 +369,12 @@ def test_an_earlier_repeated_run_is_not_mixed_in(scenario: Any, tmp_path: Path) 
         run_repeated(scenario, tmp_path, 3, _fake_runner([0.5, 0.5, 0.5]), backend="sim")
     assert exc.value.errors[0][0] == "--out" and "already holds" in exc.value.errors[0][1]
     assert (tmp_path / "summary.json").read_bytes() == before and not (tmp_path / "runs" / "3").exists()
+
+
+def test_compare_points_a_repeated_run_to_its_runs(scenario: Any, tmp_path: Path) -> None:
+    from emulation.compare import load_side
+
+    run_repeated(scenario, tmp_path, 2, _fake_runner([0.1, 0.1]), backend="sim")
+    with pytest.raises(ConfigError) as exc:
+        load_side(tmp_path)
+    assert "compare one of them" in exc.value.errors[0][1]
