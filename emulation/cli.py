@@ -2,11 +2,13 @@
 
 Verbs (DESIGN.md): `validate` today; `run`, `report`, `clean` and `doctor` join the same `app` as
 commands of their own (`@app.command()` in this module, or `app.add_typer(...)` from their packages).
-Exit codes: 0 success, 1 an expectation failed, 2 bad input or an environment that cannot run it.
+Exit codes: 0 success, 1 an expectation failed, 2 bad input or an environment that cannot run it, 3 a
+repeated run (`run --repeat N`, emulation.repeat) whose every run was inconclusive.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -70,8 +72,13 @@ def run(
     mode: Annotated[str | None, typer.Option(help="sim only: packet (every datagram simulated), flow (UDP "
                                                   "records computed per flow) or auto (packet unless huge).")
                     ] = None,
+    repeat: Annotated[int | None, typer.Option("--repeat", help="Run it N times (seeds seed … seed+N−1, one "
+                                               "after another) into OUT/runs/1 … N, and judge every expectation "
+                                               "over the runs (its quantile or pass_rate; default every run) in "
+                                               "a combined report in OUT.", show_default=False)] = None,
 ) -> None:
-    """Run a scenario end to end and write its reports; exit 0 if every expectation holds, 1 if not."""
+    """Run a scenario end to end and write its reports; exit 0 if every expectation holds, 1 if not (3: a
+    repeated run whose every run was inconclusive)."""
     import os
     import time as _time
 
@@ -100,6 +107,18 @@ def run(
     if refused:
         console.print(f"[red]{file}: {refused}[/red]")
         raise typer.Exit(EXIT_BAD_INPUT)
+    if repeat is not None:
+        from emulation.repeat import plan_runs
+
+        if keep:
+            console.print("[red]--keep leaves one run's network up; it does not combine with --repeat[/red]")
+            raise typer.Exit(EXIT_BAD_INPUT)
+        try:
+            plan_runs(scenario, repeat)
+        except ConfigError as exc:
+            for field, reason in exc.errors:
+                console.print(f"{field}: {reason}", markup=False, style="red")
+            raise typer.Exit(EXIT_BAD_INPUT) from None
     out = out or Path("reports") / "runs" / f"{scenario.name}-{_time.strftime('%Y%m%d-%H%M%S')}"
     started = _time.monotonic()
 
@@ -110,6 +129,9 @@ def run(
         if keep or impairment != "auto":
             console.print("[yellow]--keep and --impairment apply to the mininet backend; the simulator models "
                           "every link itself[/yellow]")
+        if repeat is not None:
+            raise typer.Exit(_run_repeated(scenario, out, repeat, "sim",
+                                           lambda sc, d: _run_sim(sc, d, mode or "auto", None)))
         raise typer.Exit(_run_sim(scenario, out, mode or "auto", progress))
     if os.geteuid() != 0:
         console.print("[red]the mininet backend needs root (network namespaces); run with sudo[/red]")
@@ -119,25 +141,66 @@ def run(
     except ImportError:
         console.print("[red]Mininet is not importable: run 'make setup' (installs Debian's mininet)[/red]")
         raise typer.Exit(EXIT_BAD_INPUT) from None
+    if repeat is not None:
+        raise typer.Exit(_run_repeated(scenario, out, repeat, "mininet",
+                                       lambda sc, d: _run_mininet(sc, d, keep, impairment)))
+    code = _run_mininet(scenario, out, keep, impairment)
+    if code != EXIT_BAD_INPUT:
+        console.print(f"report: {out / 'report.html'} (and report.md, summary.json, junit.xml)")
+    raise typer.Exit(code)
+
+
+def _run_mininet(scenario: Any, out: Path, keep: bool, impairment: str) -> int:
+    """One run on the Mininet backend, with its progress lines; exit code (2: it could not run)."""
     from emulation.progress import RunProgress
     from emulation.runner import RunError, Runner
 
     with RunProgress(console) as bars:
         runner = Runner(scenario, out, keep=keep, impairment_backend=impairment, progress=bars, clock=bars.clock)
         try:
-            code = runner.execute()
+            return runner.execute()
         except RunError as exc:
             bars.close()
             console.print(f"[red]run failed:[/red] {exc}", markup=True)
-            raise typer.Exit(EXIT_BAD_INPUT) from None
-    console.print(f"report: {out / 'report.html'} (and report.md, summary.json, junit.xml)")
-    raise typer.Exit(code)
+            return EXIT_BAD_INPUT
 
 
-def _run_sim(scenario: Any, out: Path, mode: str, progress: Callable[[str], None]) -> int:
-    """`run --backend sim`: simulate, write the reports, print each expectation's verdict."""
-    import json
+def _run_repeated(scenario: Any, out: Path, n: int, backend: str, run_one: Callable[[Any, Path], int]) -> int:
+    """`run --repeat N`: the runs one after another, a line per run, then each expectation over the runs."""
+    import time as _time
 
+    from emulation.measure.errors import RawDataError
+    from emulation.repeat import run_repeated, verdict_lines
+
+    started = _time.monotonic()
+    verdicts = {0: "passed", 1: "FAILED", 2: "could not run", 3: "inconclusive"}
+
+    def announce(sc: Any, d: Path) -> int:
+        i = int(d.name)
+        console.print(f"[bold]run {i}/{n}[/bold] (seed {sc.seed}) → {d}", markup=True, highlight=False)
+        return run_one(sc, d)
+
+    def done(i: int, seed: int, code: int, d: Path) -> None:
+        console.print(f"[dim]{_time.monotonic() - started:7.1f} s[/dim]  run {i}/{n} (seed {seed}): "
+                      f"{verdicts.get(code, f'exit {code}')}", markup=True, highlight=False)
+
+    try:
+        code = run_repeated(scenario, out, n, announce, backend=backend, on_run=done)
+    except (RawDataError, ConfigError) as exc:
+        for field, reason in exc.errors:
+            console.print(f"{field}: {reason}" if field else reason, markup=False, style="red")
+        return EXIT_BAD_INPUT
+    doc = json.loads((out / "summary.json").read_text())
+    for line in verdict_lines(doc):
+        console.print(line, markup=False, highlight=False)
+    console.print(f"report: {out / 'report.html'} (and report.md, summary.json, junit.xml; each run's in "
+                  f"{out / 'runs'}/N)", markup=False)
+    return code
+
+
+def _run_sim(scenario: Any, out: Path, mode: str, progress: Callable[[str], None] | None) -> int:
+    """`run --backend sim`: simulate, write the reports, print each expectation's verdict (progress None:
+    quietly, a run of a repeated run)."""
     from emulation.backends.sim import run_sim
     from emulation.measure.expectations import ExpectationResult
     from emulation.report.tables import expectation_value
@@ -148,6 +211,8 @@ def _run_sim(scenario: Any, out: Path, mode: str, progress: Callable[[str], None
         for field, reason in exc.errors:
             console.print(f"[red]{field}: {reason}[/red]" if field else f"[red]{reason}[/red]")
         return EXIT_BAD_INPUT
+    if progress is None:
+        return code
     summary = json.loads((out / "summary.json").read_text())
     kinds = [e["type"] for e in json.loads((out / "raw" / "run.json").read_text())["expectations"]]
     for kind, e in zip(kinds, summary["expectations"], strict=True):
@@ -160,11 +225,13 @@ def _run_sim(scenario: Any, out: Path, mode: str, progress: Callable[[str], None
 
 
 @app.command()
-def report(directory: Annotated[Path, typer.Argument(help="A run directory.", show_default=False)]) -> None:
-    """Rebuild a run's reports from its raw data."""
+def report(directory: Annotated[Path, typer.Argument(help="A run directory, or a repeated run's (run --repeat).",
+                                                     show_default=False)]) -> None:
+    """Rebuild a run's reports from its raw data (a repeated run's: every run's and the combined report)."""
+    from emulation.repeat import is_repeat_dir, repeat_report_command
     from emulation.report import report_command
 
-    raise typer.Exit(report_command(directory))
+    raise typer.Exit(repeat_report_command(directory) if is_repeat_dir(directory) else report_command(directory))
 
 
 @app.command()

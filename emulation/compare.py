@@ -247,6 +247,9 @@ def load_side(directory: str | Path) -> RunSide:
     errors: list[tuple[str, str]] = []
     if not d.is_dir():
         raise ConfigError([(str(d), "not a directory" if not d.exists() else "not a directory (a file)")])
+    if (d / "repeat.json").is_file():
+        raise ConfigError([(str(d), "a repeated run (run --repeat): its summary.json combines the runs; compare one "
+                                    f"of them, {d / 'runs'}/N")])
     summary = _read_json(d / "summary.json", errors, required=True)
     if summary is not None:
         _check_summary(summary, str(d / "summary.json"), errors)

@@ -105,6 +105,9 @@ def expectations_doc(scenario: Scenario) -> list[dict[str, Any]]:
         tgt = getattr(e, "target", None)
         if tgt is not None:
             d["target"] = {"latency_ms": tgt.latency_ms, "loss_pct": tgt.loss_pct, "jitter_ms": tgt.jitter_ms}
+        for key in ("quantile", "pass_rate"):       # how repeated runs judge it (emulation.repeat)
+            if getattr(e, key) is not None:
+                d[key] = getattr(e, key)
         out.append(d)
     return out
 

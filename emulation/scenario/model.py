@@ -620,9 +620,16 @@ ACTIONS: dict[str, type[TimelineEvent]] = {c.action: c for c in (Impair, Cut, Re
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Expectation:
-    """Something the run must show. `text` is the sentence reports print beside pass / fail."""
+    """Something the run must show. `text` is the sentence reports print beside pass / fail.
+
+    `quantile` / `pass_rate` (ratios in (0, 1], at most one of them) say how repeated runs
+    (`patronus-lab run --repeat N`, emulation.repeat) judge it: the per-run values combined at that
+    quantile, or at least that share of the runs passing; neither: every run must pass. One run is
+    judged on its own either way."""
 
     kind: ClassVar[str] = ""
+    quantile: float | None = None
+    pass_rate: float | None = None
 
     @property
     def text(self) -> str:
@@ -632,7 +639,12 @@ class Expectation:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        return {self.kind: self._params()}
+        params = self._params()
+        if self.quantile is not None:
+            params["quantile"] = fmt_ratio(self.quantile)
+        if self.pass_rate is not None:
+            params["pass_rate"] = fmt_ratio(self.pass_rate)
+        return {self.kind: params}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -121,13 +121,14 @@ _EVENT_PARAMS: dict[str, set[str]] = {
     "region_restore": {"region", "uplink"},
 }
 REGION_ACTIONS = {"region_cut": "cut", "region_restore": "restore"}   # expanded into one event per link
+_REPEAT_KEYS = {"quantile", "pass_rate"}     # how repeated runs judge an expectation (any kind)
 _EXPECTATION_KEYS: dict[str, tuple[set[str], set[str]]] = {   # kind → (known, required)
-    "failover_gap": ({"flow", "max"}, {"flow", "max"}),
-    "lost_packets": ({"flow", "max"}, {"flow", "max"}),
-    "sla_compliance": ({"flow", "min", "target"}, {"flow", "min"}),
-    "path_changes": ({"flow", "min", "max"}, {"flow", "max"}),
-    "detect_time": ({"link", "max"}, {"link", "max"}),
-    "flow_stays": ({"flow", "during"}, {"flow", "during"}),
+    "failover_gap": ({"flow", "max"} | _REPEAT_KEYS, {"flow", "max"}),
+    "lost_packets": ({"flow", "max"} | _REPEAT_KEYS, {"flow", "max"}),
+    "sla_compliance": ({"flow", "min", "target"} | _REPEAT_KEYS, {"flow", "min"}),
+    "path_changes": ({"flow", "min", "max"} | _REPEAT_KEYS, {"flow", "max"}),
+    "detect_time": ({"link", "max"} | _REPEAT_KEYS, {"link", "max"}),
+    "flow_stays": ({"flow", "during"} | _REPEAT_KEYS, {"flow", "during"}),
 }
 
 
@@ -1216,7 +1217,30 @@ def _expectation(item: object, path: str, errs: Errors, sites: Mapping[str, Site
                                                f"{flow.name} ({life})")
                 elif flow is not None:
                     exp = FlowStays(flow=flow.name, start_s=a, end_s=b)
+    quantile = _share(m.get("quantile"), f"{path}.quantile", errs)
+    pass_rate = _share(m.get("pass_rate"), f"{path}.pass_rate", errs)
+    if quantile is not None and pass_rate is not None:
+        errs.add(f"{path}.pass_rate", "given with quantile: repeated runs judge an expectation either at a quantile "
+                                      "of its values or by the share of runs that pass it, not both")
     if len(errs.items) != n_errors:
         return None
+    if exp is not None and (quantile is not None or pass_rate is not None):
+        from dataclasses import replace
+
+        exp = replace(exp, quantile=quantile, pass_rate=pass_rate)
     return exp
+
+
+def _share(value: object, path: str, errs: Errors) -> float | None:
+    """A share of repeated runs (`quantile`, `pass_rate`): a percentage in (0, 100 %]."""
+    if value is None:
+        return None
+    try:
+        x = parse_ratio(value, path)
+    except ConfigError:
+        x = None
+    if x is None or not 0.0 < x <= 1.0 or isinstance(value, bool):
+        errs.add(path, f'expected a percentage in (0, 100 %] like "95%", got {_kind(value)}')
+        return None
+    return x
 

@@ -64,3 +64,17 @@ def test_a_sim_only_scenario_is_refused_on_mininet_with_the_reason(tmp_path: Pat
     assert result.exit_code == 2
     assert "runs only on sim" in result.output and "backends" in result.output
     assert not (tmp_path / "out").exists()                  # nothing built, nothing written
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--repeat", "0"], "--repeat: expected a number of runs from 1 to 1000, got 0"),
+    (["--repeat", "1001"], "--repeat: expected a number of runs from 1 to 1000, got 1001"),
+    (["--repeat", "2", "--keep"], "--keep leaves one run's network up; it does not combine with --repeat"),
+])
+def test_bad_repeats_exit_2_before_anything_runs(tmp_path: Path, args: list[str], message: str) -> None:
+    scenario = next(p for p in SCENARIOS if p.name == "failover-basic.yaml")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(scenario), "--backend", "sim", "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert not out.exists()

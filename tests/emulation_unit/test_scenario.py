@@ -513,3 +513,54 @@ def test_from_dict_does_not_change_its_input(doc: dict[str, Any]) -> None:
     before = copy.deepcopy(doc)
     from_dict(doc)
     assert doc == before
+
+
+# --- quantile and pass_rate: how repeated runs judge an expectation --------------------------------
+
+def test_quantile_and_pass_rate_are_read_on_any_expectation_and_round_trip(doc: dict[str, Any]) -> None:
+    doc["expectations"] = [
+        {"failover_gap": {"flow": "cbr", "max": "300ms", "quantile": "95%"}},
+        {"sla_compliance": {"flow": "voice", "min": "99%", "pass_rate": "90%"}},
+        {"path_changes": {"flow": "cbr", "max": 2, "quantile": 1}},
+        {"detect_time": {"link": "hq.isp1", "max": "200ms", "pass_rate": 0.5}},
+        {"flow_stays": {"flow": "video", "during": ["1s", "9s"], "quantile": "50%"}},
+        {"lost_packets": {"flow": "cbr", "max": 10}},
+    ]
+    s = from_dict(doc)
+    assert [(e.quantile, e.pass_rate) for e in s.expectations] == [
+        (0.95, None), (None, 0.9), (1.0, None), (None, 0.5), (0.5, None), (None, None)]
+    assert s.expectations[0].to_dict() == {"failover_gap": {"flow": "cbr", "max": "300ms", "quantile": "95%"}}
+    assert "quantile" not in s.expectations[5].to_dict()["lost_packets"]
+    assert from_dict(s.to_dict()) == s
+    # the text is the expectation's own: the rule only matters over repeated runs
+    assert s.expectations[0].text == "failover gap of cbr ≤ 300 ms"
+
+
+@pytest.mark.parametrize(("body", "path", "fragment"), [
+    ({"quantile": "0%"}, "expectations[0].failover_gap.quantile", "expected a percentage in (0, 100 %]"),
+    ({"quantile": "120%"}, "expectations[0].failover_gap.quantile", "expected a percentage in (0, 100 %]"),
+    ({"quantile": 0}, "expectations[0].failover_gap.quantile", "expected a percentage in (0, 100 %]"),
+    ({"quantile": "p95"}, "expectations[0].failover_gap.quantile", "got 'p95'"),
+    ({"quantile": True}, "expectations[0].failover_gap.quantile", "got True"),
+    ({"pass_rate": "-5%"}, "expectations[0].failover_gap.pass_rate", "expected a percentage in (0, 100 %]"),
+    ({"pass_rate": "90%", "quantile": "95%"}, "expectations[0].failover_gap.pass_rate", "not both"),
+    ({"quantiles": "95%"}, "expectations[0].failover_gap.quantiles", "did you mean 'quantile'?"),
+])
+def test_quantile_and_pass_rate_errors_name_the_field(doc: dict[str, Any], body: dict[str, Any], path: str,
+                                                      fragment: str) -> None:
+    doc["expectations"][0]["failover_gap"].update(body)
+    errs = errors_of(doc)
+    assert [p for p, _ in errs] == [path], errs
+    assert fragment in errs[0][1], errs
+
+
+def test_run_json_carries_the_rule(doc: dict[str, Any]) -> None:
+    from emulation.siteconf import expectations_doc
+
+    doc["expectations"] = [{"failover_gap": {"flow": "cbr", "max": "300ms", "quantile": "95%"}},
+                           {"lost_packets": {"flow": "cbr", "max": 3, "pass_rate": "80%"}},
+                           {"lost_packets": {"flow": "voice", "max": 3}}]
+    docs = expectations_doc(from_dict(doc))
+    assert docs[0]["quantile"] == 0.95 and "pass_rate" not in docs[0]
+    assert docs[1]["pass_rate"] == 0.8 and "quantile" not in docs[1]
+    assert "quantile" not in docs[2] and "pass_rate" not in docs[2]
