@@ -37,6 +37,7 @@ from typing import Any
 
 from benchmarks.bench_failover import all_cores, other_labs
 from benchmarks.common import write
+from emulation.links import lateness
 from emulation.links.impairment import Impairment
 from emulation.links.lab import B_IP, Receiver, RelayLab, sender, wait_until
 from emulation.links.relay import RelayLink
@@ -83,19 +84,6 @@ def flow(lab: RelayLab, link: RelayLink, port: int, rate: float, count: int) -> 
         rx.kill()
 
 
-def hist_pct_us(hist: list[int], q: float) -> float:
-    """Upper bound (µs) of the log2 bucket holding the q-th percentile of the relay's lateness histogram."""
-    total = sum(hist)
-    if not total:
-        return 0.0
-    acc = 0
-    for k, n in enumerate(hist):
-        acc += n
-        if acc >= total * q / 100:
-            return float(1 << k) if k < len(hist) - 1 else math.inf
-    return math.inf
-
-
 def one_way(lab: RelayLab, link: RelayLink, delay_s: float, port: int, seconds: float) -> dict[str, Any]:
     """One paced flow at ACC_RATE through `delay_s`: one-way delay statistics, and how late the relay
     itself released frames (its log2 histogram, µs)."""
@@ -103,15 +91,15 @@ def one_way(lab: RelayLab, link: RelayLink, delay_s: float, port: int, seconds: 
     before = link.counters()["xy"]
     sent, arr = flow(lab, link, port, ACC_RATE, int(ACC_RATE * seconds))
     after = link.counters()["xy"]
-    late = [a - b for a, b in zip(after["late_us_log2_hist"], before["late_us_log2_hist"], strict=True)]
+    late = lateness.diff(after["late_us_hist"], before["late_us_hist"])
     owd = [(r - s) / 1e6 for _, s, r in arr]
     return {"sent": sent, "received": len(arr), "mean_ms": round(statistics.fmean(owd), 3),
             "p50_ms": round(pct(owd, 50), 3), "p99_ms": round(pct(owd, 99), 3),
             "max_ms": round(max(owd), 3), "min_ms": round(min(owd), 3),
             "added_p99_ms": round(pct(owd, 99) - delay_s * 1e3, 3),
-            "relay_release_late_p50_us_at_most": hist_pct_us(late, 50),
-            "relay_release_late_p99_us_at_most": hist_pct_us(late, 99),
-            "relay_release_late_hist_log2_us": late}
+            "relay_release_late_p50_us_at_most": lateness.quantile_us(late, 50),
+            "relay_release_late_p99_us_at_most": lateness.quantile_us(late, 99),
+            "relay_release_late_hist_us": late}
 
 
 def accuracy(lab: RelayLab, link: RelayLink) -> dict[str, Any]:

@@ -32,18 +32,31 @@ import httpx
 import yaml
 
 from emulation.backends.mininet_net import MininetNet, NetSpec, SiteSpec, UplinkSpec
-from emulation.siteconf import expectations_doc, site_document, sla_targets_doc
+from emulation.platform import CpuWatch, PlatformLog
+from emulation.platform import summarize as summarize_platform
+from emulation.platform import write_csv as write_platform_csv
+from emulation.siteconf import expectations_doc, monitors_doc, site_document, sla_targets_doc
 from emulation.stallwatch import REPORT_MS, StallWatch
 from patronus.agent.keys import generate_private_key, public_key
 
 TOKEN_BYTES = 24
-# Scheduling on a shared host. The relays are the wire: a relay that waits for a CPU delays every
-# packet on its link, which the agents rightly read as jitter or loss. The agents stand for dedicated
-# router boxes, so they go ahead of traffic generators, receivers and the runner itself. Without
-# this, healthy paths of the brownout scenario went Down when the host was busy (3 probes
-# unanswered: a relay or reflector stalled for more than 60 ms).
+# Scheduling on a shared host: every site, every ISP and every application host of a scenario shares
+# two cores here, where in the world each is a box of its own. What stands for the wire and for the
+# hosts' network stacks must not wait for a CPU, or the run measures this host's scheduler, not the
+# SD-WAN: a relay that waits delays every packet on its link, a reflector that waits adds its wait to
+# every peer's RTT, a sender that wakes late leaves a gap in its flow. So those run SCHED_FIFO
+# (patronus.agent.sched; they sleep between packets and do little per packet), in this order: the
+# stall watcher above everything it measures, then the relays, the reflectors, the UDP traffic. The
+# agents (the system under test) stand for dedicated router boxes and go ahead of the rest at nice -5;
+# bulk TCP, web traffic, taps and the runner take what is left. Without this, healthy paths of the
+# brownout scenario went Down when the host was busy, and a voice flow on a clean path showed
+# one-way delays of 250 ms.
 SETTLE_TIMEOUT_S = 60.0     # at least; three times (probe window + 1 s + failback hold) if that is longer
-RELAY_NICE = -10
+RT_STALLWATCH = 70
+RT_RELAY = 50
+RT_REFLECTOR = 40
+RT_TRAFFIC = 30
+RELAY_NICE = -10            # where the kernel refuses a real-time class
 AGENT_NICE = -5
 
 
@@ -186,7 +199,7 @@ class Runner:
         return site_document(self.sc, site, uplink_addr={n: dict(s.uplink_addr) for n, s in self.net.sites.items()},
                              public_keys={r: public_key(self.keys[r]) for r in remotes},
                              agents_dir=self.out / "agents", api_listen=f"{self.net.sites[site].mgmt_ip}:8470",
-                             token=self.token, remotes=remotes, agent=agent)
+                             token=self.token, remotes=remotes, agent=agent, probe_realtime=RT_REFLECTOR)
 
     def start_agents(self, agents: dict[str, dict[str, Any]], remotes: dict[str, list[str]]) -> None:
         assert self.net is not None
@@ -313,7 +326,7 @@ class Runner:
                 ready = tdir / f"{f.name}.ready"
                 f.procs.append(self._popen(ns, [sys.executable, "-m", "emulation.udpflow", "recv", "--port",
                                                 str(f.dst_port), "--out", str(tdir / f"{f.name}.json"),
-                                                "--ready", str(ready)]))
+                                                "--ready", str(ready), "--realtime", str(RT_TRAFFIC)]))
                 self._wait_file(ready, f"receiver of {f.name}")
             elif f.type == "tcp_bulk":
                 f.procs.append(self._popen(ns, ["iperf3", "-s", "-p", str(f.dst_port), "-1"]))
@@ -351,7 +364,8 @@ class Runner:
             f.procs.append(subprocess.Popen(
                 ["ip", "netns", "exec", ns, sys.executable, "-m", "emulation.udpflow", "send", "--to",
                  f"{dst_ip}:{f.dst_port}", "--rate", f"{f.rate:g}", "--duration", f"{dur:g}", "--sport", str(f.sport),
-                 "--size", str(f.size), "--burst", str(f.burst)], stdout=subprocess.PIPE, start_new_session=True))
+                 "--size", str(f.size), "--burst", str(f.burst), "--realtime", str(RT_TRAFFIC)],
+                stdout=subprocess.PIPE, start_new_session=True))
         elif f.type == "tcp_bulk":
             argv = ["iperf3", "-c", dst_ip, "-p", str(f.dst_port), "-t", f"{max(1, round(dur))}", "-J",
                     "--cport", str(f.sport)]
@@ -452,6 +466,21 @@ class Runner:
                           f"(a fast agent calls a path Down after {detect_ms:.0f} ms): {len(stalls)} stalls over "
                           f"{REPORT_MS:g} ms in raw/host_stalls.csv")
 
+    def relay_counters(self) -> dict[str, dict[str, Any]]:
+        """Every relay's cumulative counters (the platform watch reads their lateness each second)."""
+        from emulation.links.relay import RelayLink
+
+        return {name: link.counters() for name, link in list(self.links.items()) if isinstance(link, RelayLink)}
+
+    def write_platform(self, log: PlatformLog, stalls_ms: list[float]) -> None:
+        """raw/platform.csv (a row per second) and raw/platform.json (summary.json's `platform`)."""
+        from emulation.links.relay import RelayLink
+
+        sched = [link.sched for link in self.links.values() if isinstance(link, RelayLink)]
+        write_platform_csv(self.raw / "platform.csv", log, self.t0)
+        (self.raw / "platform.json").write_text(json.dumps(summarize_platform(log, stalls_ms, sched), indent=2,
+                                                           sort_keys=True))
+
     def write_raw(self, sampler: Sampler, expectations: list[dict[str, Any]], links: list[dict[str, Any]]) -> None:
         assert self.net is not None
         self.raw.mkdir(parents=True, exist_ok=True)
@@ -508,6 +537,7 @@ class Runner:
                       for f in self.flows],
             "links": links,
             "sla_targets": sla_targets_doc(self.sc),
+            "monitors": monitors_doc(self.sc),
             "expectations": expectations,
         }
         (self.raw / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True))
@@ -563,7 +593,7 @@ class Runner:
                     ns = self._ns(nodes.relay_node[u.name])
                     link = make_link("relay", ns_x=ns, if_x="x", ns_y=ns, if_y="y", seed=self.sc.seed + len(self.links),
                                      impairment_xy=imp, impairment_yx=imp, tag=f"pt{self.run_id}",
-                                     nice=RELAY_NICE)
+                                     nice=RELAY_NICE, realtime=RT_RELAY)
                 else:
                     link = make_link("netem", ns_x=self._ns(nodes.router), if_x=u.name, ns_y=self._ns(self.net.core),
                                      if_y=f"s{nodes.number}-{u.name}", seed=self.sc.seed + len(self.links),
@@ -589,7 +619,8 @@ class Runner:
         self.raw.mkdir(parents=True, exist_ok=True)
         (self.out / "scenario.yaml").write_text(self.sc.to_yaml())
         sampler: Sampler | None = None
-        watch = StallWatch()
+        watch = StallWatch(realtime=RT_STALLWATCH)
+        cpu = CpuWatch(os.getpid(), self.relay_counters)
         try:
             self.progress(f"building {len(spec.sites)} sites (run {self.run_id})")
             self.net = MininetNet(spec).build()
@@ -608,6 +639,7 @@ class Runner:
             sampler = Sampler({s: f"http://{n.mgmt_ip}:8470/api/v1" for s, n in self.net.sites.items()}, self.token)
             sampler.start()
             watch.start()
+            cpu.start()
             self.started_at = time.time()
             self.t0 = self.started_at + 0.5
             actions: list[tuple[float, int, str, Callable[[], None]]] = []
@@ -638,16 +670,25 @@ class Runner:
             self.progress("stopping traffic, collecting data")
             self.finish_traffic()
             sampler.stop()
-            self.write_stalls(watch.stop())
+            stalls = watch.stop()
+            self.write_stalls(stalls)
+            self.write_platform(cpu.stop(), [ms for _, ms in stalls])
             links = [{"link": f"{s.name}.{u.name}",
                       "paths": [p["id"] for p in self._paths_of(s.name) if p["uplink"] == u.name]}
                      for s in self.sc.sites for u in s.uplinks]
             self.write_raw(sampler, expectations_doc(self.sc), links)
         finally:
-            watch.stop()
-            if sampler is not None and sampler.is_alive():
-                sampler.stop()
-            self.kill_all()
+            # the watchers and traffic first, each on its own: none of them may keep the network up
+            for what, stop in (("stall watcher", watch.stop), ("platform watch", cpu.stop),
+                               ("sampler", sampler.stop if sampler is not None and sampler.is_alive() else None),
+                               ("traffic", self.kill_all)):
+                if stop is None:
+                    continue
+                try:
+                    stop()
+                except Exception as exc:
+                    self.progress(f"warning: stopping the {what} failed ({type(exc).__name__}: {exc}); "
+                                  "tearing down anyway")
             if self.keep and self.net is not None:
                 sockets = self.detach_links()
                 self.progress(self.keep_message(sockets))

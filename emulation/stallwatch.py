@@ -4,9 +4,11 @@ The Mininet test-bed runs real agents in real time; a fast monitor profile calls
 about 60 ms without replies. When the host itself stalls for that long (a VM's steal time, a burst of
 other work on two cores), every path of every agent misses its probes at once, and the run measures the
 host, not the SD-WAN. This watcher makes that visible: `python -m emulation.stallwatch` sleeps
-`PERIOD_S` at a time and prints `wall time,lag ms` for every wake-up at least `REPORT_MS` late, until
-it is terminated. `StallWatch` runs it beside a scenario and returns what it saw; the runner writes it
-to `raw/host_stalls.csv` and says so.
+`PERIOD_S` at a time (SCHED_FIFO with `--realtime PRIO`: above the test-bed's own real-time
+processes, so what it sees is the host not running anything, not them being busy) and prints
+`wall time,lag ms` for every wake-up at least `REPORT_MS` late, until it is terminated. `StallWatch`
+runs it beside a scenario and returns what it saw; the runner writes it to `raw/host_stalls.csv` and
+says so.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import sys
 import time
 from types import FrameType
 
+from patronus.agent import sched
+
 PERIOD_S = 0.005
 REPORT_MS = 20.0
 
@@ -25,7 +29,10 @@ class HostStallWarning(UserWarning):
     """A run failed while the host stalled longer than an agent's detection time (said, not raised)."""
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--realtime"] and len(args) == 2:
+        sched.apply(realtime=int(args[1]))
     stop = False
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -47,12 +54,15 @@ def main() -> int:
 class StallWatch:
     """The watcher as a child process: `start()`, then `stop()` returns [(wall time, lag ms)]."""
 
-    def __init__(self) -> None:
+    def __init__(self, realtime: int | None = None) -> None:
         self._proc: subprocess.Popen[str] | None = None
+        self.realtime = realtime
 
     def start(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-m", "emulation.stallwatch"], stdout=subprocess.PIPE,
-                                      stdin=subprocess.DEVNULL, text=True)
+        argv = [sys.executable, "-m", "emulation.stallwatch"]
+        if self.realtime is not None:
+            argv += ["--realtime", str(self.realtime)]
+        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
         assert self._proc.stdout is not None
         self._proc.stdout.readline()        # "watching": it measures from now on
 

@@ -4,7 +4,9 @@
     python -m emulation.udpflow recv --port 5001 --out arrivals.json [--duration 12] [--ready FILE]
 
 Each datagram carries `!QQ` (sequence, CLOCK_REALTIME send time in ns) and padding. All network
-namespaces share the host's clock, so the receiver's one-way delay is exact. The receiver writes every
+namespaces share the host's clock, and the receiver takes each arrival time from the kernel
+(`SO_TIMESTAMPNS`: when the datagram reached its socket), so the one-way delay is exact however late
+the receiver itself gets to run. The receiver writes every
 arrival (seq, sent_ns, received_ns) as JSON when it stops (SIGTERM, SIGINT or --duration), and
 `analyse()` turns that into the longest gap, losses and reordering.
 
@@ -28,7 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from emulation.traffic import kstamp
 from emulation.traffic.stopflag import StopFlag
+from patronus.agent import sched
 
 HEADER = struct.Struct("!QQ")
 
@@ -63,6 +67,7 @@ def send(dst: tuple[str, int], rate: float, duration: float, sport: int = 0, siz
 def receive(port: int, out: Path, duration: float | None, ready: Path | None) -> int:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    kstamp.enable(s)
     s.bind(("0.0.0.0", port))
     s.settimeout(0.2)
     arrivals: list[tuple[int, int, int]] = []
@@ -72,10 +77,9 @@ def receive(port: int, out: Path, duration: float | None, ready: Path | None) ->
     end = time.monotonic() + duration if duration else None
     while not stop and (end is None or time.monotonic() < end):
         try:
-            data = s.recv(2048)
+            data, _addr, now = kstamp.recv_stamped(s, 2048)     # the kernel's arrival time, not ours
         except TimeoutError:
             continue
-        now = time.time_ns()
         if len(data) >= HEADER.size:
             seq, sent = HEADER.unpack_from(data)
             arrivals.append((seq, sent, now))
@@ -126,12 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--size", type=int, default=64)
     sp.add_argument("--burst", type=int, default=1, help="packets per tick")
     sp.add_argument("--dscp", type=int, default=0)
-    rp = sub.add_parser("recv")
+    for q in (sp, rp := sub.add_parser("recv")):
+        q.add_argument("--realtime", type=int, default=None, metavar="PRIO",
+                       help="run SCHED_FIFO at PRIO (1-99): a sender that wakes late sends late, which a "
+                            "receiver reads as a gap the network did not make")
     rp.add_argument("--port", type=int, required=True)
     rp.add_argument("--out", type=Path, required=True)
     rp.add_argument("--duration", type=float, default=None)
     rp.add_argument("--ready", type=Path, default=None)
     a = ap.parse_args(argv)
+    if a.realtime is not None:
+        sched.apply(realtime=a.realtime)
     if a.cmd == "send":
         host, _, port = a.to.rpartition(":")
         n = send((host, int(port)), a.rate, a.duration, a.sport, a.size, a.burst, a.dscp)

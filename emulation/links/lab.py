@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from emulation.traffic import kstamp
+
 A_IP, B_IP = "10.77.1.1", "10.77.1.2"
 ROLES = ("a", "r", "b")
 
@@ -171,7 +173,6 @@ def sender(lab: RelayLab, rate: float, count: int, port: int, size: int = 64, ro
 # -- probe tools -----------------------------------------------------------------------------------
 
 HEADER = struct.Struct("!QQ")
-SO_TIMESTAMPNS = 35
 
 
 def send(dst: tuple[str, int], rate: float, count: int, size: int = 64) -> int:
@@ -207,7 +208,7 @@ def blast(dst: tuple[str, int], seconds: float, size: int = 64) -> int:
 def receive(port: int) -> list[tuple[int, int, int]]:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    kstamp.enable(s)
     s.bind(("0.0.0.0", port))
     s.setblocking(False)
     arrivals: list[tuple[int, int, int]] = []
@@ -217,14 +218,9 @@ def receive(port: int) -> list[tuple[int, int, int]]:
     def drain() -> None:
         while True:
             try:
-                data, anc, _, _ = s.recvmsg(2048, 64)
+                data, _addr, got = kstamp.recv_stamped(s, 2048)
             except BlockingIOError:
                 return
-            got = time.time_ns()
-            for level, kind, val in anc:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(val) >= 16:
-                    sec, nsec = struct.unpack_from("@qq", val)
-                    got = sec * 1_000_000_000 + nsec
             if len(data) >= HEADER.size:
                 seq, sent = HEADER.unpack_from(data)
                 arrivals.append((seq, sent, got))

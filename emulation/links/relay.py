@@ -17,9 +17,10 @@ an impaired one uses `recvmsg_into` with `SO_TIMESTAMPNS` and gives the model th
 received the frame, so a relay that wakes up late (a busy CPU) does not add its lateness to the
 emulated delay. Only frames that wait are copied. The garbage collector is off.
 
-Timing on a busy host: `--nice -10` (or `--realtime PRIO`, SCHED_FIFO) keeps the relay ahead of
-ordinary work; counters report how late held frames actually left (`late_us_log2_hist`, a log2
-histogram in µs, and `late_max_us`) and the worst read lag (`read_lag_max_us`).
+Timing on a busy host: `--realtime PRIO` (SCHED_FIFO; where the kernel refuses it, `--nice N`
+instead; the ready line's `sched` says which took effect) keeps the relay ahead of ordinary work;
+counters report how late held frames actually left (`late_us_hist`, the histogram of
+`emulation.links.lateness`, and `late_max_us`) and the worst read lag (`read_lag_max_us`).
 
 Offloads: the sockets carry virtio-net headers (`PACKET_VNET_HDR`, see `emulation.links.frames`), so
 checksum-offloaded frames keep working and GSO super-frames from a TSO/GSO sender are cut into
@@ -68,8 +69,10 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from emulation.links import lateness
 from emulation.links.frames import VNET_LEN, corrupt_frame, segment_gso
 from emulation.links.impairment import Action, Impairment, ImpairmentModel
+from patronus.agent import sched
 from patronus.core.errors import ConfigError
 
 ETH_P_ALL = 0x0003
@@ -85,7 +88,6 @@ SO_TIMESTAMPNS = 35
 TIMESPEC = struct.Struct("@qq")
 ANCBUF = socket.CMSG_SPACE(TIMESPEC.size)
 BUF_SIZE = 1 << 18                       # GSO super-frames are up to 64 KB (+ headers); room to spare
-LATE_BUCKETS = 16                        # lateness of held frames: [0, 1 µs), [1, 2), [2, 4), ... [16.4 ms, ∞)
 BATCH = 64                               # frames read from one socket before looking at the heap again
 RCVBUF = 8 << 20
 DIRECTIONS = ("xy", "yx")
@@ -143,13 +145,13 @@ class _DirStats:
         self.frames_in = self.gso_frames = self.gso_segments = self.send_errors = self.sent = 0
         self.read_lag_max_s = 0.0
         self.late_max_s = 0.0
-        self.late_hist = [0] * LATE_BUCKETS
+        self.late_hist = [0] * lateness.BUCKETS
 
     def as_dict(self) -> dict[str, Any]:
         return {"frames_in": self.frames_in, "gso_frames": self.gso_frames, "gso_segments": self.gso_segments,
                 "sent": self.sent, "send_errors": self.send_errors,
                 "late_max_us": round(self.late_max_s * 1e6, 1),
-                "late_us_log2_hist": list(self.late_hist),
+                "late_us_hist": list(self.late_hist),
                 "read_lag_max_us": round(self.read_lag_max_s * 1e6, 1)}
 
 
@@ -287,13 +289,14 @@ class Relay:
         """Send every frame whose release time has come."""
         heap = self.heap
         now = time.monotonic()
+        late_bucket = lateness.bucket
         while heap and heap[0][0] <= now:
             release, _, d, data = heapq.heappop(heap)
             st = self.stats[d]
             late = now - release
             if late > st.late_max_s:
                 st.late_max_s = late
-            st.late_hist[min(LATE_BUCKETS - 1, int(late * 1e6).bit_length())] += 1
+            st.late_hist[late_bucket(late * 1e6)] += 1
             try:
                 self.socks[1 - d].send(data)
                 st.sent += 1
@@ -539,10 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.quiet:
             _quiet(a.x)
             _quiet(a.y)
-        if a.nice is not None:
-            os.setpriority(os.PRIO_PROCESS, 0, a.nice)
-        if a.realtime is not None:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(a.realtime))
+        sched_class = sched.apply(realtime=a.realtime, nice=a.nice)
         relay.open()
         control = _Control(a.control)
         _fine_timers()
@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         gc.freeze()
         gc.disable()
         _emit({"ready": True, "pid": os.getpid(), "x": a.x, "y": a.y, "seed": seed, "tag": a.tag,
-               "control": a.control, "at": time.time_ns()})
+               "control": a.control, "sched": sched_class, "at": time.time_ns()})
         ready = True
         relay.run(control)
     except OSError as exc:
@@ -693,6 +693,7 @@ class RelayLink:
         self._record: Path | None = None
         self.final_counters: dict[str, Any] | None = None
         self.detached: subprocess.Popen[bytes] | None = None
+        self.sched = "default"        # the scheduling class the relay got (its ready line)
 
     @property
     def pid(self) -> int | None:
@@ -725,6 +726,7 @@ class RelayLink:
             msg = self._read_reply(time.monotonic() + timeout_s, "the relay's ready line")
             if not msg.get("ready"):
                 raise RelayError(f"unexpected first line from the relay: {msg}")
+            self.sched = str(msg.get("sched", "default"))
         except BaseException:
             self._reap(kill=True)
             raise

@@ -36,9 +36,12 @@ import numpy as np
 from emulation.measure.errors import RawDataError
 from emulation.measure.flows import NS, FlowStats, arrivals, has_path_data, longest_gap, lost_between, path_runs
 from emulation.measure.ledger import Detection
-from emulation.measure.rundata import FlowSpec, RunData, SlaTarget, parse_target
+from emulation.measure.platform import NO_NOISE, Noise
+from emulation.measure.rundata import FlowSpec, MonitorInfo, RunData, SlaTarget, parse_target
 from emulation.measure.sla import flow_samples, windows
 from emulation.measure.timeline import path_leads_to
+
+PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,12 @@ class ExpectationResult:
     text: str
     passed: bool
     value: float | int | None
+    verdict: str = ""             # passed | failed | inconclusive ("" → from `passed`)
+    reason: str | None = None     # why inconclusive (the platform noise that explains the miss)
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            object.__setattr__(self, "verdict", PASSED if self.passed else FAILED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +139,7 @@ def _packet_flows(run: RunData, p: _Params) -> list[FlowSpec]:
     return [f for f in sorted(run.run.flows, key=lambda f: f.name) if f.has_packets]
 
 
-def _agent_moves(run: RunData, lo_s: float, hi_s: float, site: str | None, flow: FlowSpec | None) -> int:
+def _agent_move_times(run: RunData, lo_s: float, hi_s: float, site: str | None, flow: FlowSpec | None) -> list[float]:
     ev = run.events
     ev = ev[ev["kind"].isin(["FailoverTriggered", "Failback"]) & (ev["t_s"] >= lo_s) & (ev["t_s"] < hi_s)]
     if site is not None:
@@ -147,16 +156,9 @@ def _agent_moves(run: RunData, lo_s: float, hi_s: float, site: str | None, flow:
         else:
             ev = ev[np.array([path_leads_to(str(x), flow.dst_site) for x in ev["from_path"]], dtype=bool)]
     # slots leaving one path at one instant are one move from any flow's point of view
-    return len(set(zip(ev["at"].round(6), ev["site"], ev["from_path"], strict=True)))
-
-
-def _path_changes(run: RunData, p: _Params, spec: FlowSpec) -> int:
-    lo, hi = _span(run, p, spec)
-    if spec.has_packets:
-        a = arrivals(run, spec.name)
-        if has_path_data(a):
-            return max(0, len(path_runs(a, a.ns(lo), a.ns(hi))) - 1)
-    return _agent_moves(run, lo, hi, None, spec)
+    moves = {(round(float(at), 6), s, f): float(t) for at, s, f, t in zip(ev["at"], ev["site"], ev["from_path"],
+                                                                         ev["t_s"], strict=True)}
+    return sorted(moves.values())
 
 
 def check_expectations(run: RunData) -> None:
@@ -171,72 +173,220 @@ def check_expectations(run: RunData) -> None:
         raise RawDataError(problems)
 
 
-def evaluate(run: RunData, stats: Mapping[str, FlowStats], detections: list[Detection]) -> list[ExpectationResult]:
-    """Judge every expectation of run.json, in its order."""
+def evaluate(run: RunData, stats: Mapping[str, FlowStats], detections: list[Detection],
+             noise: Noise = NO_NOISE) -> list[ExpectationResult]:
+    """Judge every expectation of run.json, in its order. A failed expectation whose miss the
+    platform's `noise` can account for, where it was decided, is inconclusive (see _explained)."""
     out: list[ExpectationResult] = []
     for i, e in enumerate(run.run.expectations):
         p = _params(run, i, e)
         kind = str(e["type"])
-        value: float | int | None = None
-        passed = False
-        if kind == "failover_gap":
-            gaps = []
-            for spec in _packet_flows(run, p):
+        value, passed = _judge(run, p, kind, stats, detections)
+        verdict, reason = PASSED if passed else FAILED, None
+        if not passed and not noise.empty:
+            reason = _explained(run, p, kind, value, detections, noise)
+            if reason is not None:
+                verdict = INCONCLUSIVE
+        out.append(ExpectationResult(type=kind, text=str(e["text"]), passed=bool(passed), value=value,
+                                     verdict=verdict, reason=reason))
+    return out
+
+
+def _judge(run: RunData, p: _Params, kind: str, stats: Mapping[str, FlowStats],
+           detections: list[Detection]) -> tuple[float | int | None, bool]:
+    value: float | int | None = None
+    passed = False
+    if kind == "failover_gap":
+        gaps = [g for g, _, _ in _gaps(run, p)]
+        value = max(gaps) if gaps else None
+        passed = value is not None and p.max is not None and value <= p.max
+    elif kind == "lost_packets":
+        total = 0
+        for spec in _packet_flows(run, p):
+            if p.during is None:
+                total += stats[spec.name].lost
+            else:
                 a = arrivals(run, spec.name)
                 lo, hi = _span(run, p, spec)
-                if hi > lo and np.any(a.received):
-                    gaps.append(longest_gap(a.arrival_times(), a.ns(lo), a.ns(hi))[0] / NS)
-            value = max(gaps) if gaps else None
-            passed = value is not None and p.max is not None and value <= p.max
-        elif kind == "lost_packets":
-            total = 0
-            for spec in _packet_flows(run, p):
-                if p.during is None:
-                    total += stats[spec.name].lost
-                else:
-                    a = arrivals(run, spec.name)
-                    lo, hi = _span(run, p, spec)
-                    total += lost_between(a, a.ns(lo), a.ns(hi)) if hi > lo else 0
-            value = total
-            passed = p.max is not None and total <= p.max
-        elif kind == "sla_compliance":
-            flows = [p.flow] if p.flow is not None else sorted(run.run.flows, key=lambda f: f.name)
-            ratios = []
-            for spec in flows:
-                samples = flow_samples(run, spec)
-                target = p.target or run.run.target_for(spec.traffic_class)
-                if samples is None or target is None:
-                    continue
-                lo, hi = _span(run, p, spec)
-                judged = [w.compliant for w in windows(run, spec, samples, target)
-                          if w.compliant is not None and lo <= w.start_s < hi]
-                if judged:
-                    ratios.append(sum(1 for ok in judged if ok) / len(judged))
-            value = min(ratios) if ratios else None
-            passed = value is not None and p.min is not None and value >= p.min
-        elif kind == "path_changes":
-            if p.flow is not None:
-                value = _path_changes(run, p, p.flow)
-            else:
-                lo, hi = _span(run, p, None)
-                value = _agent_moves(run, lo, hi, p.site, None)
-            passed = p.max is not None and value <= p.max and (p.min is None or value >= p.min)
-        elif kind == "detect_time":
+                total += lost_between(a, a.ns(lo), a.ns(hi)) if hi > lo else 0
+        value = total
+        passed = p.max is not None and total <= p.max
+    elif kind == "sla_compliance":
+        ratios = [sum(1 for w in judged if w.compliant) / len(judged) for judged in _sla_windows(run, p).values()]
+        value = min(ratios) if ratios else None
+        passed = value is not None and p.min is not None and value >= p.min
+    elif kind == "path_changes":
+        if p.flow is not None:
+            value = len(_change_times(run, p, p.flow))
+        else:
             lo, hi = _span(run, p, None)
-            scope = [d for d in detections if d.action in ("cut", "flap") and (p.link is None or d.link == p.link)
-                     and lo <= d.at_s <= hi]
-            found = [d.down_ms / 1000.0 for d in scope if d.down_ms is not None]
-            value = max(found) if found else None
-            passed = (bool(scope) and len(found) == len(scope) and value is not None and p.max is not None
-                      and value <= p.max)
-        elif kind == "flow_stays":
-            assert p.flow is not None
-            value = _path_changes(run, p, p.flow)
-            passed = value == 0
-            if passed and p.path is not None and p.flow.has_packets:
-                a = arrivals(run, p.flow.name)
-                lo, hi = _span(run, p, p.flow)
-                runs = path_runs(a, a.ns(lo), a.ns(hi))
-                passed = all(r == p.path for r in runs)
-        out.append(ExpectationResult(type=kind, text=str(e["text"]), passed=bool(passed), value=value))
+            value = len(_agent_move_times(run, lo, hi, p.site, None))
+        passed = p.max is not None and value <= p.max and (p.min is None or value >= p.min)
+    elif kind == "detect_time":
+        scope = _detections_in_scope(run, p, detections)
+        found = [d.down_ms / 1000.0 for d in scope if d.down_ms is not None]
+        value = max(found) if found else None
+        passed = (bool(scope) and len(found) == len(scope) and value is not None and p.max is not None
+                  and value <= p.max)
+    elif kind == "flow_stays":
+        assert p.flow is not None
+        value = len(_change_times(run, p, p.flow))
+        passed = value == 0
+        if passed and p.path is not None and p.flow.has_packets:
+            a = arrivals(run, p.flow.name)
+            lo, hi = _span(run, p, p.flow)
+            runs = path_runs(a, a.ns(lo), a.ns(hi))
+            passed = all(r == p.path for r in runs)
+    return value, bool(passed)
+
+
+# -- what decided each kind, for the platform question ----------------------------------------------
+
+def _gaps(run: RunData, p: _Params) -> list[tuple[float, float, FlowSpec]]:
+    """(longest gap s, where it starts in scenario s, flow) of each packet flow in scope."""
+    out = []
+    for spec in _packet_flows(run, p):
+        a = arrivals(run, spec.name)
+        lo, hi = _span(run, p, spec)
+        if hi > lo and np.any(a.received):
+            gap, at = longest_gap(a.arrival_times(), a.ns(lo), a.ns(hi))
+            out.append((gap / NS, (at - run.t0_ns) / NS, spec))
     return out
+
+
+def _sla_windows(run: RunData, p: _Params) -> dict[str, list[Any]]:
+    """Per flow in scope with a target, its judged 1-s windows in the expectation's span."""
+    flows = [p.flow] if p.flow is not None else sorted(run.run.flows, key=lambda f: f.name)
+    out: dict[str, list[Any]] = {}
+    for spec in flows:
+        samples = flow_samples(run, spec)
+        target = p.target or run.run.target_for(spec.traffic_class)
+        if samples is None or target is None:
+            continue
+        lo, hi = _span(run, p, spec)
+        judged = [w for w in windows(run, spec, samples, target) if w.compliant is not None and lo <= w.start_s < hi]
+        if judged:
+            out[spec.name] = judged
+    return out
+
+
+def _change_times(run: RunData, p: _Params, spec: FlowSpec) -> list[float]:
+    """When the flow changed path in its span (scenario s): from its packets' paths when known, else
+    from its site's router moves (see _agent_moves)."""
+    lo, hi = _span(run, p, spec)
+    if spec.has_packets:
+        a = arrivals(run, spec.name)
+        if has_path_data(a):
+            sel = (a.path != "") & (a.sent_ns >= a.ns(lo)) & (a.sent_ns < a.ns(hi))
+            paths, sent = a.path[sel], a.sent_ns[sel]
+            change = np.flatnonzero(paths[1:] != paths[:-1]) + 1
+            return [float((sent[k] - run.t0_ns) / NS) for k in change]
+    return _agent_move_times(run, lo, hi, None, spec)
+
+
+def _detections_in_scope(run: RunData, p: _Params, detections: list[Detection]) -> list[Detection]:
+    lo, hi = _span(run, p, None)
+    return [d for d in detections if d.action in ("cut", "flap") and (p.link is None or d.link == p.link)
+            and lo <= d.at_s <= hi]
+
+
+def _monitor(run: RunData, site: str | None) -> MonitorInfo | None:
+    """The site's probe timers (the slowest of all sites' when `site` is None), if run.json has them."""
+    mons = run.run.monitors
+    if site is not None:
+        return mons.get(site)
+    return max(mons.values(), key=lambda m: m.reach_s, default=None)
+
+
+def _detect_floor(run: RunData) -> float | None:
+    """The fastest any site's monitor can declare a cut (None when run.json does not say)."""
+    return min((m.fastest_detection_s for m in run.run.monitors.values()), default=None)
+
+
+def _detection_reach(run: RunData, site: str | None) -> float:
+    m = _monitor(run, site)
+    return m.reach_s if m is not None else 0.1
+
+
+def _probe_window_s(run: RunData, site: str | None) -> float:
+    m = _monitor(run, site)
+    return m.window_s if m is not None else 1.0
+
+
+def _explained(run: RunData, p: _Params, kind: str, value: float | int | None, detections: list[Detection],
+               noise: Noise) -> str | None:
+    """The reason, when the platform's noise where this expectation was decided accounts for its miss;
+    None when the miss stands without it. The question, per kind, is counterfactual: take away what
+    the platform took (stall time, relay lateness) and would it have passed?"""
+    if kind == "failover_gap" and p.max is not None:
+        worse = [(g, at, spec) for g, at, spec in _gaps(run, p) if g > p.max]
+        if not worse:
+            return None
+        for g, at, _ in worse:
+            if noise.disturbance(at, at + g) < g - p.max:
+                return None
+        g, at, spec = max(worse, key=lambda w: w[0])
+        return (f"the {1000.0 * g:.0f} ms gap of {spec.name} from {at:.2f} s overlaps platform noise that can account "
+                f"for its {1000.0 * (g - p.max):.0f} ms over the limit: {noise.describe(at, at + g)}")
+    if kind == "detect_time" and p.max is not None:
+        floor = _detect_floor(run)
+        if floor is not None and p.max < floor:
+            return None         # no platform makes this monitor faster: the limit itself is out of reach
+        slow = [d for d in _detections_in_scope(run, p, detections)
+                if d.down_ms is None or d.down_ms / 1000.0 > p.max]
+        if not slow or any(d.down_ms is None for d in slow):
+            return None         # never detected: no stall hides a whole cut
+        for d in slow:
+            assert d.down_ms is not None
+            at = d.at_s
+            if noise.disturbance(at, at + d.down_ms / 1000.0) < d.down_ms / 1000.0 - p.max:
+                return None
+        d = max(slow, key=lambda x: x.down_ms or 0.0)
+        return (f"detecting {d.event} took {d.down_ms:.0f} ms and platform noise in that time can account for the "
+                f"{(d.down_ms or 0.0) - 1000.0 * p.max:.0f} ms over the limit: "
+                f"{noise.describe(d.at_s, d.at_s + (d.down_ms or 0.0) / 1000.0)}")
+    if kind == "lost_packets" and p.max is not None and value is not None:
+        explained = 0
+        spans: list[tuple[float, float]] = []
+        for spec in _packet_flows(run, p):
+            a = arrivals(run, spec.name)
+            lo, hi = _span(run, p, spec)
+            sel = a.lost & (a.sent_ns >= a.ns(lo)) & (a.sent_ns < a.ns(hi))
+            reach = _detection_reach(run, spec.src_site)
+            for t in (a.sent_ns[sel] - run.t0_ns) / NS:
+                if noise.notable(float(t) - reach, float(t) + 0.05):
+                    explained += 1
+                    spans.append((float(t) - reach, float(t)))
+        if explained == 0 or value - explained > p.max:
+            return None
+        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+        return (f"{explained} of the {value} packets lost went while the platform was disturbed, and without them "
+                f"the flow keeps its limit of {p.max:g}: {noise.describe(lo, hi)}")
+    if kind == "sla_compliance" and p.min is not None:
+        bad: list[tuple[str, float]] = []
+        for flow, judged in _sla_windows(run, p).items():
+            failed = [w for w in judged if not w.compliant]
+            noisy = [w for w in failed if noise.notable(w.start_s, w.start_s + 1.0)]
+            ratio = (len(judged) - len(failed) + len(noisy)) / len(judged)
+            if ratio < p.min:
+                return None
+            bad += [(flow, w.start_s) for w in noisy]
+        if not bad:
+            return None
+        lo, hi = min(t for _, t in bad), max(t for _, t in bad) + 1.0
+        return (f"{len(bad)} of the non-compliant 1-s windows had platform noise, and without them compliance "
+                f"meets {100.0 * p.min:g} %: {noise.describe(lo, hi)}")
+    if kind in ("path_changes", "flow_stays") and value is not None:
+        site = p.flow.src_site if p.flow is not None else p.site
+        times = (_change_times(run, p, p.flow) if p.flow is not None
+                 else _agent_move_times(run, *_span(run, p, None), p.site, None))
+        look = _probe_window_s(run, site) + _detection_reach(run, site)
+        noisy = [t for t in times if noise.notable(t - look, t)]
+        rest = len(times) - len(noisy)
+        limit = 0 if kind == "flow_stays" else p.max
+        if not noisy or limit is None or rest > limit or (p.min is not None and rest < p.min and kind != "flow_stays"):
+            return None
+        return (f"{len(noisy)} of the {len(times)} path changes followed platform noise within the monitor's window "
+                f"({look:.1f} s), and without them the flow keeps its limit: "
+                f"{noise.describe(min(noisy) - look, max(noisy))}")
+    return None

@@ -159,6 +159,31 @@ def parse_target(t: object, path: str) -> tuple[SlaTarget | None, list[str]]:
 
 
 @dataclass(frozen=True, slots=True)
+class MonitorInfo:
+    """A site's probe timers, as run.json's `monitors` gives them (optional: older runs lack it)."""
+
+    interval_s: float
+    detect_multiplier: int
+    window: int
+
+    @property
+    def window_s(self) -> float:
+        """How far back the path's quality looks."""
+        return self.interval_s * self.window
+
+    @property
+    def fastest_detection_s(self) -> float:
+        """No cut is declared sooner: the first of `detect_multiplier` missed probes leaves at the
+        earliest just before the cut, the last one `detect_multiplier - 1` intervals later."""
+        return self.interval_s * (self.detect_multiplier - 1)
+
+    @property
+    def reach_s(self) -> float:
+        """How long before a Down a disturbance can have caused it: the probes it takes, plus one."""
+        return self.interval_s * (self.detect_multiplier + 1)
+
+
+@dataclass(frozen=True, slots=True)
 class RunInfo:
     scenario: str
     backend: str
@@ -171,6 +196,7 @@ class RunInfo:
     links: Mapping[str, tuple[str, ...]]
     sla_targets: Mapping[str, SlaTarget]
     expectations: tuple[Mapping[str, Any], ...]
+    monitors: Mapping[str, MonitorInfo] = field(default_factory=dict)   # site → its probe timers
 
     def flow(self, name: str) -> FlowSpec:
         for f in self.flows:
@@ -351,11 +377,27 @@ def _parse_run(doc: object, where: str, errors: _Errors) -> RunInfo | None:
             continue
         expectations.append(dict(e))
 
+    monitors: dict[str, MonitorInfo] = {}
+    for site, m in (get(doc, "monitors", "", "dict", optional=True) or {}).items():
+        p = f"monitors.{site}."
+        if not isinstance(m, dict):
+            errors.add(where, f"monitors.{site}: expected an object, got {m!r}")
+            continue
+        interval = get(m, "interval_s", p, "number")
+        mult = get(m, "detect_multiplier", p, "int")
+        window = get(m, "window", p, "int")
+        if interval is None or mult is None or window is None:
+            continue
+        if interval <= 0 or mult < 1 or window < 1:
+            errors.add(where, f"monitors.{site}: expected a positive interval, multiplier and window, got {m!r}")
+            continue
+        monitors[str(site)] = MonitorInfo(float(interval), int(mult), int(window))
+
     if len(errors.items) > n_before:
         return None
     return RunInfo(scenario=scenario, backend=backend, impairment_backend=imp, seed=seed,
                    started_at=float(started_at), t0=float(t0), duration_s=float(duration_s), flows=tuple(flows),
-                   links=links, sla_targets=targets, expectations=tuple(expectations))
+                   links=links, sla_targets=targets, expectations=tuple(expectations), monitors=monitors)
 
 
 # --- tables ---------------------------------------------------------------------------------------

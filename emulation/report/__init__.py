@@ -27,6 +27,8 @@ from emulation.report.tables import expectation_value
 
 __all__ = ["SUMMARY_KEYS", "RawDataError", "Summary", "build_summary", "report_command", "write_reports"]
 
+EXIT_CODES = {"passed": 0, "failed": 1, "inconclusive": 3}     # 2: bad input, or the run could not run
+VERDICT_WORDS = {"passed": "PASS", "failed": "FAIL", "inconclusive": "?"}
 _PLOT_PREFIXES = ("failover-timeline", "paths-", "flow-latency", "latency-cdf")
 
 
@@ -68,7 +70,8 @@ def write_analysis(analysis: Analysis, directory: Path) -> Summary:
 
 def report_command(directory: str | Path, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """`patronus-lab report DIR`: rebuild the reports. Exit 0 when every expectation holds, 1 when one
-    fails, 2 when the raw data is missing or bad (every problem printed, file and column named)."""
+    fails, 2 when the raw data is missing or bad (every problem printed, file and column named), 3 when
+    the run is inconclusive (a miss the platform's noise accounts for, and no other failure)."""
     out = out or sys.stdout
     err = err or sys.stderr
     d = Path(directory)
@@ -84,9 +87,15 @@ def report_command(directory: str | Path, out: TextIO | None = None, err: TextIO
         print(f"patronus-lab report: cannot write the reports in {d}: {exc}", file=err)
         return 2
     for e in analysis.expectations:
-        print(f"{'PASS' if e.passed else 'FAIL'}  {e.text}  (measured {expectation_value(e)})", file=out)
-    failed = sum(1 for e in analysis.expectations if not e.passed)
-    verdict = "passed" if summary.passed else f"FAILED ({failed} of {len(analysis.expectations)} expectations)"
+        print(f"{VERDICT_WORDS[e.verdict]:<5} {e.text}  (measured {expectation_value(e)})", file=out)
+        if e.reason:
+            print(f"      {e.reason}", file=out)
+    n = len(analysis.expectations)
+    failed = sum(1 for e in analysis.expectations if e.verdict == "failed")
+    unsure = sum(1 for e in analysis.expectations if e.verdict == "inconclusive")
+    verdict = {"passed": "passed", "failed": f"FAILED ({failed} of {n} expectations)",
+               "inconclusive": f"INCONCLUSIVE ({unsure} of {n} expectations missed where the platform's noise "
+                               "accounts for it; see summary.json's platform)"}[summary.verdict]
     print(f"{summary.scenario}: {verdict}; reports in {d}: summary.json, report.md, report.html, junit.xml, "
           "plots/", file=out)
-    return 0 if summary.passed else 1
+    return EXIT_CODES[summary.verdict]

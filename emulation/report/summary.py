@@ -3,7 +3,9 @@
     {
       "scenario": str, "backend": "mininet"|"sim", "impairment_backend": "netem"|"relay"|"model",
       "seed": int, "started_at": wall s, "duration_s": float, "passed": bool,
-      "expectations": [{"text": str, "passed": bool, "value": number|null}],    # run.json's order
+      "verdict": "passed"|"failed"|"inconclusive",
+      "expectations": [{"text": str, "passed": bool, "value": number|null,      # run.json's order
+                        "verdict": "passed"|"failed"|"inconclusive", "reason": str|null}],
       "failovers": [{"flow": str, "event": "cut hq.isp1" | "flap hq.isp1 down 2/3" | ...,
                      "at_s": scheduled scenario s, "gap_ms": float|null, "lost_packets": int|null,
                      "detect_ms": float|null,
@@ -17,8 +19,17 @@
       "paths": [{"site", "path", "links": [str], "samples", "first_s", "last_s", "latency_mean_ms",
                  "latency_min_ms", "latency_max_ms", "jitter_mean_ms", "loss_mean_pct", "loss_max_pct",
                  "score_mean", "score_min", "score_max", "time_in_status_s": {"up", "degraded", "down"},
-                 "status_changes", "probes_sent", "probes_timed_out", "sla_compliance_pct": {class: pct}}]
+                 "status_changes", "probes_sent", "probes_timed_out", "sla_compliance_pct": {class: pct}}],
+      "platform": null (simulation) | {"cpus", "seconds", "cpu_busy_mean_pct", "cpu_busy_p95_pct",
+                   "cpu_busy_max_pct", "steal_max_pct", "components_mean_pct": {relays, agents, tunnels,
+                   traffic, runner}, "components_p95_pct": {...}, "max_stall_ms", "stalls",
+                   "relay_late_p99_ms", "relay_late_max_ms", "relay_frames_held", "relay_sched"}
     }
+
+`passed` is true only for the verdict "passed". "inconclusive" (Mininet runs only): no expectation
+failed on its own, but at least one missed where the platform's measured noise accounts for the miss
+(each such expectation has `passed: false`, `verdict: "inconclusive"` and its `reason`); see
+emulation.measure.platform.
 
 Expectation values are in the unit of the parameter they are compared with (seconds, counts, ratios
 0..1); `null` when there was nothing to measure. The top-level keys are exactly SUMMARY_KEYS. The file is
@@ -41,7 +52,7 @@ from emulation.measure.analysis import Analysis
 from emulation.measure.ledger import STAGES
 
 SUMMARY_KEYS = ("scenario", "backend", "impairment_backend", "seed", "started_at", "duration_s", "passed",
-                "expectations", "failovers", "sla", "paths")
+                "verdict", "expectations", "failovers", "sla", "paths", "platform")
 
 
 def clean_value(value: Any, key: str = "") -> Any:
@@ -76,10 +87,12 @@ class Summary:
     started_at: float
     duration_s: float
     passed: bool
-    expectations: list[dict[str, Any]]   # text, passed, value
+    verdict: str                         # passed | failed | inconclusive
+    expectations: list[dict[str, Any]]   # text, passed, value, verdict, reason
     failovers: list[dict[str, Any]]      # flow, event, at_s, gap_ms, lost_packets, detect_ms, ledger
     sla: list[dict[str, Any]]            # flow, class, compliance_pct, latency_p50/p95/p99_ms, jitter_ms, loss_pct
     paths: list[dict[str, Any]]          # site, path, links, ... (PathSummary)
+    platform: dict[str, Any] | None      # what the host did (None: simulation)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = clean_value({k: getattr(self, k) for k in SUMMARY_KEYS})
@@ -90,7 +103,12 @@ class Summary:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Summary:
-        return cls(**{k: doc[k] for k in SUMMARY_KEYS})
+        """From a summary.json; one written before `verdict` and `platform` existed reads as passed or
+        failed, with no platform."""
+        d: dict[str, Any] = {k: doc.get(k) for k in SUMMARY_KEYS}
+        if d["verdict"] is None:
+            d["verdict"] = "passed" if doc["passed"] else "failed"
+        return cls(**d)
 
 
 def failover_records(analysis: Analysis) -> list[dict[str, Any]]:
@@ -114,6 +132,8 @@ def build_summary(analysis: Analysis) -> Summary:
     paths = [asdict(p) for p in sorted(analysis.paths, key=lambda p: (p.site, p.path))]
     return Summary(
         scenario=info.scenario, backend=info.backend, impairment_backend=info.impairment_backend, seed=info.seed,
-        started_at=info.started_at, duration_s=info.duration_s, passed=analysis.passed,
-        expectations=[{"text": e.text, "passed": e.passed, "value": e.value} for e in analysis.expectations],
-        failovers=failover_records(analysis), sla=sla, paths=paths)
+        started_at=info.started_at, duration_s=info.duration_s, passed=analysis.verdict == "passed",
+        verdict=analysis.verdict,
+        expectations=[{"text": e.text, "passed": e.passed, "value": e.value, "verdict": e.verdict,
+                       "reason": e.reason} for e in analysis.expectations],
+        failovers=failover_records(analysis), sla=sla, paths=paths, platform=analysis.platform)

@@ -61,10 +61,45 @@ def expectation_value(e: ExpectationResult) -> str:
     return str(v)
 
 
+RESULT_WORDS = {"passed": "PASS", "failed": "FAIL", "inconclusive": "INCONCLUSIVE"}
+
+
 def expectations_table(a: Analysis) -> Table:
-    rows = [{"result": "PASS" if e.passed else "FAIL", "expectation": e.text, "type": e.type,
-             "value": expectation_value(e)} for e in a.expectations]
-    return Table("Expectations", pd.DataFrame(rows, columns=["result", "expectation", "type", "value"]))
+    rows = [{"result": RESULT_WORDS[e.verdict], "expectation": e.text, "type": e.type,
+             "value": expectation_value(e), "platform": e.reason or ""} for e in a.expectations]
+    cols = ["result", "expectation", "type", "value"]
+    if any(e.reason for e in a.expectations):
+        cols.append("platform")
+    note = ("INCONCLUSIVE: the expectation missed where the platform's measured noise (a host stall, relays "
+            "releasing frames late) accounts for the miss; nothing else failed. See the platform table."
+            if a.verdict == "inconclusive" else "")
+    return Table("Expectations", pd.DataFrame(rows, columns=cols), note)
+
+
+def platform_table(a: Analysis) -> Table | None:
+    """What the host did during the run (Mininet runs only): beside the verdict, so a reader can tell
+    the platform's noise from the SD-WAN's behaviour."""
+    pf = a.platform
+    if not pf:
+        return None
+    comp = pf.get("components_mean_pct") or {}
+    comp95 = pf.get("components_p95_pct") or {}
+    rows = [
+        {"measure": "host CPU busy (all cores = 100 %)",
+         "value": f"mean {num(pf.get('cpu_busy_mean_pct'), 1, '%')}, p95 {num(pf.get('cpu_busy_p95_pct'), 1, '%')}, "
+                  f"max {num(pf.get('cpu_busy_max_pct'), 1, '%')} over {pf.get('seconds', 0)} s"},
+        {"measure": "CPU by component (mean / p95)",
+         "value": ", ".join(f"{c} {num(comp.get(c), 1)} / {num(comp95.get(c), 1)} %" for c in comp)},
+        {"measure": "VM steal (max of a second)", "value": num(pf.get("steal_max_pct"), 1, "%")},
+        {"measure": "longest host stall", "value": f"{num(pf.get('max_stall_ms'), 1, 'ms')} "
+                                                   f"({pf.get('stalls', 0)} stalls of 20 ms or more)"},
+        {"measure": "relays: frames released late (p99 / max)",
+         "value": f"{num(pf.get('relay_late_p99_ms'), 3, 'ms')} / {num(pf.get('relay_late_max_ms'), 3, 'ms')} "
+                  f"over {pf.get('relay_frames_held', 0):,} frames ({', '.join(pf.get('relay_sched') or []) or '?'})"},
+    ]
+    return Table("Platform", pd.DataFrame(rows, columns=["measure", "value"]),
+                 "Measured during the run (raw/platform.csv, raw/host_stalls.csv). Late relays add delay the "
+                 "scenario did not ask for; a stall stops the wire and every agent at once.")
 
 
 def failover_table(a: Analysis) -> Table:
@@ -146,5 +181,6 @@ def timeline_table(a: Analysis) -> Table:
 
 
 def all_tables(a: Analysis) -> list[Table]:
-    return [expectations_table(a), failover_table(a), sla_table(a), flows_table(a), paths_table(a),
-            timeline_table(a)]
+    pf = platform_table(a)
+    return [expectations_table(a), *([pf] if pf is not None else []), failover_table(a), sla_table(a),
+            flows_table(a), paths_table(a), timeline_table(a)]

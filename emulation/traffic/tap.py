@@ -6,7 +6,8 @@ Runs in a site router's namespace, listens (AF_PACKET, outgoing only) on every W
 the agent (`pt<site id>p<n>`, found at start and re-scanned each second) and records, for UDP
 packets to the given destination ports that carry `emulation.udpflow`'s header, the sequence number
 and the interface they left on. The runner maps interfaces to path ids through the agent's API.
-Stops on SIGTERM/SIGINT and writes `dst_ip,dst_port,src_port,seq,ifname,at_ns` rows.
+Stops on SIGTERM/SIGINT and writes `dst_ip,dst_port,src_port,seq,ifname,at_ns` rows (`at_ns`: the
+kernel's timestamp of the packet on the tunnel interface).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from emulation.traffic import kstamp
 from emulation.traffic.stopflag import StopFlag
 
 ETH_P_ALL = 0x0003
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
             s.bind((name, 0))
+            kstamp.enable(s)
             s.setblocking(False)
             socks[s.fileno()] = (name, s)
 
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             name, s = socks[fd]
             while True:
                 try:
-                    data, addr = s.recvfrom(2048)
+                    data, addr, at_ns = kstamp.recv_stamped(s, 2048)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
@@ -87,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 seq, _sent = _SEQ.unpack_from(data, ihl + 8)
                 dst = socket.inet_ntoa(data[16:20])
-                rows.append((dst, dport, sport, seq, name, time.time_ns()))
+                rows.append((dst, dport, sport, seq, name, at_ns))
         if time.monotonic() >= next_scan:
             next_scan = time.monotonic() + 1.0
             rescan()

@@ -130,6 +130,7 @@ class SiteConfig:
     probe_port: int
     probe_auth: bool
     probe_secret: bytes | None
+    probe_realtime: int            # SCHED_FIFO priority of the probe reflector (0: the agent's own class)
     monitor: MonitorProfile
     policies: tuple[RoutingPolicy, ...]
     router: RouterConfig
@@ -449,8 +450,10 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
     keepalive = _duration(wg.get("keepalive", "5s"), "wireguard.keepalive", errs)
     wg_mtu = _int(wg.get("mtu", 1420), "wireguard.mtu", errs, 1280, 9000, "an MTU")
 
-    probe = _mapping(top.get("probe"), "probe", errs, {"port", "auth", "secret", "secret_file"})
+    probe = _mapping(top.get("probe"), "probe", errs, {"port", "auth", "secret", "secret_file", "realtime_priority"})
     probe_port = _int(probe.get("port", 862), "probe.port", errs, 1, 65535, "a UDP port")
+    probe_rt = _int(probe.get("realtime_priority", 0), "probe.realtime_priority", errs, 0, 99,
+                    "a SCHED_FIFO priority (1-99, 0 for none)")
     auth = probe.get("auth", True)
     if not isinstance(auth, bool):
         errs.add("probe.auth", f"expected true or false, got {auth!r}")
@@ -596,7 +599,8 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
         source=source, name=name, id=sid, lan_prefixes=lan, lan_interfaces=tuple(lan_ifs), uplinks=tuple(uplinks),
         remotes=tuple(remotes), wg_backend=str(backend), wg_private_key_file=key_file, wg_port_base=port_base,
         wg_keepalive_s=round(keepalive), wg_mtu=wg_mtu, probe_port=probe_port, probe_auth=bool(auth),
-        probe_secret=secret, monitor=monitor, policies=policies, router=router, sla=sla, api_listen=listen,
+        probe_secret=secret, probe_realtime=probe_rt, monitor=monitor, policies=policies, router=router, sla=sla,
+        api_listen=listen,
         api_token=token, api_token_file=token_file, database=database, state_dir=state_dir,
         metrics_interval_s=metrics_interval, steering=str(steering), bandwidth_interval_s=bw_interval,
         bandwidth_duration_s=bw_duration, bandwidth_rate_mbps=bw_rate, pmtu=bool(pmtu), paths=tuple(plans))

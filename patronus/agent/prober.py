@@ -188,7 +188,7 @@ class ReflectorProcess:
             k = probe_key(self.cfg, r)
             for ep in r.endpoints:
                 peers[ep.address] = k.hex() if k is not None else None
-        return {"port": self.cfg.probe_port, "peers": peers,
+        return {"port": self.cfg.probe_port, "peers": peers, "realtime": self.cfg.probe_realtime,
                 "uplinks": [{"name": u.name, "address": u.address, "interface": u.interface, "mark": u.mark}
                             for u in self.cfg.uplinks]}
 

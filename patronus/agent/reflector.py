@@ -4,7 +4,9 @@ A reflector's answer time is part of every RTT its peers measure. Inside the age
 interpreter with the API, SQLite commits and the garbage collector, and any pause of those (tens of
 ms) would delay every reply and make peers with a 20 ms probe interval declare live paths Down. So
 the agent starts this process (same network namespace, its child), which does nothing but reflect:
-no cyclic garbage collection, no other work, one `select` loop over one socket per uplink.
+no cyclic garbage collection, no other work, one `select` loop over one socket per uplink. With
+`probe.realtime_priority` set it runs SCHED_FIFO (`patronus.agent.sched`): a busy host then delays
+its answers by microseconds, not by a scheduler slice.
 
 Protocol with the agent: the agent writes one JSON object on our stdin (the uplinks to listen on and
 each peer address's pair key), we answer `{"ready": true}` on stdout once every socket is bound (or
@@ -31,6 +33,7 @@ import time
 from collections import Counter, OrderedDict
 from typing import Any
 
+from patronus.agent import sched
 from patronus.agent.sockets import open_path_socket
 from patronus.core.errors import PeerError
 from patronus.core.probe import ProbeType, ReplayWindow, decode, encode, reflect
@@ -106,7 +109,8 @@ def serve(spec: dict[str, Any]) -> int:
     except (OSError, ValueError) as exc:
         print(json.dumps({"error": str(exc)}), flush=True)
         return 2
-    print(json.dumps({"ready": True}), flush=True)
+    sched_class = sched.apply(realtime=int(spec.get("realtime") or 0) or None)
+    print(json.dumps({"ready": True, "sched": sched_class}), flush=True)
     stop = False
 
     def on_term(*_: object) -> None:

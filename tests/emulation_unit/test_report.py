@@ -58,7 +58,9 @@ def test_summary_json_has_exactly_the_contract(reported: Path) -> None:
     assert (doc["scenario"], doc["backend"], doc["impairment_backend"], doc["seed"]) == (
         "synthetic-failover", "sim", "model", 7)
     assert doc["started_at"] == 1_699_999_998.0 and doc["duration_s"] == 60.0 and doc["passed"] is True
-    assert all(set(e) == {"text", "passed", "value"} for e in doc["expectations"])
+    assert all(set(e) == {"text", "passed", "value", "verdict", "reason"} for e in doc["expectations"])
+    assert doc["verdict"] == "passed" and doc["platform"] is None
+    assert all(e["verdict"] == "passed" and e["reason"] is None for e in doc["expectations"])
     assert [e["value"] for e in doc["expectations"]] == [0.066, 62, 0.982759, 2, 0.06, 0]
     assert all(set(f) == FAILOVER_KEYS and set(f["ledger"]) == LEDGER_KEYS for f in doc["failovers"])
     assert all(set(s) == SLA_KEYS for s in doc["sla"])

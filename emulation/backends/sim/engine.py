@@ -50,7 +50,14 @@ from emulation.backends.sim.writer import (
 )
 from emulation.scenario.model import Ramp, Scenario
 from emulation.scenario.timeline import AgentStep, LinkStep, Step
-from emulation.siteconf import API_PORT, expectations_doc, site_document, sla_targets_doc, uplink_addresses
+from emulation.siteconf import (
+    API_PORT,
+    expectations_doc,
+    monitors_doc,
+    site_document,
+    sla_targets_doc,
+    uplink_addresses,
+)
 from patronus.agent.config import from_dict
 from patronus.core.errors import ConfigError
 
@@ -380,6 +387,7 @@ class Simulation:
                        "paths": [p.id for p in self.agents[s.name].paths.values() if p.uplink == u.name]}
                       for s in sc.sites for u in s.uplinks],
             "sla_targets": sla_targets_doc(sc),
+            "monitors": monitors_doc(sc),
             "expectations": expectations_doc(sc),
             "sim": {"mode": self.mode, "warmup_s": self.warmup_s, "sample_period_s": self.sample_period_s,
                     "steering_latency_s": self.options.steering_latency_s, "drain_s": self.drain_s()},
