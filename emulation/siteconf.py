@@ -105,7 +105,8 @@ def expectations_doc(scenario: Scenario) -> list[dict[str, Any]]:
             d["during"] = [getattr(e, "start_s"), getattr(e, "end_s")]  # noqa: B009 - FlowStays only
         tgt = getattr(e, "target", None)
         if tgt is not None:
-            d["target"] = {"latency_ms": tgt.latency_ms, "loss_pct": tgt.loss_pct, "jitter_ms": tgt.jitter_ms}
+            d["target"] = {"latency_ms": tgt.latency_ms, "loss_pct": tgt.loss_pct, "jitter_ms": tgt.jitter_ms,
+                           "window_s": tgt.window_s}
         for key in ("quantile", "pass_rate"):       # how repeated runs judge it (emulation.repeat)
             if getattr(e, key) is not None:
                 d[key] = getattr(e, key)
@@ -120,9 +121,11 @@ def monitors_doc(scenario: Scenario) -> dict[str, dict[str, float | int]]:
 
 
 def sla_targets_doc(scenario: Scenario) -> dict[str, dict[str, float]]:
-    """Each traffic class's target: the sending site's agent `sla` (the agent checks the same)."""
+    """Each traffic class's target: the sending site's agent `sla` (the agent checks the same, over the same
+    trailing window)."""
     out: dict[str, dict[str, float]] = {}
     for f in scenario.flows:
         t = scenario.site(f.src.site).agent.sla
-        out.setdefault(f.traffic_class, {"latency_ms": t.latency_ms, "loss_pct": t.loss_pct, "jitter_ms": t.jitter_ms})
+        out.setdefault(f.traffic_class, {"latency_ms": t.latency_ms, "loss_pct": t.loss_pct, "jitter_ms": t.jitter_ms,
+                                         "window_s": t.window_s})
     return out

@@ -9,10 +9,11 @@ whole run). `value` is in the unit of the parameter it is compared with:
                             includes failback gaps, which interrupt traffic too.
   lost_packets    max (n)   value: packets of the flow (or of every packet flow) sent in the window
                             and lost (whole run: also packets run.json counts but packets.csv lacks).
-  sla_compliance  min (0..1) value: the flow's compliance ratio over the 1-s windows starting in the
-                            window (the worst flow when no flow is named), judged against the
-                            expectation's own `target` if it has one (rundata.parse_target's forms),
-                            else the class's; None without any target.
+  sla_compliance  min (0..1) value: the flow's compliance ratio over the 1-s steps starting in the
+                            window, each judged over the target's trailing window (measure.sla); the
+                            worst flow when no flow is named; judged against the expectation's own
+                            `target` if it has one (rundata.parse_target's forms), else the class's;
+                            None without any target.
   path_changes    max (n)   value: with a flow, how many times its packets changed path in the
                             window (from the agent's FailoverTriggered/Failback of its slot when the
                             packets name no paths: the slots of the flow's `policy` if run.json names
@@ -212,7 +213,7 @@ def _judge(run: RunData, p: _Params, kind: str, stats: Mapping[str, FlowStats],
         value = total
         passed = p.max is not None and total <= p.max
     elif kind == "sla_compliance":
-        ratios = [sum(1 for w in judged if w.compliant) / len(judged) for judged in _sla_windows(run, p).values()]
+        ratios = [sum(1 for w in judged if w.compliant) / len(judged) for judged, _ in _sla_windows(run, p).values()]
         value = min(ratios) if ratios else None
         passed = value is not None and p.min is not None and value >= p.min
     elif kind == "path_changes":
@@ -254,10 +255,11 @@ def _gaps(run: RunData, p: _Params) -> list[tuple[float, float, FlowSpec]]:
     return out
 
 
-def _sla_windows(run: RunData, p: _Params) -> dict[str, list[Any]]:
-    """Per flow in scope with a target, its judged 1-s windows in the expectation's span."""
+def _sla_windows(run: RunData, p: _Params) -> dict[str, tuple[list[Any], float]]:
+    """Per flow in scope with a target, its judged 1-s steps in the expectation's span, and the length
+    of the trailing window each step is judged over."""
     flows = [p.flow] if p.flow is not None else sorted(run.run.flows, key=lambda f: f.name)
-    out: dict[str, list[Any]] = {}
+    out: dict[str, tuple[list[Any], float]] = {}
     for spec in flows:
         samples = flow_samples(run, spec)
         target = p.target or run.run.target_for(spec.traffic_class)
@@ -266,7 +268,7 @@ def _sla_windows(run: RunData, p: _Params) -> dict[str, list[Any]]:
         lo, hi = _span(run, p, spec)
         judged = [w for w in windows(run, spec, samples, target) if w.compliant is not None and lo <= w.start_s < hi]
         if judged:
-            out[spec.name] = judged
+            out[spec.name] = (judged, max(1.0, target.window_s))
     return out
 
 
@@ -363,19 +365,20 @@ def _explained(run: RunData, p: _Params, kind: str, value: float | int | None, d
         return (f"{explained} of the {value} packets lost went while the platform was disturbed, and without them "
                 f"the flow keeps its limit of {p.max:g}: {noise.describe(lo, hi)}")
     if kind == "sla_compliance" and p.min is not None:
-        bad: list[tuple[str, float]] = []
-        for flow, judged in _sla_windows(run, p).items():
+        bad: list[tuple[str, float, float]] = []
+        for flow, (judged, window_s) in _sla_windows(run, p).items():
             failed = [w for w in judged if not w.compliant]
-            noisy = [w for w in failed if noise.notable(w.start_s, w.start_s + 1.0)]
+            # a step is judged over the trailing window ending with it: noise anywhere in that window counts
+            noisy = [w for w in failed if noise.notable(w.start_s + 1.0 - window_s, w.start_s + 1.0)]
             ratio = (len(judged) - len(failed) + len(noisy)) / len(judged)
             if ratio < p.min:
                 return None
-            bad += [(flow, w.start_s) for w in noisy]
+            bad += [(flow, w.start_s + 1.0 - window_s, w.start_s + 1.0) for w in noisy]
         if not bad:
             return None
-        lo, hi = min(t for _, t in bad), max(t for _, t in bad) + 1.0
-        return (f"{len(bad)} of the non-compliant 1-s windows had platform noise, and without them compliance "
-                f"meets {100.0 * p.min:g} %: {noise.describe(lo, hi)}")
+        lo, hi = min(a for _, a, _ in bad), max(b for _, _, b in bad)
+        return (f"{len(bad)} of the non-compliant steps had platform noise in their window, and without them "
+                f"compliance meets {100.0 * p.min:g} %: {noise.describe(lo, hi)}")
     if kind in ("path_changes", "flow_stays") and value is not None:
         site = p.flow.src_site if p.flow is not None else p.site
         times = (_change_times(run, p, p.flow) if p.flow is not None

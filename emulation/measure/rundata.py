@@ -113,6 +113,7 @@ class SlaTarget:
     loss_pct: float | None = None
     jitter_ms: float | None = None
     latency_percentile: int = 95
+    window_s: float = 1.0          # judged over the packets of the trailing window (the agent's `window`)
 
     def meets(self, latency_ms: float | None, loss_pct: float | None, jitter_ms: float | None) -> bool:
         """Every judged metric within its target; a metric without a measurement is not judged.
@@ -122,9 +123,10 @@ class SlaTarget:
 
 
 def parse_target(t: object, path: str) -> tuple[SlaTarget | None, list[str]]:
-    """An SLA target in the contract's form (latency_ms, loss_pct, jitter_ms: numbers) or the agent's
-    (latency: "150ms", loss: "1%", jitter: "30ms"), either with latency_percentile (50/95/99 or
-    "p95"). Returns (target, problems)."""
+    """An SLA target in the contract's form (latency_ms, loss_pct, jitter_ms, window_s: numbers) or the
+    agent's (latency: "150ms", loss: "1%", jitter: "30ms", window: "30s"), either with latency_percentile
+    (50/95/99 or "p95"). No window: 1 s (what run.json meant before it carried windows). Returns
+    (target, problems)."""
     if not isinstance(t, dict):
         return None, [f"{path}: expected an object, got {t!r}"]
     problems: list[str] = []
@@ -155,7 +157,23 @@ def parse_target(t: object, path: str) -> tuple[SlaTarget | None, list[str]]:
     if pct_i not in (50, 95, 99) or isinstance(pct, bool):
         problems.append(f"{path}.latency_percentile: expected one of 50, 95, 99, got {t.get('latency_percentile')!r}")
         pct_i = 95
-    return SlaTarget(latency_percentile=pct_i, **vals), problems
+    window = 1.0
+    if t.get("window_s") is not None:
+        w = t["window_s"]
+        if not _is_number(w) or not 0 < w <= 86_400:
+            problems.append(f"{path}.window_s: expected a number of seconds in (0, 86400], got {w!r}")
+        else:
+            window = float(w)
+    elif t.get("window") is not None:
+        try:
+            window = parse_duration(t["window"], f"{path}.window")
+        except ConfigError as exc:
+            problems.append(str(exc))
+        else:
+            if not 0 < window <= 86_400:
+                problems.append(f"{path}.window: expected a duration in (0 s, 24 h], got {t['window']!r}")
+                window = 1.0
+    return SlaTarget(latency_percentile=pct_i, window_s=window, **vals), problems
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,11 @@
-"""Per-flow SLA: compliance over 1-second windows, and when a flow's rolling SLA broke and came back.
+"""Per-flow SLA: compliance in 1-second steps over the target's window, and when a flow's rolling SLA
+broke and came back.
 
 A flow is judged against its class's target from run.json's `sla_targets`:
+  * the flow's active time is cut in 1-second steps; each step is judged over the packets *sent* in the
+    target's trailing window ending with it (`window_s`, the agent's SLA window; 1 s when run.json gives
+    none, and then the step is its own window), so "loss ≤ 1 %" means 1 % of the window's packets, not
+    one packet in a second's fifty;
   * a window is compliant when, over the packets *sent* in it, the delay at the target's percentile
     (p95 unless it says otherwise; nearest rank, over the delivered ones) ≤ latency_ms, loss ≤ loss_pct
     and the delay's population stdev ≤ jitter_ms; a
@@ -82,17 +87,20 @@ def judge(target: SlaTarget | None, delay_ms: np.ndarray, sent: int, lost: int) 
 
 
 def windows(run: RunData, spec: FlowSpec, samples: Samples, target: SlaTarget | None = None) -> list[WindowVerdict]:
-    """The 1-second compliance windows of the flow's active time, judged against `target` (default:
-    the flow's class target)."""
+    """The flow's active time in 1-second steps, each judged against `target` (default: the flow's class
+    target) over the packets sent in the target's trailing window ending with the step (the agent's
+    SLA definition: `window_s`; with a 1-s window, the step itself). `start_s` is the step's start."""
     target = target or run.run.target_for(spec.traffic_class)
     t0 = run.t0_ns
     start = t0 + round(spec.start_s * NS)
     stop = t0 + round(spec.stop_s * NS)
     n = max(1, math.ceil((stop - start) / WINDOW_NS))
+    span_ns = max(WINDOW_NS, round(target.window_s * NS)) if target is not None else WINDOW_NS
     out: list[WindowVerdict] = []
     for k in range(n):
-        lo = start + k * WINDOW_NS
-        hi = min(stop, lo + WINDOW_NS)
+        step = start + k * WINDOW_NS
+        hi = min(stop, step + WINDOW_NS)
+        lo = max(start, step + WINDOW_NS - span_ns)      # the trailing window ending with this step
         i0, i1 = np.searchsorted(samples.t_ns, [lo, hi], side="left")
         sent = int(i1 - i0)
         if sent == 0:

@@ -136,7 +136,8 @@ def sla_table(a: Analysis) -> Table:
     cols = ["flow", "class", "target", "compliance", "windows", "p50 (ms)", "p95 (ms)", "p99 (ms)", "jitter (ms)",
             "loss"]
     return Table("SLA per flow", pd.DataFrame(rows, columns=cols),
-                 note="Compliance: share of 1-second windows meeting every target of the class. One-way delay; "
+                 note="Compliance: share of 1-second steps at which the class's trailing window (the agent's SLA "
+                      "window) met every target. One-way delay; "
                       "jitter is the standard deviation of the delay.")
 
 

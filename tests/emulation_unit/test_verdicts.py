@@ -131,3 +131,16 @@ def test_noise_never_touches_a_pass(tmp_path: Path) -> None:
     d = _run(tmp_path, [GAP_OK], stalls=[(20.05, 45.0)], late=[(20.5, 40.0)])
     assert _verdicts(d) == ("passed", ["passed"])
     assert report_command(d) == 0
+
+
+def test_sla_compliance_is_judged_over_the_targets_window(tmp_path: Path) -> None:
+    """The agent's SLA definition: each 1-s step judged over the target's trailing window. The cut's 62
+    lost packets are 6 % of their second (that step breaks a 1 % target) but 0.2 % of 30 s."""
+    one_s = {"type": "sla_compliance", "flow": "cbr", "min": 1.0, "text": "1 s",
+             "target": {"loss_pct": 1.0, "window_s": 1.0}}
+    thirty_s = {"type": "sla_compliance", "flow": "cbr", "min": 1.0, "text": "30 s",
+                "target": {"loss": "1%", "window": "30s"}}
+    d = _run(tmp_path, [one_s, thirty_s])
+    a = analyse(RunData.load(d))
+    assert [e.verdict for e in a.expectations] == ["failed", "passed"]
+    assert a.expectations[0].value is not None and 0.95 < a.expectations[0].value < 1.0
