@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import yaml
 
+from emulation import rttcheck
 from emulation.backends.mininet_net import MininetNet, NetSpec, SiteSpec, UplinkSpec
 from emulation.platform import CpuWatch, PlatformLog
 from emulation.platform import summarize as summarize_platform
@@ -168,6 +169,7 @@ class Runner:
         self.site_ids: dict[str, int] = {}
         self.started_at = 0.0
         self._stopped: set[str] = set()
+        self.rtt_summary: dict[str, Any] | None = None
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -300,6 +302,21 @@ class Runner:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.2)      # polling the agents' API for a condition, with a deadline
+
+    def check_rtts(self) -> None:
+        """The agents' RTTs against the scenario's delays (emulation.rttcheck): far off, the run would
+        measure the host, not the network it describes: refuse (RunError); off, say so."""
+        measured = [{**p, "site": site} for site in self.agents for p in self._paths_of(site)]
+        checks = rttcheck.check(measured, rttcheck.expected_rtts(self.sc))
+        self.rtt_summary = rttcheck.summary(checks)
+        bad = [c for c in checks if c.level == "refuse"]
+        if bad:
+            raise RunError("the emulated network is far from the scenario before the clock starts (agents' RTTs; "
+                           f"allowed {bad[0].refuse_ms:.1f} ms off for the first):\n  "
+                           + "\n  ".join(c.describe() for c in bad[:10]))
+        for c in checks:
+            if c.level in ("warn", "unmeasured"):
+                self.progress(f"warning: {c.describe()}; beyond the {c.warn_ms:.1f} ms the check allows")
 
     def stop_agents(self) -> None:
         for p in self.agents.values():
@@ -478,8 +495,9 @@ class Runner:
 
         sched = [link.sched for link in self.links.values() if isinstance(link, RelayLink)]
         write_platform_csv(self.raw / "platform.csv", log, self.t0)
-        (self.raw / "platform.json").write_text(json.dumps(summarize_platform(log, stalls_ms, sched), indent=2,
-                                                           sort_keys=True))
+        doc = summarize_platform(log, stalls_ms, sched)
+        doc["rtt_check"] = self.rtt_summary
+        (self.raw / "platform.json").write_text(json.dumps(doc, indent=2, sort_keys=True))
 
     def write_raw(self, sampler: Sampler, expectations: list[dict[str, Any]], links: list[dict[str, Any]]) -> None:
         assert self.net is not None
@@ -634,6 +652,7 @@ class Runner:
             if not self.wait_settled(SETTLE_TIMEOUT_S):
                 self.progress(f"warning: agents not settled after {SETTLE_TIMEOUT_S:g} s (a path not Up, or "
                               "paths or steering still changing); starting anyway")
+            self.check_rtts()
             self.progress("starting traffic")
             self.start_receivers()
             sampler = Sampler({s: f"http://{n.mgmt_ip}:8470/api/v1" for s, n in self.net.sites.items()}, self.token)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
@@ -76,6 +77,14 @@ def expectations_table(a: Analysis) -> Table:
     return Table("Expectations", pd.DataFrame(rows, columns=cols), note)
 
 
+def _rtt_text(rc: Any) -> str:
+    if not isinstance(rc, dict) or not rc.get("worst"):
+        return DASH
+    w = rc["worst"]
+    return (f"{rc.get('paths', 0)} paths, {rc.get('warned', 0)} beyond the warning margin; furthest: {w['site']} "
+            f"{w['path']} {w['measured_ms']:.1f} ms for {w['expected_ms']:.1f} ms ({w['off_ms']:+.1f} ms)")
+
+
 def platform_table(a: Analysis) -> Table | None:
     """What the host did during the run (Mininet runs only): beside the verdict, so a reader can tell
     the platform's noise from the SD-WAN's behaviour."""
@@ -93,6 +102,8 @@ def platform_table(a: Analysis) -> Table | None:
         {"measure": "VM steal (max of a second)", "value": num(pf.get("steal_max_pct"), 1, "%")},
         {"measure": "longest host stall", "value": f"{num(pf.get('max_stall_ms'), 1, 'ms')} "
                                                    f"({pf.get('stalls', 0)} stalls of 20 ms or more)"},
+        {"measure": "agents' RTTs before the start vs the scenario",
+         "value": _rtt_text(pf.get("rtt_check"))},
         {"measure": "relays: frames released late (p99 / max)",
          "value": f"{num(pf.get('relay_late_p99_ms'), 3, 'ms')} / {num(pf.get('relay_late_max_ms'), 3, 'ms')} "
                   f"over {pf.get('relay_frames_held', 0):,} frames ({', '.join(pf.get('relay_sched') or []) or '?'})"},
