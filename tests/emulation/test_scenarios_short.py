@@ -4,17 +4,16 @@ of ours behind."""
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from emulation.scenario.short import SHORT, short_version
 from emulation.stallwatch import HostStallWarning
 
 pytestmark = [pytest.mark.emulation, pytest.mark.timeout(420)]
@@ -24,55 +23,47 @@ if os.geteuid() != 0:
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# scenario -> dotted overrides (Scenario.with_overrides) that keep its story and shorten its pauses
-SHORT: dict[str, dict[str, Any]] = {
-    "failover-basic": {"duration": "22s", "timeline.0.at": "8s", "timeline.1.at": "14s"},
-    "brownout": {"duration": "34s", "timeline.0.at": "6s", "timeline.0.over": "10s", "timeline.0.steps": 10,
-                 "timeline.1.at": "20s", "expectations.2.flow_stays.during": ["6s", "20s"]},
-    "flapping": {"duration": "28s", "timeline.0.at": "6s", "timeline.0.count": 3},
-    "voip-sla": {"duration": "36s", "timeline.0.at": "5s", "timeline.1.at": "12s", "timeline.2.at": "24s"},
-    "six-sites": {"duration": "34s", "timeline.0.at": "8s", "timeline.1.at": "14s", "timeline.2.at": "20s",
-                  "timeline.3.at": "26s", "expectations.9.flow_stays.during": ["5s", "13s"]},
-}
-
-
 def _ours() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     return {line.split()[0] for line in out.splitlines() if line.startswith("pt")}
 
 
 def _short(name: str, tmp_path: Path) -> Path:
-    from emulation.scenario import load
-
-    sc = load(ROOT / "scenarios" / f"{name}.yaml").with_overrides(SHORT[name])
+    sc = short_version(name)
     path = tmp_path / f"{name}-short.yaml"
     path.write_text(sc.to_yaml())
     return path
 
 
+INCONCLUSIVE_RETRIES = 2     # a run whose verdict the platform's noise decided is run again, at most twice
+
+
 @pytest.mark.parametrize("name", sorted(SHORT))
 def test_shipped_scenario_short_passes_and_leaves_nothing(name: str, tmp_path: Path) -> None:
     scenario = _short(name, tmp_path)
-    out = tmp_path / "run"
     before = _ours()
-    r = _run(scenario, out)
-    leftovers = _ours() - before
-    summary = json.loads((out / "summary.json").read_text())
-    failed = [f"{e['text']} (measured {e['value']})" for e in summary["expectations"] if not e["passed"]]
-    stall = _longest_stall_ms(out)
-    if failed and stall >= _detection_ms(scenario):
-        # the host, not the SD-WAN: every path misses its probes at once. Measured, so once more, and said
-        warnings.warn(HostStallWarning(f"{name}: the host stalled for {stall:.0f} ms during the run and "
-                      f"{'; '.join(failed)} failed; running it once more"), stacklevel=1)
-        out = tmp_path / "run-again"
+    leftovers: set[str] = set()
+    for attempt in range(1 + INCONCLUSIVE_RETRIES):
+        out = tmp_path / f"run-{attempt}"
         r = _run(scenario, out)
         leftovers |= _ours() - before
         summary = json.loads((out / "summary.json").read_text())
-        failed = [f"{e['text']} (measured {e['value']})" for e in summary["expectations"] if not e["passed"]]
+        if summary["verdict"] != "inconclusive":
+            break
+        # the host, not the SD-WAN, decided this run (measured, and named in each expectation's reason):
+        # once more, and said
+        reasons = "; ".join(f"{e['text']}: {e['reason']}" for e in summary["expectations"] if e["reason"])
+        warnings.warn(HostStallWarning(f"{name}: inconclusive run ({reasons}); running it again"), stacklevel=1)
+    failed = [f"{e['text']} (measured {e['value']}; {e['verdict']})" for e in summary["expectations"]
+              if e["verdict"] != "passed"]
     assert r.returncode == 0, "\n".join(failed) + "\n" + r.stdout[-2000:] + r.stderr[-2000:]
-    assert summary["passed"] and summary["backend"] == "mininet" and not failed
+    assert summary["passed"] and summary["verdict"] == "passed" and summary["backend"] == "mininet" and not failed
     assert summary["impairment_backend"] in ("relay", "netem")
-    for f in ("report.md", "report.html", "junit.xml", "raw/packets.csv", "raw/events.jsonl", "plots"):
+    pf = summary["platform"]
+    assert pf is not None and pf["seconds"] > 0 and pf["cpu_busy_p95_pct"] is not None
+    assert pf["rtt_check"] is not None and pf["rtt_check"]["paths"] > 0
+    for f in ("report.md", "report.html", "junit.xml", "raw/packets.csv", "raw/events.jsonl", "raw/platform.csv",
+              "plots"):
         assert (out / f).exists(), f
     assert not leftovers, leftovers
     if name == "failover-basic":
@@ -84,18 +75,6 @@ def test_shipped_scenario_short_passes_and_leaves_nothing(name: str, tmp_path: P
 def _run(scenario: Path, out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "emulation.cli", "run", str(scenario), "--out", str(out)],
                           capture_output=True, text=True, timeout=400, cwd=ROOT)
-
-
-def _longest_stall_ms(out: Path) -> float:
-    """The longest host stall the run's watcher measured (raw/host_stalls.csv), 0 when none."""
-    with open(out / "raw" / "host_stalls.csv") as fh:
-        return max((float(r["lag_ms"]) for r in csv.DictReader(fh)), default=0.0)
-
-
-def _detection_ms(scenario: Path) -> float:
-    from emulation.scenario import load
-
-    return min(s.agent.monitor.detection_time_s for s in load(scenario).sites) * 1000.0
 
 
 def _sim_agrees(scenario: Path, mininet_out: Path, sim_out: Path) -> None:
@@ -157,3 +136,27 @@ def test_keep_leaves_the_network_running_and_clean_removes_it(tmp_path: Path) ->
     assert c.returncode == 0, c.stdout + c.stderr
     assert not (_ours() - before)
     assert not any(Path(p).exists() for p in socks)
+
+
+def test_a_genuine_failure_is_failed_even_on_a_loaded_host(tmp_path: Path) -> None:
+    """failover-basic asked to detect its cut within 20 ms, which the fast profile (a Down after 3 missed
+    probes 20 ms apart) cannot do, run while an unrelated process keeps one core busy: whatever noise the
+    host makes, the verdict is `failed` (exit 1), not `inconclusive`."""
+    sc = short_version("failover-basic").with_overrides({"expectations": [
+        {"detect_time": {"link": "hq.isp1", "max": "20ms"}}, {"failover_gap": {"flow": "cbr", "max": "300ms"}}]})
+    scenario = tmp_path / "too-fast.yaml"
+    scenario.write_text(sc.to_yaml())
+    hog = subprocess.Popen([sys.executable, "-c", "import os\nos.sched_setaffinity(0, {max(os.sched_getaffinity(0))})"
+                            "\nwhile True: pass"])
+    try:
+        r = _run(scenario, tmp_path / "run")
+    finally:
+        hog.kill()
+        hog.wait(10)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+    assert summary["verdict"] == "failed"
+    detect, gap = summary["expectations"]
+    assert detect["verdict"] == "failed" and detect["value"] > 0.040 and detect["reason"] is None
+    assert gap["verdict"] == "passed"
+    assert summary["platform"]["cpu_busy_mean_pct"] > 50.0          # the hog was there
