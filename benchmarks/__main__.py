@@ -1,4 +1,7 @@
-"""`python -m benchmarks [NAME ...]`: run the benchmarks (all by default) and print their figures."""
+"""`python -m benchmarks [NAME ...]`: run the benchmarks (all by default) and print their figures.
+
+`python -m benchmarks bench_stability [ARGS ...]` runs the stability benchmark alone, with its own
+arguments (scenarios, --mode, --runs): it takes hours, so `make bench` leaves it out."""
 
 from __future__ import annotations
 
@@ -11,7 +14,15 @@ ALL = ["bench_routing", "bench_monitor", "bench_failover", "bench_probe_overhead
        "bench_sim_events", "bench_sim_100x3", "bench_sim_scale1000"]
 
 
+BY_ARGS = ["bench_stability"]       # run by name only, with their own arguments
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] and argv[0] in BY_ARGS:
+        with_args = importlib.import_module(f"benchmarks.{argv[0]}").main(argv[1:])
+        for rec in with_args:
+            print(f"  [{'ok  ' if rec['ok'] else 'MISS'}] {rec['name']:<24} {rec['value']:>14,.3f} {rec['unit']}")
+        return 0
     names = argv or ALL
     unknown = [n for n in names if n not in ALL]
     if unknown:

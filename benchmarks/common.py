@@ -36,8 +36,11 @@ def best_rate(run: Callable[[], int], repeats: int = 5) -> tuple[float, list[flo
 
 
 def write(name: str, value: float, unit: str, goal: float, *, higher_is_better: bool = True,
-          **details: Any) -> dict[str, Any]:
-    ok = value >= goal if higher_is_better else value <= goal
+          ok: bool | None = None, **details: Any) -> dict[str, Any]:
+    """Write reports/bench/NAME.json. `ok` defaults to value against goal; a benchmark whose verdict is
+    more than one figure (several bars) says it itself."""
+    if ok is None:
+        ok = value >= goal if higher_is_better else value <= goal
     rec = {"name": name, "value": round(value, 3), "unit": unit, "goal": goal, "ok": ok,
            "higher_is_better": higher_is_better, "python": platform.python_version(),
            "machine": platform.machine(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
