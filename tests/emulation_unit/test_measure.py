@@ -24,9 +24,11 @@ from emulation.measure import (
     longest_gap,
     nearest_rank,
     on_link,
+    path_series,
     stage_order_problems,
 )
 from emulation.measure.ledger import LedgerEntry
+from emulation.measure.paths import down_spans
 from emulation.measure.rundata import parse_target
 from emulation.measure.synthetic import P1, P2, SyntheticSpec, SyntheticTruth, write_raw_dir, write_synthetic_run
 from emulation.measure.timeline import window_end
@@ -451,6 +453,77 @@ def test_path_summaries(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -
     assert p1.latency_min_ms == 12.0 and p1.score_min == 0.0
     assert by[("hq", P2)].time_in_status_s["down"] == 0.0
     assert by[("hq", P2)].sla_compliance_pct == {"default": 100.0, "voice": 100.0}
+
+
+def test_a_dead_path_has_no_latency_in_the_path_summaries(basic: tuple[Path, SyntheticTruth, RunData, Analysis],
+                                                          tmp_path: Path) -> None:
+    """Samples taken while a path was Down count for no latency or jitter, whatever the file says: a run
+    written before the agents left them empty has 0 there (a window with no answer), or a stale value."""
+    d = tmp_path / "old"
+    shutil.copytree(basic[0] / "raw", d / "raw")
+    f = d / "raw" / "path_metrics.csv"
+    lines = f.read_text().splitlines()
+    out = [lines[0]]
+    never = "hq:isp2-isp2"        # at br: make it a path that never came up
+    for k, line in enumerate(lines[1:]):
+        c = line.split(",")
+        if c[0] == "br" and c[1] == never:
+            c[3], c[4], c[5] = "down", "0.0", "0.0"
+        elif c[3] == "down":
+            c[4], c[5] = ("0.0", "0.0") if k % 2 else ("500.0", "40.0")
+        out.append(",".join(c))
+    f.write_text("\n".join(out) + "\n")
+    a = analyse(RunData.load(d))
+    by = {(p.site, p.path): p for p in a.paths}
+    want = {(p.site, p.path): p for p in basic[3].paths}
+    p1 = by[("hq", P1)]
+    assert (p1.latency_min_ms, p1.latency_mean_ms, p1.latency_max_ms) == (12.0, 12.0, 12.0)
+    assert p1.jitter_mean_ms == pytest.approx(0.3)
+    dead = by.pop(("br", never))
+    del want[("br", never)]
+    assert by == want              # as if the cells had been empty: every figure the same
+    assert (dead.latency_mean_ms, dead.latency_min_ms, dead.latency_max_ms, dead.jitter_mean_ms) == (None,) * 4
+    # the table says the same: no 0.0 anywhere, a dash for the path that never answered
+    from emulation.report.tables import paths_table
+
+    rows = {(r["site"], r["path"]): r for r in paths_table(a).frame.to_dict("records")}
+    assert rows[("hq", P1)]["latency mean/min/max (ms)"] == "12.0/12.0/12.0"
+    assert rows[("br", never)]["latency mean/min/max (ms)"] == "–/–/–"
+
+
+def test_path_series_leaves_gaps_and_down_spans_say_where(
+        basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    _, _, run, _ = basic
+    ps = path_series(run, "hq")
+    assert set(ps["site"]) == {"hq"}
+    down = ps["status"] == "down"
+    assert down.any() and ps.loc[down, "latency_ms"].isna().all() and ps.loc[down, "jitter_ms"].isna().all()
+    assert ps.loc[~down, "latency_ms"].notna().all()
+    assert ps.loc[down, "loss_pct"].eq(100.0).all()               # loss is measured while Down
+    # hq's two paths over hq.isp1: Down from the sample at 20.2 s to the first Up one, 40.6 s
+    spans = down_spans(run, "hq")
+    assert sorted(spans) == [("hq", "br:isp1-isp1"), ("hq", "br:isp1-isp2")]
+    assert all(v == [(pytest.approx(20.2), pytest.approx(40.6))] for v in spans.values())
+    assert sorted(down_spans(run)) == [("br", "hq:isp1-isp1"), ("br", "hq:isp2-isp1"), *sorted(spans)]
+
+
+def test_the_paths_plot_draws_no_latency_for_a_dead_path(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    from emulation.report.plots import plot_path_metrics
+
+    _, _, _, a = basic
+    ax = plot_path_metrics(a, "hq").axes[0]
+    line = next(x for x in ax.get_lines() if isinstance(x, Line2D) and x.get_label() == P1)
+    t, y = np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)
+    inside = (t > 20.2 - 1e-6) & (t < 40.6 - 1e-6)       # (wall clocks near 1.7e9 s: ~0.2 µs apart)
+    assert inside.sum() == 102 and np.isnan(y[inside]).all()     # a gap, not a line at 0 ms
+    assert not np.isnan(y[~inside]).any() and np.nanmin(y) == 12.0
+    shaded = sorted((round(r.get_x(), 6), round(r.get_x() + r.get_width(), 6)) for r in ax.patches
+                    if isinstance(r, Rectangle) and r.get_alpha() == 0.12)
+    assert shaded == [(pytest.approx(20.2), pytest.approx(40.6))] * 2                 # one span per dead path
+    assert "Down: no latency (shaded)" in ax.get_legend_handles_labels()[1]
 
 
 def test_path_membership_from_ids_and_links(tmp_path: Path) -> None:
