@@ -41,13 +41,19 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    last = time.monotonic()         # before saying so: from "watching" on, every stall is measured
     print("watching", flush=True)
-    while not stop:
-        t = time.monotonic()
-        time.sleep(PERIOD_S)        # the measurement itself: how much later than asked do we wake?
-        lag_ms = (time.monotonic() - t - PERIOD_S) * 1000.0
+    while True:
+        if not stop:
+            time.sleep(PERIOD_S)    # the measurement itself: how much later than asked do we wake?
+        now = time.monotonic()
+        # a stop that ends a stall (the watcher stopped, resumed and told to end at once) still reports it
+        lag_ms = (now - last - PERIOD_S) * 1000.0
+        last = now
         if lag_ms >= REPORT_MS:
             print(f"{time.time():.4f},{lag_ms:.1f}", flush=True)
+        if stop:
+            break
     return 0
 
 

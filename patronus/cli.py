@@ -57,8 +57,8 @@ def demo(
                 table.add_column(col, justify="right" if col != "path" else "left")
             for name, (status, m) in data["paths"].items():
                 color = {"up": "green", "degraded": "yellow", "down": "red"}[status]
-                table.add_row(name, f"[{color}]{status}[/{color}]", f"{m.latency_ms:.1f}", f"{m.jitter_ms:.1f}",
-                              f"{m.loss_pct:.1f}", f"{m.score:.1f}")
+                table.add_row(name, f"[{color}]{status}[/{color}]", _num(m.measured_latency_ms),
+                              _num(m.measured_jitter_ms), f"{m.loss_pct:.1f}", f"{m.score:.1f}")
             console.print(table)
             return
         style = _STYLE.get(kind, "")

@@ -22,7 +22,16 @@ from emulation.measure.flows import (
     longest_gap,
     nearest_rank,
 )
-from emulation.measure.ledger import STAGE_TITLES, STAGES, Detection, LedgerEntry, detections, ledger, ledger_frame
+from emulation.measure.ledger import (
+    STAGE_TITLES,
+    STAGES,
+    Detection,
+    LedgerEntry,
+    detections,
+    ledger,
+    ledger_frame,
+    stage_order_problems,
+)
 from emulation.measure.paths import PathSummary, path_series, path_summaries
 from emulation.measure.rundata import FlowSpec, RunData, RunInfo, SlaTarget, load_run
 from emulation.measure.sla import SlaResult, flow_sla
@@ -33,5 +42,5 @@ __all__ = [
     "LedgerEntry", "PathSummary", "RawDataError", "RunData", "RunInfo", "SlaResult", "SlaTarget", "analyse",
     "arrivals", "detections", "edges", "evaluate", "flow_sla", "flow_stats", "gaps_frame", "latency_cdf",
     "latency_series", "ledger", "ledger_frame", "load_run", "longest_gap", "nearest_rank", "on_link",
-    "path_series", "path_summaries",
+    "path_series", "path_summaries", "stage_order_problems",
 ]

@@ -1,27 +1,45 @@
 """The failover ledger: per edge that breaks or degrades a link, and per flow then on that link, when
 each stage of the failover happened, relative to the moment the impairment took effect.
 
-Stages (ms after the edge's `applied_at`, None when it did not happen within the edge's window):
+Stages (ms after the edge's `applied_at`, None when it did not happen within the edge's window, which
+is [edge, next edge or end of run)):
   * impairment_applied     -- 0 by definition (timeline.csv applied_at);
-  * first_probe_lost       -- the first path_metrics sample at the flow's source site, at or after the
-                              edge, where the cumulative probes_timed_out of one of the flow's
-                              candidate paths increased (so it is bounded by the sampling interval);
+  * first_probe_lost       -- the first ProbeLost event at the flow's source site for a candidate path:
+                              the moment the agent gave up on the first unanswered probe of a run of
+                              misses (its timeout; `sent_at` says when it left), exact to the agent's
+                              clock. Runs written before that event existed have none: for them only,
+                              the first path_metrics sample where a candidate's cumulative
+                              probes_timed_out rose stands in (late by up to the sampling interval);
   * path_declared          -- the first PathStatusChanged at the source site making a candidate path
                               worse (to degraded or down); `declared` says which;
-  * routing_decision       -- the first FailoverTriggered at the source site whose from_path is a
-                              candidate. The agent's router works per slot (an aggregate), so it is
-                              matched by path and time, not by the flow's 5-tuple; when several
-                              slots move, the one whose to_path the flow's packets were seen on wins,
-                              then the one whose policy is named like the flow's class, then the
-                              earliest;
+  * routing_decision       -- a FailoverTriggered at the source site whose from_path is a candidate.
+                              The agent's router works per slot (an aggregate), so it is matched by path
+                              and time, not by the flow's 5-tuple; when several slots move, the one
+                              whose to_path the flow's packets were seen on wins, then the one whose
+                              policy is named like the flow's class, then the earliest;
   * steering_changed       -- the first SteeringApplied at the source site at or after that decision
-                              (naming its to_path, if it lists paths);
+                              (naming its to_path, if it lists paths), at its `begun_at` (the kernel
+                              transaction handed over: the switch happened between then and `at`, and a
+                              packet may take the new path from the first instant; runs without it: `at`);
   * first_packet_new_path  -- the send time of the flow's first packet, at or after the edge, on a
                               path other than the one it was on (needs packets.csv's `path`);
   * sla_restored           -- the earliest of: the next SlaRestored at the source site for a
                               candidate path (subject `path` or `path/class`, class matching) and the
                               send time at which the flow's rolling SLA held again after breaking
-                              (`sla_violated_ms` says when it broke; both None: it never broke).
+                              (`sla_violated_ms` says when it first broke after the edge; both None:
+                              it never broke).
+
+Every row is in order: each stage is at or after the ones before it that happened. That is a matter of
+matching each stage to its cause, not of adjusting times: the flow's move is matched first (its first
+packet on a new path), and a decision or steering change after that packet did not put it there; a
+declaration after the routing decision did not cause it (a score below the policy's threshold, or a
+dead tunnel, moves flows off a path the monitor still calls Up), and a probe lost after the
+declaration did not lead to it: the earlier stages are the first events no later than the first stage
+after them that happened. The SLA restore is the first one at or after the declaration, decision,
+steering and first packet (one before the flow moved ended an earlier break, not this one), and the
+first probe lost is bounded by it too (a probe lost after the SLA came back did not break it).
+`stage_order_problems` checks a ledger for this.
+
 Candidate paths: the flow's path at the edge (the path of its last packet sent before it) when the
 packets name paths; else every path of the source site toward the flow's destination on that link.
 A flow is on the ledger for an edge when it is active then and a candidate path crosses the link --
@@ -29,8 +47,8 @@ and, when its path is unknown, when its site's router also moved a candidate pat
 packets in the window (otherwise every flow that *might* have used the link would be listed).
 
 Also per entry: `gap_ms`, the longest interval between the flow's arrivals over the window (see
-flows.longest_gap), and `lost_packets`, the flow's packets sent in the window and lost; the window is
-[edge, next edge or end of run], clipped to the flow's active time.
+flows.longest_gap), and `lost_packets`, the flow's packets sent in the window and lost; both over the
+window clipped to the flow's active time.
 """
 
 from __future__ import annotations
@@ -43,7 +61,7 @@ import pandas as pd
 
 from emulation.measure.flows import NS, arrivals, has_path_data, longest_gap, lost_between
 from emulation.measure.rundata import FlowSpec, RunData
-from emulation.measure.sla import rolling_break_and_restore
+from emulation.measure.sla import rolling_break_and_restores
 from emulation.measure.timeline import Edge, edges, on_link, path_leads_to, site_paths, window_end
 
 STAGES = ("impairment_applied", "first_probe_lost", "path_declared", "routing_decision", "steering_changed",
@@ -111,6 +129,7 @@ def _candidates(run: RunData, spec: FlowSpec, edge: Edge, current: str | None) -
 def _entry(run: RunData, spec: FlowSpec, edge: Edge, end: float) -> LedgerEntry | None:
     t0 = run.run.t0
     applied_ns = run.t0_ns + round((edge.applied_at - t0) * NS)
+    end_ns = run.t0_ns + round((end - t0) * NS)
     rel_applied = edge.applied_at - t0
     if not (spec.start_s <= rel_applied < spec.stop_s):
         return None
@@ -121,35 +140,29 @@ def _entry(run: RunData, spec: FlowSpec, edge: Edge, end: float) -> LedgerEntry 
     site = spec.src_site
     ref = edge.applied_at
 
-    # first probe lost
-    pm = run.path_metrics
-    pm = pm[(pm["site"] == site) & pm["path"].isin(cands)]
-    probe_lost: float | None = None
-    if not pm.empty:
-        inc = pm.groupby("path", sort=False)["probes_timed_out"].diff().fillna(0) > 0
-        hit = pm[inc & (pm["at"] >= ref) & (pm["at"] < end)]
-        probe_lost = float(hit["at"].min()) if not hit.empty else None
+    def wall(ns: np.ndarray) -> np.ndarray:
+        out: np.ndarray = t0 + (ns - run.t0_ns) / NS
+        return out
 
     ev = run.events
     ev = ev[(ev["site"] == site) & (ev["at"] >= ref) & (ev["at"] < end)]
-    psc = ev[(ev["kind"] == "PathStatusChanged") & ev["path_id"].isin(cands)]
-    worse = [_RANK.get(n, -1) > _RANK.get(o, 3) and n in ("down", "degraded")
-             for o, n in zip(psc["old"], psc["new"], strict=True)]
-    declared_row = _first(psc[np.array(worse, dtype=bool)] if len(psc) else psc)
 
-    # the first packet on another path
+    # the flow's move: its first packet on another path
     new_path: str | None = None
     first_new: float | None = None
     if spec.has_packets:
         a = arrivals(run, spec.name)
-        end_ns = run.t0_ns + round((end - t0) * NS)
         other = (a.path != "") & ((a.path != current) if current is not None else ~np.isin(a.path, cands))
         sel = np.flatnonzero((a.sent_ns >= applied_ns) & (a.sent_ns < end_ns) & other)
+        sel = sel[wall(a.sent_ns[sel]) >= ref]
         if len(sel):
             new_path = str(a.path[sel[0]])
-            first_new = t0 + (int(a.sent_ns[sel[0]]) - run.t0_ns) / NS
+            first_new = float(wall(a.sent_ns[sel[:1]])[0])
 
+    # the decision that moved it: none after its first packet on the new path
     fo = ev[(ev["kind"] == "FailoverTriggered") & ev["from_path"].isin(cands)]
+    if first_new is not None:
+        fo = fo[fo["at"] <= first_new]
     decision = None
     if not fo.empty:
         for pick in (fo[fo["to_path"] == new_path] if new_path else fo.iloc[:0],
@@ -157,16 +170,36 @@ def _entry(run: RunData, spec: FlowSpec, edge: Edge, end: float) -> LedgerEntry 
             if not pick.empty:
                 decision = pick.iloc[0]
                 break
+    decision_at = None if decision is None else float(decision["at"])
 
+    # the kernel's change for it: at or after the decision, not after the packet it let through
     steering: float | None = None
     if decision is not None:
-        st = ev[(ev["kind"] == "SteeringApplied") & (ev["at"] >= decision["at"])]
-        st = st[np.array([not paths or decision["to_path"] in paths for paths in st["paths"]], dtype=bool)]
-        steering = float(st["at"].iloc[0]) if not st.empty else None
+        st = ev[ev["kind"] == "SteeringApplied"]
+        st_at = st["begun_at"].where(st["begun_at"].notna(), st["at"])
+        ok = (st_at >= decision_at).to_numpy(dtype=bool, copy=True)
+        ok &= np.array([not paths or decision["to_path"] in paths for paths in st["paths"]], dtype=bool)
+        if first_new is not None:
+            ok &= (st_at <= first_new).to_numpy(dtype=bool)
+        if ok.any():
+            steering = float(st_at[ok].iloc[0])
 
-    # SLA restored: the agent's SlaRestored for the path/class, or the flow's own rolling SLA
+    # the declaration: the first one no later than the first action that followed it
+    action = next((t for t in (decision_at, steering, first_new) if t is not None), None)
+    psc = ev[(ev["kind"] == "PathStatusChanged") & ev["path_id"].isin(cands)]
+    worse = np.array([_RANK.get(n, -1) > _RANK.get(o, 3) and n in ("down", "degraded")
+                      for o, n in zip(psc["old"], psc["new"], strict=True)], dtype=bool)
+    psc = psc[worse] if len(psc) else psc
+    if action is not None:
+        psc = psc[psc["at"] <= action]
+    declared_row = _first(psc)
+    declared_at = None if declared_row is None else float(declared_row["at"])
+
+    # SLA restored: the agent's SlaRestored for the path/class, or the flow's own rolling SLA, at or
+    # after the failover's stages
+    anchor = max([ref, *(t for t in (declared_at, decision_at, steering, first_new) if t is not None)])
     restored: list[float] = []
-    sr = ev[ev["kind"] == "SlaRestored"]
+    sr = ev[(ev["kind"] == "SlaRestored") & (ev["at"] >= anchor)]
     if not sr.empty:
         subj = sr["subject"]
         match = subj.isin(cands) | subj.isin([f"{c}/{spec.traffic_class}" for c in cands])
@@ -174,18 +207,24 @@ def _entry(run: RunData, spec: FlowSpec, edge: Edge, end: float) -> LedgerEntry 
         hit = sr[match & cls_ok]
         if not hit.empty:
             restored.append(float(hit["at"].iloc[0]))
-    broke_ns, back_ns = rolling_break_and_restore(
-        run, spec, applied_ns, run.t0_ns + round((end - t0) * NS))
-    if back_ns is not None:
-        restored.append(t0 + (back_ns - run.t0_ns) / NS)
+    broke_ns, backs_ns = rolling_break_and_restores(run, spec, applied_ns, end_ns)
+    backs = wall(backs_ns)
+    backs = backs[backs >= anchor]
+    if len(backs):
+        restored.append(float(backs[0]))
+    sla_back = min(restored) if restored else None
     sla_broke = None if broke_ns is None else t0 + (broke_ns - run.t0_ns) / NS
+
+    # the first probe lost: no later than the first stage after it
+    bound = next((t for t in (declared_at, action, sla_back) if t is not None), None)
+    probe_lost = _first_probe_lost(run, ev, site, cands, ref, end, bound)
 
     gap_ms: float | None = None
     lost: int | None = None
     if spec.has_packets:
         a = arrivals(run, spec.name)
         lo = max(applied_ns, a.ns(spec.start_s))
-        hi = min(run.t0_ns + round((end - t0) * NS), a.ns(spec.stop_s))
+        hi = min(end_ns, a.ns(spec.stop_s))
         gap_ns, _ = longest_gap(a.arrival_times(), lo, hi)
         gap_ms = gap_ns / 1e6
         lost = lost_between(a, lo, hi)
@@ -198,11 +237,11 @@ def _entry(run: RunData, spec: FlowSpec, edge: Edge, end: float) -> LedgerEntry 
     stages = {
         "impairment_applied": 0.0,
         "first_probe_lost": _ms(probe_lost, ref),
-        "path_declared": _ms(None if declared_row is None else float(declared_row["at"]), ref),
-        "routing_decision": _ms(None if decision is None else float(decision["at"]), ref),
+        "path_declared": _ms(declared_at, ref),
+        "routing_decision": _ms(decision_at, ref),
         "steering_changed": _ms(steering, ref),
         "first_packet_new_path": _ms(first_new, ref),
-        "sla_restored": _ms(min(restored) if restored else None, ref),
+        "sla_restored": _ms(sla_back, ref),
     }
     to_path = str(decision["to_path"]) if decision is not None else new_path
     from_path = current if current is not None else (
@@ -213,6 +252,37 @@ def _entry(run: RunData, spec: FlowSpec, edge: Edge, end: float) -> LedgerEntry 
         applied_s=rel_applied, window_end_s=end - t0, from_path=from_path, to_path=to_path,
         declared=None if declared_row is None else str(declared_row["new"]), stages_ms=stages,
         sla_violated_ms=_ms(sla_broke, ref), gap_ms=gap_ms, lost_packets=lost)
+
+
+def _first_probe_lost(run: RunData, ev: pd.DataFrame, site: str, cands: list[str], ref: float, end: float,
+                      bound: float | None) -> float | None:
+    """The first ProbeLost of a candidate path in `ev` (the site's events of the window), no later than
+    `bound`. A run without any ProbeLost event (written before they existed) falls back on the first
+    path_metrics sample in the window where a candidate's probes_timed_out rose."""
+    if has_probe_lost(run):
+        pl = ev[(ev["kind"] == "ProbeLost") & ev["path_id"].isin(cands)]
+        if bound is not None:
+            pl = pl[pl["at"] <= bound]
+        return float(pl["at"].iloc[0]) if not pl.empty else None
+    pm = run.path_metrics
+    pm = pm[(pm["site"] == site) & pm["path"].isin(cands)]
+    if pm.empty:
+        return None
+    inc = pm.groupby("path", sort=False)["probes_timed_out"].diff().fillna(0) > 0
+    hit = pm[inc & (pm["at"] >= ref) & (pm["at"] < end)]
+    if bound is not None:
+        hit = hit[hit["at"] <= bound]
+    return float(hit["at"].min()) if not hit.empty else None
+
+
+def has_probe_lost(run: RunData) -> bool:
+    """Whether the run's agents said when probes were lost (ProbeLost events): every run written since
+    the event exists does, as soon as any probe of any path went unanswered."""
+    key = "ledger:has_probe_lost"
+    if key not in run._cache:
+        run._cache[key] = bool((run.events["kind"] == "ProbeLost").any())
+    out: bool = run._cache[key]
+    return out
 
 
 def ledger(run: RunData) -> list[LedgerEntry]:
@@ -226,6 +296,23 @@ def ledger(run: RunData) -> list[LedgerEntry]:
             entry = _entry(run, spec, edge, end)
             if entry is not None:
                 out.append(entry)
+    return out
+
+
+def stage_order_problems(entries: Iterable[LedgerEntry]) -> list[str]:
+    """Every place a ledger row goes back in time: a stage earlier than a stage before it (stages that
+    did not happen are skipped). Empty for a sound ledger."""
+    out: list[str] = []
+    for e in entries:
+        prev: tuple[str, float] | None = None
+        for s in STAGES:
+            v = e.stages_ms[s]
+            if v is None:
+                continue
+            if prev is not None and v < prev[1]:
+                out.append(f"{e.event} · {e.flow}: {s} at {v:.3f} ms is before {prev[0]} at {prev[1]:.3f} ms")
+            if prev is None or v >= prev[1]:
+                prev = (s, v)
     return out
 
 

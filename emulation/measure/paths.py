@@ -1,11 +1,18 @@
 """Per-path summaries of path_metrics.csv (the agents' own view of each path over time).
 
 Time-weighted figures attribute the interval between two samples of a path to the earlier one (the
-last sample has no weight): `time_in_status_s` and `sla_compliance_pct`. The latter is, per class of
-run.json's `sla_targets`, the share of that time during which the path's reported latency, loss and
-jitter were all within the class's targets (and the path not down) -- the per-path, per-class SLA view.
-Means/min/max are over the samples with a value. Counters add up the increases between samples; a
-counter that goes down (the agent restarted) counts from zero again.
+last sample has no weight): `time_in_status_s`, `down_spans` and `sla_compliance_pct`. The latter is,
+per class of run.json's `sla_targets`, the share of that time during which the path's reported
+latency, loss and jitter were all within the class's targets (and the path not down) -- the per-path,
+per-class SLA view. Counters add up the increases between samples; a counter that goes down (the agent
+restarted) counts from zero again.
+
+A dead path has no latency. The agents report none (an empty cell) while no probe in the window was
+answered, and a Down path's window holds at best answers from before it died: latency and jitter of
+samples taken while the path was Down are no value here (`measured`), whatever the file says (runs
+written before the agents left it empty have 0 there). Their means, minima and maxima are over the
+samples with a value; the plots draw those spans as gaps. Loss and score keep every sample: a Down
+path lost its probes (100 %) and scores 0, and that is measured.
 """
 
 from __future__ import annotations
@@ -52,6 +59,12 @@ def _stat(values: np.ndarray, fn: str) -> float | None:
     return float(v.max()) if fn == "max" else float(v.mean())
 
 
+def measured(values: np.ndarray, status: np.ndarray) -> np.ndarray:
+    """Latency or jitter samples with NaN wherever the path was Down (no answered probe: no value)."""
+    out: np.ndarray = np.where(status == "down", np.nan, values.astype(np.float64))
+    return out
+
+
 def _counted(cumulative: np.ndarray) -> int:
     if len(cumulative) < 2:
         return 0
@@ -68,8 +81,8 @@ def path_summaries(run: RunData) -> list[PathSummary]:
         t = g["t_s"].to_numpy(dtype=np.float64)
         weight = np.append(np.diff(t), 0.0)
         status = g["status"].to_numpy(dtype=object)
-        lat = g["latency_ms"].to_numpy(dtype=np.float64)
-        jit = g["jitter_ms"].to_numpy(dtype=np.float64)
+        lat = measured(g["latency_ms"].to_numpy(dtype=np.float64), status)
+        jit = measured(g["jitter_ms"].to_numpy(dtype=np.float64), status)
         loss = g["loss_pct"].to_numpy(dtype=np.float64)
         score = g["score"].to_numpy(dtype=np.float64)
         sent = g["probes_sent"].to_numpy(dtype=np.int64)
@@ -97,6 +110,30 @@ def path_summaries(run: RunData) -> list[PathSummary]:
 
 
 def path_series(run: RunData, site: str | None = None) -> pd.DataFrame:
-    """path_metrics with scenario time, optionally for one site (for plots)."""
+    """path_metrics with scenario time, optionally for one site, latency and jitter NaN while a path
+    was Down (`measured`): what the plots draw, gaps included."""
     pm = run.path_metrics
-    return pm if site is None else pm[pm["site"] == site]
+    pm = pm if site is None else pm[pm["site"] == site]
+    pm = pm.copy()
+    status = pm["status"].to_numpy(dtype=object)
+    for c in ("latency_ms", "jitter_ms"):
+        pm[c] = measured(pm[c].to_numpy(dtype=np.float64), status)
+    return pm
+
+
+def down_spans(run: RunData, site: str | None = None) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """(site, path) → the spans (scenario seconds, start and end) during which the path was Down: from a
+    Down sample to the next sample that is not (the last sample of the run ends a span there)."""
+    pm = run.path_metrics
+    pm = pm if site is None else pm[pm["site"] == site]
+    out: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for (s, path), g in pm.groupby(["site", "path"], sort=True):
+        t = g["t_s"].to_numpy(dtype=np.float64)
+        down = (g["status"] == "down").to_numpy(dtype=bool)
+        edges = np.diff(np.concatenate(([False], down, [False])).astype(np.int8))
+        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        spans = [(float(t[a]), float(t[min(b, len(t) - 1)])) for a, b in zip(starts, ends, strict=True)]
+        spans = [(a, b) for a, b in spans if b > a]
+        if spans:
+            out[(str(s), str(path))] = spans
+    return out

@@ -32,9 +32,12 @@ Details the analysis relies on:
     agent's `remote:local-remote_uplink` form need no entry at all (timeline.py).
   * `sla_targets` entries may also give `latency_percentile` (50, 95, 99) and use the agent's human form
     (`latency: "150ms"`); an `sla_compliance` expectation may carry its own `target`.
-  * events.jsonl: kind, at, site always; PathStatusChanged path_id/old/new, FailoverTriggered and Failback
-    from_path/to_path (and `policy`, matched against the flow's class when several slots move), SlaViolated/
-    SlaRestored subject (and traffic_class); other kinds are kept and ignored.
+  * events.jsonl: kind, at, site always; ProbeLost path_id and sent_at (the first unanswered probe of a run
+    of misses: sent then, given up on at `at`), PathStatusChanged path_id/old/new, FailoverTriggered and
+    Failback from_path/to_path (and `policy`, matched against the flow's class when several slots move),
+    SteeringApplied (optional `begun_at`: when the kernel transaction began; `at` is when it returned),
+    SlaViolated/SlaRestored subject (and traffic_class); other kinds are kept and ignored. Runs written
+    before ProbeLost existed have none (the ledger then falls back on path_metrics.csv).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ HTTP_COLUMNS = ("flow", "at", "latency_ms", "ok")
 
 # Event kinds the analysis reads, and the fields each must carry (besides kind, at, site).
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {
+    "ProbeLost": ("path_id",),
     "PathStatusChanged": ("path_id", "old", "new"),
     "FailoverTriggered": ("from_path", "to_path"),
     "Failback": ("from_path", "to_path"),
@@ -78,8 +82,13 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "SlaViolated": ("subject",),
     "SlaRestored": ("subject",),
 }
+# Times (wall seconds) some kinds carry besides `at`: (field, required)
+EVENT_TIMES: dict[str, tuple[tuple[str, bool], ...]] = {
+    "ProbeLost": (("sent_at", True),),
+    "SteeringApplied": (("begun_at", False),),    # runs before it had `at` only
+}
 EVENT_COLUMNS = ("at", "t_s", "site", "kind", "path_id", "old", "new", "reason", "from_path", "to_path",
-                 "policy", "subject", "traffic_class", "paths", "line")
+                 "policy", "subject", "traffic_class", "paths", "sent_at", "begun_at", "line")
 
 _MAX_REPORTED = 3   # bad values reported per column before "and N more"
 
@@ -235,8 +244,8 @@ class RunData:
       received (bool), sent_estimated (bool: a lost packet whose row had no sent_ns, see
       _estimate_sent), sent_s, recv_s (scenario seconds, NaN when lost), delay_ms (NaN when lost)
     * `path_metrics`: the CSV's columns (floats NaN when empty) and t_s
-    * `events`: EVENT_COLUMNS ("" where an event has no such field; `paths` a tuple); `event_dicts`
-      holds each event as read
+    * `events`: EVENT_COLUMNS ("" where an event has no such field; `paths` a tuple; the times `sent_at`
+      and `begun_at` NaN where absent); `event_dicts` holds each event as read
     * `tcp` / `http`: the optional files, with t_s, or None
     """
 
@@ -645,6 +654,8 @@ def _load_events(path: Path, where: str, run: RunInfo | None,
         kind = ev.get("kind")
         if not problems and kind in EVENT_FIELDS:
             problems = [k for k in EVENT_FIELDS[kind] if not isinstance(ev.get(k), str) or not ev.get(k)]
+            problems += [k for k, required in EVENT_TIMES.get(kind, ())
+                         if not _is_number(ev.get(k)) and (required or ev.get(k) is not None)]
         if problems:
             for k in problems:
                 errors.add(f"{loc} field {k!r}", f"missing or invalid in {kind or 'event'} ({ev.get(k)!r})")
@@ -656,13 +667,15 @@ def _load_events(path: Path, where: str, run: RunInfo | None,
             "kind": kind, **{k: str(ev.get(k) or "") for k in ("path_id", "old", "new", "reason", "from_path",
                                                                "to_path", "policy", "subject", "traffic_class")},
             "paths": tuple(str(p) for p in paths) if isinstance(paths, list) else (),
+            **{k: float(ev[k]) if _is_number(ev.get(k)) else math.nan for k in ("sent_at", "begun_at")},
             "line": lineno,
         })
     if len(errors.items) > n:
         return None
     frame = pd.DataFrame(rows, columns=list(EVENT_COLUMNS))
     if not rows:
-        frame = frame.astype({"at": "float64", "t_s": "float64", "line": "int64"})
+        frame = frame.astype({"at": "float64", "t_s": "float64", "sent_at": "float64", "begun_at": "float64",
+                              "line": "int64"})
     frame = frame.sort_values(["at", "line"], kind="stable").reset_index(drop=True)
     order = sorted(range(len(dicts)), key=lambda i: (rows[i]["at"], rows[i]["line"]))
     return frame, tuple(dicts[i] for i in order)

@@ -184,25 +184,27 @@ def rolling_violations(target: SlaTarget, samples: Samples) -> np.ndarray:
     return bad
 
 
-def rolling_break_and_restore(run: RunData, spec: FlowSpec, start_ns: int,
-                              end_ns: int) -> tuple[int | None, int | None]:
-    """(when the flow's rolling SLA first broke at or after start_ns, when it next held), both
-    send times in ns before end_ns, None when that did not happen (or no target / data)."""
+def rolling_break_and_restores(run: RunData, spec: FlowSpec, start_ns: int,
+                               end_ns: int) -> tuple[int | None, np.ndarray]:
+    """(when the flow's rolling SLA first broke at or after start_ns, the send times at which it held
+    again after being broken), all send times in ns in [start_ns, end_ns): a restore is a sample that
+    meets the target after one that did not, both in the window (a break in progress at start_ns counts
+    from its first sample there). None and an empty array when it never broke (or no target / data)."""
     target = run.run.target_for(spec.traffic_class)
     samples = flow_samples(run, spec)
+    none = np.zeros(0, dtype=np.int64)
     if target is None or samples is None or len(samples.t_ns) == 0:
-        return None, None
+        return None, none
     key = f"rolling:{spec.name}"
     if key not in run._cache:
         run._cache[key] = rolling_violations(target, samples)
     bad: np.ndarray = run._cache[key]
     t = samples.t_ns
     i0, i1 = np.searchsorted(t, [start_ns, end_ns], side="left")
-    idx = np.flatnonzero(bad[i0:i1])
+    seg = bad[i0:i1]
+    idx = np.flatnonzero(seg)
     if len(idx) == 0:
-        return None, None
-    first_bad = int(i0 + idx[0])
-    ok = np.flatnonzero(~bad[first_bad:i1])
-    if len(ok) == 0:
-        return int(t[first_bad]), None
-    return int(t[first_bad]), int(t[first_bad + int(ok[0])])
+        return None, none
+    back = np.flatnonzero(seg[:-1] & ~seg[1:]) + 1      # good after bad
+    restores: np.ndarray = t[i0 + back]
+    return int(t[i0 + int(idx[0])]), restores

@@ -8,7 +8,9 @@ names them (`remote:local-remote_uplink`). Flows: `cbr`, a 1000-packet/s UDP flo
 `br:isp1-isp1`; `voip`, 50 packets/s br → hq on `hq:isp2-isp2` (never touched by the events); `web`, one
 HTTP request a second hq → br (http.csv, no packets).
 
-The default timeline: a cut of hq.isp1 at 20 s (taking effect 0.3 ms late), detected 60 ms later; the
+The default timeline: a cut of hq.isp1 at 20 s (taking effect 0.3 ms late), detected 60 ms later (the
+first probe lost, sent at 20.02 s, given up on at 20.05 s: `ProbeLost`, one per run of lost probes of
+every path, as the agents say it); the
 router moves the flow's slot to `br:isp2-isp2` at detection and steering is applied 2 ms after that,
 so every cbr packet sent between the cut and the steering change is lost (62 packets, a gap of 66 ms
 with the default delays); restore at 40 s, paths up 0.5 s later, failback after a 10 s hold without
@@ -16,7 +18,8 @@ loss. Variants (`SyntheticSpec`): `action="impair"` (a brownout: +80 ms and 30 %
 degraded, failover on threshold), `action="flap"` (down 1 s every 2 s, 3 times: the flow moves once
 and stays), `failover=False` (the agent never moves the flow), `path_column=False` (packets.csv
 without paths), `lost_send_times=False` (lost packets without sent_ns, as a receiver knows them),
-`jitter_ms` (a deterministic delay pattern), custom expectations.
+`jitter_ms` (a deterministic delay pattern), `probe_lost_events=False` (a run written before the agents
+said when a probe was lost: the ledger falls back on path_metrics.csv), custom expectations.
 
 Everything is deterministic: delays follow a fixed pattern, random losses (impair) come from a
 generator seeded with `seed`. `SyntheticTruth` gives what was injected, computed here independently of
@@ -87,6 +90,8 @@ class SyntheticSpec:
     lost_send_times: bool = True        # False: lost packets' rows have no sent_ns (receiver-side data)
     sample_interval_s: float = 0.2
     probe_interval_s: float = 0.02
+    probe_timeout_ms: float = 30.0      # a lost probe is given up on this long after it left
+    probe_lost_events: bool = True      # False: no ProbeLost events (a run written before they existed)
     expectations: Sequence[dict[str, Any]] = DEFAULT_EXPECTATIONS
     sla_targets: dict[str, dict[str, float]] = field(default_factory=lambda: {
         "voice": {"latency_ms": 50.0, "loss_pct": 1.0, "jitter_ms": 5.0},
@@ -210,7 +215,8 @@ def write_synthetic_run(directory: str | Path, spec: SyntheticSpec | None = None
     # --- path metrics -------------------------------------------------------------------------------
     probe_t = np.arange(0.0, spec.duration_s, spec.probe_interval_s) + t0
     metric_rows: list[list[Any]] = []
-    first_probe_lost: float | None = None
+    first_probe_lost: float | None = None       # by the samples (runs without ProbeLost events)
+    probe_lost: list[dict[str, Any]] = []       # the agents' ProbeLost events: the first miss of each run
     for si, site in enumerate(SITES):
         other = "br" if site == "hq" else "hq"
         affected = set(link_paths(site))
@@ -224,6 +230,10 @@ def write_synthetic_run(directory: str | Path, spec: SyntheticSpec | None = None
                         inside = (probe_t >= a) & (probe_t < b)
                         lost_probe |= inside if spec.action != "impair" else inside & (
                             (np.arange(len(probe_t)) % 10) < round(spec.impair_loss * 10))
+                starts = np.flatnonzero(lost_probe & ~np.concatenate(([False], lost_probe[:-1])))
+                for i in starts.tolist():
+                    probe_lost.append({"kind": "ProbeLost", "at": float(probe_t[i]) + spec.probe_timeout_ms / 1000.0,
+                                       "site": site, "path_id": pid, "seq": i, "sent_at": float(probe_t[i])})
                 prev_to = 0
                 k = 0
                 while True:
@@ -258,7 +268,7 @@ def write_synthetic_run(directory: str | Path, spec: SyntheticSpec | None = None
         w.writerows(metric_rows)
 
     # --- agent events -------------------------------------------------------------------------------
-    events: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = list(probe_lost) if spec.probe_lost_events else []
     fk = {"src_ip": "10.1.0.10", "dst_ip": "10.2.0.10", "src_port": 40001, "dst_port": 5001, "protocol": 17}
     for a, b in down:
         for si, site in enumerate(SITES):
@@ -327,6 +337,15 @@ def write_synthetic_run(directory: str | Path, spec: SyntheticSpec | None = None
     arr = np.sort(recv[~lost])
     gap_first = _gap(arr, round((lo - t0) * NS) + t0_ns, round((hi - t0) * NS) + t0_ns)
     whole = _gap(arr, t0_ns + round(spec.flow_start_s * NS), t0_ns + round(spec.flow_stop_s * NS))
+    # the ledger's first probe lost: the first at or after the edge that came no later than the declaration
+    bound = applied + spec.detect_ms / 1000.0
+    if spec.probe_lost_events:
+        at_p1 = sorted(e["at"] for e in probe_lost if e["site"] == "hq" and e["path_id"] == P1 and e["at"] >= applied)
+        lost_at = at_p1[0] if at_p1 else None
+    else:
+        lost_at = first_probe_lost
+    if lost_at is not None and lost_at > bound:
+        lost_at = None
     first_new = None
     if moved and spec.path_column:
         idx = np.flatnonzero(on_p2 & ~lost)
@@ -335,7 +354,7 @@ def write_synthetic_run(directory: str | Path, spec: SyntheticSpec | None = None
         spec=spec, applied_at=applied, detect_ms=spec.detect_ms,
         decision_ms=spec.detect_ms if moved else None, steering_ms=spec.detect_ms + spec.steer_ms if moved else None,
         first_new_packet_ms=first_new,
-        first_probe_lost_ms=None if first_probe_lost is None else (first_probe_lost - applied) * 1000.0,
+        first_probe_lost_ms=None if lost_at is None else (lost_at - applied) * 1000.0,
         lost_in_first_window=lost_in_first, gap_first_window_ms=gap_first / 1e6, cbr_lost=int(lost.sum()),
         cbr_sent=cbr_sent, cbr_max_gap_ms=whole / 1e6, down_intervals=down)
 

@@ -6,7 +6,8 @@ rendered by Agg, so reports render headless and a notebook that imports this mod
 Figure, and returns the figure.
 
 * per site: path latency / loss / score over time, timeline edges as vertical lines, failover spans
-  (impairment → traffic on the new path) shaded;
+  (impairment → traffic on the new path) shaded; a Down path has no latency: a gap in its line, the
+  span shaded in its colour (`emulation.measure.paths.path_series`, `down_spans`);
 * per flow: one-way delay over time (by path; lost packets as ticks at the bottom);
 * latency CDFs of every flow;
 * the failover ledger: each stage's time per (event, flow).
@@ -29,6 +30,7 @@ from matplotlib.figure import Figure
 from emulation.measure.analysis import Analysis
 from emulation.measure.flows import latency_cdf, latency_series
 from emulation.measure.ledger import STAGE_TITLES, STAGES, LedgerEntry
+from emulation.measure.paths import down_spans, path_series
 from emulation.measure.timeline import edges
 
 ACTION_COLOURS = {"cut": "#d62728", "restore": "#2ca02c", "impair": "#ff7f0e", "ramp": "#8c564b",
@@ -101,8 +103,9 @@ def shade_failovers(ax: Axes, entries: Sequence[LedgerEntry]) -> None:
 
 
 def plot_path_metrics(a: Analysis, site: str, axes: Sequence[Axes] | None = None) -> Figure:
-    pm = a.run.path_metrics
-    pm = pm[pm["site"] == site]
+    """Latency (gaps where a path was Down: it has none, and each Down span shaded in the path's colour),
+    loss and score of every path of `site` over time."""
+    pm = path_series(a.run, site)
     if axes is None:
         fig = new_figure(11, 7.5)
         axes = list(fig.subplots(3, 1, sharex=True))
@@ -113,6 +116,11 @@ def plot_path_metrics(a: Analysis, site: str, axes: Sequence[Axes] | None = None
         axes[0].plot(g["t_s"], g["latency_ms"], color=c, label=str(path), linewidth=1.0)
         axes[1].plot(g["t_s"], g["loss_pct"], color=c, linewidth=1.0)
         axes[2].plot(g["t_s"], g["score"], color=c, linewidth=1.0)
+    spans = down_spans(a.run, site)
+    for k, ((_, path), ss) in enumerate(sorted(spans.items())):
+        for i, (lo, hi) in enumerate(ss):
+            axes[0].axvspan(lo, hi, color=colours[path], alpha=0.12, linewidth=0,
+                            label="Down: no latency (shaded)" if k == i == 0 else None)
     for ax, label in zip(axes, ("latency (ms)", "loss (%)", "score"), strict=True):
         ax.set_ylabel(label)
         ax.set_xlim(0, a.run.run.duration_s)

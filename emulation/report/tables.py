@@ -180,8 +180,9 @@ def paths_table(a: Analysis) -> Table:
     cols = ["site", "path", "links", "latency mean/min/max (ms)", "loss mean/max (%)", "score mean/min",
             "up/degraded/down (s)", "status changes", "probes lost", "SLA by class"]
     return Table("Paths (the agents' measurements)", pd.DataFrame(rows, columns=cols),
-                 note="SLA by class: share of the time the path's own latency, loss and jitter met the class's "
-                      "targets.")
+                 note="Latency is over the samples of a path that was not Down (a dead path has no latency: – when "
+                      "it never answered). SLA by class: share of the time the path's own latency, loss and jitter "
+                      "met the class's targets.")
 
 
 def timeline_table(a: Analysis) -> Table:

@@ -90,8 +90,9 @@ class AgentControl(Protocol):
 
     def list_paths(self) -> list[dict[str, Any]]:
         """One dict per path with at least: id, remote, uplink, remote_uplink, interface, status
-        ("up"/"degraded"/"down"), status_since, latency_ms, jitter_ms, loss_pct, score, bandwidth_mbps,
-        mtu_bytes, cost_per_gb, probes_sent, probes_received, probes_rejected, flows."""
+        ("up"/"degraded"/"down"), status_since, latency_ms, jitter_ms (None while no probe in the window
+        was answered: a dead path has no latency), loss_pct, score, bandwidth_mbps, mtu_bytes,
+        cost_per_gb, probes_sent, probes_received, probes_rejected, flows."""
         ...
 
     def path_history(self, path_id: str, since: float | None, until: float | None,

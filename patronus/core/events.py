@@ -64,6 +64,19 @@ class SendProbe(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeLost(Event):
+    """Probe `seq` of `path_id`, sent at `sent_at`, timed out at `at` (when the monitor knew it was
+    lost), and it is the first unanswered probe of a run of misses: the probe before it was answered,
+    or it was the path's first. Said once a run, never for the misses after it (a long cut is one
+    event). `sent_at` is on the driver's clock, like `at`. A reply that comes late after all ends the
+    run; the event stands, as what the monitor knew at its time."""
+
+    path_id: PathId
+    seq: int
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class PathStatusChanged(Event):
     path_id: PathId
     old: PathStatus

@@ -154,6 +154,18 @@ class PathMetrics:
     mtu_bytes: int = 1500
     cost_per_gb: float = 0.0
     samples: int = 0
+    answered: int = 0     # of the samples, answered probes: latency and jitter are theirs (0: no value)
+
+    @property
+    def measured_latency_ms(self) -> float | None:
+        """The latency, or None when no probe in the window was answered (a dead path has none; the
+        0 in `latency_ms` then is no measurement). What to show outside the core."""
+        return self.latency_ms if self.answered else None
+
+    @property
+    def measured_jitter_ms(self) -> float | None:
+        """The jitter, or None when no probe in the window was answered."""
+        return self.jitter_ms if self.answered else None
 
     def with_(self, **changes: object) -> PathMetrics:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -2,8 +2,11 @@
 
 What may change state here: `add_path`/`remove_path`, `on_timer(now)` (sends due, timeouts due,
 reports due), `on_probe_reply(...)` and `on_probe_result(...)`. Every status transition happens in
-`PathMonitor._settle`. This module must not know about sockets, clocks, routing or flows: it turns
-probe outcomes into `PathStatusChanged` / `PathMetricsUpdated` events and `SendProbe` actions.
+`PathMonitor._settle`; every probe given up on is recorded in `PathMonitor._lost`, which starts a run
+of misses and says so (`ProbeLost`, once a run: the exact moment a failure first showed, for the
+failover ledger) when the probe before was answered. This module must not know about sockets, clocks,
+routing or flows: it turns probe outcomes into `ProbeLost` / `PathStatusChanged` / `PathMetricsUpdated`
+events and `SendProbe` actions.
 
 Liveness (in the style of BFD, RFC 5880): a path is Down once `detect_multiplier` consecutive probes
 went unanswered within their timeout, and comes back only after `up_count` consecutive answered
@@ -47,7 +50,7 @@ from enum import IntEnum
 from typing import Any
 
 from patronus.core.errors import ConfigError
-from patronus.core.events import Event, PathMetricsUpdated, PathStatusChanged, SendProbe
+from patronus.core.events import Event, PathMetricsUpdated, PathStatusChanged, ProbeLost, SendProbe
 from patronus.core.model import PathId, PathMetrics, PathStatus
 from patronus.core.quality import ProbeWindow, quality_score, status_for
 from patronus.core.units import format_duration, parse_duration
@@ -245,7 +248,8 @@ class _PathState:
         w = self.window
         return PathMetrics(latency_ms=w.mean_ms, jitter_ms=self.jitter_ms(), loss_pct=w.loss_pct,
                            score=self.score, measured_at=now, bandwidth_mbps=self.bandwidth_mbps,
-                           mtu_bytes=self.mtu_bytes, cost_per_gb=self.cost_per_gb, samples=len(w))
+                           mtu_bytes=self.mtu_bytes, cost_per_gb=self.cost_per_gb, samples=len(w),
+                           answered=w.received)
 
     def next_wake(self) -> float:
         send = self.coast_resume_at if self.next_send_at < self.coast_end else self.next_send_at
@@ -462,13 +466,13 @@ class PathMonitor:
         """Feed one probe outcome directly (None = lost), bypassing the probe schedule."""
         st = self._state(path_id)
         st.sent += 1
+        seq = st.next_seq
+        st.next_seq += 1
         if rtt_s is None:
-            st.timed_out += 1
-            if st.miss_run == 0:
-                st.miss_since = now
-        else:
-            st.received += 1
-            st.answered_sent_at = now - rtt_s
+            self._lost(st, seq, now, now)
+            return
+        st.received += 1
+        st.answered_sent_at = now - rtt_s
         self._outcome(st, rtt_s, now)
 
     # -- coasting: flow-level probing --------------------------------------------------------------
@@ -649,10 +653,7 @@ class PathMonitor:
                 self._settle_coast(st, now)     # a probe the driver vouched for timed out
             for _, seq in due:
                 sent_at = st.outstanding.pop(seq)[0]
-                st.timed_out += 1
-                if st.miss_run == 0:
-                    st.miss_since = sent_at
-                self._outcome(st, None, now)
+                self._lost(st, seq, sent_at, now)
                 st.expired[seq] = (sent_at, st.window.last_serial)
                 if len(st.expired) > _EXPIRED_KEEP:
                     del st.expired[next(iter(st.expired))]
@@ -673,6 +674,18 @@ class PathMonitor:
                                                        status=st.status))
             nxt = st.next_report_at + st.profile.report_interval_s
             st.next_report_at = nxt if nxt > now else now + st.profile.report_interval_s
+
+    def _lost(self, st: _PathState, seq: int, sent_at: float, now: float) -> None:
+        """The one place a probe is given up on (its timeout fired at `now`, or a caller said so). The
+        first miss of a run (the probe before was answered, or this is the path's first) starts the run
+        and is said as `ProbeLost`, before any verdict it leads to; the misses after it are not (a long
+        cut must not flood the events). Coasted probes are never lost: a probe the driver vouched for
+        that times out ends the coast first (`_service`) and comes here like any other."""
+        st.timed_out += 1
+        if st.miss_run == 0:
+            st.miss_since = sent_at
+            self._events.append(ProbeLost(at=now, path_id=st.path_id, seq=seq, sent_at=sent_at))
+        self._outcome(st, None, now)
 
     def _outcome(self, st: _PathState, rtt_s: float | None, now: float) -> None:
         w = st.window

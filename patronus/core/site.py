@@ -40,6 +40,7 @@ from patronus.core.events import (
     Event,
     PathMetricsUpdated,
     PathStatusChanged,
+    ProbeLost,
     SendProbe,
 )
 from patronus.core.model import Path, PathId, PathStatus, SiteId
@@ -56,6 +57,7 @@ class Step:
     """What one `pump` produced, in the order it happened."""
 
     probes: list[SendProbe] = field(default_factory=list)
+    lost: list[ProbeLost] = field(default_factory=list)             # first misses of runs: for the record only
     status: list[PathStatusChanged] = field(default_factory=list)   # the monitor's verdicts, as made
     router: list[Event] = field(default_factory=list)               # FlowAssigned, FailoverTriggered, ...
     sla: list[Event] = field(default_factory=list)                  # SlaViolated, SlaRestored
@@ -243,6 +245,9 @@ class SiteLogic:
         for ev in mon.drain_events():
             if isinstance(ev, SendProbe):
                 step.probes.append(ev)
+                continue
+            if isinstance(ev, ProbeLost):
+                step.lost.append(ev)      # the router and the SLA learn of losses from the verdicts
                 continue
             if isinstance(ev, PathStatusChanged):
                 step.status.append(ev)

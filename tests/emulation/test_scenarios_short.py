@@ -66,10 +66,23 @@ def test_shipped_scenario_short_passes_and_leaves_nothing(name: str, tmp_path: P
               "plots"):
         assert (out / f).exists(), f
     assert not leftovers, leftovers
+    _ledger_in_order(out)
     if name == "failover-basic":
         fo = [f for f in summary["failovers"] if f["flow"] == "cbr"]
         assert fo and fo[0]["gap_ms"] < 300 and fo[0]["detect_ms"] < 200
         _sim_agrees(scenario, out, tmp_path / "sim")
+
+
+def _ledger_in_order(out: Path) -> None:
+    """Every stage of every ledger row at or after the ones before it; the agents said when probes were
+    lost; no path has a latency of 0 (a dead path has none: an empty cell)."""
+    from emulation.measure import RunData, ledger, stage_order_problems
+
+    run = RunData.load(out)
+    entries = ledger(run)
+    assert entries and stage_order_problems(entries) == []
+    assert (run.events["kind"] == "ProbeLost").any()
+    assert not (run.path_metrics["latency_ms"] == 0.0).any()
 
 
 def _run(scenario: Path, out: Path) -> subprocess.CompletedProcess[str]:

@@ -24,7 +24,11 @@ from emulation.measure import (
     longest_gap,
     nearest_rank,
     on_link,
+    path_series,
+    stage_order_problems,
 )
+from emulation.measure.ledger import LedgerEntry
+from emulation.measure.paths import down_spans
 from emulation.measure.rundata import parse_target
 from emulation.measure.synthetic import P1, P2, SyntheticSpec, SyntheticTruth, write_raw_dir, write_synthetic_run
 from emulation.measure.timeline import window_end
@@ -86,9 +90,10 @@ def test_ledger_stages_come_out_at_the_injected_times(basic: tuple[Path, Synthet
     assert s["steering_changed"] == pytest.approx(62.0, abs=MS)
     # the first packet sent at or after the steering change (20.0623 s) leaves at 20.063 s
     assert s["first_packet_new_path"] == pytest.approx(62.7, abs=MS) == pytest.approx(truth.first_new_packet_ms)
-    # path metrics are sampled every 0.2 s: the first sample after the cut showing timeouts is at 20.2 s
+    # the agent's ProbeLost: the probe sent at 20.02 s (the first after the cut) given up on 30 ms later
     assert truth.first_probe_lost_ms is not None
-    assert s["first_probe_lost"] == pytest.approx(truth.first_probe_lost_ms, abs=MS) == pytest.approx(199.7, abs=MS)
+    assert s["first_probe_lost"] == pytest.approx(truth.first_probe_lost_ms, abs=MS) == pytest.approx(49.7, abs=MS)
+    assert stage_order_problems(a.ledger) == []
     # the rolling 1-s loss passes 1 % with the 11th lost packet (sent at 20.011 s) and is back at 1 %
     # when only 10 lost packets remain in the window (the one ending at 21.052 s)
     assert e.sla_violated_ms == pytest.approx(10.7, abs=MS)
@@ -190,6 +195,159 @@ def test_without_paths_in_packets_csv_the_ledger_falls_back_on_the_agent(tmp_pat
     # path changes from the agent's moves: both slots leaving P1 at once count once, then the failback
     pc = next(x for x in a.expectations if x.type == "path_changes")
     assert (pc.value, pc.passed) == (2, True)
+
+
+# --- ledger: exact first probe lost, stages in order -------------------------------------------------
+
+def _edited_run(path: Path, edit: Any, spec: SyntheticSpec | None = None) -> tuple[SyntheticTruth, Analysis]:
+    """A synthetic run whose agent events `edit(events)` changes (returns the new list) before loading."""
+    truth = write_synthetic_run(path, spec)
+    f = path / "raw" / "events.jsonl"
+    events = [json.loads(line) for line in f.read_text().splitlines()]
+    events = sorted(edit(events), key=lambda e: e["at"])
+    f.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
+    return truth, analyse(RunData.load(path))
+
+
+def _at(truth: SyntheticTruth, ms: float) -> float:
+    return truth.applied_at + ms / 1000.0
+
+
+@pytest.mark.parametrize("spec", [
+    SyntheticSpec(), SyntheticSpec(action="impair"), SyntheticSpec(action="flap"), SyntheticSpec(failover=False),
+    SyntheticSpec(path_column=False), SyntheticSpec(jitter_ms=2.0), SyntheticSpec(probe_lost_events=False),
+    SyntheticSpec(detect_ms=10.0), SyntheticSpec(steer_ms=0.0),
+], ids=["cut", "impair", "flap", "no-failover", "no-paths", "jitter", "old-run", "detect-10ms", "steer-0ms"])
+def test_every_synthetic_ledger_row_is_in_order_and_first_probe_lost_is_the_truth(tmp_path: Path,
+                                                                                  spec: SyntheticSpec) -> None:
+    truth, _, a = _run(tmp_path / "run", spec)
+    assert a.ledger and stage_order_problems(a.ledger) == []
+    e = next(e for e in a.ledger if e.flow == "cbr")
+    got = e.stages_ms["first_probe_lost"]
+    assert (got is None) == (truth.first_probe_lost_ms is None)
+    assert got is None or got == pytest.approx(truth.first_probe_lost_ms, abs=MS)
+
+
+def test_without_probe_lost_events_the_samples_stand_in_only_before_the_declaration(tmp_path: Path) -> None:
+    # sampled every 0.2 s, the first sample showing a timeout (20.2 s) comes after the Down (20.06 s):
+    # it did not lead to it, so the stage is unknown rather than wrong
+    truth, _, a = _run(tmp_path / "coarse", SyntheticSpec(probe_lost_events=False))
+    assert truth.first_probe_lost_ms is None and _entry(a, "cbr").stages_ms["first_probe_lost"] is None
+    # sampled every 10 ms: the sample at 20.04 s shows the probe of 20.02 s timed out
+    truth, _, a = _run(tmp_path / "fine", SyntheticSpec(probe_lost_events=False, sample_interval_s=0.01))
+    assert _entry(a, "cbr").stages_ms["first_probe_lost"] == pytest.approx(39.7, abs=MS)
+    assert truth.first_probe_lost_ms == pytest.approx(39.7, abs=MS)
+
+
+def test_a_probe_lost_after_the_declaration_or_before_the_edge_is_not_the_first_lost(tmp_path: Path) -> None:
+    def edit(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        kept = [e for e in events if e["kind"] != "ProbeLost"]
+        hq = {"site": "hq", "kind": "ProbeLost", "path_id": P1, "seq": 1}
+        return [*kept, {**hq, "at": _at(truth0, -5.0), "sent_at": _at(truth0, -30.0)},     # before the cut
+                {**hq, "at": _at(truth0, 80.0), "sent_at": _at(truth0, 50.0)},             # after the Down
+                {**hq, "site": "br", "at": _at(truth0, 20.0), "sent_at": _at(truth0, 1.0)}]   # another site
+    truth0 = write_synthetic_run(tmp_path / "probe", SyntheticSpec())
+    _, a = _edited_run(tmp_path / "run", edit)
+    e = _entry(a, "cbr")
+    assert e.stages_ms["first_probe_lost"] is None and e.stages_ms["path_declared"] == pytest.approx(60.0, abs=MS)
+
+
+def test_a_decision_before_any_declaration_leaves_the_declaration_out(tmp_path: Path) -> None:
+    # the router moves the flow on a score threshold at 60 ms; the monitor calls the path degraded
+    # only at 500 ms: that declaration is not the cause of this failover
+    def edit(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for ev in events:
+            if ev["kind"] == "PathStatusChanged" and ev["new"] == "degraded" and ev["at"] < truth0.applied_at + 1:
+                ev["at"] = _at(truth0, 500.0)
+        return events
+    truth0 = write_synthetic_run(tmp_path / "probe", SyntheticSpec(action="impair"))
+    _, a = _edited_run(tmp_path / "run", edit, SyntheticSpec(action="impair"))
+    e = _entry(a, "cbr")
+    s = e.stages_ms
+    assert s["path_declared"] is None and e.declared is None
+    assert s["routing_decision"] == pytest.approx(60.0, abs=MS) and s["steering_changed"] == pytest.approx(62.0, abs=MS)
+    assert stage_order_problems([e]) == []
+
+
+def test_steering_is_when_the_kernel_transaction_began_and_never_after_the_packet_it_let_through(
+        tmp_path: Path) -> None:
+    # the agent's SteeringApplied: begun at 62.0 ms, returned at 63.5 ms; the first packet on the new
+    # path left at 62.7 ms, in between
+    def later_return(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for ev in events:
+            if ev["kind"] == "SteeringApplied" and ev["at"] < truth0.applied_at + 1:
+                ev["begun_at"], ev["at"] = ev["at"], _at(truth0, 63.5)
+        return events
+    truth0 = write_synthetic_run(tmp_path / "probe", SyntheticSpec())
+    _, a = _edited_run(tmp_path / "begun", later_return)
+    s = _entry(a, "cbr").stages_ms
+    assert s["steering_changed"] == pytest.approx(62.0, abs=MS)
+    assert s["first_packet_new_path"] == pytest.approx(62.7, abs=MS)
+
+    # a run before `begun_at`: the return at 63.5 ms comes after the packet, so it is not what let it through
+    def no_begun(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for ev in later_return(events):
+            ev.pop("begun_at", None)
+        return events
+    _, a = _edited_run(tmp_path / "old", no_begun)
+    e = _entry(a, "cbr")
+    assert e.stages_ms["steering_changed"] is None and e.stages_ms["routing_decision"] == pytest.approx(60.0, abs=MS)
+    assert stage_order_problems([e]) == []
+
+
+def test_a_decision_after_the_flow_already_moved_did_not_move_it(tmp_path: Path) -> None:
+    def edit(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for ev in events:
+            if ev["kind"] in ("FailoverTriggered", "SteeringApplied") and ev["at"] < truth0.applied_at + 1:
+                ev["at"] += 0.1        # 160 ms: after the first packet on the new path (62.7 ms)
+        return events
+    truth0 = write_synthetic_run(tmp_path / "probe", SyntheticSpec())
+    _, a = _edited_run(tmp_path / "run", edit)
+    e = _entry(a, "cbr")
+    s = e.stages_ms
+    assert s["routing_decision"] is None and s["steering_changed"] is None
+    assert s["first_packet_new_path"] == pytest.approx(62.7, abs=MS)
+    assert s["path_declared"] == pytest.approx(60.0, abs=MS)
+    assert stage_order_problems([e]) == []
+
+
+def test_an_sla_restore_before_the_flow_moved_is_not_this_failovers_restore(tmp_path: Path) -> None:
+    # the path's SLA came back (per the agent) at 40 ms, before the move: an earlier break's end
+    def edit(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [*events, {"kind": "SlaRestored", "at": _at(truth0, 40.0), "site": "hq", "subject": P1,
+                          "traffic_class": "voice", "violated_for_s": 1.0}]
+    truth0 = write_synthetic_run(tmp_path / "probe", SyntheticSpec())
+    _, a = _edited_run(tmp_path / "run", edit)
+    e = _entry(a, "cbr")
+    assert e.stages_ms["sla_restored"] == pytest.approx(1051.7, abs=MS)     # the flow's own rolling SLA
+    assert stage_order_problems([e]) == []
+
+
+def test_stage_order_problems_names_every_stage_that_goes_back() -> None:
+    def entry(**stages: float | None) -> LedgerEntry:
+        full: dict[str, float | None] = {s: None for s in STAGES}
+        full.update(impairment_applied=0.0, **stages)
+        return LedgerEntry(flow="f", event="cut x", action="cut", link="x", at_s=1.0, applied_s=1.0,
+                           window_end_s=2.0, from_path=None, to_path=None, declared=None, stages_ms=full,
+                           sla_violated_ms=None, gap_ms=None, lost_packets=None)
+    good = entry(first_probe_lost=5.0, path_declared=5.0, routing_decision=None, first_packet_new_path=9.0)
+    assert stage_order_problems([good]) == []
+    bad = entry(first_probe_lost=159.0, path_declared=62.0, steering_changed=70.0, first_packet_new_path=65.0)
+    assert stage_order_problems([good, bad]) == [
+        "cut x · f: path_declared at 62.000 ms is before first_probe_lost at 159.000 ms",
+        "cut x · f: steering_changed at 70.000 ms is before first_probe_lost at 159.000 ms",
+        "cut x · f: first_packet_new_path at 65.000 ms is before first_probe_lost at 159.000 ms"]
+    assert stage_order_problems([entry(first_probe_lost=-1.0)]) == [
+        "cut x · f: first_probe_lost at -1.000 ms is before impairment_applied at 0.000 ms"]
+
+
+def test_probe_lost_events_need_their_path_and_send_time(raw_copy: Path) -> None:
+    with (raw_copy / "raw" / "events.jsonl").open("a") as fh:
+        fh.write(json.dumps({"kind": "ProbeLost", "at": 1.0, "site": "hq", "path_id": P1}) + "\n")
+        fh.write(json.dumps({"kind": "SteeringApplied", "at": 1.0, "site": "hq", "begun_at": "soon"}) + "\n")
+    msg = _errors(raw_copy)
+    assert "field 'sent_at': missing or invalid in ProbeLost" in msg
+    assert "field 'begun_at': missing or invalid in SteeringApplied" in msg
 
 
 # --- flows and SLA --------------------------------------------------------------------------------
@@ -295,6 +453,77 @@ def test_path_summaries(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -
     assert p1.latency_min_ms == 12.0 and p1.score_min == 0.0
     assert by[("hq", P2)].time_in_status_s["down"] == 0.0
     assert by[("hq", P2)].sla_compliance_pct == {"default": 100.0, "voice": 100.0}
+
+
+def test_a_dead_path_has_no_latency_in_the_path_summaries(basic: tuple[Path, SyntheticTruth, RunData, Analysis],
+                                                          tmp_path: Path) -> None:
+    """Samples taken while a path was Down count for no latency or jitter, whatever the file says: a run
+    written before the agents left them empty has 0 there (a window with no answer), or a stale value."""
+    d = tmp_path / "old"
+    shutil.copytree(basic[0] / "raw", d / "raw")
+    f = d / "raw" / "path_metrics.csv"
+    lines = f.read_text().splitlines()
+    out = [lines[0]]
+    never = "hq:isp2-isp2"        # at br: make it a path that never came up
+    for k, line in enumerate(lines[1:]):
+        c = line.split(",")
+        if c[0] == "br" and c[1] == never:
+            c[3], c[4], c[5] = "down", "0.0", "0.0"
+        elif c[3] == "down":
+            c[4], c[5] = ("0.0", "0.0") if k % 2 else ("500.0", "40.0")
+        out.append(",".join(c))
+    f.write_text("\n".join(out) + "\n")
+    a = analyse(RunData.load(d))
+    by = {(p.site, p.path): p for p in a.paths}
+    want = {(p.site, p.path): p for p in basic[3].paths}
+    p1 = by[("hq", P1)]
+    assert (p1.latency_min_ms, p1.latency_mean_ms, p1.latency_max_ms) == (12.0, 12.0, 12.0)
+    assert p1.jitter_mean_ms == pytest.approx(0.3)
+    dead = by.pop(("br", never))
+    del want[("br", never)]
+    assert by == want              # as if the cells had been empty: every figure the same
+    assert (dead.latency_mean_ms, dead.latency_min_ms, dead.latency_max_ms, dead.jitter_mean_ms) == (None,) * 4
+    # the table says the same: no 0.0 anywhere, a dash for the path that never answered
+    from emulation.report.tables import paths_table
+
+    rows = {(r["site"], r["path"]): r for r in paths_table(a).frame.to_dict("records")}
+    assert rows[("hq", P1)]["latency mean/min/max (ms)"] == "12.0/12.0/12.0"
+    assert rows[("br", never)]["latency mean/min/max (ms)"] == "–/–/–"
+
+
+def test_path_series_leaves_gaps_and_down_spans_say_where(
+        basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    _, _, run, _ = basic
+    ps = path_series(run, "hq")
+    assert set(ps["site"]) == {"hq"}
+    down = ps["status"] == "down"
+    assert down.any() and ps.loc[down, "latency_ms"].isna().all() and ps.loc[down, "jitter_ms"].isna().all()
+    assert ps.loc[~down, "latency_ms"].notna().all()
+    assert ps.loc[down, "loss_pct"].eq(100.0).all()               # loss is measured while Down
+    # hq's two paths over hq.isp1: Down from the sample at 20.2 s to the first Up one, 40.6 s
+    spans = down_spans(run, "hq")
+    assert sorted(spans) == [("hq", "br:isp1-isp1"), ("hq", "br:isp1-isp2")]
+    assert all(v == [(pytest.approx(20.2), pytest.approx(40.6))] for v in spans.values())
+    assert sorted(down_spans(run)) == [("br", "hq:isp1-isp1"), ("br", "hq:isp2-isp1"), *sorted(spans)]
+
+
+def test_the_paths_plot_draws_no_latency_for_a_dead_path(basic: tuple[Path, SyntheticTruth, RunData, Analysis]) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Rectangle
+
+    from emulation.report.plots import plot_path_metrics
+
+    _, _, _, a = basic
+    ax = plot_path_metrics(a, "hq").axes[0]
+    line = next(x for x in ax.get_lines() if isinstance(x, Line2D) and x.get_label() == P1)
+    t, y = np.asarray(line.get_xdata(), dtype=float), np.asarray(line.get_ydata(), dtype=float)
+    inside = (t > 20.2 - 1e-6) & (t < 40.6 - 1e-6)       # (wall clocks near 1.7e9 s: ~0.2 µs apart)
+    assert inside.sum() == 102 and np.isnan(y[inside]).all()     # a gap, not a line at 0 ms
+    assert not np.isnan(y[~inside]).any() and np.nanmin(y) == 12.0
+    shaded = sorted((round(r.get_x(), 6), round(r.get_x() + r.get_width(), 6)) for r in ax.patches
+                    if isinstance(r, Rectangle) and r.get_alpha() == 0.12)
+    assert shaded == [(pytest.approx(20.2), pytest.approx(40.6))] * 2                 # one span per dead path
+    assert "Down: no latency (shaded)" in ax.get_legend_handles_labels()[1]
 
 
 def test_path_membership_from_ids_and_links(tmp_path: Path) -> None:

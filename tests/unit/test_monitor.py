@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from patronus.core.errors import ConfigError
-from patronus.core.events import Event, PathMetricsUpdated, PathStatusChanged, SendProbe
+from patronus.core.events import Event, PathMetricsUpdated, PathStatusChanged, ProbeLost, SendProbe
 from patronus.core.model import PathId, PathStatus
 from patronus.core.monitor import MIN_INTERVAL_S, PROFILES, MonitorProfile, PathMonitor, Reply
 from patronus.core.quality import quality_score
@@ -271,6 +271,77 @@ def test_healthy_jittery_paths_never_go_down(profile: MonitorProfile, rtt_s: flo
     assert c.timed_out <= 0.01 * c.sent, c
 
 
+# --- the first lost probe of a run (ProbeLost) ------------------------------------------------------
+
+def _lost(net: Net, path_id: PathId = P1) -> list[ProbeLost]:
+    return [e for e in net.events if isinstance(e, ProbeLost) and e.path_id == path_id]
+
+
+@pytest.mark.parametrize("frac", [0.0, 0.3, 0.9])
+def test_a_cut_says_its_first_lost_probe_once_with_its_exact_times(frac: float) -> None:
+    net = net_with(FAST, constant(0.004))
+    net.run_until(2.0)
+    assert _lost(net) == []
+    t_cut = 2.0 + frac * FAST.interval_s
+    net.cut(P1, t_cut)
+    net.run_until(t_cut + 5.0)                  # 250 probes lost in a row: one event
+    (lost,) = _lost(net)
+    (down,) = [c for c in net.changes(since=t_cut) if c.new is DOWN]
+    # the first probe whose reply the cut took: the last one sent before it, or the first one after
+    first = min((seq for (pid, seq), t in net.sent_at.items() if pid == P1 and t + 0.004 > t_cut))
+    assert lost.seq == first and lost.sent_at == net.sent_at[(P1, first)]
+    assert lost.at == pytest.approx(lost.sent_at + net.timeout_at_send[(P1, first)], abs=1e-12)
+    assert t_cut <= lost.at <= down.at
+    # published before the verdict it led to
+    assert net.events.index(lost) < net.events.index(down)
+    assert lost.as_dict() == {"kind": "ProbeLost", "at": lost.at, "path_id": "p1", "seq": first,
+                              "sent_at": lost.sent_at}
+
+
+def test_every_run_of_misses_starts_with_one_probe_lost_event() -> None:
+    script = Script(2.0, [True, False, False, True, False, True, True, False, False, False, False, True], 0.002)
+    net = net_with(FAST, script)
+    net.run_until(3.0)
+    outcomes = script.log[:12]
+    starts = [(seq, t) for k, (seq, t, ok) in enumerate(outcomes) if not ok and outcomes[k - 1][2]]
+    assert len(starts) == 3
+    assert [(e.seq, e.sent_at) for e in _lost(net)] == starts
+
+
+def test_a_path_whose_first_probe_is_lost_says_so_once() -> None:
+    net = net_with(FAST, lambda seq, t: None)
+    net.run_until(3.0)
+    (lost,) = _lost(net)
+    assert lost.seq == 0 and lost.sent_at == 0.0
+    assert lost.at == pytest.approx(max(FAST.interval_s, min(1.0, FAST.max_timeout_s)))   # no RTT known yet
+
+
+def test_a_late_reply_ends_the_run_and_the_next_miss_starts_another() -> None:
+    net = net_with(FAST, constant(0.001))
+    net.run_until(1.0)
+    mon = net.mon
+    net.rtt[P1] = lambda seq, t: None
+    nd = mon.next_deadline()
+    assert nd is not None
+    net.step_to(nd)
+    pending = net.sends()[-1]
+    net.run_until(net.sent_at[(P1, pending.seq)] + net.timeout_at_send[(P1, pending.seq)])
+    assert [e.seq for e in _lost(net)] == [pending.seq]
+    assert mon.take_reply(P1, pending.seq, None, net.now + 0.001) is Reply.LATE
+    net.run_until(net.now + 0.5)       # nothing answers now: the next timeout starts a new run
+    assert len(_lost(net)) == 2 and _lost(net)[1].seq > pending.seq
+
+
+def test_probe_results_fed_directly_say_the_first_miss_of_a_run_too() -> None:
+    mon = PathMonitor(FAST)
+    mon.add_path(P1, 0.0, schedule=False)
+    for k, c in enumerate("GGGLLLGLG"):
+        mon.on_probe_result(P1, 0.001 if c == "G" else None, 0.02 * (k + 1))
+    lost = [e for e in mon.drain_events() if isinstance(e, ProbeLost)]
+    assert [(e.seq, e.at) for e in lost] == [(3, pytest.approx(0.08)), (7, pytest.approx(0.16))]
+    assert mon.counters(P1).timed_out == 4
+
+
 # --- hysteresis -------------------------------------------------------------------------------------
 
 def test_recovery_needs_up_count_consecutive_answers() -> None:
@@ -347,7 +418,8 @@ def test_loss_down_is_not_left_on_a_single_answer() -> None:
         mon.on_probe_result(P1, 0.001 if c == "G" else None, t)
         seen.append(mon.status(P1))
     first_down = seen.index(DOWN, 2)          # after coming up on the third answer
-    assert first_down == 7 and "loss" in mon.drain_events()[1].reason     # 4 of 8 lost
+    changes = [e for e in mon.drain_events() if isinstance(e, PathStatusChanged)]
+    assert first_down == 7 and "loss" in changes[1].reason     # 4 of 8 lost
     assert all(s is DOWN for s in seen[first_down:-1]), seen
     assert seen[-1] is UP
 
@@ -571,7 +643,8 @@ def test_events_carry_the_decision_time() -> None:
     assert ev.metrics.measured_at == 0.031
     for t in (0.1, 0.2, 0.3):
         mon.on_probe_result(P1, None, t)
-    (ev,) = mon.drain_events()
+    lost, ev = mon.drain_events()      # the first miss of the run, said once; then the verdict
+    assert isinstance(lost, ProbeLost) and lost.at == lost.sent_at == 0.1 and lost.seq == 3
     assert isinstance(ev, PathStatusChanged) and ev.new is DOWN and ev.at == 0.3
     assert ev.as_dict()["new"] == "down" and ev.as_dict()["kind"] == "PathStatusChanged"
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from patronus.core.events import PathMetricsUpdated, PathStatusChanged, SendProbe
+from patronus.core.events import PathMetricsUpdated, PathStatusChanged, ProbeLost, SendProbe
 from patronus.core.model import PathId, PathStatus
 from patronus.core.monitor import PROFILES, MonitorProfile, PathMonitor
 from patronus.core.quality import ProbeWindow
@@ -146,6 +146,28 @@ def test_a_broken_promise_ends_the_coast_and_the_path_is_judged_as_usual() -> No
     net.run_until(5.0)
     assert [e for e in net.sends() if e.at > 4.0]            # asked for again
     assert mon.counters(P1).timed_out == 0
+
+
+def test_a_vouched_for_probe_that_times_out_is_a_first_lost_probe_as_without_a_coast() -> None:
+    """The driver vouched for the probe still out when the coast began; the network loses its reply
+    (a cut): its timeout ends the coast and says `ProbeLost` with the probe's own times, once, before
+    the Down, as a path that never coasted would."""
+    got: list[tuple[int, float, float, float]] = []
+    for coasting in (False, True):
+        net = net_with(TENTH, constant(RTT))
+        net.run_until(3.001)                     # the probe of 3.0 s is out
+        if coasting:
+            assert net.mon.coast(P1, RTT, math.inf, 3.001)
+        net.cut(P1, 3.0 + RTT / 2)               # its reply never comes
+        net.run_until(5.0)
+        lost = [e for e in net.events if isinstance(e, ProbeLost)]
+        downs = [e for e in net.changes() if e.new is PathStatus.DOWN]
+        assert len(lost) == 1 and len(downs) == 1 and lost[0].at <= downs[0].at
+        assert not net.mon.coasting(P1)
+        got.append((lost[0].seq, lost[0].sent_at, lost[0].at, downs[0].at))
+    assert got[0][1] == got[1][1] == pytest.approx(3.0)
+    assert got[1][0] == got[0][0] and got[1][2] == pytest.approx(got[0][2], abs=1e-12)
+    assert got[1][3] == pytest.approx(got[0][3], abs=1e-9)
 
 
 def test_queries_account_for_coasted_probes_up_to_the_latest_time_handed_in() -> None:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from patronus.core.events import FailoverTriggered
+from patronus.core.events import FailoverTriggered, PathStatusChanged, ProbeLost
 from patronus.core.model import EndpointId, FlowKey, Path, PathId, PathStatus, SiteId
 from patronus.core.monitor import PROFILES, MonitorProfile
 from patronus.core.site import SiteLogic, uplink_of
@@ -51,7 +51,7 @@ class Net:
             for _, pid, seq, sent in sorted(due):
                 self.logic.on_probe_reply(pid, seq, sent, self.now)
             step = self.logic.pump(self.now)
-            self.events += step.status + step.router
+            self.events += step.lost + step.status + step.router
             for p in step.probes:
                 rtt = self.rtt[p.path_id]
                 if uplink_of(_path(p.path_id)) not in self.cut and rtt is not None:
@@ -218,3 +218,27 @@ def test_a_held_down_is_told_even_when_the_path_comes_back_first() -> None:
     assert net.logic.router.flow_path(flow) != pid
     net.run_until(net.now + net.logic.router.config.failback_hold_s + 1.0)
     assert net.logic.router.flow_path(flow) == pid
+
+
+def test_the_first_lost_probes_of_a_cut_reach_the_driver_before_the_verdicts_and_move_nothing() -> None:
+    net = Net()
+    net.run_until(2.0)
+    flow = FlowKey("10.1.0.2", "10.2.0.2", 4000, 5001, 17)
+    assert net.logic.router.select_path(flow, net.now) == PathId("br:isp1-isp1")
+    n = len(net.events)
+    net.cut.add("isp1")
+    net.run_until(2.6)
+    later = net.events[n:]
+    lost = [e for e in later if isinstance(e, ProbeLost)]
+    downs = [e for e in later if isinstance(e, PathStatusChanged) and e.new is PathStatus.DOWN]
+    # one a path of the cut uplink, each before that path's Down; the other uplink lost nothing
+    assert sorted(e.path_id for e in lost) == ["br:isp1-isp1", "br:isp1-isp2"]
+    assert sorted(e.path_id for e in downs) == ["br:isp1-isp1", "br:isp1-isp2"]
+    for e in lost:
+        down = next(d for d in downs if d.path_id == e.path_id)
+        assert 2.0 <= e.at <= down.at and later.index(e) < later.index(down)
+    # a step with only a first miss in it asks the driver for nothing
+    logic = Net().logic
+    logic.monitor.on_probe_result(PathId("br:isp1-isp1"), None, 0.1)
+    step = logic.pump(0.1)            # (before the first metrics report, at 0.5 s)
+    assert [type(e) for e in step.lost] == [ProbeLost] and not step.routing_changed

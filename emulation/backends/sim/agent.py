@@ -4,8 +4,8 @@ What it does, mirroring `patronus.agent.daemon.Agent`:
   * `pump(now)` whenever the core's `next_deadline()` is due (one simpy Timeout armed at a time; a
     stale one is recognised by its token and ignored) and after every probe reply, then performs the
     step: `SendProbe` → a probe crosses the path's links to the remote site's reflector and back
-    (`on_probe_reply(path, seq, sent_at, now)` when it returns); status, router and SLA events are
-    published with the agent's fields; a routing change updates the steering.
+    (`on_probe_reply(path, seq, sent_at, now)` when it returns); first misses (`ProbeLost`), status,
+    router and SLA events are published with the agent's fields; a routing change updates the steering.
   * Steering: the agent steers per slot, we steer per flow (each scenario flow is one router flow,
     classified by `Router.select_path` on its 5-tuple, so the policies match as they do in the kernel).
     A flow is classified when it starts, or at the first routing change after that when no path was
@@ -35,7 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 from emulation.backends.sim.network import FROM_CORE, PROBE_WIRE_BYTES, TO_CORE, Hops, later
 from patronus.agent.config import SiteConfig
-from patronus.core.events import Event, Failback, FailoverTriggered, FlowAssigned, FlowExpired, FlowUnroutable
+from patronus.core.events import (
+    Event,
+    Failback,
+    FailoverTriggered,
+    FlowAssigned,
+    FlowExpired,
+    FlowUnroutable,
+    ProbeLost,
+)
 from patronus.core.model import FlowKey, PathId, SiteId
 from patronus.core.site import SiteLogic
 from patronus.core.sla import SlaMonitor
@@ -146,6 +154,8 @@ class SimAgent:
     def _publish_event(self, ev: Event) -> None:
         d = _finite(ev.as_dict())
         d["at"] = self.sim.wall(ev.at)
+        if isinstance(ev, ProbeLost):
+            d["sent_at"] = self.sim.wall(ev.sent_at)
         self.publish(d)
 
     # -- the core loop -----------------------------------------------------------------------------
@@ -164,6 +174,8 @@ class SimAgent:
         step = logic.pump(now)
         for probe in step.probes:
             self._send_probe(probe.path_id, probe.seq, now)
+        for lost in step.lost:
+            self._publish_event(lost)
         for sc in step.status:
             self._publish_event(sc)
         for ev in step.router:
@@ -352,7 +364,9 @@ class SimAgent:
         moves = [e for e in trigger if isinstance(e, FailoverTriggered | Failback)]
         if moves:
             first = min(e.at for e in moves)
-            self.publish({"kind": "SteeringApplied", "at": self.sim.wall(done), "moves": len(moves),
+            # the model switches the flows at one instant: the transaction begins and ends at `done`
+            self.publish({"kind": "SteeringApplied", "at": self.sim.wall(done), "begun_at": self.sim.wall(done),
+                          "moves": len(moves),
                           "latency_ms": round((done - first) * 1000, 3),
                           "paths": sorted({str(e.to_path) for e in moves})})
 
@@ -368,6 +382,7 @@ class SimAgent:
         for pid in self.paths:
             m = mon.metrics(pid, now)
             c = mon.counters(pid)
-            rows.append([self.name, pid, at, mon.status(pid).value, m.latency_ms, m.jitter_ms, m.loss_pct, m.score,
-                         c.sent, c.timed_out])
+            # no answered probe in the window: no latency, no jitter (empty cells), as the agent's API says
+            rows.append([self.name, pid, at, mon.status(pid).value, m.measured_latency_ms, m.measured_jitter_ms,
+                         m.loss_pct, m.score, c.sent, c.timed_out])
         return rows
