@@ -268,3 +268,12 @@ def test_rules_read_back_from_the_kernel_equal_the_planned_ones(tmp_path: Path) 
     stale = RuleSpec.from_kernel(v4, _Msg({"FRA_PRIORITY": 7900, "FRA_DST": "10.9.0.0", "FRA_TABLE": 0},
                                           action=7, table=0, src_len=0, dst_len=24))
     assert stale not in want          # a remote prefix the site file no longer has: pruned
+
+
+def test_the_systemd_unit_stops_gracefully_and_keeps_what_the_next_agent_adopts() -> None:
+    unit = (Path(__file__).parents[2] / "patronus" / "deploy" / "patronus-agent@.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert settings["KillMode"] == "process"                 # wireguard-go and the reflector survive a stop
+    assert settings["RuntimeDirectoryPreserve"] == "yes"     # their pid files and the dataplane record too
+    assert "ExecStopPost" not in settings                    # no cleanup after every stop or crash
+    assert "--cleanup" not in settings["ExecStart"]
