@@ -13,6 +13,7 @@ Stop, and graceful restart (the decisions are in `patronus.agent.adopt`'s header
   as last decided and the peers' probes are still answered. kill -9 leaves the same.
 * `patronus agent --cleanup`: SIGTERM removes every interface, rule, route, table and process it
   created or adopted, as a site losing its router would (`patronus cleanup` does it afterwards).
+  SIGUSR1 does the same whatever the flag (the test-bed's `agent_stop` with `cleanup: true`).
 * A starting agent adopts what an earlier one left (tunnels verified and reconfigured in place, the
   table replaced atomically with the map elements that still mean the same, rules and routes kept or
   pruned) and must not disturb the steering it finds: every path starts Down in its monitor, so the
@@ -146,7 +147,7 @@ class Agent:
         self.sla = self.logic.sla
         self._undo: list[_Undo] = []
         self.adopted: dict[str, Any] = {}                # what this start found and took over (the API says)
-        self._adopting = False                           # it found a dataplane of an earlier agent
+        self.adopting = False                            # it found a dataplane of an earlier agent
         self._adopted_slots: dict[int, int] = {}         # slot mark -> path mark, until the hold ends
         self._record_sysctls: dict[str, str] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -187,7 +188,7 @@ class Agent:
         try:
             await self._start()
         except BaseException as exc:
-            await self.stop(cleanup=self.cleanup_on_stop or not self._adopting)
+            await self.stop(cleanup=self.cleanup_on_stop or not self.adopting)
             if isinstance(exc, AgentError | ConfigError):
                 raise
             if isinstance(exc, Exception):
@@ -270,13 +271,13 @@ class Agent:
         if cfg.steering == "nftables":
             self.steering = Steering(cfg)
             maps = await self._k(self.steering.read_maps)
-        self._adopting = bool(found) or maps is not None
+        self.adopting = bool(found) or maps is not None
         if self.steering is not None:
             if record is not None:
                 self.steering.remember_sysctls(record.sysctls)
             steering = self.steering
             self._undo.append(_Undo("steering", steering.teardown, None))
-            await self._k(functools.partial(steering.apply_uplinks, undo=not self._adopting))
+            await self._k(functools.partial(steering.apply_uplinks, undo=not self.adopting))
         tunnels: Counter[str] = Counter()
         if self.wg is not None:
             foreign = await self._k(_foreign_links, set(specs), cfg.owner)
@@ -303,7 +304,7 @@ class Agent:
                 keep = kept_maps(Numbering.of(record) if record is not None else None, self._numbering(), *maps,
                                  FALLBACK_POLICY_NO)
             await self._k(functools.partial(self.steering.apply, self._numbered_policies(), keep,
-                                            undo=not self._adopting))
+                                            undo=not self.adopting))
             pruned = await self._k(self.steering.prune)
             if pruned:
                 log.info("removed routing no longer wanted: %s", "; ".join(pruned))
@@ -325,7 +326,7 @@ class Agent:
         self.prober.start(loop)
         self._undo.append(_Undo("probes", self.prober.close, self.prober.close, on_loop=True))
         await self._start_bandwidth_servers()
-        if self._adopting or how != "started":
+        if self.adopting or how != "started":
             self.adopted = {"tunnels": dict(tunnels), "reflector": how,
                             "slots": len(keep[1]) if keep else 0,
                             "slots_dropped": (len(maps[1]) - len(keep[1])) if maps and keep else 0}
@@ -1043,7 +1044,8 @@ def _load_or_create_token(path: FsPath) -> str:
 
 async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None, cleanup: bool = False) -> int:
     """Run the agent until SIGTERM/SIGINT; return the exit code. The API runs in the same loop.
-    `cleanup`: remove the dataplane on stop (else the next agent adopts it)."""
+    `cleanup`: remove the dataplane on stop (else the next agent adopts it). SIGUSR1 stops it and
+    removes the dataplane whatever `cleanup` says (a test-bed's "the site loses its router")."""
     import uvicorn
 
     from patronus.agent.api import create_app
@@ -1053,9 +1055,15 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     agent = Agent(cfg, cleanup=cleanup)
+
+    def stop_and_clean() -> None:
+        agent.cleanup_on_stop = True
+        stop.set()
+    loop.add_signal_handler(signal.SIGUSR1, stop_and_clean)
     await agent.start()
     server: uvicorn.Server | None = None
     api_task: asyncio.Task[Any] | None = None
+    serving = False
     try:
         host, port = cfg.api_listen
         config = uvicorn.Config(create_app(agent, agent.token), host=host, port=port, log_level="warning",
@@ -1070,6 +1078,7 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
             await asyncio.sleep(0.01)
         if ready is not None:
             ready(agent)
+        serving = True
         stopper = loop.create_task(stop.wait())
         await asyncio.wait({stopper, api_task}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -1080,8 +1089,10 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
         if api_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(api_task, 5)
-        await agent.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # an agent that never served (its API could not listen) removes what it created, as a failed
+        # start does; a dataplane it adopted stays
+        await agent.stop(cleanup=None if serving or agent.cleanup_on_stop else not agent.adopting)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
 
 

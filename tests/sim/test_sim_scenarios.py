@@ -134,7 +134,7 @@ def test_flow_mode_writes_the_same_records_and_reaches_the_same_verdicts(failove
 
 
 @pytest.mark.parametrize("mode", ["auto", "flow"])
-@pytest.mark.parametrize("name", ["brownout", "flapping", "voip-sla", "six-sites"])
+@pytest.mark.parametrize("name", ["brownout", "flapping", "voip-sla", "six-sites", "agent-restart"])
 def test_every_shipped_scenario_runs_in_sim(name: str, mode: str, tmp_path: Path) -> None:
     # auto is packet mode for all of them; flow mode computes the UDP records per flow and lets probes
     # take the shortcut between timeline steps (ramps, cuts and flaps are many steps): the same verdicts
@@ -143,8 +143,34 @@ def test_every_shipped_scenario_runs_in_sim(name: str, mode: str, tmp_path: Path
     s = _summary(out)
     assert s["backend"] == "sim" and s["scenario"] == name
     assert code == (0 if s["passed"] else 1)
-    assert s["paths"] and all(p["samples"] > 200 for p in s["paths"])   # every path sampled every 0.25 s
+    # every path sampled every 0.25 s while its agent runs (agent-restart's are stopped for a quarter of it)
+    assert s["paths"] and all(p["samples"] > 0.7 * s["duration_s"] / 0.25 for p in s["paths"])
     assert [e["text"] for e in s["expectations"] if not e["passed"]] == []
+
+
+@pytest.mark.parametrize("cleanup", [False, True])
+def test_agent_restart_loses_nothing_gracefully_and_everything_until_the_restart_with_cleanup(
+        tmp_path: Path, cleanup: bool) -> None:
+    """The shipped agent-restart as it is (graceful stops: not a packet lost, no decision taken), and
+    with `cleanup: true` on both stops (the sites lose their routers: every packet sent from the stop
+    until the restarted agent runs again, `agent.startup` later, and has its paths Up)."""
+    from emulation.backends.sim.agent import AGENT_STARTUP_S
+
+    sc = load(ROOT / "scenarios" / "agent-restart.yaml")
+    if cleanup:
+        sc = sc.with_overrides({"timeline.0.cleanup": True, "timeline.2.cleanup": True})
+    out = tmp_path / "run"
+    code = run_sim(sc, out)
+    s = _summary(out)
+    lost = next(e["value"] for e in s["expectations"] if "loses" in e["text"])
+    if not cleanup:
+        assert code == 0 and lost == 0
+        return
+    assert code == 1
+    down_s = (18 - 10) + (30 - 24)                      # two outages, from the stop to the start
+    rate = 100
+    # ... plus the start-up, plus the paths coming Up (3 probes at 100 ms) and the flow re-steered
+    assert rate * (down_s + 2 * AGENT_STARTUP_S) <= lost <= rate * (down_s + 2 * (AGENT_STARTUP_S + 0.5))
 
 
 def test_a_failing_expectation_exits_1_and_bad_input_exits_2(tmp_path: Path) -> None:
