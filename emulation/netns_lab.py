@@ -241,17 +241,19 @@ class TwoSiteLab:
         me.config_path = path
         return path
 
-    def start_agent(self, name: str, *, cleanup: bool = True, write: bool = True,
+    def start_agent(self, name: str, *, cleanup: bool = True, write: bool = True, nice: int = 0,
                     **overrides: Any) -> subprocess.Popen[bytes]:
         """Start `name`'s agent (`cleanup`: with --cleanup; `write`: write its site file first, with
-        `overrides`, else run on the file as it is)."""
+        `overrides`, else run on the file as it is; `nice`: its scheduling priority, as the test-bed's
+        runner gives its agents)."""
         me = self.sites[name]
         cfg = self.write_config(name, **overrides) if write or me.config_path is None else me.config_path
         me.log_path = self.workdir / f"{name}-agent.log"
         log = open(me.log_path, "ab")  # noqa: SIM115 - the child owns it
         me.agent = subprocess.Popen(["ip", "netns", "exec", me.ns, sys.executable, "-m", "patronus.cli", "agent",
                                      "--config", str(cfg), *(["--cleanup"] if cleanup else [])],
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=(lambda: os.setpriority(os.PRIO_PROCESS, 0, nice)) if nice else None)
         log.close()
         return me.agent
 

@@ -56,11 +56,12 @@ if TYPE_CHECKING:
     from emulation.backends.sim.traffic import SimFlow
 
 HOUSEKEEPING_S = 1.0        # the agent's periodic duty (slot touches, a pump)
-# From `patronus agent` being spawned to its core running (its first probes): measured with real agents
-# restarting over a kept dataplane in network namespaces on the 2-core VM (tests/netns/test_agent_restart.py
-# prints it; the AgentStarted event's time minus the spawn time): 0.85-1.42 s over 12 restarts, median
-# 1.2 s. Python start-up and imports are most of it; adopting four tunnels is about 0.1 s.
-AGENT_STARTUP_S = 1.2
+# From `patronus agent` being spawned to its core running (its first probes), adopting a kept dataplane:
+# measured by `python -m benchmarks bench_agent_startup` (a netns lab, agents at the runner's nice -5, 12
+# graceful restarts; the agent's AgentStarted time minus its spawn time) on the 2-core VM: median 0.71 s,
+# 0.57-0.81 s (a fresh start, building four tunnels, 0.91 s). Mininet runs of agent-restart gave
+# 0.54-0.71 s. Python's start-up and imports are most of it.
+AGENT_STARTUP_S = 0.7
 
 
 @dataclass(frozen=True, slots=True)
