@@ -172,14 +172,9 @@ def test_kept_maps_keep_nothing_without_a_record() -> None:
 
 
 def test_map_elements_are_read_from_nft_output() -> None:
-    text = """table inet patronus_s10 {
-	map slot_path {
-		type mark : mark
-		elements = { 0x50010101 : 0x5a000001, 0x50010102 : 0x5a000002,
-			     0x50010103 : 0x5a000001 }
-	}
-}
-"""
+    text = ("table inet patronus_s10 {\n\tmap slot_path {\n\t\ttype mark : mark\n"
+            "\t\telements = { 0x50010101 : 0x5a000001, 0x50010102 : 0x5a000002,\n"
+            "\t\t\t     0x50010103 : 0x5a000001 }\n\t}\n}\n")
     assert parse_map_elements(text) == {0x50010101: 0x5A000001, 0x50010102: 0x5A000002, 0x50010103: 0x5A000001}
     assert parse_map_elements("table inet t {\n map new_slot {\n  type mark : mark\n }\n}\n") == {}
 
