@@ -9,6 +9,7 @@ leaves both agents running on the lab's own site files. Every wait polls a condi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,6 +33,10 @@ if os.geteuid() != 0:
     pytest.skip("needs root to create network namespaces", allow_module_level=True)
 
 RATE = 1000                                                  # packets per second
+HOLD_S = 3.0
+# everything the cheapest way (isp1), so a slot failed over to isp2 has a reason to come back
+POLICIES = [{"name": "Default", "priority": 100, "preference": "lowest_cost", "failover_threshold": 50}]
+ROUTER = {"failback_hold": f"{HOLD_S:g}s", "failover_cooldown": "1s", "min_improvement": 5}
 PROFILE = PROFILES["fast"]                                   # the lab's agents
 WINDOW_PACKETS = round(RATE * PROFILE.interval_s * PROFILE.window)   # one probe window of the flow's traffic
 
@@ -42,7 +47,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoSiteLab]:
     lab.build()
     try:
         for s in ("hq", "br"):
-            lab.start_agent(s, cleanup=False)
+            lab.start_agent(s, cleanup=False, policies=POLICIES, router=ROUTER)
         lab.wait_ready()
         yield lab
     finally:
@@ -218,3 +223,43 @@ def test_a_changed_site_file_adopts_what_matches_removes_the_rest_and_creates_wh
     wait_for(lambda: len(lab.handshakes("hq")) == 4 and all(t > 0 for t in lab.handshakes("hq")), 30,
              "handshakes on every tunnel again")
     wait_for(lambda: settled(lab, "br"), 30, "br's paths to hq Up again")
+
+
+def flow_path(lab: TwoSiteLab, dport: int = 5101) -> str | None:
+    return next((str(f["path"]) for f in lab.api("hq", "/flows") if f["dst_port"] == dport), None)
+
+
+def test_a_slot_failed_over_before_the_restart_is_adopted_where_it_is_and_fails_back_after_the_hold(
+        lab: TwoSiteLab) -> None:
+    """hq's isp1 is cut (the flow goes to isp2), hq's agent stops, isp1 comes back while no agent runs:
+    the kernel keeps the flow on isp2. The new agent adopts the slot there with its origin, and moves
+    it back only after the failback hold, counted from the restart."""
+    wait_for(lambda: settled(lab, "hq"), 30, "settled before")
+    flow = Flow(lab, duration=16.0)
+    try:
+        first = wait_for(lambda: flow_path(lab), 10, "the flow steered")
+        assert first.split(":")[1].startswith("isp1-"), first
+        lab.cut("hq", "isp1")
+        moved = wait_for(lambda: (p := flow_path(lab)) and p.split(":")[1].startswith("isp2-") and p, 10,
+                         "the flow failed over to isp2")
+        assert lab.stop_agent("hq") == 0
+        lab.restore("hq", "isp1")
+        spawned = time.time()
+        lab.start_agent("hq", cleanup=False, write=False)
+        info = wait_for(lambda: (i := lab.api("hq", "/site")) and not i["steering_held"] and i, 30, "hold over")
+        assert info["displaced_slots"] > 0 and info["pending_failbacks"] > 0, info    # adopted with their origin
+        # and left where they were (the flow table is read from conntrack once a second)
+        assert wait_for(lambda: flow_path(lab), 5, "the flow in the new agent's table") == moved
+        back = wait_for(lambda: (p := flow_path(lab)) and p.split(":")[1].startswith("isp1-") and p, 20,
+                        "the flow back on isp1")
+        backs = [e for e in lab.api("hq", "/events?limit=500") if e["kind"] == "Failback" and e["at"] > spawned]
+        started = max(e["at"] for e in lab.api("hq", "/events?limit=500") if e["kind"] == "AgentStarted")
+        assert backs and min(e["at"] for e in backs) >= started + HOLD_S, (backs, started)
+        assert back == first
+    finally:
+        with contextlib.suppress(RuntimeError):
+            lab.restore("hq", "isp1")
+        lost = flow.lost()
+    print(f"cut, restart and failback: {lost} packets lost of the {RATE} packets/s flow (the cut's detection)")
+    assert lost <= WINDOW_PACKETS
+    wait_for(lambda: settled(lab, "hq") and settled(lab, "br"), 30, "settled after")
