@@ -695,6 +695,15 @@ class Agent:
                     log.warning("tunnel check failed: %s", exc)
                 else:
                     self._check_tunnels(shakes, time.monotonic())
+            if self.reflector is not None and not self.reflector.alive():
+                # it lives apart from the agent now (it outlives restarts), so it can die apart too
+                log.error("the probe reflector is gone; starting a new one")
+                try:
+                    how = await self._k(self.reflector.start)
+                except Exception as exc:
+                    log.error("probe reflector: %s", exc)
+                else:
+                    self._publish({"kind": "ReflectorRestarted", "at": time.time(), "how": how})
 
     def _handshakes(self) -> dict[PathId, float | None]:
         """Latest WireGuard handshake (wall time) of every path's tunnel (kernel thread)."""

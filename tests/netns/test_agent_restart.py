@@ -263,3 +263,15 @@ def test_a_slot_failed_over_before_the_restart_is_adopted_where_it_is_and_fails_
     print(f"cut, restart and failback: {lost} packets lost of the {RATE} packets/s flow (the cut's detection)")
     assert lost <= WINDOW_PACKETS
     wait_for(lambda: settled(lab, "hq") and settled(lab, "br"), 30, "settled after")
+
+
+def test_a_reflector_that_dies_is_started_again(lab: TwoSiteLab) -> None:
+    """The reflector lives apart from the agent (it outlives restarts), so the agent watches it."""
+    wait_for(lambda: settled(lab, "hq"), 30, "settled before")
+    old = reflector_pid(lab, "hq")
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    new = wait_for(lambda: (p := reflector_pid(lab, "hq")) != old and p, 10, "a new reflector")
+    assert Path(f"/proc/{new}").exists()
+    assert any(e["kind"] == "ReflectorRestarted" for e in lab.api("hq", "/events?limit=200"))
+    wait_for(lambda: settled(lab, "br") and settled(lab, "hq"), 30, "br's paths to hq Up again")
