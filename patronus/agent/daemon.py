@@ -321,7 +321,7 @@ class Agent:
         reflector = self.reflector
         self._undo.append(_Undo("reflector", functools.partial(reflector.close, keep=False),
                                 functools.partial(reflector.close, keep=True), on_loop=True))
-        how = reflector.start(loop)
+        how = reflector.start()
         self.prober = Prober(cfg, self._on_probe_reply)
         self.prober.start(loop)
         self._undo.append(_Undo("probes", self.prober.close, self.prober.close, on_loop=True))

@@ -238,7 +238,7 @@ class ReflectorProcess:
             return None
         return rec
 
-    def start(self, loop: asyncio.AbstractEventLoop | None = None, timeout_s: float = 10.0) -> str:
+    def start(self, timeout_s: float = 10.0) -> str:
         """Adopt the recorded reflector or start one; returns "adopted", "started" or "replaced"."""
         digest = self.digest()
         rec = self.recorded()

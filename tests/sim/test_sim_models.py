@@ -284,3 +284,21 @@ timeline:
     assert boot + 4.0 < moves[1][1] < boot + 4.5
     packets = _packets(tmp_path)
     assert all(path == "br:isp2-isp1" for t, _, path in packets if 3.2 < t < boot + 4.0)
+
+
+def test_a_flow_that_starts_while_no_agent_runs_goes_where_the_kernel_sends_new_flows(tmp_path: Path) -> None:
+    doc = AGENT_STOP.replace("CLEANUP", "false").replace("site: br", "site: hq").replace(
+        "  - {name: cbr, type: udp_cbr, from: hq, to: br, rate: 100}",
+        "  - {name: cbr, type: udp_cbr, from: hq, to: br, rate: 100}\n"
+        "  - {name: late, type: udp_cbr, from: hq, to: br, rate: 100, start: 4s, dst_port: 5002}")
+    sim = Simulation(parse(doc), tmp_path, "packet")
+    sim.run()
+    sim.write_raw()
+    with open(tmp_path / "raw" / "packets.csv") as fh:
+        late = [(r["recv_ns"] != "", r["path"]) for r in csv.DictReader(fh) if r["flow"] == "late"]
+    assert late and all(got for got, _ in late) and {p for _, p in late} == {"br:isp1-isp1"}
+    hq = sim.agents["hq"]
+    assert hq.logic is not None
+    # the restarted agent adopted it as any other flow the kernel steers
+    assert {str(i.path_id) for i in hq.logic.router.flows()} == {"br:isp1-isp1"}
+    assert len(hq.logic.router.flows()) == 2

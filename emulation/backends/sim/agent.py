@@ -367,6 +367,9 @@ class SimAgent:
                 f.set_path(pid, now)
                 f.pending_path = pid
                 self._origins[f.key] = None
+                info = self._frozen.router.flow_info(f.key)
+                if f.policy is None and info is not None:
+                    f.policy = info.policy
 
     def _adopt_flows(self, now: float) -> None:
         """The steering hold is over: the router takes the flows where the kernel has them (as the
@@ -375,9 +378,7 @@ class SimAgent:
         router = self.logic.router
         for f in self.flows:
             if f.classified and f.pending_path is not None:
-                info = self._frozen.router.flow_info(f.key) if self._frozen is not None else None
-                router.place(f.key, f.pending_path, now, site=SiteId(f.dst_site),
-                             policy=f.policy if f.policy is not None else (info.policy if info else None),
+                router.place(f.key, f.pending_path, now, site=SiteId(f.dst_site), policy=f.policy,
                              origin=self._origins.get(f.key))
             elif f.classified:
                 f.classified = False        # stranded when the agent stopped: classified afresh
