@@ -8,8 +8,10 @@
 Every namespace is named `pt<run>-<role>` (run = 4 hex digits, so concurrent labs never collide),
 every veth is created inside those namespaces (the root-side management ends are `pt<run>m<k>`), and
 `teardown()` removes the namespaces, which takes every interface in them along, after stopping the
-agents it started (by pid, SIGTERM then SIGKILL). `build()` runs in try/except: a failed build tears
-down what it made before re-raising.
+agents it started (by pid, SIGTERM then SIGKILL) and running `patronus cleanup` for every site whose
+agent left a dataplane behind (a graceful stop, a kill -9: its wireguard-go and reflector processes
+outlive it). `build()` runs in try/except: a failed build tears down what it made before re-raising.
+Agents start with `--cleanup` (they remove everything on SIGTERM) unless `start_agent(cleanup=False)`.
 
 Used by the agent's integration tests and the failover-gap benchmark; also a way to try two agents
 by hand (`python -m emulation.netns_lab up`, see the README).
@@ -239,16 +241,37 @@ class TwoSiteLab:
         me.config_path = path
         return path
 
-    def start_agent(self, name: str, **overrides: Any) -> subprocess.Popen[bytes]:
+    def start_agent(self, name: str, *, cleanup: bool = True, write: bool = True, nice: int = 0,
+                    **overrides: Any) -> subprocess.Popen[bytes]:
+        """Start `name`'s agent (`cleanup`: with --cleanup; `write`: write its site file first, with
+        `overrides`, else run on the file as it is; `nice`: its scheduling priority, as the test-bed's
+        runner gives its agents)."""
         me = self.sites[name]
-        cfg = self.write_config(name, **overrides)
+        cfg = self.write_config(name, **overrides) if write or me.config_path is None else me.config_path
         me.log_path = self.workdir / f"{name}-agent.log"
         log = open(me.log_path, "ab")  # noqa: SIM115 - the child owns it
         me.agent = subprocess.Popen(["ip", "netns", "exec", me.ns, sys.executable, "-m", "patronus.cli", "agent",
-                                     "--config", str(cfg)], stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+                                     "--config", str(cfg), *(["--cleanup"] if cleanup else [])],
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=(lambda: os.setpriority(os.PRIO_PROCESS, 0, nice)) if nice else None)
         log.close()
         return me.agent
+
+    def state_dir(self, name: str) -> Path:
+        return self.workdir / f"run-{name}"
+
+    def leftovers(self, name: str) -> list[str]:
+        """What a stopped agent of `name` left in its state directory (pid files, dataplane record)."""
+        d = self.state_dir(name)
+        return sorted(p.name for p in d.glob("*") if p.suffix == ".pid" or p.name == "dataplane.json") \
+            if d.is_dir() else []
+
+    def cleanup_site(self, name: str) -> subprocess.CompletedProcess[str]:
+        """`patronus cleanup -c SITE` in the site's namespace (removes what a stopped agent left)."""
+        me = self.sites[name]
+        assert me.config_path is not None
+        return _run(["ip", "netns", "exec", me.ns, sys.executable, "-m", "patronus.cli", "cleanup", "--config",
+                     str(me.config_path)], check=False)
 
     def stop_agent(self, name: str, timeout_s: float = 15.0) -> int | None:
         me = self.sites[name]
@@ -295,6 +318,10 @@ class TwoSiteLab:
         for name in list(self.sites):
             with contextlib.suppress(Exception):
                 self.stop_agent(name)
+        for name, me in self.sites.items():
+            if me.config_path is not None and self.leftovers(name):
+                with contextlib.suppress(Exception):
+                    self.cleanup_site(name)
         for ns in reversed(self.namespaces):
             with contextlib.suppress(Exception):
                 netns.remove(ns)

@@ -319,15 +319,30 @@ class Runner:
                 self.progress(f"warning: {c.describe()}; beyond the {c.warn_ms:.1f} ms the check allows")
 
     def stop_agents(self) -> None:
+        """Stop every agent and remove its dataplane: SIGUSR1 (stop and clean up) to those running, then
+        `patronus cleanup` for any site whose agent left one (stopped gracefully by the timeline, or
+        gone): its wireguard-go and reflector processes would outlive the namespaces."""
         for p in self.agents.values():
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
+                p.send_signal(signal.SIGUSR1)
         for p in self.agents.values():
             try:
                 p.wait(20)
             except subprocess.TimeoutExpired:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(p.pid, signal.SIGKILL)
+        if self.net is None:
+            return
+        cleaners = [self._popen(self._ns(self.net.sites[site].router),
+                                [sys.executable, "-m", "patronus.cli", "cleanup", "--config",
+                                 str(self.out / "agents" / f"{site}.yaml")])
+                    for site in self.agents if (self.out / "agents" / f"{site}.state" / "dataplane.json").exists()]
+        for c in cleaners:
+            try:
+                c.wait(30)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(c.pid, signal.SIGKILL)
                 p.wait(5)
 
     # -- traffic -----------------------------------------------------------------------------------
@@ -737,13 +752,21 @@ class Runner:
                 self._stopped.discard(step.site)
                 self.restart_agent(step.site)
             else:
+                # graceful (SIGTERM: the dataplane stays, the next start adopts it) or, with cleanup,
+                # SIGUSR1: the agent removes its tunnels, steering and reflector as it stops
                 self._stopped.add(step.site)
                 p = self.agents[step.site]
-                p.send_signal(signal.SIGTERM)
-                p.wait(20)
+                if p.poll() is None:
+                    p.send_signal(signal.SIGUSR1 if step.cleanup else signal.SIGTERM)
+                    p.wait(20)
+                elif step.cleanup:              # stopped gracefully before: remove what it left
+                    assert self.net is not None
+                    subprocess.run(["ip", "netns", "exec", self._ns(self.net.sites[step.site].router),
+                                    sys.executable, "-m", "patronus.cli", "cleanup", "--config",
+                                    str(self.out / "agents" / f"{step.site}.yaml")], capture_output=True, timeout=30)
             applied = time.time()
             self.timeline_rows.append([step.at_s, round(applied, 6), "agent_start" if step.running else "agent_stop",
-                                       step.site, "{}"])
+                                       step.site, json.dumps({"cleanup": step.cleanup}) if not step.running else "{}"])
             return
         link = self.links[str(step.link)]
         ns = link.set("both", self._impairment(step.settings))
@@ -755,11 +778,12 @@ class Runner:
                                                "loss": step.settings.loss_ratio}, sort_keys=True)])
 
     def restart_agent(self, site: str) -> None:
+        """`agent_start`: a new agent on the same site file; it adopts the dataplane a graceful stop left."""
         assert self.net is not None
         cfg = self.out / "agents" / f"{site}.yaml"
         self.agents[site] = self._popen(self._ns(self.net.sites[site].router),
                                         [sys.executable, "-m", "patronus.cli", "agent", "--config", str(cfg)],
-                                        self.out / "agents" / f"{site}.log")
+                                        self.out / "agents" / f"{site}.log", nice=AGENT_NICE)
 
     def detach_links(self) -> dict[str, str]:
         """--keep: the relays must outlive the runner; each moves its control to a Unix socket."""

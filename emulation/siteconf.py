@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from emulation.scenario.model import Scenario
+from emulation.scenario.model import SIM_ONLY_KEYS, Scenario
 
 PROBE_SECRET = "patronus-lab-probe-secret-0001"   # shared by every site of a test-bed run
 API_PORT = 8470
@@ -85,7 +85,7 @@ def site_document(scenario: Scenario, site: str, *, uplink_addr: Mapping[str, Ma
                              "endpoints": [{"uplink": up.name, "address": uplink_addr[r][up.name][0]}
                                            for up in other.uplinks]})
     for k, v in (me.agent.to_dict() if agent is None else agent).items():
-        if v is not None:
+        if v is not None and k not in SIM_ONLY_KEYS:      # the simulator's model of the agent, not its file
             d[k] = v
     return d
 

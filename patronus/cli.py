@@ -107,8 +107,14 @@ def validate(path: Annotated[str, typer.Argument(help="The site file to check.")
 
 @app.command()
 def agent(config: ConfigOpt,
-          log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info") -> None:
-    """Run the site agent in the foreground until SIGTERM/SIGINT (then it removes everything it created)."""
+          log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+          cleanup: Annotated[bool, typer.Option("--cleanup", help="On SIGTERM/SIGINT remove the tunnels, nft "
+                                                "table, rules, routes and reflector too (else they stay, the "
+                                                "kernel keeps forwarding, and the next agent adopts them).")]
+          = False) -> None:
+    """Run the site agent in the foreground until SIGTERM/SIGINT. It starts by adopting whatever an earlier
+    agent of the site left; on stop it leaves its dataplane for the next one (graceful restart), unless
+    --cleanup."""
     import asyncio
     import logging
 
@@ -125,7 +131,7 @@ def agent(config: ConfigOpt,
                                                  "the site file", a.public_key)
 
     try:
-        code = asyncio.run(serve(cfg, ready=ready))
+        code = asyncio.run(serve(cfg, ready=ready, cleanup=cleanup))
     except (AgentError, ConfigError) as exc:
         console.print(f"[red]agent {cfg.name} cannot start:[/red] {exc}", markup=True)
         raise typer.Exit(2) from None
@@ -278,7 +284,8 @@ def cleanup(config: Annotated[str | None, typer.Option("--config", "-c", envvar=
                                                        help="Only this site's leftovers.")] = None,
             all_sites: Annotated[bool, typer.Option("--all", help="Every Patronus agent's leftovers.")] = False,
             ) -> None:
-    """Remove what a crashed agent left (its tunnels, nft table, rules, routes, wireguard-go processes)."""
+    """Remove what a stopped or crashed agent left (its tunnels, nft table, rules, routes, wireguard-go and
+    reflector processes, its dataplane record), restoring the sysctls it changed."""
     from patronus.agent.cleanup import agent_running
     from patronus.agent.cleanup import cleanup as do_cleanup
 

@@ -323,24 +323,34 @@ def sla_to_config(t: SlaTarget) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class AgentSettings:
-    """The settings a site's `patronus agent` runs with (the rest of its site file is derived)."""
+    """The settings a site's `patronus agent` runs with (the rest of its site file is derived), and
+    `startup_s`: how long the agent takes from its start (`agent_start`) until it probes and steers.
+    The simulator uses it (None: the measured default, `emulation.backends.sim.agent.AGENT_STARTUP_S`);
+    a real agent takes what it takes, so it is not part of the site file (`SIM_ONLY_KEYS`)."""
 
     monitor: MonitorProfile = PROFILES["default"]
     policies: tuple[RoutingPolicy, ...] = field(default_factory=_default_policies)
     steering: Steering = Steering.NFTABLES
     router: RouterConfig = field(default_factory=RouterConfig)
     sla: SlaTarget = field(default_factory=SlaTarget)
+    startup_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         policies: Any = ("default" if self.policies == _default_policies()
                          else [policy_to_config(p) for p in self.policies])
         r = self.router
-        return {"monitor": monitor_to_config(self.monitor), "policies": policies, "steering": str(self.steering),
-                "router": {"failback_hold": fmt_duration(r.failback_hold_s),
-                           "failover_cooldown": fmt_duration(r.failover_cooldown_s),
-                           "min_improvement": fmt_number(r.min_improvement),
-                           "idle_timeout": fmt_duration(r.idle_timeout_s)},
-                "sla": sla_to_config(self.sla)}
+        out = {"monitor": monitor_to_config(self.monitor), "policies": policies, "steering": str(self.steering),
+               "router": {"failback_hold": fmt_duration(r.failback_hold_s),
+                          "failover_cooldown": fmt_duration(r.failover_cooldown_s),
+                          "min_improvement": fmt_number(r.min_improvement),
+                          "idle_timeout": fmt_duration(r.idle_timeout_s)},
+               "sla": sla_to_config(self.sla)}
+        if self.startup_s is not None:
+            out["startup"] = fmt_duration(self.startup_s)
+        return out
+
+
+SIM_ONLY_KEYS = frozenset({"startup"})      # `agent` settings of the simulator's model, not of the site file
 
 
 def monitor_to_config(m: MonitorProfile) -> str | dict[str, Any]:
@@ -600,9 +610,18 @@ class AgentEvent(TimelineEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AgentStop(AgentEvent):
-    """Stop the site's agent (SIGTERM: it removes its tunnels, rules and nft table)."""
+    """Stop the site's agent. `cleanup: false` (the default) is a graceful stop (SIGTERM): its tunnels,
+    steering and reflector stay, the site keeps forwarding as last decided, and the next start adopts
+    them. `cleanup: true` also removes them (`patronus cleanup`): the site loses its router."""
 
     action: ClassVar[str] = "agent_stop"
+    cleanup: bool = False
+
+    def _params(self) -> dict[str, Any]:
+        return {"site": self.site, **({"cleanup": True} if self.cleanup else {})}
+
+    def describe(self) -> str:
+        return f"agent_stop {self.site}" + (" (with cleanup)" if self.cleanup else "")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

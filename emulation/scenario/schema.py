@@ -95,7 +95,8 @@ _KNOWN_TOP = {"version", "name", "description", "seed", "duration", "backends", 
 _KNOWN_SITE = {"id", "lan_prefix", "hosts", "region", "uplinks", "agent"}
 _KNOWN_GROUP = {"count", "region", "hosts", "uplinks", "agent"}
 _KNOWN_UPLINK = {"bandwidth", "delay", "jitter", "jitter_distribution", "loss", "queue_limit", "cost_per_gb"}
-_KNOWN_AGENT = {"monitor", "policies", "steering", "router", "sla"}
+_KNOWN_AGENT = {"monitor", "policies", "steering", "router", "sla", "startup"}
+MAX_STARTUP_S = 120.0
 _KNOWN_ROUTER = {"failback_hold", "failover_cooldown", "min_improvement", "idle_timeout"}
 _KNOWN_CORE = {"topology", "hub", "hubs"}
 _FLOW_COMMON = {"name", "type", "from", "to", "class", "start", "stop", "dst_port"}
@@ -115,7 +116,7 @@ _EVENT_PARAMS: dict[str, set[str]] = {
     "clear": {"link"},
     "flap": {"link", "period", "count"},
     "ramp": {"link", "to", "over", "steps"},
-    "agent_stop": {"site"},
+    "agent_stop": {"site", "cleanup"},
     "agent_start": {"site"},
     "region_cut": {"region", "uplink"},
     "region_restore": {"region", "uplink"},
@@ -682,9 +683,13 @@ def _agent(raw: object, path: str, errs: Errors) -> AgentSettings | None:
         router = RouterConfig(**kw)          # every value was range-checked above
 
     sla = errs.attempt(SlaTarget.from_dict, m.get("sla") or {}, f"{path}.sla")
+    startup: float | None = None
+    if m.get("startup") is not None:
+        startup = _duration(m["startup"], f"{path}.startup", errs, at_most=MAX_STARTUP_S)
     if len(errs.items) != n_errors or monitor is None or steering is None or sla is None:
         return None
-    return AgentSettings(monitor=monitor, policies=policies, steering=steering, router=router, sla=sla)
+    return AgentSettings(monitor=monitor, policies=policies, steering=steering, router=router, sla=sla,
+                         startup_s=startup)
 
 
 def _core(raw: object, errs: Errors, sites: Mapping[str, SiteDecl]) -> Core:
@@ -1054,7 +1059,13 @@ def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
         if to is not None and over is not None and steps is not None and link is not None and at is not None:
             ev = Ramp(at_s=at, link=link, to=to, over_s=over, steps=steps)
     elif action in ("agent_stop", "agent_start") and isinstance(site, str) and site in sites and at is not None:
-        ev = (AgentStop if action == "agent_stop" else AgentStart)(at_s=at, site=site)
+        cleanup = m.get("cleanup", False)
+        if not isinstance(cleanup, bool):
+            errs.add(f"{path}.cleanup", f"expected true or false, got {_kind(cleanup)}")
+        elif action == "agent_stop":
+            ev = AgentStop(at_s=at, site=site, cleanup=cleanup)
+        else:
+            ev = AgentStart(at_s=at, site=site)
 
     if ev is not None and duration is not None and ev.end_s > duration and at is not None and at <= duration:
         errs.add(path, f"this {ev.action} ends at {fmt_duration(ev.end_s)}, after the end of the scenario (duration "

@@ -25,6 +25,8 @@ SHORT: dict[str, dict[str, Any]] = {
     "voip-sla": {"duration": "36s", "timeline.0.at": "5s", "timeline.1.at": "12s", "timeline.2.at": "24s"},
     "six-sites": {"duration": "34s", "timeline.0.at": "8s", "timeline.1.at": "14s", "timeline.2.at": "20s",
                   "timeline.3.at": "26s", "expectations.9.flow_stays.during": ["5s", "13s"]},
+    "agent-restart": {"duration": "24s", "timeline.0.at": "5s", "timeline.1.at": "9s", "timeline.2.at": "13s",
+                      "timeline.3.at": "17s"},
 }
 
 

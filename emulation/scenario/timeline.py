@@ -15,7 +15,9 @@ Semantics, in one place:
 - `flap`: down at at + i·period and up at at + i·period + period/2, for i in 0..count-1;
 - `ramp`: from the values at `at` to `to`, in `steps` equal steps, step i at at + i·over/steps; ramping
   `loss` replaces a Gilbert-Elliott model, starting from that model's mean loss;
-- `agent_stop` / `agent_start` change whether the site's agent runs (a no-op when it already is so).
+- `agent_stop` / `agent_start` change whether the site's agent runs (a no-op when it already is so);
+  a stop without `cleanup` leaves the site's dataplane forwarding (graceful), with `cleanup` it goes
+  too; a `cleanup` stop of an agent already stopped gracefully removes the dataplane it left.
 Steps that change nothing are left out. Steps at the same time keep the order of their events
 (timeline order, then the step's number within its event), so the result is deterministic.
 """
@@ -58,6 +60,7 @@ class AgentStep:
     event: int
     site: str
     running: bool
+    cleanup: bool = False        # a stop that removes the site's dataplane too (tunnels, steering, reflector)
 
 
 Step = LinkStep | AgentStep
@@ -98,6 +101,7 @@ def schedule(scenario: Scenario) -> tuple[Step, ...]:
     links: dict[LinkRef, LinkSettings] = {ref: scenario.uplink(ref).baseline() for ref in scenario.links}
     baseline = dict(links)
     running = {s.name: True for s in scenario.sites}
+    kept = {s.name: False for s in scenario.sites}      # stopped gracefully: its dataplane still forwards
     # (time, event index, step within the event, kind, payload): events expand lazily, when their time
     # comes, so that a ramp starts from the state the link is in at that moment
     queue: list[tuple[float, int, int, str, Any]] = [(ev.at_s, i, 0, "event", ev)
@@ -142,9 +146,12 @@ def schedule(scenario: Scenario) -> tuple[Step, ...]:
         elif isinstance(ev, Ramp):
             for step, (t, imp) in enumerate(_ramp_points(links[ev.link], ev), start=1):
                 heapq.heappush(queue, (t, index, step, "impair", (ev.link, imp)))
-        elif isinstance(ev, AgentStop | AgentStart):
-            want = isinstance(ev, AgentStart)
-            if running[ev.site] != want:
-                running[ev.site] = want
-                out.append(AgentStep(at, index, ev.site, want))
+        elif isinstance(ev, AgentStart) and not running[ev.site]:
+            running[ev.site] = True
+            kept[ev.site] = False
+            out.append(AgentStep(at, index, ev.site, True))
+        elif isinstance(ev, AgentStop) and (running[ev.site] or (ev.cleanup and kept[ev.site])):
+            running[ev.site] = False
+            kept[ev.site] = not ev.cleanup
+            out.append(AgentStep(at, index, ev.site, False, ev.cleanup))
     return tuple(out)

@@ -1,10 +1,12 @@
-"""`patronus cleanup`: remove what a crashed agent left behind, and only that.
+"""`patronus cleanup`: remove what a stopped or crashed agent left behind, and only that.
 
-What is ours, by tag (never by guess): nft tables named `patronus_s<id>`; ip rules and routes with
+A plain stop leaves the dataplane for the next agent to adopt (`patronus.agent.adopt`); this removes
+it. What is ours, by tag (never by guess): nft tables named `patronus_s<id>`; ip rules and routes with
 rtm_protocol 0xB7 (`ROUTE_PROTO`) in our tables; interfaces whose ifalias starts with
-`patronus:s<id>` (WireGuard tunnels); wireguard-go processes whose pid the agent recorded in its
-state directory (checked against /proc/PID/cmdline before any signal). Acts in the current network
-namespace, like the agent.
+`patronus:s<id>` (WireGuard tunnels); wireguard-go and reflector processes whose pid (and start time)
+the agent recorded in its state directory (checked against /proc/PID before any signal); the
+dataplane record, whose sysctls (their values before the agent changed them) are restored. Acts in
+the current network namespace, like the agent.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 
+from patronus.agent.adopt import HostRecord
 from patronus.agent.config import PATH_TABLE_BASE, ROUTE_PROTO, UPLINK_TABLE_BASE, SiteConfig
 from patronus.agent.nft import Nft, NftError
 
@@ -75,16 +78,32 @@ def cleanup(cfg: SiteConfig | None, state_dirs: list[FsPath] | None = None) -> C
                         rep.removed.append(f"route table {table} {rt.get_attr('RTA_DST') or 'default'}")
                     except Exception as exc:
                         rep.problems.append(f"route in table {table}: {exc}")
+    # the reflectors, the dataplane records and the sysctls they name
+    from patronus.agent.prober import stop_recorded_reflector
+
+    for d in _state_dirs(cfg, state_dirs):
+        if cfg is not None and (rec := _record(d, rep)) is not None:
+            for key, old in sorted(rec.sysctls.items()):
+                try:
+                    FsPath("/proc/sys", key).write_text(old)
+                    rep.removed.append(f"sysctl {key.replace('/', '.')} restored to {old}")
+                except OSError as exc:
+                    rep.problems.append(f"sysctl {key}: {exc.strerror}")
+        try:
+            if stop_recorded_reflector(d):
+                rep.removed.append(f"reflector process ({d})")
+        except Exception as exc:
+            rep.problems.append(f"reflector ({d}): {exc}")
+        if HostRecord.remove(d):
+            rep.removed.append(f"dataplane record {d / 'dataplane.json'}")
     # tunnels and their processes
     from patronus.agent.wireguard import WireGuardManager
 
-    dirs = state_dirs if state_dirs is not None else ([cfg.state_dir] if cfg is not None else
-                                                      sorted(FsPath("/run/patronus").glob("*")))
     owner = cfg.owner if cfg is not None else "patronus:"
-    for d in dirs or [FsPath("/run/patronus/none")]:
+    for d in _state_dirs(cfg, state_dirs) or [FsPath("/run/patronus/none")]:
         try:
             mgr = WireGuardManager("userspace", d)
-            rep.removed += mgr.cleanup(owner)
+            rep.removed += mgr.cleanup(owner, exact=cfg is not None)
         except Exception as exc:
             rep.problems.append(f"tunnels ({d}): {exc}")
     return rep
@@ -103,3 +122,17 @@ def _selectors(r: object) -> dict[str, object]:
         out["dst"] = get("FRA_DST")
         out["dst_len"] = r["dst_len"]  # type: ignore[index]
     return out
+
+
+def _state_dirs(cfg: SiteConfig | None, state_dirs: list[FsPath] | None) -> list[FsPath]:
+    if state_dirs is not None:
+        return state_dirs
+    return [cfg.state_dir] if cfg is not None else sorted(FsPath("/run/patronus").glob("*"))
+
+
+def _record(d: FsPath, rep: CleanupReport) -> HostRecord | None:
+    try:
+        return HostRecord.load(d)
+    except Exception as exc:
+        rep.problems.append(f"dataplane record in {d}: {exc}")
+        return None

@@ -2,10 +2,27 @@
 
 Start-up is plan-then-apply with rollback: the site file was validated before we get here; then the
 agent opens its store, loads (or creates, 0600) its WireGuard key and API token, creates one WireGuard
-interface per path, installs steering (nftables + policy routing), opens its probe sockets and its
-API. If any step fails, everything done so far is undone in reverse order before the error is
-reported. SIGTERM/SIGINT stop it the same way: every interface, rule, route, table and child process
-it created is removed.
+interface per path, installs steering (nftables + policy routing), starts its probe reflector, opens
+its probe sockets and its API. If any step fails, what was done is undone in reverse order before the
+error is reported (but a dataplane the start adopted stays: see below).
+
+Stop, and graceful restart (the decisions are in `patronus.agent.adopt`'s header):
+* SIGTERM/SIGINT of `patronus agent` (no `--cleanup`): the agent closes what is its own (API, probe
+  sockets, store, pid file) and leaves the dataplane (tunnels and their wireguard-go, the nft table
+  with its maps, rules, routes, the reflector, `state_dir/dataplane.json`): the kernel goes on steering
+  as last decided and the peers' probes are still answered. kill -9 leaves the same.
+* `patronus agent --cleanup`: SIGTERM removes every interface, rule, route, table and process it
+  created or adopted, as a site losing its router would (`patronus cleanup` does it afterwards).
+  SIGUSR1 does the same whatever the flag (the test-bed's `agent_stop` with `cleanup: true`).
+* A starting agent adopts what an earlier one left (tunnels verified and reconfigured in place, the
+  table replaced atomically with the map elements that still mean the same, rules and routes kept or
+  pruned) and must not disturb the steering it finds: every path starts Down in its monitor, so the
+  core holds the steering (`SiteLogic.hold_steering`) until every path has a verdict (at the latest
+  `steering_hold_s`), then the router is given the kept slots where the kernel has them, failed-over
+  ones with their origin (they fail back after the hold, counted from then). Slots do not move at a
+  restart unless a path changed while no agent ran. Nothing flushes conntrack.
+* A start that fails after adopting leaves the adopted dataplane in place (without `--cleanup`): a
+  failed upgrade must not take a working site down; the next start adopts it again.
 
 Clock: the core runs on `time.monotonic()`; what leaves the process (store, API, events) carries wall
 time (`time.time()`), converted with the offset measured at start.
@@ -37,13 +54,16 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any, TypeVar
 
 from patronus import __version__
 from patronus.agent import keys as keymod
+from patronus.agent.adopt import HostRecord, Numbering, TunnelAction, kept_maps, plan_tunnels
 from patronus.agent.config import PathPlan, SiteConfig
 from patronus.agent.prober import Prober, ReflectorProcess
+from patronus.agent.procs import alive, argv_of, start_ticks
 from patronus.agent.steering import (
     FALLBACK_POLICY_NO,
     LB_BUCKETS,
@@ -67,7 +87,7 @@ from patronus.core.events import (
 )
 from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, PathStatus, Site, SiteId
 from patronus.core.policy import LoadBalance, RoutingPolicy
-from patronus.core.site import SiteLogic
+from patronus.core.site import SiteLogic, steering_hold_s
 from patronus.core.sla import SlaMonitor
 
 log = logging.getLogger("patronus.agent")
@@ -84,7 +104,18 @@ _STORED_KINDS = (PathStatusChanged, FailoverTriggered, Failback, FlowStranded)
 
 
 class AgentError(RuntimeError):
-    """The agent cannot start on this host (the message says why); nothing it did is left behind."""
+    """The agent cannot start on this host (the message says why); nothing it created is left behind."""
+
+
+@dataclass(frozen=True)
+class _Undo:
+    """One thing a start did: how a cleanup stop (or a failed fresh start) removes it, and what a
+    graceful stop does with it (None: leave it as it is)."""
+
+    what: str
+    remove: Callable[[], Any]
+    keep: Callable[[], Any] | None
+    on_loop: bool = False            # run on the event loop thread (else on the kernel worker)
 
 
 def _wall_offset() -> float:
@@ -98,8 +129,9 @@ def _public_key_of_config(cfg: SiteConfig) -> str:
 class Agent:
     """Implements `patronus.agent.api.AgentControl` for the API."""
 
-    def __init__(self, cfg: SiteConfig) -> None:
+    def __init__(self, cfg: SiteConfig, *, cleanup: bool = False) -> None:
         self.cfg = cfg
+        self.cleanup_on_stop = cleanup
         self.offset = _wall_offset()
         self.started_at = time.time()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -116,7 +148,11 @@ class Agent:
         self.monitor = self.logic.monitor
         self.router = self.logic.router
         self.sla = self.logic.sla
-        self._undo: list[tuple[str, Callable[[], Any]]] = []
+        self._undo: list[_Undo] = []
+        self.adopted: dict[str, Any] = {}                # what this start found and took over (the API says)
+        self.adopting = False                            # it found a dataplane of an earlier agent
+        self._adopted_slots: dict[int, int] = {}         # slot mark -> path mark, until the hold ends
+        self._record_sysctls: dict[str, str] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -149,12 +185,13 @@ class Agent:
     # -- start / stop ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bring everything up; on any failure undo what was done and raise AgentError."""
+        """Bring everything up; on any failure undo what was done (keeping a dataplane it adopted,
+        unless it cleans up on stop) and raise AgentError."""
         self.loop = asyncio.get_running_loop()
         try:
             await self._start()
         except BaseException as exc:
-            await self.stop()
+            await self.stop(cleanup=self.cleanup_on_stop or not self.adopting)
             if isinstance(exc, AgentError | ConfigError):
                 raise
             if isinstance(exc, Exception):
@@ -172,18 +209,29 @@ class Agent:
         other = _running_pid(pidfile)
         if other is not None and other != os.getpid():
             raise AgentError(f"another agent of site {cfg.name} is running (pid {other}, {pidfile})")
-        pidfile.write_text(f"{os.getpid()}\n")
-        self._undo.append(("pidfile", lambda: pidfile.unlink(missing_ok=True)))
+        pidfile.write_text(f"{os.getpid()}\n{start_ticks(os.getpid()) or ''}\n")
+        self._undo.append(_Undo("pidfile", lambda: pidfile.unlink(missing_ok=True),
+                                lambda: pidfile.unlink(missing_ok=True), on_loop=True))
 
         cfg.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = Store.open(cfg.database)
         store = self.store
-        self._undo.append(("store", store.close))
+        self._undo.append(_Undo("store", store.close, store.close, on_loop=True))
         self._init_store(store)
 
         private = await self._k(keymod.load_or_create_private_key, cfg.wg_private_key_file)
         self.public_key = keymod.public_key(private)
         self.token = cfg.api_token or _load_or_create_token(cfg.api_token_file)
+
+        record: HostRecord | None = None
+        try:
+            record = HostRecord.load(cfg.state_dir)
+        except ConfigError as exc:
+            log.warning("ignoring the dataplane record: %s (kept tunnels and rules are adopted, kept slots are not)",
+                        exc)
+        if record is not None and record.owner != cfg.owner:
+            log.warning("ignoring the dataplane record of %s (this site is %s)", record.owner, cfg.owner)
+            record = None
 
         # policies: the store's (changed through the API) win over the file's, so they survive restarts
         stored = store.list_policies()
@@ -194,13 +242,18 @@ class Agent:
                 for p in policies:
                     store.upsert_policy(p.name, p.priority, p.enabled, p.to_dict(), now=time.time())
         self.router.replace_policies(policies)
+        if record is not None:
+            # the numbers the kept slots carry in their marks, for the policies that still exist
+            names = {p.name for p in policies}
+            for name, n in sorted(record.policies.items(), key=lambda t: t[1]):
+                if name in names and n < FALLBACK_POLICY_NO and n not in self._policy_no.values():
+                    self._policy_no[name] = n
         self._number_policies()
 
-        # kernel: uplink routing, tunnels, then steering
-        if cfg.steering == "nftables":
-            self.steering = Steering(cfg)
-            self._undo.append(("steering", self.steering.teardown))
-            await self._k(self.steering.apply_uplinks)
+        # kernel: what an earlier agent left, then uplink routing, tunnels, steering
+        specs: dict[str, Any] = {}
+        found: dict[str, Any] = {}
+        maps: tuple[dict[int, int], dict[int, int]] | None = None
         if cfg.paths:
             from patronus.agent.wireguard import TunnelSpec, WireGuardManager, detect_backend
 
@@ -208,30 +261,81 @@ class Agent:
             self.wg = WireGuardManager(self.wg_backend, cfg.state_dir)
             for plan in cfg.paths:
                 remote = cfg.remote(plan.remote)
-                spec = TunnelSpec(ifname=plan.ifname, private_key=private, listen_port=plan.listen_port,
-                                  fwmark=plan.uplink.mark, mtu=cfg.wg_mtu, peer_public_key=remote.public_key,
-                                  peer_endpoint=(plan.endpoint.address, plan.peer_port),
-                                  allowed_ips=tuple(remote.prefixes),
-                                  # One end of each tunnel (the lower site id) initiates and keeps it
-                                  # warm; if both did, their keepalive timers (set at the same moment
-                                  # by agents started together) would make their handshake initiations
-                                  # cross every time, each end discarding the other's response.
-                                  keepalive_s=cfg.wg_keepalive_s if cfg.id < remote.id else 0,
-                                  owner=cfg.owner, initiate=cfg.id < remote.id)
-                await self._k(self.wg.create, spec)
-                self._undo.append((f"tunnel {plan.ifname}", functools.partial(self.wg.delete, plan.ifname)))
+                specs[plan.ifname] = TunnelSpec(
+                    ifname=plan.ifname, private_key=private, listen_port=plan.listen_port, fwmark=plan.uplink.mark,
+                    mtu=cfg.wg_mtu, peer_public_key=remote.public_key,
+                    peer_endpoint=(plan.endpoint.address, plan.peer_port), allowed_ips=tuple(remote.prefixes),
+                    # One end of each tunnel (the lower site id) initiates and keeps it warm; if both did,
+                    # their keepalive timers (set at the same moment by agents started together) would make
+                    # their handshake initiations cross every time, each end discarding the other's response.
+                    keepalive_s=cfg.wg_keepalive_s if cfg.id < remote.id else 0,
+                    owner=cfg.owner, initiate=cfg.id < remote.id)
+            found = await self._k(self.wg.survey, cfg.owner)
+        if cfg.steering == "nftables":
+            self.steering = Steering(cfg)
+            maps = await self._k(self.steering.read_maps)
+        self.adopting = bool(found) or maps is not None
         if self.steering is not None:
-            await self._k(self.steering.apply, self._numbered_policies())
-            self._undo.append(("steering", self.steering.teardown))
+            if record is not None:
+                self.steering.remember_sysctls(record.sysctls)
+            steering = self.steering
+            self._undo.append(_Undo("steering", steering.teardown, None))
+            await self._k(functools.partial(steering.apply_uplinks, undo=not self.adopting))
+        tunnels: Counter[str] = Counter()
+        if self.wg is not None:
+            foreign = await self._k(_foreign_links, set(specs), cfg.owner)
+            actions = plan_tunnels(set(specs), found, foreign)
+            for ifname, action in actions.items():
+                if action is TunnelAction.REMOVE:
+                    continue                     # after the steering no longer points there (below)
+                if action is TunnelAction.ADOPT:
+                    changed = await self._k(self.wg.reconfigure, specs[ifname], found[ifname])
+                    tunnels["reconfigured" if changed else "adopted"] += 1
+                    if changed:
+                        log.info("tunnel %s adopted; changed: %s", ifname, ", ".join(changed))
+                else:
+                    if action is TunnelAction.RECREATE:
+                        await self._k(self.wg.delete, ifname)
+                    await self._k(self.wg.create, specs[ifname])
+                    tunnels["recreated" if action is TunnelAction.RECREATE else "created"] += 1
+                self._undo.append(_Undo(f"tunnel {ifname}", functools.partial(self.wg.delete, ifname), None))
+        else:
+            actions = {}
+        keep: tuple[dict[int, int], dict[int, int]] | None = None
+        if self.steering is not None:
+            if maps is not None:
+                keep = kept_maps(Numbering.of(record) if record is not None else None, self._numbering(), *maps,
+                                 FALLBACK_POLICY_NO)
+            await self._k(functools.partial(self.steering.apply, self._numbered_policies(), keep,
+                                            undo=not self.adopting))
+            pruned = await self._k(self.steering.prune)
+            if pruned:
+                log.info("removed routing no longer wanted: %s", "; ".join(pruned))
+        for ifname, action in actions.items():
+            if action is TunnelAction.REMOVE:
+                await self._k(self.wg.delete, ifname)
+                tunnels["removed"] += 1
+        self._save_record()
+        self._undo.append(_Undo("dataplane record", functools.partial(HostRecord.remove, cfg.state_dir), None,
+                                on_loop=True))
 
         # probing, and the bandwidth-test servers (one per uplink and peer site: one pair key each)
         self.reflector = ReflectorProcess(cfg)
-        self._undo.append(("reflector", self.reflector.close))
-        self.reflector.start(loop)
+        reflector = self.reflector
+        self._undo.append(_Undo("reflector", functools.partial(reflector.close, keep=False),
+                                functools.partial(reflector.close, keep=True), on_loop=True))
+        how = reflector.start()
         self.prober = Prober(cfg, self._on_probe_reply)
         self.prober.start(loop)
-        self._undo.append(("probes", self.prober.close))
+        self._undo.append(_Undo("probes", self.prober.close, self.prober.close, on_loop=True))
         await self._start_bandwidth_servers()
+        if self.adopting or how != "started":
+            self.adopted = {"tunnels": dict(tunnels), "reflector": how,
+                            "slots": len(keep[1]) if keep else 0,
+                            "slots_dropped": (len(maps[1]) - len(keep[1])) if maps and keep else 0}
+            log.info("adopted the dataplane an earlier agent left: tunnels %s, reflector %s, %d slots kept "
+                     "(%d dropped)", dict(tunnels) or "none", how, self.adopted["slots"],
+                     self.adopted["slots_dropped"])
 
         # core
         now = time.monotonic()
@@ -240,6 +344,10 @@ class Agent:
             self._status_since[path.id] = self.wall(now)
         for r in cfg.remotes:
             self.logic.set_site_prefixes(r.name, r.prefixes)
+        if keep is not None and (keep[0] or keep[1]):
+            # the kernel steers as the previous agent left it until our paths have their verdicts
+            self._adopted_slots = dict(keep[1])
+            self.logic.hold_steering(now + steering_hold_s(cfg.monitor))
         self._pump(now)
         self._tasks.append(loop.create_task(self._periodic(), name="patronus-periodic"))
         if cfg.pmtu:
@@ -247,7 +355,8 @@ class Agent:
         if cfg.bandwidth_interval_s > 0:
             self._tasks.append(loop.create_task(self._bandwidth_tests(), name="patronus-bandwidth"))
         self._publish({"kind": "AgentStarted", "at": time.time(), "site": cfg.name, "paths": len(cfg.paths),
-                       "wireguard_backend": self.wg_backend, "steering": cfg.steering})
+                       "wireguard_backend": self.wg_backend, "steering": cfg.steering,
+                       "adopted": self.adopted or None})
         log.info("agent %s up: %d paths, wireguard %s, steering %s", cfg.name, len(cfg.paths), self.wg_backend,
                  cfg.steering)
         # Everything allocated so far lives as long as the agent: keep it out of the cyclic collector's
@@ -262,7 +371,11 @@ class Agent:
         from patronus.agent.sockets import open_path_socket
 
         servers: list[Any] = []
-        self._undo.append(("bandwidth servers", lambda: [srv.close() for srv in servers]))
+
+        def close() -> None:
+            for srv in servers:
+                srv.close()
+        self._undo.append(_Undo("bandwidth servers", close, close))
         for r in self.cfg.remotes:
             key = probe_key(self.cfg, r)
             if key is None:
@@ -309,8 +422,11 @@ class Agent:
                 self._publish({"kind": "BandwidthMeasured", "at": time.time(), "path_id": plan.id, **res})
             await asyncio.sleep(self.cfg.bandwidth_interval_s)   # the configured period between rounds
 
-    async def stop(self) -> None:
-        """Undo everything `start` did, newest first. Safe to call more than once."""
+    async def stop(self, cleanup: bool | None = None) -> None:
+        """Undo what `start` did, newest first: everything (`cleanup`, by default the agent's
+        `--cleanup`), or only what is the agent's own, leaving the dataplane to the next agent (see the
+        module's header). Safe to call more than once."""
+        cleanup = self.cleanup_on_stop if cleanup is None else cleanup
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()
@@ -324,19 +440,66 @@ class Agent:
         if self.store is not None and self._undo:
             with contextlib.suppress(Exception):
                 self._persist_flows()
+        kept = []
         while self._undo:
-            what, fn = self._undo.pop()
+            u = self._undo.pop()
+            fn = u.remove if cleanup else u.keep
+            if fn is None:
+                kept.append(u.what)
+                continue
             try:
-                if what in ("store", "probes", "pidfile", "reflector"):
+                if u.on_loop:
                     fn()
                 else:
                     await self._k(fn)
             except Exception as exc:
-                log.error("stop: %s: %s", what, exc)
+                log.error("stop: %s: %s", u.what, exc)
         self.kernel.shutdown(wait=True)
+        if kept:
+            log.info("stopped; left for the next agent (`patronus cleanup` removes them): %s",
+                     ", ".join(reversed(kept)))
         for q in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait({"kind": "AgentStopping", "at": time.time()})
+                q.put_nowait({"kind": "AgentStopping", "at": time.time(), "cleanup": cleanup})
+
+    def _numbering(self) -> Numbering:
+        return Numbering(remotes=dict(self._remote_no), policies=dict(self._policy_no),
+                         paths={str(p.id): p.number for p in self.cfg.paths})
+
+    def _save_record(self) -> None:
+        """How the kernel state is numbered and what it changed, for the next agent (`adopt.HostRecord`)."""
+        n = self._numbering()
+        sysctls = self.steering.sysctls_changed if self.steering is not None else {}
+        try:
+            HostRecord(site=self.cfg.name, site_id=self.cfg.id, owner=self.cfg.owner, remotes=dict(n.remotes),
+                       policies=dict(n.policies), paths=dict(n.paths), sysctls=sysctls).save(self.cfg.state_dir)
+        except OSError as exc:
+            log.error("cannot write the dataplane record in %s: %s (a next agent would not keep its slots)",
+                      self.cfg.state_dir, exc)
+
+    def _adopt_slots(self, now: float) -> None:
+        """The hold is over: give the router the slots the kernel kept, on the path the kernel has each
+        on, with its own path as its origin when it had failed over."""
+        names = self._policy_names()
+        active = {p.name for p in self.router.list_policies() if p.enabled}
+        by_number = {p.number: p for p in self.cfg.paths}
+        remote_of = {n: name for name, n in self._remote_no.items()}
+        for mark, pmark in sorted(self._adopted_slots.items()):
+            rn, pn, n = split_slot(mark)
+            remote, origin, cur = remote_of.get(rn), by_number.get(n), by_number.get(pmark & 0xFF)
+            if remote is None or origin is None or cur is None or pn not in names:
+                continue
+            name = names[pn]
+            if (name is not None and name not in active) or origin.remote != remote or cur.remote != remote:
+                continue
+            key = FlowKey("0.0.0.0", "0.0.0.0", (rn << 8) | pn, n, 0)
+            if key in self._slot_of:
+                continue
+            self._slots[mark] = key
+            self._slot_of[key] = mark
+            self.router.place(key, cur.id, now, site=SiteId(remote), policy=name,
+                              origin=origin.id if origin is not cur else None)
+        self._adopted_slots = {}
 
     def _init_store(self, store: Store) -> None:
         cfg = self.cfg
@@ -372,6 +535,8 @@ class Agent:
 
     def _sync_slots(self, now: float) -> None:
         """One router flow per (remote, policy, path) slot: placed on its path, then left to the router."""
+        if self.logic.steering_held:
+            return          # the kernel's slots are adopted when the hold ends (`_adopt_slots`)
         active = {p.name for p in self.router.list_policies() if p.enabled}
         for pn, name in self._policy_names().items():
             if name is not None and name not in active:
@@ -419,7 +584,7 @@ class Agent:
         return new_slot, slot_path
 
     def _sync_kernel(self, trigger: list[Event]) -> None:
-        if self.steering is None or not self.steering.applied:
+        if self.steering is None or not self.steering.applied or self.logic.steering_held:
             return
         # Invariant: every slot `new_slot` can send a connection to exists in the router (and so in
         # `slot_path`). A path's status can reach the router through a metrics update as well as a
@@ -471,6 +636,10 @@ class Agent:
             self._status_since[sc.path_id] = self.wall(sc.at)
             self._publish(self._event_dict(sc))
         rev = step.router
+        if step.released:
+            self._adopt_slots(now)
+            rev = rev + self.router.drain_events()
+            log.info("steering hold over: %d slots adopted", len(self._slots))
         for ev in rev:
             if isinstance(ev, FailoverTriggered):
                 self._failovers[ev.reason.value] += 1
@@ -535,6 +704,15 @@ class Agent:
                     log.warning("tunnel check failed: %s", exc)
                 else:
                     self._check_tunnels(shakes, time.monotonic())
+            if self.reflector is not None and not self.reflector.alive():
+                # it lives apart from the agent now (it outlives restarts), so it can die apart too
+                log.error("the probe reflector is gone; starting a new one")
+                try:
+                    how = await self._k(self.reflector.start)
+                except Exception as exc:
+                    log.error("probe reflector: %s", exc)
+                else:
+                    self._publish({"kind": "ReflectorRestarted", "at": time.time(), "how": how})
 
     def _handshakes(self) -> dict[PathId, float | None]:
         """Latest WireGuard handshake (wall time) of every path's tunnel (kernel thread)."""
@@ -663,7 +841,8 @@ class Agent:
                 "wireguard_backend": self.wg_backend, "steering": cfg.steering, "started_at": self.started_at,
                 "version": __version__, "monitor_profile": cfg.monitor.name,
                 "steering_changes": self._steering_changes, "last_steering_change": self._last_steering_change,
-                "displaced_slots": self.displaced_slots(), "pending_failbacks": self.router.pending_failbacks()}
+                "displaced_slots": self.displaced_slots(), "pending_failbacks": self.router.pending_failbacks(),
+                "adopted": self.adopted or None, "steering_held": self.logic.steering_held}
 
     def displaced_slots(self) -> int:
         """Slots away from the path they started on, waiting to fail back (0 when the site is settled)."""
@@ -718,6 +897,7 @@ class Agent:
         except Exception:
             self.router.replace_policies(old)
             raise
+        self._save_record()
         if self.store is not None:
             with self.store.transaction():
                 names = {p.name for p in policies}
@@ -844,16 +1024,26 @@ def _fields(e: Event) -> dict[str, Any]:
     return {f.name: getattr(e, f.name) for f in fields(e)}
 
 
+def _foreign_links(names: set[str], owner: str) -> set[str]:
+    """Which of `names` exist as interfaces here not tagged with `owner` (kernel thread)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        return {str(link.get("ifname")) for link in ipr.get_links()
+                if link.get("ifname") in names and (link.get("ifalias") or "") != owner}
+
+
 def _running_pid(pidfile: FsPath) -> int | None:
+    """The pid of the agent recorded in `pidfile` if it still runs (same pid, same start time when
+    recorded, a patronus command line), else None."""
     try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
+        lines = pidfile.read_text().split()
+        pid = int(lines[0])
+        start = int(lines[1]) if len(lines) > 1 else None
+    except (OSError, ValueError, IndexError):
         return None
-    try:
-        cmd = FsPath(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return None
-    return pid if b"patronus" in cmd else None
+    cmd = b" ".join(argv_of(pid))
+    return pid if b"patronus" in cmd and b"reflector" not in cmd and alive(pid, start) else None
 
 
 def _load_or_create_token(path: FsPath) -> str:
@@ -873,8 +1063,10 @@ def _load_or_create_token(path: FsPath) -> str:
     return tok
 
 
-async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None) -> int:
-    """Run the agent until SIGTERM/SIGINT; return the exit code. The API runs in the same loop."""
+async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None, cleanup: bool = False) -> int:
+    """Run the agent until SIGTERM/SIGINT; return the exit code. The API runs in the same loop.
+    `cleanup`: remove the dataplane on stop (else the next agent adopts it). SIGUSR1 stops it and
+    removes the dataplane whatever `cleanup` says (a test-bed's "the site loses its router")."""
     import uvicorn
 
     from patronus.agent.api import create_app
@@ -883,10 +1075,16 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(cfg)
+    agent = Agent(cfg, cleanup=cleanup)
+
+    def stop_and_clean() -> None:
+        agent.cleanup_on_stop = True
+        stop.set()
+    loop.add_signal_handler(signal.SIGUSR1, stop_and_clean)
     await agent.start()
     server: uvicorn.Server | None = None
     api_task: asyncio.Task[Any] | None = None
+    serving = False
     try:
         host, port = cfg.api_listen
         config = uvicorn.Config(create_app(agent, agent.token), host=host, port=port, log_level="warning",
@@ -901,6 +1099,7 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
             await asyncio.sleep(0.01)
         if ready is not None:
             ready(agent)
+        serving = True
         stopper = loop.create_task(stop.wait())
         await asyncio.wait({stopper, api_task}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
@@ -911,8 +1110,10 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
         if api_task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(api_task, 5)
-        await agent.stop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # an agent that never served (its API could not listen) removes what it created, as a failed
+        # start does; a dataplane it adopted stays
+        await agent.stop(cleanup=None if serving or agent.cleanup_on_stop else not agent.adopting)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
 
 

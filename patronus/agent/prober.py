@@ -2,8 +2,9 @@
 
 - **Reflector**, one socket per uplink bound to the uplink's address and the probe port (and to the
   uplink interface, with the uplink's mark, so the reply leaves the way the request came). It runs
-  in its own child process (`reflector.py`) so that no pause of the agent (GC, SQLite, API) delays
-  a peer's measurement; `ReflectorProcess` starts it and collects its counters.
+  in its own process (`reflector.py`) so that no pause of the agent (GC, SQLite, API) delays a
+  peer's measurement, and so that it keeps answering while the agent restarts;
+  `ReflectorProcess` starts (or adopts) it and reads its counters.
 - **Sender**, one per path: a socket bound to the uplink's address on an ephemeral port, to the
   uplink interface (SO_BINDTODEVICE) and marked with the uplink's fwmark, sending to the remote
   endpoint's reflector. So a path's probes go out of its own uplink whatever the main routing table
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -34,9 +36,12 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from patronus.agent.config import PathPlan, SiteConfig, probe_key
+from patronus.agent.procs import alive, argv_of, start_ticks
+from patronus.agent.procs import stop as stop_process
 from patronus.agent.reflector import reject_reason
 from patronus.agent.sockets import open_path_socket
 from patronus.core.errors import PeerError
@@ -172,15 +177,39 @@ class Prober:
             self.on_reply(s.plan.id, p.seq, p.t_send_ns / 1e9, now)
 
 
+# Popen objects of reflectors this process started and left running (a graceful stop): kept so that
+# Popen does not reap-warn about a child it lost track of; the process itself outlives us.
+_KEPT: list[subprocess.Popen[bytes]] = []
+
+
 class ReflectorProcess:
-    """The reflector child process (`python -m patronus.agent.reflector`) and its latest counters."""
+    """The reflector process (`python -m patronus.agent.reflector`): started, or adopted from an earlier
+    agent of the site, and its latest counters.
+
+    It runs in a session of its own and outlives the agent: `close(keep=True)` (a graceful stop) leaves
+    it answering the peers' probes, `close(keep=False)` stops it. `state_dir/reflector.pid` records it
+    (pid, start time, the digest of its spec); `start` adopts the recorded process when it is still
+    that process (pid and start time) and serves the same spec (ports, uplinks, peers and keys: the
+    digest), and otherwise replaces it (stops the recorded one, when it is a reflector, and starts one).
+    Its counters come from `state_dir/reflector-counters.json`, which it rewrites every second."""
+
+    PID_FILE = "reflector.pid"
+    COUNTERS_FILE = "reflector-counters.json"
 
     def __init__(self, cfg: SiteConfig) -> None:
         self.cfg = cfg
         self.proc: subprocess.Popen[bytes] | None = None
-        self.counters: dict[str, dict[str, Any]] = {}
-        self._buf = b""
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.pid: int | None = None
+        self.start_ticks: int | None = None
+        self.adopted = False
+
+    @property
+    def pid_file(self) -> Path:
+        return self.cfg.state_dir / self.PID_FILE
+
+    @property
+    def counters_file(self) -> Path:
+        return self.cfg.state_dir / self.COUNTERS_FILE
 
     def spec(self) -> dict[str, Any]:
         peers: dict[str, str | None] = {}
@@ -188,51 +217,91 @@ class ReflectorProcess:
             k = probe_key(self.cfg, r)
             for ep in r.endpoints:
                 peers[ep.address] = k.hex() if k is not None else None
-        return {"port": self.cfg.probe_port, "peers": peers, "realtime": self.cfg.probe_realtime,
+        return {"port": self.cfg.probe_port, "peers": peers, "counters_file": str(self.counters_file),
+                "realtime": self.cfg.probe_realtime,
                 "uplinks": [{"name": u.name, "address": u.address, "interface": u.interface, "mark": u.mark}
                             for u in self.cfg.uplinks]}
 
-    def start(self, loop: asyncio.AbstractEventLoop, timeout_s: float = 10.0) -> None:
-        self._loop = loop
-        self.proc = subprocess.Popen([sys.executable, "-m", "patronus.agent.reflector"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write((json.dumps(self.spec()) + "\n").encode())
-        self.proc.stdin.flush()
-        # the first line says whether every socket is bound (a blocking read with a deadline)
-        out = self.proc.stdout
-        ready, _, _ = select.select([out], [], [], timeout_s)
-        line = out.readline() if ready else b""
-        try:
-            msg = json.loads(line) if line else {"error": f"no answer within {timeout_s:g} s"}
-        except ValueError:
-            msg = {"error": f"unexpected output {line[:200]!r}"}
-        if not msg.get("ready"):
-            self.close()
-            raise OSError(f"probe reflector did not start: {msg.get('error')}")
-        os.set_blocking(out.fileno(), False)
-        loop.add_reader(out.fileno(), self._on_output)
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.spec(), sort_keys=True).encode()).hexdigest()
 
-    def _on_output(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+    @staticmethod
+    def is_reflector(pid: int, start: int | None) -> bool:
+        return b"patronus.agent.reflector" in argv_of(pid) and alive(pid, start)
+
+    def recorded(self) -> dict[str, Any] | None:
+        """The pid file's record ({pid, start, digest, owner}), None when there is none or it is unreadable."""
         try:
-            chunk = os.read(self.proc.stdout.fileno(), 65536)
-        except BlockingIOError:
-            return
-        if not chunk:
-            if self._loop is not None:
-                self._loop.remove_reader(self.proc.stdout.fileno())
-            log.error("probe reflector exited (%s)", self.proc.poll())
-            return
-        self._buf += chunk
-        *lines, self._buf = self._buf.split(b"\n")
-        for line in lines:
+            rec = json.loads(self.pid_file.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(rec, dict) or not isinstance(rec.get("pid"), int):
+            return None
+        return rec
+
+    def start(self, timeout_s: float = 10.0) -> str:
+        """Adopt the recorded reflector or start one; returns "adopted", "started" or "replaced"."""
+        digest = self.digest()
+        rec = self.recorded()
+        how = "started"
+        if rec is not None:
+            pid, start = int(rec["pid"]), rec.get("start")
+            if self.is_reflector(pid, start):
+                if rec.get("digest") == digest and rec.get("owner") == self.cfg.owner:
+                    self.pid, self.start_ticks, self.adopted = pid, start, True
+                    return "adopted"
+                # another spec (keys, uplinks, port changed): its sockets are in the way of the new one
+                stop_process(pid, lambda p: self.is_reflector(p, start))
+                how = "replaced"
+        self._spawn(digest, timeout_s)
+        return how
+
+    def _spawn(self, digest: str, timeout_s: float) -> None:
+        self.cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        proc = subprocess.Popen([sys.executable, "-m", "patronus.agent.reflector"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, start_new_session=True)
+        self.proc = proc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            proc.stdin.write((json.dumps(self.spec()) + "\n").encode())
+            proc.stdin.flush()
+            # the first line says whether every socket is bound (a blocking read with a deadline)
+            out = proc.stdout
+            ready, _, _ = select.select([out], [], [], timeout_s)
+            line = out.readline() if ready else b""
             try:
-                msg = json.loads(line)
+                msg = json.loads(line) if line else {"error": f"no answer within {timeout_s:g} s"}
             except ValueError:
-                continue
-            if "counters" in msg:
-                self.counters = msg["counters"]
+                msg = {"error": f"unexpected output {line[:200]!r}"}
+            if not msg.get("ready"):
+                raise OSError(f"probe reflector did not start: {msg.get('error')}")
+        except BaseException:
+            self.proc = None
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(5)
+            raise
+        finally:
+            for f in (proc.stdin, proc.stdout):
+                with contextlib.suppress(OSError):
+                    f.close()
+        self.pid, self.start_ticks = proc.pid, start_ticks(proc.pid)
+        tmp = self.pid_file.with_name(f".{self.PID_FILE}.{os.getpid()}")
+        tmp.write_text(json.dumps({"pid": self.pid, "start": self.start_ticks, "digest": digest,
+                                   "owner": self.cfg.owner}) + "\n")
+        os.replace(tmp, self.pid_file)
+
+    def alive(self) -> bool:
+        return self.pid is not None and self.is_reflector(self.pid, self.start_ticks)
+
+    @property
+    def counters(self) -> dict[str, dict[str, Any]]:
+        try:
+            doc = json.loads(self.counters_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        c = doc.get("counters") if isinstance(doc, dict) else None
+        return c if isinstance(c, dict) else {}
 
     def rejected(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -240,21 +309,36 @@ class ReflectorProcess:
             total.update(c.get("rejected", {}))
         return total
 
-    def close(self) -> None:
+    def close(self, keep: bool = False) -> None:
+        """Forget the reflector, leaving it running (`keep`: a graceful stop), or stop it and remove its
+        files."""
         p, self.proc = self.proc, None
-        if p is None:
+        pid, start, self.pid = self.pid, self.start_ticks, None
+        if keep:
+            if p is not None and p.poll() is None:
+                _KEPT.append(p)
             return
-        if self._loop is not None and p.stdout is not None:
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(p.stdout.fileno())
-        if p.poll() is None:
-            p.terminate()
-            try:
+        if pid is not None:
+            stop_process(pid, lambda q: self.is_reflector(q, start))
+        if p is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        for f in (p.stdin, p.stdout):
-            if f is not None:
-                with contextlib.suppress(OSError):
-                    f.close()
+        for f in (self.pid_file, self.counters_file):
+            f.unlink(missing_ok=True)
+
+
+def stop_recorded_reflector(state_dir: Path) -> bool:
+    """Stop the reflector recorded in `state_dir`, if it still runs, and remove its files (`patronus
+    cleanup`). True if a process was stopped."""
+    pid_file = state_dir / ReflectorProcess.PID_FILE
+    stopped = False
+    try:
+        rec = json.loads(pid_file.read_text())
+    except (OSError, ValueError):
+        rec = None
+    if isinstance(rec, dict) and isinstance(rec.get("pid"), int):
+        start = rec.get("start")
+        stopped = stop_process(rec["pid"], lambda q: ReflectorProcess.is_reflector(q, start))
+    for f in (pid_file, state_dir / ReflectorProcess.COUNTERS_FILE):
+        f.unlink(missing_ok=True)
+    return stopped

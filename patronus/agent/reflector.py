@@ -8,11 +8,14 @@ no cyclic garbage collection, no other work, one `select` loop over one socket p
 `probe.realtime_priority` set it runs SCHED_FIFO (`patronus.agent.sched`): a busy host then delays
 its answers by microseconds, not by a scheduler slice.
 
-Protocol with the agent: the agent writes one JSON object on our stdin (the uplinks to listen on and
-each peer address's pair key), we answer `{"ready": true}` on stdout once every socket is bound (or
-`{"error": ...}` and exit 2), then print one JSON line of counters per second
-(`{"counters": {uplink: {"replies": n, "send_errors": n, "rejected": {reason: n}}}}`). We exit when
-stdin closes (the agent died or stopped) or on SIGTERM.
+Protocol with the agent: the agent writes one JSON object on our stdin (the uplinks to listen on,
+each peer address's pair key and the file for our counters), we answer `{"ready": true}` on stdout
+once every socket is bound (or `{"error": ...}` and exit 2) and close stdin and stdout. Once a second
+we replace the counters file with
+`{"counters": {uplink: {"replies": n, "send_errors": n, "rejected": {reason: n}}}, "at": t}`.
+We exit on SIGTERM only: the reflector outlives its agent (it runs in a session of its own), so a
+restarting agent's peers keep their probes answered and their paths to us Up. The next agent finds us
+by the pid file it keeps (`ReflectorProcess`), and `patronus cleanup` stops us.
 
 Each request is decoded with the pair key of its source address; a forged, truncated or
 unauthenticated request, or one replayed within its stream's window, is dropped and counted. The
@@ -97,10 +100,35 @@ class Reflector:
         return encode(reflect(req, t_ns), key)
 
 
+class _Stop(Exception):
+    """SIGTERM: leave the loop at once, whatever it was waiting for."""
+
+
+def _write_counters(path: str | None, counters: dict[str, dict[str, Any]]) -> None:
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(json.dumps({"counters": counters, "at": time.time()}))
+        os.replace(tmp, path)
+    except OSError:
+        pass             # the state directory went away (cleanup): the counters are nobody's business now
+
+
+def _detach_stdio() -> None:
+    """stdin and stdout point at /dev/null from now on: the agent that started us may be gone."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1):
+        os.dup2(null, fd)
+    os.close(null)
+
+
 def serve(spec: dict[str, Any]) -> int:
     peers = {a: (bytes.fromhex(k) if k else None) for a, k in spec["peers"].items()}
     refl = Reflector(peers)
     socks: dict[int, tuple[str, socket.socket]] = {}
+    counters_file = spec.get("counters_file")
     try:
         for up in spec["uplinks"]:
             s = open_path_socket(up["address"], up["interface"], int(up["mark"]), int(spec["port"]), df=True)
@@ -110,52 +138,38 @@ def serve(spec: dict[str, Any]) -> int:
         print(json.dumps({"error": str(exc)}), flush=True)
         return 2
     sched_class = sched.apply(realtime=int(spec.get("realtime") or 0) or None)
-    print(json.dumps({"ready": True, "sched": sched_class}), flush=True)
-    stop = False
 
     def on_term(*_: object) -> None:
-        nonlocal stop
-        stop = True
+        raise _Stop
 
     signal.signal(signal.SIGTERM, on_term)
-    stdin = sys.stdin.fileno()
-    os.set_blocking(stdin, False)
-    fds = [*socks, stdin]
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    print(json.dumps({"ready": True, "sched": sched_class}), flush=True)
+    _detach_stdio()
+    fds = list(socks)
     next_report = time.monotonic() + 1.0
-    while not stop:
-        timeout = max(0.0, next_report - time.monotonic())
-        try:
+    try:
+        while True:
+            timeout = max(0.0, next_report - time.monotonic())
             ready, _, _ = select.select(fds, [], [], timeout)
-        except InterruptedError:
-            continue
-        for fd in ready:
-            if fd == stdin:
-                try:
-                    if not os.read(stdin, 4096):
-                        stop = True          # the agent is gone
-                except BlockingIOError:
-                    pass
-                continue
-            name, s = socks[fd]
-            while True:
-                try:
-                    data, addr = s.recvfrom(_MAX_DGRAM)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                reply = refl.handle(name, data, addr, time.time_ns())
-                if reply is not None:
+            for fd in ready:
+                name, s = socks[fd]
+                while True:
                     try:
-                        s.sendto(reply, addr)
-                    except OSError:
-                        refl.counters[name]["send_errors"] += 1
-        if time.monotonic() >= next_report:
-            next_report += 1.0
-            try:
-                print(json.dumps({"counters": refl.counters}), flush=True)
-            except BrokenPipeError:
-                break
+                        data, addr = s.recvfrom(_MAX_DGRAM)
+                    except OSError:          # nothing more waiting (EAGAIN), or an ICMP error reported
+                        break
+                    reply = refl.handle(name, data, addr, time.time_ns())
+                    if reply is not None:
+                        try:
+                            s.sendto(reply, addr)
+                        except OSError:
+                            refl.counters[name]["send_errors"] += 1
+            if time.monotonic() >= next_report:
+                next_report += 1.0
+                _write_counters(counters_file, refl.counters)
+    except _Stop:
+        pass
     for _, s in socks.values():
         s.close()
     return 0

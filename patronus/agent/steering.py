@@ -32,6 +32,12 @@ Ownership: the nft table is `patronus_s<site id>`, every rule and route carries 
 lives in our priority/table ranges, so `teardown`/`cleanup` remove only what an agent of this site
 created. Sysctls the agent changes are restored on teardown.
 
+Restart (see `patronus.agent.adopt`): everything here is idempotent, so a starting agent applies the
+same steps over what an earlier agent left: a rule already there is kept (EEXIST), routes are
+replaced, the nft table is replaced in the same transaction that re-adds the map elements worth
+keeping (`apply(..., keep=)`, `read_maps`), and `prune` then removes tagged rules and routes the site
+file no longer wants. The kernel steers the whole time.
+
 All methods are synchronous and use pyroute2's synchronous API, so the agent calls them from one
 worker thread (pyroute2's sync objects cannot run inside a running asyncio loop).
 """
@@ -39,8 +45,10 @@ worker thread (pyroute2's sync objects cannot run inside a running asyncio loop)
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
+import re
 import socket
 import time
 from collections.abc import Iterable, Mapping
@@ -49,10 +57,14 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from patronus.agent.config import (
+    MAX_PATHS,
+    MAX_UPLINKS,
     PATH_MARK_BASE,
+    PATH_TABLE_BASE,
     ROUTE_PROTO,
     RULE_PRIORITY_BASE,
     SLOT_MARK_BASE,
+    UPLINK_TABLE_BASE,
     SiteConfig,
 )
 from patronus.agent.nft import Nft, NftError
@@ -113,6 +125,101 @@ def match_expressions(m: MatchRules) -> list[str] | None:
             # DSCP lives in a different header per family: one rule per family
             return [" ".join(parts), " ".join(p.replace("ip dscp", "ip6 dscp") for p in parts)]
     return [" ".join(parts)]
+
+
+FR_ACT_TO_TBL = 1
+FR_ACT_UNREACHABLE = 7
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSpec:
+    """One ip rule of ours, as planned (`rule_specs`) or as read back from the kernel (`from_kernel`)."""
+
+    family: int
+    priority: int
+    action: int = FR_ACT_TO_TBL
+    table: int = 0
+    fwmark: int | None = None
+    src: str | None = None
+    src_len: int = 0
+    dst: str | None = None
+    dst_len: int = 0
+
+    def kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {"family": self.family, "priority": self.priority, "protocol": ROUTE_PROTO}
+        if self.action == FR_ACT_UNREACHABLE:
+            kw["action"] = "unreachable"
+        else:
+            kw["table"] = self.table
+        if self.fwmark is not None:
+            kw.update(fwmark=self.fwmark, fwmask=0xFFFFFFFF)
+        if self.src is not None:
+            kw.update(src=self.src, src_len=self.src_len)
+        if self.dst is not None:
+            kw.update(dst=self.dst, dst_len=self.dst_len)
+        return kw
+
+    @classmethod
+    def from_kernel(cls, family: int, msg: Any) -> RuleSpec:
+        get = msg.get_attr
+        return cls(family=family, priority=int(get("FRA_PRIORITY") or 0), action=int(msg["action"]),
+                   table=int(get("FRA_TABLE") or msg["table"] or 0), fwmark=get("FRA_FWMARK"),
+                   src=get("FRA_SRC"), src_len=int(msg["src_len"]) if get("FRA_SRC") is not None else 0,
+                   dst=get("FRA_DST"), dst_len=int(msg["dst_len"]) if get("FRA_DST") is not None else 0)
+
+
+def rule_specs(cfg: SiteConfig, *, uplinks: bool = True, paths: bool = True) -> list[RuleSpec]:
+    """Every ip rule the site's steering needs (pure: the plan `Steering` applies and prunes against)."""
+    out: list[RuleSpec] = []
+    for up in cfg.uplinks if uplinks else ():
+        v6 = ":" in up.address
+        fam = socket.AF_INET6 if v6 else socket.AF_INET
+        out.append(RuleSpec(fam, PRIO_UPLINK_MARK + up.number, table=up.table, fwmark=up.mark))
+        out.append(RuleSpec(fam, PRIO_UPLINK_SRC + up.number, table=up.table,
+                            src=str(ipaddress.ip_address(up.address)), src_len=128 if v6 else 32))
+    for p in cfg.paths if paths else ():
+        prefixes = cfg.remote(p.remote).prefixes
+        for fam in sorted({socket.AF_INET6 if ":" in x else socket.AF_INET for x in prefixes}):
+            out.append(RuleSpec(fam, PRIO_PATH + p.number, table=p.table, fwmark=p.mark))
+    n = 0
+    for r in cfg.remotes if paths else ():
+        for pfx in r.prefixes:
+            net = ipaddress.ip_network(pfx)
+            out.append(RuleSpec(socket.AF_INET6 if net.version == 6 else socket.AF_INET, PRIO_UNREACHABLE + n,
+                                action=FR_ACT_UNREACHABLE, dst=str(net.network_address), dst_len=net.prefixlen))
+            n += 1
+    return out
+
+
+def route_keys(cfg: SiteConfig) -> set[tuple[int, int, str | None, int]]:
+    """(family, table, destination or None for default, prefix length) of every route the steering needs."""
+    out: set[tuple[int, int, str | None, int]] = set()
+    for up in cfg.uplinks:
+        out.add((socket.AF_INET6 if ":" in up.address else socket.AF_INET, up.table, None, 0))
+    for p in cfg.paths:
+        for pfx in cfg.remote(p.remote).prefixes:
+            net = ipaddress.ip_network(pfx)
+            out.add((socket.AF_INET6 if net.version == 6 else socket.AF_INET, p.table, str(net.network_address),
+                     net.prefixlen))
+    return out
+
+
+def our_table(table: int) -> bool:
+    return UPLINK_TABLE_BASE <= table < UPLINK_TABLE_BASE + MAX_UPLINKS or \
+        PATH_TABLE_BASE < table <= PATH_TABLE_BASE + MAX_PATHS
+
+
+_MAP_ELEMENTS = re.compile(r"elements\s*=\s*\{([^}]*)\}", re.S)
+_PAIR = re.compile(r"(0x[0-9a-fA-F]+|\d+)\s*:\s*(0x[0-9a-fA-F]+|\d+)")
+
+
+def parse_map_elements(text: str) -> dict[int, int]:
+    """The `key : value` elements of a mark map in `nft list map` output."""
+    out: dict[int, int] = {}
+    for block in _MAP_ELEMENTS.findall(text):
+        for k, v in _PAIR.findall(block):
+            out[int(k, 0)] = int(v, 0)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,9 +324,10 @@ class Steering:
             self._nft = Nft()
         return self._nft
 
-    def apply_uplinks(self) -> None:
+    def apply_uplinks(self, *, undo: bool = True) -> None:
         """Step 1, before the tunnels exist: forwarding on, and each uplink's table and rules, so the
-        tunnels' first handshake (marked with its uplink's fwmark) already has a route."""
+        tunnels' first handshake (marked with its uplink's fwmark) already has a route. A failure
+        removes what was applied, unless `undo` is False (an adopting agent)."""
         from pyroute2 import IPRoute
 
         try:
@@ -230,32 +338,108 @@ class Steering:
             with IPRoute() as ipr:
                 self._routes(ipr, "add", paths=False)
         except Exception as exc:
-            log.error("steering: uplink routing failed (%s); removing what was applied", exc)
-            self.teardown()
+            if undo:
+                log.error("steering: uplink routing failed (%s); removing what was applied", exc)
+                self.teardown()
             if isinstance(exc, SteeringError):
                 raise
             raise SteeringError(f"cannot install uplink routing: {exc}") from exc
 
-    def apply(self, policies: Iterable[tuple[int, RoutingPolicy]]) -> None:
-        """Step 2, once the tunnels exist: the nft table and each path's table and rules. All or nothing
-        (a failure removes steps 1 and 2)."""
+    def apply(self, policies: Iterable[tuple[int, RoutingPolicy]],
+              keep: tuple[Mapping[int, int], Mapping[int, int]] | None = None, *, undo: bool = True) -> None:
+        """Step 2, once the tunnels exist: the nft table and each path's table and rules. The table is
+        replaced in one transaction that also adds `keep` (new_slot, slot_path elements a restarted
+        agent keeps: `adopt.kept_maps`). All or nothing: a failure removes steps 1 and 2, unless `undo`
+        is False (an adopting agent must not tear down a dataplane that was working)."""
         from pyroute2 import IPRoute
 
+        new_slot, slot_path = (dict(keep[0]), dict(keep[1])) if keep is not None else ({}, {})
         try:
             for p in self.cfg.paths:
                 self._sysctl(f"net/ipv4/conf/{p.ifname}/rp_filter", "0", optional=True)
-            self._nftc().run(self.ruleset(policies))
-            self._new_slot.clear()
-            self._slot_path.clear()
+            cmd = self.ruleset(policies)
+            for name, elems in (("new_slot", new_slot), ("slot_path", slot_path)):
+                if elems:
+                    cmd += (f"add element inet {self.table} {name} {{ "
+                            + ", ".join(f"{k:#x} : {v:#x}" for k, v in sorted(elems.items())) + " }\n")
+            self._nftc().run(cmd)
+            self._new_slot = new_slot
+            self._slot_path = slot_path
             with IPRoute() as ipr:
                 self._routes(ipr, "add", uplinks=False)
             self.applied = True
         except Exception as exc:
-            log.error("steering: apply failed (%s); removing what was applied", exc)
-            self.teardown()
+            if undo:
+                log.error("steering: apply failed (%s); removing what was applied", exc)
+                self.teardown()
             if isinstance(exc, SteeringError):
                 raise
             raise SteeringError(f"cannot install steering: {exc}") from exc
+
+    def read_maps(self) -> tuple[dict[int, int], dict[int, int]] | None:
+        """The elements of the table's `new_slot` and `slot_path` maps as the kernel has them, or None
+        when this site has no table (nothing to adopt)."""
+        try:
+            tables = self._nftc().run("list tables inet\n")
+        except NftError as exc:
+            raise SteeringError(f"cannot list the nft tables: {exc}") from exc
+        if not re.search(rf"^table inet {re.escape(self.table)}$", tables, re.M):
+            return None
+        out = []
+        for name in ("new_slot", "slot_path"):
+            try:
+                out.append(parse_map_elements(self._nftc().run(f"list map inet {self.table} {name}\n")))
+            except NftError:
+                out.append({})         # a table of another version without that map: nothing to keep
+        return out[0], out[1]
+
+    def prune(self) -> list[str]:
+        """Remove tagged rules and routes (ours: proto 183, our ranges) that the site file no longer
+        wants, after everything it wants is in place. Returns what was removed."""
+        from pyroute2 import IPRoute
+
+        want_rules = set(rule_specs(self.cfg))
+        want_routes = route_keys(self.cfg)
+        removed: list[str] = []
+        with IPRoute() as ipr:
+            for fam in (socket.AF_INET, socket.AF_INET6):
+                for msg in ipr.get_rules(family=fam):
+                    if msg.get_attr("FRA_PROTOCOL") != ROUTE_PROTO:
+                        continue
+                    spec = RuleSpec.from_kernel(fam, msg)
+                    if spec in want_rules or not RULE_PRIORITY_BASE <= spec.priority < RULE_PRIORITY_BASE + 1000:
+                        continue
+                    try:
+                        ipr.rule("del", **spec.kwargs())
+                        removed.append(f"ip rule {spec.priority}")
+                    except Exception as exc:
+                        if getattr(exc, "code", None) not in (errno.ENOENT, errno.ESRCH):
+                            raise SteeringError(f"cannot remove ip rule {spec.priority}: {exc}") from exc
+                for rt in ipr.get_routes(family=fam):
+                    table = rt.get_attr("RTA_TABLE") or rt["table"]
+                    if rt["proto"] != ROUTE_PROTO or not our_table(table):
+                        continue
+                    dst = rt.get_attr("RTA_DST")
+                    if (fam, table, dst, rt["dst_len"]) in want_routes:
+                        continue
+                    try:
+                        ipr.route("del", family=fam, table=table, dst=dst or "default", dst_len=rt["dst_len"],
+                                  proto=ROUTE_PROTO)
+                        removed.append(f"route table {table} {dst or 'default'}")
+                    except Exception as exc:
+                        if getattr(exc, "code", None) not in (errno.ENOENT, errno.ESRCH):
+                            raise SteeringError(f"cannot remove a route in table {table}: {exc}") from exc
+        return removed
+
+    @property
+    def sysctls_changed(self) -> dict[str, str]:
+        """Sysctls this steering changed (or an earlier agent did: `remember_sysctls`) → their old values."""
+        return dict(self._sysctl_saved)
+
+    def remember_sysctls(self, saved: Mapping[str, str]) -> None:
+        """Values an earlier agent changed, to be restored on teardown (the earlier value wins)."""
+        for k, v in saved.items():
+            self._sysctl_saved.setdefault(k, v)
 
     def _routes(self, ipr: Any, op: str, *, uplinks: bool = True, paths: bool = True) -> None:
         cfg = self.cfg
@@ -266,7 +450,9 @@ class Steering:
                 fn(*a, **kw)
             except Exception as exc:
                 code = getattr(exc, "code", None)
-                if op == "del" and code in (2, 3, 19):   # ENOENT/ESRCH/ENODEV: already gone
+                if op == "del" and code in (errno.ENOENT, errno.ESRCH, errno.ENODEV):   # already gone
+                    return
+                if op == "add" and code == errno.EEXIST:      # already there (left by an earlier agent)
                     return
                 if op == "add":
                     raise SteeringError(f"{fn.__name__} {a} {kw}: {exc}") from exc
@@ -287,10 +473,6 @@ class Steering:
                 do(ipr.route, "replace", **route)
             else:
                 do(ipr.flush_routes, table=up.table, proto=ROUTE_PROTO)
-            do(ipr.rule, op, family=fam, priority=PRIO_UPLINK_MARK + up.number, fwmark=up.mark,
-               fwmask=0xFFFFFFFF, table=up.table, protocol=ROUTE_PROTO)
-            do(ipr.rule, op, family=fam, priority=PRIO_UPLINK_SRC + up.number, src=up.address,
-               table=up.table, protocol=ROUTE_PROTO)
         for p in cfg.paths if paths else ():
             prefixes = cfg.remote(p.remote).prefixes
             if op == "add":
@@ -302,17 +484,8 @@ class Steering:
                        family=socket.AF_INET6 if ":" in pfx else socket.AF_INET)
             else:
                 do(ipr.flush_routes, table=p.table, proto=ROUTE_PROTO)
-            for fam in {socket.AF_INET6 if ":" in x else socket.AF_INET for x in prefixes}:
-                do(ipr.rule, op, family=fam, priority=PRIO_PATH + p.number, fwmark=p.mark, fwmask=0xFFFFFFFF,
-                   table=p.table, protocol=ROUTE_PROTO)
-        n = 0
-        for r in cfg.remotes if paths else ():
-            for pfx in r.prefixes:
-                net = ipaddress.ip_network(pfx)
-                do(ipr.rule, op, family=socket.AF_INET6 if net.version == 6 else socket.AF_INET,
-                   priority=PRIO_UNREACHABLE + n, dst=str(net.network_address), dst_len=net.prefixlen,
-                   action="unreachable", protocol=ROUTE_PROTO)
-                n += 1
+        for rule in rule_specs(cfg, uplinks=uplinks, paths=paths):
+            do(ipr.rule, op, **rule.kwargs())
         if errors:
             log.warning("steering: %d routing objects could not be removed: %s", len(errors), "; ".join(errors))
 

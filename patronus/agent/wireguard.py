@@ -26,6 +26,12 @@ Decisions:
   `TunnelSpec`'s repr hides it.
 * `status` works from the outside: kernel via `WireGuard().info`, userspace via `wg show IFNAME dump`, both
   parsed by pure functions (`parse_wg_dump`, `parse_kernel_info`) that the unit tests exercise.
+* **Adopting what an earlier agent left** (a graceful restart, see `patronus.agent.adopt`): `survey(owner)`
+  finds this owner's interfaces (ifalias) and recorded processes (pid files) and reads each one's live
+  configuration (`parse_wg_config`); a recorded wireguard-go counts as alive only if its pid still runs
+  `wireguard-go -f IFNAME` *and* started when the record says (a recycled pid never passes). `reconfigure`
+  changes only what differs from the spec (`reconfigure_argv`: a `wg set` that names nothing unchanged, since
+  re-setting wireguard-go's listen port rebinds its socket), so an adopted tunnel keeps its sessions.
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ import contextlib
 import errno
 import ipaddress
 import os
-import select
 import shutil
 import signal
 import socket
@@ -49,6 +54,7 @@ from pyroute2 import IPRoute, WireGuard
 from pyroute2.netlink.exceptions import NetlinkError
 
 from patronus.agent.keys import check_key
+from patronus.agent.procs import alive, argv_of, start_ticks, wait_pidfd
 from patronus.core.errors import ConfigError, PatronusError
 
 __all__ = [
@@ -251,6 +257,122 @@ def parse_wg_dump(ifname: str, text: str) -> TunnelStatus:
     return TunnelStatus(ifname=ifname, latest_handshake=handshake, rx_bytes=rx, tx_bytes=tx, endpoint=endpoint)
 
 
+@dataclass(frozen=True)
+class WgPeer:
+    public_key: str
+    endpoint: str | None              # "host:port" ("[v6]:port"); None: not set
+    allowed_ips: frozenset[str]
+    keepalive_s: int                  # 0: off
+
+
+@dataclass(frozen=True)
+class WgConfig:
+    """The configuration a live WireGuard interface reports (what `wg show IFNAME dump` prints)."""
+
+    private_key: str = field(repr=False)
+    listen_port: int
+    fwmark: int                       # 0: off
+    peers: tuple[WgPeer, ...]
+
+
+def parse_wg_config(ifname: str, text: str) -> WgConfig:
+    """The configuration in `wg show IFNAME dump` (interface line, then one line per peer)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    head = lines[0].split("\t") if lines else []
+    if len(head) != 4:
+        raise WireGuardError(f"{ifname}: unexpected `wg show dump` output (no interface line)")
+    try:
+        port = int(head[2])
+        fwmark = 0 if head[3] == "off" else int(head[3], 0)
+    except ValueError:
+        raise WireGuardError(f"{ifname}: unexpected `wg show dump` interface line: {head[2:]}") from None
+    peers = []
+    for n, line in enumerate(lines[1:], start=2):
+        cols = line.split("\t")
+        if len(cols) != 8:
+            raise WireGuardError(f"{ifname}: unexpected `wg show dump` line {n}: {len(cols)} columns, expected 8")
+        pub, _psk, ep, ips, _hs, _rx, _tx, ka = cols
+        try:
+            keepalive = 0 if ka == "off" else int(ka)
+        except ValueError:
+            raise WireGuardError(f"{ifname}: unexpected `wg show dump` line {n}: keepalive {ka!r}") from None
+        peers.append(WgPeer(pub, None if ep == "(none)" else ep,
+                            frozenset() if ips == "(none)" else frozenset(x for x in ips.split(",") if x), keepalive))
+    return WgConfig(private_key=head[0], listen_port=port, fwmark=fwmark, peers=tuple(peers))
+
+
+def _canonical_ips(ips: Iterable[str]) -> frozenset[str]:
+    out = set()
+    for x in ips:
+        try:
+            out.add(str(ipaddress.ip_network(x, strict=False)))
+        except ValueError:
+            out.add(x)
+    return frozenset(out)
+
+
+def config_differences(spec: TunnelSpec, cfg: WgConfig) -> list[str]:
+    """What differs between the spec and a live interface's configuration (empty: it is the spec)."""
+    diff = []
+    if cfg.private_key != spec.private_key:
+        diff.append("private-key")
+    if cfg.listen_port != spec.listen_port:
+        diff.append("listen-port")
+    if cfg.fwmark != spec.fwmark:
+        diff.append("fwmark")
+    others = [p for p in cfg.peers if p.public_key != spec.peer_public_key]
+    if others:
+        diff.append("other peers")
+    peer = next((p for p in cfg.peers if p.public_key == spec.peer_public_key), None)
+    if peer is None:
+        diff.append("peer")
+        return diff
+    if peer.endpoint != _endpoint_text(*spec.peer_endpoint):
+        diff.append("endpoint")
+    if _canonical_ips(peer.allowed_ips) != _canonical_ips(spec.allowed_ips):
+        diff.append("allowed-ips")
+    if peer.keepalive_s != spec.keepalive_s:
+        diff.append("persistent-keepalive")
+    return diff
+
+
+def reconfigure_argv(spec: TunnelSpec, cfg: WgConfig, key_path: str = "/dev/stdin") -> list[str] | None:
+    """The `wg set` that turns a live interface's configuration into the spec, naming only what
+    differs (None: nothing does). Peers that are not the spec's are removed."""
+    diff = config_differences(spec, cfg)
+    if not diff:
+        return None
+    argv = ["wg", "set", spec.ifname]
+    if "listen-port" in diff:
+        argv += ["listen-port", str(spec.listen_port)]
+    if "fwmark" in diff:
+        argv += ["fwmark", str(spec.fwmark) if spec.fwmark else "off"]
+    if "private-key" in diff:
+        argv += ["private-key", key_path]
+    for p in cfg.peers:
+        if p.public_key != spec.peer_public_key:
+            argv += ["peer", p.public_key, "remove"]
+    if {"peer", "endpoint", "allowed-ips", "persistent-keepalive"} & set(diff):
+        argv += ["peer", spec.peer_public_key]
+        if "peer" in diff or "endpoint" in diff:
+            argv += ["endpoint", _endpoint_text(*spec.peer_endpoint)]
+        if "peer" in diff or "persistent-keepalive" in diff:
+            argv += ["persistent-keepalive", str(spec.keepalive_s) if spec.keepalive_s else "off"]
+        if "peer" in diff or "allowed-ips" in diff:
+            argv += ["allowed-ips", ",".join(spec.allowed_ips)]
+    return argv
+
+
+@dataclass(frozen=True)
+class FoundTunnel:
+    """One tunnel of ours found on the host (`WireGuardManager.survey`)."""
+
+    ifname: str
+    link: bool                        # the interface exists, tagged with our owner
+    process: bool                     # userspace: the recorded wireguard-go runs (verified); kernel: = link
+    config: WgConfig | None           # its live configuration (None: unreadable, or no interface)
+
+
 def _field(obj: Any, key: str) -> Any:
     """A field of a decoded pyroute2 NLA, whether pyroute2 hands back the NLA or its plain value."""
     if obj is None:
@@ -353,6 +475,7 @@ class _PidRecord:
     ifname: str
     owner: str
     path: Path
+    start: int | None = None        # the process's start time (clock ticks since boot), when recorded
 
 
 def _link_index(ipr: Any, ifname: str) -> int | None:
@@ -391,35 +514,16 @@ def _tail(path: Path) -> str:
     return text or "(log empty)"
 
 
-def _proc_state(pid: int) -> str | None:
-    """The /proc state letter of `pid` (R, S, Z, ...), None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def _is_wireguard_go(pid: int, ifname: str) -> bool:
-    """True if `pid` is a live (non-zombie) `wireguard-go ... IFNAME` process."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    argv = [a for a in argv if a]
+def _is_wireguard_go(pid: int, ifname: str, start: int | None = None) -> bool:
+    """True if `pid` is a live (non-zombie) `wireguard-go ... IFNAME` process (that started at `start`,
+    when given)."""
+    argv = argv_of(pid)
     return (
         len(argv) >= 2
         and os.path.basename(argv[0]) == b"wireguard-go"
         and argv[-1] == ifname.encode()
-        and _proc_state(pid) not in (None, "Z", "X")
+        and alive(pid, start)
     )
-
-
-def _wait_pidfd(pidfd: int, timeout_s: float) -> bool:
-    """Wait until the process behind `pidfd` has exited (a zombie counts); True if it has."""
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return bool(poller.poll(max(0, int(timeout_s * 1000))))
 
 
 def _run(argv: list[str], what: str, *, input_text: str | None = None, timeout_s: float = 10.0) -> str:
@@ -589,7 +693,8 @@ class WireGuardManager:
     def _write_pid(self, ifname: str, pid: int, owner: str) -> None:
         path = self._pid_path(ifname)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(f"{pid}\n{ifname}\n{owner}\n")
+        start = start_ticks(pid)
+        tmp.write_text(f"{pid}\n{ifname}\n{owner}\n{'' if start is None else start}\n")
         os.replace(tmp, path)
 
     def _wait_up(self, proc: subprocess.Popen[bytes], ifname: str, log_path: Path) -> None:
@@ -688,11 +793,87 @@ class WireGuardManager:
     def _read_pid(self, path: Path) -> _PidRecord | None:
         try:
             lines = path.read_text().splitlines()
-            return _PidRecord(pid=int(lines[0]), ifname=lines[1], owner=lines[2] if len(lines) > 2 else "", path=path)
+            start = int(lines[3]) if len(lines) > 3 and lines[3].strip() else None
+            return _PidRecord(pid=int(lines[0]), ifname=lines[1], owner=lines[2] if len(lines) > 2 else "", path=path,
+                              start=start)
         except (OSError, ValueError, IndexError):
             return None
 
-    def _stop_process(self, pid: int, ifname: str) -> bool:
+    # -- adopt (a restarted agent)
+
+    def survey(self, owner: str) -> dict[str, FoundTunnel]:
+        """Every tunnel of `owner` in this namespace: interfaces whose ifalias is `owner`, and (userspace)
+        wireguard-go processes recorded under `state_dir` for `owner`, each with its live configuration."""
+        with IPRoute() as ipr:
+            links = {str(link.get("ifname")) for link in ipr.get_links() if (link.get("ifalias") or "") == owner}
+        recs: dict[str, _PidRecord] = {}
+        if self.state_dir.is_dir():
+            for path in sorted(self.state_dir.glob("wg-*.pid")):
+                rec = self._read_pid(path)
+                if rec is not None and rec.owner == owner and path == self._pid_path(rec.ifname):
+                    recs[rec.ifname] = rec
+        out = {}
+        for ifname in sorted(links | set(recs)):
+            link = ifname in links
+            if self.backend == "kernel":
+                process = link
+            else:
+                rec = recs.get(ifname)
+                process = rec is not None and _is_wireguard_go(rec.pid, ifname, rec.start)
+            config = None
+            if link and process:
+                with contextlib.suppress(WireGuardError, NetlinkError, OSError):
+                    config = self._config(ifname)
+            out[ifname] = FoundTunnel(ifname, link, process, config)
+        return out
+
+    def _config(self, ifname: str) -> WgConfig | None:
+        if self.backend == "kernel":
+            return None        # the kernel is always given the whole spec (netlink leaves equal values alone)
+        return parse_wg_config(ifname, _run(["wg", "show", ifname, "dump"], f"{ifname}: reading its configuration"))
+
+    def reconfigure(self, spec: TunnelSpec, found: FoundTunnel) -> list[str]:
+        """Make a live tunnel of ours match `spec` without recreating it (its sessions survive), and check
+        its link (ifalias, MTU, up). Returns what was changed ([] when it already matched)."""
+        changed: list[str] = []
+        if self.backend == "kernel":
+            host, port = spec.peer_endpoint
+            peer = {"public_key": spec.peer_public_key, "endpoint_addr": self._resolve(host, port),
+                    "endpoint_port": port, "persistent_keepalive": spec.keepalive_s, "replace_allowed_ips": True,
+                    "allowed_ips": list(spec.allowed_ips)}
+            try:
+                with WireGuard() as wg:
+                    for other in self._peer_keys(spec.ifname):
+                        if other != spec.peer_public_key:
+                            wg.set(spec.ifname, peer={"public_key": other, "remove": True})
+                    wg.set(spec.ifname, listen_port=spec.listen_port, fwmark=spec.fwmark,
+                           private_key=spec.private_key, peer=peer)
+            except NetlinkError as e:
+                raise WireGuardError(f"{spec.ifname}: reconfiguring failed: {os.strerror(e.code)}") from e
+            changed.append("configuration (netlink)")
+        else:
+            cfg = found.config if found.config is not None else self._config(spec.ifname)
+            assert cfg is not None
+            argv = reconfigure_argv(spec, cfg)
+            if argv is not None:
+                changed += config_differences(spec, cfg)
+                _run(argv, f"{spec.ifname}: reconfiguring",
+                     input_text=spec.private_key + "\n" if "private-key" in argv else None)
+        with IPRoute() as ipr:
+            idx = _link_index(ipr, spec.ifname)
+            if idx is None:
+                raise WireGuardError(f"{spec.ifname}: interface vanished while being adopted")
+            link = ipr.get_links(idx)[0]
+            if (link.get("ifalias") or "") != spec.owner:
+                ipr.link("set", index=idx, ifalias=spec.owner)
+            if link.get("mtu") != spec.mtu:
+                changed.append("mtu")
+            if link.get("state") != "up":
+                changed.append("state")
+            self._finish_link(ipr, spec)
+        return changed
+
+    def _stop_process(self, pid: int, ifname: str, start: int | None = None) -> bool:
         """Stop `wireguard-go ... IFNAME` with pid `pid` if that is what runs there; True if we stopped it."""
         proc = _CHILDREN.pop(pid, None)
         try:
@@ -700,12 +881,12 @@ class WireGuardManager:
         except ProcessLookupError:
             return False
         try:
-            if not _is_wireguard_go(pid, ifname):
+            if not _is_wireguard_go(pid, ifname, start):
                 return False  # gone (zombie) or the pid now belongs to something else: not ours to signal
             signal.pidfd_send_signal(pidfd, signal.SIGTERM)
-            if not _wait_pidfd(pidfd, self.stop_timeout_s):
+            if not wait_pidfd(pidfd, self.stop_timeout_s):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                if not _wait_pidfd(pidfd, self.stop_timeout_s):
+                if not wait_pidfd(pidfd, self.stop_timeout_s):
                     raise WireGuardError(f"{ifname}: wireguard-go pid {pid} survived SIGKILL")
             return True
         except ProcessLookupError:
@@ -726,7 +907,7 @@ class WireGuardManager:
         validate_ifname(ifname)
         rec = self._read_pid(self._pid_path(ifname))
         if rec is not None:
-            self._stop_process(rec.pid, ifname)
+            self._stop_process(rec.pid, ifname, rec.start)
         with IPRoute() as ipr:
             idx = _link_index(ipr, ifname)
             if idx is not None:
@@ -737,18 +918,22 @@ class WireGuardManager:
                         raise WireGuardError(f"{ifname}: deleting the link failed: {os.strerror(e.code)}") from e
         self._forget(ifname)
 
-    def cleanup(self, owner_prefix: str) -> list[str]:
-        """Remove every interface whose ifalias starts with `owner_prefix` in this namespace, and every
-        wireguard-go recorded under `state_dir` with such an owner (in any namespace). Returns the interface
-        names removed, sorted."""
+    def cleanup(self, owner_prefix: str, *, exact: bool = False) -> list[str]:
+        """Remove every interface whose ifalias starts with `owner_prefix` (is `owner_prefix`, if `exact`:
+        `patronus:s1` must not take `patronus:s10`'s) in this namespace, and every wireguard-go recorded
+        under `state_dir` with such an owner (in any namespace). Returns the interface names removed, sorted."""
         if not owner_prefix:
             raise ConfigError("refusing an empty owner prefix (it would match every tagged interface)", "owner_prefix")
+
+        def match(tag: str) -> bool:
+            return tag == owner_prefix if exact else tag.startswith(owner_prefix)
+
         removed: set[str] = set()
         with IPRoute() as ipr:
             ours = [
                 str(link.get("ifname"))
                 for link in ipr.get_links()
-                if (link.get("ifalias") or "").startswith(owner_prefix)
+                if match(link.get("ifalias") or "")
             ]
         for ifname in ours:
             self.delete(ifname)
@@ -756,9 +941,9 @@ class WireGuardManager:
         if self.state_dir.is_dir():
             for path in sorted(self.state_dir.glob("wg-*.pid")):
                 rec = self._read_pid(path)
-                if rec is None or not rec.owner.startswith(owner_prefix):
+                if rec is None or not match(rec.owner):
                     continue
-                if self._stop_process(rec.pid, rec.ifname):
+                if self._stop_process(rec.pid, rec.ifname, rec.start):
                     removed.add(rec.ifname)
                 self._forget(rec.ifname)
         return sorted(removed)

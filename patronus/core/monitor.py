@@ -342,6 +342,12 @@ class PathMonitor:
         st = self._current(path_id)
         return st.miss_since if st.miss_run else None
 
+    def judged(self, path_id: PathId) -> bool:
+        """Whether the path has a verdict of its own: it is Up or Degraded, or its last
+        `detect_multiplier` probes in a row went unanswered. A path starts Down without one."""
+        st = self._current(path_id)
+        return st.status is not PathStatus.DOWN or st.miss_run >= st.profile.detect_multiplier
+
     def answered_sent_at(self, path_id: PathId) -> float | None:
         """Send time of the newest probe that got a reply, late or not: the path was alive then."""
         return self._current(path_id).answered_sent_at

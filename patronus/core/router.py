@@ -369,12 +369,15 @@ class Router:
                 for e, s in zip(ranked, scores, strict=True) if s >= floor]
 
     def place(self, flow: FlowKey, path_id: PathId, now: float, *, site: SiteId,
-              policy: str | None = None) -> PathId | None:
+              policy: str | None = None, origin: PathId | None = None) -> PathId | None:
         """Register `flow` as already on `path_id` (the kernel sent it there, or it arrived over that
         path) under `policy` (a name; None = the implicit default). From here on it is an ordinary
-        sticky flow: it fails over, is stranded and fails back like any other. A flow placed on a Down
-        path is evacuated at once, keeping that path as its origin. Returns the flow's path, or None if
-        it is stranded. A flow the router already has is left where it is."""
+        sticky flow: it fails over, is stranded and fails back like any other. `origin`: the path the
+        flow had failed over from before it was placed (a restarted agent adopting the kernel's
+        state); it fails back there as any displaced flow does, after the hold, which starts now. A
+        flow placed on a Down path is evacuated at once, keeping that path (or `origin`) as its
+        origin. Returns the flow's path, or None if it is stranded. A flow the router already has is
+        left where it is."""
         f = self._flows.get(flow)
         if f is not None:
             return f.entry.path.id
@@ -386,8 +389,13 @@ class Router:
         if self._next_sweep is None:
             self._next_sweep = now + self._sweep_period()
         self._events.append(FlowAssigned(at=now, flow=flow, path_id=path_id, policy=pol.name))
+        if origin is not None and origin != path_id and origin in self._paths:
+            f.origin = origin
+            self._displaced.setdefault(origin, {})[flow] = f
         if e.status is _DOWN:
             self._evacuate_one(f, e, now)
+        if f.origin is not None:
+            self._try_failback(f.origin, now)
         return None if f.stranded else f.entry.path.id
 
     def policy_named(self, name: str | None) -> RoutingPolicy:

@@ -26,6 +26,14 @@ rules that sit between the monitor's verdicts and the router's view of a path:
   outage moves a call must not depend on which of two probes a few ms apart answered first.
 * **Dead tunnels.** A path whose probes pass but whose tunnel carries nothing (the driver decides:
   the agent from WireGuard handshakes) is Down for routing until the driver says it works again.
+* **Steering held after a restart.** A restarted agent that adopts a dataplane it did not build
+  (tunnels and kernel maps left by the agent before it) starts with every path Down, as any start
+  does; acting on that would empty the kernel's maps and drop the traffic the kernel is steering
+  well. `hold_steering(until)` makes the driver leave its steering as it is until every path has a
+  verdict of its own (`PathMonitor.judged`: Up, or `detect_multiplier` probes unanswered in a row), at
+  the latest `until` (`steering_hold_s`). The step that ends the hold says so (`Step.released`); the
+  driver then hands the router the flows it adopted (`Router.place` with their origin) and steers
+  from there on as usual.
 
 Sans-IO like the rest of the core: feed replies with `on_probe_reply`, call `pump(now)` whenever
 `next_deadline()` is due or something was fed, and perform what it returns.
@@ -62,11 +70,20 @@ class Step:
     router: list[Event] = field(default_factory=list)               # FlowAssigned, FailoverTriggered, ...
     sla: list[Event] = field(default_factory=list)                  # SlaViolated, SlaRestored
     metrics_changed: bool = False
+    released: bool = False      # the steering hold (`SiteLogic.hold_steering`) ended in this step
 
     @property
     def routing_changed(self) -> bool:
         """True when the kernel's (or the model's) view of paths or flows may need an update."""
-        return bool(self.router or self.status or self.metrics_changed)
+        return bool(self.router or self.status or self.metrics_changed or self.released)
+
+
+def steering_hold_s(profile: MonitorProfile) -> float:
+    """The longest a restarted agent holds its steering (`SiteLogic.hold_steering`): long enough for a
+    live path to come Up (`up_count` probes) and for a dead one to miss `detect_multiplier` probes in
+    a row, the first of which waits for the longest timeout a probe can have before any RTT is known."""
+    return profile.interval_s * (profile.up_count + profile.detect_multiplier) + \
+        max(profile.max_timeout_s, profile.interval_s)
 
 
 def uplink_of(path: Path) -> str:
@@ -89,6 +106,7 @@ class SiteLogic:
         self._timeouts_seen: dict[PathId, tuple[int, int]] = {}   # (timed out, late) already counted
         # Downs not yet told to the router: path -> (until, the event, its suspected siblings)
         self._held: dict[PathId, tuple[float, PathStatusChanged, list[PathId]]] = {}
+        self._steering_held_until: float | None = None
 
     # -- paths -------------------------------------------------------------------------------------
 
@@ -219,6 +237,26 @@ class SiteLogic:
             self.router.handle(replace(ev, at=now))     # the router decides now, and says so
             self.router.set_suspect(pid, False)
 
+    # -- a restart ---------------------------------------------------------------------------------
+
+    def hold_steering(self, until: float) -> None:
+        """Leave the driver's steering as it is until every path has a verdict, at the latest `until`
+        (see the module's header). The `pump` that ends it returns `Step.released`."""
+        self._steering_held_until = until
+
+    @property
+    def steering_held(self) -> bool:
+        return self._steering_held_until is not None
+
+    def _release_steering(self, now: float) -> bool:
+        until = self._steering_held_until
+        if until is None:
+            return False
+        if now < until and not all(self.monitor.judged(p) for p in self._uplink):
+            return False
+        self._steering_held_until = None
+        return True
+
     # -- the step ----------------------------------------------------------------------------------
 
     def has_news(self) -> bool:
@@ -235,6 +273,9 @@ class SiteLogic:
         for h in self._held.values():
             if best is None or h[0] < best:
                 best = h[0]
+        until = self._steering_held_until
+        if until is not None and (best is None or until < best):
+            best = until
         return best
 
     def pump(self, now: float) -> Step:
@@ -289,6 +330,7 @@ class SiteLogic:
             mon.sync(now)       # coasted probes answered by now are samples of this evaluation
             sla.on_timer(now)
         step.sla = sla.drain_events()
+        step.released = self._release_steering(now)
         return step
 
     def _count_timeouts(self, path_id: PathId, now: float) -> None:

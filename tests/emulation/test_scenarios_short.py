@@ -71,6 +71,8 @@ def test_shipped_scenario_short_passes_and_leaves_nothing(name: str, tmp_path: P
         fo = [f for f in summary["failovers"] if f["flow"] == "cbr"]
         assert fo and fo[0]["gap_ms"] < 300 and fo[0]["detect_ms"] < 200
         _sim_agrees(scenario, out, tmp_path / "sim")
+    if name == "agent-restart":
+        _sim_agrees_on_restart(scenario, out, tmp_path / "sim")
 
 
 def _ledger_in_order(out: Path) -> None:
@@ -105,6 +107,27 @@ def _sim_agrees(scenario: Path, mininet_out: Path, sim_out: Path) -> None:
     for d in detections:
         assert d.a is not None and d.b is not None, d
         assert abs(d.a - d.b) <= interval_s * 1000.0, d
+
+
+def _sim_agrees_on_restart(scenario: Path, mininet_out: Path, sim_out: Path) -> None:
+    """The same restarts in simulation: the flow's lost packets within one probe window of the
+    emulation's (the agents restarted gracefully on both: no failover to compare), and `compare`
+    flags nothing about its loss."""
+    from emulation.backends.sim import run_sim
+    from emulation.compare import compare_runs
+    from emulation.scenario import load
+
+    sc = load(scenario)
+    assert run_sim(sc, sim_out) == 0
+    c = compare_runs(mininet_out, sim_out)
+    m = sc.site("hq").agent.monitor
+    window = round(100 * m.interval_s * m.window)          # the flow's 100 packets/s over one probe window
+    lost = next(e for e in c.expectations if "loses" in e.text)
+    assert lost.a_passed and lost.b_passed, lost
+    assert lost.a_value is not None and lost.b_value is not None and abs(lost.a_value - lost.b_value) <= window, lost
+    loss = [d for d in c.differences if d.metric == "loss_pct"]
+    assert loss and not [d for d in loss if d.flagged], loss
+    assert not [f for f in json.loads((mininet_out / "summary.json").read_text())["failovers"]]
 
 
 def test_keep_leaves_the_network_running_and_clean_removes_it(tmp_path: Path) -> None:

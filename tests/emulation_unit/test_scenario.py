@@ -248,6 +248,14 @@ def test_one_mistake_is_one_error_not_a_cascade(doc: dict[str, Any]) -> None:
      "timeline[2].delay", "unknown setting of a cut event"),
     (lambda d: d["timeline"].append({"at": "1s", "action": "agent_stop", "link": "hq.isp2"}),
      "timeline[2].site", "required"),
+    (lambda d: d["timeline"].append({"at": "1s", "action": "agent_stop", "site": "br", "cleanup": "yes"}),
+     "timeline[2].cleanup", "expected true or false"),
+    (lambda d: d["timeline"].append({"at": "1s", "action": "agent_start", "site": "br", "cleanup": True}),
+     "timeline[2].cleanup", "unknown setting of a agent_start event"),
+    (lambda d: d["sites"]["hq"].setdefault("agent", {}).update(startup="soon"),
+     "sites.hq.agent.startup", "expected a duration"),
+    (lambda d: d["sites"]["hq"].setdefault("agent", {}).update(startup="5min"),
+     "sites.hq.agent.startup", "at most"),
     (lambda d: d["timeline"].append({"at": "1s", "action": "ramp", "link": "hq.isp2", "over": "1s",
                                      "to": {"loss_model": {"type": "gilbert_elliott", "p": 0.1, "r": 0.5}}}),
      "timeline[2].to.loss_model", "cannot be ramped"),
@@ -564,3 +572,23 @@ def test_run_json_carries_the_rule(doc: dict[str, Any]) -> None:
     assert docs[0]["quantile"] == 0.95 and "pass_rate" not in docs[0]
     assert docs[1]["pass_rate"] == 0.8 and "quantile" not in docs[1]
     assert "quantile" not in docs[2] and "pass_rate" not in docs[2]
+def test_agent_stop_cleanup_and_startup_round_trip_and_schedule(doc: dict[str, Any]) -> None:
+    doc["sites"]["br"].setdefault("agent", {})["startup"] = "1500ms"
+    doc["timeline"] = [
+        {"at": "2s", "action": "agent_stop", "site": "br"},                          # graceful
+        {"at": "3s", "action": "agent_stop", "site": "br", "cleanup": True},         # now its dataplane too
+        {"at": "4s", "action": "agent_stop", "site": "br", "cleanup": True},         # no-op: nothing left
+        {"at": "5s", "action": "agent_start", "site": "br"},
+        {"at": "6s", "action": "agent_stop", "site": "br", "cleanup": True},
+        {"at": "7s", "action": "agent_start", "site": "br"},
+        {"at": "8s", "action": "agent_stop", "site": "br", "cleanup": False},
+    ]
+    s = from_dict(doc)
+    assert s.site("br").agent.startup_s == 1.5 and s.site("hq").agent.startup_s is None
+    steps = [(st.at_s, st.running, st.cleanup) for st in s.schedule() if hasattr(st, "running")]
+    assert steps == [(2, False, False), (3, False, True), (5, True, False), (6, False, True), (7, True, False),
+                     (8, False, False)]
+    again = from_dict(yaml.safe_load(s.to_yaml()))
+    assert again.timeline == s.timeline and again.site("br").agent.startup_s == 1.5
+    assert [e.to_dict().get("cleanup") for e in s.timeline] == [None, True, True, None, True, None, None]
+    assert s.timeline[1].describe() == "agent_stop br (with cleanup)"

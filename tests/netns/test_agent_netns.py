@@ -267,7 +267,8 @@ def test_sigterm_removes_everything_the_agent_created(tmp_path: Path) -> None:
         assert httpx.put(base + "/policies/keep-me", headers=H, json=keep, timeout=5).status_code == 201
         pid = next(iter(lab.paths("hq")))
         wait_for(lambda: len(lab.api("hq", f"/paths/{pid}/metrics")) >= 2, 10, "metrics history rows")
-        rc = lab.stop_agent("hq")
+        reflector = json.loads((tmp_path / "run-hq" / "reflector.pid").read_text())["pid"]
+        rc = lab.stop_agent("hq")                    # started with --cleanup (the lab's default)
         assert rc == 0, lab.agent_log("hq")
         stopped_at = time.time()
         links, rules, tables, rest = state()
@@ -276,8 +277,10 @@ def test_sigterm_removes_everything_the_agent_created(tmp_path: Path) -> None:
         assert "patronus" not in tables
         assert rest.strip().splitlines()[-1] == "0"
         assert not list((tmp_path / "run-hq").glob("wg-*.pid"))
+        assert lab.leftovers("hq") == []             # no pid file (reflector, agent), no dataplane record
         out = subprocess.run(["pgrep", "-f", f"wireguard-go -f pt{lab.sites['hq'].id}p"], capture_output=True)
         assert out.returncode == 1, out.stdout       # no wireguard-go of ours left
+        assert not Path(f"/proc/{reflector}").exists() or b") Z" in Path(f"/proc/{reflector}/stat").read_bytes()
         # restart: the policy and the history are still there
         lab.start_agent("hq", policies="default")
         wait_for(lambda: lab.api("hq", "/site"), 20, "the restarted agent's API")
@@ -308,6 +311,7 @@ def test_cleanup_after_kill_9_removes_only_that_agents_leftovers(tmp_path: Path)
         ns, sid = lab.sites["hq"].ns, lab.sites["hq"].id
         agent = lab.sites["hq"].agent
         assert agent is not None
+        reflector = json.loads((tmp_path / "run-hq" / "reflector.pid").read_text())["pid"]
         os.killpg(agent.pid, 9)
         agent.wait(10)
         lab.sites["hq"].agent = None
@@ -324,6 +328,10 @@ def test_cleanup_after_kill_9_removes_only_that_agents_leftovers(tmp_path: Path)
         assert "mgmt0" in run("ip", "-o", "link").stdout                # not ours: untouched
         out = subprocess.run(["pgrep", "-f", f"wireguard-go -f pt{sid}p"], capture_output=True)
         assert out.returncode == 1, out.stdout
+        # the reflector outlived the crash (its own session), and the cleanup stopped it
+        assert "reflector process" in r.stdout
+        assert not Path(f"/proc/{reflector}").exists() or b") Z" in Path(f"/proc/{reflector}/stat").read_bytes()
+        assert lab.leftovers("hq") == ["agent.pid"]          # the crashed agent's own pid file only
     finally:
         lab.teardown()
 

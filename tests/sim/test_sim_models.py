@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import simpy
 
+from emulation.backends.sim.agent import AGENT_STARTUP_S
 from emulation.backends.sim.engine import T0, SimOptions, Simulation
 from emulation.backends.sim.network import FROM_CORE, TO_CORE, Network
 from emulation.backends.sim.traffic import LinkTable, _cross
@@ -160,34 +161,144 @@ AGENT_STOP = TWO_SITES + """
 traffic:
   - {name: cbr, type: udp_cbr, from: hq, to: br, rate: 100}
 timeline:
-  - {at: 3s, action: agent_stop, site: br}
+  - {at: 3s, action: agent_stop, site: br, cleanup: CLEANUP}
   - {at: 5s, action: agent_start, site: br}
 """
 
 
+def _packets(out: Path) -> list[tuple[float, bool, str]]:
+    with open(out / "raw" / "packets.csv") as fh:
+        return [((int(r["sent_ns"]) - int(T0 * 1e9)) / 1e9, r["recv_ns"] != "", r["path"])
+                for r in csv.DictReader(fh)]
+
+
+def _events(out: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (out / "raw" / "events.jsonl").read_text().splitlines()]
+
+
 @pytest.mark.parametrize("mode", ["packet", "flow"])
-def test_a_stopped_agent_neither_reflects_nor_receives_and_a_restarted_one_starts_afresh(
+def test_a_stop_with_cleanup_neither_reflects_nor_receives_and_the_restarted_agent_starts_afresh(
         tmp_path: Path, mode: str) -> None:
     # in flow mode probes take the shortcut (network.py) between timeline steps: the same outcome
-    sim = Simulation(parse(AGENT_STOP), tmp_path, mode)
+    sim = Simulation(parse(AGENT_STOP.replace("CLEANUP", "true")), tmp_path, mode)
     sim.run()
     sim.write_raw()
-    with open(tmp_path / "raw" / "packets.csv") as fh:
-        packets = [((int(r["sent_ns"]) - int(T0 * 1e9)) / 1e9, r["recv_ns"] != "", r["path"])
-                   for r in csv.DictReader(fh)]
-    assert all(got for t, got, _ in packets if t < 2.9 or t > 5.5)
-    assert not any(got for t, got, _ in packets if 3.0 <= t < 5.0)       # br's tunnels are gone
+    boot = 5.0 + AGENT_STARTUP_S
+    packets = _packets(tmp_path)
+    assert all(got for t, got, _ in packets if t < 2.9 or t > boot + 0.5)
+    assert not any(got for t, got, _ in packets if 3.0 <= t < boot)      # br's tunnels are gone until it runs
     # hq stops sending into the tunnel once its paths to br are Down (br reflects nothing), until they
     # come back after br's restart
     assert any(path == "" for t, _, path in packets if 3.2 < t < 5.0)
-    events = [json.loads(line) for line in (tmp_path / "raw" / "events.jsonl").read_text().splitlines()]
-    started = [e["at"] - T0 for e in events if e["kind"] == "AgentStarted" and e["site"] == "br"]
-    assert len(started) == 2 and started[1] == pytest.approx(5.0)
-    downs = [e["at"] - T0 for e in events if e["kind"] == "PathStatusChanged" and e["site"] == "hq"
+    events = _events(tmp_path)
+    started = [e for e in events if e["kind"] == "AgentStarted" and e["site"] == "br"]
+    assert len(started) == 2 and started[1]["at"] - T0 == pytest.approx(boot) and started[1]["adopted"] is None
+    downs = [e["at"] - T0 for e in events if e["kind"] == "PathStatusChanged" and e["site"] == "hq"   # type: ignore[operator]
              and e["new"] == "down"]
     assert downs and all(3.0 < t < 3.3 for t in downs)
     with open(tmp_path / "raw" / "path_metrics.csv") as fh:
         br_samples = [float(r["at"]) - T0 for r in csv.DictReader(fh) if r["site"] == "br"]
-    assert not [t for t in br_samples if 3.0 < t < 5.0]       # a stopped agent answers no API
+    assert not [t for t in br_samples if 3.0 < t < boot]       # a stopped agent answers no API
     assert (tmp_path / "raw" / "timeline.csv").read_text().splitlines()[1:] == [
-        "3.0,1700000003.0,agent_stop,br,{}", "5.0,1700000005.0,agent_start,br,{}"]
+        '3.0,1700000003.0,agent_stop,br,"{""cleanup"": true}"', "5.0,1700000005.0,agent_start,br,{}"]
+
+
+@pytest.mark.parametrize("mode", ["packet", "flow"])
+@pytest.mark.parametrize("site", ["hq", "br"])
+def test_a_graceful_stop_keeps_the_site_forwarding_and_the_next_agent_adopts_its_flows(
+        tmp_path: Path, mode: str, site: str) -> None:
+    doc = AGENT_STOP.replace("CLEANUP", "false").replace("site: br", f"site: {site}")
+    sim = Simulation(parse(doc), tmp_path, mode)
+    sim.run()
+    sim.write_raw()
+    packets = _packets(tmp_path)
+    assert all(got for _, got, _ in packets)                     # not one packet lost
+    assert {path for _, _, path in packets} == {"br:isp1-isp1"}
+    events = _events(tmp_path)
+    # no agent decided anything because of the restart: the other site kept its path Up (the
+    # reflector outlives the agent), the restarted one adopted the flow where it was
+    others = [e for e in events if e["kind"] in ("FailoverTriggered", "Failback", "FlowStranded")
+              or (e["kind"] == "PathStatusChanged" and e["new"] == "down")]
+    assert not others, others
+    started = [e for e in events if e["kind"] == "AgentStarted" and e["site"] == site]
+    assert len(started) == 2 and started[1]["at"] - T0 == pytest.approx(5.0 + AGENT_STARTUP_S)
+    assert started[1]["adopted"] == {"flows": 1 if site == "hq" else 0}     # br sends no flow
+    with open(tmp_path / "raw" / "path_metrics.csv") as fh:
+        samples = [float(r["at"]) - T0 for r in csv.DictReader(fh) if r["site"] == site]
+    assert not [t for t in samples if 3.0 < t < 5.0 + AGENT_STARTUP_S]   # no agent, no API
+    assert sim.agents[site].logic is not None and not sim.agents[site].logic.steering_held
+
+
+def test_the_agent_start_up_time_is_a_scenario_setting(tmp_path: Path) -> None:
+    doc = AGENT_STOP.replace("CLEANUP", "true").replace("agent: {monitor: fast}\n  br:",
+                                                        "agent: {monitor: fast}\n  br:").replace(
+        "      isp1: {bandwidth: 100mbit, delay: 5ms}\n    agent: {monitor: fast}",
+        "      isp1: {bandwidth: 100mbit, delay: 5ms}\n    agent: {monitor: fast, startup: 300ms}")
+    sc = parse(doc)
+    assert sc.site("br").agent.startup_s == 0.3 and sc.site("hq").agent.startup_s is None
+    sim = Simulation(sc, tmp_path, "packet")
+    sim.run()
+    sim.write_raw()
+    started = [e["at"] - T0 for e in _events(tmp_path) if e["kind"] == "AgentStarted" and e["site"] == "br"]  # type: ignore[operator]
+    assert started[1] == pytest.approx(5.3)
+    assert json.loads((tmp_path / "raw" / "run.json").read_text())["sim"]["agent_startup_s"] == \
+        {"hq": AGENT_STARTUP_S, "br": 0.3}
+    assert "startup" not in sim.documents["br"]          # the real agent's site file does not have it
+
+
+def test_a_failed_over_flow_adopted_after_a_restart_fails_back_after_the_hold(tmp_path: Path) -> None:
+    """hq's isp1 is cut and restored while hq's agent is stopped: nothing moves until it runs again,
+    then the flow (failed over before the stop) fails back once the hold has passed since the restart."""
+    doc = """
+version: 1
+name: restart-failback
+duration: 30s
+sites:
+  hq:
+    uplinks:
+      isp1: {bandwidth: 100mbit, delay: 5ms}
+      isp2: {bandwidth: 100mbit, delay: 20ms}
+    agent: {monitor: fast, router: {failback_hold: 4s, min_improvement: 0}}
+  br:
+    uplinks:
+      isp1: {bandwidth: 100mbit, delay: 5ms}
+    agent: {monitor: fast}
+traffic:
+  - {name: cbr, type: udp_cbr, from: hq, to: br, rate: 100}
+timeline:
+  - {at: 3s, action: cut, link: hq.isp1}
+  - {at: 6s, action: agent_stop, site: hq}
+  - {at: 8s, action: restore, link: hq.isp1}
+  - {at: 10s, action: agent_start, site: hq}
+"""
+    sim = Simulation(parse(doc), tmp_path, "packet")
+    sim.run()
+    sim.write_raw()
+    events = [e for e in _events(tmp_path) if e["site"] == "hq"]
+    moves = [(e["kind"], round(e["at"] - T0, 2), e["to_path"]) for e in events   # type: ignore[operator]
+             if e["kind"] in ("FailoverTriggered", "Failback")]
+    boot = 10.0 + AGENT_STARTUP_S
+    assert [(k, p) for k, _, p in moves] == [("FailoverTriggered", "br:isp2-isp1"), ("Failback", "br:isp1-isp1")]
+    assert 3.0 < moves[0][1] < 3.2
+    # the hold (4 s) runs from when the restarted agent had its paths Up, not from the restore at 8 s
+    assert boot + 4.0 < moves[1][1] < boot + 4.5
+    packets = _packets(tmp_path)
+    assert all(path == "br:isp2-isp1" for t, _, path in packets if 3.2 < t < boot + 4.0)
+
+
+def test_a_flow_that_starts_while_no_agent_runs_goes_where_the_kernel_sends_new_flows(tmp_path: Path) -> None:
+    doc = AGENT_STOP.replace("CLEANUP", "false").replace("site: br", "site: hq").replace(
+        "  - {name: cbr, type: udp_cbr, from: hq, to: br, rate: 100}",
+        "  - {name: cbr, type: udp_cbr, from: hq, to: br, rate: 100}\n"
+        "  - {name: late, type: udp_cbr, from: hq, to: br, rate: 100, start: 4s, dst_port: 5002}")
+    sim = Simulation(parse(doc), tmp_path, "packet")
+    sim.run()
+    sim.write_raw()
+    with open(tmp_path / "raw" / "packets.csv") as fh:
+        late = [(r["recv_ns"] != "", r["path"]) for r in csv.DictReader(fh) if r["flow"] == "late"]
+    assert late and all(got for got, _ in late) and {p for _, p in late} == {"br:isp1-isp1"}
+    hq = sim.agents["hq"]
+    assert hq.logic is not None
+    # the restarted agent adopted it as any other flow the kernel steers
+    assert {str(i.path_id) for i in hq.logic.router.flows()} == {"br:isp1-isp1"}
+    assert len(hq.logic.router.flows()) == 2

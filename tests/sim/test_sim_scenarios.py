@@ -146,7 +146,7 @@ def test_flow_mode_writes_the_same_records_and_reaches_the_same_verdicts(failove
 
 
 @pytest.mark.parametrize("mode", ["auto", "flow"])
-@pytest.mark.parametrize("name", ["brownout", "flapping", "voip-sla", "six-sites"])
+@pytest.mark.parametrize("name", ["brownout", "flapping", "voip-sla", "six-sites", "agent-restart"])
 def test_every_shipped_scenario_runs_in_sim(name: str, mode: str, tmp_path: Path) -> None:
     # auto is packet mode for all of them; flow mode computes the UDP records per flow and lets probes
     # take the shortcut between timeline steps (ramps, cuts and flaps are many steps): the same verdicts
@@ -155,7 +155,8 @@ def test_every_shipped_scenario_runs_in_sim(name: str, mode: str, tmp_path: Path
     s = _summary(out)
     assert s["backend"] == "sim" and s["scenario"] == name
     assert code == (0 if s["passed"] else 1)
-    assert s["paths"] and all(p["samples"] > 200 for p in s["paths"])   # every path sampled every 0.25 s
+    # every path sampled every 0.25 s while its agent runs (agent-restart's are stopped for a quarter of it)
+    assert s["paths"] and all(p["samples"] > 0.7 * s["duration_s"] / 0.25 for p in s["paths"])
     assert [e["text"] for e in s["expectations"] if not e["passed"]] == []
 
 
@@ -172,16 +173,43 @@ def test_every_shipped_scenarios_ledger_is_in_order(path: Path, mode: str, tmp_p
     mode's coasting probes; every cut a path was declared Down for shows its first lost probe; and no
     path reports a latency of 0 ms."""
     out = tmp_path / path.stem
-    run_sim(load(path), out, mode=mode)
+    sc = load(path)
+    run_sim(sc, out, mode=mode)
     run = RunData.load(out)
     entries = ledger(run)
-    assert entries, "every shipped scenario breaks a link some flow is on"
+    breaks = any(ev.action in ("cut", "flap", "impair", "ramp", "region_cut") for ev in sc.timeline)
+    assert bool(entries) == breaks, "a scenario that breaks a link some flow is on has a ledger"
     assert stage_order_problems(entries) == []
-    assert (run.events["kind"] == "ProbeLost").any()
+    assert (run.events["kind"] == "ProbeLost").any() or not breaks
     assert not (run.path_metrics["latency_ms"] == 0.0).any()    # a dead path has none, not 0 ms
     for e in entries:
         if e.action in ("cut", "flap") and e.declared == "down":
             assert e.stages_ms["first_probe_lost"] is not None, (e.event, e.flow)
+
+
+@pytest.mark.parametrize("cleanup", [False, True])
+def test_agent_restart_loses_nothing_gracefully_and_everything_until_the_restart_with_cleanup(
+        tmp_path: Path, cleanup: bool) -> None:
+    """The shipped agent-restart as it is (graceful stops: not a packet lost, no decision taken), and
+    with `cleanup: true` on both stops (the sites lose their routers: every packet sent from the stop
+    until the restarted agent runs again, `agent.startup` later, and has its paths Up)."""
+    from emulation.backends.sim.agent import AGENT_STARTUP_S
+
+    sc = load(ROOT / "scenarios" / "agent-restart.yaml")
+    if cleanup:
+        sc = sc.with_overrides({"timeline.0.cleanup": True, "timeline.2.cleanup": True})
+    out = tmp_path / "run"
+    code = run_sim(sc, out)
+    s = _summary(out)
+    lost = next(e["value"] for e in s["expectations"] if "loses" in e["text"])
+    if not cleanup:
+        assert code == 0 and lost == 0
+        return
+    assert code == 1
+    down_s = (18 - 10) + (30 - 24)                      # two outages, from the stop to the start
+    rate = 100
+    # ... plus the start-up, plus the paths coming Up (3 probes at 100 ms) and the flow re-steered
+    assert rate * (down_s + 2 * AGENT_STARTUP_S) <= lost <= rate * (down_s + 2 * (AGENT_STARTUP_S + 0.5))
 
 
 def test_a_failing_expectation_exits_1_and_bad_input_exits_2(tmp_path: Path) -> None:

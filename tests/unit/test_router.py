@@ -1045,3 +1045,42 @@ def test_bad_site_prefixes_are_all_listed_and_change_nothing() -> None:
         r.set_site_prefixes(SiteId("b"), ["10.9.0.0/16", "nonsense", "10.3.0.0/33"])
     assert [f for f, _ in exc.value.errors] == ["sites.b.prefixes[1]", "sites.b.prefixes[2]"]
     assert r.site_for("10.2.0.1") == "b" and r.site_for("10.9.0.1") is None
+
+
+# --- placing adopted flows (a restarted agent) -------------------------------------------------------
+
+def test_a_flow_placed_with_an_origin_fails_back_after_the_hold_from_when_it_was_placed() -> None:
+    r = make_router({"p1": GOOD, "p2": FAIR}, config=RouterConfig(failback_hold_s=10.0, failover_cooldown_s=5.0))
+    clock = Clock(r, 100.0)
+    f = flow()
+    assert r.place(f, PathId("p2"), 100.0, site=BRANCH, origin=PathId("p1")) == PathId("p2")
+    info = r.flow_info(f)
+    assert info is not None and info.origin == PathId("p1")
+    assert r.pending_failbacks() == 1
+    r.drain_events()
+    clock.run_until(109.9)
+    assert r.flow_path(f) == PathId("p2") and not of(r.drain_events(), Failback)
+    clock.run_until(110.0)
+    backs = of(r.drain_events(), Failback)
+    assert [(b.from_path, b.to_path, b.at) for b in backs] == [(PathId("p2"), PathId("p1"), 110.0)]
+
+
+def test_a_flow_placed_on_a_down_path_with_an_origin_keeps_that_origin() -> None:
+    r = make_router({"p1": (GOOD, DOWN), "p2": (FAIR, DOWN), "p3": POOR})
+    f = flow()
+    assert r.place(f, PathId("p2"), 0.0, site=BRANCH, origin=PathId("p1")) == PathId("p3")
+    info = r.flow_info(f)
+    assert info is not None and info.origin == PathId("p1") and info.path_id == PathId("p3")
+    moves = of(r.drain_events(), FailoverTriggered)
+    assert [(e.from_path, e.to_path, e.reason) for e in moves] == [(PathId("p2"), PathId("p3"),
+                                                                     FailoverReason.PATH_DOWN)]
+
+
+def test_a_placed_origin_that_is_itself_or_unknown_is_no_origin() -> None:
+    r = make_router({"p1": GOOD, "p2": FAIR})
+    for i, origin in enumerate((PathId("p1"), PathId("gone"))):
+        f = flow(i)
+        r.place(f, PathId("p1"), 0.0, site=BRANCH, origin=origin)
+        info = r.flow_info(f)
+        assert info is not None and info.origin is None
+    assert r.pending_failbacks() == 0

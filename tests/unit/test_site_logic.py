@@ -242,3 +242,50 @@ def test_the_first_lost_probes_of_a_cut_reach_the_driver_before_the_verdicts_and
     logic.monitor.on_probe_result(PathId("br:isp1-isp1"), None, 0.1)
     step = logic.pump(0.1)            # (before the first metrics report, at 0.5 s)
     assert [type(e) for e in step.lost] == [ProbeLost] and not step.routing_changed
+# --- the steering hold of a restarted agent -----------------------------------------------------------
+
+def test_the_steering_hold_ends_when_every_live_path_is_up() -> None:
+    from patronus.core.site import steering_hold_s
+
+    net = Net()
+    logic = net.logic
+    until = steering_hold_s(logic.monitor.profile)
+    logic.hold_steering(until)
+    assert logic.steering_held and logic.next_deadline() is not None
+    released: list[float] = []
+    while logic.steering_held:
+        before = net.now
+        net.run_until(net.now + 0.001)
+        if not logic.steering_held:
+            released.append(before)
+    # every path came Up (3 replies each, the slowest RTT 180 ms), long before the cap
+    assert all(logic.status(PathId(p)) is PathStatus.UP for p in RTT)
+    assert 0.18 <= released[0] < 0.3 < until
+
+
+def test_the_steering_hold_waits_for_a_dead_paths_verdict_not_for_the_cap() -> None:
+    from patronus.core.site import steering_hold_s
+
+    net = Net()
+    net.rtt["br:isp2-isp2"] = None            # this one never answers
+    logic = net.logic
+    cap = steering_hold_s(logic.monitor.profile)
+    logic.hold_steering(cap)
+    while logic.steering_held:
+        net.run_until(net.now + 0.001)
+    dead = PathId("br:isp2-isp2")
+    assert logic.monitor.judged(dead) and logic.status(dead) is PathStatus.DOWN
+    # three probes 20 ms apart, the first probe's timeout before any RTT is known: 1 s
+    assert 1.0 < net.now < cap
+
+
+def test_the_step_that_ends_the_hold_says_so_and_counts_as_a_routing_change() -> None:
+    net = Net()
+    logic = net.logic
+    logic.hold_steering(0.05)
+    step = logic.pump(0.0)
+    assert not step.released and logic.steering_held
+    assert logic.next_deadline() is not None and logic.next_deadline() <= 0.05   # type: ignore[operator]
+    step = logic.pump(0.05)                   # the cap: no path has a verdict yet
+    assert step.released and step.routing_changed and not logic.steering_held
+    assert not logic.pump(0.06).released

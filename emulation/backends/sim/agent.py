@@ -20,9 +20,20 @@ What it does, mirroring `patronus.agent.daemon.Agent`:
     of two per probe, and says the same (tests/sim/test_sim_coast.py).
   * Once a second, like the agent's periodic duty: the running flows are touched (so they never idle
     out while they send) and the core is pumped.
-  * `stop()` is the agent's SIGTERM: it removes its tunnels and steering, so nothing more is probed,
-    reflected, sent or received at the site; replies still in flight are ignored. `start()` runs a
-    fresh `SiteLogic` (paths Down until probes bring them up, flows classified again).
+  * Stop and start, as the real agent does them (`patronus.agent.adopt`):
+    - `stop(cleanup=False)` is a graceful SIGTERM: the agent's logic stops (no probes, no decisions;
+      replies still in flight are ignored) but the site's dataplane stays (`forwarding`): its flows
+      keep the path they were on, its reflector answers the peers' probes, and a flow that starts
+      meanwhile goes where the kernel's new-flow map pointed (the stopped agent's router, frozen).
+    - `stop(cleanup=True)` also removes the dataplane: nothing more is reflected, sent or received at
+      the site.
+    - `spawned()`, then `start()` `startup_s` later (the engine waits: a real agent takes that long
+      from its spawn to its first probe; `AGENT_STARTUP_S` is the measured default, a scenario's
+      `agent.startup` overrides it). A start runs a fresh `SiteLogic` (paths Down until probes bring
+      them up). Over a kept dataplane it holds the steering as the agent does
+      (`SiteLogic.hold_steering`) and then hands the router the flows where they are, with the origin
+      they had failed over from; over none the dataplane comes up with it and flows are classified
+      again.
 
 Clock: the core sees virtual seconds (scenario time); published events carry wall time `T0 + at`.
 """
@@ -45,7 +56,7 @@ from patronus.core.events import (
     ProbeLost,
 )
 from patronus.core.model import FlowKey, PathId, SiteId
-from patronus.core.site import SiteLogic
+from patronus.core.site import SiteLogic, steering_hold_s
 from patronus.core.sla import SlaMonitor
 
 if TYPE_CHECKING:
@@ -53,6 +64,12 @@ if TYPE_CHECKING:
     from emulation.backends.sim.traffic import SimFlow
 
 HOUSEKEEPING_S = 1.0        # the agent's periodic duty (slot touches, a pump)
+# From `patronus agent` being spawned to its core running (its first probes), adopting a kept dataplane:
+# measured by `python -m benchmarks bench_agent_startup` (a netns lab, agents at the runner's nice -5, 12
+# graceful restarts; the agent's AgentStarted time minus its spawn time) on the 2-core VM: median 0.71 s,
+# 0.57-0.81 s (a fresh start, building four tunnels, 0.91 s). Mininet runs of agent-restart gave
+# 0.54-0.71 s. Python's start-up and imports are most of it.
+AGENT_STARTUP_S = 0.7
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +96,21 @@ def _finite(v: Any) -> Any:
 
 
 class SimAgent:
-    def __init__(self, sim: Simulation, cfg: SiteConfig) -> None:
+    def __init__(self, sim: Simulation, cfg: SiteConfig, startup_s: float = AGENT_STARTUP_S) -> None:
         self.sim = sim
         self.env = sim.env
         self.name = cfg.name
         self.cfg = cfg
-        self.running = False
+        self.startup_s = startup_s
+        self.running = False            # the agent's logic runs (probes, decisions)
+        self.forwarding = False         # the site's dataplane is up (tunnels, steering, reflector)
+        self.spawn_token = 0            # which spawn a pending start belongs to (a stop cancels it)
         self.generation = 0
         self.logic: SiteLogic | None = None
+        # a kept dataplane: the stopped agent's router (the kernel's new-flow map, frozen) and, per flow
+        # it steers, the origin it had failed over from (what the next agent adopts)
+        self._frozen: SiteLogic | None = None
+        self._origins: dict[FlowKey, PathId | None] = {}
         net = sim.net
         self.paths: dict[PathId, SimPath] = {}
         for p in cfg.paths:
@@ -113,11 +137,18 @@ class SimAgent:
 
     # -- life cycle --------------------------------------------------------------------------------
 
+    def spawned(self, now: float) -> None:
+        """`agent_start`: the process is spawned; the engine calls `start` `startup_s` later."""
+        self.spawn_token += 1
+
     def start(self, now: float) -> None:
         if self.running:
             return
         cfg = self.cfg
+        adopting = self.forwarding
         self.running = True
+        self.forwarding = True
+        self.sim.set_forwarding(self.name, now, True)
         self.generation += 1
         self._now = max(self._now, now)
         self.logic = SiteLogic(cfg.name, cfg.monitor, cfg.router, SlaMonitor(cfg.sla), cfg.policies)
@@ -126,25 +157,45 @@ class SimAgent:
         for r in cfg.remotes:
             self.logic.set_site_prefixes(r.name, r.prefixes)
         self._unroutable.clear()
+        if adopting and any(f.classified for f in self.flows):
+            self.logic.hold_steering(now + steering_hold_s(cfg.monitor))
+        else:
+            self._frozen = None
+            self._origins.clear()
         self.publish({"kind": "AgentStarted", "at": self.sim.wall(now), "site": cfg.name, "paths": len(cfg.paths),
-                      "wireguard_backend": "none", "steering": cfg.steering})
+                      "wireguard_backend": "none", "steering": cfg.steering,
+                      "adopted": {"flows": sum(f.classified for f in self.flows)} if adopting else None})
         self._pump(now)
         self._housekeeping(self.generation)
 
-    def stop(self, now: float) -> None:
-        if not self.running:
-            return
-        self.running = False
-        self.generation += 1
-        self._timer_token += 1
-        self._timer_at = None
-        if self.logic is not None:
-            self.logic.monitor.sync(now)
-            self._probes_coasted += self.logic.monitor.coasted_probes
-        self.logic = None
-        for f in self.flows:
-            f.classified = False
-            f.set_path(None, now)
+    def stop(self, now: float, cleanup: bool = False) -> None:
+        """SIGTERM: graceful (the dataplane stays) or, with `cleanup`, the dataplane goes too."""
+        self.spawn_token += 1           # a start still in its start-up does not happen
+        if self.running:
+            self.running = False
+            self.generation += 1
+            self._timer_token += 1
+            self._timer_at = None
+            logic = self.logic
+            assert logic is not None
+            logic.monitor.sync(now)
+            self._probes_coasted += logic.monitor.coasted_probes
+            if not logic.steering_held:          # stopped within a hold: what it adopted stays as it was
+                self._frozen = logic
+                self._origins = {}
+                for f in self.flows:
+                    info = logic.router.flow_info(f.key) if f.classified else None
+                    if info is not None:
+                        self._origins[f.key] = info.origin
+            self.logic = None
+        if cleanup and self.forwarding:
+            self.forwarding = False
+            self.sim.set_forwarding(self.name, now, False)
+            self._frozen = None
+            self._origins.clear()
+            for f in self.flows:
+                f.classified = False
+                f.set_path(None, now)
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -192,8 +243,16 @@ class SimAgent:
             self._publish_event(ev)
         for sev in step.sla:
             self._publish_event(sev)
+        trigger = step.router
+        if step.released:
+            self._adopt_flows(now)
+            adopted = logic.router.drain_events()
+            for ev in adopted:
+                if not isinstance(ev, FlowAssigned):
+                    self._publish_event(ev)
+            trigger = trigger + adopted
         if step.routing_changed:
-            self._steer(now, step.router)
+            self._steer(now, trigger)
         self._arm()
 
     def _arm(self) -> None:
@@ -247,8 +306,8 @@ class SimAgent:
             net.send(path.forward, PROBE_WIRE_BYTES, self._reflect, path, seq, sent_at, self.generation)
             return
         if there < net.stable_until:        # nothing changes before the probe gets there
-            if not self.sim.agents[path.remote].running:
-                return                      # no reflector now, so none then
+            if not self.sim.agents[path.remote].forwarding:
+                return                      # no reflector now (no dataplane), so none then
             back = net.shortcut(path.reverse, there, PROBE_WIRE_BYTES)
             if back is not None:
                 home = self._shortcut_home if self.sim.options.probe_coast else self._probe_home
@@ -258,8 +317,9 @@ class SimAgent:
         later(self.env, there - now, self._reflect, path, seq, sent_at, self.generation)
 
     def _reflect(self, path: SimPath, seq: int, sent_at: float, generation: int) -> None:
-        """The probe reached the remote site: its reflector sends it back if the agent runs there."""
-        if self.sim.agents[path.remote].running:
+        """The probe reached the remote site: its reflector sends it back if the site's dataplane is up
+        (the reflector outlives a gracefully stopped agent)."""
+        if self.sim.agents[path.remote].forwarding:
             self.sim.net.send(path.reverse, PROBE_WIRE_BYTES, self._probe_home, path.id, seq, sent_at, generation)
 
     def _probe_home(self, path_id: PathId, seq: int, sent_at: float, generation: int) -> None:
@@ -290,7 +350,7 @@ class SimAgent:
         assert logic is not None
         net = self.sim.net
         path = self.paths[path_id]
-        if sent_at < net.stable_since or not self.sim.agents[path.remote].running:
+        if sent_at < net.stable_since or not self.sim.agents[path.remote].forwarding:
             # the network changed since this probe left (probes still out may not come back), or
             # nothing reflects there now
             return
@@ -307,10 +367,35 @@ class SimAgent:
 
     def flow_started(self, f: SimFlow) -> None:
         """A flow's first packet: the kernel classifies it (if a path is usable)."""
-        if self.running:
-            now = self._clock()
+        now = self._clock()
+        if self.running and self.logic is not None and not self.logic.steering_held:
             if self._classify(f, now):
                 self._pump(now)
+        elif self.forwarding and self._frozen is not None:
+            # no agent decides now: the kernel's new-flow map, as the last agent left it, classifies it
+            pid = self._frozen.router.select_path(f.key, now) if self.cfg.steering != "none" else None
+            if pid is not None:
+                f.classified = True
+                f.set_path(pid, now)
+                f.pending_path = pid
+                self._origins[f.key] = None
+                info = self._frozen.router.flow_info(f.key)
+                if f.policy is None and info is not None:
+                    f.policy = info.policy
+
+    def _adopt_flows(self, now: float) -> None:
+        """The steering hold is over: the router takes the flows where the kernel has them (as the
+        agent takes its slots), with the origin each had failed over from."""
+        assert self.logic is not None
+        router = self.logic.router
+        for f in self.flows:
+            if f.classified and f.pending_path is not None:
+                router.place(f.key, f.pending_path, now, site=SiteId(f.dst_site), policy=f.policy,
+                             origin=self._origins.get(f.key))
+            elif f.classified:
+                f.classified = False        # stranded when the agent stopped: classified afresh
+        self._frozen = None
+        self._origins.clear()
 
     def _classify(self, f: SimFlow, now: float) -> bool:
         """Give an unclassified running flow its router flow, if a path toward its site is usable.
@@ -334,6 +419,8 @@ class SimAgent:
 
     def _steer(self, now: float, trigger: list[Event]) -> None:
         assert self.logic is not None
+        if self.logic.steering_held:
+            return              # the kernel steers as the previous agent left it
         router = self.logic.router
         for f in self.flows:
             if f.active and not f.classified:

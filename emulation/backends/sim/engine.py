@@ -40,7 +40,7 @@ import simpy
 import yaml
 
 from emulation.backends.sim import traffic as tr
-from emulation.backends.sim.agent import SimAgent
+from emulation.backends.sim.agent import AGENT_STARTUP_S, SimAgent
 from emulation.backends.sim.network import Network, _Call, later
 from emulation.backends.sim.writer import (
     write_csv,
@@ -163,7 +163,8 @@ class Simulation:
             doc = site_document(scenario, s.name, uplink_addr=addrs, public_keys=keys, agents_dir=self.out / "agents",
                                 api_listen=f"127.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}:{API_PORT}", token=SIM_TOKEN)
             self.documents[s.name] = doc
-            self.agents[s.name] = SimAgent(self, from_dict(doc, f"<simulated site {s.name}>"))
+            self.agents[s.name] = SimAgent(self, from_dict(doc, f"<simulated site {s.name}>"),
+                                           AGENT_STARTUP_S if s.agent.startup_s is None else s.agent.startup_s)
         if mode == "auto":
             self.mode = resolve_mode(scenario, mode, self.probes_expected())
         self.net.probe_shortcut = self.mode == "flow"
@@ -172,13 +173,14 @@ class Simulation:
             sf = tr.SimFlow(i, f, scenario, self.agents[f.src.site], self.agents[f.dst.site])
             self.flows.append(sf)
             self.agents[f.src.site].flows.append(sf)
-        self.running: dict[str, list[tuple[float, int]]] = {s.name: [(-math.inf, 0)] for s in scenario.sites}
+        # whether each site forwards (its dataplane is up: a gracefully stopped agent's site still does)
+        self.forwarding: dict[str, list[tuple[float, int]]] = {s.name: [(-math.inf, 0)] for s in scenario.sites}
         self.timeline_rows: list[list[Any]] = []
         self._metrics: Any = None          # csv writer of raw/path_metrics.csv while the run goes
         self.tcp: list[list[Any]] = []
         self.http: list[list[Any]] = []
         self._link_tables: dict[str, tr.LinkTable] = {}
-        self._running_tables: dict[str, tr.StepTable] = {}
+        self._forwarding_tables: dict[str, tr.StepTable] = {}
         self.sample_period_s = self._sample_period()
         self.events_processed = 0
         self.probes_sent = 0
@@ -196,10 +198,15 @@ class Simulation:
             self._link_tables[link] = tr.LinkTable(self.net.history[link])
         return self._link_tables[link]
 
-    def running_table(self, site: str) -> tr.StepTable:
-        if site not in self._running_tables:
-            self._running_tables[site] = tr.StepTable(self.running[site])
-        return self._running_tables[site]
+    def forwarding_table(self, site: str) -> tr.StepTable:
+        if site not in self._forwarding_tables:
+            self._forwarding_tables[site] = tr.StepTable(self.forwarding[site])
+        return self._forwarding_tables[site]
+
+    def set_forwarding(self, site: str, now: float, on: bool) -> None:
+        hist = self.forwarding[site]
+        if bool(hist[-1][1]) != on:
+            hist.append((now, int(on)))
 
     def probes_expected(self) -> int:
         """About how many probes the run sends: every path of every site at its interval, from the
@@ -231,22 +238,34 @@ class Simulation:
         self.net.stable_since = self.env.now
         self.net.stable_until = self._change_times[k] if k < len(self._change_times) else math.inf
 
-    def _agent_step(self, site: str, running: bool) -> None:
+    def _agent_step(self, site: str, running: bool, cleanup: bool = False) -> None:
+        """An agent starts (its process is spawned: it runs `startup_s` later, `_boot`) or stops."""
         self._changed()
         now = self.env.now
         agent = self.agents[site]
         if running:
-            agent.start(now)
+            agent.spawned(now)
         else:
-            agent.stop(now)
-        self.running[site].append((now, int(running)))
+            agent.stop(now, cleanup=cleanup)
+
+    def _boot(self, site: str, token: int | None = None) -> None:
+        """The agent's start-up is over: it probes and steers from now on (`token`: of the spawn this
+        boot belongs to; a stop since then cancels it). A change of the network either way."""
+        self._changed()
+        agent = self.agents[site]
+        if token is None or token == agent.spawn_token:
+            agent.start(self.env.now)
 
     def _apply(self, step: Step, ramp_step: int | None) -> None:
         now = self.env.now
         if isinstance(step, AgentStep):
-            self._agent_step(step.site, step.running)
+            self._agent_step(step.site, step.running, step.cleanup)
+            if step.running:
+                agent = self.agents[step.site]
+                later(self.env, agent.startup_s, self._boot, step.site, agent.spawn_token)
             self.timeline_rows.append([step.at_s, round(self.wall(now), 6),
-                                       "agent_start" if step.running else "agent_stop", step.site, "{}"])
+                                       "agent_start" if step.running else "agent_stop", step.site,
+                                       json.dumps({"cleanup": step.cleanup}) if not step.running else "{}"])
             return
         assert isinstance(step, LinkStep)
         self._changed()
@@ -286,8 +305,8 @@ class Simulation:
 
         changes: list[float] = []       # when links and agents change: the network is stable in between
         for s in sc.sites:
-            changes.append(at(env.now + phase.random() * s.agent.monitor.interval_s,
-                              partial(self._agent_step, s.name, True)))
+            # the first start is not timed (the runner waits for every path to be Up before 0)
+            changes.append(at(env.now + phase.random() * s.agent.monitor.interval_s, partial(self._boot, s.name)))
         for f in self.flows:
             at(f.start_s, partial(self._flow_start, f))
             at(f.stop_s, partial(setattr, f, "active", False))
@@ -297,6 +316,8 @@ class Simulation:
             if isinstance(step, LinkStep) and isinstance(sc.timeline[step.event], Ramp):
                 k = ramp_steps[step.event] = ramp_steps.get(step.event, 0) + 1
             changes.append(at(step.at_s, partial(self._apply, step, k)))
+            if isinstance(step, AgentStep) and step.running:
+                changes.append(step.at_s + self.agents[step.site].startup_s)     # its boot (`_apply` arms it)
         self._change_times = sorted(changes)
         self._changes_done = 0
         self.net.stable_until = self._change_times[0] if changes else math.inf
@@ -395,7 +416,8 @@ class Simulation:
             "monitors": monitors_doc(sc),
             "expectations": expectations_doc(sc),
             "sim": {"mode": self.mode, "warmup_s": self.warmup_s, "sample_period_s": self.sample_period_s,
-                    "steering_latency_s": self.options.steering_latency_s, "drain_s": self.drain_s()},
+                    "steering_latency_s": self.options.steering_latency_s, "drain_s": self.drain_s(),
+                    "agent_startup_s": {name: a.startup_s for name, a in self.agents.items()}},
         }
         write_json(raw / "run.json", run)
 

@@ -172,13 +172,13 @@ def start_packets(sim: Simulation, f: SimFlow) -> None:
 
     def send(seq: int) -> None:
         pid = f.path
-        if pid is None or not src.running:
-            return              # no path (stranded, or no agent): the kernel drops it
+        if pid is None or not src.forwarding:
+            return              # no path (stranded, or no dataplane): the kernel drops it
         path = src.paths[pid]
         path_no[seq] = f.path_index(pid)
 
         def arrive() -> None:
-            if dst.running and not recv_ns[seq]:
+            if dst.forwarding and not recv_ns[seq]:
                 recv_ns[seq] = t0_ns + round(env.now * NS)
         net.send(path.forward, size, arrive)
 
@@ -217,7 +217,7 @@ class LinkTable:
 
 
 class StepTable:
-    """A piecewise-constant value over time (a flow's path number, an agent running or not)."""
+    """A piecewise-constant value over time (a flow's path number, a site forwarding or not)."""
 
     def __init__(self, history: list[tuple[float, int]]) -> None:
         self.times = np.array([t for t, _ in history], dtype=np.float64)
@@ -304,7 +304,7 @@ def synthesize_packets(sim: Simulation, f: SimFlow, rng: np.random.Generator) ->
             hist.append((at, names.index(pid)))
     f.path_names = names
     path_no = StepTable(hist).at(t)
-    src_up = sim.running_table(f.src_site).at(t).astype(bool)
+    src_up = sim.forwarding_table(f.src_site).at(t).astype(bool)
     path_no = np.where(src_up, path_no, -1)
     alive = path_no >= 0
     release1 = np.full(len(t), np.nan)
@@ -339,7 +339,7 @@ def synthesize_packets(sim: Simulation, f: SimFlow, rng: np.random.Generator) ->
     got = ~lost
     dst_up = np.zeros(len(t), dtype=bool)
     if got.any():
-        dst_up[got] = sim.running_table(f.dst_site).at(release2[got]).astype(bool)
+        dst_up[got] = sim.forwarding_table(f.dst_site).at(release2[got]).astype(bool)
     got &= dst_up
     recv = np.zeros(len(t), dtype=np.int64)
     recv[got] = sim.t0_ns + np.round(release2[got] * NS).astype(np.int64)
@@ -360,8 +360,8 @@ def _path_state(sim: Simulation, f: SimFlow, t: np.ndarray) -> tuple[np.ndarray,
         hist.append((at, -1 if pid is None else names.index(pid)))
     path_no = StepTable(hist).at(t)
     n = len(t)
-    usable = (path_no >= 0) & sim.running_table(f.src_site).at(t).astype(bool) \
-        & sim.running_table(f.dst_site).at(t).astype(bool)
+    usable = (path_no >= 0) & sim.forwarding_table(f.src_site).at(t).astype(bool) \
+        & sim.forwarding_table(f.dst_site).at(t).astype(bool)
     rtt = np.zeros(n)
     keep = np.ones(n)
     bottleneck = np.full(n, np.inf)
