@@ -191,7 +191,7 @@ class Reply(IntEnum):
 class _PathState:
     __slots__ = ("alive", "answered_sent_at", "bandwidth_mbps", "coast_due", "coast_end", "coast_flight",
                  "coast_resume_at", "coast_rtt_s", "cost_per_gb", "duplicates", "expired", "good_run", "late",
-                 "miss_run", "miss_since", "mtu_bytes",
+                 "lost_sent_at", "miss_run", "miss_since", "mtu_bytes",
                  "next_report_at", "next_send_at", "next_seq", "outstanding", "path_id", "profile", "received",
                  "rttvar_s", "score", "sent", "srtt_s", "status", "status_since", "timed_out", "unexpected",
                  "wake_at", "window")
@@ -212,6 +212,7 @@ class _PathState:
         self.miss_run = 0
         self.miss_since: float | None = None        # send time of the first probe of the current miss run
         self.answered_sent_at: float | None = None  # send time of the newest probe that got a reply
+        self.lost_sent_at: float | None = None      # send time of the newest probe given up on
         self.good_run = 0
         self.srtt_s: float | None = None
         self.rttvar_s = 0.0
@@ -351,6 +352,11 @@ class PathMonitor:
     def answered_sent_at(self, path_id: PathId) -> float | None:
         """Send time of the newest probe that got a reply, late or not: the path was alive then."""
         return self._current(path_id).answered_sent_at
+
+    def lost_sent_at(self, path_id: PathId) -> float | None:
+        """Send time of the newest probe the monitor gave up on (its timeout fired; a reply that came
+        after does not undo it here): the path was failing then."""
+        return self._current(path_id).lost_sent_at
 
     def counters(self, path_id: PathId) -> ProbeCounters:
         st = self._current(path_id)
@@ -688,6 +694,8 @@ class PathMonitor:
         cut must not flood the events). Coasted probes are never lost: a probe the driver vouched for
         that times out ends the coast first (`_service`) and comes here like any other."""
         st.timed_out += 1
+        if st.lost_sent_at is None or sent_at > st.lost_sent_at:
+            st.lost_sent_at = sent_at
         if st.miss_run == 0:
             st.miss_since = sent_at
             self._events.append(ProbeLost(at=now, path_id=st.path_id, seq=seq, sent_at=sent_at))

@@ -10,10 +10,13 @@ rules that sit between the monitor's verdicts and the router's view of a path:
   missed probe are *suspected*: the router sends no flow to them while another path can take it, so
   the flows leaving the failed path go straight to a path that is working, not to a sibling that is
   about to fail too (which would double the failover gap). A sibling that answered a probe sent
-  after the failure began is evidently fine and is not suspected, which tells a local uplink cut
-  (every path over that uplink misses) from a remote one (every path to that endpoint misses). A
-  suspected path's own flows stay where they are (a guess must not evict them), and one reply to a
-  probe sent after the failure clears the suspicion.
+  after the failure began, and lost none since, is evidently fine and is not suspected, which tells a
+  local uplink cut (every path over that uplink misses) from a remote one (every path to that endpoint
+  misses). A sibling that answered some and lost others is over the same lossy uplink: it is part of
+  the failure (voip-sla's calls left a path with 14 % bursty loss for its sibling over the same
+  uplink, and moved again a second later). A suspected path's own flows stay where they are (a guess
+  must not evict them); a reply to a probe sent after the failure clears the suspicion once the path
+  has lost nothing since the failure began, or nothing for a whole probe window.
   With a fast profile the Down often comes before any sibling could have answered, and then a local
   cut and a remote one look alike. The router is told of the Down a little later in that case: as
   soon as one suspect answers (an answer over the same uplink clears the uplink: the failure is at
@@ -104,6 +107,7 @@ class SiteLogic:
         self._suspect: dict[PathId, float] = {}      # path -> when its sibling's failure began
         self._tunnel_dead: set[PathId] = set()
         self._timeouts_seen: dict[PathId, tuple[int, int]] = {}   # (timed out, late) already counted
+        self._failures: dict[PathId, float] = {}     # Down path -> when its failure began
         # Downs not yet told to the router: path -> (until, the event, its suspected siblings)
         self._held: dict[PathId, tuple[float, PathStatusChanged, list[PathId]]] = {}
         self._steering_held_until: float | None = None
@@ -147,10 +151,25 @@ class SiteLogic:
         suspect = self._suspect
         if suspect:
             since = suspect.get(path_id)
-            if since is not None and sent_at > since:
-                # a probe sent after its sibling's failure began came back: this path is fine after all
+            if since is not None and sent_at > since and self._clean_since(path_id, since, now):
+                # a probe sent after its sibling's failure began came back, and none of its probes since
+                # was lost (or none for a whole probe window): this path is fine after all
                 self._clear_suspect(path_id)
         return took is Reply.TAKEN
+
+    def _clean_since(self, path_id: PathId, began: float, now: float) -> bool:
+        """Whether the path has shown it is not part of a failure that began at `began`: it answered a
+        probe sent after it, and lost none sent after it -- or, if it did, it has answered since and its
+        last loss is a whole probe window old (a healthy path's odd lost probe is not a failure). A path
+        over a lossy uplink answers some probes and loses others: it stays part of the failure."""
+        mon = self.monitor
+        answered, lost = mon.answered_sent_at(path_id), mon.lost_sent_at(path_id)
+        if answered is None or answered <= began:
+            return False
+        if lost is None or lost < began:
+            return True
+        p = mon.profile
+        return answered > lost and lost < now - p.window * p.interval_s
 
     def coast(self, path_id: PathId, rtt_s: float, until: float, now: float) -> bool:
         """Flow-level probing (`PathMonitor.coast`): the driver vouches that the path's probes sent
@@ -185,8 +204,8 @@ class SiteLogic:
             self.router.set_suspect(path_id, False)
 
     def _suspect_siblings(self, failed: PathId, at: float) -> tuple[float, list[PathId]]:
-        """Suspect the failed path's siblings that have not answered since its failure began; returns
-        (when it began, the newly suspected)."""
+        """Suspect the failed path's siblings that have not answered since its failure began, or that
+        lost probes too since (`_clean_since`); returns (when it began, the newly suspected)."""
         began = self.monitor.miss_since(failed)
         began = at if began is None else began
         up, ep = self._uplink[failed], self._endpoint[failed]
@@ -197,13 +216,25 @@ class SiteLogic:
                 continue
             if self._uplink[pid] != up and self._endpoint[pid] != ep:
                 continue
-            alive_at = mon.answered_sent_at(pid)
-            if alive_at is not None and alive_at > began:
-                continue        # answered a probe sent after the failure began: not part of it
+            if self._clean_since(pid, began, at):
+                continue        # answered a probe sent after the failure began, lost none: not part of it
             self._suspect[pid] = began
             self.router.set_suspect(pid, True)
             new.append(pid)
         return began, new
+
+    def _suspect_if_failing(self, path_id: PathId, sent_at: float) -> None:
+        """A probe sent at `sent_at` was lost: if a sibling of the path is Down from a failure that began
+        before, the path is part of that failure too (a lossy uplink takes its paths down one by one;
+        at the first Down the sibling's losses may not have timed out yet)."""
+        if path_id in self._suspect or path_id in self._failures:
+            return
+        for failed, began in self._failures.items():
+            if sent_at > began and (self._uplink[failed] == self._uplink[path_id]
+                                    or self._endpoint[failed] == self._endpoint[path_id]):
+                self._suspect[path_id] = began
+                self.router.set_suspect(path_id, True)
+                return
 
     def _hold_until(self, began: float, suspects: list[PathId], now: float) -> float:
         """How long the router may wait before moving the flows of a path that just went Down: until
@@ -289,6 +320,8 @@ class SiteLogic:
                 continue
             if isinstance(ev, ProbeLost):
                 step.lost.append(ev)      # the router and the SLA learn of losses from the verdicts
+                if self._failures:
+                    self._suspect_if_failing(ev.path_id, ev.sent_at)
                 continue
             if isinstance(ev, PathStatusChanged):
                 step.status.append(ev)
@@ -296,12 +329,14 @@ class SiteLogic:
                     self._clear_suspect(ev.path_id)
                     # siblings first, so the flows leaving this path do not land on one of them
                     began, suspects = self._suspect_siblings(ev.path_id, ev.at)
+                    self._failures[ev.path_id] = began
                     until = self._hold_until(began, suspects, now)
                     if until > now:
                         self._held[ev.path_id] = (until, ev, suspects)
                         router.set_suspect(ev.path_id, True)   # Down, though the router is not told yet
                         continue
                 else:
+                    self._failures.pop(ev.path_id, None)
                     held = self._held.pop(ev.path_id, None)
                     if held is not None:
                         # back before the router heard: the Down happened all the same (its flows saw the

@@ -32,6 +32,7 @@ class Net:
         self.now = 0.0
         self.cut: set[str] = set()
         self.rtt: dict[str, float | None] = dict(RTT)     # None: the path drops everything
+        self.drop_every: dict[str, int] = {}               # path -> drop each probe whose seq % k == 0
         self.inflight: list[tuple[float, PathId, int, float]] = []
         self.events: list[object] = []
         for pid in RTT:
@@ -54,6 +55,9 @@ class Net:
             self.events += step.lost + step.status + step.router
             for p in step.probes:
                 rtt = self.rtt[p.path_id]
+                k = self.drop_every.get(p.path_id)
+                if k and p.seq % k == 0:
+                    continue
                 if uplink_of(_path(p.path_id)) not in self.cut and rtt is not None:
                     self.inflight.append((self.now + rtt, p.path_id, p.seq, self.now))
 
@@ -289,3 +293,29 @@ def test_the_step_that_ends_the_hold_says_so_and_counts_as_a_routing_change() ->
     step = logic.pump(0.05)                   # the cap: no path has a verdict yet
     assert step.released and step.routing_changed and not logic.steering_held
     assert not logic.pump(0.06).released
+
+
+def test_a_sibling_that_loses_probes_too_is_part_of_the_failure() -> None:
+    """A lossy uplink, not a cut: one path over it goes Down (three misses in a row), its sibling over
+    the same uplink answers most probes but loses every third. The flows go to a path over the other
+    uplink, not to the lossy sibling (which would move them again a moment later); a sibling over the
+    other uplink that loses nothing is not suspected."""
+    net = Net()
+    failed, lossy = PathId("br:isp1-isp1"), PathId("br:isp1-isp2")
+    net.rtt[lossy] = 0.025        # second best, and quick to answer: it has answered when the other goes Down
+    net.run_until(2.0)
+    flow = FlowKey("10.1.0.2", "10.2.0.2", 4000, 5001, 17)
+    assert net.logic.router.select_path(flow, net.now) == failed
+    net.rtt[failed] = None
+    net.drop_every[lossy] = 3
+    while net.logic.monitor.status(failed) is not PathStatus.DOWN:
+        net.run_until(net.now + 0.001)
+    net.run_until(net.now + 0.3)
+    moves = [e for e in net.events if isinstance(e, FailoverTriggered) and e.flow == flow]
+    assert len(moves) == 1 and uplink_of(_path(moves[0].to_path)) == "isp2"
+    assert net.logic.suspected(lossy) and not net.logic.suspected(PathId("br:isp2-isp2"))
+    assert net.logic.monitor.status(lossy) is PathStatus.UP      # a guess changes no status
+    # it heals: once it has lost nothing for a whole probe window (fast: 50 × 20 ms), a reply clears it
+    del net.drop_every[lossy]
+    net.run_until(net.now + 1.2)
+    assert not net.logic.suspected(lossy)
