@@ -467,6 +467,8 @@ class Router:
                 t = when if t is None or when < t else t
                 break
             heapq.heappop(timers)
+            if kind == "failback" and self._armed.get(pid) == when:
+                del self._armed[pid]      # a timer nothing waits for any more is no failback pending
         return t
 
     def on_timer(self, now: float) -> None:
@@ -744,7 +746,9 @@ class Router:
             gain = p.score(origin.metrics) - p.score(cur.metrics)
             if f.stranded or cur.status is _DOWN or gain >= cfg.min_improvement:
                 self._move(f, origin, now, None)
-        if wake is not None and self._armed.get(origin_id) != wake:
+        if wake is None:
+            self._armed.pop(origin_id, None)          # nothing waits on this origin now
+        elif self._armed.get(origin_id) != wake:
             self._armed[origin_id] = wake
             self._arm(wake, "failback", origin_id)
 

@@ -550,6 +550,24 @@ def failed_over(config: RouterConfig | None = None) -> tuple[Router, Clock]:
     return r, Clock(r)
 
 
+def test_no_failback_is_pending_once_nothing_waits_for_one() -> None:
+    """`pending_failbacks` counts origins with a failback timer running: not one whose origin stopped
+    being acceptable during the hold, nor one whose timer fired without a move (the gain too small).
+    (The Mininet runner waits for 0 before it starts a scenario's clock: a stale count kept it waiting.)"""
+    r, clock = failed_over()
+    r.update_path(PathId("a"), 2.0, status=UP, metrics=GOOD)
+    assert r.pending_failbacks() == 1
+    r.update_path(PathId("a"), 4.0, status=DEGRADED, metrics=GOOD)    # no longer acceptable
+    r.next_deadline()
+    assert r.pending_failbacks() == 0
+    # back Up but no better than where the flow is now: the hold runs out, nothing moves, nothing waits
+    r2, clock2 = failed_over(RouterConfig(min_improvement=60.0))
+    r2.update_path(PathId("a"), 2.0, status=UP, metrics=GOOD)
+    assert r2.pending_failbacks() == 1
+    clock2.run_until(13.0)
+    assert r2.flow_path(sip()) == "b" and r2.pending_failbacks() == 0
+
+
 def test_failback_after_the_hold_time() -> None:
     r, clock = failed_over()
     assert r.pending_failbacks() == 0                    # the origin is Down: nothing to wait for yet
