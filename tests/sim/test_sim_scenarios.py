@@ -230,3 +230,21 @@ def test_a_failing_expectation_exits_1_and_bad_input_exits_2(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="mode"):
         run_sim(parse(TINY.format(seed=1)), tmp_path / "bad", mode="fast")
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("name", ["voip-sla", "brownout"])
+def test_the_calibrated_limits_still_catch_calls_that_never_leave(name: str, tmp_path: Path) -> None:
+    """The SLA limits of the shipped scenarios sit below the simulator's worst seed (their headers say
+    by how much): they must still fail an SD-WAN that leaves its calls on the degraded path (no policy
+    threshold, and a monitor that never calls the path Down)."""
+    from emulation.scenario.short import short_version
+
+    sc = short_version(name)
+    stay = [{"name": "stay", "priority": 1, "preference": "latency_sensitive"}]
+    broken = sc.with_overrides({**{f"sites.{s.name}.agent.policies": stay for s in sc.sites},
+                                **{f"sites.{s.name}.agent.monitor": {"profile": "fast", "multiplier": 50}
+                                   for s in sc.sites}})
+    assert run_sim(broken, tmp_path / "run") == 1
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    sla = [e for e in s["expectations"] if e["text"].startswith("SLA compliance")]
+    assert sla and not all(e["passed"] for e in sla)
