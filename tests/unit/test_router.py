@@ -554,7 +554,7 @@ def test_no_failback_is_pending_once_nothing_waits_for_one() -> None:
     """`pending_failbacks` counts origins with a failback timer running: not one whose origin stopped
     being acceptable during the hold, nor one whose timer fired without a move (the gain too small).
     (The Mininet runner waits for 0 before it starts a scenario's clock: a stale count kept it waiting.)"""
-    r, clock = failed_over()
+    r, _ = failed_over()
     r.update_path(PathId("a"), 2.0, status=UP, metrics=GOOD)
     assert r.pending_failbacks() == 1
     r.update_path(PathId("a"), 4.0, status=DEGRADED, metrics=GOOD)    # no longer acceptable
