@@ -18,7 +18,11 @@ runs; `ok` only when every shipped scenario meets every bar. A run that could no
 as a failure of its bar: it did not give the verdict.
 
 `--runs N` sets how many runs this call makes (default: what the bar needs beyond what is recorded, at
-least 1). Each run is a fresh process; nothing of a run survives it (namespaces are checked).
+least 1). Each run is a fresh process; nothing of a run survives it (namespaces are checked). A run that
+did not pass keeps its whole output directory under `reports/bench/stability-runs/` (its path is in the
+record as `kept`): the report, the events and the platform record say why.
+
+`--table` prints the recorded counts as a Markdown table (the README's) and runs nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +45,7 @@ from benchmarks.common import OUT_DIR, write
 ROOT = Path(__file__).resolve().parents[1]
 BARS = {"quiet": (19, 20), "hog": (9, 10), "full": (5, 5)}        # passed, of the latest runs
 HISTORY = OUT_DIR / "stability.json"
+KEPT = OUT_DIR / "stability-runs"                                   # the output of runs that did not pass
 KEEP_RUNS = 200                                                     # per scenario and mode, newest kept
 
 
@@ -98,6 +104,10 @@ def one_run(name: str, mode: str, tmp: Path, i: int) -> dict[str, Any]:
     rec["verdict"] = s.get("verdict", "passed" if s.get("passed") else "failed")
     rec["missed"] = [{"text": e["text"], "value": e["value"], "verdict": e.get("verdict"), "reason": e.get("reason")}
                      for e in s["expectations"] if not e["passed"]]
+    if rec["verdict"] != "passed":
+        kept = KEPT / f"{name}-{mode}-{rec['at'].replace(':', '')}"
+        shutil.copytree(out, kept, dirs_exist_ok=True)
+        rec["kept"] = str(kept.relative_to(ROOT))
     pf = s.get("platform") or {}
     rec["platform"] = {k: pf.get(k) for k in ("cpu_busy_p95_pct", "cpu_busy_mean_pct", "max_stall_ms",
                                               "relay_late_p99_ms", "relay_late_max_ms", "steal_max_pct")}
@@ -133,12 +143,35 @@ def tally(history: dict[str, Any], names: list[str]) -> tuple[dict[str, Any], fl
     return table, lowest, ok
 
 
+def markdown_table(history: dict[str, Any], names: list[str]) -> str:
+    """The recorded verdicts per scenario and mode: passed of the latest runs, against each bar."""
+    table, _, _ = tally(history, names)
+    head = " | ".join(f"{mode} (bar {need}/{of})" for mode, (need, of) in BARS.items())
+    lines = [f"| scenario | {head} |", "|---" * (1 + len(BARS)) + "|"]
+    for name in names:
+        cells = []
+        for mode in BARS:
+            c = table[name][mode]
+            if not c["runs"]:
+                cells.append("not run")
+                continue
+            other = ", ".join(f"{c[v]} {v}" for v in ("failed", "inconclusive", "error") if c[v])
+            cells.append(f"{c['passed']}/{c['runs']}" + (f" ({other})" if other else "")
+                         + (" ✓" if c["met"] else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap = argparse.ArgumentParser(prog="python -m benchmarks bench_stability")
     ap.add_argument("scenarios", nargs="*", help="shipped scenario names (default: every one that runs on Mininet)")
     ap.add_argument("--mode", choices=sorted(BARS), default="quiet")
     ap.add_argument("--runs", type=int, default=None, help="runs to make now (default: what the bar still needs)")
+    ap.add_argument("--table", action="store_true", help="print the recorded counts as a Markdown table; run nothing")
     a = ap.parse_args(argv or [])
+    if a.table:
+        print(markdown_table(load_history(), shipped()))
+        return []
     if os.geteuid() != 0:
         print("  (bench_stability skipped: it needs root for network namespaces)")
         return []
