@@ -11,7 +11,7 @@ Each run is `patronus-lab run` of a shipped scenario on the Mininet backend, as 
 * `full`: the full-length file from scenarios/; the bar is 5 of 5.
 
 Runs accumulate: each call appends its runs to `reports/bench/stability.json` (per scenario, per mode:
-every run's exit code, verdict, the expectations that did not pass with their values and reasons, and
+every run's commit, exit code, verdict, the expectations that did not pass with their values and reasons, and
 the platform's figures), and the verdict on a bar is taken over the latest runs of that kind (the last
 20, 10 or 5). `value` is the lowest share of passing runs over every scenario × mode that has enough
 runs; `ok` only when every shipped scenario meets every bar. A run that could not run (exit 2) counts
@@ -81,6 +81,16 @@ def cpu_hog(on: bool) -> Any:
         hog.wait(10)
 
 
+def _commit() -> str:
+    """The code a run ran: the checkout's commit, `+` when patronus/, emulation/ or scenarios/ differ from it."""
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT, check=False)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    head = git("rev-parse", "--short=10", "HEAD") or "unknown"
+    return head + ("+" if git("status", "--porcelain", "--", "patronus", "emulation", "scenarios") else "")
+
+
 def one_run(name: str, mode: str, tmp: Path, i: int) -> dict[str, Any]:
     from emulation.scenario.short import full_version, short_version
 
@@ -94,7 +104,8 @@ def one_run(name: str, mode: str, tmp: Path, i: int) -> dict[str, Any]:
         r = subprocess.run([sys.executable, "-m", "emulation.cli", "run", str(path), "--out", str(out)],
                            capture_output=True, text=True, timeout=60 + 6 * sc.duration_s + 300, cwd=ROOT)
     rec: dict[str, Any] = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "exit": r.returncode,
-                           "wall_s": round(time.monotonic() - t, 1), "leftovers": sorted(set(_leftovers()) - before)}
+                           "wall_s": round(time.monotonic() - t, 1), "leftovers": sorted(set(_leftovers()) - before),
+                           "commit": _commit()}
     try:
         s = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):

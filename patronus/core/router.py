@@ -9,7 +9,8 @@ status and metrics, and emits `FlowAssigned` / `FailoverTriggered` / `Failback` 
 Rules:
 - A new flow gets the first enabled policy (lowest priority number) that matches it, then the best
   path toward the destination's site for that policy: Up paths before Degraded ones, Down never;
-  paths meeting the policy's hard requirements before those that do not (strict requirements exclude
+  paths not suspected of sharing a sibling's failure (`set_suspect`) before suspects, then paths
+  meeting the policy's hard requirements before those that do not (strict requirements exclude
   them); the preference score decides, ties by path id; with load balancing, the paths within
   `lb_tolerance` points of the best share the flows.
 - Sticky: an existing flow keeps its path while that path is Up, and also while it is Degraded but
@@ -529,11 +530,16 @@ class Router:
         if hit is not None and hit[0] == self._version:
             return hit[1], hit[2]
         usable = [e for e in self._by_site.get(site, ()) if e.status is not _DOWN]
+        # suspicion first: a suspect's metrics are those of before its sibling failed (its own losses
+        # have not timed out yet), so it would meet any requirement; a live path that misses one (a
+        # probe or two lost) still beats a path that is probably dead
+        pool = [e for e in usable if not e.suspect] or usable
         req = policy.requirements
         if req is not None:
-            meets = [e for e in usable if req.met_by(e.metrics)]
-            usable = meets if (meets or req.strict) else usable
-        pool = [e for e in usable if not e.suspect] or usable
+            meets = [e for e in pool if req.met_by(e.metrics)]
+            if not meets and req.strict and len(pool) < len(usable):
+                meets = [e for e in usable if req.met_by(e.metrics)]   # strict: a suspect before nothing
+            pool = meets if (meets or req.strict) else pool
         up = [e for e in pool if e.status is _UP]
         group = up or pool
         scored = sorted(((-policy.score(e.metrics), e.path.id, e) for e in group), key=lambda t: (t[0], t[1]))

@@ -1011,6 +1011,28 @@ def test_requirements_outrank_health() -> None:
     assert r.select_path(flow(), 0.0) == "deg"
 
 
+def test_a_suspect_is_no_target_even_when_it_alone_meets_the_requirements() -> None:
+    # The flow's path dies; its sibling over the same uplink is suspected (its metrics are still those of
+    # before the failure), the other uplink lost a probe or two and misses the loss limit. The flow goes
+    # to the live path: a flapping run on Mininet moved it onto the sibling and then again.
+    r = make_router({"a": m(20, 2, 0.0, 1000), "sib": m(20, 2, 0.0, 100), "other": m(50, 2, 2.0, 100)},
+                    policies=[sla_policy(max_loss_pct=1.0)])
+    f = flow()
+    assert r.select_path(f, 0.0) == "a"
+    r.set_suspect(PathId("sib"), True)
+    r.update_path(PathId("a"), 1.0, status=DOWN)
+    assert r.flow_path(f) == "other"
+    assert r.select_path(flow(1), 1.0) == "other"
+    # strict requirements: a path that misses them is never used, so a suspect that meets them is
+    s = make_router({"sib": m(20, 2, 0.0, 100), "other": m(50, 2, 2.0, 100)},
+                    policies=[sla_policy(max_loss_pct=1.0, strict=True)])
+    s.set_suspect(PathId("sib"), True)
+    assert s.select_path(flow(2), 1.0) == "sib"
+    s.set_suspect(PathId("sib"), False)
+    s.update_path(PathId("sib"), 2.0, metrics=m(20, 2, 3.0, 100))
+    assert s.select_path(flow(3), 2.0) is None
+
+
 def test_cost_per_gb() -> None:
     same = m(20, 2, 0.0, 100)
     pols = [RoutingPolicy("cheap", 1, MatchRules(dst_ports=PortRange(1, 100)), Preference.LOWEST_COST),
