@@ -53,6 +53,9 @@ TOKEN_BYTES = 24
 # brownout scenario went Down when the host was busy, and a voice flow on a clean path showed
 # one-way delays of 250 ms.
 SETTLE_TIMEOUT_S = 60.0     # at least; three times (probe window + 1 s + failback hold) if that is longer
+SENDER_LEAD_S = 1.5          # a UDP sender starts this long before its flow and waits for the instant:
+                             # a Python process in a namespace takes ~0.5 s to start on a busy 2-core host
+SAMPLE_LEAD_S = 0.5          # sampling starts this long before the clock's 0 (run.json: started_at = t0 - 0.5)
 RT_STALLWATCH = 70
 RT_RELAY = 50
 RT_REFLECTOR = 40
@@ -396,7 +399,8 @@ class Runner:
             f.procs.append(subprocess.Popen(
                 ["ip", "netns", "exec", ns, sys.executable, "-m", "emulation.udpflow", "send", "--to",
                  f"{dst_ip}:{f.dst_port}", "--rate", f"{f.rate:g}", "--duration", f"{dur:g}", "--sport", str(f.sport),
-                 "--size", str(f.size), "--burst", str(f.burst), "--realtime", str(RT_TRAFFIC)],
+                 "--size", str(f.size), "--burst", str(f.burst), "--realtime", str(RT_TRAFFIC),
+                 "--start-at", f"{self.t0 + f.start_s:.6f}"],
                 stdout=subprocess.PIPE, start_new_session=True))
         elif f.type == "tcp_bulk":
             argv = ["iperf3", "-c", dst_ip, "-p", str(f.dst_port), "-t", f"{max(1, round(dur))}", "-J",
@@ -671,26 +675,32 @@ class Runner:
             self.progress("starting traffic")
             self.start_receivers()
             sampler = Sampler({s: f"http://{n.mgmt_ip}:8470/api/v1" for s, n in self.net.sites.items()}, self.token)
-            sampler.start()
-            watch.start()
-            cpu.start()
-            self.started_at = time.time()
-            self.t0 = self.started_at + 0.5
+            # the clock's 0 is planned ahead: a UDP sender is started SENDER_LEAD_S before its flow's start
+            # and sends from that instant (`--start-at`); sampling starts SAMPLE_LEAD_S before 0
+            self.t0 = time.time() + SENDER_LEAD_S
             actions: list[tuple[float, int, str, Callable[[], None]]] = []
             for i, f in enumerate(self.flows):
-                actions.append((f.start_s, i, f"start {f.name}",
+                actions.append((f.start_s - SENDER_LEAD_S if f.udp else f.start_s, i, f"start {f.name}",
                                 lambda f=f: self.start_sender(f)))  # type: ignore[misc]
             for j, step in enumerate(self.sc.schedule()):
                 label = f"{self.sc.timeline[step.event].action} {step.link if hasattr(step, 'link') else step.site}"
                 actions.append((step.at_s, 10_000 + j, label,
                                 lambda st=step: self.apply_step(st)))  # type: ignore[misc]
+
+            def start_watching() -> None:
+                sampler.start()
+                watch.start()
+                cpu.start()
+                self.started_at = time.time()
+
+            actions.append((-SAMPLE_LEAD_S, -1, "sampling", start_watching))
             actions.sort(key=lambda a: (a[0], a[1]))
             total = self.sc.duration_s
             self.progress(f"running the timeline ({len(self.sc.timeline)} events, {total:g} s)")
             for at_s, _, label, act in actions:
                 due = self.t0 + at_s
                 while time.time() < due:
-                    self.clock(time.time() - self.t0, total, f"{label} at {at_s:g} s")
+                    self.clock(max(0.0, time.time() - self.t0), total, f"{label} at {max(0.0, at_s):g} s")
                     time.sleep(min(0.05, due - time.time()))   # waiting for the scheduled instant
                 err = self.agent_down()
                 if err and not self._stopped_on_purpose():

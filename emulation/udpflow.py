@@ -1,6 +1,6 @@
 """A constant-rate UDP flow with sequence numbers and send timestamps, and its receiver.
 
-    python -m emulation.udpflow send --to 10.2.0.10:5001 --rate 1000 --duration 10 [--sport 40001]
+    python -m emulation.udpflow send --to 10.2.0.10:5001 --rate 1000 --duration 10 [--sport 40001] [--start-at T]
     python -m emulation.udpflow recv --port 5001 --out arrivals.json [--duration 12] [--ready FILE]
 
 Each datagram carries `!QQ` (sequence, CLOCK_REALTIME send time in ns) and padding. All network
@@ -38,30 +38,36 @@ HEADER = struct.Struct("!QQ")
 
 
 def send(dst: tuple[str, int], rate: float, duration: float, sport: int = 0, size: int = 64, burst: int = 1,
-         dscp: int = 0) -> int:
-    """`rate` ticks per second, `burst` packets per tick (video: 30 frames/s of several packets)."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", sport))
-    if dscp:
-        s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << 2)
-    pad = bytes(max(0, size - HEADER.size))
-    start = time.monotonic()
-    n = 0
-    total = int(rate * duration)
-    seq = 0
-    stop = StopFlag(signal.SIGTERM)
-    while n < total and not stop:
-        due = start + n / rate
-        delay = due - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)     # pacing to an absolute schedule, not waiting for a condition
-        for _ in range(burst):
-            # unreachable for a moment (no path): the packet is lost, go on
-            with contextlib.suppress(OSError):
-                s.sendto(HEADER.pack(seq, time.time_ns()) + pad, dst)
-            seq += 1
-        n += 1
-    return seq
+         dscp: int = 0, start_at: float | None = None) -> int:
+    """`rate` ticks per second, `burst` packets per tick (video: 30 frames/s of several packets), from
+    `start_at` (wall-clock seconds; now when None or past) for `duration`. A runner starts the process
+    ahead of the flow's start and names the instant: a Python process takes ~0.5 s to start on a busy
+    host, which a flow started on the instant would begin late by."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("0.0.0.0", sport))
+        if dscp:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << 2)
+        pad = bytes(max(0, size - HEADER.size))
+        stop = StopFlag(signal.SIGTERM)
+        if start_at is not None:
+            while not stop and (ahead := start_at - time.time()) > 0:
+                time.sleep(min(ahead, 0.1))     # to the flow's start on the scenario clock, an absolute schedule
+        start = time.monotonic()
+        n = 0
+        total = int(rate * duration)
+        seq = 0
+        while n < total and not stop:
+            due = start + n / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)     # pacing to an absolute schedule, not waiting for a condition
+            for _ in range(burst):
+                # unreachable for a moment (no path): the packet is lost, go on
+                with contextlib.suppress(OSError):
+                    s.sendto(HEADER.pack(seq, time.time_ns()) + pad, dst)
+                seq += 1
+            n += 1
+        return seq
 
 
 def receive(port: int, out: Path, duration: float | None, ready: Path | None) -> int:
@@ -130,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--size", type=int, default=64)
     sp.add_argument("--burst", type=int, default=1, help="packets per tick")
     sp.add_argument("--dscp", type=int, default=0)
+    sp.add_argument("--start-at", type=float, default=None, metavar="EPOCH_S",
+                    help="send from this wall-clock time (seconds since the epoch; default now)")
     for q in (sp, rp := sub.add_parser("recv")):
         q.add_argument("--realtime", type=int, default=None, metavar="PRIO",
                        help="run SCHED_FIFO at PRIO (1-99): a sender that wakes late sends late, which a "
@@ -143,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         sched.apply(realtime=a.realtime)
     if a.cmd == "send":
         host, _, port = a.to.rpartition(":")
-        n = send((host, int(port)), a.rate, a.duration, a.sport, a.size, a.burst, a.dscp)
+        n = send((host, int(port)), a.rate, a.duration, a.sport, a.size, a.burst, a.dscp, a.start_at)
         print(json.dumps({"sent": n}))
     else:
         n = receive(a.port, a.out, a.duration, a.ready)

@@ -250,7 +250,7 @@ def _gaps(run: RunData, p: _Params) -> list[tuple[float, float, FlowSpec]]:
         a = arrivals(run, spec.name)
         lo, hi = _span(run, p, spec)
         if hi > lo and np.any(a.received):
-            gap, at = longest_gap(a.arrival_times(), a.ns(lo), a.ns(hi))
+            gap, at = longest_gap(a.arrival_times(), a.gap_start_ns(lo), a.ns(hi))
             out.append((gap / NS, (at - run.t0_ns) / NS, spec))
     return out
 

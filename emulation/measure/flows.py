@@ -13,7 +13,9 @@ paths):
     `sent` is max(run.json's `sent`, distinct sequence numbers in packets.csv);
   * a gap is the interval between two consecutive arrivals (receive order). The gap over a window
     [start, end] is the longest interval between consecutive arrivals that overlaps it, where the
-    window's edges stand in for an arrival when none exists before the start / after the end.
+    window's edges stand in for an arrival when none exists before the start / after the end; a
+    window that opens before the flow's first packet was sent opens at that packet instead (the
+    silence of a sender that had not started is not the network's).
 """
 
 from __future__ import annotations
@@ -92,6 +94,16 @@ class Arrivals:
 
     def ns(self, scenario_s: float) -> int:
         return self.t0_ns + round(scenario_s * NS)
+
+    def gap_start_ns(self, scenario_s: float) -> int:
+        """Where a gap window that opens at `scenario_s` begins: there, or at the flow's first packet
+        sent after it if the sender had not sent yet (a sender that started late left a silence that
+        no network made; from its first packet on, every silence counts)."""
+        lo = self.ns(scenario_s)
+        i = int(np.searchsorted(self.sent_ns, lo, side="left"))
+        if i > 0 or i == len(self.sent_ns):
+            return lo                   # the sender was already sending (or sent nothing in the window)
+        return int(self.sent_ns[0])
 
 
 def arrivals(run: RunData, flow: str) -> Arrivals:
@@ -195,7 +207,7 @@ def flow_stats(run: RunData, flow: str) -> FlowStats:
     gap: float | None = None
     gap_at: float | None = None
     if got:
-        g, at = longest_gap(a.arrival_times(), a.ns(spec.start_s), a.ns(spec.stop_s))
+        g, at = longest_gap(a.arrival_times(), a.gap_start_ns(spec.start_s), a.ns(spec.stop_s))
         gap, gap_at = g / 1e6, (at - a.t0_ns) / 1e9
     runs = path_runs(a)
     return FlowStats(

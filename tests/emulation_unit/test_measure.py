@@ -790,3 +790,27 @@ def test_per_site_plots_are_capped_flow_sites_first(basic: tuple[Path, Synthetic
     chosen, left_out = plots.plotted_sites(a)
     assert left_out == len(run.path_metrics["site"].unique()) - 1
     assert chosen[0] in {f.src_site for f in run.run.flows} | {f.dst_site for f in run.run.flows}
+
+
+def test_a_sender_that_started_late_is_no_gap_but_a_silence_after_its_first_packet_is(tmp_path: Path) -> None:
+    """The flow is to start at 0 s; its sender's first packet leaves at 0.7 s (a process slow to start
+    on a busy host) and every packet arrives 10 ms after it left. No network was silent: the gap is
+    the 100 ms between packets, not the 710 ms from 0 s to the first arrival. A packet lost right
+    after the first one still counts from the first packet on."""
+    def rows(lost: set[int]) -> list[tuple[str, int, int, int | None, str]]:
+        out: list[tuple[str, int, int, int | None, str]] = []
+        for i in range(23):
+            sent = T0_NS + 700_000_000 + i * 100_000_000
+            out.append(("f", i, sent, None if i in lost else sent + 10_000_000, "p1"))
+        return out
+
+    doc = {**TINY_RUN, "expectations": [{"type": "failover_gap", "flow": "f", "max": 0.25, "text": "f gap ≤ 250 ms"}]}
+    a = analyse(RunData.load(write_raw_dir(tmp_path / "late", doc, packets=rows(set()))))
+    (f,) = a.flows
+    assert f.max_gap_ms == pytest.approx(100.0)
+    assert [(x.passed, x.value) for x in a.expectations] == [(True, pytest.approx(0.1))]
+    b = analyse(RunData.load(write_raw_dir(tmp_path / "late-lost", doc, packets=rows({0, 1, 2}))))
+    (g,) = b.flows
+    # the first packet sent (0.7 s) stands in for an arrival: seq 3 arrives at 1.01 s
+    assert g.max_gap_ms == pytest.approx(310.0) and g.max_gap_at_s == pytest.approx(0.7)
+    assert [(x.passed, x.value) for x in b.expectations] == [(False, pytest.approx(0.31))]
