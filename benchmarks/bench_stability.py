@@ -11,7 +11,7 @@ Each run is `patronus-lab run` of a shipped scenario on the Mininet backend, as 
 * `full`: the full-length file from scenarios/; the bar is 5 of 5.
 
 Runs accumulate: each call appends its runs to `reports/bench/stability.json` (per scenario, per mode:
-every run's commit, exit code, verdict, the expectations that did not pass with their values and reasons, and
+every run's commit, exit code, verdict, every expectation's value, those that did not pass with their reasons, and
 the platform's figures), and the verdict on a bar is taken over the latest runs of that kind (the last
 20, 10 or 5). `value` is the lowest share of passing runs over every scenario × mode that has enough
 runs; `ok` only when every shipped scenario meets every bar. A run that could not run (exit 2) counts
@@ -115,6 +115,7 @@ def one_run(name: str, mode: str, tmp: Path, i: int) -> dict[str, Any]:
     rec["verdict"] = s.get("verdict", "passed" if s.get("passed") else "failed")
     rec["missed"] = [{"text": e["text"], "value": e["value"], "verdict": e.get("verdict"), "reason": e.get("reason")}
                      for e in s["expectations"] if not e["passed"]]
+    rec["values"] = {e["text"]: e["value"] for e in s["expectations"]}     # every measured value: the margins
     if rec["verdict"] != "passed":
         kept = KEPT / f"{name}-{mode}-{rec['at'].replace(':', '')}"
         shutil.copytree(out, kept, dirs_exist_ok=True)
