@@ -36,7 +36,7 @@ from patronus.core.events import (
     SlaRestored,
     SlaViolated,
 )
-from patronus.core.model import FlowKey, Path, PathId, PathStatus, SiteId
+from patronus.core.model import FlowKey, Path, PathId, PathStatus, RouteKey, SiteId
 from patronus.core.monitor import PROFILES, MonitorProfile, PathMonitor
 from patronus.core.router import Router
 from patronus.core.sla import SlaMonitor
@@ -126,7 +126,7 @@ def run(seed: int = 1, profile: MonitorProfile | None = None,
     def path_name(pid: PathId | None) -> str:
         return names.get(pid, "no path") if pid is not None else "no path"
 
-    def flow_name(flow: FlowKey) -> str:
+    def flow_name(flow: RouteKey) -> str:
         return next((n for n, k in FLOWS.items() if k == flow), str(flow))
 
     while now < END_AT:

@@ -32,27 +32,28 @@ conntrack dumps), which runs on one dedicated worker thread because pyroute2's s
 cannot run inside a running event loop. nftables map updates, the failover fast path, run on the loop
 thread through libnftables (well under a millisecond).
 
-Steering and the router: the kernel steers *slots* (remote site × policy × path the connections were
-first put on; see `steering.py`), and the router holds one flow per slot, so its per-flow logic
-(immediate failover on Down, threshold and cooldown, failback after the hold and a minimum
-improvement) decides per slot. After every batch of core events the agent recomputes the two kernel
-maps from the router's state and applies the difference in one nftables transaction.
+Decisions: the site's runtime (`patronus.core.runtime.SiteRuntime`) decides everything -- probes,
+verdicts, slots, the steering plan, tunnel liveness, housekeeping; this module is its asyncio driver.
+The kernel steers *slots* (remote site × policy × path the connections were first put on), and the
+runtime's router holds one flow per slot. After every step that may change routing the agent numbers
+the runtime's plan into the two kernel maps (`steering.py`) and applies the difference in one nftables
+transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import gc
-import hashlib
 import logging
 import os
 import secrets
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path as FsPath
@@ -76,18 +77,20 @@ from patronus.agent.steering import (
 from patronus.agent.store import Store
 from patronus.core.errors import ConfigError
 from patronus.core.events import (
+    AgentStarted,
+    AgentStopping,
+    BandwidthMeasured,
     Event,
-    Failback,
-    FailoverTriggered,
-    FlowAssigned,
-    FlowExpired,
-    FlowStranded,
+    PathMtuMeasured,
     PathStatusChanged,
-    ProbeLost,
+    ReflectorRestarted,
+    SteeringFailed,
+    TunnelDown,
 )
-from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, PathStatus, Site, SiteId
-from patronus.core.policy import LoadBalance, RoutingPolicy
-from patronus.core.site import SiteLogic, steering_hold_s
+from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, PathStatus, Site, SiteId, Slot
+from patronus.core.plan import SteeringPlan
+from patronus.core.policy import RoutingPolicy
+from patronus.core.runtime import Actions, SiteRuntime
 from patronus.core.sla import SlaMonitor
 
 log = logging.getLogger("patronus.agent")
@@ -97,10 +100,8 @@ T = TypeVar("T")
 # first misses of probe runs (ProbeLost, published but never stored) must not push the verdicts out
 _EVENT_BUFFER = 10_000
 _FLOW_REFRESH_S = 1.0
-_SLOT_TOUCH_S = 1.0
+_PERIODIC_S = 1.0
 _TUNNEL_CHECK_S = 2.0
-TUNNEL_GRACE_S = 15.0
-_STORED_KINDS = (PathStatusChanged, FailoverTriggered, Failback, FlowStranded)
 
 
 class AgentError(RuntimeError):
@@ -122,10 +123,6 @@ def _wall_offset() -> float:
     return time.time() - time.monotonic()
 
 
-def _public_key_of_config(cfg: SiteConfig) -> str:
-    return keymod.public_key(keymod.load_or_create_private_key(cfg.wg_private_key_file))
-
-
 class Agent:
     """Implements `patronus.agent.api.AgentControl` for the API."""
 
@@ -144,14 +141,16 @@ class Agent:
         self.reflector: ReflectorProcess | None = None
         self.public_key = ""
         self.token = ""
-        self.logic = SiteLogic(cfg.name, cfg.monitor, cfg.router, SlaMonitor(cfg.sla), ())
+        self.runtime = SiteRuntime(cfg.name, (), {r.name: r.prefixes for r in cfg.remotes}, profile=cfg.monitor,
+                                   router=cfg.router, sla=SlaMonitor(cfg.sla), policies=(),
+                                   buckets=LB_BUCKETS, now=time.monotonic())
+        self.logic = self.runtime.logic
         self.monitor = self.logic.monitor
         self.router = self.logic.router
         self.sla = self.logic.sla
         self._undo: list[_Undo] = []
         self.adopted: dict[str, Any] = {}                # what this start found and took over (the API says)
         self.adopting = False                            # it found a dataplane of an earlier agent
-        self._adopted_slots: dict[int, int] = {}         # slot mark -> path mark, until the hold ends
         self._record_sysctls: dict[str, str] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -160,17 +159,13 @@ class Agent:
         self._events: deque[dict[str, Any]] = deque(maxlen=_EVENT_BUFFER)
         self._status_since: dict[PathId, float] = {}
         self._policy_no: dict[str, int] = {}
-        self._slots: dict[int, FlowKey] = {}             # slot mark -> router flow
-        self._slot_of: dict[FlowKey, int] = {}
         self._kernel_flows: list[KernelFlow] = []
         self._flows_at = 0.0
-        self._failovers: Counter[str] = Counter()
         self._last_steering_change: float | None = None
         self._steering_changes = 0
         self._plans = {p.id: p for p in cfg.paths}
         self._remote_no = {r.name: i + 1 for i, r in enumerate(cfg.remotes)}
         self._stopping = False
-        self._up_since_wall: dict[PathId, float] = {}
         self._tunnel_checked = 0.0
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -340,23 +335,20 @@ class Agent:
         # core
         now = time.monotonic()
         for path in cfg.core_paths():
-            self.logic.add_path(path, now)
+            self.runtime.add_path(path, now)
             self._status_since[path.id] = self.wall(now)
-        for r in cfg.remotes:
-            self.logic.set_site_prefixes(r.name, r.prefixes)
         if keep is not None and (keep[0] or keep[1]):
             # the kernel steers as the previous agent left it until our paths have their verdicts
-            self._adopted_slots = dict(keep[1])
-            self.logic.hold_steering(now + steering_hold_s(cfg.monitor))
+            self.runtime.adopt(self._slots_of_marks(keep[1]), now)
         self._pump(now)
         self._tasks.append(loop.create_task(self._periodic(), name="patronus-periodic"))
         if cfg.pmtu:
             self._tasks.append(loop.create_task(self._measure_mtus(), name="patronus-pmtu"))
         if cfg.bandwidth_interval_s > 0:
             self._tasks.append(loop.create_task(self._bandwidth_tests(), name="patronus-bandwidth"))
-        self._publish({"kind": "AgentStarted", "at": time.time(), "site": cfg.name, "paths": len(cfg.paths),
-                       "wireguard_backend": self.wg_backend, "steering": cfg.steering,
-                       "adopted": self.adopted or None})
+        self._publish_event(AgentStarted(at=time.monotonic(), site=cfg.name, paths=len(cfg.paths),
+                                         wireguard_backend=self.wg_backend, steering=cfg.steering,
+                                         adopted=self.adopted or None))
         log.info("agent %s up: %d paths, wireguard %s, steering %s", cfg.name, len(cfg.paths), self.wg_backend,
                  cfg.steering)
         # Everything allocated so far lives as long as the agent: keep it out of the cyclic collector's
@@ -402,7 +394,7 @@ class Agent:
                 del pending[pid]
                 if res.get("path_mtu"):
                     self.monitor.set_mtu(pid, int(res["path_mtu"]))
-                    self._publish({"kind": "PathMtuMeasured", "at": time.time(), "path_id": pid, **res})
+                    self._publish_event(PathMtuMeasured(at=time.monotonic(), path_id=pid, result=res))
             if pending:
                 await asyncio.sleep(1.0)     # re-check paths not yet up once a second
 
@@ -419,7 +411,7 @@ class Agent:
                     log.warning("bandwidth test of %s: %s", plan.id, exc)
                     continue
                 self.monitor.set_bandwidth(plan.id, float(res["goodput_mbps"]))
-                self._publish({"kind": "BandwidthMeasured", "at": time.time(), "path_id": plan.id, **res})
+                self._publish_event(BandwidthMeasured(at=time.monotonic(), path_id=plan.id, result=res))
             await asyncio.sleep(self.cfg.bandwidth_interval_s)   # the configured period between rounds
 
     async def stop(self, cleanup: bool | None = None) -> None:
@@ -458,9 +450,10 @@ class Agent:
         if kept:
             log.info("stopped; left for the next agent (`patronus cleanup` removes them): %s",
                      ", ".join(reversed(kept)))
+        stopping = AgentStopping(at=time.monotonic(), cleanup=cleanup).as_dict(self.offset)
         for q in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait({"kind": "AgentStopping", "at": time.time(), "cleanup": cleanup})
+                q.put_nowait(stopping)
 
     def _numbering(self) -> Numbering:
         return Numbering(remotes=dict(self._remote_no), policies=dict(self._policy_no),
@@ -477,29 +470,20 @@ class Agent:
             log.error("cannot write the dataplane record in %s: %s (a next agent would not keep its slots)",
                       self.cfg.state_dir, exc)
 
-    def _adopt_slots(self, now: float) -> None:
-        """The hold is over: give the router the slots the kernel kept, on the path the kernel has each
-        on, with its own path as its origin when it had failed over."""
+    def _slots_of_marks(self, kept: Mapping[int, int]) -> dict[Slot, PathId]:
+        """The kernel's slot → path map (marks, as an earlier agent numbered them and `kept_maps`
+        renumbered them) in the runtime's terms; marks that name no remote, policy or path of ours are left out."""
         names = self._policy_names()
-        active = {p.name for p in self.router.list_policies() if p.enabled}
         by_number = {p.number: p for p in self.cfg.paths}
         remote_of = {n: name for name, n in self._remote_no.items()}
-        for mark, pmark in sorted(self._adopted_slots.items()):
+        out: dict[Slot, PathId] = {}
+        for mark, pmark in sorted(kept.items()):
             rn, pn, n = split_slot(mark)
             remote, origin, cur = remote_of.get(rn), by_number.get(n), by_number.get(pmark & 0xFF)
             if remote is None or origin is None or cur is None or pn not in names:
                 continue
-            name = names[pn]
-            if (name is not None and name not in active) or origin.remote != remote or cur.remote != remote:
-                continue
-            key = FlowKey("0.0.0.0", "0.0.0.0", (rn << 8) | pn, n, 0)
-            if key in self._slot_of:
-                continue
-            self._slots[mark] = key
-            self._slot_of[key] = mark
-            self.router.place(key, cur.id, now, site=SiteId(remote), policy=name,
-                              origin=origin.id if origin is not cur else None)
-        self._adopted_slots = {}
+            out[Slot(SiteId(remote), names[pn], origin.id)] = cur.id
+        return out
 
     def _init_store(self, store: Store) -> None:
         cfg = self.cfg
@@ -517,156 +501,108 @@ class Agent:
 
     # -- policies and slots ------------------------------------------------------------------------
 
-    def _number_policies(self) -> None:
+    def _number_policies(self, policies: Sequence[RoutingPolicy] | None = None) -> None:
+        """A kernel number for every policy that has none (numbers stay with their names)."""
         used = set(self._policy_no.values())
-        for p in self.router.list_policies():
+        for p in _in_order(self.router.list_policies() if policies is None else policies):
             if p.name not in self._policy_no:
                 n = next(i for i in range(1, FALLBACK_POLICY_NO) if i not in used)
                 self._policy_no[p.name] = n
                 used.add(n)
 
-    def _numbered_policies(self) -> list[tuple[int, RoutingPolicy]]:
-        return [(self._policy_no[p.name], p) for p in self.router.list_policies()]
+    def _numbered_policies(self, policies: Sequence[RoutingPolicy] | None = None) -> list[tuple[int, RoutingPolicy]]:
+        return [(self._policy_no[p.name], p)
+                for p in _in_order(self.router.list_policies() if policies is None else policies)]
 
     def _policy_names(self) -> dict[int, str | None]:
         names: dict[int, str | None] = {n: name for name, n in self._policy_no.items()}
         names[FALLBACK_POLICY_NO] = None
         return names
 
-    def _sync_slots(self, now: float) -> None:
-        """One router flow per (remote, policy, path) slot: placed on its path, then left to the router."""
-        if self.logic.steering_held:
-            return          # the kernel's slots are adopted when the hold ends (`_adopt_slots`)
-        active = {p.name for p in self.router.list_policies() if p.enabled}
-        for pn, name in self._policy_names().items():
-            if name is not None and name not in active:
-                continue
-            for p in self.cfg.paths:
-                rn = self._remote_no[p.remote]
-                mark = slot_mark(rn, pn, p.number)
-                if mark in self._slots and self.router.flow_path(self._slots[mark]) is not None:
-                    continue
-                if self.router.path_status(p.id) is PathStatus.DOWN:
-                    # No connection can be on a path that has never been usable: new flows only go to
-                    # usable paths. Its slots appear when it first comes up (else they would be
-                    # "rescued" onto the first path up and kept there by the failback rules).
-                    continue
-                key = FlowKey("0.0.0.0", "0.0.0.0", (rn << 8) | pn, p.number, 0)
-                self._slots[mark] = key
-                self._slot_of[key] = mark
-                self.router.place(key, p.id, now, site=SiteId(p.remote), policy=name)
+    def _policy_number(self, name: str | None) -> int:
+        return FALLBACK_POLICY_NO if name is None else self._policy_no[name]
 
-    def _desired_maps(self) -> tuple[dict[int, int], dict[int, int]]:
+    def _slot_mark(self, slot: Slot) -> int:
+        return slot_mark(self._remote_no[slot.remote], self._policy_number(slot.policy),
+                         self._plans[slot.origin].number)
+
+    def _slot_by_mark(self) -> dict[int, Slot]:
+        return {self._slot_mark(s): s for s in self.runtime.slots}
+
+    def _kernel_maps(self, plan: SteeringPlan) -> tuple[dict[int, int], dict[int, int]]:
+        """The plan numbered into the kernel's two maps: new_slot (bucket mark → slot mark) and
+        slot_path (slot mark → path mark)."""
         new_slot: dict[int, int] = {}
-        slot_path: dict[int, int] = {}
-        names = self._policy_names()
-        active = {p.name for p in self.router.list_policies() if p.enabled}
-        for r in self.cfg.remotes:
-            rn = self._remote_no[r.name]
-            for pn, name in names.items():
-                if name is not None and name not in active:
-                    continue
-                pol = self.router.policy_named(name)
-                if pol.load_balance is LoadBalance.NONE:
-                    best = self.router.preview(SiteId(r.name), name)
-                    if best is not None:
-                        new_slot[slot_mark(rn, pn, 0)] = slot_mark(rn, pn, self._plans[best].number)
-                    continue
-                tier = self.router.preview_tier(SiteId(r.name), name)
-                if tier:
-                    for bucket, pid in enumerate(lb_buckets(pol.load_balance, tier, LB_BUCKETS)):
-                        new_slot[slot_mark(rn, pn, bucket)] = slot_mark(rn, pn, self._plans[pid].number)
-        for mark, key in self._slots.items():
-            cur = self.router.flow_path(key)
-            info = self.router.flow_info(key)
-            if cur is not None and info is not None and not info.stranded:
-                slot_path[mark] = path_mark(self._plans[cur].number)
+        for b, pid in plan.new.items():
+            rn, pn = self._remote_no[b.remote], self._policy_number(b.policy)
+            new_slot[slot_mark(rn, pn, b.index)] = slot_mark(rn, pn, self._plans[pid].number)
+        slot_path = {self._slot_mark(s): path_mark(self._plans[pid].number) for s, pid in plan.slots.items()}
         return new_slot, slot_path
 
-    def _sync_kernel(self, trigger: list[Event]) -> None:
-        if self.steering is None or not self.steering.applied or self.logic.steering_held:
+    def _steer(self, plan: SteeringPlan, moves: list[Event]) -> None:
+        if self.steering is None or not self.steering.applied:
             return
-        # Invariant: every slot `new_slot` can send a connection to exists in the router (and so in
-        # `slot_path`). A path's status can reach the router through a metrics update as well as a
-        # status change, so the slots are checked here, before the maps are computed.
-        self._sync_slots(time.monotonic())
-        new_slot, slot_path = self._desired_maps()
+        new_slot, slot_path = self._kernel_maps(plan)
         begun = time.monotonic()
         done = self.steering.update(new_slot, slot_path)
         if done is None:
             return
         self._steering_changes += 1
         self._last_steering_change = self.wall(done)
-        moves = [e for e in trigger if isinstance(e, FailoverTriggered | Failback)]
-        if moves:
-            first = min(e.at for e in moves)
-            # the kernel switched at some instant between `begun_at` (the transaction handed over) and
-            # `at` (it returned): a packet may take the new path from the first
-            self._publish({"kind": "SteeringApplied", "at": self.wall(done), "begun_at": self.wall(begun),
-                           "moves": len(moves), "latency_ms": round((done - first) * 1000, 3),
-                           "paths": sorted({str(e.to_path) for e in moves})})
+        # the kernel switched at some instant between `begun` (the transaction handed over) and `done`
+        # (it returned): a packet may take the new path from the first
+        applied = self.runtime.steering_applied(moves, begun, done)
+        if applied is not None:
+            self._publish_event(applied)
 
     # -- the core loop -----------------------------------------------------------------------------
 
     def _on_probe_reply(self, path_id: PathId, seq: int, sent_at: float, now: float) -> None:
-        self.logic.on_probe_reply(path_id, seq, sent_at, now)
+        self.runtime.on_probe_reply(path_id, seq, sent_at, now)
         self._pump(now)
 
     def _on_timer(self) -> None:
+        due = self._timer_at
         self._timer = None
         self._timer_at = None
         if self.prober is not None:
             # replies already in the socket buffers first, with their kernel arrival times: a pause of
             # this loop must not turn an answered probe into a timed-out one
             self.prober.drain()
-        self._pump(time.monotonic())
+        if not self._stopping:
+            self._perform(self.runtime.on_timer(time.monotonic(), due))
 
     def _pump(self, now: float) -> None:
-        """Feed timers and events through monitor → router → kernel until quiet, then re-arm."""
-        if self._stopping:
-            return
-        step = self.logic.pump(now)
+        """One step of the runtime, performed; then re-arm."""
+        if not self._stopping:
+            self._perform(self.runtime.pump(now))
+
+    def _perform(self, act: Actions) -> None:
         if self.prober is not None:
-            for probe in step.probes:
+            for probe in act.probes:
                 self.prober.send(probe.path_id, probe.seq)
-        for lost in step.lost:
-            # published only (not stored: one a run of misses, but a lossy path has many runs)
-            self._publish(self._event_dict(lost))
-        for sc in step.status:
-            self._status_since[sc.path_id] = self.wall(sc.at)
-            self._publish(self._event_dict(sc))
-        rev = step.router
-        if step.released:
-            self._adopt_slots(now)
-            rev = rev + self.router.drain_events()
-            log.info("steering hold over: %d slots adopted", len(self._slots))
-        for ev in rev:
-            if isinstance(ev, FailoverTriggered):
-                self._failovers[ev.reason.value] += 1
-            if isinstance(ev, FlowExpired) and ev.flow in self._slot_of:
-                mark = self._slot_of.pop(ev.flow)
-                self._slots.pop(mark, None)
-            if isinstance(ev, FlowAssigned) and ev.flow in self._slot_of:
-                continue
-            self._publish(self._event_dict(ev))
-        for sev in step.sla:
-            self._publish(self._event_dict(sev))
-        status_changed = bool(step.status)
-        if step.routing_changed:
+        for ev in act.events:
+            if isinstance(ev, PathStatusChanged):
+                self._status_since[ev.path_id] = self.wall(ev.at)
+            elif isinstance(ev, TunnelDown):
+                log.warning("path %s: probes pass but tunnel %s has no WireGuard session; routing around it",
+                            ev.path_id, ev.interface)
+            self._publish_event(ev)
+        if act.released:
+            log.info("steering hold over: %d slots adopted", len(self.runtime.slots))
+        if act.plan is not None:
             try:
-                self._sync_kernel(rev)
+                self._steer(act.plan, act.moves)
             except Exception as exc:     # a refused kernel update must not kill the agent
                 log.error("steering update failed: %s", exc)
-                self._publish({"kind": "SteeringError", "at": time.time(), "error": str(exc)})
-        if self.store is not None:
-            stored: list[Event] = [e for e in rev if isinstance(e, _STORED_KINDS)]
-            if status_changed or stored:
-                self._store_events(stored)
+                self._publish_event(SteeringFailed(at=time.monotonic(), error=str(exc)))
+        if self.store is not None and (act.status_changed or act.stored):
+            self._store_events(act.stored)
         self._arm()
 
     def _arm(self) -> None:
         assert self.loop is not None
-        when = self.logic.next_deadline()
+        when = self.runtime.next_deadline()
         if when is None:
             return
         if self._timer is not None:
@@ -678,15 +614,12 @@ class Agent:
         self._timer_at = when
 
     async def _periodic(self) -> None:
-        """Slow duties: keep slots alive, refresh the flow table, record metrics history."""
+        """Slow duties of the host: refresh the flow table, record metrics history, check the tunnels
+        and the reflector (the runtime's own housekeeping is on its deadline)."""
         next_metrics = time.monotonic() + self.cfg.metrics_interval_s
         while True:
-            await asyncio.sleep(min(_SLOT_TOUCH_S, self.cfg.metrics_interval_s))
+            await asyncio.sleep(min(_PERIODIC_S, self.cfg.metrics_interval_s))
             now = time.monotonic()
-            for key in list(self._slot_of):
-                self.router.touch(key, now)
-            self._sync_slots(now)
-            self._pump(now)
             if self.steering is not None and self.steering.applied and now - self._flows_at >= _FLOW_REFRESH_S:
                 try:
                     self._kernel_flows = await self._k(self.steering.flows)
@@ -712,7 +645,7 @@ class Agent:
                 except Exception as exc:
                     log.error("probe reflector: %s", exc)
                 else:
-                    self._publish({"kind": "ReflectorRestarted", "at": time.time(), "how": how})
+                    self._publish_event(ReflectorRestarted(at=time.monotonic(), how=how))
 
     def _handshakes(self) -> dict[PathId, float | None]:
         """Latest WireGuard handshake (wall time) of every path's tunnel (kernel thread)."""
@@ -725,39 +658,15 @@ class Agent:
         return out
 
     def _check_tunnels(self, shakes: dict[PathId, float | None], now: float) -> None:
-        """A path whose probes pass but whose tunnel has no live WireGuard session would black-hole
-        every packet steered onto it: such a path counts as Down for routing until its tunnel
-        handshakes. "No live session": no handshake at all although the path has been Up for
-        TUNNEL_GRACE_S, or none for longer than WireGuard's session lifetime (180 s) plus the grace.
-        A dead tunnel is also nudged (a fresh handshake initiation) on every check."""
-        wall = time.time()
-        changed = False
-        for p in self.cfg.paths:
-            pid = p.id
-            if self.monitor.status(pid) is PathStatus.DOWN:
-                self._up_since_wall.pop(pid, None)
-                self.logic.set_tunnel_dead(pid, False, now)
-                continue
-            up_since = self._up_since_wall.setdefault(pid, wall)
-            last = shakes.get(pid)
-            dead = (last is None and wall - up_since > TUNNEL_GRACE_S) or \
-                   (last is not None and wall - last > 180.0 + TUNNEL_GRACE_S)
-            if dead and not self.logic.tunnel_dead(pid):
-                self.logic.set_tunnel_dead(pid, True, now)
-                changed = True
-                log.warning("path %s: probes pass but tunnel %s has no WireGuard session; routing around it",
-                            pid, p.ifname)
-                self._publish({"kind": "TunnelDown", "at": wall, "path_id": pid, "interface": p.ifname,
-                               "latest_handshake": last})
-            elif not dead and self.logic.tunnel_dead(pid):
-                self.logic.set_tunnel_dead(pid, False, now)
-                changed = True
-                self._publish({"kind": "TunnelUp", "at": wall, "path_id": pid, "interface": p.ifname,
-                               "latest_handshake": last})
-            # nudged from one end only (the lower site id), for the reason in WireGuardManager.create
-            if self.logic.tunnel_dead(pid) and self.loop is not None and self.cfg.id < self.cfg.remote(p.remote).id:
-                self.loop.run_in_executor(self.kernel, self._nudge, p)
-        if changed:
+        """The runtime's tunnel-liveness rule on the handshakes just read; a dead tunnel is nudged (a
+        fresh handshake initiation) on every check, from one end only (the lower site id), for the
+        reason in WireGuardManager.create."""
+        dead = self.runtime.on_handshakes(shakes, time.time(), now, {p.id: p.ifname for p in self.cfg.paths})
+        for pid in dead:
+            plan = self._plans[pid]
+            if self.loop is not None and self.cfg.id < self.cfg.remote(plan.remote).id:
+                self.loop.run_in_executor(self.kernel, self._nudge, plan)
+        if self.runtime.has_news():
             self._pump(now)
 
     def _nudge(self, plan: PathPlan) -> None:
@@ -802,18 +711,14 @@ class Agent:
         if not events:
             return
         try:
-            self.store.record_events([e.__class__(**{**_fields(e), "at": self.wall(e.at)}) for e in events])
+            self.store.record_events([dataclasses.replace(e, at=self.wall(e.at)) for e in events])
         except Exception as exc:
             log.error("store: cannot record events: %s", exc)
 
     # -- events out --------------------------------------------------------------------------------
 
-    def _event_dict(self, ev: Event) -> dict[str, Any]:
-        d = ev.as_dict()
-        d["at"] = self.wall(ev.at)
-        if isinstance(ev, ProbeLost):
-            d["sent_at"] = self.wall(ev.sent_at)
-        return d
+    def _publish_event(self, ev: Event) -> None:
+        self._publish(ev.as_dict(self.offset))     # monotonic times out as wall times
 
     def _publish(self, d: dict[str, Any]) -> None:
         self._events.append(d)
@@ -841,13 +746,9 @@ class Agent:
                 "wireguard_backend": self.wg_backend, "steering": cfg.steering, "started_at": self.started_at,
                 "version": __version__, "monitor_profile": cfg.monitor.name,
                 "steering_changes": self._steering_changes, "last_steering_change": self._last_steering_change,
-                "displaced_slots": self.displaced_slots(), "pending_failbacks": self.router.pending_failbacks(),
+                "displaced_slots": self.runtime.displaced_slots(),
+                "pending_failbacks": self.router.pending_failbacks(),
                 "adopted": self.adopted or None, "steering_held": self.logic.steering_held}
-
-    def displaced_slots(self) -> int:
-        """Slots away from the path they started on, waiting to fail back (0 when the site is settled)."""
-        return sum(1 for key in self._slot_of if (info := self.router.flow_info(key)) is not None
-                   and info.origin is not None)
 
     def _path_dict(self, plan: PathPlan, now: float) -> dict[str, Any]:
         pid = plan.id
@@ -885,17 +786,16 @@ class Agent:
         return self.router.list_policies()
 
     def _apply_policies(self, policies: list[RoutingPolicy]) -> None:
-        """Router, kernel classifier and store change together, or not at all."""
-        old = self.router.list_policies()
+        """Kernel classifier, router and store change together, or not at all."""
         if len(policies) >= FALLBACK_POLICY_NO - 1:
             raise ConfigError(f"at most {FALLBACK_POLICY_NO - 2} policies", "policies")
-        self.router.replace_policies(policies)
-        self._number_policies()
+        numbers = dict(self._policy_no)
+        self._number_policies(policies)
         try:
             if self.steering is not None and self.steering.applied:
-                self.steering.set_policies(self._numbered_policies())
+                self.steering.set_policies(self._numbered_policies(policies))
         except Exception:
-            self.router.replace_policies(old)
+            self._policy_no = numbers
             raise
         self._save_record()
         if self.store is not None:
@@ -907,9 +807,8 @@ class Agent:
                 for p in policies:
                     self.store.upsert_policy(p.name, p.priority, p.enabled, p.to_dict(), now=time.time())
         now = time.monotonic()
-        self._sync_slots(now)
+        self.runtime.set_policies(policies, now)
         self._pump(now)
-        self._publish({"kind": "PoliciesChanged", "at": time.time(), "policies": [p.name for p in policies]})
 
     def put_policy(self, policy: RoutingPolicy) -> bool:
         current = self.router.list_policies()
@@ -926,11 +825,12 @@ class Agent:
     def list_flows(self) -> list[dict[str, Any]]:
         names = self._policy_names()
         by_number = {p.number: p for p in self.cfg.paths}
+        slots = self._slot_by_mark()
         now = time.time()
         out = []
         for f in self._kernel_flows:
             _rn, pn, n = split_slot(f.slot)
-            key = self._slots.get(f.slot)
+            key = slots.get(f.slot)
             cur = self.router.flow_path(key) if key is not None else None
             origin = by_number.get(n)
             pol = names.get(pn, None)
@@ -984,44 +884,19 @@ class Agent:
                 score=_finite(d["score"]), flows=d["flows"], probes_sent=d["probes_sent"],
                 probes_received=d["probes_received"], probes_rejected=d["probes_rejected_by_reason"]))
         unattributed: Counter[str] = self.reflector.rejected() if self.reflector is not None else Counter()
-        return MetricsSnapshot(paths=rows, failovers=dict(self._failovers),
+        return MetricsSnapshot(paths=rows, failovers=dict(self.runtime.failovers),
                                unattributed_rejections=dict(unattributed))
 
 
-def lb_buckets(mode: LoadBalance, tier: list[tuple[PathId, float, float]], n: int) -> list[PathId]:
-    """Which tier path each of `n` hash buckets sends new connections to.
-
-    flow_hash: rendezvous hashing, so losing a path moves only its buckets; weighted_round_robin:
-    shares proportional to bandwidth (largest remainder); round_robin and least_connections: an even
-    spread (the kernel cannot count connections per path at classification time)."""
-    if mode is LoadBalance.FLOW_HASH:
-        def weight(bucket: int, pid: PathId) -> int:
-            return int.from_bytes(hashlib.blake2b(f"{bucket}|{pid}".encode(), digest_size=8).digest(), "big")
-        return [max(tier, key=lambda t: (weight(b, t[0]), t[0]))[0] for b in range(n)]
-    if mode is LoadBalance.WEIGHTED_ROUND_ROBIN:
-        weights = [bw if bw > 0 else 1.0 for _, _, bw in tier]
-        total = sum(weights)
-        exact = [w * n / total for w in weights]
-        counts = [int(x) for x in exact]
-        for i in sorted(range(len(tier)), key=lambda i: exact[i] - counts[i], reverse=True)[:n - sum(counts)]:
-            counts[i] += 1
-        out: list[PathId] = []
-        for (pid, _, _), c in zip(tier, counts, strict=True):
-            out += [pid] * c
-        return out
-    return [tier[b % len(tier)][0] for b in range(n)]
+def _in_order(policies: Sequence[RoutingPolicy]) -> list[RoutingPolicy]:
+    """The router's match order."""
+    return sorted(policies, key=lambda p: (p.priority, p.name))
 
 
 def _finite(x: float | None) -> float | None:
     import math
 
     return None if x is None or not math.isfinite(x) else x
-
-
-def _fields(e: Event) -> dict[str, Any]:
-    from dataclasses import fields
-
-    return {f.name: getattr(e, f.name) for f in fields(e)}
 
 
 def _foreign_links(names: set[str], owner: str) -> set[str]:

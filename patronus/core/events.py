@@ -9,10 +9,11 @@ JSON-ready form for stores, APIs and reports.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
-from patronus.core.model import FlowKey, PathId, PathMetrics, PathStatus
+from patronus.core.model import FlowKey, PathId, PathMetrics, PathStatus, RouteKey, Slot
 
 
 class FailoverReason(enum.Enum):
@@ -29,6 +30,10 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, FlowKey):
         return {"src_ip": value.src_ip, "dst_ip": value.dst_ip, "src_port": value.src_port,
                 "dst_port": value.dst_port, "protocol": value.protocol}
+    if isinstance(value, Slot):
+        return {"remote": value.remote, "policy": value.policy, "origin": value.origin}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, PathMetrics):
         return {f.name: getattr(value, f.name) for f in fields(value)}
     if isinstance(value, tuple):
@@ -42,14 +47,22 @@ class Event:
 
     at: float
 
+    # the fields that are times on the driver's clock (shifted together by `as_dict`'s offset)
+    TIMES: ClassVar[tuple[str, ...]] = ("at",)
+
     @property
     def kind(self) -> str:
         return type(self).__name__
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, clock_offset: float = 0.0) -> dict[str, Any]:
+        """JSON-ready: `kind` and every field; the times in `TIMES` plus `clock_offset` (a driver on a
+        monotonic clock publishes wall times). A slot is written as `slot`, a connection as `flow`."""
         out: dict[str, Any] = {"kind": self.kind}
         for f in fields(self):
-            out[f.name] = _jsonable(getattr(self, f.name))
+            v = getattr(self, f.name)
+            if f.name in self.TIMES and v is not None:
+                v += clock_offset
+            out["slot" if f.name == "flow" and isinstance(v, Slot) else f.name] = _jsonable(v)
         return out
 
 
@@ -75,6 +88,8 @@ class ProbeLost(Event):
     seq: int
     sent_at: float
 
+    TIMES: ClassVar[tuple[str, ...]] = ("at", "sent_at")
+
 
 @dataclass(frozen=True, slots=True)
 class PathStatusChanged(Event):
@@ -96,7 +111,7 @@ class PathMetricsUpdated(Event):
 
 @dataclass(frozen=True, slots=True)
 class FlowAssigned(Event):
-    flow: FlowKey
+    flow: RouteKey
     path_id: PathId
     policy: str
 
@@ -112,7 +127,7 @@ class FlowUnroutable(Event):
 
 @dataclass(frozen=True, slots=True)
 class FailoverTriggered(Event):
-    flow: FlowKey
+    flow: RouteKey
     from_path: PathId
     to_path: PathId
     reason: FailoverReason
@@ -121,7 +136,7 @@ class FailoverTriggered(Event):
 
 @dataclass(frozen=True, slots=True)
 class Failback(Event):
-    flow: FlowKey
+    flow: RouteKey
     from_path: PathId
     to_path: PathId
     policy: str
@@ -131,7 +146,7 @@ class Failback(Event):
 class FlowStranded(Event):
     """The flow's path failed and no other usable path exists; it stays unassigned until one does."""
 
-    flow: FlowKey
+    flow: RouteKey
     from_path: PathId
     reason: FailoverReason
     policy: str
@@ -139,7 +154,7 @@ class FlowStranded(Event):
 
 @dataclass(frozen=True, slots=True)
 class FlowExpired(Event):
-    flow: FlowKey
+    flow: RouteKey
     path_id: PathId | None
     idle_s: float
 
@@ -161,3 +176,88 @@ class SlaRestored(Event):
     subject: str
     traffic_class: str
     violated_for_s: float
+
+
+# --- the driver's own events (what it did to the host or the model, as the site runtime words them) ---
+
+@dataclass(frozen=True, slots=True)
+class AgentStarted(Event):
+    site: str
+    paths: int
+    wireguard_backend: str
+    steering: str
+    adopted: Mapping[str, Any] | None = field(default=None, hash=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStopping(Event):
+    cleanup: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SteeringApplied(Event):
+    """The dataplane took a steering plan that carried out `moves` failovers and failbacks: its
+    transaction began at `begun_at` and returned at `at`; `latency_ms` from the first decision to `at`."""
+
+    begun_at: float
+    moves: int
+    latency_ms: float
+    paths: tuple[str, ...]
+
+    TIMES: ClassVar[tuple[str, ...]] = ("at", "begun_at")
+
+
+@dataclass(frozen=True, slots=True)
+class SteeringFailed(Event):
+    """The dataplane refused a steering update (the previous steering stays)."""
+
+    error: str
+
+    @property
+    def kind(self) -> str:
+        return "SteeringError"      # its name in the API and in runs recorded before it had a type
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelDown(Event):
+    """Probes pass but the path's tunnel has no live session: Down for routing. `latest_handshake` is
+    the tunnel's own wall-clock time of its last handshake (None: never)."""
+
+    path_id: PathId
+    interface: str
+    latest_handshake: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelUp(Event):
+    path_id: PathId
+    interface: str
+    latest_handshake: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PoliciesChanged(Event):
+    policies: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PathMtuMeasured(Event):
+    path_id: PathId
+    result: Mapping[str, Any] = field(hash=False, compare=False)
+
+    def as_dict(self, clock_offset: float = 0.0) -> dict[str, Any]:
+        return {"kind": self.kind, "at": self.at + clock_offset, "path_id": self.path_id, **self.result}
+
+
+@dataclass(frozen=True, slots=True)
+class BandwidthMeasured(Event):
+    path_id: PathId
+    result: Mapping[str, Any] = field(hash=False, compare=False)
+
+    def as_dict(self, clock_offset: float = 0.0) -> dict[str, Any]:
+        return {"kind": self.kind, "at": self.at + clock_offset, "path_id": self.path_id, **self.result}
+
+
+@dataclass(frozen=True, slots=True)
+class ReflectorRestarted(Event):
+    how: str

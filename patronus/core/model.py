@@ -110,6 +110,42 @@ class FlowKey(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class Slot:
+    """An aggregate the dataplane steers as one: the connections of one `policy` toward one `remote`
+    site that were first put on path `origin`. A kernel cannot ask the router about every connection,
+    so the agent's router holds one flow per slot and moves slots; a failover moves every connection
+    of a slot at once. `policy` None is the implicit default (what no policy matches)."""
+
+    remote: SiteId
+    policy: str | None
+    origin: PathId
+
+    def __str__(self) -> str:
+        return f"slot {self.remote}/{self.policy or 'implicit-default'}/{self.origin}"
+
+    def sort_key(self) -> tuple[str, str, str]:
+        return (self.remote, self.policy or "", self.origin)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Where the dataplane sorts a new connection: its remote site, the policy it matches and, for a
+    load-balancing policy, one of the plan's hash buckets of its 5-tuple (0 for one that does not
+    balance). The steering plan maps each bucket to the path its new connections take."""
+
+    remote: SiteId
+    policy: str | None
+    index: int = 0
+
+    def sort_key(self) -> tuple[str, str, int]:
+        return (self.remote, self.policy or "", self.index)
+
+
+# What the router keeps a flow for: a connection (its 5-tuple) or a slot of connections.
+RouteKey = FlowKey | Slot
+
+
+@dataclass(frozen=True, slots=True)
 class Site:
     id: SiteId
     name: str

@@ -48,7 +48,7 @@ from patronus.core.events import (
     PathMetricsUpdated,
     PathStatusChanged,
 )
-from patronus.core.model import FlowKey, Path, PathId, PathMetrics, PathStatus, SiteId
+from patronus.core.model import FlowKey, Path, PathId, PathMetrics, PathStatus, RouteKey, SiteId, Slot
 from patronus.core.policy import LoadBalance, RoutingPolicy, address_int, default_policies
 
 _UP = PathStatus.UP
@@ -83,7 +83,7 @@ class _PathEntry:
         self.status = status
         self.metrics = metrics
         self.suspect = False     # probably failed with a sibling: not a target while another path is
-        self.flows: dict[FlowKey, _Flow] = {}    # insertion-ordered: deterministic iteration
+        self.flows: dict[RouteKey, _Flow] = {}    # insertion-ordered: deterministic iteration
         self.salt = int.from_bytes(hashlib.blake2b(path.id.encode(), digest_size=8).digest(), "big")
 
 
@@ -91,7 +91,7 @@ class _Flow:
     __slots__ = ("app_class", "assigned_at", "dscp", "entry", "key", "last_seen", "moved_at", "ok_since",
                  "origin", "policy", "site", "stranded")
 
-    def __init__(self, key: FlowKey, entry: _PathEntry, policy: RoutingPolicy, site: SiteId, now: float,
+    def __init__(self, key: RouteKey, entry: _PathEntry, policy: RoutingPolicy, site: SiteId, now: float,
                  dscp: int | None, app_class: str | None) -> None:
         self.key = key
         self.entry = entry
@@ -111,7 +111,7 @@ class _Flow:
 class FlowInfo:
     """A read-only snapshot of one flow for APIs and reports."""
 
-    flow: FlowKey
+    flow: RouteKey
     path_id: PathId
     policy: str
     site: SiteId
@@ -127,7 +127,7 @@ class Router:
         self.config = config or RouterConfig()
         self._paths: dict[PathId, _PathEntry] = {}
         self._by_site: dict[SiteId, list[_PathEntry]] = {}
-        self._flows: dict[FlowKey, _Flow] = {}
+        self._flows: dict[RouteKey, _Flow] = {}
         self._policies: list[RoutingPolicy] = []
         self._active: list[RoutingPolicy] = []      # enabled policies, in match order
         self._needs_addrs = False
@@ -137,7 +137,7 @@ class Router:
         self._version = 0
         self._rank_cache: dict[tuple[str, SiteId], tuple[int, list[_PathEntry], list[float]]] = {}
         self._lb_state: dict[tuple[str, SiteId], Any] = {}
-        self._displaced: dict[PathId, dict[FlowKey, _Flow]] = {}   # origin path -> flows away from it
+        self._displaced: dict[PathId, dict[RouteKey, _Flow]] = {}   # origin path -> flows away from it
         self._timers: list[tuple[float, int, str, PathId]] = []
         self._armed: dict[PathId, float] = {}
         self._tie = 0
@@ -198,7 +198,10 @@ class Router:
         for f in self._flows.values():
             cur = by_name.get(f.policy.name)
             if cur is not f.policy:
-                f.policy = cur if cur is not None else self._match(f.key, f.dscp, f.app_class)
+                if cur is not None:
+                    f.policy = cur
+                else:       # a slot keeps its own policy's name; one whose policy went is ranked as the default
+                    f.policy = self._match(f.key, f.dscp, f.app_class) if isinstance(f.key, FlowKey) else _FALLBACK
 
     # -- topology ---------------------------------------------------------------------------------
 
@@ -273,7 +276,7 @@ class Router:
     def path_ids(self) -> list[PathId]:
         return list(self._paths)
 
-    def flows_on(self, path_id: PathId) -> list[FlowKey]:
+    def flows_on(self, path_id: PathId) -> list[RouteKey]:
         return list(self._entry(path_id).flows)
 
     def flow_count(self, path_id: PathId) -> int:
@@ -369,7 +372,7 @@ class Router:
         return [(e.path.id, s, e.metrics.bandwidth_mbps if e.metrics.bandwidth_mbps > 0 else 0.0)
                 for e, s in zip(ranked, scores, strict=True) if s >= floor]
 
-    def place(self, flow: FlowKey, path_id: PathId, now: float, *, site: SiteId,
+    def place(self, flow: RouteKey, path_id: PathId, now: float, *, site: SiteId,
               policy: str | None = None, origin: PathId | None = None) -> PathId | None:
         """Register `flow` as already on `path_id` (the kernel sent it there, or it arrived over that
         path) under `policy` (a name; None = the implicit default). From here on it is an ordinary
@@ -408,23 +411,23 @@ class Router:
                 return p
         raise KeyError(name)
 
-    def touch(self, flow: FlowKey, now: float) -> None:
+    def touch(self, flow: RouteKey, now: float) -> None:
         f = self._flows.get(flow)
         if f is not None:
             f.last_seen = now
 
-    def remove_flow(self, flow: FlowKey, now: float) -> bool:
+    def remove_flow(self, flow: RouteKey, now: float) -> bool:
         f = self._flows.get(flow)
         if f is None:
             return False
         self._forget(f, now, idle_s=now - f.last_seen)
         return True
 
-    def flow_path(self, flow: FlowKey) -> PathId | None:
+    def flow_path(self, flow: RouteKey) -> PathId | None:
         f = self._flows.get(flow)
         return None if f is None or f.stranded else f.entry.path.id
 
-    def flow_info(self, flow: FlowKey) -> FlowInfo | None:
+    def flow_info(self, flow: RouteKey) -> FlowInfo | None:
         f = self._flows.get(flow)
         return None if f is None else self._info(f)
 
@@ -548,7 +551,7 @@ class Router:
         self._rank_cache[key] = (self._version, ranked, scores)
         return ranked, scores
 
-    def _choose(self, policy: RoutingPolicy, site: SiteId, flow: FlowKey,
+    def _choose(self, policy: RoutingPolicy, site: SiteId, flow: RouteKey,
                 exclude: _PathEntry | None = None) -> _PathEntry | None:
         ranked, scores = self._ranking(policy, site)
         if exclude is not None and exclude in ranked:
@@ -762,8 +765,11 @@ class Router:
 _FALLBACK = RoutingPolicy("implicit-default", 1_000_001)
 
 
-def _flow_hash(flow: FlowKey) -> int:
-    data = f"{flow.src_ip}|{flow.dst_ip}|{flow.src_port}|{flow.dst_port}|{flow.protocol}".encode()
+def _flow_hash(flow: RouteKey) -> int:
+    if isinstance(flow, Slot):
+        data = f"{flow.remote}|{flow.policy}|{flow.origin}".encode()
+    else:
+        data = f"{flow.src_ip}|{flow.dst_ip}|{flow.src_port}|{flow.dst_port}|{flow.protocol}".encode()
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 

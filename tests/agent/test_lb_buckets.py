@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from patronus.agent.daemon import lb_buckets
 from patronus.core.model import PathId
+from patronus.core.plan import lb_buckets
 from patronus.core.policy import LoadBalance
 
 pytestmark = pytest.mark.unit

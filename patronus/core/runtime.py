@@ -1,0 +1,321 @@
+"""One site's runtime: every decision a site makes, whatever drives it (sans-IO).
+
+`SiteLogic` is the site's judgement (monitor → router → SLA, fate sharing, dead tunnels, the restart
+hold). The runtime is the layer a driver talks to, and owns what the agent and the simulator would
+otherwise each write their own way:
+
+* **The clock.** A driver hands it `now`. Time never runs backwards inside it, and `on_timer(now,
+  due)` never fires a timer before the deadline it was armed for (an event loop may call a little
+  early; a simulator's float sum may land a hair short).
+* **Slots and the steering plan** (`patronus.core.plan`). The router holds one flow per `Slot`
+  (remote × policy × the path its connections were first put on), placed on that path when the path
+  is first usable; after every step that may change routing the runtime gives the driver the plan
+  (`Actions.plan`): which path each new-connection bucket takes, and which path each slot's
+  connections take. A driver applies it as a whole (the agent diffs it into one nftables
+  transaction).
+* **Housekeeping.** Every `HOUSEKEEPING_S` the slots are touched (they never idle out while the
+  dataplane steers them) and slots of paths that came up are placed, on the runtime's own deadline.
+* **Tunnel liveness.** `on_handshakes`: a path whose probes pass but whose tunnel has no live session
+  would black-hole what is steered onto it; it is Down for routing (`TunnelDown`) until its tunnel
+  handshakes again (`TunnelUp`). The driver nudges the tunnels the call returns.
+* **A restart over a kept dataplane.** `adopt(slots, until)`: the dataplane goes on steering as the
+  previous agent left it until every path has a verdict; then the router takes the kept slots where
+  the dataplane has them, failed-over ones with their origin.
+* **Typed events.** What the driver publishes or stores comes out of `Actions` as frozen events
+  (`patronus.core.events`), the driver's own (`SteeringApplied`, `TunnelDown`, ...) included.
+
+A driver: feed `on_probe_reply`, `on_handshakes`, `set_policies`, `adopt`; call `on_timer(now, due)`
+when the deadline it armed (`next_deadline()`) is due and `pump(now)` after feeding; perform the
+returned `Actions` (send the probes, publish `events`, store `stored`, apply `plan` when it is not None),
+then arm its timer again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from patronus.core.events import (
+    Event,
+    Failback,
+    FailoverTriggered,
+    FlowAssigned,
+    FlowExpired,
+    FlowStranded,
+    PathStatusChanged,
+    PoliciesChanged,
+    SendProbe,
+    SteeringApplied,
+    TunnelDown,
+    TunnelUp,
+)
+from patronus.core.model import Bucket, Path, PathId, PathStatus, SiteId, Slot
+from patronus.core.monitor import MonitorProfile
+from patronus.core.plan import LB_BUCKETS, SteeringPlan, lb_buckets
+from patronus.core.policy import LoadBalance, RoutingPolicy
+from patronus.core.router import RouterConfig
+from patronus.core.site import SiteLogic, steering_hold_s
+from patronus.core.sla import SlaMonitor
+
+HOUSEKEEPING_S = 1.0             # slot touches and placement
+TUNNEL_GRACE_S = 15.0            # a path Up this long with no handshake at all has a dead tunnel
+SESSION_LIFETIME_S = 180.0       # WireGuard rejects a session older than this (REJECT_AFTER_TIME)
+STORED_KINDS = (PathStatusChanged, FailoverTriggered, Failback, FlowStranded)
+
+
+@dataclass(slots=True)
+class Actions:
+    """What one step asks of the driver, in order."""
+
+    probes: list[SendProbe] = field(default_factory=list)     # send these now
+    events: list[Event] = field(default_factory=list)         # publish these (in order)
+    stored: list[Event] = field(default_factory=list)         # and keep these in the store
+    status_changed: bool = False                              # a path's status changed (store it)
+    plan: SteeringPlan | None = None                          # steer by this (None: leave the steering)
+    moves: list[Event] = field(default_factory=list)          # the failovers and failbacks `plan` carries out
+    released: bool = False                                    # the restart hold ended in this step
+
+
+class SiteRuntime:
+    """One site's decisions (see the module's header). `paths` are the site's own paths (`dst_site` is
+    the remote), `remotes` each remote site's prefixes."""
+
+    def __init__(self, site: str, paths: Iterable[Path], remotes: Mapping[str, Iterable[str]], *,
+                 profile: MonitorProfile | None = None, router: RouterConfig | None = None,
+                 sla: SlaMonitor | None = None, policies: Iterable[RoutingPolicy] | None = None,
+                 buckets: int = LB_BUCKETS, now: float = 0.0) -> None:
+        self.site = site
+        self.logic = SiteLogic(site, profile, router, sla, policies)
+        self.monitor = self.logic.monitor
+        self.router = self.logic.router
+        self.sla = self.logic.sla
+        self.buckets = buckets
+        self.paths: dict[PathId, Path] = {}
+        self.remotes: list[SiteId] = [SiteId(r) for r in remotes]
+        self.slots: set[Slot] = set()
+        self.failovers: Counter[str] = Counter()          # by reason
+        self._now = now
+        self._next_housekeeping = now + HOUSEKEEPING_S
+        self._adopted: dict[Slot, PathId] = {}
+        self._pending: list[Event] = []                   # driver-facing events not yet handed out
+        self._routing_dirty = False                       # an input outside a step changed routing
+        self._up_since: dict[PathId, float] = {}          # wall time a path was first seen Up (tunnel rule)
+        for p in paths:
+            self.add_path(p, now)
+        for r, prefixes in remotes.items():
+            self.logic.set_site_prefixes(r, prefixes)
+
+    def add_path(self, path: Path, now: float) -> None:
+        """One of the site's paths (`dst_site`: the remote); Down until its probes bring it up."""
+        self.paths[path.id] = path
+        self.logic.add_path(path, self._clock(now))
+
+    # -- the clock ---------------------------------------------------------------------------------
+
+    def _clock(self, now: float) -> float:
+        if now < self._now:
+            return self._now
+        self._now = now
+        return now
+
+    @property
+    def now(self) -> float:
+        """The latest time handed to the runtime."""
+        return self._now
+
+    def next_deadline(self) -> float | None:
+        d = self.logic.next_deadline()
+        return self._next_housekeeping if d is None or self._next_housekeeping < d else d
+
+    # -- inputs ------------------------------------------------------------------------------------
+
+    def on_probe_reply(self, path_id: PathId, seq: int, sent_at: float, now: float) -> bool:
+        """A probe reply arrived (both times on the driver's clock); call `pump` after (or skip it when
+        `has_news()` says nothing changed, and wait for the deadline)."""
+        return self.logic.on_probe_reply(path_id, seq, sent_at, self._clock(now))
+
+    def has_news(self) -> bool:
+        return self.logic.has_news() or bool(self._pending) or self._routing_dirty
+
+    def set_policies(self, policies: Iterable[RoutingPolicy], now: float) -> None:
+        """Replace the policies (connections keep their slot and path; slots of new policies appear);
+        `PoliciesChanged` is in the next step's events. Call `pump` after."""
+        now = self._clock(now)
+        pols = list(policies)
+        self.router.replace_policies(pols)
+        self._place_slots(now)
+        self._pending.append(PoliciesChanged(at=now, policies=tuple(p.name for p in pols)))
+        self._routing_dirty = True
+
+    def adopt(self, slots: Mapping[Slot, PathId], now: float) -> None:
+        """A restart over a kept dataplane that steers `slots` (slot → the path the dataplane has it on):
+        the steering is held until every path has a verdict (at the latest `steering_hold_s`); then the
+        router takes these slots (see the module's header)."""
+        now = self._clock(now)
+        self._adopted = dict(slots)
+        self.logic.hold_steering(now + steering_hold_s(self.monitor.profile))
+
+    def on_handshakes(self, shakes: Mapping[PathId, float | None], wall: float, now: float,
+                      interfaces: Mapping[PathId, str]) -> list[PathId]:
+        """The latest WireGuard handshake (wall time; None: none yet) of each path's tunnel, read at wall
+        time `wall`. Applies the tunnel-liveness rule: dead is no handshake at all though the path has
+        been Up for `TUNNEL_GRACE_S`, or none for longer than a session lives plus that grace. Returns
+        the paths whose tunnel is dead (the driver nudges them). Call `pump` after."""
+        now = self._clock(now)
+        dead_now: list[PathId] = []
+        for pid in self.paths:
+            if self.monitor.status(pid) is PathStatus.DOWN:
+                self._up_since.pop(pid, None)
+                if self.logic.set_tunnel_dead(pid, False, now):
+                    self._routing_dirty = True
+                continue
+            up_since = self._up_since.setdefault(pid, wall)
+            last = shakes.get(pid)
+            dead = (last is None and wall - up_since > TUNNEL_GRACE_S) or \
+                   (last is not None and wall - last > SESSION_LIFETIME_S + TUNNEL_GRACE_S)
+            ifname = interfaces.get(pid, "")
+            if dead and not self.logic.tunnel_dead(pid):
+                self.logic.set_tunnel_dead(pid, True, now)
+                self._routing_dirty = True
+                self._pending.append(TunnelDown(at=now, path_id=pid, interface=ifname, latest_handshake=last))
+            elif not dead and self.logic.tunnel_dead(pid):
+                self.logic.set_tunnel_dead(pid, False, now)
+                self._routing_dirty = True
+                self._pending.append(TunnelUp(at=now, path_id=pid, interface=ifname, latest_handshake=last))
+            if self.logic.tunnel_dead(pid):
+                dead_now.append(pid)
+        return dead_now
+
+    # -- the step ----------------------------------------------------------------------------------
+
+    def on_timer(self, now: float, due: float | None = None) -> Actions:
+        """The driver's timer, armed for `due` (the deadline it read), fired at `now`: a timer never
+        fires before its deadline, whatever the driver's clock says."""
+        if due is not None and now < due:
+            now = due
+        return self.pump(now)
+
+    def pump(self, now: float) -> Actions:
+        """Fire what is due and take the site one step: the monitor's verdicts through the router and
+        the SLA monitor, housekeeping when due, then the steering plan if routing may have changed."""
+        now = self._clock(now)
+        logic, router = self.logic, self.router
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_S
+            for slot in self.slots:
+                router.touch(slot, now)
+            self._place_slots(now)
+        step = logic.pump(now)
+        out = Actions(probes=step.probes, status_changed=bool(step.status), released=step.released)
+        events = out.events
+        events.extend(self._pending)
+        self._pending.clear()
+        events.extend(step.lost)
+        events.extend(step.status)
+        rev = step.router
+        if step.released:
+            self._adopt_slots(now)
+            rev = rev + router.drain_events()
+        for ev in rev:
+            if isinstance(ev, FailoverTriggered):
+                self.failovers[ev.reason.value] += 1
+            if isinstance(ev, FlowExpired) and isinstance(ev.flow, Slot):
+                self.slots.discard(ev.flow)
+            if isinstance(ev, FlowAssigned) and isinstance(ev.flow, Slot):
+                continue            # a slot placed where its connections already are: nothing moved
+            events.append(ev)
+        events.extend(step.sla)
+        out.stored = [e for e in events if isinstance(e, STORED_KINDS)]
+        if (step.routing_changed or self._routing_dirty) and not logic.steering_held:
+            self._routing_dirty = False
+            self._place_slots(now)
+            out.plan = self.plan()
+            out.moves = [e for e in rev if isinstance(e, FailoverTriggered | Failback)]
+        # a driver's input (tunnels, policies) that changed routing while held waits for the release
+        return out
+
+    def steering_applied(self, moves: list[Event], begun: float, done: float) -> SteeringApplied | None:
+        """The event a driver publishes once the dataplane took a plan that carried out `moves` (its
+        transaction began at `begun`, returned at `done`); None when the plan moved nothing."""
+        if not moves:
+            return None
+        first = min(e.at for e in moves)
+        paths = sorted({str(e.to_path) for e in moves if isinstance(e, FailoverTriggered | Failback)})
+        return SteeringApplied(at=done, begun_at=begun, moves=len(moves),
+                               latency_ms=round((done - first) * 1000, 3), paths=tuple(paths))
+
+    # -- slots and the plan ------------------------------------------------------------------------
+
+    def _policy_names(self) -> list[str | None]:
+        """The enabled policies, in match order, then the implicit default (None)."""
+        return [p.name for p in self.router.list_policies() if p.enabled] + [None]
+
+    def _place_slots(self, now: float) -> None:
+        """One router flow per (remote, policy, path) slot, placed on its path once the path is usable,
+        then left to the router."""
+        if self.logic.steering_held:
+            return          # the dataplane's slots are adopted when the hold ends
+        router = self.router
+        for name in self._policy_names():
+            for p in self.paths.values():
+                slot = Slot(p.dst_site, name, p.id)
+                if slot in self.slots and router.flow_path(slot) is not None:
+                    continue
+                if router.path_status(p.id) is PathStatus.DOWN:
+                    # No connection can be on a path that has never been usable: new ones only go to
+                    # usable paths. Its slots appear when it first comes up (else they would be
+                    # "rescued" onto the first path up and kept there by the failback rules).
+                    continue
+                self.slots.add(slot)
+                router.place(slot, p.id, now, site=p.dst_site, policy=name)
+
+    def _adopt_slots(self, now: float) -> None:
+        """The hold is over: the router takes the kept slots, on the path the dataplane has each on,
+        with its own path as its origin when it had failed over."""
+        names = set(self._policy_names())
+        for slot, cur in sorted(self._adopted.items(), key=lambda t: t[0].sort_key()):
+            origin, at = self.paths.get(slot.origin), self.paths.get(cur)
+            if origin is None or at is None or slot.policy not in names or slot in self.slots:
+                continue
+            if origin.dst_site != slot.remote or at.dst_site != slot.remote:
+                continue
+            self.slots.add(slot)
+            self.router.place(slot, cur, now, site=slot.remote, policy=slot.policy,
+                              origin=slot.origin if slot.origin != cur else None)
+        self._adopted = {}
+
+    def plan(self) -> SteeringPlan:
+        """The steering the router's state asks for now (see `patronus.core.plan`)."""
+        router = self.router
+        new: dict[Bucket, PathId] = {}
+        for remote in self.remotes:
+            for name in self._policy_names():
+                pol = router.policy_named(name)
+                if pol.load_balance is LoadBalance.NONE:
+                    best = router.preview(remote, name)
+                    if best is not None:
+                        new[Bucket(remote, name, 0)] = best
+                    continue
+                tier = router.preview_tier(remote, name)
+                if tier:
+                    for i, pid in enumerate(lb_buckets(pol.load_balance, tier, self.buckets)):
+                        new[Bucket(remote, name, i)] = pid
+        slots: dict[Slot, PathId] = {}
+        for slot in self.slots:
+            info = router.flow_info(slot)
+            if info is not None and not info.stranded:
+                slots[slot] = info.path_id
+        return SteeringPlan(new, slots)
+
+    def displaced_slots(self) -> int:
+        """Slots away from the path they started on, waiting to fail back (0 when the site is settled)."""
+        return sum(1 for s in self.slots if (info := self.router.flow_info(s)) is not None
+                   and info.origin is not None)
+
+    def slot_path(self, slot: Slot) -> PathId | None:
+        return self.router.flow_path(slot)
+
+    @property
+    def steering_held(self) -> bool:
+        return self.logic.steering_held
