@@ -590,9 +590,9 @@ class Agent:
             self._publish_event(ev)
         if act.released:
             log.info("steering hold over: %d slots adopted", len(self.runtime.slots))
-        if act.plan is not None:
+        if act.replan:
             try:
-                self._steer(act.plan, act.moves)
+                self._steer(self.runtime.plan(), act.moves)
             except Exception as exc:     # a refused kernel update must not kill the agent
                 log.error("steering update failed: %s", exc)
                 self._publish_event(SteeringFailed(at=time.monotonic(), error=str(exc)))

@@ -22,7 +22,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from patronus.core.model import Bucket, PathId, Slot
+from patronus.core.model import Bucket, FlowKey, PathId, Slot
 from patronus.core.policy import LoadBalance
 
 LB_BUCKETS = 16          # hash buckets of a load-balancing policy's new connections
@@ -70,3 +70,10 @@ def lb_buckets(mode: LoadBalance, tier: list[tuple[PathId, float, float]], n: in
             out += [pid] * c
         return out
     return [tier[b % len(tier)][0] for b in range(n)]
+
+
+def flow_bucket(flow: FlowKey, n: int) -> int:
+    """The hash bucket (0 .. n-1) of a connection's 5-tuple: a model's stand-in for the kernel's jhash
+    (which buckets a connection falls in differs; how buckets map to paths does not)."""
+    data = f"{flow.src_ip}|{flow.dst_ip}|{flow.protocol}|{flow.src_port}|{flow.dst_port}".encode()
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big") % n

@@ -402,6 +402,11 @@ class Router:
             self._try_failback(f.origin, now)
         return None if f.stranded else f.entry.path.id
 
+    def policy_for(self, flow: FlowKey, dscp: int | None = None, app_class: str | None = None) -> RoutingPolicy:
+        """The enabled policy a connection matches (the implicit default when none does), as a
+        dataplane's classifier decides it; the router does not take the flow."""
+        return self._match(flow, dscp, app_class)
+
     def policy_named(self, name: str | None) -> RoutingPolicy:
         """The enabled policy called `name` (None = the implicit default); KeyError if there is none."""
         if name is None or name == _FALLBACK.name:

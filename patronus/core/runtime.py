@@ -9,10 +9,11 @@ otherwise each write their own way:
   early; a simulator's float sum may land a hair short).
 * **Slots and the steering plan** (`patronus.core.plan`). The router holds one flow per `Slot`
   (remote × policy × the path its connections were first put on), placed on that path when the path
-  is first usable; after every step that may change routing the runtime gives the driver the plan
-  (`Actions.plan`): which path each new-connection bucket takes, and which path each slot's
-  connections take. A driver applies it as a whole (the agent diffs it into one nftables
-  transaction).
+  is first usable; after every step that may change routing the runtime says so (`Actions.replan`)
+  and the driver applies the plan: which path each new-connection bucket takes, and which path each
+  slot's connections take. The agent takes it whole (`plan()`, diffed into one nftables
+  transaction); a model may ask only for the buckets and slots its flows use (`new_path`,
+  `slot_path`): the same plan, read in part.
 * **Housekeeping.** Every `HOUSEKEEPING_S` the slots are touched (they never idle out while the
   dataplane steers them) and slots of paths that came up are placed, on the runtime's own deadline.
 * **Tunnel liveness.** `on_handshakes`: a path whose probes pass but whose tunnel has no live session
@@ -50,9 +51,9 @@ from patronus.core.events import (
     TunnelDown,
     TunnelUp,
 )
-from patronus.core.model import Bucket, Path, PathId, PathStatus, SiteId, Slot
+from patronus.core.model import Bucket, FlowKey, Path, PathId, PathStatus, SiteId, Slot
 from patronus.core.monitor import MonitorProfile
-from patronus.core.plan import LB_BUCKETS, SteeringPlan, lb_buckets
+from patronus.core.plan import LB_BUCKETS, SteeringPlan, flow_bucket, lb_buckets
 from patronus.core.policy import LoadBalance, RoutingPolicy
 from patronus.core.router import RouterConfig
 from patronus.core.site import SiteLogic, steering_hold_s
@@ -72,8 +73,8 @@ class Actions:
     events: list[Event] = field(default_factory=list)         # publish these (in order)
     stored: list[Event] = field(default_factory=list)         # and keep these in the store
     status_changed: bool = False                              # a path's status changed (store it)
-    plan: SteeringPlan | None = None                          # steer by this (None: leave the steering)
-    moves: list[Event] = field(default_factory=list)          # the failovers and failbacks `plan` carries out
+    replan: bool = False                                      # the plan may have changed: apply it
+    moves: list[Event] = field(default_factory=list)          # the failovers and failbacks it carries out
     released: bool = False                                    # the restart hold ended in this step
 
 
@@ -94,6 +95,7 @@ class SiteRuntime:
         self.paths: dict[PathId, Path] = {}
         self.remotes: list[SiteId] = [SiteId(r) for r in remotes]
         self.slots: set[Slot] = set()
+        self._unplaced: set[PathId] = set()              # paths some of whose slots the router lacks
         self.failovers: Counter[str] = Counter()          # by reason
         self._now = now
         self._next_housekeeping = now + HOUSEKEEPING_S
@@ -109,6 +111,7 @@ class SiteRuntime:
     def add_path(self, path: Path, now: float) -> None:
         """One of the site's paths (`dst_site`: the remote); Down until its probes bring it up."""
         self.paths[path.id] = path
+        self._unplaced.add(path.id)
         self.logic.add_path(path, self._clock(now))
 
     # -- the clock ---------------------------------------------------------------------------------
@@ -144,6 +147,7 @@ class SiteRuntime:
         now = self._clock(now)
         pols = list(policies)
         self.router.replace_policies(pols)
+        self._unplaced.update(self.paths)
         self._place_slots(now)
         self._pending.append(PoliciesChanged(at=now, policies=tuple(p.name for p in pols)))
         self._routing_dirty = True
@@ -222,6 +226,7 @@ class SiteRuntime:
                 self.failovers[ev.reason.value] += 1
             if isinstance(ev, FlowExpired) and isinstance(ev.flow, Slot):
                 self.slots.discard(ev.flow)
+                self._unplaced.add(ev.flow.origin)
             if isinstance(ev, FlowAssigned) and isinstance(ev.flow, Slot):
                 continue            # a slot placed where its connections already are: nothing moved
             events.append(ev)
@@ -230,7 +235,7 @@ class SiteRuntime:
         if (step.routing_changed or self._routing_dirty) and not logic.steering_held:
             self._routing_dirty = False
             self._place_slots(now)
-            out.plan = self.plan()
+            out.replan = True
             out.moves = [e for e in rev if isinstance(e, FailoverTriggered | Failback)]
         # a driver's input (tunnels, policies) that changed routing while held waits for the release
         return out
@@ -254,21 +259,23 @@ class SiteRuntime:
     def _place_slots(self, now: float) -> None:
         """One router flow per (remote, policy, path) slot, placed on its path once the path is usable,
         then left to the router."""
-        if self.logic.steering_held:
-            return          # the dataplane's slots are adopted when the hold ends
+        if self.logic.steering_held or not self._unplaced:
+            return          # held: the dataplane's slots are adopted when the hold ends
         router = self.router
-        for name in self._policy_names():
-            for p in self.paths.values():
-                slot = Slot(p.dst_site, name, p.id)
-                if slot in self.slots and router.flow_path(slot) is not None:
-                    continue
-                if router.path_status(p.id) is PathStatus.DOWN:
-                    # No connection can be on a path that has never been usable: new ones only go to
-                    # usable paths. Its slots appear when it first comes up (else they would be
-                    # "rescued" onto the first path up and kept there by the failback rules).
-                    continue
-                self.slots.add(slot)
-                router.place(slot, p.id, now, site=p.dst_site, policy=name)
+        names = self._policy_names()
+        for pid in sorted(self._unplaced):
+            if router.path_status(pid) is PathStatus.DOWN:
+                # No connection can be on a path that has never been usable: new ones only go to
+                # usable paths. Its slots appear when it first comes up (else they would be
+                # "rescued" onto the first path up and kept there by the failback rules).
+                continue
+            self._unplaced.discard(pid)
+            remote = self.paths[pid].dst_site
+            for name in names:
+                slot = Slot(remote, name, pid)
+                if slot not in self.slots:
+                    self.slots.add(slot)
+                    router.place(slot, pid, now, site=remote, policy=name)
 
     def _adopt_slots(self, now: float) -> None:
         """The hold is over: the router takes the kept slots, on the path the dataplane has each on,
@@ -303,10 +310,32 @@ class SiteRuntime:
                         new[Bucket(remote, name, i)] = pid
         slots: dict[Slot, PathId] = {}
         for slot in self.slots:
-            info = router.flow_info(slot)
-            if info is not None and not info.stranded:
-                slots[slot] = info.path_id
+            cur = router.flow_path(slot)        # None: stranded
+            if cur is not None:
+                slots[slot] = cur
         return SteeringPlan(new, slots)
+
+    def new_path(self, bucket: Bucket) -> PathId | None:
+        """The plan's path for new connections of `bucket` (None: no usable path), without the rest."""
+        router = self.router
+        try:
+            pol = router.policy_named(bucket.policy)
+        except KeyError:
+            return None
+        if pol.load_balance is LoadBalance.NONE:
+            return router.preview(bucket.remote, bucket.policy) if bucket.index == 0 else None
+        tier = router.preview_tier(bucket.remote, bucket.policy)
+        if not tier or not 0 <= bucket.index < self.buckets:
+            return None
+        return lb_buckets(pol.load_balance, tier, self.buckets)[bucket.index]
+
+    def bucket_of(self, flow: FlowKey, remote: SiteId) -> Bucket:
+        """Where a dataplane sorts a new connection toward `remote`: the policy it matches (None: the
+        implicit default) and, for a balancing policy, its hash bucket (`plan.flow_bucket`)."""
+        pol = self.router.policy_for(flow)
+        name = None if pol is self.router.policy_named(None) else pol.name
+        index = 0 if pol.load_balance is LoadBalance.NONE else flow_bucket(flow, self.buckets)
+        return Bucket(remote, name, index)
 
     def displaced_slots(self) -> int:
         """Slots away from the path they started on, waiting to fail back (0 when the site is settled)."""
@@ -314,7 +343,8 @@ class SiteRuntime:
                    and info.origin is not None)
 
     def slot_path(self, slot: Slot) -> PathId | None:
-        return self.router.flow_path(slot)
+        """The plan's path for the connections of `slot` (None: stranded, or no such slot)."""
+        return self.router.flow_path(slot) if slot in self.slots else None
 
     @property
     def steering_held(self) -> bool:

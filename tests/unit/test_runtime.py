@@ -58,9 +58,14 @@ class Net:
 
     def perform(self, act: Actions) -> None:
         self.events += act.events
-        if act.plan is not None:
-            self.plan = act.plan
+        if act.replan:
+            self.plan = self.rt.plan()
             self.plans += 1
+            # the plan read in part says what the whole says
+            for b, pid in self.plan.new.items():
+                assert self.rt.new_path(b) == pid
+            for slot, pid in self.plan.slots.items():
+                assert self.rt.slot_path(slot) == pid
         for p in act.probes:
             if uplink_of(_path(p.path_id)) not in self.cut:
                 self.inflight.append((self.now + RTT[p.path_id], p.path_id, p.seq, self.now))

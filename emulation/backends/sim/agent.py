@@ -1,39 +1,40 @@
-"""One site's agent in virtual time: the agent's own `SiteLogic`, driven the way the asyncio agent drives it.
+"""One site's agent in virtual time: the agent's own site runtime, driven the way the asyncio agent drives it.
 
-What it does, mirroring `patronus.agent.daemon.Agent`:
-  * `pump(now)` whenever the core's `next_deadline()` is due (one simpy Timeout armed at a time; a
-    stale one is recognised by its token and ignored) and after every probe reply, then performs the
-    step: `SendProbe` → a probe crosses the path's links to the remote site's reflector and back
-    (`on_probe_reply(path, seq, sent_at, now)` when it returns); first misses (`ProbeLost`), status,
-    router and SLA events are published with the agent's fields; a routing change updates the steering.
-  * Steering: the agent steers per slot, we steer per flow (each scenario flow is one router flow,
-    classified by `Router.select_path` on its 5-tuple, so the policies match as they do in the kernel).
-    A flow is classified when it starts, or at the first routing change after that when no path was
-    usable yet; its packets then take `router.flow_path(key)` as applied by the last steering change
-    (None: stranded, the packet is lost). A change is applied `steering_latency_s` after the decision
-    (0 by default: no kernel here) and, when flows moved, published as `SteeringApplied` like the
-    agent's.
+What it does, mirroring `patronus.agent.daemon.Agent` (both are thin drivers of
+`patronus.core.runtime.SiteRuntime`):
+  * a step whenever the runtime's `next_deadline()` is due (one timer armed at a time; a stale one is
+    recognised by its token and ignored) and after every probe reply, then performs its actions:
+    `SendProbe` → a probe crosses the path's links to the remote site's reflector and back
+    (`on_probe_reply(path, seq, sent_at, now)` when it returns); events are published as the agent
+    publishes them; a steering plan is applied to the site's modelled dataplane.
+  * The dataplane is the kernel's, modelled: it holds the last plan applied (`plan`) and, per flow,
+    the slot its connection was put in. A flow's first packet is classified as nftables does it: the
+    policy it matches and, for a balancing policy, its hash bucket (`SiteRuntime.bucket_of`) give the
+    plan's path for new connections, and so its slot; its packets then take the slot's path in the
+    current plan (none: stranded, the packet is lost). A flow that finds no path for new connections
+    is classified again at the next plan. A plan is applied `steering_latency_s` after the decision
+    (0 by default: no kernel here) and, when it carries failovers or failbacks, published as
+    `SteeringApplied` like the agent's. The same runtime, the same plan, the same buckets: a policy
+    balances the same way on both backends.
   * Flow mode, between timeline steps: a probe whose links are fixed takes the network's shortcut (one
     event a round trip), and once its path is steady the path coasts: the core sends and answers its
     probes itself, with the links' round trip, until the round trip of the last would reach the next
     step (`_shortcut_home`). The run then costs a few events a path a second (reports, SLA) instead
     of two per probe, and says the same (tests/sim/test_sim_coast.py).
-  * Once a second, like the agent's periodic duty: the running flows are touched (so they never idle
-    out while they send) and the core is pumped.
   * Stop and start, as the real agent does them (`patronus.agent.adopt`):
     - `stop(cleanup=False)` is a graceful SIGTERM: the agent's logic stops (no probes, no decisions;
       replies still in flight are ignored) but the site's dataplane stays (`forwarding`): its flows
-      keep the path they were on, its reflector answers the peers' probes, and a flow that starts
-      meanwhile goes where the kernel's new-flow map pointed (the stopped agent's router, frozen).
+      keep their slot and path, its reflector answers the peers' probes, and a flow that starts
+      meanwhile goes where the last plan sends new connections.
     - `stop(cleanup=True)` also removes the dataplane: nothing more is reflected, sent or received at
       the site.
     - `spawned()`, then `start()` `startup_s` later (the engine waits: a real agent takes that long
       from its spawn to its first probe; `AGENT_STARTUP_S` is the measured default, a scenario's
-      `agent.startup` overrides it). A start runs a fresh `SiteLogic` (paths Down until probes bring
-      them up). Over a kept dataplane it holds the steering as the agent does
-      (`SiteLogic.hold_steering`) and then hands the router the flows where they are, with the origin
-      they had failed over from; over none the dataplane comes up with it and flows are classified
-      again.
+      `agent.startup` overrides it). A start runs a fresh runtime (paths Down until probes bring
+      them up). Over a kept dataplane it adopts the plan's slots as the agent adopts the kernel's
+      (`SiteRuntime.adopt`: the steering is held until every path has a verdict, then the router
+      takes the slots where they are, with the origin they had failed over from); over none the
+      dataplane comes up with it and flows are classified again.
 
 Clock: the core sees virtual seconds (scenario time); published events carry wall time `T0 + at`.
 """
@@ -46,24 +47,17 @@ from typing import TYPE_CHECKING, Any
 
 from emulation.backends.sim.network import FROM_CORE, PROBE_WIRE_BYTES, TO_CORE, Hops, later
 from patronus.agent.config import SiteConfig
-from patronus.core.events import (
-    Event,
-    Failback,
-    FailoverTriggered,
-    FlowAssigned,
-    FlowExpired,
-    FlowUnroutable,
-    ProbeLost,
-)
-from patronus.core.model import FlowKey, PathId, SiteId
-from patronus.core.site import SiteLogic, steering_hold_s
+from patronus.core.events import AgentStarted, Event
+from patronus.core.model import PathId, SiteId, Slot
+from patronus.core.plan import SteeringPlan
+from patronus.core.runtime import Actions, SiteRuntime
+from patronus.core.site import SiteLogic
 from patronus.core.sla import SlaMonitor
 
 if TYPE_CHECKING:
     from emulation.backends.sim.engine import Simulation
     from emulation.backends.sim.traffic import SimFlow
 
-HOUSEKEEPING_S = 1.0        # the agent's periodic duty (slot touches, a pump)
 # From `patronus agent` being spawned to its core running (its first probes), adopting a kept dataplane:
 # measured by `python -m benchmarks bench_agent_startup` (a netns lab, agents at the runner's nice -5, 12
 # graceful restarts; the agent's AgentStarted time minus its spawn time) on the 2-core VM: median 0.71 s,
@@ -106,11 +100,12 @@ class SimAgent:
         self.forwarding = False         # the site's dataplane is up (tunnels, steering, reflector)
         self.spawn_token = 0            # which spawn a pending start belongs to (a stop cancels it)
         self.generation = 0
-        self.logic: SiteLogic | None = None
-        # a kept dataplane: the stopped agent's router (the kernel's new-flow map, frozen) and, per flow
-        # it steers, the origin it had failed over from (what the next agent adopts)
-        self._frozen: SiteLogic | None = None
-        self._origins: dict[FlowKey, PathId | None] = {}
+        self.runtime: SiteRuntime | None = None
+        self.logic: SiteLogic | None = None      # the runtime's, while the agent runs
+        # the dataplane (kept across a graceful stop): the last plan applied, and the runtime whose
+        # policies the kernel's classifier holds
+        self.plan: SteeringPlan | None = None
+        self._classifier: SiteRuntime | None = None
         net = sim.net
         self.paths: dict[PathId, SimPath] = {}
         for p in cfg.paths:
@@ -125,7 +120,6 @@ class SimAgent:
         self._timer_token = 0
         self._timer_at: float | None = None
         self._now = -math.inf
-        self._unroutable: set[FlowKey] = set()
         self._probes_asked = 0          # probes the core asked for (SendProbe)
         self._probes_coasted = 0        # probes coasted by the cores of earlier runs of this agent
 
@@ -145,28 +139,26 @@ class SimAgent:
         if self.running:
             return
         cfg = self.cfg
-        adopting = self.forwarding
+        adopting = self.forwarding           # over a kept dataplane
         self.running = True
         self.forwarding = True
         self.sim.set_forwarding(self.name, now, True)
         self.generation += 1
         self._now = max(self._now, now)
-        self.logic = SiteLogic(cfg.name, cfg.monitor, cfg.router, SlaMonitor(cfg.sla), cfg.policies)
-        for path in cfg.core_paths():
-            self.logic.add_path(path, now)
-        for r in cfg.remotes:
-            self.logic.set_site_prefixes(r.name, r.prefixes)
-        self._unroutable.clear()
-        if adopting and any(f.classified for f in self.flows):
-            self.logic.hold_steering(now + steering_hold_s(cfg.monitor))
+        rt = SiteRuntime(cfg.name, cfg.core_paths(), {r.name: r.prefixes for r in cfg.remotes},
+                         profile=cfg.monitor, router=cfg.router, sla=SlaMonitor(cfg.sla), policies=cfg.policies,
+                         now=now)
+        self.runtime = rt
+        self.logic = rt.logic
+        self._classifier = rt
+        flows = sum(f.classified for f in self.flows)
+        if adopting and self.plan is not None and flows:
+            rt.adopt(self.plan.slots, now)      # the kernel steers as the last agent left it meanwhile
         else:
-            self._frozen = None
-            self._origins.clear()
-        self.publish({"kind": "AgentStarted", "at": self.sim.wall(now), "site": cfg.name, "paths": len(cfg.paths),
-                      "wireguard_backend": "none", "steering": cfg.steering,
-                      "adopted": {"flows": sum(f.classified for f in self.flows)} if adopting else None})
+            self.plan = None
+        self._publish_event(AgentStarted(at=now, site=cfg.name, paths=len(cfg.paths), wireguard_backend="none",
+                                         steering=cfg.steering, adopted={"flows": flows} if adopting else None))
         self._pump(now)
-        self._housekeeping(self.generation)
 
     def stop(self, now: float, cleanup: bool = False) -> None:
         """SIGTERM: graceful (the dataplane stays) or, with `cleanup`, the dataplane goes too."""
@@ -176,25 +168,21 @@ class SimAgent:
             self.generation += 1
             self._timer_token += 1
             self._timer_at = None
-            logic = self.logic
-            assert logic is not None
+            logic, rt = self.logic, self.runtime
+            assert logic is not None and rt is not None
             logic.monitor.sync(now)
             self._probes_coasted += logic.monitor.coasted_probes
-            if not logic.steering_held:          # stopped within a hold: what it adopted stays as it was
-                self._frozen = logic
-                self._origins = {}
-                for f in self.flows:
-                    info = logic.router.flow_info(f.key) if f.classified else None
-                    if info is not None:
-                        self._origins[f.key] = info.origin
+            if not rt.steering_held:     # stopped within a hold: the plan it adopted stays as it was
+                self.plan = rt.plan()    # the kernel's maps, as the agent leaves them
+            self.runtime = None
             self.logic = None
         if cleanup and self.forwarding:
             self.forwarding = False
             self.sim.set_forwarding(self.name, now, False)
-            self._frozen = None
-            self._origins.clear()
+            self.plan = None
             for f in self.flows:
                 f.classified = False
+                f.slot = None
                 f.set_path(None, now)
 
     # -- events ------------------------------------------------------------------------------------
@@ -203,11 +191,7 @@ class SimAgent:
         self.events.append(d)
 
     def _publish_event(self, ev: Event) -> None:
-        d = _finite(ev.as_dict())
-        d["at"] = self.sim.wall(ev.at)
-        if isinstance(ev, ProbeLost):
-            d["sent_at"] = self.sim.wall(ev.sent_at)
-        self.publish(d)
+        self.publish(_finite(ev.as_dict(self.sim.wall(0.0))))
 
     # -- the core loop -----------------------------------------------------------------------------
 
@@ -220,44 +204,22 @@ class SimAgent:
         return now
 
     def _pump(self, now: float) -> None:
-        logic = self.logic
-        assert logic is not None
-        step = logic.pump(now)
-        for probe in step.probes:
+        rt = self.runtime
+        assert rt is not None
+        self._perform(rt.pump(now), now)
+
+    def _perform(self, act: Actions, now: float) -> None:
+        for probe in act.probes:
             self._send_probe(probe.path_id, probe.seq, now)
-        for lost in step.lost:
-            self._publish_event(lost)
-        for sc in step.status:
-            self._publish_event(sc)
-        for ev in step.router:
-            if isinstance(ev, FlowUnroutable):
-                if ev.flow in self._unroutable:
-                    continue
-                self._unroutable.add(ev.flow)
-            elif isinstance(ev, FlowAssigned):
-                self._unroutable.discard(ev.flow)
-            elif isinstance(ev, FlowExpired):
-                for f in self.flows:
-                    if f.key == ev.flow:
-                        f.classified = False
+        for ev in act.events:
             self._publish_event(ev)
-        for sev in step.sla:
-            self._publish_event(sev)
-        trigger = step.router
-        if step.released:
-            self._adopt_flows(now)
-            adopted = logic.router.drain_events()
-            for ev in adopted:
-                if not isinstance(ev, FlowAssigned):
-                    self._publish_event(ev)
-            trigger = trigger + adopted
-        if step.routing_changed:
-            self._steer(now, trigger)
+        if act.replan:
+            self._replan(act.moves, now)
         self._arm()
 
     def _arm(self) -> None:
-        assert self.logic is not None
-        when = self.logic.next_deadline()
+        assert self.runtime is not None
+        when = self.runtime.next_deadline()
         if when is None or (self._timer_at is not None and self._timer_at <= when):
             return
         self._timer_token += 1
@@ -272,27 +234,15 @@ class SimAgent:
         now = self._clock()
         if now < when:          # float rounding of the timeout: never hand the core a time before its deadline
             now = self._now = when
-        logic = self.logic
-        assert logic is not None
-        due = logic.next_deadline()
-        if (due is None or due > now) and not logic.has_news():
+        rt = self.runtime
+        assert rt is not None
+        due = rt.next_deadline()
+        if (due is None or due > now) and not rt.has_news():
             # the deadline this timer was armed for went away (a reply came before its probe's timeout):
-            # nothing to fire, so no pump; arm for the next one
+            # nothing to fire, so no step; arm for the next one
             self._arm()
             return
-        self._pump(now)
-
-    def _housekeeping(self, generation: int) -> None:
-        if generation != self.generation:
-            return
-        now = self._clock()
-        assert self.logic is not None
-        router = self.logic.router
-        for f in self.flows:
-            if f.classified and f.active:
-                router.touch(f.key, now)
-        self._pump(now)
-        later(self.env, HOUSEKEEPING_S, self._housekeeping, generation)
+        self._perform(rt.on_timer(now, when), now)
 
     # -- probes ------------------------------------------------------------------------------------
 
@@ -326,12 +276,12 @@ class SimAgent:
         if self.generation != generation:
             return          # the agent that sent it is gone
         now = self._clock()
-        logic = self.logic
-        assert logic is not None
-        logic.on_probe_reply(path_id, seq, sent_at, now)
-        # Most replies change nothing a pump would act on (the armed timer fires what falls due, even
-        # at `now`); skipping their pump is a third of the simulator's time at 1,000 sites.
-        if logic.has_news():
+        rt = self.runtime
+        assert rt is not None
+        rt.on_probe_reply(path_id, seq, sent_at, now)
+        # Most replies change nothing a step would act on (the armed timer fires what falls due, even
+        # at `now`); skipping their step is a third of the simulator's time at 1,000 sites.
+        if rt.has_news():
             self._pump(now)
         else:
             self._arm()
@@ -366,73 +316,55 @@ class SimAgent:
     # -- steering ----------------------------------------------------------------------------------
 
     def flow_started(self, f: SimFlow) -> None:
-        """A flow's first packet: the kernel classifies it (if a path is usable)."""
-        now = self._clock()
-        if self.running and self.logic is not None and not self.logic.steering_held:
-            if self._classify(f, now):
-                self._pump(now)
-        elif self.forwarding and self._frozen is not None:
-            # no agent decides now: the kernel's new-flow map, as the last agent left it, classifies it
-            pid = self._frozen.router.select_path(f.key, now) if self.cfg.steering != "none" else None
-            if pid is not None:
-                f.classified = True
-                f.set_path(pid, now)
-                f.pending_path = pid
-                self._origins[f.key] = None
-                info = self._frozen.router.flow_info(f.key)
-                if f.policy is None and info is not None:
-                    f.policy = info.policy
+        """A flow's first packet: the dataplane classifies it (if the plan has a path for it)."""
+        if self.forwarding:
+            self._classify(f, self._clock())
 
-    def _adopt_flows(self, now: float) -> None:
-        """The steering hold is over: the router takes the flows where the kernel has them (as the
-        agent takes its slots), with the origin each had failed over from."""
-        assert self.logic is not None
-        router = self.logic.router
-        for f in self.flows:
-            if f.classified and f.pending_path is not None:
-                router.place(f.key, f.pending_path, now, site=SiteId(f.dst_site), policy=f.policy,
-                             origin=self._origins.get(f.key))
-            elif f.classified:
-                f.classified = False        # stranded when the agent stopped: classified afresh
-        self._frozen = None
-        self._origins.clear()
+    def _live(self) -> SiteRuntime | None:
+        """The runtime whose plan the dataplane follows now (None: it keeps the plan it was left)."""
+        rt = self.runtime
+        return rt if rt is not None and not rt.steering_held else None
 
     def _classify(self, f: SimFlow, now: float) -> bool:
-        """Give an unclassified running flow its router flow, if a path toward its site is usable.
-        Returns True if it got one."""
-        assert self.logic is not None
-        if self.cfg.steering == "none":
+        """Put an unclassified flow in its slot by the dataplane's plan, as the kernel does a new
+        connection's first packet. Returns True if the plan had a path for it."""
+        classifier = self._classifier
+        if classifier is None or self.cfg.steering == "none":
             return False        # no steering: nothing carries LAN traffic into the tunnels
-        router = self.logic.router
-        if router.preview(SiteId(f.dst_site)) is None:
-            return False        # no usable path at all: the kernel drops it, the router hears nothing
-        pid = router.select_path(f.key, now)
+        bucket = classifier.bucket_of(f.key, SiteId(f.dst_site))
+        live = self._live()
+        if live is not None:
+            pid = live.new_path(bucket)
+        else:
+            pid = self.plan.new.get(bucket) if self.plan is not None else None
         if pid is None:
-            return False
+            return False        # no usable path toward its site: the kernel drops it
         f.classified = True
-        f.set_path(pid, now)    # the kernel's new-flow map already points there
-        f.pending_path = pid
-        info = router.flow_info(f.key)
-        if f.policy is None and info is not None:
-            f.policy = info.policy
+        f.slot = Slot(bucket.remote, bucket.policy, pid)
+        if f.policy is None:
+            f.policy = bucket.policy if bucket.policy is not None else "implicit-default"
+        path = live.slot_path(f.slot) if live is not None else self.plan.slots.get(f.slot) if self.plan else None
+        f.set_path(pid if path is None else path, now)
+        f.pending_path = f.path
         return True
 
-    def _steer(self, now: float, trigger: list[Event]) -> None:
-        assert self.logic is not None
-        if self.logic.steering_held:
-            return              # the kernel steers as the previous agent left it
-        router = self.logic.router
+    def _replan(self, moves: list[Event], now: float) -> None:
+        """The dataplane follows the runtime's plan again (read for the slots and buckets its flows use),
+        `steering_latency_s` after the decision."""
+        rt = self._live()
+        assert rt is not None
+        self.plan = None                     # a kept plan is the live one's from here on
         for f in self.flows:
             if f.active and not f.classified:
                 self._classify(f, now)
         changes: list[tuple[SimFlow, PathId | None]] = []
         for f in self.flows:
-            if f.classified:
-                pid = router.flow_path(f.key)
+            if f.classified and f.slot is not None:
+                pid = rt.slot_path(f.slot)
                 if pid != f.pending_path:
                     changes.append((f, pid))
                     f.pending_path = pid
-        if not changes:
+        if not changes and not moves:
             return
         self.steering_changes += 1
         latency = self.sim.options.steering_latency_s
@@ -448,14 +380,9 @@ class SimAgent:
         else:
             for f, pid in changes:
                 f.set_path(pid, now)
-        moves = [e for e in trigger if isinstance(e, FailoverTriggered | Failback)]
-        if moves:
-            first = min(e.at for e in moves)
-            # the model switches the flows at one instant: the transaction begins and ends at `done`
-            self.publish({"kind": "SteeringApplied", "at": self.sim.wall(done), "begun_at": self.sim.wall(done),
-                          "moves": len(moves),
-                          "latency_ms": round((done - first) * 1000, 3),
-                          "paths": sorted({str(e.to_path) for e in moves})})
+        applied = rt.steering_applied(moves, done, done)   # the model switches at one instant
+        if applied is not None:
+            self._publish_event(applied)
 
     # -- sampling ----------------------------------------------------------------------------------
 

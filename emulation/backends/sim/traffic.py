@@ -47,7 +47,7 @@ from emulation.backends.sim.network import TUNNEL_UDP_OVERHEAD_BYTES, later
 from emulation.links.impairment import DIST_TABLE_SIZE, NETEM_DIST_SCALE, dist_table
 from emulation.scenario.model import Flow, FlowType, LinkSettings, Scenario
 from emulation.siteconf import host_address
-from patronus.core.model import FlowKey, PathId
+from patronus.core.model import FlowKey, PathId, Slot
 
 if TYPE_CHECKING:
     from emulation.backends.sim.agent import SimAgent
@@ -122,6 +122,7 @@ class SimFlow:
         # steering
         self.active = False
         self.classified = False
+        self.slot: Slot | None = None              # the dataplane's slot of its connection, once classified
         self.policy: str | None = None             # the router policy that first classified it
         self.path: PathId | None = None            # applied: what its packets take
         self.pending_path: PathId | None = None    # decided, maybe not applied yet
