@@ -12,9 +12,10 @@ Two sites, hq and branch, joined by two paths: `isp1` (fiber: 12 ms RTT, 1 Gbit/
   t=45 s   end
 
 The probes, their replies, timeouts and losses are simulated here (a deterministic random generator
-seeded by `seed`); everything else, from RTT windows and scores to failover decisions, is the real
-`patronus.core` code that the agent runs. The loop is the same shape as every driver's: deliver what
-is due, call `on_timer(now)`, perform the actions, route the events.
+seeded by `seed`); everything else, from RTT windows and scores to failover decisions and the slots
+the flows are steered in, is the site runtime (`patronus.core.runtime.SiteRuntime`) that the agent and
+the simulator run. The loop is the same shape as every driver's: deliver what is due, take a step,
+perform its actions (send the probes, show the events, steer by the plan).
 """
 
 from __future__ import annotations
@@ -29,17 +30,13 @@ from patronus.core.events import (
     Event,
     Failback,
     FailoverTriggered,
-    FlowAssigned,
-    PathMetricsUpdated,
     PathStatusChanged,
-    SendProbe,
     SlaRestored,
     SlaViolated,
 )
-from patronus.core.model import FlowKey, Path, PathId, PathStatus, RouteKey, SiteId
-from patronus.core.monitor import PROFILES, MonitorProfile, PathMonitor
-from patronus.core.router import Router
-from patronus.core.sla import SlaMonitor
+from patronus.core.model import EndpointId, FlowKey, Path, PathId, PathStatus, SiteId, Slot
+from patronus.core.monitor import PROFILES, MonitorProfile
+from patronus.core.runtime import SiteRuntime
 
 
 @dataclass
@@ -108,91 +105,85 @@ def run(seed: int = 1, profile: MonitorProfile | None = None,
     say = on_line or (lambda t, kind, text, data: None)
     links = {ISP1: Link(rtt_s=0.012), ISP2: Link(rtt_s=0.045, jitter_s=0.004)}
     names = {ISP1: "isp1", ISP2: "isp2"}
-    monitor = PathMonitor(profile)
-    router = Router()
-    sla = SlaMonitor()
-    router.set_site_prefixes(BRANCH, ["10.2.0.0/16"])
-    for pid, cost, bw in ((ISP1, 0.01, 1000.0), (ISP2, 0.10, 50.0)):
-        monitor.add_path(pid, 0.0, cost_per_gb=cost, bandwidth_mbps=bw)
-        router.add_path(Path(pid, HQ, BRANCH, cost_per_gb=cost, bandwidth_mbps=bw), 0.0)
+    paths = [Path(pid, HQ, BRANCH, EndpointId(f"hq:{names[pid]}"), EndpointId(f"branch:{names[pid]}"),
+                  cost_per_gb=cost, bandwidth_mbps=bw) for pid, cost, bw in ((ISP1, 0.01, 1000.0), (ISP2, 0.10, 50.0))]
+    rt = SiteRuntime("hq", paths, {BRANCH: ["10.2.0.0/16"]}, profile=profile)
     script = _script(links)
-    replies: list[tuple[float, int, PathId, int]] = []
+    replies: list[tuple[float, int, PathId, int, float]] = []
     tie = 0
     result = DemoResult()
-    flows_started = False
+    slot_of: dict[str, Slot] = {}          # flow name -> the slot the dataplane put its connection in
     last_table = -1.0
     now = 0.0
 
     def path_name(pid: PathId | None) -> str:
         return names.get(pid, "no path") if pid is not None else "no path"
 
-    def flow_name(flow: RouteKey) -> str:
-        return next((n for n, k in FLOWS.items() if k == flow), str(flow))
+    def flows_in(slot: object) -> list[str]:
+        return [n for n, s in slot_of.items() if s == slot]
 
     while now < END_AT:
-        candidates = [t for t in (monitor.next_deadline(), router.next_deadline(), sla.next_deadline(),
-                                  replies[0][0] if replies else None, script[0][0] if script else None,
-                                  None if flows_started else 1.0) if t is not None]
-        now = min([*candidates, END_AT])
+        due = rt.next_deadline()
+        candidates = [t for t in (due, replies[0][0] if replies else None, script[0][0] if script else None,
+                                  1.0 if now < 1.0 else None) if t is not None]
+        now = max(now, min([*candidates, END_AT]))
         while script and script[0][0] <= now:
             _, label, action = script.pop(0)
             action()
             if label:
                 say(now, "script", label, {})
         while replies and replies[0][0] <= now:
-            _, _, pid, seq = heapq.heappop(replies)
-            monitor.on_probe_reply(pid, seq, None, now)
-        monitor.on_timer(now)
-        sla.on_timer(now)
-        router.on_timer(now)
-        if not flows_started and now >= 1.0:
-            flows_started = True
-            for flow in FLOWS.values():
-                router.select_path(flow, now)
-        for ev in monitor.drain_events():
-            if isinstance(ev, SendProbe):
-                link = links[ev.path_id]
-                if link.cut or rng.random() < link.loss_ratio:
-                    sla.record_probe(ev.path_id, None, now)
-                    continue
-                rtt = max(link.rtt_s * 0.5, link.rtt_s + rng.gauss(0.0, link.jitter_s))
-                tie += 1
-                heapq.heappush(replies, (now + rtt, tie, ev.path_id, ev.seq))
-                sla.record_probe(ev.path_id, rtt * 1e3, now)
-                continue
-            router.handle(ev)
+            _, _, pid, seq, sent = heapq.heappop(replies)
+            rt.on_probe_reply(pid, seq, sent, now)
+        act = rt.on_timer(now, due) if due is not None and due <= now else rt.pump(now)
+        for probe in act.probes:
+            link = links[probe.path_id]
+            if link.cut or rng.random() < link.loss_ratio:
+                continue                      # lost: the monitor times it out
+            rtt = max(link.rtt_s * 0.5, link.rtt_s + rng.gauss(0.0, link.jitter_s))
+            tie += 1
+            heapq.heappush(replies, (now + rtt, tie, probe.path_id, probe.seq, now))
+        if len(slot_of) < len(FLOWS) and now >= 1.0:
+            # the flows' first packets (from t = 1 s, again until a path is usable): classified as the
+            # kernel does it, by the plan's path for new connections, into their slots
+            for name, flow in FLOWS.items():
+                bucket = rt.bucket_of(flow, BRANCH)
+                first = rt.new_path(bucket) if name not in slot_of else None
+                if first is not None:
+                    slot_of[name] = Slot(bucket.remote, bucket.policy, first)
+                    say(now, "route", f"{name} [{bucket.policy or 'implicit-default'}] → {path_name(first)}", {})
+        for ev in act.events:
             result.events.append(ev)
-            if isinstance(ev, PathStatusChanged):
-                if ev.new is PathStatus.DOWN and now > CUT_AT and result.detection_s is None:
-                    result.detection_s = now - CUT_AT
-                say(now, "status", f"{path_name(ev.path_id)}: {ev.old.value} → {ev.new.value} ({ev.reason})",
-                    {"path": ev.path_id, "score": ev.metrics.score if ev.metrics else None})
-            elif isinstance(ev, PathMetricsUpdated) and now - last_table >= 2.0 - 1e-9:
-                last_table = now
-                rows = {path_name(p): (router.path_status(p).value, router.path_metrics(p)) for p in (ISP1, ISP2)}
-                say(now, "metrics", "", {"paths": rows})
-        for ev in sla.drain_events():
-            result.events.append(ev)
-            if isinstance(ev, SlaViolated):
-                say(now, "sla", f"SLA violated on {path_name(PathId(ev.subject))}: {', '.join(ev.violations)} "
-                                f"(p95 {ev.latency_ms:.0f} ms, loss {ev.loss_pct:.1f} %, jitter {ev.jitter_ms:.0f} ms)",
-                    {})
-            elif isinstance(ev, SlaRestored):
-                say(now, "sla", f"SLA restored on {path_name(PathId(ev.subject))} after {ev.violated_for_s:.1f} s", {})
-        for ev in router.drain_events():
-            result.events.append(ev)
-            if isinstance(ev, FlowAssigned):
-                say(now, "route", f"{flow_name(ev.flow)} [{ev.policy}] → {path_name(ev.path_id)}", {})
-            elif isinstance(ev, FailoverTriggered):
-                if ev.from_path == ISP1 and now >= CUT_AT and now < RESTORE_AT:
-                    result.failover_s = now - CUT_AT
-                say(now, "failover", f"{flow_name(ev.flow)} [{ev.policy}] {path_name(ev.from_path)} → "
-                                     f"{path_name(ev.to_path)} ({ev.reason.value})", {})
-            elif isinstance(ev, Failback):
-                result.failbacks += 1
-                say(now, "failback", f"{flow_name(ev.flow)} [{ev.policy}] {path_name(ev.from_path)} → "
-                                     f"{path_name(ev.to_path)} (hold time passed)", {})
-        for flow in FLOWS.values():
-            router.touch(flow, now)     # the flows keep sending
-    result.final_paths = {name: path_name(router.flow_path(flow)) for name, flow in FLOWS.items()}
+            _show(ev, now, result, say, path_name, flows_in)
+        if now - last_table >= 2.0 - 1e-9:
+            last_table = now
+            rows = {path_name(p): (rt.logic.status(p).value, rt.monitor.metrics(p, now)) for p in (ISP1, ISP2)}
+            say(now, "metrics", "", {"paths": rows})
+    result.final_paths = {name: path_name(rt.slot_path(slot)) for name, slot in slot_of.items()}
     return result
+
+
+def _show(ev: Event, now: float, result: DemoResult, say: Callable[[float, str, str, dict[str, Any]], None],
+          path_name: Callable[[PathId | None], str], flows_in: Callable[[object], list[str]]) -> None:
+    """One event as the demo's lines (a slot's move is told for each demo flow in it)."""
+    if isinstance(ev, PathStatusChanged):
+        if ev.new is PathStatus.DOWN and now > CUT_AT and result.detection_s is None:
+            result.detection_s = now - CUT_AT
+        say(now, "status", f"{path_name(ev.path_id)}: {ev.old.value} → {ev.new.value} ({ev.reason})",
+            {"path": ev.path_id, "score": ev.metrics.score if ev.metrics else None})
+    elif isinstance(ev, SlaViolated):
+        say(now, "sla", f"SLA violated on {path_name(PathId(ev.subject))}: {', '.join(ev.violations)} "
+                        f"(p95 {ev.latency_ms:.0f} ms, loss {ev.loss_pct:.1f} %, jitter {ev.jitter_ms:.0f} ms)", {})
+    elif isinstance(ev, SlaRestored):
+        say(now, "sla", f"SLA restored on {path_name(PathId(ev.subject))} after {ev.violated_for_s:.1f} s", {})
+    elif isinstance(ev, FailoverTriggered):
+        if ev.from_path == ISP1 and CUT_AT <= now < RESTORE_AT:
+            result.failover_s = now - CUT_AT
+        for name in flows_in(ev.flow):
+            say(now, "failover", f"{name} [{ev.policy}] {path_name(ev.from_path)} → {path_name(ev.to_path)} "
+                                 f"({ev.reason.value})", {})
+    elif isinstance(ev, Failback):
+        result.failbacks += len(flows_in(ev.flow))      # the demo's flows that failed back
+        for name in flows_in(ev.flow):
+            say(now, "failback", f"{name} [{ev.policy}] {path_name(ev.from_path)} → {path_name(ev.to_path)} "
+                                 "(hold time passed)", {})
