@@ -538,6 +538,11 @@ class Runner:
                     continue
                 for e in events:
                     fh.write(json.dumps({**e, "site": site}, sort_keys=True) + "\n")
+        plans: dict[str, Any] = {}
+        for site in self.net.sites:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                plans[site] = self._api(site, "/steering")      # the plan each dataplane follows at the end
+        (self.raw / "steering.json").write_text(json.dumps(plans, indent=1, sort_keys=True) + "\n")
         tcp_rows, http_rows = [], []
         for f in self.flows:
             ip = self.raw / "traffic" / f"{f.name}.iperf.json"

@@ -119,6 +119,11 @@ class AgentControl(Protocol):
         """{"nodes": [...], "links": [...]}."""
         ...
 
+    def steering_plan(self) -> dict[str, Any]:
+        """The steering plan the dataplane follows: {"held": bool, "buckets": n, "new": [{remote, policy,
+        bucket, path}], "slots": [{remote, policy, origin, path}]} (`patronus.core.plan`)."""
+        ...
+
     async def test_path(self, path_id: str, probes: int, bandwidth: bool) -> dict[str, Any]:
         """Run an on-demand test; KeyError for an unknown path, ValueError for bad arguments."""
         ...
@@ -473,6 +478,10 @@ def create_app(agent: AgentControl, token: str) -> FastAPI:
     @app.get(f"{p}/topology", tags=["site"])
     async def get_topology() -> Response:
         return _ok(agent.topology())
+
+    @app.get(f"{p}/steering", tags=["flows"])
+    async def get_steering() -> Response:
+        return _ok(agent.steering_plan())
 
     @app.get(f"{p}/events", tags=["events"])
     async def get_events(limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 100) -> Response:

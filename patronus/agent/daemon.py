@@ -851,6 +851,10 @@ class Agent:
                   "score": self.monitor.metrics(p.id, now).score} for p in self.cfg.paths]
         return {"nodes": nodes, "links": links}
 
+    def steering_plan(self) -> dict[str, Any]:
+        rt = self.runtime
+        return {"held": rt.steering_held, "buckets": rt.buckets, **rt.plan().as_dict()}
+
     async def test_path(self, path_id: str, probes: int, bandwidth: bool) -> dict[str, Any]:
         from patronus.agent.ondemand import test_path
 

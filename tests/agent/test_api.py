@@ -105,6 +105,12 @@ class FakeAgent:
     def topology(self) -> dict[str, Any]:
         return {"nodes": [{"id": "hq"}, {"id": "branch"}], "links": [{"a": "hq", "b": "branch", "path": "x"}]}
 
+    def steering_plan(self) -> dict[str, Any]:
+        return {"held": False, "buckets": 16,
+                "new": [{"remote": "branch", "policy": None, "bucket": 0, "path": "branch:isp1-isp1"}],
+                "slots": [{"remote": "branch", "policy": None, "origin": "branch:isp1-isp1",
+                           "path": "branch:isp2-isp1"}]}
+
     async def test_path(self, path_id: str, probes: int, bandwidth: bool) -> dict[str, Any]:
         if path_id not in {p["id"] for p in self.paths}:
             raise KeyError(path_id)
@@ -205,6 +211,7 @@ ROUTES = [
     ("DELETE", f"{P}/policies/{{name}}", None),
     ("GET", f"{P}/flows", None),
     ("GET", f"{P}/topology", None),
+    ("GET", f"{P}/steering", None),
     ("GET", f"{P}/events", None),
     ("GET", f"{P}/openapi.json", None),
     ("GET", "/metrics", None),
@@ -269,6 +276,13 @@ def test_health_is_open(anon: TestClient) -> None:
 
 
 # --- reading ------------------------------------------------------------------------------------------
+
+
+def test_steering_shows_the_plan_the_dataplane_follows(client: TestClient) -> None:
+    got = client.get(f"{P}/steering").json()
+    assert got["held"] is False and got["buckets"] == 16
+    assert got["slots"] == [{"remote": "branch", "policy": None, "origin": "branch:isp1-isp1",
+                             "path": "branch:isp2-isp1"}]
 
 
 def test_site_topology_and_paths(client: TestClient) -> None:

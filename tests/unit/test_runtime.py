@@ -123,6 +123,11 @@ def test_a_cut_moves_the_slots_of_the_cut_paths_and_new_connections_with_them() 
     assert isinstance(applied, SteeringApplied) and applied.moves == len(moves)
     assert applied.latency_ms == pytest.approx((net.now + 0.001 - min(e.at for e in moves)) * 1000, abs=1e-3)
     assert net.rt.steering_applied([], 1.0, 2.0) is None
+    table = plan.as_dict()
+    assert len(table["slots"]) == len(plan.slots) and table["slots"] == sorted(
+        table["slots"], key=lambda r: (r["remote"], r["policy"] or "", r["origin"]))
+    moved = next(r for r in table["slots"] if r["origin"] == "br:isp1-isp1")
+    assert moved["path"] == plan.slots[Slot(BR, moved["policy"], PathId("br:isp1-isp1"))]
     d = moves[0].as_dict(clock_offset=100.0)
     assert "flow" not in d and d["slot"]["remote"] == "br" and d["at"] == pytest.approx(moves[0].at + 100.0)
 

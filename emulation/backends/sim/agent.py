@@ -49,7 +49,7 @@ from emulation.backends.sim.network import FROM_CORE, PROBE_WIRE_BYTES, TO_CORE,
 from patronus.agent.config import SiteConfig
 from patronus.core.events import AgentStarted, Event
 from patronus.core.model import PathId, SiteId, Slot
-from patronus.core.plan import SteeringPlan
+from patronus.core.plan import LB_BUCKETS, SteeringPlan
 from patronus.core.runtime import Actions, SiteRuntime
 from patronus.core.site import SiteLogic
 from patronus.core.sla import SlaMonitor
@@ -383,6 +383,13 @@ class SimAgent:
         applied = rt.steering_applied(moves, done, done)   # the model switches at one instant
         if applied is not None:
             self._publish_event(applied)
+
+    def steering_plan(self) -> dict[str, Any]:
+        """The plan the modelled dataplane follows, as the agent's `GET /steering` gives it."""
+        rt = self._live()
+        plan = rt.plan() if rt is not None else self.plan if self.plan is not None else SteeringPlan()
+        return {"held": self.runtime is not None and self.runtime.steering_held, "buckets": LB_BUCKETS,
+                **plan.as_dict()}
 
     # -- sampling ----------------------------------------------------------------------------------
 

@@ -389,6 +389,7 @@ class Simulation:
             (agents_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
         write_csv(raw / "timeline.csv", ["at_s", "applied_at", "action", "target", "params"], self.timeline_rows)
         write_events(raw / "events.jsonl", ((name, a.events) for name, a in self.agents.items()))
+        write_json(raw / "steering.json", {name: a.steering_plan() for name, a in self.agents.items()})
         if self.tcp:
             write_csv(raw / "tcp.csv", ["flow", "at", "bits_per_second"], self.tcp)
         if self.http:
