@@ -32,7 +32,8 @@ from typing import Any
 
 from benchmarks.common import write
 from emulation.backends.sim.agent import SimAgent
-from emulation.backends.sim.engine import SimOptions, Simulation, WallBudgetExceeded
+from emulation.backends.sim.engine import Simulation, WallBudgetExceeded
+from emulation.backends.sim.network import SimOptions
 from emulation.backends.sim.synthetic import regional_mesh_doc
 from emulation.report import write_reports
 from emulation.scenario import Scenario, from_dict

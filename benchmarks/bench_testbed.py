@@ -54,9 +54,9 @@ def _leftovers() -> list[str]:
 
 
 def failover_basic(tmp: Path) -> dict[str, Any]:
-    from emulation.scenario import load
+    from emulation.scenario import load, with_overrides
 
-    sc = load(ROOT / "scenarios" / "failover-basic.yaml").with_overrides(SHORT)
+    sc = with_overrides(load(ROOT / "scenarios" / "failover-basic.yaml"), SHORT)
     path = tmp / "failover-basic-short.yaml"
     path.write_text(sc.to_yaml())
     out = tmp / "fb"

@@ -36,6 +36,7 @@ from emulation.backends.mininet_net import MininetNet, NetSpec, SiteSpec, Uplink
 from emulation.platform import CpuWatch, PlatformLog
 from emulation.platform import summarize as summarize_platform
 from emulation.platform import write_csv as write_platform_csv
+from emulation.scenario.timeline import schedule
 from emulation.siteconf import expectations_doc, monitors_doc, site_document, sla_targets_doc
 from emulation.stallwatch import REPORT_MS, StallWatch
 from patronus.agent.keys import generate_private_key, public_key
@@ -687,7 +688,7 @@ class Runner:
             for i, f in enumerate(self.flows):
                 actions.append((f.start_s - SENDER_LEAD_S if f.udp else f.start_s, i, f"start {f.name}",
                                 lambda f=f: self.start_sender(f)))  # type: ignore[misc]
-            for j, step in enumerate(self.sc.schedule()):
+            for j, step in enumerate(schedule(self.sc)):
                 label = f"{self.sc.timeline[step.event].action} {step.link if hasattr(step, 'link') else step.site}"
                 actions.append((step.at_s, 10_000 + j, label,
                                 lambda st=step: self.apply_step(st)))  # type: ignore[misc]

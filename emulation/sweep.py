@@ -75,6 +75,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from emulation.measure.load import load_run
+from emulation.scenario.loader import with_overrides
 from emulation.scenario.model import Scenario
 from patronus.core.errors import ConfigError
 from patronus.core.probe import BASE_LEN
@@ -378,7 +380,7 @@ def plan_sweep(scenario: Scenario, params: Sequence[Param]) -> SweepPlan:
     for p in good:
         for text, value in zip(p.texts, p.values, strict=True):
             try:
-                scenario.with_overrides(point_overrides(scenario, {p.name: value}, doc=doc))
+                with_overrides(scenario, point_overrides(scenario, {p.name: value}, doc=doc))
             except ConfigError as exc:
                 errors += [e for e in _errors_of(exc, p.name, text, _is_shorthand(p.name)) if e not in errors]
     size = math.prod(len(p.values) for p in params)
@@ -396,7 +398,7 @@ def plan_sweep(scenario: Scenario, params: Sequence[Param]) -> SweepPlan:
         overrides = point_overrides(scenario, {p.name: v for p, (_, v) in zip(params, combo, strict=True)}, doc=doc)
         label = ", ".join(f"{n}={v}" for n, v in assignment)
         try:
-            point_scenario = scenario.with_overrides(overrides)
+            point_scenario = with_overrides(scenario, overrides)
         except ConfigError as exc:
             for path, reason in exc.errors:
                 errors.append((f"point {i} ({label})", f"{path}: {reason}" if path else reason))
@@ -457,11 +459,10 @@ def explain_window(scenario: Scenario) -> float:
 
 def false_events(directory: Path, window_s: float) -> tuple[int, int]:
     """(false failovers, false path downs) of a run directory; see the module docstring."""
-    from emulation.measure.rundata import RunData
     from emulation.measure.timeline import edges
     from patronus.core.units import parse_duration
 
-    run = RunData.load(directory)
+    run = load_run(directory)
     spans = []
     for e in edges(run):
         end = e.applied_at
@@ -516,10 +517,9 @@ def point_metrics(directory: Path, scenario: Scenario, explain_window_s: float |
     summary_path = d / "summary.json"
     if not summary_path.exists() and (d / "raw").is_dir():
         from emulation.measure.analysis import analyse
-        from emulation.measure.rundata import RunData
         from emulation.report.summary import build_summary
 
-        summary_path.write_text(build_summary(analyse(RunData.load(d))).to_json())
+        summary_path.write_text(build_summary(analyse(load_run(d))).to_json())
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     fo = summary.get("failovers", [])
     detect_mean, detect_max = _stats(f.get("detect_ms") for f in fo)

@@ -148,10 +148,11 @@ def run(seed: int = 1, profile: MonitorProfile | None = None,
             # kernel does it, by the plan's path for new connections, into their slots
             for name, flow in FLOWS.items():
                 bucket = rt.bucket_of(flow, BRANCH)
-                first = rt.new_path(bucket) if name not in slot_of else None
-                if first is not None:
-                    slot_of[name] = Slot(bucket.remote, bucket.policy, first)
-                    say(now, "route", f"{name} [{bucket.policy or 'implicit-default'}] → {path_name(first)}", {})
+                slot = rt.new_slot(bucket) if name not in slot_of else None
+                if slot is not None:
+                    slot_of[name] = slot
+                    say(now, "route", f"{name} [{bucket.policy or 'implicit-default'}] → "
+                                      f"{path_name(rt.slot_path(slot))}", {})
         for ev in act.events:
             result.events.append(ev)
             _show(ev, now, result, say, path_name, flows_in)

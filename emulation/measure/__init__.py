@@ -1,7 +1,7 @@
 """Measurement of a run from its raw data: arrivals, gaps, loss, delay, the failover ledger, SLAs, path
 summaries and expectations.
 
-    run = RunData.load("reports/failover-basic")      # validates; RawDataError names file/line/column
+    run = load_run("reports/failover-basic")          # validates; RawDataError names file/line/column
     a = analyse(run)
     a.ledger_frame()                                   # one row per (breaking edge, affected flow)
     latency_cdf(run, "cbr")
@@ -32,8 +32,9 @@ from emulation.measure.ledger import (
     ledger_frame,
     stage_order_problems,
 )
+from emulation.measure.load import load_run
 from emulation.measure.paths import PathSummary, path_series, path_summaries
-from emulation.measure.rundata import FlowSpec, RunData, RunInfo, SlaTarget, load_run
+from emulation.measure.rundata import FlowSpec, RunData, RunInfo, SlaTarget
 from emulation.measure.sla import SlaResult, flow_sla
 from emulation.measure.timeline import Edge, edges, on_link
 

@@ -1,4 +1,4 @@
-"""Everything measured about one run, in one value: `analyse(RunData.load(DIR))`."""
+"""Everything measured about one run, in one value: `analyse(load_run(DIR))`."""
 
 from __future__ import annotations
 

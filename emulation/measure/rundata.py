@@ -14,7 +14,7 @@ Every time is wall-clock seconds (float) unless its name ends in `_ns` (integer 
 CLOCK_REALTIME); `run.json`'s `t0` is the wall time of scenario time 0. The loaded frames add
 scenario-time columns (`t_s`, `sent_s`, `recv_s`) so analysis code never mixes the two.
 
-`RunData.load` checks everything before returning and raises one `RawDataError` listing every problem
+`emulation.measure.load_run` checks everything before returning and raises one `RawDataError` listing every problem
 with its file, line and column; nothing is analysed from data that failed a check. Nothing here
 writes to the directory.
 
@@ -259,10 +259,6 @@ class RunData:
     tcp: pd.DataFrame | None = None
     http: pd.DataFrame | None = None
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> RunData:
-        return load_run(directory)
 
     @property
     def t0_ns(self) -> int:
@@ -708,8 +704,10 @@ def _load_optional(path: Path, where: str, kind: str, run: RunInfo | None,
     return frame.sort_values(["flow", "at"], kind="stable").reset_index(drop=True)
 
 
-def load_run(directory: str | Path) -> RunData:
-    """Load and validate DIR/raw. Raises RawDataError listing every problem (file, line, column)."""
+def read_run(directory: str | Path) -> RunData:
+    """Read and validate DIR/raw, its files and tables (`emulation.measure.load.load_run` also checks the
+    expectations' and the timeline's parameters against them). Raises RawDataError listing every problem
+    (file, line, column)."""
     d = Path(directory)
     raw = d / "raw"
     errors = _Errors()
@@ -735,18 +733,5 @@ def load_run(directory: str | Path) -> RunData:
     errors.raise_if_any()
     assert run is not None and timeline is not None and packets is not None and metrics is not None
     assert events is not None
-    data = RunData(dir=d, run=run, timeline=timeline, packets=packets, path_metrics=metrics, events=events[0],
+    return RunData(dir=d, run=run, timeline=timeline, packets=packets, path_metrics=metrics, events=events[0],
                    event_dicts=events[1], tcp=tcp, http=http)
-    # what needs the tables to check: flap schedules and the expectations' parameters
-    from emulation.measure.expectations import check_expectations
-    from emulation.measure.timeline import edges
-
-    problems: list[tuple[str, str]] = []
-    for check in (edges, check_expectations):
-        try:
-            check(data)
-        except RawDataError as exc:
-            problems.extend(exc.errors)
-    if problems:
-        raise RawDataError(problems)
-    return data

@@ -19,7 +19,7 @@ from typing import TextIO
 
 from emulation.measure.analysis import Analysis, analyse
 from emulation.measure.errors import RawDataError
-from emulation.measure.rundata import RunData
+from emulation.measure.load import load_run
 from emulation.report.documents import render_html, render_junit, render_markdown
 from emulation.report.plots import render_plots
 from emulation.report.summary import SUMMARY_KEYS, Summary, build_summary
@@ -47,7 +47,7 @@ def _write(path: Path, data: bytes) -> None:
 def write_reports(directory: str | Path) -> Summary:
     """Analyse DIR/raw and write DIR/summary.json, report.md, report.html, junit.xml and DIR/plots/."""
     d = Path(directory)
-    analysis = analyse(RunData.load(d))
+    analysis = analyse(load_run(d))
     return write_analysis(analysis, d)
 
 
@@ -76,7 +76,7 @@ def report_command(directory: str | Path, out: TextIO | None = None, err: TextIO
     err = err or sys.stderr
     d = Path(directory)
     try:
-        analysis = analyse(RunData.load(d))
+        analysis = analyse(load_run(d))
         summary = write_analysis(analysis, d)
     except RawDataError as exc:
         print(f"patronus-lab report: cannot report on {d}: bad or missing raw data", file=err)

@@ -145,6 +145,13 @@ def _list_index(items: list[Any], tok: str | int) -> int | None:
     return None
 
 
+def with_overrides(scenario: Scenario, overrides: Mapping[str, Any] | None = None, /, **dotted: Any) -> Scenario:
+    """A copy with settings replaced by dotted path, validated like a file:
+    `with_overrides(s, {"sites.hq.agent.monitor": "fast", "traffic.voice.start": "5s"})`.
+    List items are addressed by index (`timeline[0].at`, `timeline.0.at`) or, for traffic, by flow name."""
+    return apply_overrides(scenario, {**(overrides or {}), **dotted})
+
+
 def apply_overrides(scenario: Scenario, overrides: Mapping[str, Any]) -> Scenario:
     """`scenario` with the dotted settings replaced, checked as a whole like a file."""
     doc = scenario.to_dict()

@@ -16,9 +16,9 @@ realises a link (that is `emulation/backends`, `emulation/links`).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from emulation.scenario.fmt import (
     fmt_duration,
@@ -37,9 +37,6 @@ from patronus.core.policy import RoutingPolicy, default_policies
 from patronus.core.router import RouterConfig
 from patronus.core.sla import SlaTarget
 from patronus.core.units import parse_duration, parse_ratio
-
-if TYPE_CHECKING:
-    from emulation.scenario.timeline import Step
 
 SCHEMA_VERSION = 1
 MAX_UPLINKS = 4
@@ -857,12 +854,6 @@ class Scenario:
     def summary(self) -> Summary:
         return Summary(len(self.sites), len(self.flows), len(self.timeline), len(self.expectations))
 
-    def schedule(self) -> tuple[Step, ...]:
-        """The timeline expanded into absolute link and agent states (see `emulation.scenario.timeline`)."""
-        from emulation.scenario.timeline import schedule
-
-        return schedule(self)
-
     # documents
     def to_dict(self) -> dict[str, Any]:
         """The normalized document, in human units, every default written out (a flow's `stop` is left
@@ -884,11 +875,3 @@ class Scenario:
 
         header = f"# normalized copy of {self.source}\n" if self.source else ""
         return header + yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True, width=100)
-
-    def with_overrides(self, overrides: Mapping[str, Any] | None = None, /, **dotted: Any) -> Scenario:
-        """A copy with settings replaced by dotted path, validated like a file:
-        `s.with_overrides({"sites.hq.agent.monitor": "fast", "traffic.voice.start": "5s"})`.
-        List items are addressed by index (`timeline[0].at`, `timeline.0.at`) or, for traffic, by flow name."""
-        from emulation.scenario.loader import apply_overrides
-
-        return apply_overrides(self, {**(overrides or {}), **dotted})

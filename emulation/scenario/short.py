@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from emulation.scenario.loader import with_overrides
 from emulation.scenario.model import Scenario
 
 SCENARIOS = Path(__file__).resolve().parents[2] / "scenarios"
@@ -38,4 +39,4 @@ def full_version(name: str) -> Scenario:
 
 def short_version(name: str) -> Scenario:
     """The shipped scenario `name` with its CI overrides (KeyError: it has none)."""
-    return full_version(name).with_overrides(SHORT[name])
+    return with_overrides(full_version(name), SHORT[name])

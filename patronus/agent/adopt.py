@@ -67,7 +67,7 @@ from patronus.core.errors import ConfigError
 
 RECORD_FILE = "dataplane.json"
 RECORD_VERSION = 1
-_SLOT_MASK = 0xFF000000
+_SLOT_MASK = 0xFE000000          # both generations of slot marks
 
 
 @dataclass(frozen=True)
@@ -209,7 +209,8 @@ def kept_maps(old: Numbering | None, new: Numbering, new_slot: Mapping[int, int]
         return rn in remotes and pn in policies and (not check_low or low in paths)
 
     keep_new = {k: v for k, v in new_slot.items()
-                if slot_ok(k, check_low=False) and slot_ok(v, check_low=True) and (k >> 8) == (v >> 8)}
+                if slot_ok(k, check_low=False) and slot_ok(v, check_low=True)
+                and (k >> 8) & 0xFFFF == (v >> 8) & 0xFFFF and k & 0x01000000 == 0}
     keep_path = {k: v for k, v in slot_path.items()
                  if slot_ok(k, check_low=True) and v & ~0xFF == PATH_MARK_BASE and v & 0xFF in paths}
     return keep_new, keep_path

@@ -48,7 +48,8 @@ WG_BACKENDS = ("auto", "kernel", "userspace")
 # Firewall marks and routing tables. Values are ours alone: a mark is 0x5A<site-independent index>.
 PATH_MARK_BASE = 0x5A000000      # meta mark of a packet steered onto path n: base | n
 UPLINK_MARK_BASE = 0x5B000000    # WireGuard/probe traffic leaving through uplink u: base | (u + 1)
-SLOT_MARK_BASE = 0x50000000      # conntrack mark of a flow: base | policy number << 8 | origin path n
+SLOT_MARK_BASE = 0x50000000      # conntrack mark of a flow: base | gen << 24 | remote << 16 | policy << 8 | origin path
+SLOT_GEN_BIT = 0x01000000        # the slot's generation (0x50: 0, 0x51: 1; see patronus.core.model.Slot)
 PATH_TABLE_BASE = 7100           # routing table of path n
 UPLINK_TABLE_BASE = 7050         # routing table of uplink u
 RULE_PRIORITY_BASE = 7000        # our ip rules sit at 7000..7999, before `main` (32766)

@@ -71,6 +71,7 @@ from patronus.agent.steering import (
     KernelFlow,
     Steering,
     path_mark,
+    slot_gen,
     slot_mark,
     split_slot,
 )
@@ -482,7 +483,7 @@ class Agent:
             remote, origin, cur = remote_of.get(rn), by_number.get(n), by_number.get(pmark & 0xFF)
             if remote is None or origin is None or cur is None or pn not in names:
                 continue
-            out[Slot(SiteId(remote), names[pn], origin.id)] = cur.id
+            out[Slot(SiteId(remote), names[pn], origin.id, slot_gen(mark))] = cur.id
         return out
 
     def _init_store(self, store: Store) -> None:
@@ -524,7 +525,7 @@ class Agent:
 
     def _slot_mark(self, slot: Slot) -> int:
         return slot_mark(self._remote_no[slot.remote], self._policy_number(slot.policy),
-                         self._plans[slot.origin].number)
+                         self._plans[slot.origin].number, slot.gen)
 
     def _slot_by_mark(self) -> dict[int, Slot]:
         return {self._slot_mark(s): s for s in self.runtime.slots}
@@ -533,9 +534,9 @@ class Agent:
         """The plan numbered into the kernel's two maps: new_slot (bucket mark → slot mark) and
         slot_path (slot mark → path mark)."""
         new_slot: dict[int, int] = {}
-        for b, pid in plan.new.items():
-            rn, pn = self._remote_no[b.remote], self._policy_number(b.policy)
-            new_slot[slot_mark(rn, pn, b.index)] = slot_mark(rn, pn, self._plans[pid].number)
+        for b, slot in plan.new.items():
+            new_slot[slot_mark(self._remote_no[b.remote], self._policy_number(b.policy), b.index)] = \
+                self._slot_mark(slot)
         slot_path = {self._slot_mark(s): path_mark(self._plans[pid].number) for s, pid in plan.slots.items()}
         return new_slot, slot_path
 

@@ -63,6 +63,7 @@ from patronus.agent.config import (
     PATH_TABLE_BASE,
     ROUTE_PROTO,
     RULE_PRIORITY_BASE,
+    SLOT_GEN_BIT,
     SLOT_MARK_BASE,
     UPLINK_TABLE_BASE,
     SiteConfig,
@@ -72,7 +73,7 @@ from patronus.core.policy import LoadBalance, MatchRules, RoutingPolicy
 
 log = logging.getLogger(__name__)
 
-SLOT_MASK = 0xFF000000
+SLOT_MASK = 0xFE000000           # both generations of slot marks (0x50, 0x51)
 FALLBACK_POLICY_NO = 0xFF
 LB_BUCKETS = 16          # hash buckets of a load-balancing policy's new connections
 LB_SEED = 0x5A7C0DE
@@ -86,8 +87,12 @@ class SteeringError(RuntimeError):
     """The kernel refused a steering change; nothing of that change is left applied."""
 
 
-def slot_mark(remote_no: int, policy_no: int, path_no: int) -> int:
-    return SLOT_MARK_BASE | remote_no << 16 | policy_no << 8 | path_no
+def slot_mark(remote_no: int, policy_no: int, path_no: int, gen: int = 0) -> int:
+    return SLOT_MARK_BASE | (SLOT_GEN_BIT if gen else 0) | remote_no << 16 | policy_no << 8 | path_no
+
+
+def slot_gen(mark: int) -> int:
+    return 1 if mark & SLOT_GEN_BIT else 0
 
 
 def split_slot(mark: int) -> tuple[int, int, int]:

@@ -31,7 +31,7 @@ def _jsonable(value: Any) -> Any:
         return {"src_ip": value.src_ip, "dst_ip": value.dst_ip, "src_port": value.src_port,
                 "dst_port": value.dst_port, "protocol": value.protocol}
     if isinstance(value, Slot):
-        return {"remote": value.remote, "policy": value.policy, "origin": value.origin}
+        return {"remote": value.remote, "policy": value.policy, "origin": value.origin, "gen": value.gen}
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, PathMetrics):

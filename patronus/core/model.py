@@ -114,17 +114,24 @@ class Slot:
     """An aggregate the dataplane steers as one: the connections of one `policy` toward one `remote`
     site that were first put on path `origin`. A kernel cannot ask the router about every connection,
     so the agent's router holds one flow per slot and moves slots; a failover moves every connection
-    of a slot at once. `policy` None is the implicit default (what no policy matches)."""
+    of a slot at once. `policy` None is the implicit default (what no policy matches).
+
+    `gen`: a slot's connections stay in it for life, so a slot that failed over and waits to fail back
+    cannot take new connections that should go to its origin path (they would ride its current path).
+    Its second generation (`gen` 1) is placed on the origin for them meanwhile (`SiteRuntime`); both
+    are ordinary slots from then on."""
 
     remote: SiteId
     policy: str | None
     origin: PathId
+    gen: int = 0
 
     def __str__(self) -> str:
-        return f"slot {self.remote}/{self.policy or 'implicit-default'}/{self.origin}"
+        g = f"#{self.gen}" if self.gen else ""
+        return f"slot {self.remote}/{self.policy or 'implicit-default'}/{self.origin}{g}"
 
-    def sort_key(self) -> tuple[str, str, str]:
-        return (self.remote, self.policy or "", self.origin)
+    def sort_key(self) -> tuple[str, str, str, int]:
+        return (self.remote, self.policy or "", self.origin, self.gen)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,10 +3,11 @@
 A dataplane (the agent's nftables maps, the simulator's model, later a BPF map) cannot ask the router
 about each packet. It steers by two tables, and the plan is their content:
 
-* `new`: `Bucket` → path. A new connection toward `remote` that matches `policy` falls in a bucket
+* `new`: `Bucket` → slot. A new connection toward `remote` that matches `policy` falls in a bucket
   (bucket 0 for a policy that does not balance; one of `LB_BUCKETS` buckets of its 5-tuple hash for
-  one that does) and takes that bucket's path. Its slot is then `Slot(remote, policy, that path)`,
-  for as long as the connection lives.
+  one that does) and is put in that bucket's slot for as long as it lives: a slot that is on the path
+  the policy wants for new connections now (`Slot.gen` says how one is found when the path's own
+  slot is away, waiting to fail back).
 * `slots`: `Slot` → path. Every connection of a slot takes the slot's current path. A failover
   rewrites the entries of the slots that leave a path; every connection of those slots moves on its
   next packet.
@@ -32,18 +33,21 @@ LB_BUCKETS = 16          # hash buckets of a load-balancing policy's new connect
 class SteeringPlan:
     """The dataplane's two tables (see the module's header). Plans compare equal when they steer alike."""
 
-    new: Mapping[Bucket, PathId] = field(default_factory=dict)
+    new: Mapping[Bucket, Slot] = field(default_factory=dict)
     slots: Mapping[Slot, PathId] = field(default_factory=dict)
 
     def path_of_new(self, bucket: Bucket) -> PathId | None:
-        return self.new.get(bucket)
+        """The path a new connection of `bucket` takes (None: none; the kernel drops it)."""
+        slot = self.new.get(bucket)
+        return self.slots.get(slot) if slot is not None else None
 
     def as_dict(self) -> dict[str, list[dict[str, object]]]:
         """JSON-ready, sorted (for the API and the raw data)."""
         return {
-            "new": [{"remote": b.remote, "policy": b.policy, "bucket": b.index, "path": p}
-                    for b, p in sorted(self.new.items(), key=lambda t: t[0].sort_key())],
-            "slots": [{"remote": s.remote, "policy": s.policy, "origin": s.origin, "path": p}
+            "new": [{"remote": b.remote, "policy": b.policy, "bucket": b.index, "origin": s.origin, "gen": s.gen,
+                     "path": self.slots.get(s)}
+                    for b, s in sorted(self.new.items(), key=lambda t: t[0].sort_key())],
+            "slots": [{"remote": s.remote, "policy": s.policy, "origin": s.origin, "gen": s.gen, "path": p}
                       for s, p in sorted(self.slots.items(), key=lambda t: t[0].sort_key())],
         }
 

@@ -293,27 +293,49 @@ class SiteRuntime:
         self._adopted = {}
 
     def plan(self) -> SteeringPlan:
-        """The steering the router's state asks for now (see `patronus.core.plan`)."""
+        """The steering the router's state asks for now (see `patronus.core.plan`). May place the
+        second generation of a slot for new connections (`new_slot`)."""
         router = self.router
-        new: dict[Bucket, PathId] = {}
+        new: dict[Bucket, Slot] = {}
         for remote in self.remotes:
             for name in self._policy_names():
                 pol = router.policy_named(name)
                 if pol.load_balance is LoadBalance.NONE:
                     best = router.preview(remote, name)
                     if best is not None:
-                        new[Bucket(remote, name, 0)] = best
+                        new[Bucket(remote, name, 0)] = self._slot_for_new(remote, name, best)
                     continue
                 tier = router.preview_tier(remote, name)
                 if tier:
                     for i, pid in enumerate(lb_buckets(pol.load_balance, tier, self.buckets)):
-                        new[Bucket(remote, name, i)] = pid
+                        new[Bucket(remote, name, i)] = self._slot_for_new(remote, name, pid)
         slots: dict[Slot, PathId] = {}
         for slot in self.slots:
             cur = router.flow_path(slot)        # None: stranded
             if cur is not None:
                 slots[slot] = cur
         return SteeringPlan(new, slots)
+
+    def new_slot(self, bucket: Bucket) -> Slot | None:
+        """The plan's slot for new connections of `bucket` (None: no usable path), without the rest."""
+        pid = self.new_path(bucket)
+        return None if pid is None else self._slot_for_new(bucket.remote, bucket.policy, pid)
+
+    def _slot_for_new(self, remote: SiteId, policy: str | None, path: PathId) -> Slot:
+        """The slot new connections of `policy` toward `remote` go in when the plan wants them on `path`:
+        the path's own slot when it is there; when that slot is away (failed over, waiting to fail
+        back, or stranded), its second generation, placed on the path now if it is not there yet
+        (else new connections would ride the first one's current path until its failback). Both away
+        at once (the path failed twice within a hold): the first, which fails back first."""
+        router = self.router
+        first = Slot(remote, policy, path)
+        if first not in self.slots or router.flow_path(first) == path:
+            return first
+        second = Slot(remote, policy, path, 1)
+        if second not in self.slots or router.flow_info(second) is None:
+            self.slots.add(second)
+            router.place(second, path, self._now, site=remote, policy=policy)
+        return second if router.flow_path(second) == path else first
 
     def new_path(self, bucket: Bucket) -> PathId | None:
         """The plan's path for new connections of `bucket` (None: no usable path), without the rest."""

@@ -159,11 +159,13 @@ def test_kept_maps_drop_what_now_means_something_else() -> None:
                  slot_mark(1, 2, 1): path_mark(1),            # policy 2 is another policy now
                  slot_mark(2, 2, 3): path_mark(3),            # remote 2 is gone
                  slot_mark(1, 1, 3): path_mark(1),            # path 3 is another path now
-                 slot_mark(1, 1, 1) + 0x100_0000: path_mark(1),   # not a slot mark at all
-                 slot_mark(1, 1, 2): 0x12345678}              # not a path mark
+                 slot_mark(1, 1, 1) + 0x200_0000: path_mark(1),   # not a slot mark at all
+                 slot_mark(1, 1, 2): 0x12345678,              # not a path mark
+                 slot_mark(1, 1, 2, gen=1): path_mark(2)}     # kept: the second generation of a slot
+    new_slot[slot_mark(1, 1, 0, gen=1)] = slot_mark(1, 1, 2)  # a bucket is never a second generation
     keep_new, keep_path = kept_maps(OLD, new, new_slot, slot_path, FALLBACK_POLICY_NO)
     assert keep_new == {slot_mark(1, 1, 0): slot_mark(1, 1, 2)}
-    assert keep_path == {slot_mark(1, 1, 1): path_mark(2)}
+    assert keep_path == {slot_mark(1, 1, 1): path_mark(2), slot_mark(1, 1, 2, gen=1): path_mark(2)}
 
 
 def test_kept_maps_keep_nothing_without_a_record() -> None:

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.emulation, pytest.mark.timeout(900)]
 
 
 def test_repeat_2_on_mininet(tmp_path: Path) -> None:
-    from emulation.scenario import load
+    from emulation.scenario import load, with_overrides
 
     # the story of test_scenarios_short's failover-basic; each expectation must hold in one of the two runs
     # at least (pass_rate), so a run the host disturbed does not decide alone, while the SD-WAN's own
@@ -26,7 +26,7 @@ def test_repeat_2_on_mininet(tmp_path: Path) -> None:
     exps = [{e.kind: {**e.to_dict()[e.kind], "pass_rate": "50%"}} for e in short.expectations]
     exps[0]["failover_gap"] = {**exps[0]["failover_gap"], "pass_rate": None, "quantile": "50%"}
     scenario = tmp_path / "fb-repeat.yaml"
-    scenario.write_text(short.with_overrides({"expectations": exps}).to_yaml())
+    scenario.write_text(with_overrides(short, {"expectations": exps}).to_yaml())
     out = tmp_path / "rep"
     before = _ours()
     r = subprocess.run([sys.executable, "-m", "emulation.cli", "run", str(scenario), "--repeat", "2", "--out",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from emulation.measure.load import load_run
+from emulation.scenario.loader import with_overrides
 from emulation.scenario.short import SHORT, short_version
 from emulation.stallwatch import HostStallWarning
 
@@ -78,10 +80,10 @@ def test_shipped_scenario_short_passes_and_leaves_nothing(name: str, tmp_path: P
 def _ledger_in_order(out: Path) -> None:
     """Every stage of every ledger row at or after the ones before it; the agents said when probes were
     lost; no path has a latency of 0 (a dead path has none: an empty cell)."""
-    from emulation.measure import RunData, ledger, stage_order_problems
+    from emulation.measure import ledger, stage_order_problems
     from emulation.measure.timeline import edges
 
-    run = RunData.load(out)
+    run = load_run(out)
     entries = ledger(run)
     breaks = any(e.breaking for e in edges(run))       # agent-restart breaks no link: no ledger
     assert bool(entries) == breaks and stage_order_problems(entries) == []
@@ -112,7 +114,7 @@ def _sim_agrees(scenario: Path, mininet_out: Path, sim_out: Path) -> None:
     sims: list[list[float]] = []
     for i in range(SIM_SEEDS):
         out = sim_out / f"seed-{sc.seed + i}"
-        assert run_sim(sc.with_overrides({"seed": sc.seed + i}), out) == 0
+        assert run_sim(with_overrides(sc, {"seed": sc.seed + i}), out) == 0
         # the seeds after the scenario's own differ from the emulated run's scenario by the seed alone
         c = compare_runs(mininet_out, out, allow_changes=i > 0)
         assert all("seed" in n for n in c.notes if "differ" in n), c.notes
@@ -154,7 +156,7 @@ def test_keep_leaves_the_network_running_and_clean_removes_it(tmp_path: Path) ->
 
     from emulation.scenario import load
 
-    sc = load(ROOT / "scenarios" / "failover-basic.yaml").with_overrides(
+    sc = with_overrides(load(ROOT / "scenarios" / "failover-basic.yaml"),
         {"duration": "6s", "timeline.0.at": "2s", "timeline.1.at": "4s", "expectations": []})
     scenario = tmp_path / "keep.yaml"
     scenario.write_text(sc.to_yaml())
@@ -194,7 +196,7 @@ def test_a_genuine_failure_is_failed_even_on_a_loaded_host(tmp_path: Path) -> No
     """failover-basic asked to detect its cut within 20 ms, which the fast profile (a Down after 3 missed
     probes 20 ms apart) cannot do, run while an unrelated process keeps one core busy: whatever noise the
     host makes, the verdict is `failed` (exit 1), not `inconclusive`."""
-    sc = short_version("failover-basic").with_overrides({"expectations": [
+    sc = with_overrides(short_version("failover-basic"), {"expectations": [
         {"detect_time": {"link": "hq.isp1", "max": "20ms"}}, {"failover_gap": {"flow": "cbr", "max": "300ms"}}]})
     scenario = tmp_path / "too-fast.yaml"
     scenario.write_text(sc.to_yaml())

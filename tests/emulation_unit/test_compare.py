@@ -18,10 +18,11 @@ from typer.testing import CliRunner
 from emulation.cli import app
 from emulation.compare import Tolerances, compare_command, compare_runs, write_comparison
 from emulation.measure.analysis import analyse
-from emulation.measure.rundata import RunData
+from emulation.measure.load import load_run
 from emulation.measure.synthetic import SyntheticSpec, write_synthetic_run
 from emulation.report.summary import build_summary
 from emulation.scenario import load
+from emulation.scenario.loader import with_overrides
 from patronus.core.errors import ConfigError
 from tests.emulation_unit.conftest import REPO
 
@@ -37,7 +38,7 @@ CUT = "cut hq.isp1 / cbr"
 def make_run(d: Path, **changes: Any) -> Path:
     """A synthetic run directory with its summary.json (as a run leaves it)."""
     write_synthetic_run(d, SyntheticSpec(**{**SHORT, **changes}))
-    (d / "summary.json").write_text(build_summary(analyse(RunData.load(d))).to_json())
+    (d / "summary.json").write_text(build_summary(analyse(load_run(d))).to_json())
     return d
 
 
@@ -77,7 +78,7 @@ def test_a_detection_difference_beyond_one_probe_interval_is_flagged(tmp_path: P
 def test_the_probe_interval_comes_from_the_runs_scenario_copy(tmp_path: Path) -> None:
     a = make_run(tmp_path / "a")
     b = make_run(tmp_path / "b", detect_ms=100.0)
-    slow = load(REPO / "scenarios" / "failover-basic.yaml").with_overrides(
+    slow = with_overrides(load(REPO / "scenarios" / "failover-basic.yaml"),
         {"sites.hq.agent.monitor": "default", "sites.br.agent.monitor": "default"})    # 1 s probes
     for d in (a, b):
         (d / "scenario.yaml").write_text(slow.to_yaml())
@@ -92,7 +93,7 @@ def test_runs_whose_scenario_settings_differ_are_refused_unless_allowed(tmp_path
     b = make_run(tmp_path / "b")
     base = load(REPO / "scenarios" / "failover-basic.yaml")
     (a / "scenario.yaml").write_text(base.to_yaml())
-    (b / "scenario.yaml").write_text(base.with_overrides({"sites.hq.agent.monitor": "default"}).to_yaml())
+    (b / "scenario.yaml").write_text(with_overrides(base, {"sites.hq.agent.monitor": "default"}).to_yaml())
     with pytest.raises(ConfigError) as exc:
         compare_runs(a, b)
     assert exc.value.errors[0][0] == "scenario.yaml"

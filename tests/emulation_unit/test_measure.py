@@ -28,6 +28,7 @@ from emulation.measure import (
     stage_order_problems,
 )
 from emulation.measure.ledger import LedgerEntry
+from emulation.measure.load import load_run
 from emulation.measure.paths import down_spans
 from emulation.measure.rundata import parse_target
 from emulation.measure.synthetic import P1, P2, SyntheticSpec, SyntheticTruth, write_raw_dir, write_synthetic_run
@@ -40,7 +41,7 @@ MS = 1e-3   # tolerance for times derived from float wall clocks near 1.7e9 s (r
 
 def _run(path: Path, spec: SyntheticSpec | None = None) -> tuple[SyntheticTruth, RunData, Analysis]:
     truth = write_synthetic_run(path, spec)
-    run = RunData.load(path)
+    run = load_run(path)
     return truth, run, analyse(run)
 
 
@@ -206,7 +207,7 @@ def _edited_run(path: Path, edit: Any, spec: SyntheticSpec | None = None) -> tup
     events = [json.loads(line) for line in f.read_text().splitlines()]
     events = sorted(edit(events), key=lambda e: e["at"])
     f.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in events))
-    return truth, analyse(RunData.load(path))
+    return truth, analyse(load_run(path))
 
 
 def _at(truth: SyntheticTruth, ms: float) -> float:
@@ -383,7 +384,7 @@ def _tiny_packets() -> list[tuple[str, int, int, int | None, str]]:
 
 
 def test_sla_compliance_matches_a_hand_computation(tmp_path: Path) -> None:
-    run = RunData.load(write_raw_dir(tmp_path / "tiny", TINY_RUN, packets=_tiny_packets()))
+    run = load_run(write_raw_dir(tmp_path / "tiny", TINY_RUN, packets=_tiny_packets()))
     a = analyse(run)
     (s,) = a.sla
     # window 0 meets everything; window 1 loses 2 of 10 (20 % > 1 %); window 2's p95 (rank ceil(9.5) =
@@ -473,7 +474,7 @@ def test_a_dead_path_has_no_latency_in_the_path_summaries(basic: tuple[Path, Syn
             c[4], c[5] = ("0.0", "0.0") if k % 2 else ("500.0", "40.0")
         out.append(",".join(c))
     f.write_text("\n".join(out) + "\n")
-    a = analyse(RunData.load(d))
+    a = analyse(load_run(d))
     by = {(p.site, p.path): p for p in a.paths}
     want = {(p.site, p.path): p for p in basic[3].paths}
     p1 = by[("hq", P1)]
@@ -527,7 +528,7 @@ def test_the_paths_plot_draws_no_latency_for_a_dead_path(basic: tuple[Path, Synt
 
 
 def test_path_membership_from_ids_and_links(tmp_path: Path) -> None:
-    run = RunData.load(write_raw_dir(tmp_path / "t", {**TINY_RUN, "links": [
+    run = load_run(write_raw_dir(tmp_path / "t", {**TINY_RUN, "links": [
         {"link": "hq.isp1", "paths": ["br:isp1-isp2", "odd-path", "c/weird"]}]}))
     assert on_link(run, "hq", "br:isp1-isp2", "hq.isp1")
     assert not on_link(run, "c", "br:isp1-isp2", "hq.isp1")   # at c that id is c.isp1 → br.isp2
@@ -557,7 +558,7 @@ def _tcp_moves_run(tmp_path: Path, policy: str | None) -> Analysis:
     if policy == "big-transfers":
         ev.append({"kind": "FailoverTriggered", "at": T0 + 1.5, "site": "a", "from_path": "b:isp1-isp1",
                    "to_path": "b:isp2-isp2", "policy": "big-transfers"})
-    return analyse(RunData.load(write_raw_dir(tmp_path / str(policy), run, events=ev)))
+    return analyse(load_run(write_raw_dir(tmp_path / str(policy), run, events=ev)))
 
 
 def test_path_changes_of_a_tcp_flow_come_from_its_own_policy(tmp_path: Path) -> None:
@@ -631,7 +632,7 @@ def test_bad_expectation_parameters_are_named(tmp_path: Path, expectation: dict[
     truth_dir = tmp_path / "run"
     write_synthetic_run(truth_dir, SyntheticSpec(expectations=(expectation,)))
     with pytest.raises(RawDataError) as exc:
-        RunData.load(truth_dir)
+        load_run(truth_dir)
     assert message in str(exc.value) and "raw/run.json" in str(exc.value)
 
 
@@ -672,7 +673,7 @@ def _rewrite_csv(path: Path, drop: str | None = None, replace_line: tuple[int, s
 
 def _errors(d: Path) -> str:
     with pytest.raises(RawDataError) as exc:
-        RunData.load(d)
+        load_run(d)
     return str(exc.value)
 
 
@@ -726,7 +727,7 @@ def test_no_raw_directory(tmp_path: Path) -> None:
 
 
 def test_flap_with_human_period(tmp_path: Path) -> None:
-    run = RunData.load(write_raw_dir(tmp_path / "t", TINY_RUN, timeline=[
+    run = load_run(write_raw_dir(tmp_path / "t", TINY_RUN, timeline=[
         (1.0, T0 + 1.0, "flap", "a.isp1", {"period": "400ms", "count": 2}),
         (2.5, T0 + 2.5, "clear", "a.isp1", {}),
         (2.6, T0 + 2.6, "ramp", "a.isp1", {"over": "1s", "step": 1}),
@@ -738,12 +739,12 @@ def test_flap_with_human_period(tmp_path: Path) -> None:
         (2.6, "", True), (2.7, "", False)]
     assert window_end(run, es[5]) == T0 + 3.0   # a ramp's later steps do not end its window
     with pytest.raises(RawDataError, match=r"raw/timeline.csv line 2 column 'params': a flap needs period_s"):
-        RunData.load(write_raw_dir(tmp_path / "u", TINY_RUN, timeline=[(1.0, T0 + 1.0, "flap", "a.isp1", {})]))
+        load_run(write_raw_dir(tmp_path / "u", TINY_RUN, timeline=[(1.0, T0 + 1.0, "flap", "a.isp1", {})]))
 
 
 def test_flap_edges_and_ramp_steps_row_by_row(tmp_path: Path) -> None:
     """The runner's way: one row per flap edge ({"up": false/true}) and per ramp step."""
-    run = RunData.load(write_raw_dir(tmp_path / "t", TINY_RUN, timeline=[
+    run = load_run(write_raw_dir(tmp_path / "t", TINY_RUN, timeline=[
         (0.5, T0 + 0.5, "flap", "a.isp1", {"up": False}),
         (0.7, T0 + 0.7, "flap", "a.isp1", {"up": True}),
         (1.0, T0 + 1.0, "ramp", "a.isp1", {"delay_ms": 20}),
@@ -771,7 +772,7 @@ def test_links_of_is_on_link_for_every_known_link(basic: tuple[Path, SyntheticTr
     from emulation.measure.timeline import known_links, links_of
 
     _, _, run, _ = basic
-    odd = RunData.load(write_raw_dir(tmp_path / "odd", {**TINY_RUN, "links": [
+    odd = load_run(write_raw_dir(tmp_path / "odd", {**TINY_RUN, "links": [
         {"link": "hq.isp1", "paths": ["br:isp1-isp2", "odd-path", "c/weird"]}]}))
     for r in (run, odd):
         paths = {(s, p) for s, p in r.path_metrics[["site", "path"]].itertuples(index=False)}
@@ -805,11 +806,11 @@ def test_a_sender_that_started_late_is_no_gap_but_a_silence_after_its_first_pack
         return out
 
     doc = {**TINY_RUN, "expectations": [{"type": "failover_gap", "flow": "f", "max": 0.25, "text": "f gap ≤ 250 ms"}]}
-    a = analyse(RunData.load(write_raw_dir(tmp_path / "late", doc, packets=rows(set()))))
+    a = analyse(load_run(write_raw_dir(tmp_path / "late", doc, packets=rows(set()))))
     (f,) = a.flows
     assert f.max_gap_ms == pytest.approx(100.0)
     assert [(x.passed, x.value) for x in a.expectations] == [(True, pytest.approx(0.1))]
-    b = analyse(RunData.load(write_raw_dir(tmp_path / "late-lost", doc, packets=rows({0, 1, 2}))))
+    b = analyse(load_run(write_raw_dir(tmp_path / "late-lost", doc, packets=rows({0, 1, 2}))))
     (g,) = b.flows
     # the first packet sent (0.7 s) stands in for an arrival: seq 3 arrives at 1.01 s
     assert g.max_gap_ms == pytest.approx(310.0) and g.max_gap_at_s == pytest.approx(0.7)

@@ -29,6 +29,7 @@ from emulation.measure.repeated import (
 )
 from emulation.repeat import combine, plan_runs, run_repeated, write_combined
 from emulation.scenario import load
+from emulation.scenario.loader import with_overrides
 from patronus.core.errors import ConfigError
 from tests.emulation_unit.conftest import SCENARIOS
 
@@ -356,7 +357,7 @@ def test_the_plan(scenario: Any) -> None:
         with pytest.raises(ConfigError) as exc:
             plan_runs(scenario, bad)
         assert exc.value.errors[0][0] == "--repeat"
-    big = scenario.with_overrides({"seed": 2**63 - 2})
+    big = with_overrides(scenario, {"seed": 2**63 - 2})
     assert len(plan_runs(big, 2)) == 2
     with pytest.raises(ConfigError, match="largest seed"):
         plan_runs(big, 3)

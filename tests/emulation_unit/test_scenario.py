@@ -34,6 +34,8 @@ from emulation.scenario import (
     load,
     parse,
 )
+from emulation.scenario.loader import with_overrides
+from emulation.scenario.timeline import schedule
 from patronus.core.monitor import PROFILES
 from patronus.core.policy import default_policies
 from tests.emulation_unit.conftest import MINIMAL, SCENARIOS
@@ -361,7 +363,7 @@ def test_schedule_expands_flaps_ramps_and_clears(doc: dict[str, Any]) -> None:
         {"at": "15s", "action": "agent_start", "site": "br"},
     ]
     s = from_dict(doc)
-    steps = s.schedule()
+    steps = schedule(s)
     flap = [(st.at_s, st.settings.up) for st in steps if getattr(st, "link", None) == LinkRef("hq", "isp1")]
     assert flap == [(1, False), (2, True), (3, False), (4, True)]
     ramp = [st for st in steps if getattr(st, "link", None) == LinkRef("hq", "isp2")]
@@ -483,27 +485,27 @@ def test_to_dict_writes_units_as_strings(doc: dict[str, Any]) -> None:
 
 def test_with_overrides(doc: dict[str, Any]) -> None:
     s = from_dict(doc)
-    fast = s.with_overrides({"sites.hq.agent.monitor": "fast"})
+    fast = with_overrides(s, {"sites.hq.agent.monitor": "fast"})
     assert fast.site("hq").agent.monitor == PROFILES["fast"] and fast.site("br").agent.monitor == PROFILES["default"]
     assert s.site("hq").agent.monitor == PROFILES["default"]          # the original is untouched
-    other = s.with_overrides(**{"traffic.voice.start": "5s", "traffic[0].rate": 10, "timeline.1.at": "25s",
+    other = with_overrides(s, **{"traffic.voice.start": "5s", "traffic[0].rate": 10, "timeline.1.at": "25s",
                                 "sites.hq.uplinks.isp1.delay": "30ms", "expectations[0].failover_gap.max": "1s"})
     assert other.flow("voice").start_s == 5 and other.flow("cbr").rate_pps == 10
     assert other.timeline[1].at_s == 25 and other.site("hq").uplink("isp1").delay_s == pytest.approx(0.03)
     assert isinstance(other.expectations[0], FailoverGap) and other.expectations[0].max_s == 1
-    longer = s.with_overrides({"duration": "50s"})
+    longer = with_overrides(s, {"duration": "50s"})
     assert all(f.stop_s == 50 for f in longer.flows), "a flow's default stop follows the duration"
-    assert s.with_overrides({"sites.hq.agent.router": None}).site("hq").agent.router.failback_hold_s == 10
+    assert with_overrides(s, {"sites.hq.agent.router": None}).site("hq").agent.router.failback_hold_s == 10
 
 
 def test_overrides_are_validated_with_paths(doc: dict[str, Any]) -> None:
     s = from_dict(doc)
     with pytest.raises(ConfigError) as exc:
-        s.with_overrides({"sites.hq.agent.monitor": "fastest", "duration": "15s"})
+        with_overrides(s, {"sites.hq.agent.monitor": "fastest", "duration": "15s"})
     paths = [p for p, _ in exc.value.errors]
     assert paths == ["sites.hq.agent.monitor", "timeline[1].at"]
     with pytest.raises(ConfigError) as exc:
-        s.with_overrides({"traffic.ghost.rate": 1, "sites..x": 1, "duration.x": 1})
+        with_overrides(s, {"traffic.ghost.rate": 1, "sites..x": 1, "duration.x": 1})
     assert [p for p, _ in exc.value.errors] == ["traffic.ghost.rate", "sites..x", "duration.x"]
 
 
@@ -585,7 +587,7 @@ def test_agent_stop_cleanup_and_startup_round_trip_and_schedule(doc: dict[str, A
     ]
     s = from_dict(doc)
     assert s.site("br").agent.startup_s == 1.5 and s.site("hq").agent.startup_s is None
-    steps = [(st.at_s, st.running, st.cleanup) for st in s.schedule() if hasattr(st, "running")]
+    steps = [(st.at_s, st.running, st.cleanup) for st in schedule(s) if hasattr(st, "running")]
     assert steps == [(2, False, False), (3, False, True), (5, True, False), (6, False, True), (7, True, False),
                      (8, False, False)]
     again = from_dict(yaml.safe_load(s.to_yaml()))

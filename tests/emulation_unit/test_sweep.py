@@ -22,10 +22,11 @@ from typer.testing import CliRunner
 
 from emulation.cli import app
 from emulation.measure.analysis import analyse
-from emulation.measure.rundata import RunData
+from emulation.measure.load import load_run
 from emulation.measure.synthetic import SyntheticSpec, write_synthetic_run
 from emulation.report.summary import build_summary
 from emulation.scenario import Scenario, load
+from emulation.scenario.loader import with_overrides
 from emulation.sweep import (
     PROBE_WIRE_BITS,
     SweepEnvironmentError,
@@ -61,7 +62,7 @@ def synthetic_runner(scenario: Scenario, out: Path) -> int:
             for at in (0.5, 1.0):     # before any timeline event
                 fh.write(json.dumps({"kind": "PathStatusChanged", "at": spec.t0 + at, "site": "hq",
                                      "path_id": "br:isp2-isp2", "old": "up", "new": "down"}) + "\n")
-    summary = build_summary(analyse(RunData.load(out)))
+    summary = build_summary(analyse(load_run(out)))
     (out / "summary.json").write_text(summary.to_json())
     return 0 if summary.passed else 1
 
@@ -122,7 +123,7 @@ def test_monitor_shorthands_change_every_sites_profile_in_place(scenario: Scenar
     o = point_overrides(scenario, {"monitor.interval": "50ms", "monitor.multiplier": 4})
     assert o == {f"sites.{s}.agent.monitor": {"profile": "fast", "interval": "50ms", "multiplier": 4}
                  for s in ("hq", "br")}
-    monitor = scenario.with_overrides(o).site("br").agent.monitor
+    monitor = with_overrides(scenario, o).site("br").agent.monitor
     assert (monitor.interval_s, monitor.detect_multiplier, monitor.report_interval_s) == (0.05, 4, 0.5)
     # a new base profile; one site only; the whole profile
     assert point_overrides(scenario, {"monitor.profile": "default", "monitor.interval": "2s"})[
@@ -140,7 +141,7 @@ def test_router_sla_and_steering_shorthands_and_dotted_paths(scenario: Scenario)
                  "sites.hq.agent.sla.loss": "2%", "sites.br.agent.sla.loss": "2%",
                  "sites.hq.agent.steering": "none", "sites.br.agent.steering": "none",
                  "sites.hq.uplinks.isp1.delay": "30ms", "traffic.cbr.rate": 500}
-    s = scenario.with_overrides(o)
+    s = with_overrides(scenario, o)
     assert s.site("br").agent.router.failback_hold_s == 1.0 and s.uplink("hq.isp1").delay_s == 0.03
     assert s.flow("cbr").rate_pps == 500
 
@@ -286,7 +287,7 @@ def test_false_events_are_those_no_timeline_edge_explains(tmp_path: Path) -> Non
 
 
 def test_the_explanation_window_follows_the_monitor_profile(scenario: Scenario) -> None:
-    s = scenario.with_overrides(point_overrides(scenario, {"monitor": {"interval": "100ms", "multiplier": 3,
+    s = with_overrides(scenario, point_overrides(scenario, {"monitor": {"interval": "100ms", "multiplier": 3,
                                                                       "window": 10, "max_timeout": "1s"}}))
     assert explain_window(s) == pytest.approx((10 + 3) * 0.1 + 1.0)
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from emulation.measure.analysis import analyse
+from emulation.measure.load import load_run
 from emulation.measure.platform import NO_NOISE, Noise, load_noise
-from emulation.measure.rundata import RunData
 from emulation.measure.synthetic import SyntheticSpec, write_synthetic_run
 from emulation.report import report_command
 
@@ -50,7 +50,7 @@ def _run(tmp: Path, expectations: list[dict[str, Any]], stalls: list[tuple[float
 
 
 def _verdicts(d: Path) -> tuple[str, list[str]]:
-    a = analyse(RunData.load(d))
+    a = analyse(load_run(d))
     return a.verdict, [e.verdict for e in a.expectations]
 
 
@@ -141,6 +141,6 @@ def test_sla_compliance_is_judged_over_the_targets_window(tmp_path: Path) -> Non
     thirty_s = {"type": "sla_compliance", "flow": "cbr", "min": 1.0, "text": "30 s",
                 "target": {"loss": "1%", "window": "30s"}}
     d = _run(tmp_path, [one_s, thirty_s])
-    a = analyse(RunData.load(d))
+    a = analyse(load_run(d))
     assert [e.verdict for e in a.expectations] == ["failed", "passed"]
     assert a.expectations[0].value is not None and 0.95 < a.expectations[0].value < 1.0

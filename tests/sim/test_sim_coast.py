@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from emulation.backends.sim.engine import SimOptions, Simulation
+from emulation.backends.sim.engine import Simulation
+from emulation.backends.sim.network import SimOptions
 from emulation.backends.sim.synthetic import regional_mesh_doc
 from emulation.report import write_reports
 from emulation.scenario import from_dict

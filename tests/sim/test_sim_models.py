@@ -13,8 +13,8 @@ import pytest
 import simpy
 
 from emulation.backends.sim.agent import AGENT_STARTUP_S
-from emulation.backends.sim.engine import T0, SimOptions, Simulation
-from emulation.backends.sim.network import FROM_CORE, TO_CORE, Network
+from emulation.backends.sim.engine import T0, Simulation
+from emulation.backends.sim.network import FROM_CORE, TO_CORE, Network, SimOptions
 from emulation.backends.sim.traffic import LinkTable, _cross
 from emulation.links.impairment import GilbertElliott, Impairment, ImpairmentModel
 from emulation.scenario import parse
@@ -277,7 +277,7 @@ timeline:
     events = [e for e in _events(tmp_path) if e["site"] == "hq"]
     slot = sim.flows[0].slot      # the agent moves slots: the flow's is the one of its policy that began on isp1
     assert slot is not None and slot.origin == "br:isp1-isp1"
-    mine = {"remote": slot.remote, "policy": slot.policy, "origin": slot.origin}
+    mine = {"remote": slot.remote, "policy": slot.policy, "origin": slot.origin, "gen": slot.gen}
     moves = [(e["kind"], round(e["at"] - T0, 2), e["to_path"]) for e in events   # type: ignore[operator]
              if e["kind"] in ("FailoverTriggered", "Failback") and e["slot"] == mine]
     boot = 10.0 + AGENT_STARTUP_S

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from emulation.backends.sim import run_sim
 from emulation.cli import app
 from emulation.scenario import load
+from emulation.scenario.loader import with_overrides
 
 pytestmark = [pytest.mark.sim, pytest.mark.timeout(600)]
 
@@ -60,7 +61,7 @@ def test_three_seeds_three_complete_runs_and_a_combined_report(repeated: tuple[P
             assert (run / f).exists(), (i, f)
     # runs/2 is exactly the run of seed 2 on its own
     alone = tmp_path / "seed2"
-    assert run_sim(sc.with_overrides({"seed": 2}), alone) == 0
+    assert run_sim(with_overrides(sc, {"seed": 2}), alone) == 0
     assert (alone / "summary.json").read_bytes() == (out / "runs" / "2" / "summary.json").read_bytes()
     # each run directory is a normal run: `report runs/3` rebuilds it
     r3 = cli.invoke(app, ["report", str(out / "runs" / "3")])
@@ -93,7 +94,7 @@ def test_quantile_and_pass_rate_over_simulated_seeds(repeated: tuple[Path, Any],
     _, mid, high = sorted(values)
     assert mid < high, values               # three seeds, three gaps (the limit goes between two of them)
     limit = f"{(mid + high) / 2 * 1000:.3f}ms"
-    sc = load(FAILOVER).with_overrides({"expectations": [
+    sc = with_overrides(load(FAILOVER), {"expectations": [
         {"failover_gap": {"flow": "cbr", "max": limit}},
         {"failover_gap": {"flow": "cbr", "max": limit, "quantile": "100%"}},
         {"failover_gap": {"flow": "cbr", "max": limit, "quantile": "50%"}},

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import simpy
 
-from emulation.backends.sim.engine import SimOptions, Simulation, WallBudgetExceeded, play, run_sim
-from emulation.backends.sim.network import _simple_release, later
+from emulation.backends.sim.engine import Simulation, WallBudgetExceeded, play, run_sim
+from emulation.backends.sim.network import SimOptions, _simple_release, later
 from emulation.backends.sim.synthetic import regional_mesh_doc
 from emulation.links.impairment import Impairment, ImpairmentModel
 from emulation.scenario import from_dict

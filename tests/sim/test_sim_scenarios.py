@@ -13,8 +13,10 @@ from typer.testing import CliRunner
 
 from emulation.backends.sim import Simulation, run_sim
 from emulation.cli import app
-from emulation.measure import RunData, ledger, stage_order_problems
+from emulation.measure import ledger, stage_order_problems
+from emulation.measure.load import load_run
 from emulation.scenario import load, parse
+from emulation.scenario.loader import with_overrides
 from patronus.core.errors import ConfigError
 
 pytestmark = pytest.mark.sim
@@ -85,7 +87,7 @@ def test_failover_basic_passes_with_a_detection_time_of_the_fast_profile(failove
         assert 0 <= gap_after_decision <= 20.0 + 1e-6                   # the next packet (voice: 20 ms apart)
     # the first probe lost is exact: the agent's ProbeLost for the flows' path, the first probe whose
     # reply the cut took (sent at most one RTT before it, or the first one after), given up on at its timeout
-    run = RunData.load(out)
+    run = load_run(out)
     cut_at = float(run.timeline[run.timeline["action"] == "cut"]["applied_at"].iloc[0])
     ev = run.events
     (pl,) = ev[(ev["kind"] == "ProbeLost") & (ev["site"] == "hq") & (ev["path_id"] == "br:isp1-isp1")
@@ -175,7 +177,7 @@ def test_every_shipped_scenarios_ledger_is_in_order(path: Path, mode: str, tmp_p
     out = tmp_path / path.stem
     sc = load(path)
     run_sim(sc, out, mode=mode)
-    run = RunData.load(out)
+    run = load_run(out)
     entries = ledger(run)
     breaks = any(ev.action in ("cut", "flap", "impair", "ramp", "region_cut") for ev in sc.timeline)
     assert bool(entries) == breaks, "a scenario that breaks a link some flow is on has a ledger"
@@ -197,7 +199,7 @@ def test_agent_restart_loses_nothing_gracefully_and_everything_until_the_restart
 
     sc = load(ROOT / "scenarios" / "agent-restart.yaml")
     if cleanup:
-        sc = sc.with_overrides({"timeline.0.cleanup": True, "timeline.2.cleanup": True})
+        sc = with_overrides(sc, {"timeline.0.cleanup": True, "timeline.2.cleanup": True})
     out = tmp_path / "run"
     code = run_sim(sc, out)
     s = _summary(out)
@@ -241,7 +243,7 @@ def test_the_calibrated_limits_still_catch_calls_that_never_leave(name: str, tmp
 
     sc = short_version(name)
     stay = [{"name": "stay", "priority": 1, "preference": "latency_sensitive"}]
-    broken = sc.with_overrides({**{f"sites.{s.name}.agent.policies": stay for s in sc.sites},
+    broken = with_overrides(sc, {**{f"sites.{s.name}.agent.policies": stay for s in sc.sites},
                                 **{f"sites.{s.name}.agent.monitor": {"profile": "fast", "multiplier": 50}
                                    for s in sc.sites}})
     assert run_sim(broken, tmp_path / "run") == 1

@@ -62,8 +62,8 @@ class Net:
             self.plan = self.rt.plan()
             self.plans += 1
             # the plan read in part says what the whole says
-            for b, pid in self.plan.new.items():
-                assert self.rt.new_path(b) == pid
+            for b, s in self.plan.new.items():
+                assert self.rt.new_slot(b) == s and self.plan.path_of_new(b) == self.rt.new_path(b)
             for slot, pid in self.plan.slots.items():
                 assert self.rt.slot_path(slot) == pid
         for p in act.probes:
@@ -99,7 +99,7 @@ def test_every_slot_is_placed_on_its_own_path_and_new_connections_take_the_best(
     want = {Slot(BR, n, PathId(p)) for n in names for p in RTT}
     assert set(net.plan.slots) == want == net.rt.slots
     assert all(net.plan.slots[s] == s.origin for s in want)            # nothing moved
-    assert net.plan.new == {Bucket(BR, n, 0): PathId("br:isp1-isp1") for n in names}
+    assert net.plan.new == {Bucket(BR, n, 0): Slot(BR, n, PathId("br:isp1-isp1")) for n in names}
     # a slot placed where its connections are is no news: no FlowAssigned for slots reaches the driver
     assert not net.of(FlowAssigned)
 
@@ -114,7 +114,7 @@ def test_a_cut_moves_the_slots_of_the_cut_paths_and_new_connections_with_them() 
     assert plan is not None and net.plans > before
     for slot, pid in plan.slots.items():
         assert uplink_of(_path(pid)) == "isp2", (slot, pid)
-    assert {pid for pid in plan.new.values()} <= {PathId("br:isp2-isp1"), PathId("br:isp2-isp2")}
+    assert {plan.path_of_new(b) for b in plan.new} <= {PathId("br:isp2-isp1"), PathId("br:isp2-isp2")}
     moves = net.of(FailoverTriggered)
     assert moves and all(isinstance(e.flow, Slot) for e in moves if isinstance(e, FailoverTriggered))
     assert net.rt.failovers["path_down"] == len(moves)
@@ -139,7 +139,7 @@ def test_a_balancing_policy_spreads_its_buckets_over_its_tier() -> None:
     tier = net.rt.router.preview_tier(BR, "spread")
     assert len(tier) >= 2
     want = lb_buckets(LoadBalance.ROUND_ROBIN, tier, LB_BUCKETS)
-    got = [net.plan.new[Bucket(BR, "spread", i)] for i in range(LB_BUCKETS)]
+    got = [net.plan.path_of_new(Bucket(BR, "spread", i)) for i in range(LB_BUCKETS)]
     assert got == want
     assert len(Counter(got)) == len(tier)
 
@@ -167,7 +167,7 @@ def test_a_dead_tunnel_takes_its_path_out_of_the_plan_until_it_handshakes() -> N
     net.perform(net.rt.pump(net.now))
     down = net.of(TunnelDown)
     assert len(down) == 1 and down[0].path_id == best and down[0].interface == ifs[best]
-    assert net.plan is not None and best not in net.plan.new.values()
+    assert net.plan is not None and best not in {net.plan.path_of_new(b) for b in net.plan.new}
     assert best not in net.plan.slots.values()
     shakes[best] = wall + TUNNEL_GRACE_S + 2
     assert net.rt.on_handshakes(shakes, wall + TUNNEL_GRACE_S + 3, net.now, ifs) == []
@@ -186,8 +186,11 @@ def test_a_restart_holds_the_steering_then_adopts_the_kept_slots_with_their_orig
     assert not net.rt.steering_held and net.plan is not None
     info = net.rt.router.flow_info(kept_slot)
     assert info is not None and info.origin == PathId("br:isp1-isp1")
-    # it fails back after the hold, counted from the adoption; the other slots are placed as usual
-    assert len(net.plan.slots) == 8
+    # it fails back after the hold, counted from the adoption; the other slots are placed as usual, and
+    # new voice connections, whose best path is its origin, go in its second generation there meanwhile
+    assert len(net.plan.slots) == 9
+    assert net.plan.new[Bucket(BR, "voice", 0)] == Slot(BR, "voice", PathId("br:isp1-isp1"), 1)
+    assert net.plan.path_of_new(Bucket(BR, "voice", 0)) == PathId("br:isp1-isp1")
 
 
 def test_policies_changed_is_an_event_and_new_policies_get_slots() -> None:
@@ -212,3 +215,28 @@ def test_the_clock_never_runs_backwards_and_a_timer_never_fires_before_its_deadl
     assert net.rt.now == d                      # the timer's deadline, not the early clock
     net.rt.pump(d - 0.5)                        # a stale `now` from a driver
     assert net.rt.now == d
+
+
+def test_new_connections_never_ride_a_slot_that_waits_to_fail_back() -> None:
+    """A slot that failed over keeps its connections away until its failback; the connections that
+    start meanwhile, when its origin is the best path again, go in its second generation, on the origin."""
+    net = Net()
+    net.run_until(2.0)
+    best = PathId("br:isp1-isp1")
+    net.cut.add("isp1")
+    net.run_until(2.5)
+    net.cut.clear()
+    net.run_until(3.5)                  # isp1 is back and the best path; failback waits for the hold (10 s)
+    plan = net.plan
+    assert plan is not None and net.rt.logic.status(best) is PathStatus.UP
+    first, second = Slot(BR, "voice", best), Slot(BR, "voice", best, 1)
+    assert plan.slots[first] != best                      # still away
+    assert plan.new[Bucket(BR, "voice", 0)] == second and plan.slots[second] == best
+    assert plan.path_of_new(Bucket(BR, "voice", 0)) == best
+    assert net.rt.new_slot(Bucket(BR, "voice", 0)) == second
+    net.run_until(3.5 + net.rt.router.config.failback_hold_s + 1.0)
+    plan = net.plan
+    assert plan is not None and plan.slots[first] == best          # failed back
+    assert plan.new[Bucket(BR, "voice", 0)] == first                # the first generation takes them again
+    d = plan.as_dict()
+    assert {(r["origin"], r["gen"]) for r in d["slots"] if r["policy"] == "voice"} >= {(best, 0), (best, 1)}

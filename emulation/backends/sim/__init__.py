@@ -11,6 +11,7 @@ data (`writer`) and reports as an emulated run. Same scenario and seed: byte-ide
 Modules: `engine` (the run, `run_sim`), `agent`, `network`, `traffic`, `writer`.
 """
 
-from emulation.backends.sim.engine import AUTO_PACKET_LIMIT, MODES, T0, SimOptions, Simulation, run_sim
+from emulation.backends.sim.engine import AUTO_PACKET_LIMIT, MODES, T0, Simulation, run_sim
+from emulation.backends.sim.network import SimOptions
 
 __all__ = ["AUTO_PACKET_LIMIT", "MODES", "T0", "SimOptions", "Simulation", "run_sim"]

@@ -42,21 +42,20 @@ Clock: the core sees virtual seconds (scenario time); published events carry wal
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-from emulation.backends.sim.network import FROM_CORE, PROBE_WIRE_BYTES, TO_CORE, Hops, later
+import simpy
+
+from emulation.backends.sim.network import FROM_CORE, PROBE_WIRE_BYTES, TO_CORE, Network, SimOptions, SimPath, later
+from emulation.backends.sim.traffic import SimFlow
 from patronus.agent.config import SiteConfig
 from patronus.core.events import AgentStarted, Event
-from patronus.core.model import PathId, SiteId, Slot
+from patronus.core.model import PathId, SiteId
 from patronus.core.plan import LB_BUCKETS, SteeringPlan
 from patronus.core.runtime import Actions, SiteRuntime
 from patronus.core.site import SiteLogic
 from patronus.core.sla import SlaMonitor
-
-if TYPE_CHECKING:
-    from emulation.backends.sim.engine import Simulation
-    from emulation.backends.sim.traffic import SimFlow
 
 # From `patronus agent` being spawned to its core running (its first probes), adopting a kept dataplane:
 # measured by `python -m benchmarks bench_agent_startup` (a netns lab, agents at the runner's nice -5, 12
@@ -66,16 +65,19 @@ if TYPE_CHECKING:
 AGENT_STARTUP_S = 0.7
 
 
-@dataclass(frozen=True, slots=True)
-class SimPath:
-    """One path of a site: where it goes and the hops of its probes and packets, both ways."""
+class World(Protocol):
+    """What an agent sees of the simulation (`engine.Simulation` is one)."""
 
-    id: PathId
-    remote: str
-    uplink: str
-    remote_uplink: str
-    forward: Hops       # local uplink toward the core, then the remote uplink from it
-    reverse: Hops       # the remote uplink toward the core, then the local uplink from it
+    @property
+    def env(self) -> simpy.Environment: ...
+    @property
+    def net(self) -> Network: ...
+    @property
+    def options(self) -> SimOptions: ...
+    @property
+    def agents(self) -> Mapping[str, SimAgent]: ...
+    def wall(self, t: float) -> float: ...
+    def set_forwarding(self, site: str, now: float, on: bool) -> None: ...
 
 
 def _finite(v: Any) -> Any:
@@ -90,7 +92,7 @@ def _finite(v: Any) -> Any:
 
 
 class SimAgent:
-    def __init__(self, sim: Simulation, cfg: SiteConfig, startup_s: float = AGENT_STARTUP_S) -> None:
+    def __init__(self, sim: World, cfg: SiteConfig, startup_s: float = AGENT_STARTUP_S) -> None:
         self.sim = sim
         self.env = sim.env
         self.name = cfg.name
@@ -334,18 +336,21 @@ class SimAgent:
         bucket = classifier.bucket_of(f.key, SiteId(f.dst_site))
         live = self._live()
         if live is not None:
-            pid = live.new_path(bucket)
+            slot = live.new_slot(bucket)
+            path = live.slot_path(slot) if slot is not None else None
+        elif self.plan is not None:
+            slot = self.plan.new.get(bucket)
+            path = self.plan.path_of_new(bucket)
         else:
-            pid = self.plan.new.get(bucket) if self.plan is not None else None
-        if pid is None:
+            slot = path = None
+        if slot is None:
             return False        # no usable path toward its site: the kernel drops it
         f.classified = True
-        f.slot = Slot(bucket.remote, bucket.policy, pid)
+        f.slot = slot
         if f.policy is None:
             f.policy = bucket.policy if bucket.policy is not None else "implicit-default"
-        path = live.slot_path(f.slot) if live is not None else self.plan.slots.get(f.slot) if self.plan else None
-        f.set_path(pid if path is None else path, now)
-        f.pending_path = f.path
+        f.set_path(path, now)
+        f.pending_path = path
         return True
 
     def _replan(self, moves: list[Event], now: float) -> None:

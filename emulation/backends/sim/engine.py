@@ -30,7 +30,6 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ import yaml
 
 from emulation.backends.sim import traffic as tr
 from emulation.backends.sim.agent import AGENT_STARTUP_S, SimAgent
-from emulation.backends.sim.network import Network, _Call, later
+from emulation.backends.sim.network import Network, SimOptions, _Call, later
 from emulation.backends.sim.writer import (
     write_csv,
     write_events,
@@ -49,7 +48,7 @@ from emulation.backends.sim.writer import (
     write_packets,
 )
 from emulation.scenario.model import Ramp, Scenario
-from emulation.scenario.timeline import AgentStep, LinkStep, Step
+from emulation.scenario.timeline import AgentStep, LinkStep, Step, schedule
 from emulation.siteconf import (
     API_PORT,
     expectations_doc,
@@ -70,17 +69,6 @@ AUTO_PACKET_LIMIT = 2_000_000      # auto mode: packet mode up to this many UDP 
 AUTO_PROBE_LIMIT = 10_000_000      # ... and up to this many probes (four events each in packet mode)
 MODES = ("auto", "packet", "flow")
 SIM_TOKEN = "patronus-sim-token-0000000000000000"
-
-
-@dataclass(frozen=True, slots=True)
-class SimOptions:
-    """Knobs of the model that a scenario does not say."""
-
-    steering_latency_s: float = 0.0          # decision → packets on the new path (the kernel update)
-    sample_period_s: float | None = None     # None: SAMPLE_PERIOD_S, coarser for huge runs
-    wall_budget_s: float | None = None       # stop (raise WallBudgetExceeded) once the run has taken this long
-    # flow mode: a steady path's probes coast (`PathMonitor.coast`) between timeline steps
-    probe_coast: bool = True
 
 
 class WallBudgetExceeded(Exception):
@@ -311,7 +299,7 @@ class Simulation:
             at(f.start_s, partial(self._flow_start, f))
             at(f.stop_s, partial(setattr, f, "active", False))
         ramp_steps: dict[int, int] = {}
-        for step in sc.schedule():
+        for step in schedule(sc):
             k = None
             if isinstance(step, LinkStep) and isinstance(sc.timeline[step.event], Ramp):
                 k = ramp_steps[step.event] = ramp_steps.get(step.event, 0) + 1

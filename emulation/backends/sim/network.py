@@ -44,6 +44,7 @@ import simpy
 
 from emulation.links.impairment import GilbertElliott, Impairment, ImpairmentModel
 from emulation.scenario.model import LinkSettings, Scenario
+from patronus.core.model import PathId
 from patronus.core.probe import BASE_LEN as PROBE_BYTES
 
 ETHERNET_BYTES = 14
@@ -244,3 +245,26 @@ def _simple_release(m: ImpairmentModel, now: float, size: int) -> float | None:
     m._last_release = release
     m.delivered += 1
     return release
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """Knobs of the model that a scenario does not say."""
+
+    steering_latency_s: float = 0.0          # decision → packets on the new path (the kernel update)
+    sample_period_s: float | None = None     # None: SAMPLE_PERIOD_S, coarser for huge runs
+    wall_budget_s: float | None = None       # stop (raise WallBudgetExceeded) once the run has taken this long
+    # flow mode: a steady path's probes coast (`PathMonitor.coast`) between timeline steps
+    probe_coast: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SimPath:
+    """One path of a site: where it goes and the hops of its probes and packets, both ways."""
+
+    id: PathId
+    remote: str
+    uplink: str
+    remote_uplink: str
+    forward: Hops       # local uplink toward the core, then the remote uplink from it
+    reverse: Hops       # the remote uplink toward the core, then the local uplink from it

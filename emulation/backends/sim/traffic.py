@@ -38,20 +38,41 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
+import simpy
 
-from emulation.backends.sim.network import TUNNEL_UDP_OVERHEAD_BYTES, later
+from emulation.backends.sim.network import TUNNEL_UDP_OVERHEAD_BYTES, Network, SimPath, later
 from emulation.links.impairment import DIST_TABLE_SIZE, NETEM_DIST_SCALE, dist_table
 from emulation.scenario.model import Flow, FlowType, LinkSettings, Scenario
 from emulation.siteconf import host_address
 from patronus.core.model import FlowKey, PathId, Slot
 
-if TYPE_CHECKING:
-    from emulation.backends.sim.agent import SimAgent
-    from emulation.backends.sim.engine import Simulation
+
+class Site(Protocol):
+    """What a flow sees of its sites' agents (`agent.SimAgent` is one)."""
+
+    @property
+    def forwarding(self) -> bool: ...
+    @property
+    def paths(self) -> Mapping[PathId, SimPath]: ...
+    def flow_started(self, f: SimFlow) -> None: ...
+
+
+class World(Protocol):
+    """What the traffic models see of the simulation (`engine.Simulation` is one)."""
+
+    @property
+    def env(self) -> simpy.Environment: ...
+    @property
+    def net(self) -> Network: ...
+    @property
+    def t0_ns(self) -> int: ...
+    def link_table(self, link: str) -> LinkTable: ...
+    def forwarding_table(self, site: str) -> StepTable: ...
 
 NS = 1_000_000_000
 SOURCE_PORT_BASE = 41000          # the runner's: flow i sends from port 41000 + i
@@ -100,7 +121,7 @@ def plan(f: Flow) -> FlowPlan:
 class SimFlow:
     """One scenario flow: its plan, its steering state and history, and (UDP) its packet records."""
 
-    def __init__(self, index: int, flow: Flow, scenario: Scenario, src: SimAgent, dst: SimAgent) -> None:
+    def __init__(self, index: int, flow: Flow, scenario: Scenario, src: Site, dst: Site) -> None:
         self.flow = flow
         self.name = flow.name
         self.type = flow.type.value
@@ -160,7 +181,7 @@ class SimFlow:
 
 # --- packet mode ---------------------------------------------------------------------------------
 
-def start_packets(sim: Simulation, f: SimFlow) -> None:
+def start_packets(sim: World, f: SimFlow) -> None:
     """Send the flow's datagrams as simulated packets (called at the flow's start)."""
     env = sim.env
     net = sim.net
@@ -289,7 +310,7 @@ def _in_order(release: np.ndarray, arrival: np.ndarray, keep: np.ndarray) -> np.
     return out
 
 
-def synthesize_packets(sim: Simulation, f: SimFlow, rng: np.random.Generator) -> None:
+def synthesize_packets(sim: World, f: SimFlow, rng: np.random.Generator) -> None:
     """Flow mode: fill the flow's records from its steering history and the links' histories."""
     if not f.sent:
         return
@@ -350,7 +371,7 @@ def synthesize_packets(sim: Simulation, f: SimFlow, rng: np.random.Generator) ->
 
 # --- TCP and HTTP ---------------------------------------------------------------------------------
 
-def _path_state(sim: Simulation, f: SimFlow, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+def _path_state(sim: World, f: SimFlow, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                        np.ndarray]:
     """(usable, rtt_s, loss, bottleneck_bps) of the flow's route at times `t`."""
     names: list[str] = []
@@ -392,7 +413,7 @@ def _rto_resume(outage_start: float, back: float) -> float:
         rto = min(rto * 2.0, TCP_MAX_RTO_S)
 
 
-def tcp_rows(sim: Simulation, f: SimFlow) -> list[tuple[float, float]]:
+def tcp_rows(sim: World, f: SimFlow) -> list[tuple[float, float]]:
     """(virtual end of each 1-s interval, bits per second), like iperf3's intervals."""
     secs = max(1, round(f.stop_s - f.start_s))
     steps = round(secs / TCP_GRID_S)
@@ -418,7 +439,7 @@ def tcp_rows(sim: Simulation, f: SimFlow) -> list[tuple[float, float]]:
     return [(f.start_s + k + 1, float(v)) for k, v in enumerate(per)]
 
 
-def http_rows(sim: Simulation, f: SimFlow, rng: np.random.Generator) -> list[tuple[float, float, bool]]:
+def http_rows(sim: World, f: SimFlow, rng: np.random.Generator) -> list[tuple[float, float, bool]]:
     """(virtual start, latency_ms, ok) of each request, on the client's schedule."""
     out: list[tuple[float, float, bool]] = []
     size = f.plan.response_bytes
