@@ -1,1 +1,2 @@
-"""The Patronus test-bed: scenarios run over Mininet namespaces or in simulation (not built yet)."""
+"""The Patronus test-bed: scenarios run over Mininet namespaces (`emulation.runner`) or in a simpy
+discrete-event simulation (`emulation.backends.sim`), with the same raw data, reports and verdicts."""

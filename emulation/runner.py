@@ -41,6 +41,8 @@ from emulation.siteconf import expectations_doc, monitors_doc, site_document, sl
 from emulation.stallwatch import REPORT_MS, StallWatch
 from patronus.agent.keys import generate_private_key, public_key
 
+API_PORT = 8470          # every agent's API, on its site's management address
+
 TOKEN_BYTES = 24
 # Scheduling on a shared host: every site, every ISP and every application host of a scenario shares
 # two cores here, where in the world each is a box of its own. What stands for the wire and for the
@@ -192,7 +194,7 @@ class Runner:
 
     def _api(self, site: str, path: str) -> Any:
         assert self.net is not None
-        r = httpx.get(f"http://{self.net.sites[site].mgmt_ip}:8470/api/v1{path}",
+        r = httpx.get(f"http://{self.net.sites[site].mgmt_ip}:{API_PORT}/api/v1{path}",
                       headers={"Authorization": f"Bearer {self.token}"}, timeout=5)
         r.raise_for_status()
         return r.json()
@@ -204,7 +206,7 @@ class Runner:
         assert self.net is not None
         return site_document(self.sc, site, uplink_addr={n: dict(s.uplink_addr) for n, s in self.net.sites.items()},
                              public_keys={r: public_key(self.keys[r]) for r in remotes},
-                             agents_dir=self.out / "agents", api_listen=f"{self.net.sites[site].mgmt_ip}:8470",
+                             agents_dir=self.out / "agents", api_listen=f"{self.net.sites[site].mgmt_ip}:{API_PORT}",
                              token=self.token, remotes=remotes, agent=agent, probe_realtime=RT_REFLECTOR)
 
     def start_agents(self, agents: dict[str, dict[str, Any]], remotes: dict[str, list[str]]) -> None:
@@ -680,7 +682,8 @@ class Runner:
             self.check_rtts()
             self.progress("starting traffic")
             self.start_receivers()
-            sampler = Sampler({s: f"http://{n.mgmt_ip}:8470/api/v1" for s, n in self.net.sites.items()}, self.token)
+            sampler = Sampler({s: f"http://{n.mgmt_ip}:{API_PORT}/api/v1" for s, n in self.net.sites.items()},
+                              self.token)
             # the clock's 0 is planned ahead: a UDP sender is started SENDER_LEAD_S before its flow's start
             # and sends from that instant (`--start-at`); sampling starts SAMPLE_LEAD_S before 0
             self.t0 = time.time() + SENDER_LEAD_S
@@ -815,7 +818,7 @@ class Runner:
         assert self.net is not None
         lines = [f"network kept up (run {self.run_id}); remove it with: patronus-lab clean --run {self.run_id}"]
         for s, n in self.net.sites.items():
-            lines.append(f"  {s}: ip netns exec {self._ns(n.router)} bash   (agent API http://{n.mgmt_ip}:8470, "
+            lines.append(f"  {s}: ip netns exec {self._ns(n.router)} bash   (agent API http://{n.mgmt_ip}:{API_PORT}, "
                          f"token in {self.out / 'agents' / (s + '.yaml')})")
         for link, path in sorted((sockets or {}).items()):
             lines.append(f"  link {link}: relay control socket {path} (JSON lines: {{\"counters\": true}}, "

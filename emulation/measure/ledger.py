@@ -59,7 +59,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from emulation.measure.flows import NS, arrivals, has_path_data, longest_gap, lost_between
+from emulation.measure.flows import NS, arrivals, longest_gap, lost_between
 from emulation.measure.rundata import FlowSpec, RunData
 from emulation.measure.sla import rolling_break_and_restores
 from emulation.measure.timeline import Edge, edges, on_link, path_leads_to, site_paths, window_end
@@ -375,7 +375,3 @@ def ledger_frame(entries: Iterable[LedgerEntry]) -> pd.DataFrame:
     df["lost_packets"] = df["lost_packets"].astype("Int64")
     return df
 
-
-def uses_path_data(run: RunData) -> bool:
-    """Whether any packet flow names its paths (the ledger's last stages need it)."""
-    return any(has_path_data(arrivals(run, f.name)) for f in run.run.flows if f.has_packets)

@@ -19,7 +19,6 @@ import io
 import re
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -266,10 +265,3 @@ def _render_plots(a: Analysis) -> dict[str, tuple[str, bytes]]:
     out["latency-cdf.png"] = ("Latency CDF per flow", png_bytes(plot_latency_cdf(a)))
     return out
 
-
-def write_plots(a: Analysis, directory: Path) -> dict[str, tuple[str, bytes]]:
-    plots = render_plots(a)
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, (_, data) in plots.items():
-        (directory / name).write_bytes(data)
-    return plots

@@ -368,7 +368,7 @@ class Agent:
         def close() -> None:
             for srv in servers:
                 srv.close()
-        self._undo.append(_Undo("bandwidth servers", close, close))
+        self._undo.append(_Undo("bandwidth servers", close, close, on_loop=True))     # they live on the loop
         for r in self.cfg.remotes:
             key = probe_key(self.cfg, r)
             if key is None:
