@@ -167,9 +167,15 @@ def _num(x: Any, fmt: str = ".1f") -> str:
 
 def _paths_table(paths: list[dict[str, Any]]) -> Table:
     t = Table(show_edge=False, pad_edge=False)
+    # names are never cut (a path id is what a user types next); on a narrow terminal the figures fold
+    whole = {"path": max([4, *(len(str(p["id"])) for p in paths)]), "status": 8,
+             "tunnel": max([6, *(len(str(p["interface"])) for p in paths)])}
     for col in ("path", "status", "latency ms", "jitter ms", "loss %", "score", "flows", "probes", "rejected",
                 "tunnel"):
-        t.add_column(col, justify="left" if col in ("path", "status", "tunnel") else "right")
+        if col in whole:
+            t.add_column(col, justify="left", no_wrap=True, min_width=whole[col])
+        else:
+            t.add_column(col, justify="right", overflow="fold")
     for p in paths:
         c = _COLOR.get(p["status"], "")
         t.add_row(p["id"], f"[{c}]{p['status']}[/{c}]", _num(p["latency_ms"], ".2f"), _num(p["jitter_ms"], ".2f"),
