@@ -33,6 +33,7 @@ import yaml
 
 from emulation import rttcheck
 from emulation.backends.mininet_net import MininetNet, NetSpec, SiteSpec, UplinkSpec
+from emulation.links.settings import impairment_of
 from emulation.platform import CpuWatch, PlatformLog
 from emulation.platform import summarize as summarize_platform
 from emulation.platform import write_csv as write_platform_csv
@@ -616,16 +617,6 @@ class Runner:
             self.flows.append(plan)
         return spec
 
-    def _impairment(self, s: Any) -> Any:
-        from emulation.links.impairment import GilbertElliott, Impairment
-
-        ge = s.loss_model
-        return Impairment(delay_s=s.delay_s, jitter_s=s.jitter_s, jitter_distribution=s.jitter_distribution.value,
-                          loss=s.loss_ratio,
-                          loss_model=GilbertElliott(ge.p, ge.r, ge.h, ge.k) if ge is not None else None,
-                          rate_bps=s.rate_bps, queue_limit=s.queue_limit_packets, duplicate=s.duplicate_ratio,
-                          reorder=s.reorder_ratio, corrupt=s.corrupt_ratio, cut=not s.up)
-
     def start_links(self) -> None:
         from emulation.links import make_link
 
@@ -633,7 +624,7 @@ class Runner:
         for site in self.sc.sites:
             nodes = self.net.sites[site.name]
             for u in site.uplinks:
-                imp = self._impairment(u.baseline())
+                imp = impairment_of(u.baseline())
                 if self.impairment_backend == "relay":
                     ns = self._ns(nodes.relay_node[u.name])
                     link = make_link("relay", ns_x=ns, if_x="x", ns_y=ns, if_y="y", seed=self.sc.seed + len(self.links),
@@ -788,7 +779,7 @@ class Runner:
                                        step.site, json.dumps({"cleanup": step.cleanup}) if not step.running else "{}"])
             return
         link = self.links[str(step.link)]
-        ns = link.set("both", self._impairment(step.settings))
+        ns = link.set("both", impairment_of(step.settings))
         event = self.sc.timeline[step.event]
         action = event.action
         self.timeline_rows.append([step.at_s, round(ns / 1e9, 6), action, str(step.link),

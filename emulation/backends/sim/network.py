@@ -42,7 +42,8 @@ from typing import Any
 
 import simpy
 
-from emulation.links.impairment import GilbertElliott, Impairment, ImpairmentModel
+from emulation.links.impairment import ImpairmentModel
+from emulation.links.settings import impairment_of
 from emulation.scenario.model import LinkSettings, Scenario
 from patronus.core.model import PathId
 from patronus.core.probe import BASE_LEN as PROBE_BYTES
@@ -59,15 +60,6 @@ TUNNEL_UDP_OVERHEAD_BYTES = UDP_BYTES + IPV4_BYTES + WIREGUARD_BYTES + UDP_BYTES
 
 TO_CORE = "out"             # a link's direction from its site toward the core
 FROM_CORE = "in"
-
-
-def impairment_of(s: LinkSettings) -> Impairment:
-    """One direction of a link in the state `s` (the Mininet runner builds the same for its relays)."""
-    ge = s.loss_model
-    return Impairment(delay_s=s.delay_s, jitter_s=s.jitter_s, jitter_distribution=s.jitter_distribution.value,
-                      loss=s.loss_ratio, loss_model=GilbertElliott(ge.p, ge.r, ge.h, ge.k) if ge is not None else None,
-                      rate_bps=s.rate_bps, queue_limit=s.queue_limit_packets, duplicate=s.duplicate_ratio,
-                      reorder=s.reorder_ratio, corrupt=s.corrupt_ratio, cut=not s.up)
 
 
 def _fire(event: _Call) -> None:
