@@ -20,13 +20,13 @@ paths):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from emulation.measure.rundata import FlowSpec, RunData
+from patronus.core.sla import nearest_rank as rank_of
 
 NS = 1_000_000_000
 
@@ -36,8 +36,7 @@ def nearest_rank(sorted_values: np.ndarray, p: float) -> float | None:
     n = len(sorted_values)
     if n == 0:
         return None
-    rank = max(1, math.ceil(p * n / 100.0))
-    return float(sorted_values[rank - 1])
+    return float(sorted_values[rank_of(p, n) - 1])
 
 
 def percentiles(values: np.ndarray, ps: tuple[float, ...] = (50, 95, 99)) -> tuple[float | None, ...]:

@@ -47,6 +47,7 @@ from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
+from fractions import Fraction
 
 from patronus.core.errors import ConfigError
 from patronus.core.events import Event, SlaRestored, SlaViolated
@@ -223,10 +224,16 @@ class SlaMeasurement:
         return self.compliant is not None
 
 
+def nearest_rank(pct: float, n: int) -> int:
+    """The 1-based rank of the `pct`-th percentile of `n` values by the nearest-rank method:
+    ceil(pct·n/100), computed exactly (a decimal `pct` is taken as written: 95 % of 20 is rank 19, never
+    20 by float rounding), within 1..n. The one definition the core's SLA and the test-bed's analysis use."""
+    rank = (pct * n + 99) // 100 if isinstance(pct, int) else math.ceil(Fraction(str(pct)) * n / 100)
+    return min(max(rank, 1), n)
+
+
 def _nearest_rank(sorted_values: list[float], pct: int) -> float:
-    n = len(sorted_values)
-    rank = (pct * n + 99) // 100          # ceil(pct·n/100) in exact integer arithmetic
-    return sorted_values[min(max(rank, 1), n) - 1]
+    return sorted_values[nearest_rank(pct, len(sorted_values)) - 1]
 
 
 # Measurement resolution: a value within this of its target meets it. Below it, differences are float

@@ -329,3 +329,16 @@ def test_float_rounding_is_not_a_violation() -> None:
     mon.record_latency("p", 1e-106, 0.5)
     m = mon.measure("p", 1.0)
     assert m.compliant is True and m.violations == () and m.score == 100.0
+
+
+def test_nearest_rank_is_exact_for_decimal_percentiles_and_shared_with_the_analysis() -> None:
+    import numpy as np
+
+    from emulation.measure.flows import nearest_rank as analysis_rank
+    from patronus.core.sla import nearest_rank
+
+    assert nearest_rank(95, 20) == nearest_rank(95.0, 20) == 19
+    assert nearest_rank(2.4, 125) == 3          # ceil(2.4 × 125 / 100) = 3; in floats 3.0000000000000004 → 4
+    assert nearest_rank(0, 5) == 1 and nearest_rank(100, 5) == 5 and nearest_rank(99.9, 1000) == 999
+    values = np.arange(1.0, 126.0)
+    assert analysis_rank(values, 2.4) == 3.0 and analysis_rank(np.array([]), 50) is None
