@@ -40,6 +40,7 @@ from emulation.platform import write_csv as write_platform_csv
 from emulation.scenario.timeline import schedule
 from emulation.siteconf import expectations_doc, monitors_doc, site_document, sla_targets_doc
 from emulation.stallwatch import REPORT_MS, StallWatch
+from emulation.traffic.plan import traffic_plan
 from patronus.agent.keys import generate_private_key, public_key
 
 API_PORT = 8470          # every agent's API, on its site's management address
@@ -599,22 +600,12 @@ class Runner:
             for s in sc.sites))
         self.flows = []
         for i, f in enumerate(sc.flows):
-            t = f.type.value
-            plan = FlowPlan(name=f.name, type=t, cls=f.traffic_class, src_site=f.src.site, src_host=f.src.host - 1,
-                            dst_site=f.dst.site, dst_host=f.dst.host - 1, dst_port=f.dst_port, sport=41000 + i,
-                            start_s=f.start_s, stop_s=f.stop_s)
-            if t in ("udp_cbr", "voip"):
-                plan.rate = float(f.rate_pps or (50.0 if t == "voip" else 1000.0))
-                plan.size = max(16, int(f.payload_bytes or 172))
-            elif t == "video":
-                fps = float(f.frame_rate or 30.0)
-                pps = float(f.packets_per_s or fps)
-                plan.rate, plan.burst, plan.size = fps, max(1, round(pps / fps)), int(f.payload_bytes or 1200)
-            elif t == "tcp_bulk":
-                plan.bandwidth_bps = float(f.bandwidth_bps or 0.0)
-            elif t == "http":
-                plan.interval_s = float(f.interval_s or 1.0)
-            self.flows.append(plan)
+            tp = traffic_plan(f)          # the numbers the simulator models too
+            self.flows.append(FlowPlan(name=f.name, type=f.type.value, cls=f.traffic_class, src_site=f.src.site,
+                                       src_host=f.src.host - 1, dst_site=f.dst.site, dst_host=f.dst.host - 1,
+                                       dst_port=f.dst_port, sport=41000 + i, start_s=f.start_s, stop_s=f.stop_s,
+                                       rate=tp.rate, size=tp.size, burst=tp.burst, interval_s=tp.interval_s,
+                                       bandwidth_bps=tp.bandwidth_bps))
         return spec
 
     def start_links(self) -> None:

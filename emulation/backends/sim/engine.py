@@ -57,6 +57,7 @@ from emulation.siteconf import (
     sla_targets_doc,
     uplink_addresses,
 )
+from emulation.traffic.plan import traffic_plan
 from patronus.agent.config import from_dict
 from patronus.core.errors import ConfigError
 
@@ -99,7 +100,7 @@ def udp_datagrams(scenario: Scenario) -> int:
     total = 0
     for f in scenario.flows:
         if f.type.is_packet_flow:
-            p = tr.plan(f)
+            p = traffic_plan(f)
             total += int(p.rate * (f.stop_s - f.start_s)) * p.burst
     return total
 

@@ -39,7 +39,6 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -47,8 +46,9 @@ import simpy
 
 from emulation.backends.sim.network import TUNNEL_UDP_OVERHEAD_BYTES, Network, SimPath, later
 from emulation.links.impairment import DIST_TABLE_SIZE, NETEM_DIST_SCALE, dist_table
-from emulation.scenario.model import Flow, FlowType, LinkSettings, Scenario
+from emulation.scenario.model import Flow, LinkSettings, Scenario
 from emulation.siteconf import host_address
+from emulation.traffic.plan import traffic_plan
 from patronus.core.model import FlowKey, PathId, Slot
 
 
@@ -87,37 +87,6 @@ HTTP_SYN_RETRIES_S = (0.0, 1.0)   # SYN, then its retransmission after Linux's 1
 HTTP_INITIAL_WINDOW = 10
 
 
-@dataclass(frozen=True, slots=True)
-class FlowPlan:
-    """What the runner would start for one flow."""
-
-    rate: float          # ticks per second (UDP); 0 for TCP flows
-    burst: int           # datagrams per tick
-    size: int            # UDP payload bytes
-    interval_s: float    # http
-    bandwidth_bps: float  # tcp_bulk cap (0 = none)
-    response_bytes: int  # http
-
-
-def plan(f: Flow) -> FlowPlan:
-    """The runner's FlowPlan numbers for `f` (see `emulation.runner.Runner.plan`)."""
-    t = f.type
-    rate, burst, size, interval, bw = 1000.0, 1, 64, 1.0, 0.0
-    if t in (FlowType.UDP_CBR, FlowType.VOIP):
-        rate = float(f.rate_pps or (50.0 if t is FlowType.VOIP else 1000.0))
-        size = max(16, int(f.payload_bytes or 172))
-    elif t is FlowType.VIDEO:
-        fps = float(f.frame_rate or 30.0)
-        pps = float(f.packets_per_s or fps)
-        rate, burst, size = fps, max(1, round(pps / fps)), int(f.payload_bytes or 1200)
-    elif t is FlowType.TCP_BULK:
-        bw = float(f.bandwidth_bps or 0.0)
-    elif t is FlowType.HTTP:
-        interval = float(f.interval_s or 1.0)
-    return FlowPlan(rate=rate if t.is_packet_flow else 0.0, burst=burst, size=size, interval_s=interval,
-                    bandwidth_bps=bw, response_bytes=int(f.response_bytes or 65536))
-
-
 class SimFlow:
     """One scenario flow: its plan, its steering state and history, and (UDP) its packet records."""
 
@@ -132,7 +101,7 @@ class SimFlow:
         self.dst = dst
         self.start_s = flow.start_s
         self.stop_s = flow.stop_s
-        self.plan = plan(flow)
+        self.plan = traffic_plan(flow)
         self.udp = flow.type.is_packet_flow
         self.key = FlowKey(host_address(scenario, flow.src.site, flow.src.host),
                            host_address(scenario, flow.dst.site, flow.dst.host),
