@@ -18,12 +18,15 @@ is at most interval × multiplier plus that small margin (the `fast` profile: 20
 least 40 ms); a long RTT adds itself once, because a probe cannot be called lost before its reply
 could have arrived. The timeout follows the path's own jitter (4·rttvar), so a jittery path gets a
 longer detection time rather than false Downs; a fixed BFD-style detect timer (no reply for
-interval × multiplier) was tried and turned a jittery brownout into a "cut". A reply that comes
-after its probe timed out ends the run of misses, teaches the RTT estimator the new RTT, and turns
-the loss recorded at the timeout back into an RTT sample while it is still in the window: the
-timeout is a liveness deadline, and a delayed probe is not a lost one. A path whose RTT rises (a
+interval × multiplier) was tried and turned a jittery brownout into a "cut". The timeout is a
+liveness deadline, not a verdict on the probe: a timed-out probe counts towards the run of misses at
+once, but it is judged *lost* (a loss in the window, which the score, the loss rule and a site's SLA
+see) only when a probe sent after it is answered first, or when the path goes Down, as TCP's RACK
+judges segments (RFC 8985). A reply that comes before that is a late sample; one that comes after
+turns the loss back into an RTT sample while it is still in the window. A path whose RTT rises (a
 brownout) is slow, not dead, and a healthy path on a busy host does not read a few-ms delay past its
-tight timeout as loss. Only an RTT jump
+tight timeout as loss, not even for the instant before the reply arrives (an SLA class with
+"loss ≤ 1 %" would move a call on that instant). Only an RTT jump
 larger than (multiplier − 1) × interval within one detection time can still look like a cut.
 
 While a path is alive its status follows the seed's quality rule over the probe window
@@ -174,7 +177,7 @@ def _near(a: float, b: float) -> bool:
 class ProbeCounters:
     sent: int
     received: int
-    timed_out: int
+    timed_out: int     # probes whose timeout (the liveness deadline) fired
     late: int          # replies that arrived after their probe had timed out (taken as delayed samples)
     unexpected: int    # replies to probes never sent (or to a removed path)
     duplicates: int = 0    # second copies, and replies to probes too old to remember
@@ -191,7 +194,7 @@ class Reply(IntEnum):
 class _PathState:
     __slots__ = ("alive", "answered_sent_at", "bandwidth_mbps", "coast_due", "coast_end", "coast_flight",
                  "coast_resume_at", "coast_rtt_s", "cost_per_gb", "duplicates", "expired", "good_run", "late",
-                 "lost_sent_at", "miss_run", "miss_since", "mtu_bytes",
+                 "lost", "lost_sent_at", "miss_run", "miss_since", "mtu_bytes", "pending", "revived",
                  "next_report_at", "next_send_at", "next_seq", "outstanding", "path_id", "profile", "received",
                  "rttvar_s", "score", "sent", "srtt_s", "status", "status_since", "timed_out", "unexpected",
                  "wake_at", "window")
@@ -201,7 +204,8 @@ class _PathState:
         self.profile = profile
         self.window = ProbeWindow(profile.window)
         self.outstanding: dict[int, tuple[float, float]] = {}   # seq -> (sent_at, deadline)
-        self.expired: dict[int, tuple[float, tuple[int, int]]] = {}   # timed-out seq -> (sent_at, window serial)
+        self.pending: dict[int, float] = {}     # timed out, not judged lost yet: seq -> sent_at
+        self.expired: dict[int, tuple[float, tuple[int, int]]] = {}   # lost seq -> (sent_at, window serial)
         self.next_seq = start_seq
         self.next_send_at = now
         self.next_report_at = now + profile.report_interval_s
@@ -217,6 +221,7 @@ class _PathState:
         self.srtt_s: float | None = None
         self.rttvar_s = 0.0
         self.sent = self.received = self.timed_out = self.late = self.unexpected = self.duplicates = 0
+        self.lost = self.revived = 0    # probes judged lost; late replies that undid such a judgement
         self.bandwidth_mbps = 0.0
         self.mtu_bytes = 1500
         self.cost_per_gb = 0.0
@@ -363,10 +368,11 @@ class PathMonitor:
         return ProbeCounters(st.sent, st.received, st.timed_out, st.late, st.unexpected, st.duplicates)
 
     def losses(self, path_id: PathId) -> tuple[int, int]:
-        """(timed out, late): what `counters` says of lost probes, without accounting for coasted
-        probes first (they are never lost)."""
+        """(lost, revived): probes judged lost (in the window as losses), and late replies that came
+        after that judgement and made a loss an RTT sample again. What a site's SLA counts; without
+        accounting for coasted probes first (they are never lost)."""
         st = self._state(path_id)
-        return st.timed_out, st.late
+        return st.lost, st.revived
 
     def current_timeout_s(self, path_id: PathId) -> float:
         return self._current(path_id).timeout_s()
@@ -431,6 +437,17 @@ class PathMonitor:
             self._sync(st, now)
         rec = st.outstanding.pop(seq, None)
         if rec is None:
+            pend = st.pending.get(seq)
+            if pend is not None and now >= pend:
+                # after its timeout, before any later probe was answered: a delayed probe, never
+                # judged lost, so it is simply a sample (late)
+                del st.pending[seq]
+                self._judge_pending(st, seq)
+                st.late += 1
+                if st.answered_sent_at is None or pend > st.answered_sent_at:
+                    st.answered_sent_at = pend
+                self._outcome(st, now - pend, now)
+                return Reply.LATE
             exp = st.expired.pop(seq, None)
             if exp is not None and now >= exp[0]:
                 # A reply after its timeout. The timeout is a liveness deadline (it makes a cut show
@@ -441,6 +458,7 @@ class PathMonitor:
                 # (a busy host, a queue) would read as loss and push a healthy path Down.
                 sent = exp[0]
                 st.late += 1
+                st.revived += 1
                 st.miss_run = 0
                 if st.answered_sent_at is None or sent > st.answered_sent_at:
                     st.answered_sent_at = sent
@@ -448,8 +466,9 @@ class PathMonitor:
                 if st.window.revise(exp[1], (now - sent) * 1000.0) and st.alive:
                     self._judge(st, now)
                 return Reply.LATE
-            if exp is not None:
-                st.expired[seq] = exp     # a forged copy that predates the probe: the real one may follow
+            if exp is not None or pend is not None:
+                if exp is not None:
+                    st.expired[seq] = exp     # a forged copy that predates the probe: the real one may follow
                 st.unexpected += 1
             elif self._start_seq <= seq < st.next_seq:
                 st.duplicates += 1        # a second copy, or a reply to a probe too old to remember
@@ -465,6 +484,8 @@ class PathMonitor:
         st.received += 1
         if st.answered_sent_at is None or start > st.answered_sent_at:
             st.answered_sent_at = start
+        if st.pending:
+            self._judge_pending(st, seq)
         if st.coast_rtt_s is not None and not _near(rtt_s, st.coast_rtt_s):
             self._settle_coast(st, now)     # the driver's word no longer holds
         self._outcome(st, rtt_s, now)
@@ -481,7 +502,7 @@ class PathMonitor:
         seq = st.next_seq
         st.next_seq += 1
         if rtt_s is None:
-            self._lost(st, seq, now, now)
+            self._lost(st, seq, now, now, judged=True)
             return
         st.received += 1
         st.answered_sent_at = now - rtt_s
@@ -515,7 +536,7 @@ class PathMonitor:
                     return False        # probes of another RTT are still out
                 if st.next_send_at < st.coast_end:
                     return True         # coasting already
-        if not st.alive or st.status is PathStatus.DOWN or st.srtt_s is None:
+        if not st.alive or st.status is PathStatus.DOWN or st.srtt_s is None or st.pending:
             return False
         p = st.profile
         if not st.next_send_at < until or st.next_send_at == math.inf:
@@ -596,6 +617,8 @@ class PathMonitor:
             st.sent += n
             self.coasted_probes += n
         if replies:
+            if st.pending:
+                self._judge_pending(st, None)   # every probe still pending went out before the coast
             k = len(replies)
             st.received += k
             st.good_run += k
@@ -666,9 +689,6 @@ class PathMonitor:
             for _, seq in due:
                 sent_at = st.outstanding.pop(seq)[0]
                 self._lost(st, seq, sent_at, now)
-                st.expired[seq] = (sent_at, st.window.last_serial)
-                if len(st.expired) > _EXPIRED_KEEP:
-                    del st.expired[next(iter(st.expired))]
         if st.next_send_at <= now and not st.next_send_at < st.coast_end:   # a coast sends by itself
             seq = st.next_seq
             st.next_seq += 1
@@ -687,44 +707,71 @@ class PathMonitor:
             nxt = st.next_report_at + st.profile.report_interval_s
             st.next_report_at = nxt if nxt > now else now + st.profile.report_interval_s
 
-    def _lost(self, st: _PathState, seq: int, sent_at: float, now: float) -> None:
-        """The one place a probe is given up on (its timeout fired at `now`, or a caller said so). The
-        first miss of a run (the probe before was answered, or this is the path's first) starts the run
-        and is said as `ProbeLost`, before any verdict it leads to; the misses after it are not (a long
-        cut must not flood the events). Coasted probes are never lost: a probe the driver vouched for
-        that times out ends the coast first (`_service`) and comes here like any other."""
+    def _lost(self, st: _PathState, seq: int, sent_at: float, now: float, *, judged: bool = False) -> None:
+        """The one place a probe is given up on (its timeout fired at `now`, or a caller said so with
+        `judged`). The first miss of a run (the probe before was answered, or this is the path's first)
+        starts the run and is said as `ProbeLost`, before any verdict it leads to; the misses after it
+        are not (a long cut must not flood the events). Coasted probes are never lost: a probe the
+        driver vouched for that times out ends the coast first (`_service`) and comes here like any
+        other.
+
+        The timeout is the liveness deadline: it counts towards the run of misses (Down after
+        `detect_multiplier`) at once. Whether the probe was *lost*, a loss in the window that the
+        score, the loss rule and a site's SLA see, is judged later, as TCP's RACK judges a segment
+        (RFC 8985): when a probe sent after it is answered and it is not, or when the path is Down.
+        Until then it is pending. A reply a few ms past a tight adaptive timeout (a busy host, a
+        queue) then arrives as a late sample before anything acted on a loss that never was; a lost
+        probe is judged one interval (plus its RTT) after its timeout, with the next reply."""
         st.timed_out += 1
         if st.lost_sent_at is None or sent_at > st.lost_sent_at:
             st.lost_sent_at = sent_at
         if st.miss_run == 0:
             st.miss_since = sent_at
             self._events.append(ProbeLost(at=now, path_id=st.path_id, seq=seq, sent_at=sent_at))
-        self._outcome(st, None, now)
+        st.good_run = 0
+        st.miss_run += 1
+        if judged or not st.alive:
+            self._judge_pending(st, None)
+            self._add_loss(st, seq, sent_at)
+        else:
+            st.pending[seq] = sent_at
+        if st.alive and st.miss_run >= st.profile.detect_multiplier:
+            self._judge_pending(st, None)
+            st.alive = False
+            self._settle(st, now, PathStatus.DOWN, f"{st.miss_run} consecutive probes unanswered")
+            return
+        if st.alive and judged:
+            self._judge(st, now)
 
-    def _outcome(self, st: _PathState, rtt_s: float | None, now: float) -> None:
+    def _judge_pending(self, st: _PathState, before: int | None) -> None:
+        """Pending probes sent before probe `before` (all of them: None) are lost, in send order."""
+        for seq in sorted(st.pending):
+            if before is not None and seq >= before:
+                break
+            self._add_loss(st, seq, st.pending.pop(seq))
+
+    @staticmethod
+    def _add_loss(st: _PathState, seq: int, sent_at: float) -> None:
+        st.window.add(None)
+        st.lost += 1
+        st.expired[seq] = (sent_at, st.window.last_serial)
+        if len(st.expired) > _EXPIRED_KEEP:
+            del st.expired[next(iter(st.expired))]
+
+    def _outcome(self, st: _PathState, rtt_s: float, now: float) -> None:
+        """An answered probe (on time or late): a sample in the window, the end of a run of misses."""
         w = st.window
         p = st.profile
-        if rtt_s is None:
-            w.add(None)
-            st.good_run = 0
-            st.miss_run += 1
-            if st.alive and st.miss_run >= p.detect_multiplier:
-                st.alive = False
-                self._settle(st, now, PathStatus.DOWN, f"{st.miss_run} consecutive probes unanswered")
+        w.add(rtt_s * 1000.0)
+        st.miss_run = 0
+        st.good_run += 1
+        self._learn_rtt(st, rtt_s)
+        if not st.alive:
+            if st.good_run < p.up_count:
                 return
-        else:
-            rtt_ms = rtt_s * 1000.0
-            w.add(rtt_ms)
-            st.miss_run = 0
-            st.good_run += 1
-            self._learn_rtt(st, rtt_s)
-            if not st.alive:
-                if st.good_run < p.up_count:
-                    return
-                st.alive = True
-                w.keep_last(st.good_run if st.good_run < p.window else p.window)
-        if st.alive:
-            self._judge(st, now)
+            st.alive = True
+            w.keep_last(st.good_run if st.good_run < p.window else p.window)
+        self._judge(st, now)
 
     def _judge(self, st: _PathState, now: float) -> None:
         """A live path's score and status from its window (the seed's quality rule)."""

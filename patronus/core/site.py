@@ -369,11 +369,12 @@ class SiteLogic:
         return step
 
     def _count_timeouts(self, path_id: PathId, now: float) -> None:
-        """Every probe the monitor gave up on and whose reply did not come late after all (counted at
-        each metrics report) is a lost sample for the path's SLA."""
-        timed_out, late = self.monitor.losses(path_id)
-        seen_out, seen_late = self._timeouts_seen.get(path_id, (0, 0))
-        lost = (timed_out - seen_out) - (late - seen_late)
+        """Every probe the monitor judged lost, less those whose reply came late after all, since the
+        last metrics report is a lost sample for the path's SLA (a timed-out probe whose reply is
+        still on its way is not judged yet: `PathMonitor._lost`)."""
+        judged, revived = self.monitor.losses(path_id)
+        seen_lost, seen_revived = self._timeouts_seen.get(path_id, (0, 0))
+        lost = (judged - seen_lost) - (revived - seen_revived)
         for _ in range(min(max(lost, 0), _MAX_TIMEOUTS_PER_STEP)):
             self.sla.record_probe(path_id, None, now)
-        self._timeouts_seen[path_id] = (timed_out, late)
+        self._timeouts_seen[path_id] = (judged, revived)

@@ -551,38 +551,105 @@ def test_bad_replies_are_counted_and_change_nothing() -> None:
     assert mon.counters(P1).received == base_counters.received + 1
 
 
-def test_reply_after_timeout_is_late() -> None:
-    net = net_with(FAST, constant(0.001))
-    net.run_until(1.0)
+def _time_out_one_probe(net: Net) -> SendProbe:
+    """Let the next probe of P1 time out (its reply held back); returns it."""
     mon = net.mon
     net.rtt[P1] = lambda seq, t: None
     nd = mon.next_deadline()
     assert nd is not None
     net.step_to(nd)
-    pending = net.sends()[-1]
-    deadline = net.sent_at[(P1, pending.seq)] + net.timeout_at_send[(P1, pending.seq)]
+    probe = net.sends()[-1]
+    deadline = net.sent_at[(P1, probe.seq)] + net.timeout_at_send[(P1, probe.seq)]
     net.run_until(deadline)                                    # the probe times out
+    assert probe.seq not in mon._paths[P1].outstanding
+    return probe
+
+
+def test_reply_after_timeout_is_late() -> None:
+    net = net_with(FAST, constant(0.001))
+    net.run_until(1.0)
+    mon = net.mon
+    before = mon.metrics(P1, net.now)
+    judged_before = mon.losses(P1)
+    probe = _time_out_one_probe(net)
     timed_out = mon.counters(P1).timed_out
     assert timed_out >= 1
-    before = mon.metrics(P1, net.now)
-    assert before.loss_pct > 0.0
-    late_rtt_s = net.now + 0.001 - net.sent_at[(P1, pending.seq)]
-    assert mon.take_reply(P1, pending.seq, None, net.now + 0.001) is Reply.LATE
+    # timed out (the liveness deadline), but not judged lost: no later probe was answered yet, so
+    # nothing a loss would move (the score, the loss rule, an SLA class) sees one
+    pending = mon.metrics(P1, net.now)
+    assert pending.loss_pct == 0.0 and pending.samples == before.samples
+    assert mon.losses(P1) == judged_before
+    late_rtt_s = net.now + 0.001 - net.sent_at[(P1, probe.seq)]
+    assert mon.take_reply(P1, probe.seq, None, net.now + 0.001) is Reply.LATE
     assert mon.counters(P1).late == 1
     assert mon.counters(P1).timed_out == timed_out     # the timeout happened; the counter says so
+    assert mon.losses(P1) == judged_before             # and it was never a loss
     after = mon.metrics(P1, net.now)
-    # ... but in the window the probe was delayed, not lost: one loss fewer, one sample more, with its RTT
-    assert after.loss_pct == pytest.approx(before.loss_pct - 100.0 / after.samples)
-    n = after.samples
-    recv_before = round(n * (1 - before.loss_pct / 100))
-    assert after.latency_ms * (recv_before + 1) == pytest.approx(before.latency_ms * recv_before + late_rtt_s * 1000)
+    assert after.loss_pct == 0.0
+    # the delayed probe is the newest sample of the (full) window: it replaced the oldest 1 ms one
+    assert after.latency_ms * after.samples == pytest.approx(before.latency_ms * before.samples - 1.0
+                                                             + late_rtt_s * 1000)
     assert mon.status(P1) is PathStatus.UP
     # (a late reply only teaches the RTT estimator; a second copy is a plain duplicate)
     tau = mon.current_timeout_s(P1)
-    assert mon.take_reply(P1, pending.seq, None, net.now + 0.002) is Reply.IGNORED
+    assert mon.take_reply(P1, probe.seq, None, net.now + 0.002) is Reply.IGNORED
     assert mon.counters(P1).late == 1 and mon.counters(P1).duplicates == 1
     assert mon.current_timeout_s(P1) == tau
     assert mon.metrics(P1, net.now) == after
+
+
+def test_timed_out_probe_is_lost_once_a_later_one_is_answered() -> None:
+    net = net_with(FAST, constant(0.001))
+    net.run_until(1.0)
+    mon = net.mon
+    lost_before, revived_before = mon.losses(P1)
+    probe = _time_out_one_probe(net)
+    net.rtt[P1] = constant(0.001)
+    net.run_until(net.now + FAST.interval_s + 0.0015)         # the next probe is answered
+    m = mon.metrics(P1, net.now)
+    assert m.loss_pct == pytest.approx(100.0 / m.samples)     # now it is a loss
+    assert mon.losses(P1) == (lost_before + 1, revived_before)
+    # its reply after that judgement undoes it in the window, and says so (revived)
+    assert mon.take_reply(P1, probe.seq, None, net.now + 0.0001) is Reply.LATE
+    assert mon.metrics(P1, net.now).loss_pct == 0.0
+    assert mon.losses(P1) == (lost_before + 1, revived_before + 1)
+
+
+def test_pending_probes_are_lost_when_the_path_goes_down() -> None:
+    net = net_with(FAST, constant(0.001))
+    net.run_until(1.0)
+    mon = net.mon
+    lost_before = mon.losses(P1)[0]
+    net.rtt[P1] = lambda seq, t: None
+    net.run_until(1.0 + FAST.detection_time_s + 0.01)
+    assert mon.status(P1) is PathStatus.DOWN
+    assert mon.losses(P1)[0] >= lost_before + FAST.detect_multiplier
+    assert not mon._paths[P1].pending
+    downs = [e for e in net.events if isinstance(e, PathStatusChanged) and e.new is PathStatus.DOWN]
+    assert downs[-1].metrics.loss_pct >= 100.0 * FAST.detect_multiplier / FAST.window - 1e-9
+
+
+def test_a_delay_spike_past_the_timeout_is_never_a_loss() -> None:
+    """Three probes in a row delayed 5 ms past the (tight) timeout of a steady path, replies in order:
+    a run of misses starts and ends (the first late reply teaches the estimator, so the next ones
+    may be on time), and not one loss is judged, so an SLA class of loss <= 1 % never breaks."""
+    net = net_with(FAST, constant(0.010))
+    net.run_until(2.0)
+    mon = net.mon
+    lost_before = mon.losses(P1)[0]
+    tau = mon.current_timeout_s(P1)
+    spike = range(mon._paths[P1].next_seq, mon._paths[P1].next_seq + 3)
+    net.rtt[P1] = lambda seq, t: tau + 0.005 if seq in spike else 0.010
+    seen = 0.0
+    t = net.now
+    while t < 3.0:
+        t += 0.001
+        net.run_until(t)
+        seen = max(seen, mon.metrics(P1, net.now).loss_pct)
+    assert mon.counters(P1).late >= 1 and mon.counters(P1).timed_out >= 1
+    assert mon.losses(P1)[0] == lost_before
+    assert seen == 0.0
+    assert mon.status(P1) is PathStatus.UP
 
 
 def test_sent_at_from_the_probe_is_used_for_rtt() -> None:

@@ -21,7 +21,7 @@ from patronus.core.events import (
 from patronus.core.model import Bucket, EndpointId, Path, PathId, PathStatus, SiteId, Slot
 from patronus.core.monitor import PROFILES
 from patronus.core.plan import LB_BUCKETS, SteeringPlan, lb_buckets
-from patronus.core.policy import LoadBalance, MatchRules, PortRange, RoutingPolicy
+from patronus.core.policy import LoadBalance, MatchRules, PortRange, Requirements, RoutingPolicy
 from patronus.core.runtime import HOUSEKEEPING_S, TUNNEL_GRACE_S, Actions, SiteRuntime
 from patronus.core.site import uplink_of
 
@@ -55,6 +55,7 @@ class Net:
         self.events: list[Event] = []
         self.plan: SteeringPlan | None = None
         self.plans = 0
+        self.delay: dict[tuple[PathId, int], float] = {}    # extra delay of one probe's reply
 
     def perform(self, act: Actions) -> None:
         self.events += act.events
@@ -68,7 +69,8 @@ class Net:
                 assert self.rt.slot_path(slot) == pid
         for p in act.probes:
             if uplink_of(_path(p.path_id)) not in self.cut:
-                self.inflight.append((self.now + RTT[p.path_id], p.path_id, p.seq, self.now))
+                extra = self.delay.get((p.path_id, p.seq), 0.0)
+                self.inflight.append((self.now + RTT[p.path_id] + extra, p.path_id, p.seq, self.now))
 
     def run_until(self, t: float) -> None:
         while True:
@@ -130,6 +132,38 @@ def test_a_cut_moves_the_slots_of_the_cut_paths_and_new_connections_with_them() 
     assert moved["path"] == plan.slots[Slot(BR, moved["policy"], PathId("br:isp1-isp1"))]
     d = moves[0].as_dict(clock_offset=100.0)
     assert "flow" not in d and d["slot"]["remote"] == "br" and d["at"] == pytest.approx(moves[0].at + 100.0)
+
+
+def test_a_probe_delayed_past_its_timeout_does_not_move_a_call_whose_class_allows_no_loss() -> None:
+    """What failed brownout in CI: on a busy host one probe of a healthy path came back a few ms after
+    its tight adaptive timeout, the next metrics report carried it as 2 % loss, and a voice class of
+    loss <= 1 % moved the call (and it came back 10 s later: two path changes the scenario never made).
+    A timed-out probe is a loss only once a later one is answered first."""
+    strict = RoutingPolicy("voice", 10, match=MatchRules(protocol=17, dst_ports=PortRange(5004, 5004)),
+                           requirements=Requirements(max_loss_pct=1.0))
+    net = Net([strict])
+    net.run_until(3.0)
+    pid = PathId("br:isp2-isp1")     # its RTT puts a report between a timeout and the next reply
+    mon = net.rt.monitor
+    st = mon._paths[pid]
+    interval, report = st.profile.interval_s, st.profile.report_interval_s
+    # the worst moment, three times: the probe's timeout fires just before a metrics report and its
+    # reply comes just after it (before the next probe's)
+    for _ in range(3):
+        tau = mon.current_timeout_s(pid)
+        for j in range(1, 20):
+            r = st.next_report_at + j * report
+            k = int((r - tau - st.next_send_at) // interval)      # the newest probe timed out by r
+            sent = st.next_send_at + k * interval
+            if sent + tau < r - 0.0005 and r + 0.0015 < sent + RTT[pid] + interval:
+                break
+        else:
+            raise AssertionError("no report falls between a timeout and the next probe's reply")
+        net.delay[(pid, st.next_seq + k)] = r + 0.001 - sent - RTT[pid]
+        net.run_until(r + 0.1)
+    assert mon.counters(pid).late == mon.counters(pid).timed_out == 3
+    assert not net.of(FailoverTriggered)
+    assert net.plan is not None and all(p == s.origin for s, p in net.plan.slots.items())
 
 
 def test_a_balancing_policy_spreads_its_buckets_over_its_tier() -> None:
