@@ -194,10 +194,9 @@ class Reply(IntEnum):
 class _PathState:
     __slots__ = ("alive", "answered_sent_at", "bandwidth_mbps", "coast_due", "coast_end", "coast_flight",
                  "coast_resume_at", "coast_rtt_s", "cost_per_gb", "duplicates", "expired", "good_run", "late",
-                 "lost", "lost_sent_at", "miss_run", "miss_since", "mtu_bytes", "pending", "revived",
-                 "next_report_at", "next_send_at", "next_seq", "outstanding", "path_id", "profile", "received",
-                 "rttvar_s", "score", "sent", "srtt_s", "status", "status_since", "timed_out", "unexpected",
-                 "wake_at", "window")
+                 "lost", "lost_sent_at", "miss_run", "miss_since", "mtu_bytes", "next_report_at", "next_send_at",
+                 "next_seq", "outstanding", "path_id", "pending", "profile", "received", "revived", "rttvar_s",
+                 "score", "sent", "srtt_s", "status", "status_since", "timed_out", "unexpected", "wake_at", "window")
 
     def __init__(self, path_id: PathId, profile: MonitorProfile, now: float, start_seq: int) -> None:
         self.path_id = path_id
