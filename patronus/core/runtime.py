@@ -9,11 +9,12 @@ otherwise each write their own way:
   early; a simulator's float sum may land a hair short).
 * **Slots and the steering plan** (`patronus.core.plan`). The router holds one flow per `Slot`
   (remote × policy × the path its connections were first put on), placed on that path when the path
-  is first usable; after every step that may change routing the runtime says so (`Actions.replan`)
-  and the driver applies the plan: which path each new-connection bucket takes, and which path each
-  slot's connections take. The agent takes it whole (`plan()`, diffed into one nftables
-  transaction); a model may ask only for the buckets and slots its flows use (`new_path`,
-  `slot_path`): the same plan, read in part.
+  is first usable. A step that may change routing computes the plan (placing what it needs, such as
+  a slot's second generation) and says so (`Actions.replan`); the driver then applies it: which
+  slot each new-connection bucket takes, and which path each slot's connections take. The agent
+  takes it whole (`plan()`, diffed into one nftables transaction); a model may ask only for the
+  buckets and slots its flows use (`new_slot`, `slot_path`): the same plan, read in part. Reading
+  the plan changes nothing (`GET /steering` is a read).
 * **Housekeeping.** Every `HOUSEKEEPING_S` the slots are touched (they never idle out while the
   dataplane steers them) and slots of paths that came up are placed, on the runtime's own deadline.
 * **Tunnel liveness.** `on_handshakes`: a path whose probes pass but whose tunnel has no live session
@@ -27,7 +28,7 @@ otherwise each write their own way:
 
 A driver: feed `on_probe_reply`, `on_handshakes`, `set_policies`, `adopt`; call `on_timer(now, due)`
 when the deadline it armed (`next_deadline()`) is due and `pump(now)` after feeding; perform the
-returned `Actions` (send the probes, publish `events`, store `stored`, apply `plan` when it is not None),
+returned `Actions` (send the probes, publish `events`, store `stored`, apply `plan()` when `replan`),
 then arm its timer again.
 """
 
@@ -102,6 +103,7 @@ class SiteRuntime:
         self._adopted: dict[Slot, PathId] = {}
         self._pending: list[Event] = []                   # driver-facing events not yet handed out
         self._routing_dirty = False                       # an input outside a step changed routing
+        self._plan = SteeringPlan()                       # as of the last step that replanned
         self._up_since: dict[PathId, float] = {}          # wall time a path was first seen Up (tunnel rule)
         for p in paths:
             self.add_path(p, now)
@@ -239,6 +241,7 @@ class SiteRuntime:
         if (step.routing_changed or self._routing_dirty) and not logic.steering_held:
             self._routing_dirty = False
             self._place_slots(now)
+            self._plan = self._compute_plan()
             out.replan = True
             out.moves = [e for e in rev if isinstance(e, FailoverTriggered | Failback)]
         # a driver's input (tunnels, policies) that changed routing while held waits for the release
@@ -297,8 +300,13 @@ class SiteRuntime:
         self._adopted = {}
 
     def plan(self) -> SteeringPlan:
-        """The steering the router's state asks for now (see `patronus.core.plan`). May place the
-        second generation of a slot for new connections (`new_slot`)."""
+        """The steering plan as of the last step that replanned (see `patronus.core.plan`): what the
+        dataplane has once the driver applied it. Changes nothing."""
+        return self._plan
+
+    def _compute_plan(self) -> SteeringPlan:
+        """The steering the router's state asks for now. Places the second generation of a slot for
+        new connections where the plan needs one (`_slot_for_new`): only a step calls this."""
         router = self.router
         new: dict[Bucket, Slot] = {}
         for remote in self.remotes:
@@ -322,8 +330,7 @@ class SiteRuntime:
 
     def new_slot(self, bucket: Bucket) -> Slot | None:
         """The plan's slot for new connections of `bucket` (None: no usable path), without the rest."""
-        pid = self.new_path(bucket)
-        return None if pid is None else self._slot_for_new(bucket.remote, bucket.policy, pid)
+        return self._plan.new.get(bucket)
 
     def _slot_for_new(self, remote: SiteId, policy: str | None, path: PathId) -> Slot:
         """The slot new connections of `policy` toward `remote` go in when the plan wants them on `path`:

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import csv
 import random
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 import simpy
 
-from emulation.backends.sim.engine import Simulation, WallBudgetExceeded, play, run_sim
-from emulation.backends.sim.network import SimOptions, _simple_release, later
+from emulation.backends.sim.clock import SimEnvironment
+from emulation.backends.sim.engine import Simulation, WallBudgetExceeded, run_sim
+from emulation.backends.sim.network import SimOptions, _simple_release
 from emulation.backends.sim.synthetic import regional_mesh_doc
 from emulation.links.impairment import Impairment, ImpairmentModel
 from emulation.scenario import from_dict
@@ -39,25 +41,53 @@ def test_the_fast_hop_is_the_models_own_arithmetic() -> None:
 
 
 def test_play_runs_what_simpy_runs_in_the_same_order() -> None:
+    """`later` callbacks, and a simpy process of a researcher's own among them: `play` runs what
+    `env.run` runs, in the same order, and the process's timeouts interleave with the callbacks."""
     orders = []
     for runner in ("simpy", "play"):
-        env = simpy.Environment(initial_time=-1.0)
-        seen: list[tuple[float, int]] = []
+        env = SimEnvironment(initial_time=-1.0)
+        seen: list[tuple[float, int | str]] = []
 
-        def note(i: int, env: simpy.Environment = env, seen: list[tuple[float, int]] = seen) -> None:
+        def note(i: int | str, env: SimEnvironment = env, seen: list[tuple[float, int | str]] = seen) -> None:
             seen.append((env.now, i))
-        def nested(env: simpy.Environment = env) -> None:
-            later(env, 0.0, note, 99)
+
+        def nested(env: SimEnvironment = env) -> None:
+            env.later(0.0, note, 99)
+
+        def process(env: SimEnvironment = env) -> Generator[simpy.Event, None, None]:
+            for k in range(10):
+                yield env.timeout(0.4)
+                note(f"p{k}")
         for i, t in enumerate([0.5, 0.1, 0.5, 2.0, 3.0, 0.1, -0.5]):
-            later(env, t + 1.0, note, i)
-        later(env, 0.2, nested)
+            env.later(t + 1.0, note, i)
+        env.later(0.2, nested)
+        env.process(process())
         if runner == "simpy":
             env.run(until=2.0)
         else:
-            play(env, 2.0)
+            env.play(2.0)
         assert env.now == 2.0
         orders.append(seen)
     assert orders[0] == orders[1] and (2.0, 3) not in orders[1]
+    assert [x for _, x in orders[1] if isinstance(x, str)] == [f"p{k}" for k in range(7)]   # 2.2 s: after
+    env = SimEnvironment()
+    before = env.events_scheduled()
+    assert env.events_scheduled() == before                 # counting schedules nothing
+    env.later(1.0, note, 0)
+    env.later(1.0, note, 1)
+    assert env.events_scheduled() == before + 2
+
+
+def test_play_crashes_on_a_failed_event_as_run_does() -> None:
+    for runner in ("simpy", "play"):
+        env = SimEnvironment()
+
+        def fail(env: SimEnvironment = env) -> Generator[simpy.Event, None, None]:
+            yield env.timeout(0.1)
+            raise ValueError("a researcher's process failed")
+        env.process(fail())
+        with pytest.raises(ValueError, match="researcher"):
+            env.run(until=1.0) if runner == "simpy" else env.play(1.0)
 
 
 def test_a_regional_failure_cuts_every_link_of_the_region_at_its_time(tmp_path: Path) -> None:

@@ -45,9 +45,8 @@ import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-import simpy
-
-from emulation.backends.sim.network import FROM_CORE, PROBE_WIRE_BYTES, TO_CORE, Network, SimOptions, SimPath, later
+from emulation.backends.sim.clock import SimEnvironment
+from emulation.backends.sim.network import FROM_CORE, PROBE_WIRE_BYTES, TO_CORE, Network, SimOptions, SimPath
 from emulation.backends.sim.traffic import SimFlow
 from patronus.agent.config import SiteConfig
 from patronus.core.events import AgentStarted, Event
@@ -69,7 +68,7 @@ class World(Protocol):
     """What an agent sees of the simulation (`engine.Simulation` is one)."""
 
     @property
-    def env(self) -> simpy.Environment: ...
+    def env(self) -> SimEnvironment: ...
     @property
     def net(self) -> Network: ...
     @property
@@ -227,7 +226,7 @@ class SimAgent:
         self._timer_token += 1
         token = self._timer_token
         self._timer_at = when
-        later(self.env, when - self.env.now, self._on_timer, token, when)
+        self.env.later(when - self.env.now, self._on_timer, token, when)
 
     def _on_timer(self, token: int, when: float) -> None:
         if token != self._timer_token:
@@ -252,7 +251,7 @@ class SimAgent:
         path = self.paths[path_id]
         self._probes_asked += 1
         net = self.sim.net
-        now = self.env._now
+        now = self.env.now
         there = net.shortcut(path.forward, now, PROBE_WIRE_BYTES)
         if there is None:
             net.send(path.forward, PROBE_WIRE_BYTES, self._reflect, path, seq, sent_at, self.generation)
@@ -263,10 +262,10 @@ class SimAgent:
             back = net.shortcut(path.reverse, there, PROBE_WIRE_BYTES)
             if back is not None:
                 home = self._shortcut_home if self.sim.options.probe_coast else self._probe_home
-                later(self.env, back - now, home, path.id, seq, sent_at, self.generation)
+                self.env.later(back - now, home, path.id, seq, sent_at, self.generation)
                 return
         # the far end may change before the probe gets there, or the way back goes hop by hop
-        later(self.env, there - now, self._reflect, path, seq, sent_at, self.generation)
+        self.env.later(there - now, self._reflect, path, seq, sent_at, self.generation)
 
     def _reflect(self, path: SimPath, seq: int, sent_at: float, generation: int) -> None:
         """The probe reached the remote site: its reflector sends it back if the site's dataplane is up
@@ -381,7 +380,7 @@ class SimAgent:
                 if generation == self.generation:
                     for f, pid in changes:
                         f.set_path(pid, done)
-            later(self.env, latency, apply)
+            self.env.later(latency, apply)
         else:
             for f, pid in changes:
                 f.set_path(pid, now)

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import base64
 import csv
-import gc
 import hashlib
-import heapq
 import json
 import math
 import random
@@ -35,12 +33,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import simpy
 import yaml
 
 from emulation.backends.sim import traffic as tr
 from emulation.backends.sim.agent import AGENT_STARTUP_S, SimAgent
-from emulation.backends.sim.network import Network, SimOptions, _Call, later
+from emulation.backends.sim.clock import SimEnvironment
+from emulation.backends.sim.network import Network, SimOptions
 from emulation.backends.sim.writer import (
     write_csv,
     write_events,
@@ -141,7 +139,7 @@ class Simulation:
         self.progress = progress or (lambda _msg: None)
         self.t0_ns = T0_NS
         self.warmup_s = warmup_s(scenario)
-        self.env = simpy.Environment(initial_time=-self.warmup_s)
+        self.env = SimEnvironment(initial_time=-self.warmup_s)
         self.net = Network(self.env, scenario)
         addrs = uplink_addresses(scenario)
         keys = {s.name: sim_public_key(scenario, s.name) for s in scenario.sites}
@@ -251,7 +249,7 @@ class Simulation:
             self._agent_step(step.site, step.running, step.cleanup)
             if step.running:
                 agent = self.agents[step.site]
-                later(self.env, agent.startup_s, self._boot, step.site, agent.spawn_token)
+                self.env.later(agent.startup_s, self._boot, step.site, agent.spawn_token)
             self.timeline_rows.append([step.at_s, round(self.wall(now), 6),
                                        "agent_start" if step.running else "agent_stop", step.site,
                                        json.dumps({"cleanup": step.cleanup}) if not step.running else "{}"])
@@ -289,7 +287,7 @@ class Simulation:
         phase = random.Random(f"sim/{sc.seed}/agent-phase")
 
         def at(t: float, fn: Callable[[], None]) -> float:
-            later(env, t - env.now, fn)
+            env.later(t - env.now, fn)
             return env.now + max(t - env.now, 0.0)      # when it runs, as `later` computes it
 
         changes: list[float] = []       # when links and agents change: the network is stable in between
@@ -327,9 +325,9 @@ class Simulation:
             self._metrics = csv.writer(fh)
             self._metrics.writerow(["site", "path", "at", "status", "latency_ms", "jitter_ms", "loss_pct", "score",
                                     "probes_sent", "probes_timed_out"])
-            play(env, sc.duration_s + self.drain_s())
+            env.play(sc.duration_s + self.drain_s())
         took = time.monotonic() - wall_started
-        self.events_processed = next(env._eid)     # simpy numbers every event it schedules
+        self.events_processed = env.events_scheduled()
         for a in self.agents.values():
             if a.logic is not None:
                 a.logic.monitor.sync(env.now)   # coasted probes sent by the end
@@ -410,39 +408,6 @@ class Simulation:
                     "agent_startup_s": {name: a.startup_s for name, a in self.agents.items()}},
         }
         write_json(raw / "run.json", run)
-
-
-def play(env: simpy.Environment, until: float) -> None:
-    """`env.run(until=until)` for a simulation made only of `later` callbacks (no processes): the same
-    events in the same order (simpy's `until` event is urgent, so nothing at `until` itself runs), with
-    simpy's per-event overhead cut, and the cyclic garbage collector kept out of the way: the objects
-    built before the run are frozen (never scanned again) and collections run every 100,000
-    allocations rather than 700 (a run allocates millions of short-lived events that reference
-    counting frees; full collections over a thousand sites' state were a third of the time)."""
-    queue: list[Any] = env._queue     # (time, priority, id, event)
-    pop = heapq.heappop
-    thresholds = gc.get_threshold()
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(100_000, 50, 1000)
-    try:
-        while queue:
-            if queue[0][0] >= until:
-                break
-            now, _, _, event = pop(queue)
-            env._now = now
-            if event.__class__ is _Call:
-                event.fn(*event.args)
-                continue
-            callbacks, event.callbacks = event.callbacks, None
-            for callback in callbacks:
-                callback(event)
-            if not event._ok:    # a failed simpy event (none is made here): crash as simpy would
-                raise event._value
-        env._now = until
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
 
 
 def run_sim(scenario: Scenario, out: Path, *, mode: str = "auto", progress: Callable[[str], None] | None = None,

@@ -37,11 +37,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from heapq import heappush
 from typing import Any
 
-import simpy
-
+from emulation.backends.sim.clock import SimEnvironment
 from emulation.links.impairment import ImpairmentModel
 from emulation.links.settings import impairment_of
 from emulation.scenario.model import LinkSettings, Scenario
@@ -62,39 +60,6 @@ TO_CORE = "out"             # a link's direction from its site toward the core
 FROM_CORE = "in"
 
 
-def _fire(event: _Call) -> None:
-    event.fn(*event.args)
-
-
-_FIRE = (_fire,)    # every _Call's callbacks, for simpy's own loop (which only iterates them)
-
-
-class _Call:
-    """The least an entry of simpy's queue needs to be (what `Environment.step` touches): callbacks
-    and a success flag; here a function and its arguments, called as `fn(*args)`. A `Timeout` costs
-    a constructor with checks and a method call more, and a closure per entry besides. `play` calls
-    `fn` directly; simpy's own loop goes through `callbacks`."""
-
-    __slots__ = ("_ok", "_value", "args", "callbacks", "fn")
-
-    def __init__(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
-        self.fn = fn
-        self.args = args
-        self.callbacks: tuple[Callable[[Any], None], ...] | None = _FIRE
-        self._ok = True
-        self._value = None
-
-
-_NORMAL = 1         # simpy's EventPriority.NORMAL, what a Timeout is scheduled with
-
-
-def later(env: simpy.Environment, delay: float, fn: Callable[..., None], *args: Any) -> None:
-    """Call `fn(*args)` `delay` seconds from now: one queue entry, no process. Ordered exactly as a
-    `Timeout(env, delay)` with that callback would be (same time, priority and event id)."""
-    queue: list[Any] = env._queue     # a _Call is an event to simpy's loop
-    heappush(queue, (env._now + (delay if delay > 0.0 else 0.0), _NORMAL, next(env._eid), _Call(fn, args)))
-
-
 @dataclass(frozen=True, slots=True)
 class Hops:
     """The models a packet crosses, in order, one way."""
@@ -107,7 +72,7 @@ class Hops:
 class Network:
     """Every link of a scenario, its current settings and their history (for the flow-level models)."""
 
-    def __init__(self, env: simpy.Environment, scenario: Scenario, *, probe_shortcut: bool = False) -> None:
+    def __init__(self, env: SimEnvironment, scenario: Scenario, *, probe_shortcut: bool = False) -> None:
         self.env = env
         self.probe_shortcut = probe_shortcut
         # no link changes before this virtual time (the simulation moves it as its timeline goes)
@@ -178,7 +143,7 @@ class Network:
     def _hop(self, models: tuple[ImpairmentModel, ...], i: int, size: int, arrive: Callable[..., None],
              args: tuple[Any, ...]) -> None:
         env = self.env
-        now = env._now
+        now = env.now
         model = models[i]
         nxt = i + 1
         if model.deterministic:     # `_simple_release` does what `on_packet` would
@@ -186,9 +151,9 @@ class Network:
             if release is None:
                 return
             if nxt == len(models):
-                later(env, release - now, arrive, *args)
+                env.later(release - now, arrive, *args)
             else:
-                later(env, release - now, self._hop, models, nxt, size, arrive, args)
+                env.later(release - now, self._hop, models, nxt, size, arrive, args)
             return
         if model.passthrough(now):
             if nxt == len(models):
@@ -200,9 +165,9 @@ class Network:
             if action:      # corrupted (bit 0) or a duplicate (bit 1): refused at the far end
                 continue
             if nxt == len(models):
-                later(env, release - now, arrive, *args)
+                env.later(release - now, arrive, *args)
             else:
-                later(env, release - now, self._hop, models, nxt, size, arrive, args)
+                env.later(release - now, self._hop, models, nxt, size, arrive, args)
 
 
 def _simple_release(m: ImpairmentModel, now: float, size: int) -> float | None:

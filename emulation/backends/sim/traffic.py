@@ -42,9 +42,9 @@ from collections.abc import Mapping
 from typing import Protocol
 
 import numpy as np
-import simpy
 
-from emulation.backends.sim.network import TUNNEL_UDP_OVERHEAD_BYTES, Network, SimPath, later
+from emulation.backends.sim.clock import SimEnvironment
+from emulation.backends.sim.network import TUNNEL_UDP_OVERHEAD_BYTES, Network, SimPath
 from emulation.links.impairment import DIST_TABLE_SIZE, NETEM_DIST_SCALE, dist_table
 from emulation.scenario.model import Flow, LinkSettings, Scenario
 from emulation.siteconf import host_address
@@ -66,7 +66,7 @@ class World(Protocol):
     """What the traffic models see of the simulation (`engine.Simulation` is one)."""
 
     @property
-    def env(self) -> simpy.Environment: ...
+    def env(self) -> SimEnvironment: ...
     @property
     def net(self) -> Network: ...
     @property
@@ -178,7 +178,7 @@ def start_packets(sim: World, f: SimFlow) -> None:
             send(n * burst + b)
         n += 1
         if n < f.ticks:
-            later(env, f.start_s + n / rate - env.now, tick, n)
+            env.later(f.start_s + n / rate - env.now, tick, n)
 
     if f.ticks:
         tick(0)
