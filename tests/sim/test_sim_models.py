@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import simpy
 
 from emulation.backends.sim.agent import AGENT_STARTUP_S
+from emulation.backends.sim.clock import SimEnvironment
 from emulation.backends.sim.engine import T0, Simulation
 from emulation.backends.sim.network import FROM_CORE, TO_CORE, Network, SimOptions
 from emulation.backends.sim.traffic import LinkTable, _cross
@@ -40,7 +40,7 @@ sites:
 
 def test_a_packet_crosses_both_links_in_order_with_their_delay_and_serialization() -> None:
     sc = parse(TWO_SITES)
-    env = simpy.Environment()
+    env = SimEnvironment()
     net = Network(env, sc)
     hops = net.hops(("hq.isp1", TO_CORE), ("br.isp1", FROM_CORE))
     arrivals: list[float] = []
@@ -54,7 +54,7 @@ def test_a_packet_crosses_both_links_in_order_with_their_delay_and_serialization
 
 def test_flow_mode_probes_cross_simple_links_in_one_step_as_hop_by_hop_would() -> None:
     sc = parse(TWO_SITES)
-    env = simpy.Environment()
+    env = SimEnvironment()
     net = Network(env, sc, probe_shortcut=True)
     out = net.hops(("hq.isp1", TO_CORE), ("br.isp1", FROM_CORE))
     arrivals: list[float] = []
@@ -94,7 +94,7 @@ def test_flow_mode_probes_take_one_event_a_round_trip_between_timeline_steps(tmp
 
 def test_a_cut_link_drops_everything_and_a_restored_one_carries_again() -> None:
     sc = parse(TWO_SITES)
-    env = simpy.Environment()
+    env = SimEnvironment()
     net = Network(env, sc)
     hops = net.hops(("br.isp1", TO_CORE), ("hq.isp1", FROM_CORE))
     got: list[float] = []
