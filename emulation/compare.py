@@ -344,6 +344,24 @@ def compare_runs(a: str | Path | RunSide, b: str | Path | RunSide, *, tolerances
     """Compare run B against run A. Raises ConfigError (every problem listed) when a directory is not a
     run, when the runs are of different scenarios, or when the tolerances are invalid."""
     tol = tolerances or Tolerances()
+    ra, rb = _load_sides(a, b, tol)
+    sa, sb = ra.summary, rb.summary
+    notes = _same_scenario(ra, rb, allow_changes)
+    tol, source = _resolved_tolerances(ra, rb, tol, notes)
+    diffs = _failover_differences(ra, rb, tol) + _sla_differences(sa, sb, tol, notes)
+    ea = _keyed(sa["expectations"], lambda e: e["text"])
+    eb = _keyed(sb["expectations"], lambda e: e["text"])
+    texts = list(ea) + [t for t in eb if t not in ea]
+    pairs = tuple(ExpectationPair(text=str(t[0] if isinstance(t, tuple) else t),
+                                  a_passed=ea[t].get("passed") if t in ea else None,
+                                  b_passed=eb[t].get("passed") if t in eb else None,
+                                  a_value=ea[t].get("value") if t in ea else None,
+                                  b_value=eb[t].get("value") if t in eb else None) for t in texts)
+    return Comparison(scenario=str(sa["scenario"]), a=ra, b=rb, tolerances=tol, tolerance_source=source,
+                      differences=tuple(diffs), expectations=pairs, notes=tuple(notes))
+
+
+def _load_sides(a: str | Path | RunSide, b: str | Path | RunSide, tol: Tolerances) -> tuple[RunSide, RunSide]:
     errors = list(tol.problems())
     sides: list[RunSide] = []
     for label, given in (("A", a), ("B", b)):
@@ -356,7 +374,11 @@ def compare_runs(a: str | Path | RunSide, b: str | Path | RunSide, *, tolerances
             errors += [(f"run {label}: {w}" if w else f"run {label}", r) for w, r in exc.errors]
     if errors:
         raise ConfigError(errors)
-    ra, rb = sides
+    return sides[0], sides[1]
+
+
+def _same_scenario(ra: RunSide, rb: RunSide, allow_changes: bool) -> list[str]:
+    """Refuse runs of two scenarios (or, unless allowed, of two versions of one); the notes to show."""
     sa, sb = ra.summary, rb.summary
     notes: list[str] = []
     if sa["scenario"] != sb["scenario"]:
@@ -373,8 +395,12 @@ def compare_runs(a: str | Path | RunSide, b: str | Path | RunSide, *, tolerances
             notes.append(f"the scenarios differ at {shown}{more}")
     if sa["seed"] != sb["seed"]:
         notes.append(f"the seeds differ (A {sa['seed']}, B {sb['seed']})")
+    return notes
 
-    # the tolerances this comparison uses
+
+def _resolved_tolerances(ra: RunSide, rb: RunSide, tol: Tolerances, notes: list[str]) -> tuple[Tolerances, str]:
+    """The tolerances this comparison uses (detection from the probe interval unless given) and where
+    the detection tolerance came from."""
     intervals = [s.probe_interval_s for s in (ra, rb) if s.probe_interval_s is not None]
     if tol.detect_ms is not None:
         source, detect_tol = "given", tol.detect_ms
@@ -384,9 +410,14 @@ def compare_runs(a: str | Path | RunSide, b: str | Path | RunSide, *, tolerances
     else:
         source, detect_tol = "default (no probe interval found in either run)", DEFAULT_DETECT_TOLERANCE_MS
     gap_tol = detect_tol if tol.gap_ms is None else tol.gap_ms
-    tol = replace(tol, detect_ms=detect_tol, gap_ms=gap_tol)
     if len(intervals) == 2 and intervals[0] != intervals[1]:
         notes.append(f"the probe intervals differ (A {intervals[0] * 1000:g} ms, B {intervals[1] * 1000:g} ms)")
+    return replace(tol, detect_ms=detect_tol, gap_ms=gap_tol), source
+
+
+def _failover_differences(ra: RunSide, rb: RunSide, tol: Tolerances) -> list[Difference]:
+    assert tol.detect_ms is not None and tol.gap_ms is not None
+    detect_tol, gap_tol = tol.detect_ms, tol.gap_ms
 
     def lost_tolerance(flow: str, va: Any, vb: Any) -> float:
         if tol.lost_packets is not None:
@@ -397,8 +428,8 @@ def compare_runs(a: str | Path | RunSide, b: str | Path | RunSide, *, tolerances
         return max(base, tol.relative * _larger(va, vb))
 
     diffs: list[Difference] = []
-    fa = _keyed(sa["failovers"], lambda f: (f["event"], f["flow"]))
-    fb = _keyed(sb["failovers"], lambda f: (f["event"], f["flow"]))
+    fa = _keyed(ra.summary["failovers"], lambda f: (f["event"], f["flow"]))
+    fb = _keyed(rb.summary["failovers"], lambda f: (f["event"], f["flow"]))
     order = {k: (f.get("at_s") if _number(f.get("at_s")) is not None else math.inf, k)
              for k, f in (*fb.items(), *fa.items())}
     for key in sorted(set(fa) | set(fb), key=lambda k: order[k]):
@@ -414,7 +445,12 @@ def compare_runs(a: str | Path | RunSide, b: str | Path | RunSide, *, tolerances
             else:
                 t = lost_tolerance(flow, va, vb)
             diffs.append(_diff("failover", item, metric, va, vb, t, key in fa, key in fb))
+    return diffs
 
+
+def _sla_differences(sa: Mapping[str, Any], sb: Mapping[str, Any], tol: Tolerances,
+                     notes: list[str]) -> list[Difference]:
+    diffs: list[Difference] = []
     la = _keyed(sa["sla"], lambda s: s["flow"])
     lb = _keyed(sb["sla"], lambda s: s["flow"])
     for key in sorted(set(la) | set(lb), key=str):
@@ -432,17 +468,7 @@ def compare_runs(a: str | Path | RunSide, b: str | Path | RunSide, *, tolerances
             else:
                 t = max(tol.latency_ms, tol.latency_relative * _larger(va, vb))
             diffs.append(_diff("sla", item, metric, va, vb, t, key in la, key in lb))
-
-    ea = _keyed(sa["expectations"], lambda e: e["text"])
-    eb = _keyed(sb["expectations"], lambda e: e["text"])
-    texts = list(ea) + [t for t in eb if t not in ea]
-    pairs = tuple(ExpectationPair(text=str(t[0] if isinstance(t, tuple) else t),
-                                  a_passed=ea[t].get("passed") if t in ea else None,
-                                  b_passed=eb[t].get("passed") if t in eb else None,
-                                  a_value=ea[t].get("value") if t in ea else None,
-                                  b_value=eb[t].get("value") if t in eb else None) for t in texts)
-    return Comparison(scenario=str(sa["scenario"]), a=ra, b=rb, tolerances=tol, tolerance_source=source,
-                      differences=tuple(diffs), expectations=pairs, notes=tuple(notes))
+    return diffs
 
 
 # --- rendering --------------------------------------------------------------------------------------

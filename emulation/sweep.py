@@ -258,42 +258,56 @@ def point_overrides(scenario: Scenario, assignment: Mapping[str, Any], *,
     sites = [s.name for s in scenario.sites]
     t = _Targets()
     for name, value in assignment.items():
-        head, _, key = name.partition(".")
-        m = _SITE_MONITOR.match(name)
-        if name == "monitor":
-            for s in sites:
-                t.set_monitor(s, "", value, name)
-        elif head == "monitor":
-            if key not in MONITOR_KEYS:
-                t.errors.append((name, f"unknown monitor setting {key!r}; expected one of {', '.join(MONITOR_KEYS)}"))
-                continue
-            for s in sites:
-                t.set_monitor(s, key, value, name)
-        elif m is not None:
-            site, key = m.group(1), m.group(2) or ""
-            if site not in sites:
-                t.errors.append((name, f"no site {site!r}; the scenario has {', '.join(sites)}"))
-            elif key and key not in MONITOR_KEYS:
-                t.errors.append((name, f"unknown monitor setting {key!r}; expected one of {', '.join(MONITOR_KEYS)}"))
-            else:
-                t.set_monitor(site, key, value, name)
-        elif head in ("router", "sla"):
-            known = ROUTER_KEYS if head == "router" else SLA_KEYS
-            if key not in known:
-                t.errors.append((name, f"unknown {head} setting {key!r}; expected one of {', '.join(known)}"))
-                continue
-            for s in sites:
-                t.set(f"sites.{s}.agent.{head}.{key}", value, name)
-        elif name in AGENT_LEAVES:
-            for s in sites:
-                t.set(f"sites.{s}.agent.{name}", value, name)
+        _assign(t, name, value, sites, base)
+    _merge_monitors(t, base)
+    if t.errors:
+        raise ConfigError(t.errors)
+    return t.overrides
+
+
+def _assign(t: _Targets, name: str, value: Any, sites: list[str], base: Mapping[str, Any]) -> None:
+    """One param: a shorthand for every site's agent (monitor[.KEY], router.KEY, sla.KEY, an agent
+    leaf), a site's monitor, or a dotted path into the scenario."""
+    head, _, key = name.partition(".")
+    m = _SITE_MONITOR.match(name)
+    if name == "monitor":
+        for s in sites:
+            t.set_monitor(s, "", value, name)
+    elif head == "monitor":
+        if key not in MONITOR_KEYS:
+            t.errors.append((name, f"unknown monitor setting {key!r}; expected one of {', '.join(MONITOR_KEYS)}"))
+            return
+        for s in sites:
+            t.set_monitor(s, key, value, name)
+    elif m is not None:
+        site, key = m.group(1), m.group(2) or ""
+        if site not in sites:
+            t.errors.append((name, f"no site {site!r}; the scenario has {', '.join(sites)}"))
+        elif key and key not in MONITOR_KEYS:
+            t.errors.append((name, f"unknown monitor setting {key!r}; expected one of {', '.join(MONITOR_KEYS)}"))
         else:
-            why = _walk_parent(base, name)
-            if why is not None:
-                shorthands = "monitor[.KEY], router.KEY, sla.KEY, steering"
-                t.errors.append((name, f"{why} (or use a shorthand for every site's agent: {shorthands})"))
-                continue
-            t.set(name, value, name)
+            t.set_monitor(site, key, value, name)
+    elif head in ("router", "sla"):
+        known = ROUTER_KEYS if head == "router" else SLA_KEYS
+        if key not in known:
+            t.errors.append((name, f"unknown {head} setting {key!r}; expected one of {', '.join(known)}"))
+            return
+        for s in sites:
+            t.set(f"sites.{s}.agent.{head}.{key}", value, name)
+    elif name in AGENT_LEAVES:
+        for s in sites:
+            t.set(f"sites.{s}.agent.{name}", value, name)
+    else:
+        why = _walk_parent(base, name)
+        if why is not None:
+            shorthands = "monitor[.KEY], router.KEY, sla.KEY, steering"
+            t.errors.append((name, f"{why} (or use a shorthand for every site's agent: {shorthands})"))
+            return
+        t.set(name, value, name)
+
+
+def _merge_monitors(t: _Targets, base: Mapping[str, Any]) -> None:
+    """Each site's monitor settings, merged into one override of its `agent.monitor`."""
     for site, keys in t.monitor.items():
         path = f"sites.{site}.agent.monitor"
         whole = keys.pop("", None)
@@ -312,9 +326,6 @@ def point_overrides(scenario: Scenario, assignment: Mapping[str, Any], *,
             mon[key] = value
         owners = sorted({p for p, _ in keys.values()} | ({whole[0]} if whole else set()))
         t.set(path, mon, " and ".join(owners))
-    if t.errors:
-        raise ConfigError(t.errors)
-    return t.overrides
 
 
 # --- the plan ------------------------------------------------------------------------------------------

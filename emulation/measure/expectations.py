@@ -28,7 +28,7 @@ whole run). `value` is in the unit of the parameter it is compared with:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -320,76 +320,112 @@ def _explained(run: RunData, p: _Params, kind: str, value: float | int | None, d
     """The reason, when the platform's noise where this expectation was decided accounts for its miss;
     None when the miss stands without it. The question, per kind, is counterfactual: take away what
     the platform took (stall time, relay lateness) and would it have passed?"""
-    if kind == "failover_gap" and p.max is not None:
-        worse = [(g, at, spec) for g, at, spec in _gaps(run, p) if g > p.max]
-        if not worse:
+    explain = _EXPLAINERS.get(kind)     # one counterfactual per kind, below
+    return explain(run, p, kind, value, detections, noise) if explain is not None else None
+
+
+def _explain_gap(run: RunData, p: _Params, kind: str, value: float | int | None, detections: list[Detection],
+                 noise: Noise) -> str | None:
+    if p.max is None:
+        return None
+    worse = [(g, at, spec) for g, at, spec in _gaps(run, p) if g > p.max]
+    if not worse:
+        return None
+    for g, at, _ in worse:
+        if noise.disturbance(at, at + g) < g - p.max:
             return None
-        for g, at, _ in worse:
-            if noise.disturbance(at, at + g) < g - p.max:
-                return None
-        g, at, spec = max(worse, key=lambda w: w[0])
-        return (f"the {1000.0 * g:.0f} ms gap of {spec.name} from {at:.2f} s overlaps platform noise that can account "
-                f"for its {1000.0 * (g - p.max):.0f} ms over the limit: {noise.describe(at, at + g)}")
-    if kind == "detect_time" and p.max is not None:
-        floor = _detect_floor(run)
-        if floor is not None and p.max < floor:
-            return None         # no platform makes this monitor faster: the limit itself is out of reach
-        slow = [d for d in _detections_in_scope(run, p, detections)
-                if d.down_ms is None or d.down_ms / 1000.0 > p.max]
-        if not slow or any(d.down_ms is None for d in slow):
-            return None         # never detected: no stall hides a whole cut
-        for d in slow:
-            assert d.down_ms is not None
-            at = d.at_s
-            if noise.disturbance(at, at + d.down_ms / 1000.0) < d.down_ms / 1000.0 - p.max:
-                return None
-        d = max(slow, key=lambda x: x.down_ms or 0.0)
-        return (f"detecting {d.event} took {d.down_ms:.0f} ms and platform noise in that time can account for the "
-                f"{(d.down_ms or 0.0) - 1000.0 * p.max:.0f} ms over the limit: "
-                f"{noise.describe(d.at_s, d.at_s + (d.down_ms or 0.0) / 1000.0)}")
-    if kind == "lost_packets" and p.max is not None and value is not None:
-        explained = 0
-        spans: list[tuple[float, float]] = []
-        for spec in _packet_flows(run, p):
-            a = arrivals(run, spec.name)
-            lo, hi = _span(run, p, spec)
-            sel = a.lost & (a.sent_ns >= a.ns(lo)) & (a.sent_ns < a.ns(hi))
-            reach = _detection_reach(run, spec.src_site)
-            for t in (a.sent_ns[sel] - run.t0_ns) / NS:
-                if noise.notable(float(t) - reach, float(t) + 0.05):
-                    explained += 1
-                    spans.append((float(t) - reach, float(t)))
-        if explained == 0 or value - explained > p.max:
+    g, at, spec = max(worse, key=lambda w: w[0])
+    return (f"the {1000.0 * g:.0f} ms gap of {spec.name} from {at:.2f} s overlaps platform noise that can account "
+            f"for its {1000.0 * (g - p.max):.0f} ms over the limit: {noise.describe(at, at + g)}")
+
+
+def _explain_detect(run: RunData, p: _Params, kind: str, value: float | int | None, detections: list[Detection],
+                    noise: Noise) -> str | None:
+    if p.max is None:
+        return None
+    floor = _detect_floor(run)
+    if floor is not None and p.max < floor:
+        return None         # no platform makes this monitor faster: the limit itself is out of reach
+    slow = [d for d in _detections_in_scope(run, p, detections)
+            if d.down_ms is None or d.down_ms / 1000.0 > p.max]
+    if not slow or any(d.down_ms is None for d in slow):
+        return None         # never detected: no stall hides a whole cut
+    for d in slow:
+        assert d.down_ms is not None
+        at = d.at_s
+        if noise.disturbance(at, at + d.down_ms / 1000.0) < d.down_ms / 1000.0 - p.max:
             return None
-        lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
-        return (f"{explained} of the {value} packets lost went while the platform was disturbed, and without them "
-                f"the flow keeps its limit of {p.max:g}: {noise.describe(lo, hi)}")
-    if kind == "sla_compliance" and p.min is not None:
-        bad: list[tuple[str, float, float]] = []
-        for flow, (judged, window_s) in _sla_windows(run, p).items():
-            failed = [w for w in judged if not w.compliant]
-            # a step is judged over the trailing window ending with it: noise anywhere in that window counts
-            noisy = [w for w in failed if noise.notable(w.start_s + 1.0 - window_s, w.start_s + 1.0)]
-            ratio = (len(judged) - len(failed) + len(noisy)) / len(judged)
-            if ratio < p.min:
-                return None
-            bad += [(flow, w.start_s + 1.0 - window_s, w.start_s + 1.0) for w in noisy]
-        if not bad:
+    d = max(slow, key=lambda x: x.down_ms or 0.0)
+    return (f"detecting {d.event} took {d.down_ms:.0f} ms and platform noise in that time can account for the "
+            f"{(d.down_ms or 0.0) - 1000.0 * p.max:.0f} ms over the limit: "
+            f"{noise.describe(d.at_s, d.at_s + (d.down_ms or 0.0) / 1000.0)}")
+
+
+def _explain_lost(run: RunData, p: _Params, kind: str, value: float | int | None, detections: list[Detection],
+                  noise: Noise) -> str | None:
+    if p.max is None or value is None:
+        return None
+    explained = 0
+    spans: list[tuple[float, float]] = []
+    for spec in _packet_flows(run, p):
+        a = arrivals(run, spec.name)
+        lo, hi = _span(run, p, spec)
+        sel = a.lost & (a.sent_ns >= a.ns(lo)) & (a.sent_ns < a.ns(hi))
+        reach = _detection_reach(run, spec.src_site)
+        for t in (a.sent_ns[sel] - run.t0_ns) / NS:
+            if noise.notable(float(t) - reach, float(t) + 0.05):
+                explained += 1
+                spans.append((float(t) - reach, float(t)))
+    if explained == 0 or value - explained > p.max:
+        return None
+    lo, hi = min(a for a, _ in spans), max(b for _, b in spans)
+    return (f"{explained} of the {value} packets lost went while the platform was disturbed, and without them "
+            f"the flow keeps its limit of {p.max:g}: {noise.describe(lo, hi)}")
+
+
+def _explain_sla(run: RunData, p: _Params, kind: str, value: float | int | None, detections: list[Detection],
+                 noise: Noise) -> str | None:
+    if p.min is None:
+        return None
+    bad: list[tuple[str, float, float]] = []
+    for flow, (judged, window_s) in _sla_windows(run, p).items():
+        failed = [w for w in judged if not w.compliant]
+        # a step is judged over the trailing window ending with it: noise anywhere in that window counts
+        noisy = [w for w in failed if noise.notable(w.start_s + 1.0 - window_s, w.start_s + 1.0)]
+        ratio = (len(judged) - len(failed) + len(noisy)) / len(judged)
+        if ratio < p.min:
             return None
-        lo, hi = min(a for _, a, _ in bad), max(b for _, _, b in bad)
-        return (f"{len(bad)} of the non-compliant steps had platform noise in their window, and without them "
-                f"compliance meets {100.0 * p.min:g} %: {noise.describe(lo, hi)}")
-    if kind in ("path_changes", "flow_stays") and value is not None:
-        site = p.flow.src_site if p.flow is not None else p.site
-        times = (_change_times(run, p, p.flow) if p.flow is not None
-                 else _agent_move_times(run, *_span(run, p, None), p.site, None))
-        look = _probe_window_s(run, site) + _detection_reach(run, site)
-        noisy = [t for t in times if noise.notable(t - look, t)]
-        rest = len(times) - len(noisy)
-        limit = 0 if kind == "flow_stays" else p.max
-        if not noisy or limit is None or rest > limit or (p.min is not None and rest < p.min and kind != "flow_stays"):
-            return None
-        return (f"{len(noisy)} of the {len(times)} path changes followed platform noise within the monitor's window "
-                f"({look:.1f} s), and without them the flow keeps its limit: "
-                f"{noise.describe(min(noisy) - look, max(noisy))}")
-    return None
+        bad += [(flow, w.start_s + 1.0 - window_s, w.start_s + 1.0) for w in noisy]
+    if not bad:
+        return None
+    lo, hi = min(a for _, a, _ in bad), max(b for _, _, b in bad)
+    return (f"{len(bad)} of the non-compliant steps had platform noise in their window, and without them "
+            f"compliance meets {100.0 * p.min:g} %: {noise.describe(lo, hi)}")
+
+
+def _explain_changes(run: RunData, p: _Params, kind: str, value: float | int | None, detections: list[Detection],
+                     noise: Noise) -> str | None:
+    if value is None:
+        return None
+    site = p.flow.src_site if p.flow is not None else p.site
+    times = (_change_times(run, p, p.flow) if p.flow is not None
+             else _agent_move_times(run, *_span(run, p, None), p.site, None))
+    look = _probe_window_s(run, site) + _detection_reach(run, site)
+    noisy = [t for t in times if noise.notable(t - look, t)]
+    rest = len(times) - len(noisy)
+    limit = 0 if kind == "flow_stays" else p.max
+    if not noisy or limit is None or rest > limit or (p.min is not None and rest < p.min and kind != "flow_stays"):
+        return None
+    return (f"{len(noisy)} of the {len(times)} path changes followed platform noise within the monitor's window "
+            f"({look:.1f} s), and without them the flow keeps its limit: "
+            f"{noise.describe(min(noisy) - look, max(noisy))}")
+
+
+_EXPLAINERS: dict[str, Callable[[RunData, _Params, str, float | int | None, list[Detection], Noise], str | None]] = {
+    "failover_gap": _explain_gap,
+    "detect_time": _explain_detect,
+    "lost_packets": _explain_lost,
+    "sla_compliance": _explain_sla,
+    "path_changes": _explain_changes,
+    "flow_stays": _explain_changes,
+}

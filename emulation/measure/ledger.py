@@ -55,6 +55,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -139,86 +140,21 @@ def _entry(run: RunData, spec: FlowSpec, edge: Edge, end: float) -> LedgerEntry 
         return None
     site = spec.src_site
     ref = edge.applied_at
-
-    def wall(ns: np.ndarray) -> np.ndarray:
-        out: np.ndarray = t0 + (ns - run.t0_ns) / NS
-        return out
-
     ev = run.events
     ev = ev[(ev["site"] == site) & (ev["at"] >= ref) & (ev["at"] < end)]
-
-    # the flow's move: its first packet on another path
-    new_path: str | None = None
-    first_new: float | None = None
-    if spec.has_packets:
-        a = arrivals(run, spec.name)
-        other = (a.path != "") & ((a.path != current) if current is not None else ~np.isin(a.path, cands))
-        sel = np.flatnonzero((a.sent_ns >= applied_ns) & (a.sent_ns < end_ns) & other)
-        sel = sel[wall(a.sent_ns[sel]) >= ref]
-        if len(sel):
-            new_path = str(a.path[sel[0]])
-            first_new = float(wall(a.sent_ns[sel[:1]])[0])
-
-    # the decision that moved it: none after its first packet on the new path
-    fo = ev[(ev["kind"] == "FailoverTriggered") & ev["from_path"].isin(cands)]
-    if first_new is not None:
-        fo = fo[fo["at"] <= first_new]
-    decision = None
-    if not fo.empty:
-        for pick in (fo[fo["to_path"] == new_path] if new_path else fo.iloc[:0],
-                     fo[fo["policy"] == spec.traffic_class], fo):
-            if not pick.empty:
-                decision = pick.iloc[0]
-                break
+    new_path, first_new = _first_new_packet(run, spec, current, cands, applied_ns, end_ns, ref)
+    decision = _decision(ev, spec, cands, new_path, first_new)
     decision_at = None if decision is None else float(decision["at"])
-
-    # the kernel's change for it: at or after the decision, not after the packet it let through
-    steering: float | None = None
-    if decision is not None:
-        st = ev[ev["kind"] == "SteeringApplied"]
-        st_at = st["begun_at"].where(st["begun_at"].notna(), st["at"])
-        ok = (st_at >= decision_at).to_numpy(dtype=bool, copy=True)
-        ok &= np.array([not paths or decision["to_path"] in paths for paths in st["paths"]], dtype=bool)
-        if first_new is not None:
-            ok &= (st_at <= first_new).to_numpy(dtype=bool)
-        if ok.any():
-            steering = float(st_at[ok].iloc[0])
-
+    steering = _steering(ev, decision, first_new)
     # the declaration: the first one no later than the first action that followed it
     action = next((t for t in (decision_at, steering, first_new) if t is not None), None)
-    psc = ev[(ev["kind"] == "PathStatusChanged") & ev["path_id"].isin(cands)]
-    worse = np.array([_RANK.get(n, -1) > _RANK.get(o, 3) and n in ("down", "degraded")
-                      for o, n in zip(psc["old"], psc["new"], strict=True)], dtype=bool)
-    psc = psc[worse] if len(psc) else psc
-    if action is not None:
-        psc = psc[psc["at"] <= action]
-    declared_row = _first(psc)
+    declared_row = _declaration(ev, cands, action)
     declared_at = None if declared_row is None else float(declared_row["at"])
-
-    # SLA restored: the agent's SlaRestored for the path/class, or the flow's own rolling SLA, at or
-    # after the failover's stages
     anchor = max([ref, *(t for t in (declared_at, decision_at, steering, first_new) if t is not None)])
-    restored: list[float] = []
-    sr = ev[(ev["kind"] == "SlaRestored") & (ev["at"] >= anchor)]
-    if not sr.empty:
-        subj = sr["subject"]
-        match = subj.isin(cands) | subj.isin([f"{c}/{spec.traffic_class}" for c in cands])
-        cls_ok = (sr["traffic_class"] == "") | (sr["traffic_class"] == spec.traffic_class)
-        hit = sr[match & cls_ok]
-        if not hit.empty:
-            restored.append(float(hit["at"].iloc[0]))
-    broke_ns, backs_ns = rolling_break_and_restores(run, spec, applied_ns, end_ns)
-    backs = wall(backs_ns)
-    backs = backs[backs >= anchor]
-    if len(backs):
-        restored.append(float(backs[0]))
-    sla_back = min(restored) if restored else None
-    sla_broke = None if broke_ns is None else t0 + (broke_ns - run.t0_ns) / NS
-
+    sla_back, sla_broke = _sla_restored(run, spec, ev, cands, anchor, applied_ns, end_ns)
     # the first probe lost: no later than the first stage after it
     bound = next((t for t in (declared_at, action, sla_back) if t is not None), None)
     probe_lost = _first_probe_lost(run, ev, site, cands, ref, end, bound)
-
     gap_ms: float | None = None
     lost: int | None = None
     if spec.has_packets:
@@ -228,12 +164,10 @@ def _entry(run: RunData, spec: FlowSpec, edge: Edge, end: float) -> LedgerEntry 
         gap_ns, _ = longest_gap(a.arrival_times(), lo, hi)
         gap_ms = gap_ns / 1e6
         lost = lost_between(a, lo, hi)
-
     if current is None and decision is None and not lost:
         # the flow's path is unknown: count it in only when its site's router moved a candidate path
         # or it lost packets, rather than every flow that *might* have been on the link
         return None
-
     stages = {
         "impairment_applied": 0.0,
         "first_probe_lost": _ms(probe_lost, ref),
@@ -252,6 +186,87 @@ def _entry(run: RunData, spec: FlowSpec, edge: Edge, end: float) -> LedgerEntry 
         applied_s=rel_applied, window_end_s=end - t0, from_path=from_path, to_path=to_path,
         declared=None if declared_row is None else str(declared_row["new"]), stages_ms=stages,
         sla_violated_ms=_ms(sla_broke, ref), gap_ms=gap_ms, lost_packets=lost)
+
+
+def _wall(run: RunData, ns: np.ndarray) -> np.ndarray:
+    out: np.ndarray = run.run.t0 + (ns - run.t0_ns) / NS
+    return out
+
+
+def _first_new_packet(run: RunData, spec: FlowSpec, current: str | None, cands: list[str], applied_ns: int,
+                      end_ns: int, ref: float) -> tuple[str | None, float | None]:
+    """The flow's move: the path and send time of its first packet on another path."""
+    if not spec.has_packets:
+        return None, None
+    a = arrivals(run, spec.name)
+    other = (a.path != "") & ((a.path != current) if current is not None else ~np.isin(a.path, cands))
+    sel = np.flatnonzero((a.sent_ns >= applied_ns) & (a.sent_ns < end_ns) & other)
+    sel = sel[_wall(run, a.sent_ns[sel]) >= ref]
+    if not len(sel):
+        return None, None
+    return str(a.path[sel[0]]), float(_wall(run, a.sent_ns[sel[:1]])[0])
+
+
+def _decision(ev: pd.DataFrame, spec: FlowSpec, cands: list[str], new_path: str | None,
+              first_new: float | None) -> Any:
+    """The decision that moved the flow (a FailoverTriggered row): none after its first packet on the
+    new path; the one to that path, else one of its policy, else the first."""
+    fo = ev[(ev["kind"] == "FailoverTriggered") & ev["from_path"].isin(cands)]
+    if first_new is not None:
+        fo = fo[fo["at"] <= first_new]
+    if fo.empty:
+        return None
+    for pick in (fo[fo["to_path"] == new_path] if new_path else fo.iloc[:0],
+                 fo[fo["policy"] == spec.traffic_class], fo):
+        if not pick.empty:
+            return pick.iloc[0]
+    return None
+
+
+def _steering(ev: pd.DataFrame, decision: Any, first_new: float | None) -> float | None:
+    """The kernel's change for the decision: at or after it, not after the packet it let through."""
+    if decision is None:
+        return None
+    st = ev[ev["kind"] == "SteeringApplied"]
+    st_at = st["begun_at"].where(st["begun_at"].notna(), st["at"])
+    ok = (st_at >= float(decision["at"])).to_numpy(dtype=bool, copy=True)
+    ok &= np.array([not paths or decision["to_path"] in paths for paths in st["paths"]], dtype=bool)
+    if first_new is not None:
+        ok &= (st_at <= first_new).to_numpy(dtype=bool)
+    return float(st_at[ok].iloc[0]) if ok.any() else None
+
+
+def _declaration(ev: pd.DataFrame, cands: list[str], action: float | None) -> Any:
+    """The first PathStatusChanged of a candidate path for the worse, no later than `action`."""
+    psc = ev[(ev["kind"] == "PathStatusChanged") & ev["path_id"].isin(cands)]
+    worse = np.array([_RANK.get(n, -1) > _RANK.get(o, 3) and n in ("down", "degraded")
+                      for o, n in zip(psc["old"], psc["new"], strict=True)], dtype=bool)
+    psc = psc[worse] if len(psc) else psc
+    if action is not None:
+        psc = psc[psc["at"] <= action]
+    return _first(psc)
+
+
+def _sla_restored(run: RunData, spec: FlowSpec, ev: pd.DataFrame, cands: list[str], anchor: float,
+                  applied_ns: int, end_ns: int) -> tuple[float | None, float | None]:
+    """(SLA restored, SLA broken): the agent's SlaRestored for the path/class, or the flow's own
+    rolling SLA, at or after the failover's stages (`anchor`); when the flow's rolling SLA broke."""
+    restored: list[float] = []
+    sr = ev[(ev["kind"] == "SlaRestored") & (ev["at"] >= anchor)]
+    if not sr.empty:
+        subj = sr["subject"]
+        match = subj.isin(cands) | subj.isin([f"{c}/{spec.traffic_class}" for c in cands])
+        cls_ok = (sr["traffic_class"] == "") | (sr["traffic_class"] == spec.traffic_class)
+        hit = sr[match & cls_ok]
+        if not hit.empty:
+            restored.append(float(hit["at"].iloc[0]))
+    broke_ns, backs_ns = rolling_break_and_restores(run, spec, applied_ns, end_ns)
+    backs = _wall(run, backs_ns)
+    backs = backs[backs >= anchor]
+    if len(backs):
+        restored.append(float(backs[0]))
+    sla_broke = None if broke_ns is None else run.run.t0 + (broke_ns - run.t0_ns) / NS
+    return (min(restored) if restored else None), sla_broke
 
 
 def _first_probe_lost(run: RunData, ev: pd.DataFrame, site: str, cands: list[str], ref: float, end: float,

@@ -44,10 +44,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -300,127 +300,150 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+class _Fields:
+    """Typed reads of run.json's fields, each problem an error at `where` naming the field."""
+
+    _OK: ClassVar[dict[str, Callable[[Any], bool]]] = {
+        "str": lambda v: isinstance(v, str) and v != "", "int": lambda v: _is_int(v),
+        "number": lambda v: _is_number(v), "list": lambda v: isinstance(v, list), "dict": lambda v: isinstance(v, dict)}
+    _WHAT: ClassVar[dict[str, str]] = {"str": "a non-empty string", "int": "an integer", "number": "a finite number",
+                                       "list": "a list", "dict": "an object"}
+
+    def __init__(self, where: str, errors: _Errors) -> None:
+        self.where = where
+        self.errors = errors
+
+    def add(self, reason: str) -> None:
+        self.errors.add(self.where, reason)
+
+    def get(self, obj: Mapping[str, Any], key: str, path: str, check: str, choices: Iterable[str] = (),
+            optional: bool = False) -> Any:
+        if key not in obj:
+            if not optional:
+                self.add(f"{path}{key}: missing")
+            return None
+        v = obj[key]
+        if v is None and optional:
+            return None
+        ok = self._OK[check](v)
+        choices = tuple(choices)
+        if ok and choices and v not in choices:
+            self.add(f"{path}{key}: expected one of {', '.join(choices)}, got {v!r}")
+            return None
+        if not ok:
+            self.add(f"{path}{key}: expected {self._WHAT[check]}, got {v!r}")
+            return None
+        return v
+
+
 def _parse_run(doc: object, where: str, errors: _Errors) -> RunInfo | None:
     if not isinstance(doc, dict):
         errors.add(where, f"expected a JSON object, got {type(doc).__name__}")
         return None
     n_before = len(errors.items)
-
-    def get(obj: Mapping[str, Any], key: str, path: str, check: str, choices: Iterable[str] = (),
-            optional: bool = False) -> Any:
-        if key not in obj:
-            if not optional:
-                errors.add(where, f"{path}{key}: missing")
-            return None
-        v = obj[key]
-        if v is None and optional:
-            return None
-        ok = {"str": isinstance(v, str) and v != "", "int": _is_int(v), "number": _is_number(v),
-              "list": isinstance(v, list), "dict": isinstance(v, dict)}[check]
-        choices = tuple(choices)
-        if ok and choices and v not in choices:
-            errors.add(where, f"{path}{key}: expected one of {', '.join(choices)}, got {v!r}")
-            return None
-        if not ok:
-            what = {"str": "a non-empty string", "int": "an integer", "number": "a finite number",
-                    "list": "a list", "dict": "an object"}[check]
-            errors.add(where, f"{path}{key}: expected {what}, got {v!r}")
-            return None
-        return v
-
-    scenario = get(doc, "scenario", "", "str")
-    backend = get(doc, "backend", "", "str", BACKENDS)
-    imp = get(doc, "impairment_backend", "", "str", IMPAIRMENT_BACKENDS)
-    seed = get(doc, "seed", "", "int")
-    started_at = get(doc, "started_at", "", "number")
-    t0 = get(doc, "t0", "", "number")
-    duration_s = get(doc, "duration_s", "", "number")
+    r = _Fields(where, errors)
+    scenario = r.get(doc, "scenario", "", "str")
+    backend = r.get(doc, "backend", "", "str", BACKENDS)
+    imp = r.get(doc, "impairment_backend", "", "str", IMPAIRMENT_BACKENDS)
+    seed = r.get(doc, "seed", "", "int")
+    started_at = r.get(doc, "started_at", "", "number")
+    t0 = r.get(doc, "t0", "", "number")
+    duration_s = r.get(doc, "duration_s", "", "number")
     if duration_s is not None and duration_s <= 0:
-        errors.add(where, f"duration_s: expected a positive number, got {duration_s!r}")
-
-    flows: list[FlowSpec] = []
-    seen: set[str] = set()
-    for i, f in enumerate(get(doc, "flows", "", "list") or []):
-        p = f"flows[{i}]."
-        if not isinstance(f, dict):
-            errors.add(where, f"flows[{i}]: expected an object, got {f!r}")
-            continue
-        vals = {
-            "name": get(f, "name", p, "str"), "type": get(f, "type", p, "str", FLOW_TYPES),
-            "class": get(f, "class", p, "str"), "src_site": get(f, "src_site", p, "str"),
-            "dst_site": get(f, "dst_site", p, "str"), "dst_port": get(f, "dst_port", p, "int", optional=True),
-            "rate_pps": get(f, "rate_pps", p, "number", optional=True), "start_s": get(f, "start_s", p, "number"),
-            "stop_s": get(f, "stop_s", p, "number"), "sent": get(f, "sent", p, "int"),
-            "policy": get(f, "policy", p, "str", optional=True),
-        }
-        if vals["name"] in seen:
-            errors.add(where, f"{p}name: duplicate flow name {vals['name']!r}")
-        seen.add(vals["name"])
-        if any(vals[k] is None for k in ("name", "type", "class", "src_site", "dst_site", "start_s", "stop_s",
-                                         "sent")):
-            continue
-        if vals["stop_s"] < vals["start_s"]:
-            errors.add(where, f"{p}stop_s: {vals['stop_s']} is before start_s {vals['start_s']}")
-        flows.append(FlowSpec(name=vals["name"], type=vals["type"], traffic_class=vals["class"],
-                              src_site=vals["src_site"], dst_site=vals["dst_site"], dst_port=vals["dst_port"],
-                              rate_pps=None if vals["rate_pps"] is None else float(vals["rate_pps"]),
-                              start_s=float(vals["start_s"]), stop_s=float(vals["stop_s"]), sent=vals["sent"],
-                              policy=vals["policy"]))
-
-    links: dict[str, tuple[str, ...]] = {}
-    for i, link in enumerate(get(doc, "links", "", "list") or []):
-        p = f"links[{i}]."
-        if not isinstance(link, dict):
-            errors.add(where, f"links[{i}]: expected an object, got {link!r}")
-            continue
-        name = get(link, "link", p, "str")
-        paths = get(link, "paths", p, "list")
-        if name is None or paths is None:
-            continue
-        if not all(isinstance(x, str) and x for x in paths):
-            errors.add(where, f"{p}paths: expected a list of path ids, got {paths!r}")
-            continue
-        links[name] = tuple(links.get(name, ())) + tuple(paths)
-
+        r.add(f"duration_s: expected a positive number, got {duration_s!r}")
+    flows = _run_flows(r, r.get(doc, "flows", "", "list") or [])
+    links = _run_links(r, r.get(doc, "links", "", "list") or [])
     targets: dict[str, SlaTarget] = {}
-    for cls_name, t in (get(doc, "sla_targets", "", "dict") or {}).items():
+    for cls_name, t in (r.get(doc, "sla_targets", "", "dict") or {}).items():
         target, problems = parse_target(t, f"sla_targets.{cls_name}")
         for problem in problems:
-            errors.add(where, problem)
+            r.add(problem)
         if target is not None:
             targets[cls_name] = target
-
     expectations: list[dict[str, Any]] = []
-    for i, e in enumerate(get(doc, "expectations", "", "list") or []):
+    for i, e in enumerate(r.get(doc, "expectations", "", "list") or []):
         p = f"expectations[{i}]."
         if not isinstance(e, dict):
-            errors.add(where, f"expectations[{i}]: expected an object, got {e!r}")
+            r.add(f"expectations[{i}]: expected an object, got {e!r}")
             continue
-        if get(e, "type", p, "str", EXPECTATION_TYPES) is None or get(e, "text", p, "str") is None:
+        if r.get(e, "type", p, "str", EXPECTATION_TYPES) is None or r.get(e, "text", p, "str") is None:
             continue
         expectations.append(dict(e))
-
-    monitors: dict[str, MonitorInfo] = {}
-    for site, m in (get(doc, "monitors", "", "dict", optional=True) or {}).items():
-        p = f"monitors.{site}."
-        if not isinstance(m, dict):
-            errors.add(where, f"monitors.{site}: expected an object, got {m!r}")
-            continue
-        interval = get(m, "interval_s", p, "number")
-        mult = get(m, "detect_multiplier", p, "int")
-        window = get(m, "window", p, "int")
-        if interval is None or mult is None or window is None:
-            continue
-        if interval <= 0 or mult < 1 or window < 1:
-            errors.add(where, f"monitors.{site}: expected a positive interval, multiplier and window, got {m!r}")
-            continue
-        monitors[str(site)] = MonitorInfo(float(interval), int(mult), int(window))
-
+    monitors = _run_monitors(r, r.get(doc, "monitors", "", "dict", optional=True) or {})
     if len(errors.items) > n_before:
         return None
     return RunInfo(scenario=scenario, backend=backend, impairment_backend=imp, seed=seed,
                    started_at=float(started_at), t0=float(t0), duration_s=float(duration_s), flows=tuple(flows),
                    links=links, sla_targets=targets, expectations=tuple(expectations), monitors=monitors)
+
+
+def _run_flows(r: _Fields, raw: list[Any]) -> list[FlowSpec]:
+    flows: list[FlowSpec] = []
+    seen: set[str] = set()
+    for i, f in enumerate(raw):
+        p = f"flows[{i}]."
+        if not isinstance(f, dict):
+            r.add(f"flows[{i}]: expected an object, got {f!r}")
+            continue
+        vals = {
+            "name": r.get(f, "name", p, "str"), "type": r.get(f, "type", p, "str", FLOW_TYPES),
+            "class": r.get(f, "class", p, "str"), "src_site": r.get(f, "src_site", p, "str"),
+            "dst_site": r.get(f, "dst_site", p, "str"), "dst_port": r.get(f, "dst_port", p, "int", optional=True),
+            "rate_pps": r.get(f, "rate_pps", p, "number", optional=True), "start_s": r.get(f, "start_s", p, "number"),
+            "stop_s": r.get(f, "stop_s", p, "number"), "sent": r.get(f, "sent", p, "int"),
+            "policy": r.get(f, "policy", p, "str", optional=True),
+        }
+        if vals["name"] in seen:
+            r.add(f"{p}name: duplicate flow name {vals['name']!r}")
+        seen.add(vals["name"])
+        if any(vals[k] is None for k in ("name", "type", "class", "src_site", "dst_site", "start_s", "stop_s",
+                                         "sent")):
+            continue
+        if vals["stop_s"] < vals["start_s"]:
+            r.add(f"{p}stop_s: {vals['stop_s']} is before start_s {vals['start_s']}")
+        flows.append(FlowSpec(name=vals["name"], type=vals["type"], traffic_class=vals["class"],
+                              src_site=vals["src_site"], dst_site=vals["dst_site"], dst_port=vals["dst_port"],
+                              rate_pps=None if vals["rate_pps"] is None else float(vals["rate_pps"]),
+                              start_s=float(vals["start_s"]), stop_s=float(vals["stop_s"]), sent=vals["sent"],
+                              policy=vals["policy"]))
+    return flows
+
+
+def _run_links(r: _Fields, raw: list[Any]) -> dict[str, tuple[str, ...]]:
+    links: dict[str, tuple[str, ...]] = {}
+    for i, link in enumerate(raw):
+        p = f"links[{i}]."
+        if not isinstance(link, dict):
+            r.add(f"links[{i}]: expected an object, got {link!r}")
+            continue
+        name = r.get(link, "link", p, "str")
+        paths = r.get(link, "paths", p, "list")
+        if name is None or paths is None:
+            continue
+        if not all(isinstance(x, str) and x for x in paths):
+            r.add(f"{p}paths: expected a list of path ids, got {paths!r}")
+            continue
+        links[name] = tuple(links.get(name, ())) + tuple(paths)
+    return links
+
+
+def _run_monitors(r: _Fields, raw: dict[str, Any]) -> dict[str, MonitorInfo]:
+    monitors: dict[str, MonitorInfo] = {}
+    for site, m in raw.items():
+        p = f"monitors.{site}."
+        if not isinstance(m, dict):
+            r.add(f"monitors.{site}: expected an object, got {m!r}")
+            continue
+        interval = r.get(m, "interval_s", p, "number")
+        mult = r.get(m, "detect_multiplier", p, "int")
+        window = r.get(m, "window", p, "int")
+        if interval is None or mult is None or window is None:
+            continue
+        if interval <= 0 or mult < 1 or window < 1:
+            r.add(f"monitors.{site}: expected a positive interval, multiplier and window, got {m!r}")
+            continue
+        monitors[str(site)] = MonitorInfo(float(interval), int(mult), int(window))
+    return monitors
 
 
 # --- tables ---------------------------------------------------------------------------------------

@@ -123,19 +123,60 @@ def _delay_pattern(n: int, jitter_ms: float) -> np.ndarray:
     return ((np.arange(n) * 37) % 11) / 10.0 * jitter_ms
 
 
+@dataclass(frozen=True)
+class _Injected:
+    """When the scripted edges happen and what the agents do about them (wall times)."""
+
+    timeline: list[tuple[float, float, str, str, dict[str, Any]]]
+    down: tuple[tuple[float, float], ...]     # (applied down, applied up) of each bad interval
+    bad_status: str
+    applied: float          # the first breaking edge took effect
+    detect: float
+    steer: float
+    up_again: float
+    failback: float
+    failback_steer: float
+
+
+@dataclass(frozen=True)
+class _Cbr:
+    """The cbr flow's packets: send times (ns and wall), which rode the second path, which were lost."""
+
+    sent: np.ndarray
+    sent_wall: np.ndarray
+    on_p2: np.ndarray
+    lost: np.ndarray
+    recv: np.ndarray
+
+
 def write_synthetic_run(directory: str | Path, spec: SyntheticSpec | None = None) -> SyntheticTruth:
     spec = spec or SyntheticSpec()
     if spec.action not in ("cut", "impair", "flap"):
         raise ValueError(f"action: expected cut, impair or flap, got {spec.action!r}")
-    d = Path(directory)
-    raw = d / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    t0 = spec.t0
-    t0_ns = round(t0 * NS)
-    lag = spec.apply_lag_ms / 1000.0
-    rng = np.random.default_rng(spec.seed)
+    inj = _injected(spec)
+    cbr = _cbr(spec, inj, np.random.default_rng(spec.seed))
+    packets, nv = _packet_rows(spec, cbr)
+    metric_rows, probe_lost, first_probe_lost = _probe_samples(spec, inj)
+    events: list[dict[str, Any]] = list(probe_lost) if spec.probe_lost_events else []
+    events += _agent_events(spec, inj)
+    events.sort(key=lambda e: (e["at"], e["site"], e["kind"]))
+    d = write_raw_dir(directory, _run_doc(spec, len(cbr.sent), nv), timeline=inj.timeline, packets=packets,
+                      path_metrics=metric_rows, events=events)
+    with (d / "raw" / "http.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["flow", "at", "latency_ms", "ok"])
+        k = 0
+        t = spec.flow_start_s + 0.5
+        while t < spec.flow_stop_s:
+            w.writerow(["web", repr(spec.t0 + t), repr(30.0 + (k % 3)), "true"])
+            k += 1
+            t += 1.0
+    return _truth(spec, inj, cbr, probe_lost, first_probe_lost)
 
-    # --- the timeline and when the link is bad ----------------------------------------------------
+
+def _injected(spec: SyntheticSpec) -> _Injected:
+    t0 = spec.t0
+    lag = spec.apply_lag_ms / 1000.0
     timeline: list[tuple[float, float, str, str, dict[str, Any]]] = []
     if spec.action == "flap":
         first = t0 + spec.event_at_s + lag
@@ -149,32 +190,33 @@ def write_synthetic_run(directory: str | Path, spec: SyntheticSpec | None = None
         down = ((t0 + spec.event_at_s + lag, t0 + spec.restore_at_s + lag),)
         timeline.append((spec.event_at_s, down[0][0], spec.action, spec.link, params))
         timeline.append((spec.restore_at_s, down[0][1], "restore", spec.link, {}))
-    bad_status = "degraded" if spec.action == "impair" else "down"
     applied = down[0][0]
     detect = applied + spec.detect_ms / 1000.0
-    steer = detect + spec.steer_ms / 1000.0
     up_again = down[-1][1] + spec.up_detect_s
     failback = up_again + spec.hold_s
-    failback_steer = failback + 0.001
+    return _Injected(timeline=timeline, down=down, bad_status="degraded" if spec.action == "impair" else "down",
+                     applied=applied, detect=detect, steer=detect + spec.steer_ms / 1000.0, up_again=up_again,
+                     failback=failback, failback_steer=failback + 0.001)
 
-    def link_paths(site: str) -> list[str]:
-        lsite, uplink = spec.link.split(".")
-        other = "br" if site == "hq" else "hq"
-        paths = [f"{other}:{u}-{v}" for u in UPLINKS for v in UPLINKS]
-        return [p for p in paths if (site == lsite and p.split(":")[1].split("-")[0] == uplink)
-                or (other == lsite and p.split("-")[1] == uplink)]
 
-    # --- packets ----------------------------------------------------------------------------------
-    rows: list[tuple[str, int, int, int | None, str]] = []
+def _link_paths(spec: SyntheticSpec, site: str) -> list[str]:
+    """The paths of `site` that cross the impaired link."""
+    lsite, uplink = spec.link.split(".")
+    other = "br" if site == "hq" else "hq"
+    paths = [f"{other}:{u}-{v}" for u in UPLINKS for v in UPLINKS]
+    return [p for p in paths if (site == lsite and p.split(":")[1].split("-")[0] == uplink)
+            or (other == lsite and p.split("-")[1] == uplink)]
+
+
+def _cbr(spec: SyntheticSpec, inj: _Injected, rng: np.random.Generator) -> _Cbr:
+    t0, t0_ns = spec.t0, round(spec.t0 * NS)
     n = round((spec.flow_stop_s - spec.flow_start_s) * spec.rate_pps)
     sent = t0_ns + round(spec.flow_start_s * NS) + np.round(np.arange(n) * (NS / spec.rate_pps)).astype(np.int64)
     sent_wall = (sent - t0_ns) / NS + t0
-    moved = spec.failover
-    on_p2 = moved & (sent_wall >= steer) & (sent_wall < failback_steer)
-    path = np.where(on_p2, P2, P1).astype(object)
+    on_p2 = spec.failover & (sent_wall >= inj.steer) & (sent_wall < inj.failback_steer)
     delay_ms = np.where(on_p2, path_delay_ms(P2), path_delay_ms(P1)) + _delay_pattern(n, spec.jitter_ms)
     in_bad = np.zeros(n, dtype=bool)
-    for a, b in down:
+    for a, b in inj.down:
         in_bad |= (sent_wall >= a) & (sent_wall < b)
     hit = in_bad & ~on_p2
     if spec.action == "impair":
@@ -183,132 +225,137 @@ def write_synthetic_run(directory: str | Path, spec: SyntheticSpec | None = None
     else:
         lost = hit
     recv = sent + np.round(delay_ms * 1e6).astype(np.int64)
-    for i in range(n):
-        p = str(path[i]) if spec.path_column and not lost[i] else ""
-        rows.append(("cbr", i, int(sent[i]) if spec.lost_send_times or not lost[i] else -1,
-                     None if lost[i] else int(recv[i]), p))
-    cbr_sent = n
-    # voip: 50 pps br -> hq, untouched
+    return _Cbr(sent=sent, sent_wall=sent_wall, on_p2=on_p2, lost=lost, recv=recv)
+
+
+def _packet_rows(spec: SyntheticSpec, cbr: _Cbr) -> tuple[list[tuple[str, int, Any, int | None, str]], int]:
+    """packets.csv rows: the cbr flow (hq -> br, over the impaired link), and a voip call br -> hq at 50
+    pps, untouched. Returns the rows and how many voip packets were sent."""
+    rows: list[tuple[str, int, Any, int | None, str]] = []
+    path = np.where(cbr.on_p2, P2, P1).astype(object)
+    for i in range(len(cbr.sent)):
+        lost = bool(cbr.lost[i])
+        p = str(path[i]) if spec.path_column and not lost else ""
+        sent = int(cbr.sent[i]) if spec.lost_send_times or not lost else ""
+        rows.append(("cbr", i, sent, None if lost else int(cbr.recv[i]), p))
+    t0_ns = round(spec.t0 * NS)
     nv = round((spec.flow_stop_s - spec.flow_start_s) * 50)
     vsent = t0_ns + round(spec.flow_start_s * NS) + np.arange(nv, dtype=np.int64) * (NS // 50)
     vrecv = vsent + np.round((path_delay_ms(VOIP_PATH) + _delay_pattern(nv, spec.jitter_ms)) * 1e6).astype(np.int64)
     for i in range(nv):
         rows.append(("voip", i, int(vsent[i]), int(vrecv[i]), VOIP_PATH if spec.path_column else ""))
+    return rows, nv
 
-    with (raw / "packets.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["flow", "seq", "sent_ns", "recv_ns", "path"])
-        for flow, seq, s, r, p in rows:
-            w.writerow([flow, seq, "" if s < 0 else s, "" if r is None else r, p])
 
-    # --- http ---------------------------------------------------------------------------------------
-    with (raw / "http.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["flow", "at", "latency_ms", "ok"])
-        k = 0
-        t = spec.flow_start_s + 0.5
-        while t < spec.flow_stop_s:
-            w.writerow(["web", repr(t0 + t), repr(30.0 + (k % 3)), "true"])
-            k += 1
-            t += 1.0
-
-    # --- path metrics -------------------------------------------------------------------------------
-    probe_t = np.arange(0.0, spec.duration_s, spec.probe_interval_s) + t0
+def _probe_samples(spec: SyntheticSpec,
+                   inj: _Injected) -> tuple[list[list[Any]], list[dict[str, Any]], float | None]:
+    """path_metrics.csv rows of every path at both sites, the agents' ProbeLost events (the first miss
+    of each run), and when hq's samples first showed a probe of P1 lost (runs without ProbeLost)."""
+    probe_t = np.arange(0.0, spec.duration_s, spec.probe_interval_s) + spec.t0
     metric_rows: list[list[Any]] = []
-    first_probe_lost: float | None = None       # by the samples (runs without ProbeLost events)
-    probe_lost: list[dict[str, Any]] = []       # the agents' ProbeLost events: the first miss of each run
+    first_probe_lost: float | None = None
+    probe_lost: list[dict[str, Any]] = []
     for si, site in enumerate(SITES):
         other = "br" if site == "hq" else "hq"
-        affected = set(link_paths(site))
+        affected = set(_link_paths(spec, site))
         for u in UPLINKS:
             for v in UPLINKS:
                 pid = f"{other}:{u}-{v}"
-                base = path_delay_ms(pid)
-                lost_probe = np.zeros(len(probe_t), dtype=bool)
-                if pid in affected:
-                    for a, b in down:
-                        inside = (probe_t >= a) & (probe_t < b)
-                        lost_probe |= inside if spec.action != "impair" else inside & (
-                            (np.arange(len(probe_t)) % 10) < round(spec.impair_loss * 10))
+                lost_probe = _lost_probes(spec, inj, probe_t) if pid in affected else np.zeros(len(probe_t), bool)
                 starts = np.flatnonzero(lost_probe & ~np.concatenate(([False], lost_probe[:-1])))
                 for i in starts.tolist():
                     probe_lost.append({"kind": "ProbeLost", "at": float(probe_t[i]) + spec.probe_timeout_ms / 1000.0,
                                        "site": site, "path_id": pid, "seq": i, "sent_at": float(probe_t[i])})
-                prev_to = 0
-                k = 0
-                while True:
-                    ts = t0 + k * spec.sample_interval_s + (0.1 if si else 0.0)
-                    if ts > t0 + spec.duration_s:
-                        break
-                    k += 1
-                    sent_n = int(np.count_nonzero(probe_t <= ts))
-                    timed_out = int(np.count_nonzero(lost_probe & (probe_t + spec.probe_interval_s <= ts)))
-                    status = "up"
-                    if pid in affected:
-                        for a, b in down:
-                            if a + spec.detect_ms / 1000.0 <= ts < b + spec.up_detect_s:
-                                status = bad_status
-                    if status == "down":
-                        lat: float | None = None
-                        loss, score = 100.0, 0.0
-                    elif status == "degraded":
-                        lat, loss, score = base + spec.impair_delay_ms, spec.impair_loss * 100.0, 40.0
-                    else:
-                        lat, loss, score = base, 0.0, 95.0
-                    if (site == "hq" and pid == P1 and first_probe_lost is None and ts >= applied
-                            and timed_out > prev_to):
-                        first_probe_lost = ts
-                    prev_to = timed_out
-                    metric_rows.append([site, pid, repr(ts), status, "" if lat is None else repr(lat), "0.3",
-                                        repr(loss), repr(score), sent_n, timed_out])
-    with (raw / "path_metrics.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["site", "path", "at", "status", "latency_ms", "jitter_ms", "loss_pct", "score", "probes_sent",
-                    "probes_timed_out"])
-        w.writerows(metric_rows)
+                first = _path_samples(spec, inj, site, si, pid, pid in affected, probe_t, lost_probe, metric_rows)
+                if site == "hq" and pid == P1 and first_probe_lost is None:
+                    first_probe_lost = first
+    return metric_rows, probe_lost, first_probe_lost
 
-    # --- agent events -------------------------------------------------------------------------------
-    events: list[dict[str, Any]] = list(probe_lost) if spec.probe_lost_events else []
+
+def _lost_probes(spec: SyntheticSpec, inj: _Injected, probe_t: np.ndarray) -> np.ndarray:
+    lost = np.zeros(len(probe_t), dtype=bool)
+    for a, b in inj.down:
+        inside = (probe_t >= a) & (probe_t < b)
+        lost |= inside if spec.action != "impair" else inside & (
+            (np.arange(len(probe_t)) % 10) < round(spec.impair_loss * 10))
+    return lost
+
+
+def _path_samples(spec: SyntheticSpec, inj: _Injected, site: str, si: int, pid: str, affected: bool,
+                  probe_t: np.ndarray, lost_probe: np.ndarray, out: list[list[Any]]) -> float | None:
+    """One path's samples into `out`; returns the first sample at or after the first edge whose
+    timed-out count rose (None: none did)."""
+    t0 = spec.t0
+    base = path_delay_ms(pid)
+    first_lost: float | None = None
+    prev_to = 0
+    k = 0
+    while True:
+        ts = t0 + k * spec.sample_interval_s + (0.1 if si else 0.0)
+        if ts > t0 + spec.duration_s:
+            break
+        k += 1
+        sent_n = int(np.count_nonzero(probe_t <= ts))
+        timed_out = int(np.count_nonzero(lost_probe & (probe_t + spec.probe_interval_s <= ts)))
+        status = "up"
+        if affected:
+            for a, b in inj.down:
+                if a + spec.detect_ms / 1000.0 <= ts < b + spec.up_detect_s:
+                    status = inj.bad_status
+        if status == "down":
+            lat: float | None = None
+            loss, score = 100.0, 0.0
+        elif status == "degraded":
+            lat, loss, score = base + spec.impair_delay_ms, spec.impair_loss * 100.0, 40.0
+        else:
+            lat, loss, score = base, 0.0, 95.0
+        if first_lost is None and ts >= inj.applied and timed_out > prev_to:
+            first_lost = ts
+        prev_to = timed_out
+        out.append([site, pid, repr(ts), status, "" if lat is None else repr(lat), "0.3",
+                    repr(loss), repr(score), sent_n, timed_out])
+    return first_lost
+
+
+def _agent_events(spec: SyntheticSpec, inj: _Injected) -> list[dict[str, Any]]:
+    """Status changes of the impaired link's paths at both sites, hq's failover and failback of the
+    cbr flow (when `spec.failover`), the SLA verdicts, and the agent's start."""
+    events: list[dict[str, Any]] = []
     fk = {"src_ip": "10.1.0.10", "dst_ip": "10.2.0.10", "src_port": 40001, "dst_port": 5001, "protocol": 17}
-    for a, b in down:
+    bad = inj.bad_status
+    for a, b in inj.down:
         for si, site in enumerate(SITES):
-            for pid in link_paths(site):
+            for pid in _link_paths(spec, site):
                 events.append({"kind": "PathStatusChanged", "at": a + spec.detect_ms / 1000.0 + 0.005 * si,
-                               "site": site, "path_id": pid, "old": "up", "new": bad_status,
-                               "reason": "3 consecutive probes unanswered" if bad_status == "down"
+                               "site": site, "path_id": pid, "old": "up", "new": bad,
+                               "reason": "3 consecutive probes unanswered" if bad == "down"
                                else "score below threshold"})
                 events.append({"kind": "PathStatusChanged", "at": b + spec.up_detect_s + 0.005 * si, "site": site,
-                               "path_id": pid, "old": bad_status, "new": "up", "reason": "probes answered"})
-    if moved:
-        reason = "path_down" if bad_status == "down" else "below_threshold"
+                               "path_id": pid, "old": bad, "new": "up", "reason": "probes answered"})
+    if spec.failover:
+        reason = "path_down" if bad == "down" else "below_threshold"
         # two slots leave the path; the flow's packets show which one it is in
-        events.append({"kind": "FailoverTriggered", "at": detect, "site": "hq", "flow": fk, "from_path": P1,
+        events.append({"kind": "FailoverTriggered", "at": inj.detect, "site": "hq", "flow": fk, "from_path": P1,
                        "to_path": "br:isp2-isp1", "reason": reason, "policy": "Bulk"})
-        events.append({"kind": "FailoverTriggered", "at": detect, "site": "hq", "flow": fk, "from_path": P1,
+        events.append({"kind": "FailoverTriggered", "at": inj.detect, "site": "hq", "flow": fk, "from_path": P1,
                        "to_path": P2, "reason": reason, "policy": "Realtime"})
-        events.append({"kind": "SteeringApplied", "at": steer, "site": "hq", "moves": 2,
+        events.append({"kind": "SteeringApplied", "at": inj.steer, "site": "hq", "moves": 2,
                        "latency_ms": spec.steer_ms, "paths": sorted(["br:isp2-isp1", P2])})
-        events.append({"kind": "Failback", "at": failback, "site": "hq", "flow": fk, "from_path": P2,
+        events.append({"kind": "Failback", "at": inj.failback, "site": "hq", "flow": fk, "from_path": P2,
                        "to_path": P1, "policy": "Realtime"})
-        events.append({"kind": "SteeringApplied", "at": failback_steer, "site": "hq", "moves": 1,
+        events.append({"kind": "SteeringApplied", "at": inj.failback_steer, "site": "hq", "moves": 1,
                        "latency_ms": 1.0, "paths": [P1]})
-    events.append({"kind": "SlaViolated", "at": detect, "site": "hq", "subject": P1, "traffic_class": "voice",
+    events.append({"kind": "SlaViolated", "at": inj.detect, "site": "hq", "subject": P1, "traffic_class": "voice",
                    "violations": ["loss"], "latency_ms": 0.0, "loss_pct": 100.0, "jitter_ms": 0.0})
-    events.append({"kind": "SlaRestored", "at": up_again + 1.0, "site": "hq", "subject": P1,
-                   "traffic_class": "voice", "violated_for_s": up_again + 1.0 - detect})
-    events.append({"kind": "AgentStarted", "at": t0 - 1.0, "site": "hq", "paths": 4})
-    events.sort(key=lambda e: (e["at"], e["site"], e["kind"]))
-    with (raw / "events.jsonl").open("w") as fh:
-        for e in events:
-            fh.write(json.dumps(e, sort_keys=True) + "\n")
+    events.append({"kind": "SlaRestored", "at": inj.up_again + 1.0, "site": "hq", "subject": P1,
+                   "traffic_class": "voice", "violated_for_s": inj.up_again + 1.0 - inj.detect})
+    events.append({"kind": "AgentStarted", "at": spec.t0 - 1.0, "site": "hq", "paths": 4})
+    return events
 
-    with (raw / "timeline.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["at_s", "applied_at", "action", "target", "params"])
-        for at_s, app, action, target, prm in timeline:
-            w.writerow([repr(at_s), repr(app), action, target, json.dumps(prm, sort_keys=True)])
 
-    run = {
+def _run_doc(spec: SyntheticSpec, cbr_sent: int, nv: int) -> dict[str, Any]:
+    t0 = spec.t0
+    return {
         "scenario": spec.scenario, "backend": "sim", "impairment_backend": "model", "seed": spec.seed,
         "started_at": t0 - 2.0, "t0": t0, "duration_s": spec.duration_s,
         "flows": [
@@ -327,14 +374,18 @@ def write_synthetic_run(directory: str | Path, spec: SyntheticSpec | None = None
         "sla_targets": spec.sla_targets,
         "expectations": [dict(e) for e in spec.expectations],
     }
-    (raw / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
 
-    # --- the truth, computed from what was generated ----------------------------------------------------
-    window_end = _next_edge_after(timeline, down, applied, t0 + spec.duration_s)
+
+def _truth(spec: SyntheticSpec, inj: _Injected, cbr: _Cbr, probe_lost: list[dict[str, Any]],
+           first_probe_lost: float | None) -> SyntheticTruth:
+    """What the analysis should find, computed from what was generated."""
+    t0, t0_ns = spec.t0, round(spec.t0 * NS)
+    applied, lost = inj.applied, cbr.lost
+    window_end = _next_edge_after(inj.timeline, inj.down, applied, t0 + spec.duration_s)
     lo = max(applied, t0 + spec.flow_start_s)
     hi = min(window_end, t0 + spec.flow_stop_s)
-    lost_in_first = int(np.count_nonzero(lost & (sent_wall >= lo) & (sent_wall < hi)))
-    arr = np.sort(recv[~lost])
+    lost_in_first = int(np.count_nonzero(lost & (cbr.sent_wall >= lo) & (cbr.sent_wall < hi)))
+    arr = np.sort(cbr.recv[~lost])
     gap_first = _gap(arr, round((lo - t0) * NS) + t0_ns, round((hi - t0) * NS) + t0_ns)
     whole = _gap(arr, t0_ns + round(spec.flow_start_s * NS), t0_ns + round(spec.flow_stop_s * NS))
     # the ledger's first probe lost: the first at or after the edge that came no later than the declaration
@@ -346,17 +397,18 @@ def write_synthetic_run(directory: str | Path, spec: SyntheticSpec | None = None
         lost_at = first_probe_lost
     if lost_at is not None and lost_at > bound:
         lost_at = None
+    moved = spec.failover
     first_new = None
     if moved and spec.path_column:
-        idx = np.flatnonzero(on_p2 & ~lost)
-        first_new = ((int(sent[idx[0]]) - t0_ns) / NS + t0 - applied) * 1000.0 if len(idx) else None
+        idx = np.flatnonzero(cbr.on_p2 & ~lost)
+        first_new = ((int(cbr.sent[idx[0]]) - t0_ns) / NS + t0 - applied) * 1000.0 if len(idx) else None
     return SyntheticTruth(
         spec=spec, applied_at=applied, detect_ms=spec.detect_ms,
         decision_ms=spec.detect_ms if moved else None, steering_ms=spec.detect_ms + spec.steer_ms if moved else None,
         first_new_packet_ms=first_new,
         first_probe_lost_ms=None if lost_at is None else (lost_at - applied) * 1000.0,
         lost_in_first_window=lost_in_first, gap_first_window_ms=gap_first / 1e6, cbr_lost=int(lost.sum()),
-        cbr_sent=cbr_sent, cbr_max_gap_ms=whole / 1e6, down_intervals=down)
+        cbr_sent=len(cbr.sent), cbr_max_gap_ms=whole / 1e6, down_intervals=inj.down)
 
 
 def _paths_on(site: str, uplink: str, at_site: str) -> list[str]:

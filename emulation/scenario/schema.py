@@ -626,62 +626,10 @@ def _agent(raw: object, path: str, errs: Errors) -> AgentSettings | None:
     if m is None:
         return None
     n_errors = len(errs.items)
-    monitor = errs.attempt(MonitorProfile.from_config, m.get("monitor", "default"), f"{path}.monitor")
-    if monitor is not None:
-        for key, attr in (("interval", "interval_s"), ("timeout", "timeout_s"), ("max_timeout", "max_timeout_s"),
-                          ("report_interval", "report_interval_s")):
-            v = getattr(monitor, attr)
-            if v is not None and not math.isfinite(v):       # the core's parser reads "1e400" as infinity
-                errs.add(f"{path}.monitor.{key}", "expected a finite duration")
-                monitor = None
-                break
-
-    policies: tuple[RoutingPolicy, ...] = tuple(default_policies())
-    raw_pol = m.get("policies", "default")
-    if raw_pol != "default":
-        if not isinstance(raw_pol, list) or not raw_pol:
-            errs.add(f"{path}.policies", f"expected 'default' or a list of policies, got {_kind(raw_pol)}")
-        else:
-            parsed = [errs.attempt(RoutingPolicy.from_dict, p, f"{path}.policies[{i}]") for i, p in
-                      enumerate(raw_pol)]
-            seen: dict[str, int] = {}
-            for i, p in enumerate(parsed):
-                if p is None:
-                    continue
-                if p.name in seen:
-                    errs.add(f"{path}.policies[{i}].name", f"duplicate of policies[{seen[p.name]}].name ({p.name!r})")
-                seen.setdefault(p.name, i)
-            for i, p in enumerate(parsed):
-                req = p.requirements if p is not None else None
-                for key, attr in (("max_latency", "max_latency_ms"), ("max_jitter", "max_jitter_ms")):
-                    v = getattr(req, attr, None)     # the core's parser takes -5 and "1e400"
-                    if v is not None and not (math.isfinite(v) and v >= 0):
-                        errs.add(f"{path}.policies[{i}].requirements.{key}",
-                                 f"expected a non-negative, finite duration, got {v / 1e3!r} s")
-            policies = tuple(p for p in parsed if p is not None)
-
+    monitor = _agent_monitor(m, path, errs)
+    policies = _agent_policies(m, path, errs)
     steering = _enum(m.get("steering", "nftables"), f"{path}.steering", errs, Steering)
-
-    router = RouterConfig()
-    rc = _mapping(m.get("router") or {}, f"{path}.router", errs, _KNOWN_ROUTER)
-    if rc is not None:
-        kw: dict[str, float] = {}
-        for key, attr in (("failback_hold", "failback_hold_s"), ("failover_cooldown", "failover_cooldown_s")):
-            if key in rc:
-                v = _duration(rc[key], f"{path}.router.{key}", errs)
-                if v is not None:
-                    kw[attr] = v
-        if "idle_timeout" in rc:
-            v = _duration(rc["idle_timeout"], f"{path}.router.idle_timeout", errs, positive=True)
-            if v is not None:
-                kw["idle_timeout_s"] = v
-        if "min_improvement" in rc:
-            mi = _number(rc["min_improvement"], f"{path}.router.min_improvement", errs, 0, 100,
-                         "a score difference 0-100")
-            if mi is not None:
-                kw["min_improvement"] = mi
-        router = RouterConfig(**kw)          # every value was range-checked above
-
+    router = _agent_router(m, path, errs)
     sla = errs.attempt(SlaTarget.from_dict, m.get("sla") or {}, f"{path}.sla")
     startup: float | None = None
     if m.get("startup") is not None:
@@ -690,6 +638,66 @@ def _agent(raw: object, path: str, errs: Errors) -> AgentSettings | None:
         return None
     return AgentSettings(monitor=monitor, policies=policies, steering=steering, router=router, sla=sla,
                          startup_s=startup)
+
+
+def _agent_monitor(m: Mapping[str, Any], path: str, errs: Errors) -> MonitorProfile | None:
+    monitor = errs.attempt(MonitorProfile.from_config, m.get("monitor", "default"), f"{path}.monitor")
+    if monitor is None:
+        return None
+    for key, attr in (("interval", "interval_s"), ("timeout", "timeout_s"), ("max_timeout", "max_timeout_s"),
+                      ("report_interval", "report_interval_s")):
+        v = getattr(monitor, attr)
+        if v is not None and not math.isfinite(v):       # the core's parser reads "1e400" as infinity
+            errs.add(f"{path}.monitor.{key}", "expected a finite duration")
+            return None
+    return monitor
+
+
+def _agent_policies(m: Mapping[str, Any], path: str, errs: Errors) -> tuple[RoutingPolicy, ...]:
+    raw_pol = m.get("policies", "default")
+    if raw_pol == "default":
+        return tuple(default_policies())
+    if not isinstance(raw_pol, list) or not raw_pol:
+        errs.add(f"{path}.policies", f"expected 'default' or a list of policies, got {_kind(raw_pol)}")
+        return tuple(default_policies())
+    parsed = [errs.attempt(RoutingPolicy.from_dict, p, f"{path}.policies[{i}]") for i, p in enumerate(raw_pol)]
+    seen: dict[str, int] = {}
+    for i, p in enumerate(parsed):
+        if p is None:
+            continue
+        if p.name in seen:
+            errs.add(f"{path}.policies[{i}].name", f"duplicate of policies[{seen[p.name]}].name ({p.name!r})")
+        seen.setdefault(p.name, i)
+    for i, p in enumerate(parsed):
+        req = p.requirements if p is not None else None
+        for key, attr in (("max_latency", "max_latency_ms"), ("max_jitter", "max_jitter_ms")):
+            v = getattr(req, attr, None)     # the core's parser takes -5 and "1e400"
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                errs.add(f"{path}.policies[{i}].requirements.{key}",
+                         f"expected a non-negative, finite duration, got {v / 1e3!r} s")
+    return tuple(p for p in parsed if p is not None)
+
+
+def _agent_router(m: Mapping[str, Any], path: str, errs: Errors) -> RouterConfig:
+    rc = _mapping(m.get("router") or {}, f"{path}.router", errs, _KNOWN_ROUTER)
+    if rc is None:
+        return RouterConfig()
+    kw: dict[str, float] = {}
+    for key, attr in (("failback_hold", "failback_hold_s"), ("failover_cooldown", "failover_cooldown_s")):
+        if key in rc:
+            v = _duration(rc[key], f"{path}.router.{key}", errs)
+            if v is not None:
+                kw[attr] = v
+    if "idle_timeout" in rc:
+        v = _duration(rc["idle_timeout"], f"{path}.router.idle_timeout", errs, positive=True)
+        if v is not None:
+            kw["idle_timeout_s"] = v
+    if "min_improvement" in rc:
+        mi = _number(rc["min_improvement"], f"{path}.router.min_improvement", errs, 0, 100,
+                     "a score difference 0-100")
+        if mi is not None:
+            kw["min_improvement"] = mi
+    return RouterConfig(**kw)          # every value was range-checked above
 
 
 def _core(raw: object, errs: Errors, sites: Mapping[str, SiteDecl]) -> Core:
@@ -1044,20 +1052,7 @@ def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
         if period is not None and count is not None and link is not None and at is not None:
             ev = Flap(at_s=at, link=link, period_s=period, count=count)
     elif action == "ramp":
-        to_raw = m.get("to")
-        to = None
-        if to_raw is not None:
-            to_map = _mapping(to_raw, f"{path}.to", errs, _IMPAIR_KEYS, what="impairment")
-            if to_map is not None:
-                to = _impairment(to_map, f"{path}.to", errs, ramp=True)
-                if to is not None and not to.given():
-                    rampable = _choices(IMPAIRMENT_KEYS[a][0] for a in RAMPABLE)
-                    errs.add(f"{path}.to", f"a ramp needs at least one of {rampable}")
-                    to = None
-        over = _duration(m["over"], f"{path}.over", errs, positive=True) if m.get("over") is not None else None
-        steps = _int(m.get("steps", 10), f"{path}.steps", errs, 1, 10_000, "a number of steps")
-        if to is not None and over is not None and steps is not None and link is not None and at is not None:
-            ev = Ramp(at_s=at, link=link, to=to, over_s=over, steps=steps)
+        ev = _ramp(m, path, errs, at, link)
     elif action in ("agent_stop", "agent_start") and isinstance(site, str) and site in sites and at is not None:
         cleanup = m.get("cleanup", False)
         if not isinstance(cleanup, bool):
@@ -1075,6 +1070,24 @@ def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
     if isinstance(note, str) and note.strip():
         ev = _with_note(ev, note.strip())
     return ev
+
+
+def _ramp(m: Mapping[str, Any], path: str, errs: Errors, at: float | None, link: LinkRef | None) -> Ramp | None:
+    to_raw = m.get("to")
+    to = None
+    if to_raw is not None:
+        to_map = _mapping(to_raw, f"{path}.to", errs, _IMPAIR_KEYS, what="impairment")
+        if to_map is not None:
+            to = _impairment(to_map, f"{path}.to", errs, ramp=True)
+            if to is not None and not to.given():
+                rampable = _choices(IMPAIRMENT_KEYS[a][0] for a in RAMPABLE)
+                errs.add(f"{path}.to", f"a ramp needs at least one of {rampable}")
+                to = None
+    over = _duration(m["over"], f"{path}.over", errs, positive=True) if m.get("over") is not None else None
+    steps = _int(m.get("steps", 10), f"{path}.steps", errs, 1, 10_000, "a number of steps")
+    if to is not None and over is not None and steps is not None and link is not None and at is not None:
+        return Ramp(at_s=at, link=link, to=to, over_s=over, steps=steps)
+    return None
 
 
 def _event_at_and_note(m: Mapping[str, Any], path: str, errs: Errors,
@@ -1161,73 +1174,8 @@ def _expectation(item: object, path: str, errs: Errors, sites: Mapping[str, Site
     if m is None:
         return None
     n_errors = len(errs.items)
-
-    flow: Flow | None = None
-    if "flow" in known and m.get("flow") is not None:
-        fname = m["flow"]
-        if not isinstance(fname, str) or fname not in flows:
-            hint = difflib.get_close_matches(str(fname), list(flows), n=1)
-            errs.add(f"{path}.flow", f"unknown flow {fname!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                                     + f" (the flows are {_choices(flows) or 'none'})")
-        elif flows[fname] is not None:    # (None: the flow has errors of its own, already reported)
-            flow = flows[fname]
-            assert flow is not None
-            if kind in ("failover_gap", "lost_packets", "sla_compliance") and not flow.type.is_packet_flow:
-                errs.add(f"{path}.flow", f"{kind} is measured on packet flows (udp_cbr, voip, video); "
-                                         f"{flow.name} is {flow.type}")
-    exp: Expectation | None = None
-    if kind == "failover_gap":
-        mx = _duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
-        if flow is not None and mx is not None:
-            exp = FailoverGap(flow=flow.name, max_s=mx)
-    elif kind == "lost_packets":
-        n = _int(m["max"], f"{path}.max", errs, 0, 10**12, "a count") if m.get("max") is not None else None
-        if flow is not None and n is not None:
-            exp = LostPackets(flow=flow.name, max_packets=n)
-    elif kind == "path_changes":
-        n = _int(m["max"], f"{path}.max", errs, 0, 10**6, "a count") if m.get("max") is not None else None
-        lo = _int(m.get("min", 0), f"{path}.min", errs, 0, 10**6, "a count")
-        if n is not None and lo is not None and lo > n:
-            errs.add(f"{path}.min", f"must not exceed max ({n}), got {lo}")
-        elif flow is not None and n is not None and lo is not None:
-            exp = PathChanges(flow=flow.name, max_changes=n, min_changes=lo)
-    elif kind == "sla_compliance":
-        mn = _ratio(m["min"], f"{path}.min", errs) if m.get("min") is not None else None
-        target = None
-        if m.get("target") is not None and flow is not None:
-            decl = sites.get(flow.src.site)
-            base = decl.site.agent.sla if decl is not None and decl.site is not None else None
-            target = errs.attempt(SlaTarget.from_dict, m["target"], f"{path}.target", base)
-        if flow is not None and mn is not None:
-            exp = SlaCompliance(flow=flow.name, min_ratio=mn, target=target)
-    elif kind == "detect_time":
-        link = _link(m["link"], f"{path}.link", errs, sites) if m.get("link") is not None else None
-        mx = _duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
-        if link is not None and str(link) not in interrupted:
-            errs.add(f"{path}.link", f"{link} is never cut or flapped in the timeline: there is nothing to detect")
-        elif link is not None and mx is not None:
-            exp = DetectTime(link=link, max_s=mx)
-    elif kind == "flow_stays":
-        during = m.get("during")
-        if not isinstance(during, list) or len(during) != 2:
-            if during is not None:
-                errs.add(f"{path}.during", f"expected [START, END] like [20s, 40s], got {_kind(during)}")
-        else:
-            a = _duration(during[0], f"{path}.during[0]", errs)
-            b = _duration(during[1], f"{path}.during[1]", errs)
-            if a is not None and b is not None:
-                if a >= b:
-                    errs.add(f"{path}.during", f"the window must end after it starts, got {fmt_duration(a)} to "
-                                               f"{fmt_duration(b)}")
-                elif duration is not None and b > duration:
-                    errs.add(f"{path}.during[1]", f"{fmt_duration(b)} is after the end of the scenario (duration "
-                                                  f"{fmt_duration(duration)})")
-                elif flow is not None and not flow.active(a, b):
-                    life = f"{fmt_duration(flow.start_s)}–{fmt_duration(flow.stop_s)}"
-                    errs.add(f"{path}.during", f"{fmt_duration(a)}–{fmt_duration(b)} is not within the lifetime of "
-                                               f"{flow.name} ({life})")
-                elif flow is not None:
-                    exp = FlowStays(flow=flow.name, start_s=a, end_s=b)
+    flow = _expected_flow(kind, m, path, errs, flows) if "flow" in known else None
+    exp = _EXPECTATION_PARSERS[kind](_ExpectationInput(m, path, errs, flow, sites, interrupted, duration))
     quantile = _share(m.get("quantile"), f"{path}.quantile", errs)
     pass_rate = _share(m.get("pass_rate"), f"{path}.pass_rate", errs)
     if quantile is not None and pass_rate is not None:
@@ -1240,6 +1188,117 @@ def _expectation(item: object, path: str, errs: Errors, sites: Mapping[str, Site
 
         exp = replace(exp, quantile=quantile, pass_rate=pass_rate)
     return exp
+
+
+def _expected_flow(kind: str, m: Mapping[str, Any], path: str, errs: Errors,
+                   flows: Mapping[str, Flow | None]) -> Flow | None:
+    """The flow an expectation names (None: none named, unknown, or a flow with errors of its own)."""
+    if m.get("flow") is None:
+        return None
+    fname = m["flow"]
+    if not isinstance(fname, str) or fname not in flows:
+        hint = difflib.get_close_matches(str(fname), list(flows), n=1)
+        errs.add(f"{path}.flow", f"unknown flow {fname!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                 + f" (the flows are {_choices(flows) or 'none'})")
+        return None
+    flow = flows[fname]
+    if flow is None:    # the flow has errors of its own, already reported
+        return None
+    if kind in ("failover_gap", "lost_packets", "sla_compliance") and not flow.type.is_packet_flow:
+        errs.add(f"{path}.flow", f"{kind} is measured on packet flows (udp_cbr, voip, video); "
+                                 f"{flow.name} is {flow.type}")
+    return flow
+
+
+@dataclass(frozen=True)
+class _ExpectationInput:
+    """One expectation's body and what checking it needs."""
+
+    m: Mapping[str, Any]
+    path: str
+    errs: Errors
+    flow: Flow | None
+    sites: Mapping[str, SiteDecl]
+    interrupted: set[str]
+    duration: float | None
+
+
+def _failover_gap(x: _ExpectationInput) -> Expectation | None:
+    m, path, errs = x.m, x.path, x.errs
+    mx = _duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
+    return FailoverGap(flow=x.flow.name, max_s=mx) if x.flow is not None and mx is not None else None
+
+
+def _lost_packets(x: _ExpectationInput) -> Expectation | None:
+    m, path, errs = x.m, x.path, x.errs
+    n = _int(m["max"], f"{path}.max", errs, 0, 10**12, "a count") if m.get("max") is not None else None
+    return LostPackets(flow=x.flow.name, max_packets=n) if x.flow is not None and n is not None else None
+
+
+def _path_changes(x: _ExpectationInput) -> Expectation | None:
+    m, path, errs = x.m, x.path, x.errs
+    n = _int(m["max"], f"{path}.max", errs, 0, 10**6, "a count") if m.get("max") is not None else None
+    lo = _int(m.get("min", 0), f"{path}.min", errs, 0, 10**6, "a count")
+    if n is not None and lo is not None and lo > n:
+        errs.add(f"{path}.min", f"must not exceed max ({n}), got {lo}")
+    elif x.flow is not None and n is not None and lo is not None:
+        return PathChanges(flow=x.flow.name, max_changes=n, min_changes=lo)
+    return None
+
+
+def _sla_compliance(x: _ExpectationInput) -> Expectation | None:
+    m, path, errs, flow = x.m, x.path, x.errs, x.flow
+    mn = _ratio(m["min"], f"{path}.min", errs) if m.get("min") is not None else None
+    target = None
+    if m.get("target") is not None and flow is not None:
+        decl = x.sites.get(flow.src.site)
+        base = decl.site.agent.sla if decl is not None and decl.site is not None else None
+        target = errs.attempt(SlaTarget.from_dict, m["target"], f"{path}.target", base)
+    if flow is not None and mn is not None:
+        return SlaCompliance(flow=flow.name, min_ratio=mn, target=target)
+    return None
+
+
+def _detect_time(x: _ExpectationInput) -> Expectation | None:
+    m, path, errs = x.m, x.path, x.errs
+    link = _link(m["link"], f"{path}.link", errs, x.sites) if m.get("link") is not None else None
+    mx = _duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
+    if link is not None and str(link) not in x.interrupted:
+        errs.add(f"{path}.link", f"{link} is never cut or flapped in the timeline: there is nothing to detect")
+    elif link is not None and mx is not None:
+        return DetectTime(link=link, max_s=mx)
+    return None
+
+
+def _flow_stays(x: _ExpectationInput) -> Expectation | None:
+    m, path, errs, flow, duration = x.m, x.path, x.errs, x.flow, x.duration
+    during = m.get("during")
+    if not isinstance(during, list) or len(during) != 2:
+        if during is not None:
+            errs.add(f"{path}.during", f"expected [START, END] like [20s, 40s], got {_kind(during)}")
+        return None
+    a = _duration(during[0], f"{path}.during[0]", errs)
+    b = _duration(during[1], f"{path}.during[1]", errs)
+    if a is None or b is None:
+        return None
+    if a >= b:
+        errs.add(f"{path}.during", f"the window must end after it starts, got {fmt_duration(a)} to "
+                                   f"{fmt_duration(b)}")
+    elif duration is not None and b > duration:
+        errs.add(f"{path}.during[1]", f"{fmt_duration(b)} is after the end of the scenario (duration "
+                                      f"{fmt_duration(duration)})")
+    elif flow is not None and not flow.active(a, b):
+        life = f"{fmt_duration(flow.start_s)}–{fmt_duration(flow.stop_s)}"
+        errs.add(f"{path}.during", f"{fmt_duration(a)}–{fmt_duration(b)} is not within the lifetime of "
+                                   f"{flow.name} ({life})")
+    elif flow is not None:
+        return FlowStays(flow=flow.name, start_s=a, end_s=b)
+    return None
+
+
+_EXPECTATION_PARSERS: dict[str, Callable[[_ExpectationInput], Expectation | None]] = {
+    "failover_gap": _failover_gap, "lost_packets": _lost_packets, "path_changes": _path_changes,
+    "sla_compliance": _sla_compliance, "detect_time": _detect_time, "flow_stays": _flow_stays}
 
 
 def _share(value: object, path: str, errs: Errors) -> float | None:

@@ -338,7 +338,15 @@ def create_app(agent: AgentControl, token: str) -> FastAPI:
                   openapi_url=f"{API_PREFIX}/openapi.json", default_response_class=FiniteJSONResponse)
     app.add_middleware(_BearerAuth, token=token, open_paths=frozenset({HEALTH_PATH}))
 
-    # -- error answers --
+    _error_handlers(app)
+    _site_routes(app, agent)
+    _policy_routes(app, agent)
+    _flow_routes(app, agent)
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """Every error answer has one shape: {"error": ..., "errors": [{"field", "reason"}]}."""
 
     async def on_api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
@@ -367,9 +375,10 @@ def create_app(agent: AgentControl, token: str) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_crash)
 
-    p = API_PREFIX
 
-    # -- site, paths --
+def _site_routes(app: FastAPI, agent: AgentControl) -> None:
+    """Health, the site, its paths (status, history, on-demand tests)."""
+    p = API_PREFIX
 
     @app.get(f"{p}/health", tags=["meta"])
     async def health() -> Response:
@@ -419,7 +428,10 @@ def create_app(agent: AgentControl, token: str) -> FastAPI:
             raise ApiError(422, "invalid request", [("body", str(exc))]) from None
         return _ok(result)
 
-    # -- policies --
+
+def _policy_routes(app: FastAPI, agent: AgentControl) -> None:
+    """Routing policies: list, read, create, replace, delete."""
+    p = API_PREFIX
 
     def find_policy(name: str) -> RoutingPolicy | None:
         return next((pol for pol in agent.list_policies() if pol.name == name), None)
@@ -461,7 +473,10 @@ def create_app(agent: AgentControl, token: str) -> FastAPI:
             raise _not_found("policy", name, "path.name") from None
         return Response(status_code=204)
 
-    # -- flows, topology, events --
+
+def _flow_routes(app: FastAPI, agent: AgentControl) -> None:
+    """Flows, topology, the steering plan, events (recent and streamed) and Prometheus metrics."""
+    p = API_PREFIX
 
     @app.get(f"{p}/flows", tags=["flows"])
     async def get_flows(
@@ -504,8 +519,6 @@ def create_app(agent: AgentControl, token: str) -> FastAPI:
 
     app.add_api_route("/metrics", metrics, methods=["GET"], tags=["meta"])
     app.add_api_route(f"{p}/metrics", metrics, methods=["GET"], tags=["meta"], include_in_schema=False)
-
-    return app
 
 
 async def _stream(ws: WebSocket, q: asyncio.Queue[dict[str, Any]]) -> None:

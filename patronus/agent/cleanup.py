@@ -16,6 +16,7 @@ import re
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
+from typing import Any
 
 from patronus.agent.adopt import HostRecord
 from patronus.agent.config import PATH_TABLE_BASE, ROUTE_PROTO, UPLINK_TABLE_BASE, SiteConfig
@@ -37,6 +38,38 @@ def agent_running(cfg: SiteConfig) -> int | None:
     return _running_pid(cfg.state_dir / "agent.pid")
 
 
+def _remove_rules(ipr: Any, fam: int, rep: CleanupReport) -> None:
+    """Every policy-routing rule of family `fam` that Patronus made (its protocol number)."""
+    for r in ipr.get_rules(family=fam):
+        if r.get_attr("FRA_PROTOCOL") != ROUTE_PROTO:
+            continue
+        prio = r.get_attr("FRA_PRIORITY")
+        try:
+            ipr.rule("del", family=fam, priority=prio, protocol=ROUTE_PROTO,
+                     table=r.get_attr("FRA_TABLE") or r["table"], action=r["action"], **_selectors(r))
+            rep.removed.append(f"ip rule {prio} ({'v6' if fam == socket.AF_INET6 else 'v4'})")
+        except Exception as exc:
+            rep.problems.append(f"ip rule {prio}: {exc}")
+
+
+def _remove_routes(ipr: Any, fam: int, rep: CleanupReport) -> None:
+    """Every route of family `fam` that Patronus made, in its uplink and path tables."""
+    for table in range(UPLINK_TABLE_BASE, PATH_TABLE_BASE + 256):
+        try:
+            routes = ipr.get_routes(family=fam, table=table)
+        except Exception:
+            continue
+        for rt in routes:
+            if rt.get("proto") != ROUTE_PROTO:
+                continue
+            try:
+                ipr.route("del", family=fam, table=table, dst=rt.get_attr("RTA_DST") or "default",
+                          dst_len=rt["dst_len"], proto=ROUTE_PROTO)
+                rep.removed.append(f"route table {table} {rt.get_attr('RTA_DST') or 'default'}")
+            except Exception as exc:
+                rep.problems.append(f"route in table {table}: {exc}")
+
+
 def cleanup(cfg: SiteConfig | None, state_dirs: list[FsPath] | None = None) -> CleanupReport:
     """Remove the leftovers of site `cfg`'s agent (or of every Patronus agent when `cfg` is None)."""
     from pyroute2 import IPRoute
@@ -52,32 +85,10 @@ def cleanup(cfg: SiteConfig | None, state_dirs: list[FsPath] | None = None) -> C
                     rep.removed.append(f"nft table inet {t}")
     except NftError as exc:
         rep.problems.append(f"nftables: {exc}")
-    # rules and routes
     with IPRoute() as ipr:
         for fam in (socket.AF_INET, socket.AF_INET6):
-            for r in ipr.get_rules(family=fam):
-                if r.get_attr("FRA_PROTOCOL") == ROUTE_PROTO:
-                    prio = r.get_attr("FRA_PRIORITY")
-                    try:
-                        ipr.rule("del", family=fam, priority=prio, protocol=ROUTE_PROTO,
-                                 table=r.get_attr("FRA_TABLE") or r["table"], action=r["action"],
-                                 **_selectors(r))
-                        rep.removed.append(f"ip rule {prio} ({'v6' if fam == socket.AF_INET6 else 'v4'})")
-                    except Exception as exc:
-                        rep.problems.append(f"ip rule {prio}: {exc}")
-            for table in range(UPLINK_TABLE_BASE, PATH_TABLE_BASE + 256):
-                try:
-                    routes = ipr.get_routes(family=fam, table=table)
-                except Exception:
-                    continue
-                ours = [rt for rt in routes if rt.get("proto") == ROUTE_PROTO]
-                for rt in ours:
-                    try:
-                        ipr.route("del", family=fam, table=table, dst=rt.get_attr("RTA_DST") or "default",
-                                  dst_len=rt["dst_len"], proto=ROUTE_PROTO)
-                        rep.removed.append(f"route table {table} {rt.get_attr('RTA_DST') or 'default'}")
-                    except Exception as exc:
-                        rep.problems.append(f"route in table {table}: {exc}")
+            _remove_rules(ipr, fam, rep)
+            _remove_routes(ipr, fam, rep)
     # the reflectors, the dataplane records and the sysctls they name
     from patronus.agent.prober import stop_recorded_reflector
 

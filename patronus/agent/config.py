@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
@@ -308,18 +308,78 @@ def _duration(v: object, fld: str, errs: _Errors, lo: float = 0.0) -> float:
     return x
 
 
-def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
-    from patronus.agent.keys import check_key  # cryptography-free check, kept beside key generation
+_TOP = {"version", "site", "uplinks", "remotes", "wireguard", "probe", "monitor", "policies", "router", "sla", "api",
+        "database", "state_dir", "metrics_interval", "steering", "bandwidth_test", "pmtu"}
 
+
+def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
+    """A validated `SiteConfig` from a parsed site file. Raises ConfigError listing every problem, each
+    with its field; one section at a time, each section's helper below adds its own."""
     errs = _Errors()
-    top = _mapping(doc, "", errs, {"version", "site", "uplinks", "remotes", "wireguard", "probe", "monitor",
-                                   "policies", "router", "sla", "api", "database", "state_dir", "metrics_interval",
-                                   "steering", "bandwidth_test", "pmtu"}, {"version", "site", "uplinks"})
+    top = _mapping(doc, "", errs, _TOP, {"version", "site", "uplinks"})
     if not top and not errs.items:
         errs.add("", "the site file is empty")
     if "version" in top and top["version"] != SCHEMA_VERSION:
         errs.add("version", f"unsupported version {top['version']!r}; this agent reads version {SCHEMA_VERSION}")
+    name, sid, lan, lan_ifs = _site_section(top, errs)
+    uplinks = _uplinks_section(top, lan_ifs, errs)
+    remotes = _remotes_section(top, name, sid, errs)
+    _check_overlaps(lan, remotes, errs)
+    wg = _mapping(top.get("wireguard"), "wireguard", errs, {"backend", "private_key_file", "port_base", "keepalive",
+                                                            "mtu"})
+    backend = wg.get("backend", "auto")
+    if backend not in WG_BACKENDS:
+        errs.add("wireguard.backend", f"expected one of {', '.join(WG_BACKENDS)}, got {backend!r}")
+    port_base = _int(wg.get("port_base", 40000), "wireguard.port_base", errs, 1024, 65000, "a UDP port")
+    keepalive = _duration(wg.get("keepalive", "5s"), "wireguard.keepalive", errs)
+    wg_mtu = _int(wg.get("mtu", 1420), "wireguard.mtu", errs, 1280, 9000, "an MTU")
+    probe_port, probe_auth, probe_secret, probe_rt = _probe_section(top, remotes, errs)
+    monitor = MonitorProfile.from_config("default")
+    try:
+        monitor = MonitorProfile.from_config(top.get("monitor", "default"), "monitor")
+    except ConfigError as exc:
+        errs.take(exc)
+    policies = _policies_section(top, errs)
+    router = _router_section(top, errs)
+    sla = SlaTarget()
+    if top.get("sla") is not None:
+        try:
+            sla = SlaTarget.from_dict(top["sla"], "sla")
+        except ConfigError as exc:
+            errs.take(exc)
+    api = _mapping(top.get("api"), "api", errs, {"listen", "token", "token_file"})
+    listen, token = _listen(api, errs), _token(api, errs)
+    state_dir = FsPath(str(top.get("state_dir") or f"/run/patronus/{name or 'site'}"))
+    metrics_interval = _duration(top.get("metrics_interval", "10s"), "metrics_interval", errs, 0.1)
+    steering = top.get("steering", "nftables")
+    if steering not in STEERING_MODES:
+        errs.add("steering", f"expected one of {', '.join(STEERING_MODES)}, got {steering!r}")
+    elif steering == "bpf":
+        errs.add("steering", "the XDP / tc-BPF dataplane is not built yet; use 'nftables' (or 'none' to "
+                             "measure paths without steering traffic)")
+    bw_interval, bw_duration, bw_rate = _bandwidth_section(top, errs)
+    pmtu = top.get("pmtu", True)
+    if not isinstance(pmtu, bool):
+        errs.add("pmtu", f"expected true or false, got {pmtu!r}")
+        pmtu = True
+    plans = _path_plans(remotes, uplinks, sid, port_base, probe_port, errs) if not errs.items else []
+    if errs.items:
+        raise ConfigError(errs.items)
+    return SiteConfig(
+        source=source, name=name, id=sid, lan_prefixes=lan, lan_interfaces=tuple(lan_ifs), uplinks=tuple(uplinks),
+        remotes=tuple(remotes), wg_backend=str(backend),
+        wg_private_key_file=FsPath(str(wg.get("private_key_file") or f"/var/lib/patronus/{name or 'site'}.key")),
+        wg_port_base=port_base, wg_keepalive_s=round(keepalive), wg_mtu=wg_mtu, probe_port=probe_port,
+        probe_auth=probe_auth, probe_secret=probe_secret, probe_realtime=probe_rt, monitor=monitor,
+        policies=policies, router=router, sla=sla, api_listen=listen, api_token=token,
+        api_token_file=FsPath(str(api.get("token_file") or state_dir / "api.token")),
+        database=FsPath(str(top.get("database") or f"/var/lib/patronus/{name or 'site'}.db")), state_dir=state_dir,
+        metrics_interval_s=metrics_interval, steering=str(steering), bandwidth_interval_s=bw_interval,
+        bandwidth_duration_s=bw_duration, bandwidth_rate_mbps=bw_rate, pmtu=bool(pmtu), paths=tuple(plans))
 
+
+def _site_section(top: Mapping[str, Any], errs: _Errors) -> tuple[str, int, tuple[str, ...], list[str]]:
+    """`site`: (name, id, LAN prefixes, LAN interfaces)."""
     site = _mapping(top.get("site"), "site", errs, {"name", "id", "lan_prefixes", "lan_interfaces"},
                     {"name", "id", "lan_prefixes"})
     name = _name(site.get("name"), "site.name", errs) if "name" in site else ""
@@ -331,9 +391,26 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
         errs.add("site.lan_interfaces", f"expected a list of interface names, got {lan_ifs_raw!r}")
     else:
         lan_ifs = [_ifname(x, f"site.lan_interfaces[{i}]", errs) for i, x in enumerate(lan_ifs_raw)]
+    return name, sid, lan, lan_ifs
 
-    # uplinks
-    uplinks: list[UplinkConfig] = []
+
+def _unique(items: Sequence[object], attrs: Iterable[str], where: str, errs: _Errors, *,
+            skip_empty: bool = False) -> None:
+    """Each of `attrs` is unique over `items` (the list at `where`): a repeat is an error at the
+    repeat, naming the first."""
+    rel = where.rpartition(".")[2]
+    for what in attrs:
+        seen: dict[object, int] = {}
+        for i, item in enumerate(items):
+            v = getattr(item, what)
+            if skip_empty and not v:
+                continue
+            if v in seen:
+                errs.add(f"{where}[{i}].{what}", f"duplicate of {rel}[{seen[v]}].{what} ({v!r})")
+            seen.setdefault(v, i)
+
+
+def _uplinks_section(top: Mapping[str, Any], lan_ifs: list[str], errs: _Errors) -> list[UplinkConfig]:
     raw_up = top.get("uplinks")
     if "uplinks" in top and (not isinstance(raw_up, list) or not raw_up):
         errs.add("uplinks", "expected a list of at least one uplink")
@@ -341,96 +418,92 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
     raw_up = raw_up or []
     if len(raw_up) > MAX_UPLINKS:
         errs.add("uplinks", f"at most {MAX_UPLINKS} uplinks per site, got {len(raw_up)}")
-    for i, u in enumerate(raw_up):
-        f = f"uplinks[{i}]"
-        m = _mapping(u, f, errs, {"name", "interface", "address", "gateway", "cost_per_gb", "bandwidth"},
-                     {"name", "interface", "address"})
-        cost = m.get("cost_per_gb", 0.0)
-        if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < 1e6:
-            errs.add(f"{f}.cost_per_gb", f"expected a non-negative price in $ per GB, got {cost!r}")
-            cost = 0.0
-        bw = 0.0
-        if m.get("bandwidth") is not None:
-            try:
-                bw = parse_rate(m["bandwidth"], f"{f}.bandwidth") / 1e6
-            except ConfigError as exc:
-                errs.take(exc)
-        gw = _address(m["gateway"], f"{f}.gateway", errs) if m.get("gateway") is not None else None
-        uplinks.append(UplinkConfig(
-            name=_name(m.get("name"), f"{f}.name", errs) if "name" in m else "", number=i,
-            interface=_ifname(m.get("interface"), f"{f}.interface", errs) if "interface" in m else "",
-            address=_address(m.get("address"), f"{f}.address", errs) if "address" in m else "",
-            gateway=gw, cost_per_gb=float(cost), bandwidth_mbps=bw))
-    for what in ("name", "interface", "address"):
-        seen: dict[str, int] = {}
-        for i, up in enumerate(uplinks):
-            v = getattr(up, what)
-            if v and v in seen:
-                errs.add(f"uplinks[{i}].{what}", f"duplicate of uplinks[{seen[v]}].{what} ({v!r})")
-            seen.setdefault(v, i)
+    uplinks = [_uplink(u, i, errs) for i, u in enumerate(raw_up)]
+    _unique(uplinks, ("name", "interface", "address"), "uplinks", errs, skip_empty=True)
     for i, ifn in enumerate(lan_ifs):
         if ifn and any(up.interface == ifn for up in uplinks):
             errs.add(f"site.lan_interfaces[{i}]", f"{ifn!r} is also an uplink interface")
+    return uplinks
 
-    # remotes
-    remotes: list[RemoteConfig] = []
+
+def _uplink(u: object, i: int, errs: _Errors) -> UplinkConfig:
+    f = f"uplinks[{i}]"
+    m = _mapping(u, f, errs, {"name", "interface", "address", "gateway", "cost_per_gb", "bandwidth"},
+                 {"name", "interface", "address"})
+    cost = m.get("cost_per_gb", 0.0)
+    if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < 1e6:
+        errs.add(f"{f}.cost_per_gb", f"expected a non-negative price in $ per GB, got {cost!r}")
+        cost = 0.0
+    bw = 0.0
+    if m.get("bandwidth") is not None:
+        try:
+            bw = parse_rate(m["bandwidth"], f"{f}.bandwidth") / 1e6
+        except ConfigError as exc:
+            errs.take(exc)
+    gw = _address(m["gateway"], f"{f}.gateway", errs) if m.get("gateway") is not None else None
+    return UplinkConfig(
+        name=_name(m.get("name"), f"{f}.name", errs) if "name" in m else "", number=i,
+        interface=_ifname(m.get("interface"), f"{f}.interface", errs) if "interface" in m else "",
+        address=_address(m.get("address"), f"{f}.address", errs) if "address" in m else "",
+        gateway=gw, cost_per_gb=float(cost), bandwidth_mbps=bw)
+
+
+def _remotes_section(top: Mapping[str, Any], name: str, sid: int, errs: _Errors) -> list[RemoteConfig]:
     raw_rem = top.get("remotes") or []
     if not isinstance(raw_rem, list):
         errs.add("remotes", "expected a list of remote sites")
         raw_rem = []
-    for i, r in enumerate(raw_rem):
-        f = f"remotes[{i}]"
-        m = _mapping(r, f, errs, {"name", "id", "public_key", "prefixes", "endpoints", "probe_secret"},
-                     {"name", "id", "public_key", "prefixes", "endpoints"})
-        pk = ""
-        if m.get("public_key") is not None:
-            try:
-                pk = check_key(m["public_key"], f"{f}.public_key")
-            except ConfigError as exc:
-                errs.take(exc)
-        eps: list[EndpointConfig] = []
-        raw_eps = m.get("endpoints")
-        if "endpoints" in m and (not isinstance(raw_eps, list) or not raw_eps):
-            errs.add(f"{f}.endpoints", "expected a list of at least one endpoint")
-            raw_eps = []
-        for j, e in enumerate(raw_eps or []):
-            fe = f"{f}.endpoints[{j}]"
-            me = _mapping(e, fe, errs, {"uplink", "address", "uplink_no"}, {"uplink", "address"})
-            no = _int(me["uplink_no"], f"{fe}.uplink_no", errs, 0, MAX_UPLINKS - 1) if "uplink_no" in me else j
-            if no >= MAX_UPLINKS:
-                errs.add(fe, f"a site has at most {MAX_UPLINKS} uplinks")
-            eps.append(EndpointConfig(uplink=_name(me.get("uplink"), f"{fe}.uplink", errs) if "uplink" in me else "",
-                                      uplink_no=no,
-                                      address=_address(me.get("address"), f"{fe}.address", errs)
-                                      if "address" in me else ""))
-        for what in ("uplink", "uplink_no", "address"):
-            seen2: dict[object, int] = {}
-            for j, ep in enumerate(eps):
-                v = getattr(ep, what)
-                if v in seen2:
-                    errs.add(f"{f}.endpoints[{j}].{what}", f"duplicate of endpoints[{seen2[v]}].{what} ({v!r})")
-                seen2.setdefault(v, j)
-        psec = None
-        if m.get("probe_secret") is not None:
-            psec = _secret({"secret": m["probe_secret"]}, f, errs)
-        remotes.append(RemoteConfig(
-            name=_name(m.get("name"), f"{f}.name", errs) if "name" in m else "",
-            id=_int(m.get("id"), f"{f}.id", errs, 1, 4000, "a site number") if "id" in m else 0,
-            public_key=pk,
-            prefixes=_prefixes(m.get("prefixes"), f"{f}.prefixes", errs) if "prefixes" in m else (),
-            endpoints=tuple(eps), probe_secret=psec))
-    for what in ("name", "id"):
-        seen3: dict[object, int] = {}
+    remotes = [_remote(r, f"remotes[{i}]", errs) for i, r in enumerate(raw_rem)]
+    for what, own, why in (("name", name, "this site's own name"), ("id", sid, "this site's own id")):
+        seen: dict[object, int] = {}
         for i, rm in enumerate(remotes):
             v = getattr(rm, what)
-            if v in seen3:
-                errs.add(f"remotes[{i}].{what}", f"duplicate of remotes[{seen3[v]}].{what} ({v!r})")
-            seen3.setdefault(v, i)
-            if what == "name" and v and v == name:
-                errs.add(f"remotes[{i}].name", "a remote cannot have this site's own name")
-            if what == "id" and v == sid:
-                errs.add(f"remotes[{i}].id", "a remote cannot have this site's own id")
-    # prefixes must not overlap (LPM would hide a site)
+            if v in seen:
+                errs.add(f"remotes[{i}].{what}", f"duplicate of remotes[{seen[v]}].{what} ({v!r})")
+            seen.setdefault(v, i)
+            if v and v == own:
+                errs.add(f"remotes[{i}].{what}", f"a remote cannot have {why}")
+    return remotes
+
+
+def _remote(r: object, f: str, errs: _Errors) -> RemoteConfig:
+    from patronus.agent.keys import check_key  # cryptography-free check, kept beside key generation
+
+    m = _mapping(r, f, errs, {"name", "id", "public_key", "prefixes", "endpoints", "probe_secret"},
+                 {"name", "id", "public_key", "prefixes", "endpoints"})
+    pk = ""
+    if m.get("public_key") is not None:
+        try:
+            pk = check_key(m["public_key"], f"{f}.public_key")
+        except ConfigError as exc:
+            errs.take(exc)
+    raw_eps = m.get("endpoints")
+    if "endpoints" in m and (not isinstance(raw_eps, list) or not raw_eps):
+        errs.add(f"{f}.endpoints", "expected a list of at least one endpoint")
+        raw_eps = []
+    eps = [_endpoint(e, j, f"{f}.endpoints[{j}]", errs) for j, e in enumerate(raw_eps or [])]
+    _unique(eps, ("uplink", "uplink_no", "address"), f"{f}.endpoints", errs)
+    psec = _secret({"secret": m["probe_secret"]}, f, errs) if m.get("probe_secret") is not None else None
+    return RemoteConfig(
+        name=_name(m.get("name"), f"{f}.name", errs) if "name" in m else "",
+        id=_int(m.get("id"), f"{f}.id", errs, 1, 4000, "a site number") if "id" in m else 0,
+        public_key=pk,
+        prefixes=_prefixes(m.get("prefixes"), f"{f}.prefixes", errs) if "prefixes" in m else (),
+        endpoints=tuple(eps), probe_secret=psec)
+
+
+def _endpoint(e: object, j: int, fe: str, errs: _Errors) -> EndpointConfig:
+    me = _mapping(e, fe, errs, {"uplink", "address", "uplink_no"}, {"uplink", "address"})
+    no = _int(me["uplink_no"], f"{fe}.uplink_no", errs, 0, MAX_UPLINKS - 1) if "uplink_no" in me else j
+    if no >= MAX_UPLINKS:
+        errs.add(fe, f"a site has at most {MAX_UPLINKS} uplinks")
+    return EndpointConfig(uplink=_name(me.get("uplink"), f"{fe}.uplink", errs) if "uplink" in me else "",
+                          uplink_no=no,
+                          address=_address(me.get("address"), f"{fe}.address", errs) if "address" in me else "")
+
+
+def _check_overlaps(lan: tuple[str, ...], remotes: list[RemoteConfig], errs: _Errors) -> None:
+    """Prefixes must not overlap: longest-prefix match would hide a site."""
     owned: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = [
         (ipaddress.ip_network(p), "site.lan_prefixes") for p in lan]
     for i, rm in enumerate(remotes):
@@ -441,20 +514,14 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
                     errs.add(f"remotes[{i}].prefixes[{j}]", f"{p} overlaps {other} of {where}")
             owned.append((net, f"remotes[{i}].prefixes"))
 
-    # wireguard
-    wg = _mapping(top.get("wireguard"), "wireguard", errs, {"backend", "private_key_file", "port_base", "keepalive",
-                                                            "mtu"})
-    backend = wg.get("backend", "auto")
-    if backend not in WG_BACKENDS:
-        errs.add("wireguard.backend", f"expected one of {', '.join(WG_BACKENDS)}, got {backend!r}")
-    port_base = _int(wg.get("port_base", 40000), "wireguard.port_base", errs, 1024, 65000, "a UDP port")
-    keepalive = _duration(wg.get("keepalive", "5s"), "wireguard.keepalive", errs)
-    wg_mtu = _int(wg.get("mtu", 1420), "wireguard.mtu", errs, 1280, 9000, "an MTU")
 
+def _probe_section(top: Mapping[str, Any], remotes: list[RemoteConfig],
+                   errs: _Errors) -> tuple[int, bool, bytes | None, int]:
+    """`probe`: (port, authenticated, shared secret, real-time priority)."""
     probe = _mapping(top.get("probe"), "probe", errs, {"port", "auth", "secret", "secret_file", "realtime_priority"})
-    probe_port = _int(probe.get("port", 862), "probe.port", errs, 1, 65535, "a UDP port")
-    probe_rt = _int(probe.get("realtime_priority", 0), "probe.realtime_priority", errs, 0, 99,
-                    "a SCHED_FIFO priority (1-99, 0 for none)")
+    port = _int(probe.get("port", 862), "probe.port", errs, 1, 65535, "a UDP port")
+    rt = _int(probe.get("realtime_priority", 0), "probe.realtime_priority", errs, 0, 99,
+              "a SCHED_FIFO priority (1-99, 0 for none)")
     auth = probe.get("auth", True)
     if not isinstance(auth, bool):
         errs.add("probe.auth", f"expected true or false, got {auth!r}")
@@ -464,13 +531,10 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
             and any(r.probe_secret is None for r in remotes):
         errs.add("probe.secret", "authenticated probing (probe.auth: true, the default) needs a shared secret "
                                  "(probe.secret or probe.secret_file, the same at every site)")
+    return port, auth, secret, rt
 
-    monitor = MonitorProfile.from_config("default")
-    try:
-        monitor = MonitorProfile.from_config(top.get("monitor", "default"), "monitor")
-    except ConfigError as exc:
-        errs.take(exc)
 
+def _policies_section(top: Mapping[str, Any], errs: _Errors) -> tuple[RoutingPolicy, ...]:
     policies: tuple[RoutingPolicy, ...] = tuple(default_policies())
     raw_pol = top.get("policies", "default")
     if raw_pol != "default":
@@ -491,10 +555,12 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
             policies = tuple(pols)
     if len(policies) > 250:
         errs.add("policies", "at most 250 policies")
+    return policies
 
+
+def _router_section(top: Mapping[str, Any], errs: _Errors) -> RouterConfig:
     rc = _mapping(top.get("router"), "router", errs, {"failback_hold", "min_improvement", "failover_cooldown",
                                                       "idle_timeout"})
-    router = RouterConfig()
     kw: dict[str, float] = {}
     for key, attr in (("failback_hold", "failback_hold_s"), ("failover_cooldown", "failover_cooldown_s"),
                       ("idle_timeout", "idle_timeout_s")):
@@ -507,19 +573,13 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
         else:
             kw["min_improvement"] = float(mi)
     try:
-        router = RouterConfig(**kw)
+        return RouterConfig(**kw)
     except ConfigError as exc:
         errs.take(exc)
+        return RouterConfig()
 
-    sla = SlaTarget()
-    if top.get("sla") is not None:
-        try:
-            sla = SlaTarget.from_dict(top["sla"], "sla")
-        except ConfigError as exc:
-            errs.take(exc)
 
-    api = _mapping(top.get("api"), "api", errs, {"listen", "token", "token_file"})
-    listen = ("127.0.0.1", 8470)
+def _listen(api: Mapping[str, Any], errs: _Errors) -> tuple[str, int]:
     raw_listen = api.get("listen", "127.0.0.1:8470")
     if isinstance(raw_listen, str) and ":" in raw_listen:
         host, _, port_s = raw_listen.rpartition(":")
@@ -529,82 +589,60 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
             port = int(port_s)
             if not 1 <= port <= 65535:
                 raise ValueError
-            listen = (host, port)
+            return host, port
         except ValueError:
-            errs.add("api.listen", f"expected ADDRESS:PORT like 127.0.0.1:8470, got {raw_listen!r}")
-    else:
-        errs.add("api.listen", f"expected ADDRESS:PORT like 127.0.0.1:8470, got {raw_listen!r}")
+            pass
+    errs.add("api.listen", f"expected ADDRESS:PORT like 127.0.0.1:8470, got {raw_listen!r}")
+    return "127.0.0.1", 8470
+
+
+def _token(api: Mapping[str, Any], errs: _Errors) -> str | None:
     token = api.get("token")
     if token is not None and (not isinstance(token, str) or len(token) < 16):
         errs.add("api.token", "expected a token of at least 16 characters (or leave it out: the agent "
                               "generates one into api.token_file)")
-        token = None
+        return None
+    return token
 
-    state_dir = FsPath(str(top.get("state_dir") or f"/run/patronus/{name or 'site'}"))
-    token_file = FsPath(str(api.get("token_file") or state_dir / "api.token"))
-    database = FsPath(str(top.get("database") or f"/var/lib/patronus/{name or 'site'}.db"))
-    key_file = FsPath(str(wg.get("private_key_file") or f"/var/lib/patronus/{name or 'site'}.key"))
-    metrics_interval = _duration(top.get("metrics_interval", "10s"), "metrics_interval", errs, 0.1)
 
-    steering = top.get("steering", "nftables")
-    if steering not in STEERING_MODES:
-        errs.add("steering", f"expected one of {', '.join(STEERING_MODES)}, got {steering!r}")
-    elif steering == "bpf":
-        errs.add("steering", "the XDP / tc-BPF dataplane is not built yet; use 'nftables' (or 'none' to "
-                             "measure paths without steering traffic)")
-
+def _bandwidth_section(top: Mapping[str, Any], errs: _Errors) -> tuple[float, float, float]:
+    """`bandwidth_test`: (interval, 0 for off; duration; rate in Mbit/s)."""
     bwt = _mapping(top.get("bandwidth_test"), "bandwidth_test", errs, {"interval", "duration", "rate"})
-    bw_interval = 0.0
+    interval = 0.0
     if bwt.get("interval", "off") not in ("off", None, False):
-        bw_interval = _duration(bwt["interval"], "bandwidth_test.interval", errs, 10.0)
-    bw_duration = _duration(bwt.get("duration", "2s"), "bandwidth_test.duration", errs, 0.2)
-    if bw_duration > 30:
+        interval = _duration(bwt["interval"], "bandwidth_test.interval", errs, 10.0)
+    duration = _duration(bwt.get("duration", "2s"), "bandwidth_test.duration", errs, 0.2)
+    if duration > 30:
         errs.add("bandwidth_test.duration", "at most 30 s")
-    bw_rate = 50.0
+    rate = 50.0
     if bwt.get("rate") is not None:
         try:
-            bw_rate = parse_rate(bwt["rate"], "bandwidth_test.rate") / 1e6
+            rate = parse_rate(bwt["rate"], "bandwidth_test.rate") / 1e6
         except ConfigError as exc:
             errs.take(exc)
-    pmtu = top.get("pmtu", True)
-    if not isinstance(pmtu, bool):
-        errs.add("pmtu", f"expected true or false, got {pmtu!r}")
-        pmtu = True
+    return interval, duration, rate
 
-    # paths: local uplink × remote endpoint
+
+def _path_plans(remotes: list[RemoteConfig], uplinks: list[UplinkConfig], sid: int, port_base: int,
+                probe_port: int, errs: _Errors) -> list[PathPlan]:
+    """The paths, local uplink × remote endpoint, numbered in id order, with their ports."""
+    ids = sorted(((f"{rm.name}:{up.name}-{ep.uplink}", rm, up, ep)
+                  for rm in remotes for up in uplinks for ep in rm.endpoints), key=lambda t: t[0])
+    if len(ids) > MAX_PATHS:
+        errs.add("remotes", f"{len(ids)} paths (uplinks × remote endpoints); at most {MAX_PATHS}")
     plans: list[PathPlan] = []
-    if not errs.items:
-        ids = []
-        for rm in remotes:
-            for up in uplinks:
-                for ep in rm.endpoints:
-                    ids.append((f"{rm.name}:{up.name}-{ep.uplink}", rm, up, ep))
-        ids.sort(key=lambda t: t[0])
-        if len(ids) > MAX_PATHS:
-            errs.add("remotes", f"{len(ids)} paths (uplinks × remote endpoints); at most {MAX_PATHS}")
-        for n, (pid, rm, up, ep) in enumerate(ids, start=1):
-            listen_port = port_base + rm.id * 16 + up.number * 4 + ep.uplink_no
-            peer_port = port_base + sid * 16 + ep.uplink_no * 4 + up.number
-            for what, v in (("listen", listen_port), ("peer", peer_port)):
-                if v > 65535:
-                    errs.add("wireguard.port_base", f"path {pid}: {what} port {v} exceeds 65535; lower port_base "
-                                                    f"or use smaller site ids")
-            if listen_port == probe_port:
-                errs.add("probe.port", f"collides with the WireGuard port of path {pid}")
-            ifname = f"pt{sid}p{n}"
-            plans.append(PathPlan(number=n, id=PathId(pid), remote=rm.name, uplink=up, endpoint=ep,
-                                  ifname=ifname, listen_port=listen_port, peer_port=peer_port))
-    if errs.items:
-        raise ConfigError(errs.items)
-    return SiteConfig(
-        source=source, name=name, id=sid, lan_prefixes=lan, lan_interfaces=tuple(lan_ifs), uplinks=tuple(uplinks),
-        remotes=tuple(remotes), wg_backend=str(backend), wg_private_key_file=key_file, wg_port_base=port_base,
-        wg_keepalive_s=round(keepalive), wg_mtu=wg_mtu, probe_port=probe_port, probe_auth=bool(auth),
-        probe_secret=secret, probe_realtime=probe_rt, monitor=monitor, policies=policies, router=router, sla=sla,
-        api_listen=listen,
-        api_token=token, api_token_file=token_file, database=database, state_dir=state_dir,
-        metrics_interval_s=metrics_interval, steering=str(steering), bandwidth_interval_s=bw_interval,
-        bandwidth_duration_s=bw_duration, bandwidth_rate_mbps=bw_rate, pmtu=bool(pmtu), paths=tuple(plans))
+    for n, (pid, rm, up, ep) in enumerate(ids, start=1):
+        listen_port = port_base + rm.id * 16 + up.number * 4 + ep.uplink_no
+        peer_port = port_base + sid * 16 + ep.uplink_no * 4 + up.number
+        for what, v in (("listen", listen_port), ("peer", peer_port)):
+            if v > 65535:
+                errs.add("wireguard.port_base", f"path {pid}: {what} port {v} exceeds 65535; lower port_base "
+                                                f"or use smaller site ids")
+        if listen_port == probe_port:
+            errs.add("probe.port", f"collides with the WireGuard port of path {pid}")
+        plans.append(PathPlan(number=n, id=PathId(pid), remote=rm.name, uplink=up, endpoint=ep,
+                              ifname=f"pt{sid}p{n}", listen_port=listen_port, peer_port=peer_port))
+    return plans
 
 
 def probe_key(cfg: SiteConfig, remote: RemoteConfig) -> bytes | None:

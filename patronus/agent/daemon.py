@@ -195,145 +195,20 @@ class Agent:
             raise
 
     async def _start(self) -> None:
+        """Bring the site up, each step registering its undo: the host (pid file, store, keys), the
+        kernel (what an earlier agent left, uplink routing, tunnels, steering), probing, then the core."""
         cfg = self.cfg
         loop = self.loop
         assert loop is not None
-        if os.geteuid() != 0 and (cfg.steering != "none" or cfg.paths):
-            raise AgentError("the agent needs root (CAP_NET_ADMIN) to create tunnels, routes and rules")
-        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        pidfile = cfg.state_dir / "agent.pid"
-        other = _running_pid(pidfile)
-        if other is not None and other != os.getpid():
-            raise AgentError(f"another agent of site {cfg.name} is running (pid {other}, {pidfile})")
-        pidfile.write_text(f"{os.getpid()}\n{start_ticks(os.getpid()) or ''}\n")
-        self._undo.append(_Undo("pidfile", lambda: pidfile.unlink(missing_ok=True),
-                                lambda: pidfile.unlink(missing_ok=True), on_loop=True))
-
-        cfg.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.store = Store.open(cfg.database)
-        store = self.store
-        self._undo.append(_Undo("store", store.close, store.close, on_loop=True))
-        self._init_store(store)
-
+        self._claim_host()
+        store = self._open_store()
         private = await self._k(keymod.load_or_create_private_key, cfg.wg_private_key_file)
         self.public_key = keymod.public_key(private)
         self.token = cfg.api_token or _load_or_create_token(cfg.api_token_file)
-
-        record: HostRecord | None = None
-        try:
-            record = HostRecord.load(cfg.state_dir)
-        except ConfigError as exc:
-            log.warning("ignoring the dataplane record: %s (kept tunnels and rules are adopted, kept slots are not)",
-                        exc)
-        if record is not None and record.owner != cfg.owner:
-            log.warning("ignoring the dataplane record of %s (this site is %s)", record.owner, cfg.owner)
-            record = None
-
-        # policies: the store's (changed through the API) win over the file's, so they survive restarts
-        stored = store.list_policies()
-        policies = [RoutingPolicy.from_dict(r.spec, f"store.policies.{r.name}") for r in stored] \
-            if stored else list(cfg.policies)
-        if not stored:
-            with store.transaction():
-                for p in policies:
-                    store.upsert_policy(p.name, p.priority, p.enabled, p.to_dict(), now=time.time())
-        self.router.replace_policies(policies)
-        if record is not None:
-            # the numbers the kept slots carry in their marks, for the policies that still exist
-            names = {p.name for p in policies}
-            for name, n in sorted(record.policies.items(), key=lambda t: t[1]):
-                if name in names and n < FALLBACK_POLICY_NO and n not in self._policy_no.values():
-                    self._policy_no[name] = n
-        self._number_policies()
-
-        # kernel: what an earlier agent left, then uplink routing, tunnels, steering
-        specs: dict[str, Any] = {}
-        found: dict[str, Any] = {}
-        maps: tuple[dict[int, int], dict[int, int]] | None = None
-        if cfg.paths:
-            from patronus.agent.wireguard import TunnelSpec, WireGuardManager, detect_backend
-
-            self.wg_backend = await self._k(detect_backend, cfg.wg_backend)
-            self.wg = WireGuardManager(self.wg_backend, cfg.state_dir)
-            for plan in cfg.paths:
-                remote = cfg.remote(plan.remote)
-                specs[plan.ifname] = TunnelSpec(
-                    ifname=plan.ifname, private_key=private, listen_port=plan.listen_port, fwmark=plan.uplink.mark,
-                    mtu=cfg.wg_mtu, peer_public_key=remote.public_key,
-                    peer_endpoint=(plan.endpoint.address, plan.peer_port), allowed_ips=tuple(remote.prefixes),
-                    # One end of each tunnel (the lower site id) initiates and keeps it warm; if both did,
-                    # their keepalive timers (set at the same moment by agents started together) would make
-                    # their handshake initiations cross every time, each end discarding the other's response.
-                    keepalive_s=cfg.wg_keepalive_s if cfg.id < remote.id else 0,
-                    owner=cfg.owner, initiate=cfg.id < remote.id)
-            found = await self._k(self.wg.survey, cfg.owner)
-        if cfg.steering == "nftables":
-            self.steering = Steering(cfg)
-            maps = await self._k(self.steering.read_maps)
-        self.adopting = bool(found) or maps is not None
-        if self.steering is not None:
-            if record is not None:
-                self.steering.remember_sysctls(record.sysctls)
-            steering = self.steering
-            self._undo.append(_Undo("steering", steering.teardown, None))
-            await self._k(functools.partial(steering.apply_uplinks, undo=not self.adopting))
-        tunnels: Counter[str] = Counter()
-        if self.wg is not None:
-            foreign = await self._k(_foreign_links, set(specs), cfg.owner)
-            actions = plan_tunnels(set(specs), found, foreign)
-            for ifname, action in actions.items():
-                if action is TunnelAction.REMOVE:
-                    continue                     # after the steering no longer points there (below)
-                if action is TunnelAction.ADOPT:
-                    changed = await self._k(self.wg.reconfigure, specs[ifname], found[ifname])
-                    tunnels["reconfigured" if changed else "adopted"] += 1
-                    if changed:
-                        log.info("tunnel %s adopted; changed: %s", ifname, ", ".join(changed))
-                else:
-                    if action is TunnelAction.RECREATE:
-                        await self._k(self.wg.delete, ifname)
-                    await self._k(self.wg.create, specs[ifname])
-                    tunnels["recreated" if action is TunnelAction.RECREATE else "created"] += 1
-                self._undo.append(_Undo(f"tunnel {ifname}", functools.partial(self.wg.delete, ifname), None))
-        else:
-            actions = {}
-        keep: tuple[dict[int, int], dict[int, int]] | None = None
-        if self.steering is not None:
-            if maps is not None:
-                keep = kept_maps(Numbering.of(record) if record is not None else None, self._numbering(), *maps,
-                                 FALLBACK_POLICY_NO)
-            await self._k(functools.partial(self.steering.apply, self._numbered_policies(), keep,
-                                            undo=not self.adopting))
-            pruned = await self._k(self.steering.prune)
-            if pruned:
-                log.info("removed routing no longer wanted: %s", "; ".join(pruned))
-        for ifname, action in actions.items():
-            if action is TunnelAction.REMOVE:
-                await self._k(self.wg.delete, ifname)
-                tunnels["removed"] += 1
-        self._save_record()
-        self._undo.append(_Undo("dataplane record", functools.partial(HostRecord.remove, cfg.state_dir), None,
-                                on_loop=True))
-
-        # probing, and the bandwidth-test servers (one per uplink and peer site: one pair key each)
-        self.reflector = ReflectorProcess(cfg)
-        reflector = self.reflector
-        self._undo.append(_Undo("reflector", functools.partial(reflector.close, keep=False),
-                                functools.partial(reflector.close, keep=True), on_loop=True))
-        how = reflector.start()
-        self.prober = Prober(cfg, self._on_probe_reply)
-        self.prober.start(loop)
-        self._undo.append(_Undo("probes", self.prober.close, self.prober.close, on_loop=True))
-        await self._start_bandwidth_servers()
-        if self.adopting or how != "started":
-            self.adopted = {"tunnels": dict(tunnels), "reflector": how,
-                            "slots": len(keep[1]) if keep else 0,
-                            "slots_dropped": (len(maps[1]) - len(keep[1])) if maps and keep else 0}
-            log.info("adopted the dataplane an earlier agent left: tunnels %s, reflector %s, %d slots kept "
-                     "(%d dropped)", dict(tunnels) or "none", how, self.adopted["slots"],
-                     self.adopted["slots_dropped"])
-
-        # core
+        record = self._dataplane_record()
+        self._load_policies(store, record)
+        keep, kept = await self._build_dataplane(private, record)
+        await self._start_probing(kept)
         now = time.monotonic()
         for path in cfg.core_paths():
             self.runtime.add_path(path, now)
@@ -356,6 +231,166 @@ class Agent:
         # full passes, whose pauses would otherwise grow with it (and delay probe processing).
         gc.collect()
         gc.freeze()
+
+    def _claim_host(self) -> None:
+        """Root where the site needs it, the state directory, and the pid file no other agent holds."""
+        cfg = self.cfg
+        if os.geteuid() != 0 and (cfg.steering != "none" or cfg.paths):
+            raise AgentError("the agent needs root (CAP_NET_ADMIN) to create tunnels, routes and rules")
+        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pidfile = cfg.state_dir / "agent.pid"
+        other = _running_pid(pidfile)
+        if other is not None and other != os.getpid():
+            raise AgentError(f"another agent of site {cfg.name} is running (pid {other}, {pidfile})")
+        pidfile.write_text(f"{os.getpid()}\n{start_ticks(os.getpid()) or ''}\n")
+        self._undo.append(_Undo("pidfile", lambda: pidfile.unlink(missing_ok=True),
+                                lambda: pidfile.unlink(missing_ok=True), on_loop=True))
+
+    def _open_store(self) -> Store:
+        self.cfg.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.store = store = Store.open(self.cfg.database)
+        self._undo.append(_Undo("store", store.close, store.close, on_loop=True))
+        self._init_store(store)
+        return store
+
+    def _dataplane_record(self) -> HostRecord | None:
+        """What an earlier agent of this site recorded of its dataplane (None: nothing usable)."""
+        cfg = self.cfg
+        try:
+            record = HostRecord.load(cfg.state_dir)
+        except ConfigError as exc:
+            log.warning("ignoring the dataplane record: %s (kept tunnels and rules are adopted, kept slots are not)",
+                        exc)
+            return None
+        if record is not None and record.owner != cfg.owner:
+            log.warning("ignoring the dataplane record of %s (this site is %s)", record.owner, cfg.owner)
+            return None
+        return record
+
+    def _load_policies(self, store: Store, record: HostRecord | None) -> None:
+        """The store's policies (changed through the API) win over the file's, so they survive restarts;
+        the numbers kept slots carry in their marks stay with the policies that still exist."""
+        stored = store.list_policies()
+        policies = [RoutingPolicy.from_dict(r.spec, f"store.policies.{r.name}") for r in stored] \
+            if stored else list(self.cfg.policies)
+        if not stored:
+            with store.transaction():
+                for p in policies:
+                    store.upsert_policy(p.name, p.priority, p.enabled, p.to_dict(), now=time.time())
+        self.router.replace_policies(policies)
+        if record is not None:
+            names = {p.name for p in policies}
+            for name, n in sorted(record.policies.items(), key=lambda t: t[1]):
+                if name in names and n < FALLBACK_POLICY_NO and n not in self._policy_no.values():
+                    self._policy_no[name] = n
+        self._number_policies()
+
+    def _tunnel_specs(self, private: str) -> dict[str, Any]:
+        from patronus.agent.wireguard import TunnelSpec
+
+        cfg = self.cfg
+        specs: dict[str, Any] = {}
+        for plan in cfg.paths:
+            remote = cfg.remote(plan.remote)
+            specs[plan.ifname] = TunnelSpec(
+                ifname=plan.ifname, private_key=private, listen_port=plan.listen_port, fwmark=plan.uplink.mark,
+                mtu=cfg.wg_mtu, peer_public_key=remote.public_key,
+                peer_endpoint=(plan.endpoint.address, plan.peer_port), allowed_ips=tuple(remote.prefixes),
+                # One end of each tunnel (the lower site id) initiates and keeps it warm; if both did,
+                # their keepalive timers (set at the same moment by agents started together) would make
+                # their handshake initiations cross every time, each end discarding the other's response.
+                keepalive_s=cfg.wg_keepalive_s if cfg.id < remote.id else 0,
+                owner=cfg.owner, initiate=cfg.id < remote.id)
+        return specs
+
+    async def _build_dataplane(self, private: str, record: HostRecord | None) -> tuple[Any, dict[str, Any]]:
+        """What an earlier agent left, then uplink routing, tunnels and steering. Returns the kept
+        steering maps to adopt (None: none) and what was adopted of the dataplane, for `adopted`."""
+        cfg = self.cfg
+        specs: dict[str, Any] = {}
+        found: dict[str, Any] = {}
+        maps: tuple[dict[int, int], dict[int, int]] | None = None
+        if cfg.paths:
+            from patronus.agent.wireguard import WireGuardManager, detect_backend
+
+            self.wg_backend = await self._k(detect_backend, cfg.wg_backend)
+            self.wg = WireGuardManager(self.wg_backend, cfg.state_dir)
+            specs = self._tunnel_specs(private)
+            found = await self._k(self.wg.survey, cfg.owner)
+        if cfg.steering == "nftables":
+            self.steering = Steering(cfg)
+            maps = await self._k(self.steering.read_maps)
+        self.adopting = bool(found) or maps is not None
+        if self.steering is not None:
+            if record is not None:
+                self.steering.remember_sysctls(record.sysctls)
+            steering = self.steering
+            self._undo.append(_Undo("steering", steering.teardown, None))
+            await self._k(functools.partial(steering.apply_uplinks, undo=not self.adopting))
+        tunnels: Counter[str] = Counter()
+        actions = await self._apply_tunnels(specs, found, tunnels) if self.wg is not None else {}
+        keep: tuple[dict[int, int], dict[int, int]] | None = None
+        if self.steering is not None:
+            if maps is not None:
+                keep = kept_maps(Numbering.of(record) if record is not None else None, self._numbering(), *maps,
+                                 FALLBACK_POLICY_NO)
+            await self._k(functools.partial(self.steering.apply, self._numbered_policies(), keep,
+                                            undo=not self.adopting))
+            pruned = await self._k(self.steering.prune)
+            if pruned:
+                log.info("removed routing no longer wanted: %s", "; ".join(pruned))
+        for ifname, action in actions.items():      # after the steering no longer points there
+            if action is TunnelAction.REMOVE:
+                assert self.wg is not None
+                await self._k(self.wg.delete, ifname)
+                tunnels["removed"] += 1
+        self._save_record()
+        self._undo.append(_Undo("dataplane record", functools.partial(HostRecord.remove, cfg.state_dir), None,
+                                on_loop=True))
+        return keep, {"tunnels": dict(tunnels), "slots": len(keep[1]) if keep else 0,
+                      "slots_dropped": (len(maps[1]) - len(keep[1])) if maps and keep else 0}
+
+    async def _apply_tunnels(self, specs: dict[str, Any], found: dict[str, Any],
+                             tunnels: Counter[str]) -> dict[str, TunnelAction]:
+        """Create, adopt or recreate each tunnel (counted in `tunnels`); the ones to remove are
+        returned with the rest and removed later, once the steering no longer points there."""
+        assert self.wg is not None
+        foreign = await self._k(_foreign_links, set(specs), self.cfg.owner)
+        actions = plan_tunnels(set(specs), found, foreign)
+        for ifname, action in actions.items():
+            if action is TunnelAction.REMOVE:
+                continue
+            if action is TunnelAction.ADOPT:
+                changed = await self._k(self.wg.reconfigure, specs[ifname], found[ifname])
+                tunnels["reconfigured" if changed else "adopted"] += 1
+                if changed:
+                    log.info("tunnel %s adopted; changed: %s", ifname, ", ".join(changed))
+            else:
+                if action is TunnelAction.RECREATE:
+                    await self._k(self.wg.delete, ifname)
+                await self._k(self.wg.create, specs[ifname])
+                tunnels["recreated" if action is TunnelAction.RECREATE else "created"] += 1
+            self._undo.append(_Undo(f"tunnel {ifname}", functools.partial(self.wg.delete, ifname), None))
+        return actions
+
+    async def _start_probing(self, kept: dict[str, Any]) -> None:
+        """The reflector (started, or adopted from an earlier agent), the prober and the bandwidth-test
+        servers (one per uplink and peer site: one pair key each)."""
+        assert self.loop is not None
+        self.reflector = reflector = ReflectorProcess(self.cfg)
+        self._undo.append(_Undo("reflector", functools.partial(reflector.close, keep=False),
+                                functools.partial(reflector.close, keep=True), on_loop=True))
+        how = reflector.start()
+        self.prober = Prober(self.cfg, self._on_probe_reply)
+        self.prober.start(self.loop)
+        self._undo.append(_Undo("probes", self.prober.close, self.prober.close, on_loop=True))
+        await self._start_bandwidth_servers()
+        if self.adopting or how != "started":
+            self.adopted = {"tunnels": kept["tunnels"], "reflector": how, "slots": kept["slots"],
+                            "slots_dropped": kept["slots_dropped"]}
+            log.info("adopted the dataplane an earlier agent left: tunnels %s, reflector %s, %d slots kept "
+                     "(%d dropped)", kept["tunnels"] or "none", how, self.adopted["slots"],
+                     self.adopted["slots_dropped"])
 
     async def _start_bandwidth_servers(self) -> None:
         from patronus.agent.bwtest import BandwidthServer
