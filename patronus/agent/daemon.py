@@ -209,14 +209,7 @@ class Agent:
         self._load_policies(store, record)
         keep, kept = await self._build_dataplane(private, record)
         await self._start_probing(kept)
-        now = time.monotonic()
-        for path in cfg.core_paths():
-            self.runtime.add_path(path, now)
-            self._status_since[path.id] = self.wall(now)
-        if keep is not None and (keep[0] or keep[1]):
-            # the kernel steers as the previous agent left it until our paths have their verdicts
-            self.runtime.adopt(self._slots_of_marks(keep[1]), now)
-        self._pump(now)
+        self._start_core(time.monotonic(), keep[1] if keep is not None and (keep[0] or keep[1]) else None)
         self._tasks.append(loop.create_task(self._periodic(), name="patronus-periodic"))
         if cfg.pmtu:
             self._tasks.append(loop.create_task(self._measure_mtus(), name="patronus-pmtu"))
@@ -231,6 +224,17 @@ class Agent:
         # full passes, whose pauses would otherwise grow with it (and delay probe processing).
         gc.collect()
         gc.freeze()
+
+    def _start_core(self, now: float, kept_slots: dict[int, int] | None) -> None:
+        """The site's paths into the runtime and its first step. With `kept_slots` (slot marks → path
+        marks an earlier agent left in the kernel), the kernel steers as it was until the paths have
+        their verdicts (`SiteRuntime.adopt`)."""
+        for path in self.cfg.core_paths():
+            self.runtime.add_path(path, now)
+            self._status_since[path.id] = self.wall(now)
+        if kept_slots is not None:
+            self.runtime.adopt(self._slots_of_marks(kept_slots), now)
+        self._pump(now)
 
     def _claim_host(self) -> None:
         """Root where the site needs it, the state directory, and the pid file no other agent holds."""

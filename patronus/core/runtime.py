@@ -227,25 +227,33 @@ class SiteRuntime:
         if step.released:
             self._adopt_slots(now)
             rev = rev + router.drain_events()
-        for ev in rev:
+        self._take(rev, events)
+        events.extend(step.sla)
+        if (step.routing_changed or self._routing_dirty) and not logic.steering_held:
+            self._routing_dirty = False
+            self._place_slots(now)
+            self._plan = self._compute_plan()
+            # what placing made (slots put where their connections are) is this step's, not news for the
+            # next one: left in the router, it would make the next step replan for nothing
+            self._take(router.drain_events(), events)
+            out.replan = True
+            out.moves = [e for e in rev if isinstance(e, FailoverTriggered | Failback)]
+        out.stored = [e for e in events if isinstance(e, STORED_KINDS)]
+        # a driver's input (tunnels, policies) that changed routing while held waits for the release
+        return out
+
+    def _take(self, router_events: list[Event], events: list[Event]) -> None:
+        """The router's events: counted, slots that expired forgotten, and for the driver all but the
+        placing of a slot where its connections already are (nothing moved)."""
+        for ev in router_events:
             if isinstance(ev, FailoverTriggered):
                 self.failovers[ev.reason.value] += 1
             if isinstance(ev, FlowExpired) and isinstance(ev.flow, Slot):
                 self.slots.discard(ev.flow)
                 self._unplaced.add(ev.flow.origin)
             if isinstance(ev, FlowAssigned) and isinstance(ev.flow, Slot):
-                continue            # a slot placed where its connections already are: nothing moved
+                continue
             events.append(ev)
-        events.extend(step.sla)
-        out.stored = [e for e in events if isinstance(e, STORED_KINDS)]
-        if (step.routing_changed or self._routing_dirty) and not logic.steering_held:
-            self._routing_dirty = False
-            self._place_slots(now)
-            self._plan = self._compute_plan()
-            out.replan = True
-            out.moves = [e for e in rev if isinstance(e, FailoverTriggered | Failback)]
-        # a driver's input (tunnels, policies) that changed routing while held waits for the release
-        return out
 
     def steering_applied(self, moves: list[Event], begun: float, done: float) -> SteeringApplied | None:
         """The event a driver publishes once the dataplane took a plan that carried out `moves` (its

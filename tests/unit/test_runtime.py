@@ -67,6 +67,11 @@ class Net:
                 assert self.rt.new_slot(b) == s and self.plan.path_of_new(b) == self.rt.new_path(b)
             for slot, pid in self.plan.slots.items():
                 assert self.rt.slot_path(slot) == pid
+            # a replanning step leaves nothing for the next one to replan (a driver that steps again at
+            # once, as the agent does after every reply, must not apply the same plan twice)
+            again = self.rt.pump(self.now)
+            assert not again.replan and not again.events
+            self.perform(again)
         for p in act.probes:
             if uplink_of(_path(p.path_id)) not in self.cut:
                 extra = self.delay.get((p.path_id, p.seq), 0.0)
