@@ -25,13 +25,13 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from emulation.wait import wait_for as _wait_for
 from patronus.agent.keys import generate_private_key, public_key
 
 SITES = ("hq", "br")
@@ -337,20 +337,8 @@ class TwoSiteLab:
 
 
 def wait_for(cond: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
-    """Poll `cond()` until it returns something truthy; raise TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    last_exc: Exception | None = None
-    while True:
-        try:
-            v = cond()
-            if v:
-                return v
-        except Exception as exc:     # the thing polled may not be up yet
-            last_exc = exc
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}"
-                               + (f" (last error: {last_exc})" if last_exc else ""))
-        time.sleep(interval_s)
+    """`emulation.wait.wait_for`, where the thing polled may not be up yet (any exception is "not yet")."""
+    return _wait_for(cond, timeout_s, what, interval_s=interval_s, retry=(Exception,))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,7 @@ from emulation.scenario.timeline import schedule
 from emulation.siteconf import expectations_doc, monitors_doc, site_document, sla_targets_doc
 from emulation.stallwatch import REPORT_MS, StallWatch
 from emulation.traffic.plan import traffic_plan
+from emulation.wait import wait_for
 from patronus.agent.keys import generate_private_key, public_key
 
 API_PORT = 8470          # every agent's API, on its site's management address
@@ -235,9 +236,10 @@ class Runner:
         return None
 
     def wait_ready(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
+        """Every agent's paths are Up and lossless (an agent that exits meanwhile fails the run)."""
         pending = set(self.agents)
-        while pending:
+
+        def ready() -> bool:
             err = self.agent_down()
             if err:
                 raise RunError(err)
@@ -248,29 +250,27 @@ class Runner:
                     continue
                 if ps and all(p["status"] == "up" and p["loss_pct"] == 0 for p in ps):
                     pending.discard(site)
-            if time.monotonic() > deadline:
-                raise RunError(f"paths not all Up after {timeout_s:g} s at: {', '.join(sorted(pending))}")
-            time.sleep(0.1)      # polling the agents' API for a condition, with a deadline
+            return not pending
+        wait_for(ready, timeout_s, lambda: f"paths not all Up after {timeout_s:g} s at: {', '.join(sorted(pending))}",
+                 interval_s=0.1, error=RunError)
 
     def wait_tunnels(self, timeout_s: float) -> None:
         """Every WireGuard tunnel of every agent has completed a handshake (a run measures failovers,
         not the first handshake of a backup tunnel nobody had used yet)."""
-        assert self.net is not None
-        deadline = time.monotonic() + timeout_s
+        net = self.net
+        assert net is not None
         pending = dict(self.site_ids)
-        while pending:
+
+        def handshaken() -> bool:
             for site, sid in list(pending.items()):
-                out = subprocess.run(["ip", "netns", "exec", self._ns(self.net.sites[site].router), "wg", "show",
+                out = subprocess.run(["ip", "netns", "exec", self._ns(net.sites[site].router), "wg", "show",
                                       "all", "latest-handshakes"], capture_output=True, text=True).stdout
                 stamps = [int(line.split()[-1]) for line in out.splitlines() if line.startswith(f"pt{sid}p")]
                 if stamps and all(t > 0 for t in stamps):
                     del pending[site]
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                raise RunError(f"WireGuard tunnels without a handshake after {timeout_s:g} s at: "
-                               f"{', '.join(sorted(pending))}")
-            time.sleep(0.2)      # polling the tunnels for a condition, with a deadline
+            return not pending
+        wait_for(handshaken, timeout_s, lambda: f"WireGuard tunnels without a handshake after {timeout_s:g} s at: "
+                                                f"{', '.join(sorted(pending))}", interval_s=0.2, error=RunError)
 
     def wait_settled(self, timeout_s: float) -> bool:
         """The steady state a scenario starts from: every path Up, no failback waiting to happen, and
@@ -282,34 +282,31 @@ class Runner:
         False if the deadline passed first (the run goes on, and says so)."""
         quiet_s = max((s.agent.monitor.window * s.agent.monitor.interval_s for s in self.sc.sites), default=0.0) + 1.0
         hold_s = max((s.agent.router.failback_hold_s for s in self.sc.sites), default=0.0)
-        deadline = time.monotonic() + max(timeout_s, 3 * (quiet_s + hold_s))
-        while True:
+
+        def settled() -> bool:
             err = self.agent_down()
             if err:
                 raise RunError(err)
             last = 0.0
-            settled = True
             displaced = False
             for site in self.agents:
                 try:
                     info, ps = self._api(site, "/site"), self._api(site, "/paths")
                 except (httpx.HTTPError, ValueError):
-                    settled = False
-                    break
+                    return False
                 if info.get("pending_failbacks", 0) or not all(p["status"] == "up" for p in ps):
-                    settled = False
-                    break
+                    return False
                 displaced = displaced or bool(info.get("displaced_slots", 0))
                 last = max([last, info.get("last_steering_change") or 0.0] +
                            [p.get("status_since") or 0.0 for p in ps])
             # a slot still away from its first path may be waiting for its origin to look clean again
             # (a loss in the window) before its failback hold even starts: give it the hold as well
-            need = quiet_s + (hold_s if displaced else 0.0)
-            if settled and time.time() - last >= need:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.2)      # polling the agents' API for a condition, with a deadline
+            return time.time() - last >= quiet_s + (hold_s if displaced else 0.0)
+        try:
+            wait_for(settled, max(timeout_s, 3 * (quiet_s + hold_s)), "the agents to settle", interval_s=0.2)
+        except TimeoutError:
+            return False
+        return True
 
     def check_rtts(self) -> None:
         """The agents' RTTs against the scenario's delays (emulation.rttcheck): far off, the run would
@@ -387,11 +384,8 @@ class Runner:
             self._wait_file(ready, f"tap at {site}")
 
     def _wait_file(self, path: Path, what: str, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not path.exists():
-            if time.monotonic() > deadline:
-                raise RunError(f"{what} did not start within {timeout_s:g} s")
-            time.sleep(0.02)     # polling for the child's ready file, with a deadline
+        wait_for(path.exists, timeout_s, lambda: f"{what} did not start within {timeout_s:g} s", interval_s=0.02,
+                 error=RunError)
 
     def start_sender(self, f: FlowPlan) -> None:
         assert self.net is not None

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from emulation.traffic import kstamp
+from emulation.wait import wait_for
 
 A_IP, B_IP = "10.77.1.1", "10.77.1.2"
 ROLES = ("a", "r", "b")
@@ -123,15 +124,8 @@ def leftover_namespaces(prefix: str) -> list[str]:
 
 
 def wait_until(cond: Any, timeout_s: float, what: str, interval_s: float = 0.01) -> Any:
-    """Poll `cond()` until it returns something truthy (bounded); TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(interval_s)
+    """`emulation.wait.wait_for`, polling every 10 ms (the relay's counters move fast)."""
+    return wait_for(cond, timeout_s, what, interval_s=interval_s)
 
 
 class Receiver:

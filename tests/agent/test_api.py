@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +21,7 @@ from starlette.exceptions import StarletteDeprecationWarning
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocketDisconnect
 
+from emulation.wait import wait_for as _wait_for
 from patronus.agent.api import AgentControl, create_app
 from patronus.agent.metrics import MetricsSnapshot, PathSample, render
 from patronus.core.policy import RoutingPolicy, default_policies
@@ -153,11 +153,8 @@ class FakeAgent:
 
 
 def wait_for(cond: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Poll `cond` until it holds, failing after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+    """`emulation.wait.wait_for`, failing the test."""
+    _wait_for(cond, timeout_s, "the condition", interval_s=0.01, error=AssertionError)
 
 
 @pytest.fixture

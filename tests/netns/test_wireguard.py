@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from emulation.wait import wait_for as _wait_for
 from patronus.agent.keys import generate_private_key, public_key
 from patronus.agent.wireguard import (
     SOCKET_DIR,
@@ -276,15 +277,8 @@ class HelperError(Exception):
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout_s: float, interval_s: float = 0.05) -> Any:
-    """Poll `fn` until it returns something truthy, with a deadline (FRR's run_and_expect)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what} (last: {value!r})")
-        time.sleep(interval_s)  # the poll interval between two checks of the condition, not a wait for it
+    """`emulation.wait.wait_for`, failing the test (FRR's run_and_expect)."""
+    return _wait_for(fn, timeout_s, what, interval_s=interval_s, error=AssertionError)
 
 
 def proc_alive(pid: int) -> bool:
