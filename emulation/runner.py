@@ -37,8 +37,19 @@ from emulation.links.settings import impairment_of
 from emulation.platform import CpuWatch, PlatformLog
 from emulation.platform import summarize as summarize_platform
 from emulation.platform import write_csv as write_platform_csv
+from emulation.rawfiles import (
+    HTTP_COLUMNS,
+    PACKET_COLUMNS,
+    PATH_METRIC_COLUMNS,
+    TCP_COLUMNS,
+    TIMELINE_COLUMNS,
+    run_document,
+    write_csv,
+    write_events,
+    write_json,
+)
 from emulation.scenario.timeline import schedule
-from emulation.siteconf import expectations_doc, monitors_doc, site_document, sla_targets_doc
+from emulation.siteconf import expectations_doc, site_document
 from emulation.stallwatch import REPORT_MS, StallWatch
 from emulation.traffic.plan import traffic_plan
 from emulation.wait import wait_for
@@ -463,7 +474,7 @@ class Runner:
                     if_to_path[(site, p["interface"])] = p["id"]
         with open(self.raw / "packets.csv", "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["flow", "seq", "sent_ns", "recv_ns", "path"])
+            w.writerow(PACKET_COLUMNS)
             for f in self.flows:
                 if not f.udp:
                     continue
@@ -520,28 +531,17 @@ class Runner:
     def write_raw(self, sampler: Sampler, expectations: list[dict[str, Any]], links: list[dict[str, Any]]) -> None:
         assert self.net is not None
         self.raw.mkdir(parents=True, exist_ok=True)
-        with open(self.raw / "path_metrics.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["site", "path", "at", "status", "latency_ms", "jitter_ms", "loss_pct", "score", "probes_sent",
-                        "probes_timed_out"])
-            w.writerows(sampler.rows)
-        with open(self.raw / "timeline.csv", "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["at_s", "applied_at", "action", "target", "params"])
-            w.writerows(self.timeline_rows)
-        with open(self.raw / "events.jsonl", "w") as fh:
-            for site in self.net.sites:
-                try:
-                    events = self._api(site, "/events?limit=10000")
-                except (httpx.HTTPError, ValueError):
-                    continue
-                for e in events:
-                    fh.write(json.dumps({**e, "site": site}, sort_keys=True) + "\n")
+        write_csv(self.raw / "path_metrics.csv", PATH_METRIC_COLUMNS, sampler.rows)
+        write_csv(self.raw / "timeline.csv", TIMELINE_COLUMNS, self.timeline_rows)
+        events: list[tuple[str, list[dict[str, Any]]]] = []
         plans: dict[str, Any] = {}
         for site in self.net.sites:
             with contextlib.suppress(httpx.HTTPError, ValueError):
+                events.append((site, list(self._api(site, "/events?limit=10000"))))
+            with contextlib.suppress(httpx.HTTPError, ValueError):
                 plans[site] = self._api(site, "/steering")      # the plan each dataplane follows at the end
-        (self.raw / "steering.json").write_text(json.dumps(plans, indent=1, sort_keys=True) + "\n")
+        write_events(self.raw / "events.jsonl", events)
+        write_json(self.raw / "steering.json", plans)
         tcp_rows, http_rows = [], []
         for f in self.flows:
             ip = self.raw / "traffic" / f"{f.name}.iperf.json"
@@ -556,32 +556,20 @@ class Runner:
                     for row in csv.DictReader(hh):
                         http_rows.append([f.name, row["at"], row["latency_ms"], row["ok"]])
         if tcp_rows:
-            with open(self.raw / "tcp.csv", "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["flow", "at", "bits_per_second"])
-                w.writerows(tcp_rows)
+            write_csv(self.raw / "tcp.csv", TCP_COLUMNS, tcp_rows)
         if http_rows:
-            with open(self.raw / "http.csv", "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(["flow", "at", "latency_ms", "ok"])
-                w.writerows(http_rows)
+            write_csv(self.raw / "http.csv", HTTP_COLUMNS, http_rows)
         self.write_packets()
-        run = {
-            "scenario": self.sc.name, "backend": "mininet", "impairment_backend": self.impairment_backend,
-            "seed": self.sc.seed, "started_at": self.started_at, "t0": self.t0, "duration_s": self.sc.duration_s,
-            "flows": [{"name": f.name, "type": f.type, "class": f.cls, "src_site": f.src_site, "dst_site": f.dst_site,
-                       "dst_port": f.dst_port, "rate_pps": f.rate * f.burst if f.udp else None,
-                       "start_s": f.start_s, "stop_s": f.stop_s, "sent": f.sent,
-                       "policy": sampler.policy_of(f.src_site, self.net.sites[f.src_site].host_ip(f.src_host),
-                                                   self.net.sites[f.dst_site].host_ip(f.dst_host),
-                                                   17 if f.udp else 6, f.dst_port)}
-                      for f in self.flows],
-            "links": links,
-            "sla_targets": sla_targets_doc(self.sc),
-            "monitors": monitors_doc(self.sc),
-            "expectations": expectations,
-        }
-        (self.raw / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True))
+        flows = [{"name": f.name, "type": f.type, "class": f.cls, "src_site": f.src_site, "dst_site": f.dst_site,
+                  "dst_port": f.dst_port, "rate_pps": f.rate * f.burst if f.udp else None,
+                  "start_s": f.start_s, "stop_s": f.stop_s, "sent": f.sent,
+                  "policy": sampler.policy_of(f.src_site, self.net.sites[f.src_site].host_ip(f.src_host),
+                                              self.net.sites[f.dst_site].host_ip(f.dst_host),
+                                              17 if f.udp else 6, f.dst_port)}
+                 for f in self.flows]
+        write_json(self.raw / "run.json", run_document(
+            self.sc, backend="mininet", impairment_backend=self.impairment_backend, started_at=self.started_at,
+            t0=self.t0, flows=flows, links=links, expectations=expectations))
 
     # -- plan and run ------------------------------------------------------------------------------
 

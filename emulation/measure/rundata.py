@@ -52,6 +52,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 
+from emulation import rawfiles
 from emulation.measure.errors import RawDataError
 from patronus.core.errors import ConfigError
 from patronus.core.units import parse_duration, parse_ratio
@@ -65,12 +66,10 @@ STATUSES = ("up", "degraded", "down")
 EXPECTATION_TYPES = ("failover_gap", "lost_packets", "sla_compliance", "path_changes", "detect_time",
                      "flow_stays")
 
-TIMELINE_COLUMNS = ("at_s", "applied_at", "action", "target", "params")
-PACKET_COLUMNS = ("flow", "seq", "sent_ns", "recv_ns", "path")
-PATH_METRIC_COLUMNS = ("site", "path", "at", "status", "latency_ms", "jitter_ms", "loss_pct", "score",
-                       "probes_sent", "probes_timed_out")
-TCP_COLUMNS = ("flow", "at", "bits_per_second")
-HTTP_COLUMNS = ("flow", "at", "latency_ms", "ok")
+# the columns of each file, as every producer writes them (emulation.rawfiles)
+TIMELINE_COLUMNS, PACKET_COLUMNS, PATH_METRIC_COLUMNS = rawfiles.TIMELINE_COLUMNS, rawfiles.PACKET_COLUMNS, \
+    rawfiles.PATH_METRIC_COLUMNS
+TCP_COLUMNS, HTTP_COLUMNS = rawfiles.TCP_COLUMNS, rawfiles.HTTP_COLUMNS
 
 # Event kinds the analysis reads, and the fields each must carry (besides kind, at, site).
 EVENT_FIELDS: dict[str, tuple[str, ...]] = {

@@ -38,6 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from emulation.rawfiles import (
+    PACKET_COLUMNS,
+    PATH_METRIC_COLUMNS,
+    TIMELINE_COLUMNS,
+    write_csv,
+    write_events,
+    write_json,
+)
+
 NS = 1_000_000_000
 P1 = "br:isp1-isp1"          # cbr's path at hq before the event (crosses hq.isp1 and br.isp1)
 P2 = "br:isp2-isp2"          # where it fails over to
@@ -449,23 +458,12 @@ def write_raw_dir(directory: str | Path, run: dict[str, Any], *,
     d = Path(directory)
     raw = d / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    (raw / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
-    with (raw / "timeline.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["at_s", "applied_at", "action", "target", "params"])
-        for at_s, app, action, target, prm in timeline:
-            w.writerow([repr(at_s), repr(app), action, target, json.dumps(prm, sort_keys=True)])
-    with (raw / "packets.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["flow", "seq", "sent_ns", "recv_ns", "path"])
-        for flow, seq, sent, recv, path in packets:
-            w.writerow([flow, seq, sent, "" if recv is None else recv, path])
-    with (raw / "path_metrics.csv").open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["site", "path", "at", "status", "latency_ms", "jitter_ms", "loss_pct", "score", "probes_sent",
-                    "probes_timed_out"])
-        w.writerows(path_metrics)
-    with (raw / "events.jsonl").open("w") as fh:
-        for e in events:
-            fh.write(json.dumps(e, sort_keys=True) + "\n")
+    write_json(raw / "run.json", run)
+    write_csv(raw / "timeline.csv", TIMELINE_COLUMNS,
+              ([repr(at_s), repr(app), action, target, json.dumps(prm, sort_keys=True)]
+               for at_s, app, action, target, prm in timeline))
+    write_csv(raw / "packets.csv", PACKET_COLUMNS,
+              ([flow, seq, sent, "" if recv is None else recv, path] for flow, seq, sent, recv, path in packets))
+    write_csv(raw / "path_metrics.csv", PATH_METRIC_COLUMNS, path_metrics)
+    write_events(raw / "events.jsonl", [(None, list(events))])
     return d

@@ -39,7 +39,12 @@ from emulation.backends.sim import traffic as tr
 from emulation.backends.sim.agent import AGENT_STARTUP_S, SimAgent
 from emulation.backends.sim.clock import SimEnvironment
 from emulation.backends.sim.network import Network, SimOptions
-from emulation.backends.sim.writer import (
+from emulation.rawfiles import (
+    HTTP_COLUMNS,
+    PATH_METRIC_COLUMNS,
+    TCP_COLUMNS,
+    TIMELINE_COLUMNS,
+    run_document,
     write_csv,
     write_events,
     write_json,
@@ -49,10 +54,7 @@ from emulation.scenario.model import Ramp, Scenario
 from emulation.scenario.timeline import AgentStep, LinkStep, Step, schedule
 from emulation.siteconf import (
     API_PORT,
-    expectations_doc,
-    monitors_doc,
     site_document,
-    sla_targets_doc,
     uplink_addresses,
 )
 from emulation.traffic.plan import traffic_plan
@@ -323,8 +325,7 @@ class Simulation:
         raw.mkdir(parents=True, exist_ok=True)
         with open(raw / "path_metrics.csv", "w", newline="") as fh:      # written as sampled: it can be large
             self._metrics = csv.writer(fh)
-            self._metrics.writerow(["site", "path", "at", "status", "latency_ms", "jitter_ms", "loss_pct", "score",
-                                    "probes_sent", "probes_timed_out"])
+            self._metrics.writerow(PATH_METRIC_COLUMNS)
             env.play(sc.duration_s + self.drain_s())
         took = time.monotonic() - wall_started
         self.events_processed = env.events_scheduled()
@@ -374,13 +375,13 @@ class Simulation:
         agents_dir.mkdir(exist_ok=True)
         for name, doc in self.documents.items():
             (agents_dir / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-        write_csv(raw / "timeline.csv", ["at_s", "applied_at", "action", "target", "params"], self.timeline_rows)
+        write_csv(raw / "timeline.csv", TIMELINE_COLUMNS, self.timeline_rows)
         write_events(raw / "events.jsonl", ((name, a.events) for name, a in self.agents.items()))
         write_json(raw / "steering.json", {name: a.steering_plan() for name, a in self.agents.items()})
         if self.tcp:
-            write_csv(raw / "tcp.csv", ["flow", "at", "bits_per_second"], self.tcp)
+            write_csv(raw / "tcp.csv", TCP_COLUMNS, self.tcp)
         if self.http:
-            write_csv(raw / "http.csv", ["flow", "at", "latency_ms", "ok"], self.http)
+            write_csv(raw / "http.csv", HTTP_COLUMNS, self.http)
         packet_flows = []
         for f in self.flows:
             if f.udp:
@@ -390,24 +391,18 @@ class Simulation:
                 packet_flows.append((f.name, sent, np.frombuffer(f.recv_ns, dtype=np.int64),
                                      np.frombuffer(f.path_no, dtype=np.int16).astype(np.int64), f.path_names))
         write_packets(raw / "packets.csv", packet_flows)
-        run = {
-            "scenario": sc.name, "backend": "sim", "impairment_backend": "model", "seed": sc.seed,
-            "started_at": T0 - SAMPLE_LEAD_S, "t0": T0, "duration_s": sc.duration_s,
-            "flows": [{"name": f.name, "type": f.type, "class": f.cls, "src_site": f.src_site,
-                       "dst_site": f.dst_site, "dst_port": f.key.dst_port,
-                       "rate_pps": f.plan.rate * f.plan.burst if f.udp else None, "start_s": f.start_s,
-                       "stop_s": f.stop_s, "sent": f.sent, "policy": f.policy} for f in self.flows],
-            "links": [{"link": f"{s.name}.{u.name}",
-                       "paths": [p.id for p in self.agents[s.name].paths.values() if p.uplink == u.name]}
-                      for s in sc.sites for u in s.uplinks],
-            "sla_targets": sla_targets_doc(sc),
-            "monitors": monitors_doc(sc),
-            "expectations": expectations_doc(sc),
-            "sim": {"mode": self.mode, "warmup_s": self.warmup_s, "sample_period_s": self.sample_period_s,
-                    "steering_latency_s": self.options.steering_latency_s, "drain_s": self.drain_s(),
-                    "agent_startup_s": {name: a.startup_s for name, a in self.agents.items()}},
-        }
-        write_json(raw / "run.json", run)
+        flows = [{"name": f.name, "type": f.type, "class": f.cls, "src_site": f.src_site, "dst_site": f.dst_site,
+                  "dst_port": f.key.dst_port, "rate_pps": f.plan.rate * f.plan.burst if f.udp else None,
+                  "start_s": f.start_s, "stop_s": f.stop_s, "sent": f.sent, "policy": f.policy} for f in self.flows]
+        links = [{"link": f"{s.name}.{u.name}",
+                  "paths": [p.id for p in self.agents[s.name].paths.values() if p.uplink == u.name]}
+                 for s in sc.sites for u in s.uplinks]
+        sim = {"mode": self.mode, "warmup_s": self.warmup_s, "sample_period_s": self.sample_period_s,
+               "steering_latency_s": self.options.steering_latency_s, "drain_s": self.drain_s(),
+               "agent_startup_s": {name: a.startup_s for name, a in self.agents.items()}}
+        write_json(raw / "run.json", run_document(sc, backend="sim", impairment_backend="model",
+                                                  started_at=T0 - SAMPLE_LEAD_S, t0=T0, flows=flows, links=links,
+                                                  sim=sim))
 
 
 def run_sim(scenario: Scenario, out: Path, *, mode: str = "auto", progress: Callable[[str], None] | None = None,
