@@ -529,16 +529,17 @@ def point_metrics(directory: Path, scenario: Scenario, explain_window_s: float |
     """The measured columns of a point's row, from its run directory (summary.json and raw/)."""
     d = Path(directory)
     summary_path = d / "summary.json"
-    if not summary_path.exists() and (d / "raw").is_dir():
+    run = load_run(d)
+    if not summary_path.exists():
         from emulation.measure.analysis import analyse
         from emulation.report.summary import build_summary
 
-        summary_path.write_text(build_summary(analyse(load_run(d))).to_json())
+        summary_path.write_text(build_summary(analyse(run)).to_json())
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     fo = summary.get("failovers", [])
     # detection is the link's: a flow that false failovers had taken off the link before it broke has no
     # failover row, yet the break was noticed (or not) all the same
-    dets = detections(load_run(d))
+    dets = detections(run)
     detect_mean, detect_max = _stats(x.detect_ms for x in dets)
     gap_mean, gap_max = _stats(f.get("gap_ms") for f in fo)
     lost = [f["lost_packets"] for f in fo if isinstance(f.get("lost_packets"), int)]

@@ -358,17 +358,7 @@ class SiteRuntime:
 
     def new_path(self, bucket: Bucket) -> PathId | None:
         """The plan's path for new connections of `bucket` (None: no usable path), without the rest."""
-        router = self.router
-        try:
-            pol = router.policy_named(bucket.policy)
-        except KeyError:
-            return None
-        if pol.load_balance is LoadBalance.NONE:
-            return router.preview(bucket.remote, bucket.policy) if bucket.index == 0 else None
-        tier = router.preview_tier(bucket.remote, bucket.policy)
-        if not tier or not 0 <= bucket.index < self.buckets:
-            return None
-        return lb_buckets(pol.load_balance, tier, self.buckets)[bucket.index]
+        return self._plan.path_of_new(bucket)
 
     def bucket_of(self, flow: FlowKey, remote: SiteId) -> Bucket:
         """Where a dataplane sorts a new connection toward `remote`: the policy it matches (None: the
