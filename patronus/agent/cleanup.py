@@ -33,9 +33,9 @@ class CleanupReport:
 
 
 def agent_running(cfg: SiteConfig) -> int | None:
-    from patronus.agent.daemon import _running_pid
+    from patronus.agent.procs import running_agent_pid
 
-    return _running_pid(cfg.state_dir / "agent.pid")
+    return running_agent_pid(cfg.state_dir / "agent.pid")
 
 
 def _remove_rules(ipr: Any, fam: int, rep: CleanupReport) -> None:

@@ -30,7 +30,12 @@ time (`time.time()`), converted with the offset measured at start.
 Threads: everything runs on the event loop thread except pyroute2 work (interfaces, routes, rules,
 conntrack dumps), which runs on one dedicated worker thread because pyroute2's synchronous objects
 cannot run inside a running event loop. nftables map updates, the failover fast path, run on the loop
-thread through libnftables (well under a millisecond).
+thread through libnftables (well under a millisecond). Each undo step of a start names its thread
+(`lifecycle.Thread`).
+
+Parts: `lifecycle` (the undo steps on an AsyncExitStack), `dataplane` (tunnels, uplink routing,
+steering, the host record), `numbering` (the plan in kernel marks), `duties` (the periodic round,
+path MTU, bandwidth tests), `hub` (events out), `control` (what the API reads and changes).
 
 Decisions: the site's runtime (`patronus.core.runtime.SiteRuntime`) decides everything -- probes,
 verdicts, slots, the steering plan, tunnel liveness, housekeeping; this module is its asyncio driver.
@@ -49,95 +54,63 @@ import functools
 import gc
 import logging
 import os
-import secrets
 import signal
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path as FsPath
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from patronus import __version__
+from patronus.agent import duties
 from patronus.agent import keys as keymod
-from patronus.agent.adopt import HostRecord, Numbering, TunnelAction, kept_maps, plan_tunnels
-from patronus.agent.config import PathPlan, SiteConfig
+from patronus.agent.adopt import HostRecord
+from patronus.agent.config import SiteConfig
+from patronus.agent.control import AgentApi
+from patronus.agent.dataplane import Built, Dataplane
+from patronus.agent.hub import EventHub
+from patronus.agent.lifecycle import Lifecycle, Thread
+from patronus.agent.numbering import KernelNumbers
 from patronus.agent.prober import Prober, ReflectorProcess
-from patronus.agent.procs import alive, argv_of, start_ticks
-from patronus.agent.steering import (
-    FALLBACK_POLICY_NO,
-    LB_BUCKETS,
-    KernelFlow,
-    Steering,
-    path_mark,
-    slot_gen,
-    slot_mark,
-    split_slot,
-)
+from patronus.agent.procs import running_agent_pid, start_ticks
+from patronus.agent.steering import FALLBACK_POLICY_NO, LB_BUCKETS, KernelFlow
 from patronus.agent.store import Store
 from patronus.core.errors import ConfigError
 from patronus.core.events import (
     AgentStarted,
     AgentStopping,
-    BandwidthMeasured,
     Event,
-    PathMtuMeasured,
     PathStatusChanged,
-    ReflectorRestarted,
     SteeringFailed,
     TunnelDown,
 )
-from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, PathStatus, Site, SiteId, Slot
+from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, Site, SiteId
 from patronus.core.plan import SteeringPlan
 from patronus.core.policy import RoutingPolicy
 from patronus.core.runtime import Actions, SiteRuntime
 from patronus.core.sla import SlaMonitor
 
 log = logging.getLogger("patronus.agent")
-T = TypeVar("T")
-
-# the API's most (`/events?limit=10000`): the test-bed reads a run's events once, at its end, and the
-# first misses of probe runs (ProbeLost, published but never stored) must not push the verdicts out
-_EVENT_BUFFER = 10_000
-_FLOW_REFRESH_S = 1.0
-_PERIODIC_S = 1.0
-_TUNNEL_CHECK_S = 2.0
 
 
 class AgentError(RuntimeError):
     """The agent cannot start on this host (the message says why); nothing it created is left behind."""
 
 
-@dataclass(frozen=True)
-class _Undo:
-    """One thing a start did: how a cleanup stop (or a failed fresh start) removes it, and what a
-    graceful stop does with it (None: leave it as it is)."""
-
-    what: str
-    remove: Callable[[], Any]
-    keep: Callable[[], Any] | None
-    on_loop: bool = False            # run on the event loop thread (else on the kernel worker)
-
-
-def _wall_offset() -> float:
-    return time.time() - time.monotonic()
-
-
 class Agent:
-    """Implements `patronus.agent.api.AgentControl` for the API."""
+    """The site's asyncio driver: starts and stops the host side (`Lifecycle`, `Dataplane`), feeds the
+    runtime its probe replies, timers and the host's readings, and performs its actions (probes out,
+    the plan numbered into the kernel, events published and stored). The API sees it through
+    `control.AgentApi`."""
 
     def __init__(self, cfg: SiteConfig, *, cleanup: bool = False) -> None:
         self.cfg = cfg
         self.cleanup_on_stop = cleanup
-        self.offset = _wall_offset()
+        self.offset = time.time() - time.monotonic()      # wall - monotonic: what leaves carries wall time
         self.started_at = time.time()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.kernel = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patronus-kernel")
+        self.life = Lifecycle()
+        self.numbers = KernelNumbers(cfg)
+        self.dataplane = Dataplane(cfg, self.numbers, self.life)
+        self.hub = EventHub(self.offset)
         self.store: Store | None = None
-        self.wg: Any = None
-        self.wg_backend = "none"
-        self.steering: Steering | None = None
         self.prober: Prober | None = None
         self.reflector: ReflectorProcess | None = None
         self.public_key = ""
@@ -145,35 +118,16 @@ class Agent:
         self.runtime = SiteRuntime(cfg.name, (), {r.name: r.prefixes for r in cfg.remotes}, profile=cfg.monitor,
                                    router=cfg.router, sla=SlaMonitor(cfg.sla), policies=(),
                                    buckets=LB_BUCKETS, now=time.monotonic())
-        self.logic = self.runtime.logic
-        self.monitor = self.logic.monitor
-        self.router = self.logic.router
-        self.sla = self.logic.sla
-        self._undo: list[_Undo] = []
+        self.router = self.runtime.logic.router
         self.adopted: dict[str, Any] = {}                # what this start found and took over (the API says)
-        self.adopting = False                            # it found a dataplane of an earlier agent
-        self._record_sysctls: dict[str, str] = {}
+        self.status_since: dict[PathId, float] = {}
+        self.kernel_flows: list[KernelFlow] = []         # the last conntrack dump
+        self.last_steering_change: float | None = None
+        self.steering_changes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
-        self._events: deque[dict[str, Any]] = deque(maxlen=_EVENT_BUFFER)
-        self._status_since: dict[PathId, float] = {}
-        self._policy_no: dict[str, int] = {}
-        self._kernel_flows: list[KernelFlow] = []
-        self._flows_at = 0.0
-        self._last_steering_change: float | None = None
-        self._steering_changes = 0
-        self._plans = {p.id: p for p in cfg.paths}
-        self._remote_no = {r.name: i + 1 for i, r in enumerate(cfg.remotes)}
         self._stopping = False
-        self._tunnel_checked = 0.0
-
-    # -- helpers -----------------------------------------------------------------------------------
-
-    async def _k(self, fn: Callable[..., T], *args: Any) -> T:
-        assert self.loop is not None
-        return await self.loop.run_in_executor(self.kernel, fn, *args)
 
     def wall(self, mono: float) -> float:
         return mono + self.offset
@@ -187,7 +141,7 @@ class Agent:
         try:
             await self._start()
         except BaseException as exc:
-            await self.stop(cleanup=self.cleanup_on_stop or not self.adopting)
+            await self.stop(cleanup=self.cleanup_on_stop or not self.dataplane.adopting)
             if isinstance(exc, AgentError | ConfigError):
                 raise
             if isinstance(exc, Exception):
@@ -202,24 +156,24 @@ class Agent:
         assert loop is not None
         self._claim_host()
         store = self._open_store()
-        private = await self._k(keymod.load_or_create_private_key, cfg.wg_private_key_file)
+        private = await self.life.on_kernel(keymod.load_or_create_private_key, cfg.wg_private_key_file)
         self.public_key = keymod.public_key(private)
-        self.token = cfg.api_token or _load_or_create_token(cfg.api_token_file)
+        self.token = cfg.api_token or keymod.load_or_create_token(cfg.api_token_file)
         record = self._dataplane_record()
         self._load_policies(store, record)
-        keep, kept = await self._build_dataplane(private, record)
-        await self._start_probing(kept)
-        self._start_core(time.monotonic(), keep[1] if keep is not None and (keep[0] or keep[1]) else None)
-        self._tasks.append(loop.create_task(self._periodic(), name="patronus-periodic"))
+        built = await self.dataplane.build(private, record, self.router.list_policies())
+        await self._start_probing(built)
+        self._start_core(time.monotonic(), built.kept_slots)
+        self._tasks.append(loop.create_task(duties.periodic(self), name="patronus-periodic"))
         if cfg.pmtu:
-            self._tasks.append(loop.create_task(self._measure_mtus(), name="patronus-pmtu"))
+            self._tasks.append(loop.create_task(duties.measure_mtus(self), name="patronus-pmtu"))
         if cfg.bandwidth_interval_s > 0:
-            self._tasks.append(loop.create_task(self._bandwidth_tests(), name="patronus-bandwidth"))
-        self._publish_event(AgentStarted(at=time.monotonic(), site=cfg.name, paths=len(cfg.paths),
-                                         wireguard_backend=self.wg_backend, steering=cfg.steering,
-                                         adopted=self.adopted or None))
-        log.info("agent %s up: %d paths, wireguard %s, steering %s", cfg.name, len(cfg.paths), self.wg_backend,
-                 cfg.steering)
+            self._tasks.append(loop.create_task(duties.bandwidth_tests(self), name="patronus-bandwidth"))
+        self.publish(AgentStarted(at=time.monotonic(), site=cfg.name, paths=len(cfg.paths),
+                                  wireguard_backend=self.dataplane.wg_backend, steering=cfg.steering,
+                                  adopted=self.adopted or None))
+        log.info("agent %s up: %d paths, wireguard %s, steering %s", cfg.name, len(cfg.paths),
+                 self.dataplane.wg_backend, cfg.steering)
         # Everything allocated so far lives as long as the agent: keep it out of the cyclic collector's
         # full passes, whose pauses would otherwise grow with it (and delay probe processing).
         gc.collect()
@@ -231,9 +185,9 @@ class Agent:
         their verdicts (`SiteRuntime.adopt`)."""
         for path in self.cfg.core_paths():
             self.runtime.add_path(path, now)
-            self._status_since[path.id] = self.wall(now)
+            self.status_since[path.id] = self.wall(now)
         if kept_slots is not None:
-            self.runtime.adopt(self._slots_of_marks(kept_slots), now)
+            self.runtime.adopt(self.numbers.slots_of_marks(kept_slots), now)
         self._pump(now)
 
     def _claim_host(self) -> None:
@@ -243,18 +197,29 @@ class Agent:
             raise AgentError("the agent needs root (CAP_NET_ADMIN) to create tunnels, routes and rules")
         cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         pidfile = cfg.state_dir / "agent.pid"
-        other = _running_pid(pidfile)
+        other = running_agent_pid(pidfile)
         if other is not None and other != os.getpid():
             raise AgentError(f"another agent of site {cfg.name} is running (pid {other}, {pidfile})")
         pidfile.write_text(f"{os.getpid()}\n{start_ticks(os.getpid()) or ''}\n")
-        self._undo.append(_Undo("pidfile", lambda: pidfile.unlink(missing_ok=True),
-                                lambda: pidfile.unlink(missing_ok=True), on_loop=True))
+        unlink = functools.partial(pidfile.unlink, missing_ok=True)
+        self.life.add("pidfile", unlink, unlink, Thread.LOOP)
 
     def _open_store(self) -> Store:
         self.cfg.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.store = store = Store.open(self.cfg.database)
-        self._undo.append(_Undo("store", store.close, store.close, on_loop=True))
-        self._init_store(store)
+        self.life.add("store", store.close, store.close, Thread.LOOP)
+        cfg = self.cfg
+        with store.transaction():
+            store.upsert_site(Site(SiteId(cfg.name), cfg.name, cfg.lan_prefixes), status="active")
+            for up in cfg.uplinks:
+                store.add_endpoint(Endpoint(EndpointId(f"{cfg.name}:{up.name}"), SiteId(cfg.name), up.address,
+                                            cost_per_gb=up.cost_per_gb, bandwidth_mbps=up.bandwidth_mbps or None))
+            for r in cfg.remotes:
+                store.upsert_site(Site(SiteId(r.name), r.name, r.prefixes), public_key=r.public_key)
+                for ep in r.endpoints:
+                    store.add_endpoint(Endpoint(EndpointId(f"{r.name}:{ep.uplink}"), SiteId(r.name), ep.address))
+            for path in cfg.core_paths():
+                store.upsert_path(path, wg_interface=self.numbers.plans[path.id].ifname)
         return store
 
     def _dataplane_record(self) -> HostRecord | None:
@@ -283,118 +248,26 @@ class Agent:
                     store.upsert_policy(p.name, p.priority, p.enabled, p.to_dict(), now=time.time())
         self.router.replace_policies(policies)
         if record is not None:
-            names = {p.name for p in policies}
-            for name, n in sorted(record.policies.items(), key=lambda t: t[1]):
-                if name in names and n < FALLBACK_POLICY_NO and n not in self._policy_no.values():
-                    self._policy_no[name] = n
-        self._number_policies()
+            self.numbers.keep_record(record, {p.name for p in policies})
+        self.numbers.number(policies)
 
-    def _tunnel_specs(self, private: str) -> dict[str, Any]:
-        from patronus.agent.wireguard import TunnelSpec
-
-        cfg = self.cfg
-        specs: dict[str, Any] = {}
-        for plan in cfg.paths:
-            remote = cfg.remote(plan.remote)
-            specs[plan.ifname] = TunnelSpec(
-                ifname=plan.ifname, private_key=private, listen_port=plan.listen_port, fwmark=plan.uplink.mark,
-                mtu=cfg.wg_mtu, peer_public_key=remote.public_key,
-                peer_endpoint=(plan.endpoint.address, plan.peer_port), allowed_ips=tuple(remote.prefixes),
-                # One end of each tunnel (the lower site id) initiates and keeps it warm; if both did,
-                # their keepalive timers (set at the same moment by agents started together) would make
-                # their handshake initiations cross every time, each end discarding the other's response.
-                keepalive_s=cfg.wg_keepalive_s if cfg.id < remote.id else 0,
-                owner=cfg.owner, initiate=cfg.id < remote.id)
-        return specs
-
-    async def _build_dataplane(self, private: str, record: HostRecord | None) -> tuple[Any, dict[str, Any]]:
-        """What an earlier agent left, then uplink routing, tunnels and steering. Returns the kept
-        steering maps to adopt (None: none) and what was adopted of the dataplane, for `adopted`."""
-        cfg = self.cfg
-        specs: dict[str, Any] = {}
-        found: dict[str, Any] = {}
-        maps: tuple[dict[int, int], dict[int, int]] | None = None
-        if cfg.paths:
-            from patronus.agent.wireguard import WireGuardManager, detect_backend
-
-            self.wg_backend = await self._k(detect_backend, cfg.wg_backend)
-            self.wg = WireGuardManager(self.wg_backend, cfg.state_dir)
-            specs = self._tunnel_specs(private)
-            found = await self._k(self.wg.survey, cfg.owner)
-        if cfg.steering == "nftables":
-            self.steering = Steering(cfg)
-            maps = await self._k(self.steering.read_maps)
-        self.adopting = bool(found) or maps is not None
-        if self.steering is not None:
-            if record is not None:
-                self.steering.remember_sysctls(record.sysctls)
-            steering = self.steering
-            self._undo.append(_Undo("steering", steering.teardown, None))
-            await self._k(functools.partial(steering.apply_uplinks, undo=not self.adopting))
-        tunnels: Counter[str] = Counter()
-        actions = await self._apply_tunnels(specs, found, tunnels) if self.wg is not None else {}
-        keep: tuple[dict[int, int], dict[int, int]] | None = None
-        if self.steering is not None:
-            if maps is not None:
-                keep = kept_maps(Numbering.of(record) if record is not None else None, self._numbering(), *maps,
-                                 FALLBACK_POLICY_NO)
-            await self._k(functools.partial(self.steering.apply, self._numbered_policies(), keep,
-                                            undo=not self.adopting))
-            pruned = await self._k(self.steering.prune)
-            if pruned:
-                log.info("removed routing no longer wanted: %s", "; ".join(pruned))
-        for ifname, action in actions.items():      # after the steering no longer points there
-            if action is TunnelAction.REMOVE:
-                assert self.wg is not None
-                await self._k(self.wg.delete, ifname)
-                tunnels["removed"] += 1
-        self._save_record()
-        self._undo.append(_Undo("dataplane record", functools.partial(HostRecord.remove, cfg.state_dir), None,
-                                on_loop=True))
-        return keep, {"tunnels": dict(tunnels), "slots": len(keep[1]) if keep else 0,
-                      "slots_dropped": (len(maps[1]) - len(keep[1])) if maps and keep else 0}
-
-    async def _apply_tunnels(self, specs: dict[str, Any], found: dict[str, Any],
-                             tunnels: Counter[str]) -> dict[str, TunnelAction]:
-        """Create, adopt or recreate each tunnel (counted in `tunnels`); the ones to remove are
-        returned with the rest and removed later, once the steering no longer points there."""
-        assert self.wg is not None
-        foreign = await self._k(_foreign_links, set(specs), self.cfg.owner)
-        actions = plan_tunnels(set(specs), found, foreign)
-        for ifname, action in actions.items():
-            if action is TunnelAction.REMOVE:
-                continue
-            if action is TunnelAction.ADOPT:
-                changed = await self._k(self.wg.reconfigure, specs[ifname], found[ifname])
-                tunnels["reconfigured" if changed else "adopted"] += 1
-                if changed:
-                    log.info("tunnel %s adopted; changed: %s", ifname, ", ".join(changed))
-            else:
-                if action is TunnelAction.RECREATE:
-                    await self._k(self.wg.delete, ifname)
-                await self._k(self.wg.create, specs[ifname])
-                tunnels["recreated" if action is TunnelAction.RECREATE else "created"] += 1
-            self._undo.append(_Undo(f"tunnel {ifname}", functools.partial(self.wg.delete, ifname), None))
-        return actions
-
-    async def _start_probing(self, kept: dict[str, Any]) -> None:
+    async def _start_probing(self, built: Built) -> None:
         """The reflector (started, or adopted from an earlier agent), the prober and the bandwidth-test
         servers (one per uplink and peer site: one pair key each)."""
         assert self.loop is not None
         self.reflector = reflector = ReflectorProcess(self.cfg)
-        self._undo.append(_Undo("reflector", functools.partial(reflector.close, keep=False),
-                                functools.partial(reflector.close, keep=True), on_loop=True))
+        self.life.add("reflector", functools.partial(reflector.close, keep=False),
+                      functools.partial(reflector.close, keep=True), Thread.LOOP)
         how = reflector.start()
         self.prober = Prober(self.cfg, self._on_probe_reply)
         self.prober.start(self.loop)
-        self._undo.append(_Undo("probes", self.prober.close, self.prober.close, on_loop=True))
+        self.life.add("probes", self.prober.close, self.prober.close, Thread.LOOP)
         await self._start_bandwidth_servers()
-        if self.adopting or how != "started":
-            self.adopted = {"tunnels": kept["tunnels"], "reflector": how, "slots": kept["slots"],
-                            "slots_dropped": kept["slots_dropped"]}
+        if self.dataplane.adopting or how != "started":
+            self.adopted = {"tunnels": dict(built.tunnels), "reflector": how, "slots": built.slots,
+                            "slots_dropped": built.slots_dropped}
             log.info("adopted the dataplane an earlier agent left: tunnels %s, reflector %s, %d slots kept "
-                     "(%d dropped)", kept["tunnels"] or "none", how, self.adopted["slots"],
-                     self.adopted["slots_dropped"])
+                     "(%d dropped)", self.adopted["tunnels"] or "none", how, built.slots, built.slots_dropped)
 
     async def _start_bandwidth_servers(self) -> None:
         from patronus.agent.bwtest import BandwidthServer
@@ -407,7 +280,7 @@ class Agent:
         def close() -> None:
             for srv in servers:
                 srv.close()
-        self._undo.append(_Undo("bandwidth servers", close, close, on_loop=True))     # they live on the loop
+        self.life.add("bandwidth servers", close, close, Thread.LOOP)     # their readers are the loop's
         for r in self.cfg.remotes:
             key = probe_key(self.cfg, r)
             if key is None:
@@ -415,44 +288,6 @@ class Agent:
             for up in self.cfg.uplinks:
                 sock = open_path_socket(up.address, up.interface, up.mark, bandwidth_port(self.cfg, r.id))
                 servers.append(await BandwidthServer.serve(sock, key))
-
-    async def _measure_mtus(self) -> None:
-        """Path MTU of every path once it is up (RFC 4821 style search with DF probes)."""
-        from patronus.agent.ondemand import path_mtu
-
-        pending = {p.id: p for p in self.cfg.paths}
-        while pending:
-            for pid, plan in list(pending.items()):
-                if self.monitor.status(pid) is PathStatus.DOWN:
-                    continue
-                try:
-                    res = await path_mtu(self.cfg, plan)
-                except Exception as exc:
-                    log.warning("path MTU of %s: %s", pid, exc)
-                    del pending[pid]
-                    continue
-                del pending[pid]
-                if res.get("path_mtu"):
-                    self.monitor.set_mtu(pid, int(res["path_mtu"]))
-                    self._publish_event(PathMtuMeasured(at=time.monotonic(), path_id=pid, result=res))
-            if pending:
-                await asyncio.sleep(1.0)     # re-check paths not yet up once a second
-
-    async def _bandwidth_tests(self) -> None:
-        from patronus.agent.ondemand import measure_bandwidth
-
-        while True:
-            for plan in self.cfg.paths:
-                if self.monitor.status(plan.id) is PathStatus.DOWN:
-                    continue
-                try:
-                    res = await measure_bandwidth(self.cfg, plan)
-                except Exception as exc:
-                    log.warning("bandwidth test of %s: %s", plan.id, exc)
-                    continue
-                self.monitor.set_bandwidth(plan.id, float(res["goodput_mbps"]))
-                self._publish_event(BandwidthMeasured(at=time.monotonic(), path_id=plan.id, result=res))
-            await asyncio.sleep(self.cfg.bandwidth_interval_s)   # the configured period between rounds
 
     async def stop(self, cleanup: bool | None = None) -> None:
         """Undo what `start` did, newest first: everything (`cleanup`, by default the agent's
@@ -469,131 +304,13 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks.clear()
-        if self.store is not None and self._undo:
+        if self.store is not None and self.life.steps:
             with contextlib.suppress(Exception):
                 self._persist_flows()
-        kept = []
-        while self._undo:
-            u = self._undo.pop()
-            fn = u.remove if cleanup else u.keep
-            if fn is None:
-                kept.append(u.what)
-                continue
-            try:
-                if u.on_loop:
-                    fn()
-                else:
-                    await self._k(fn)
-            except Exception as exc:
-                log.error("stop: %s: %s", u.what, exc)
-        self.kernel.shutdown(wait=True)
+        kept = await self.life.close(cleanup)
         if kept:
-            log.info("stopped; left for the next agent (`patronus cleanup` removes them): %s",
-                     ", ".join(reversed(kept)))
-        stopping = AgentStopping(at=time.monotonic(), cleanup=cleanup).as_dict(self.offset)
-        for q in list(self._subscribers):
-            with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(stopping)
-
-    def _numbering(self) -> Numbering:
-        return Numbering(remotes=dict(self._remote_no), policies=dict(self._policy_no),
-                         paths={str(p.id): p.number for p in self.cfg.paths})
-
-    def _save_record(self) -> None:
-        """How the kernel state is numbered and what it changed, for the next agent (`adopt.HostRecord`)."""
-        n = self._numbering()
-        sysctls = self.steering.sysctls_changed if self.steering is not None else {}
-        try:
-            HostRecord(site=self.cfg.name, site_id=self.cfg.id, owner=self.cfg.owner, remotes=dict(n.remotes),
-                       policies=dict(n.policies), paths=dict(n.paths), sysctls=sysctls).save(self.cfg.state_dir)
-        except OSError as exc:
-            log.error("cannot write the dataplane record in %s: %s (a next agent would not keep its slots)",
-                      self.cfg.state_dir, exc)
-
-    def _slots_of_marks(self, kept: Mapping[int, int]) -> dict[Slot, PathId]:
-        """The kernel's slot → path map (marks, as an earlier agent numbered them and `kept_maps`
-        renumbered them) in the runtime's terms; marks that name no remote, policy or path of ours are left out."""
-        names = self._policy_names()
-        by_number = {p.number: p for p in self.cfg.paths}
-        remote_of = {n: name for name, n in self._remote_no.items()}
-        out: dict[Slot, PathId] = {}
-        for mark, pmark in sorted(kept.items()):
-            rn, pn, n = split_slot(mark)
-            remote, origin, cur = remote_of.get(rn), by_number.get(n), by_number.get(pmark & 0xFF)
-            if remote is None or origin is None or cur is None or pn not in names:
-                continue
-            out[Slot(SiteId(remote), names[pn], origin.id, slot_gen(mark))] = cur.id
-        return out
-
-    def _init_store(self, store: Store) -> None:
-        cfg = self.cfg
-        with store.transaction():
-            store.upsert_site(Site(SiteId(cfg.name), cfg.name, cfg.lan_prefixes), status="active")
-            for up in cfg.uplinks:
-                store.add_endpoint(Endpoint(EndpointId(f"{cfg.name}:{up.name}"), SiteId(cfg.name), up.address,
-                                            cost_per_gb=up.cost_per_gb, bandwidth_mbps=up.bandwidth_mbps or None))
-            for r in cfg.remotes:
-                store.upsert_site(Site(SiteId(r.name), r.name, r.prefixes), public_key=r.public_key)
-                for ep in r.endpoints:
-                    store.add_endpoint(Endpoint(EndpointId(f"{r.name}:{ep.uplink}"), SiteId(r.name), ep.address))
-            for path in cfg.core_paths():
-                store.upsert_path(path, wg_interface=self._plans[path.id].ifname)
-
-    # -- policies and slots ------------------------------------------------------------------------
-
-    def _number_policies(self, policies: Sequence[RoutingPolicy] | None = None) -> None:
-        """A kernel number for every policy that has none (numbers stay with their names)."""
-        used = set(self._policy_no.values())
-        for p in _in_order(self.router.list_policies() if policies is None else policies):
-            if p.name not in self._policy_no:
-                n = next(i for i in range(1, FALLBACK_POLICY_NO) if i not in used)
-                self._policy_no[p.name] = n
-                used.add(n)
-
-    def _numbered_policies(self, policies: Sequence[RoutingPolicy] | None = None) -> list[tuple[int, RoutingPolicy]]:
-        return [(self._policy_no[p.name], p)
-                for p in _in_order(self.router.list_policies() if policies is None else policies)]
-
-    def _policy_names(self) -> dict[int, str | None]:
-        names: dict[int, str | None] = {n: name for name, n in self._policy_no.items()}
-        names[FALLBACK_POLICY_NO] = None
-        return names
-
-    def _policy_number(self, name: str | None) -> int:
-        return FALLBACK_POLICY_NO if name is None else self._policy_no[name]
-
-    def _slot_mark(self, slot: Slot) -> int:
-        return slot_mark(self._remote_no[slot.remote], self._policy_number(slot.policy),
-                         self._plans[slot.origin].number, slot.gen)
-
-    def _slot_by_mark(self) -> dict[int, Slot]:
-        return {self._slot_mark(s): s for s in self.runtime.slots}
-
-    def _kernel_maps(self, plan: SteeringPlan) -> tuple[dict[int, int], dict[int, int]]:
-        """The plan numbered into the kernel's two maps: new_slot (bucket mark → slot mark) and
-        slot_path (slot mark → path mark)."""
-        new_slot: dict[int, int] = {}
-        for b, slot in plan.new.items():
-            new_slot[slot_mark(self._remote_no[b.remote], self._policy_number(b.policy), b.index)] = \
-                self._slot_mark(slot)
-        slot_path = {self._slot_mark(s): path_mark(self._plans[pid].number) for s, pid in plan.slots.items()}
-        return new_slot, slot_path
-
-    def _steer(self, plan: SteeringPlan, moves: list[Event]) -> None:
-        if self.steering is None or not self.steering.applied:
-            return
-        new_slot, slot_path = self._kernel_maps(plan)
-        begun = time.monotonic()
-        done = self.steering.update(new_slot, slot_path)
-        if done is None:
-            return
-        self._steering_changes += 1
-        self._last_steering_change = self.wall(done)
-        # the kernel switched at some instant between `begun` (the transaction handed over) and `done`
-        # (it returned): a packet may take the new path from the first
-        applied = self.runtime.steering_applied(moves, begun, done)
-        if applied is not None:
-            self._publish_event(applied)
+            log.info("stopped; left for the next agent (`patronus cleanup` removes them): %s", ", ".join(kept))
+        self.hub.last_word(AgentStopping(at=time.monotonic(), cleanup=cleanup))
 
     # -- the core loop -----------------------------------------------------------------------------
 
@@ -623,11 +340,11 @@ class Agent:
                 self.prober.send(probe.path_id, probe.seq)
         for ev in act.events:
             if isinstance(ev, PathStatusChanged):
-                self._status_since[ev.path_id] = self.wall(ev.at)
+                self.status_since[ev.path_id] = self.wall(ev.at)
             elif isinstance(ev, TunnelDown):
                 log.warning("path %s: probes pass but tunnel %s has no WireGuard session; routing around it",
                             ev.path_id, ev.interface)
-            self._publish_event(ev)
+            self.publish(ev)
         if act.released:
             log.info("steering hold over: %d slots adopted", len(self.runtime.slots))
         if act.replan:
@@ -635,10 +352,28 @@ class Agent:
                 self._steer(self.runtime.plan(), act.moves)
             except Exception as exc:     # a refused kernel update must not kill the agent
                 log.error("steering update failed: %s", exc)
-                self._publish_event(SteeringFailed(at=time.monotonic(), error=str(exc)))
+                self.publish(SteeringFailed(at=time.monotonic(), error=str(exc)))
         if self.store is not None and (act.status_changed or act.stored):
             self._store_events(act.stored)
         self._arm()
+
+    def _steer(self, plan: SteeringPlan, moves: list[Event]) -> None:
+        """The plan numbered into the kernel's maps, the difference applied in one transaction."""
+        steering = self.dataplane.steering
+        if steering is None or not steering.applied:
+            return
+        new_slot, slot_path = self.numbers.kernel_maps(plan)
+        begun = time.monotonic()
+        done = steering.update(new_slot, slot_path)
+        if done is None:
+            return
+        self.steering_changes += 1
+        self.last_steering_change = self.wall(done)
+        # the kernel switched at some instant between `begun` (the transaction handed over) and `done`
+        # (it returned): a packet may take the new path from the first
+        applied = self.runtime.steering_applied(moves, begun, done)
+        if applied is not None:
+            self.publish(applied)
 
     def _arm(self) -> None:
         assert self.loop is not None
@@ -653,78 +388,30 @@ class Agent:
         self._timer = self.loop.call_at(when, self._on_timer)
         self._timer_at = when
 
-    async def _periodic(self) -> None:
-        """Slow duties of the host: refresh the flow table, record metrics history, check the tunnels
-        and the reflector (the runtime's own housekeeping is on its deadline)."""
-        next_metrics = time.monotonic() + self.cfg.metrics_interval_s
-        while True:
-            await asyncio.sleep(min(_PERIODIC_S, self.cfg.metrics_interval_s))
-            now = time.monotonic()
-            if self.steering is not None and self.steering.applied and now - self._flows_at >= _FLOW_REFRESH_S:
-                try:
-                    self._kernel_flows = await self._k(self.steering.flows)
-                    self._flows_at = now
-                except Exception as exc:
-                    log.warning("conntrack dump failed: %s", exc)
-            if now >= next_metrics:
-                next_metrics = now + self.cfg.metrics_interval_s
-                self._record_metrics(now)
-            if self.wg is not None and now - self._tunnel_checked >= _TUNNEL_CHECK_S:
-                self._tunnel_checked = now
-                try:
-                    shakes = await self._k(self._handshakes)
-                except Exception as exc:
-                    log.warning("tunnel check failed: %s", exc)
-                else:
-                    self._check_tunnels(shakes, time.monotonic())
-            if self.reflector is not None and not self.reflector.alive():
-                # it lives apart from the agent now (it outlives restarts), so it can die apart too
-                log.error("the probe reflector is gone; starting a new one")
-                try:
-                    how = await self._k(self.reflector.start)
-                except Exception as exc:
-                    log.error("probe reflector: %s", exc)
-                else:
-                    self._publish_event(ReflectorRestarted(at=time.monotonic(), how=how))
+    # -- what the host tells it, and what it keeps -------------------------------------------------
 
-    def _handshakes(self) -> dict[PathId, float | None]:
-        """Latest WireGuard handshake (wall time) of every path's tunnel (kernel thread)."""
-        out: dict[PathId, float | None] = {}
-        for p in self.cfg.paths:
-            try:
-                out[p.id] = self.wg.status(p.ifname).latest_handshake
-            except Exception:
-                out[p.id] = None
-        return out
-
-    def _check_tunnels(self, shakes: dict[PathId, float | None], now: float) -> None:
+    def check_tunnels(self, shakes: dict[PathId, float | None], now: float) -> None:
         """The runtime's tunnel-liveness rule on the handshakes just read; a dead tunnel is nudged (a
         fresh handshake initiation) on every check, from one end only (the lower site id), for the
         reason in WireGuardManager.create."""
         dead = self.runtime.on_handshakes(shakes, time.time(), now, {p.id: p.ifname for p in self.cfg.paths})
         for pid in dead:
-            plan = self._plans[pid]
+            plan = self.numbers.plans[pid]
             if self.loop is not None and self.cfg.id < self.cfg.remote(plan.remote).id:
-                self.loop.run_in_executor(self.kernel, self._nudge, plan)
+                self.loop.run_in_executor(self.life.kernel, self.dataplane.nudge, plan)
         if self.runtime.has_news():
             self._pump(now)
 
-    def _nudge(self, plan: PathPlan) -> None:
-        with contextlib.suppress(Exception):
-            self.wg.kick(plan.ifname, self.cfg.wg_keepalive_s)
-
-    def _record_metrics(self, now: float) -> None:
+    def record_metrics(self, now: float) -> None:
         if self.store is None:
             return
-        samples = []
-        for pid in self.monitor.path_ids:
-            m = self.monitor.metrics(pid, now)
-            samples.append((pid, m.with_(measured_at=self.wall(now))))
+        monitor = self.runtime.logic.monitor
+        samples = [(pid, monitor.metrics(pid, now).with_(measured_at=self.wall(now))) for pid in monitor.path_ids]
         try:
             with self.store.transaction():
                 self.store.record_metrics_many(samples)
-                for pid in self.monitor.path_ids:
-                    self.store.set_path_status(pid, self.monitor.status(pid), at=self._status_since.get(pid))
+                for pid in monitor.path_ids:
+                    self.store.set_path_status(pid, monitor.status(pid), at=self.status_since.get(pid))
             self._persist_flows()
         except Exception as exc:
             log.error("store: cannot record metrics: %s", exc)
@@ -732,11 +419,10 @@ class Agent:
     def _persist_flows(self) -> None:
         if self.store is None:
             return
-        flows = self.list_flows()
         keep = set()
         now = time.time()
         with self.store.transaction():
-            for f in flows:
+            for f in self.flow_table():
                 key = FlowKey(f["src_ip"], f["dst_ip"], f["src_port"], f["dst_port"], f["protocol"])
                 keep.add(key)
                 prev = self.store.get_flow(key)
@@ -755,89 +441,27 @@ class Agent:
         except Exception as exc:
             log.error("store: cannot record events: %s", exc)
 
-    # -- events out --------------------------------------------------------------------------------
+    def publish(self, ev: Event) -> None:
+        self.hub.publish(ev)
 
-    def _publish_event(self, ev: Event) -> None:
-        self._publish(ev.as_dict(self.offset))     # monotonic times out as wall times
+    def flow_table(self) -> list[dict[str, Any]]:
+        """The kernel's connections, each with its slot's policy and paths (the API's flow table)."""
+        return self.numbers.flow_rows(self.kernel_flows, self.runtime.slots, self.router.flow_path, time.time())
 
-    def _publish(self, d: dict[str, Any]) -> None:
-        self._events.append(d)
-        for q in list(self._subscribers):
-            try:
-                q.put_nowait(d)
-            except asyncio.QueueFull:
-                # a consumer that does not keep up loses its oldest event, never the agent's memory
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    q.get_nowait()
-                q.put_nowait(d)
-
-    # -- AgentControl (the API) --------------------------------------------------------------------
-
-    def site_info(self) -> dict[str, Any]:
-        cfg = self.cfg
-        return {"name": cfg.name, "id": cfg.id, "lan_prefixes": list(cfg.lan_prefixes),
-                "public_key": self.public_key,
-                "uplinks": [{"name": u.name, "interface": u.interface, "address": u.address,
-                             "gateway": u.gateway, "cost_per_gb": u.cost_per_gb,
-                             "bandwidth_mbps": u.bandwidth_mbps or None} for u in cfg.uplinks],
-                "remotes": [{"name": r.name, "id": r.id, "prefixes": list(r.prefixes),
-                             "endpoints": [{"uplink": e.uplink, "address": e.address} for e in r.endpoints]}
-                            for r in cfg.remotes],
-                "wireguard_backend": self.wg_backend, "steering": cfg.steering, "started_at": self.started_at,
-                "version": __version__, "monitor_profile": cfg.monitor.name,
-                "steering_changes": self._steering_changes, "last_steering_change": self._last_steering_change,
-                "displaced_slots": self.runtime.displaced_slots(),
-                "pending_failbacks": self.router.pending_failbacks(),
-                "adopted": self.adopted or None, "steering_held": self.logic.steering_held}
-
-    def _path_dict(self, plan: PathPlan, now: float) -> dict[str, Any]:
-        pid = plan.id
-        m = self.monitor.metrics(pid, now)
-        c = self.monitor.counters(pid)
-        sender = self.prober.senders.get(pid) if self.prober else None
-        rejected = dict(sender.counters.rejected) if sender else {}
-        return {"id": pid, "remote": plan.remote, "uplink": plan.uplink.name, "remote_uplink": plan.endpoint.uplink,
-                "interface": plan.ifname, "status": self.monitor.status(pid).value,
-                "status_since": self._status_since.get(pid), "latency_ms": m.measured_latency_ms,
-                "jitter_ms": m.measured_jitter_ms,
-                "loss_pct": m.loss_pct, "score": m.score, "bandwidth_mbps": m.bandwidth_mbps or None,
-                "mtu_bytes": m.mtu_bytes or None, "cost_per_gb": plan.uplink.cost_per_gb,
-                "probes_sent": sender.counters.sent if sender else c.sent, "probes_received": c.received,
-                "probes_timed_out": c.timed_out, "probes_late": c.late, "probes_duplicate": c.duplicates,
-                "probes_rejected": sum(rejected.values()), "probes_rejected_by_reason": rejected,
-                "probe_timeout_ms": round(self.monitor.current_timeout_s(pid) * 1000, 3),
-                "flows": sum(1 for f in self.list_flows() if f["path"] == pid),
-                "local_address": plan.uplink.address, "remote_address": plan.endpoint.address}
-
-    def list_paths(self) -> list[dict[str, Any]]:
-        now = time.monotonic()
-        return [self._path_dict(p, now) for p in self.cfg.paths]
-
-    def path_history(self, path_id: str, since: float | None, until: float | None, limit: int) -> list[dict[str, Any]]:
-        if path_id not in self._plans:
-            raise KeyError(path_id)
-        assert self.store is not None
-        rows = self.store.metrics_history(path_id, since, until, limit)
-        return [{"measured_at": m.measured_at, "latency_ms": m.latency_ms, "jitter_ms": m.jitter_ms,
-                 "loss_pct": m.loss_pct, "score": m.score, "bandwidth_mbps": m.bandwidth_mbps or None,
-                 "mtu_bytes": m.mtu_bytes or None} for m in rows]
-
-    def list_policies(self) -> list[RoutingPolicy]:
-        return self.router.list_policies()
-
-    def _apply_policies(self, policies: list[RoutingPolicy]) -> None:
+    def apply_policies(self, policies: list[RoutingPolicy]) -> None:
         """Kernel classifier, router and store change together, or not at all."""
         if len(policies) >= FALLBACK_POLICY_NO - 1:
             raise ConfigError(f"at most {FALLBACK_POLICY_NO - 2} policies", "policies")
-        numbers = dict(self._policy_no)
-        self._number_policies(policies)
+        numbers = dict(self.numbers.policies)
+        self.numbers.number(policies)
         try:
-            if self.steering is not None and self.steering.applied:
-                self.steering.set_policies(self._numbered_policies(policies))
+            if self.dataplane.steering_applied:
+                assert self.dataplane.steering is not None
+                self.dataplane.steering.set_policies(self.numbers.numbered(policies))
         except Exception:
-            self._policy_no = numbers
+            self.numbers.policies = numbers
             raise
-        self._save_record()
+        self.dataplane.save_record()
         if self.store is not None:
             with self.store.transaction():
                 names = {p.name for p in policies}
@@ -849,137 +473,6 @@ class Agent:
         now = time.monotonic()
         self.runtime.set_policies(policies, now)
         self._pump(now)
-
-    def put_policy(self, policy: RoutingPolicy) -> bool:
-        current = self.router.list_policies()
-        created = all(p.name != policy.name for p in current)
-        self._apply_policies([p for p in current if p.name != policy.name] + [policy])
-        return created
-
-    def delete_policy(self, name: str) -> None:
-        current = self.router.list_policies()
-        if all(p.name != name for p in current):
-            raise KeyError(name)
-        self._apply_policies([p for p in current if p.name != name])
-
-    def list_flows(self) -> list[dict[str, Any]]:
-        names = self._policy_names()
-        by_number = {p.number: p for p in self.cfg.paths}
-        slots = self._slot_by_mark()
-        now = time.time()
-        out = []
-        for f in self._kernel_flows:
-            _rn, pn, n = split_slot(f.slot)
-            key = slots.get(f.slot)
-            cur = self.router.flow_path(key) if key is not None else None
-            origin = by_number.get(n)
-            pol = names.get(pn, None)
-            out.append({"src_ip": f.src_ip, "dst_ip": f.dst_ip, "src_port": f.src_port, "dst_port": f.dst_port,
-                        "protocol": f.protocol, "policy": pol if pol is not None else "implicit-default",
-                        "path": cur, "origin_path": origin.id if origin else None,
-                        "bytes": f.bytes, "packets": f.packets,
-                        "age_s": round(now - f.started_at, 3) if f.started_at else None,
-                        "expires_in_s": f.timeout_s})
-        return out
-
-    def topology(self) -> dict[str, Any]:
-        nodes = [{"id": self.cfg.name, "kind": "local", "prefixes": list(self.cfg.lan_prefixes)}]
-        nodes += [{"id": r.name, "kind": "remote", "prefixes": list(r.prefixes)} for r in self.cfg.remotes]
-        now = time.monotonic()
-        links = [{"path": p.id, "from": self.cfg.name, "to": p.remote, "uplink": p.uplink.name,
-                  "remote_uplink": p.endpoint.uplink, "status": self.monitor.status(p.id).value,
-                  "score": self.monitor.metrics(p.id, now).score} for p in self.cfg.paths]
-        return {"nodes": nodes, "links": links}
-
-    def steering_plan(self) -> dict[str, Any]:
-        rt = self.runtime
-        return {"held": rt.steering_held, "buckets": rt.buckets, **rt.plan().as_dict()}
-
-    async def test_path(self, path_id: str, probes: int, bandwidth: bool) -> dict[str, Any]:
-        from patronus.agent.ondemand import test_path
-
-        plan = self._plans.get(PathId(path_id))
-        if plan is None:
-            raise KeyError(path_id)
-        if not 1 <= probes <= 1000:
-            raise ValueError("probes must be 1-1000")
-        return await test_path(self.cfg, plan, probes=probes, bandwidth=bandwidth)
-
-    def recent_events(self, limit: int) -> list[dict[str, Any]]:
-        return list(self._events)[-limit:] if limit > 0 else []
-
-    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=1000)
-        self._subscribers.add(q)
-        return q
-
-    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
-        self._subscribers.discard(q)
-
-    def prometheus_snapshot(self) -> Any:
-        from patronus.agent.metrics import MetricsSnapshot, PathSample
-
-        rows = []
-        for d in self.list_paths():
-            rows.append(PathSample(
-                path=d["id"], remote=d["remote"], uplink=d["uplink"], status=d["status"],
-                latency_ms=_finite(d["latency_ms"]), jitter_ms=_finite(d["jitter_ms"]),
-                loss_ratio=None if _finite(d["loss_pct"]) is None else d["loss_pct"] / 100.0,
-                score=_finite(d["score"]), flows=d["flows"], probes_sent=d["probes_sent"],
-                probes_received=d["probes_received"], probes_rejected=d["probes_rejected_by_reason"]))
-        unattributed: Counter[str] = self.reflector.rejected() if self.reflector is not None else Counter()
-        return MetricsSnapshot(paths=rows, failovers=dict(self.runtime.failovers),
-                               unattributed_rejections=dict(unattributed))
-
-
-def _in_order(policies: Sequence[RoutingPolicy]) -> list[RoutingPolicy]:
-    """The router's match order."""
-    return sorted(policies, key=lambda p: (p.priority, p.name))
-
-
-def _finite(x: float | None) -> float | None:
-    import math
-
-    return None if x is None or not math.isfinite(x) else x
-
-
-def _foreign_links(names: set[str], owner: str) -> set[str]:
-    """Which of `names` exist as interfaces here not tagged with `owner` (kernel thread)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        return {str(link.get("ifname")) for link in ipr.get_links()
-                if link.get("ifname") in names and (link.get("ifalias") or "") != owner}
-
-
-def _running_pid(pidfile: FsPath) -> int | None:
-    """The pid of the agent recorded in `pidfile` if it still runs (same pid, same start time when
-    recorded, a patronus command line), else None."""
-    try:
-        lines = pidfile.read_text().split()
-        pid = int(lines[0])
-        start = int(lines[1]) if len(lines) > 1 else None
-    except (OSError, ValueError, IndexError):
-        return None
-    cmd = b" ".join(argv_of(pid))
-    return pid if b"patronus" in cmd and b"reflector" not in cmd and alive(pid, start) else None
-
-
-def _load_or_create_token(path: FsPath) -> str:
-    try:
-        tok = path.read_text().strip()
-        if len(tok) >= 16:
-            return tok
-    except OSError:
-        pass
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tok = secrets.token_urlsafe(32)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(tok + "\n")
-    os.replace(tmp, path)
-    return tok
 
 
 async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None, cleanup: bool = False) -> int:
@@ -1006,7 +499,7 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
     serving = False
     try:
         host, port = cfg.api_listen
-        config = uvicorn.Config(create_app(agent, agent.token), host=host, port=port, log_level="warning",
+        config = uvicorn.Config(create_app(AgentApi(agent), agent.token), host=host, port=port, log_level="warning",
                                 lifespan="off", access_log=False, ws="websockets-sansio"
                                 if _has_ws_sansio() else "auto")
         server = _QuietServer(config)
@@ -1031,7 +524,7 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
                 await asyncio.wait_for(api_task, 5)
         # an agent that never served (its API could not listen) removes what it created, as a failed
         # start does; a dataplane it adopted stays
-        await agent.stop(cleanup=None if serving or agent.cleanup_on_stop else not agent.adopting)
+        await agent.stop(cleanup=None if serving or agent.cleanup_on_stop else not agent.dataplane.adopting)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
 

@@ -197,3 +197,21 @@ def load_or_create_private_key(path: Path) -> str:
         # False means someone else created it between our check and our link: theirs wins, and we use it.
         _create_key_file(path, generate_private_key())
     return _read_key_file(path)
+
+
+def load_or_create_token(path: Path) -> str:
+    """The API token in `path` (16 characters or more), or a new one written there (0600)."""
+    try:
+        tok = path.read_text().strip()
+        if len(tok) >= 16:
+            return tok
+    except OSError:
+        pass
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tok = secrets.token_urlsafe(32)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(tok + "\n")
+    os.replace(tmp, path)
+    return tok

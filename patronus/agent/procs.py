@@ -87,3 +87,16 @@ def stop(pid: int, is_it: Callable[[int], bool], timeout_s: float = 5.0) -> bool
         return False
     finally:
         os.close(pidfd)
+
+
+def running_agent_pid(pidfile: Path) -> int | None:
+    """The pid of the agent recorded in `pidfile` if it still runs (same pid, same start time when
+    recorded, a patronus command line), else None."""
+    try:
+        lines = pidfile.read_text().split()
+        pid = int(lines[0])
+        start = int(lines[1]) if len(lines) > 1 else None
+    except (OSError, ValueError, IndexError):
+        return None
+    cmd = b" ".join(argv_of(pid))
+    return pid if b"patronus" in cmd and b"reflector" not in cmd and alive(pid, start) else None

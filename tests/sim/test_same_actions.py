@@ -130,10 +130,10 @@ def test_the_agent_and_the_simulator_turn_the_same_inputs_into_the_same_actions(
     kernel = _Kernel(clock)
     agent.loop = loop  # type: ignore[assignment]
     agent.prober = _Prober(clock, out)  # type: ignore[assignment]
-    agent.steering = kernel  # type: ignore[assignment]
+    agent.dataplane.steering = kernel  # type: ignore[assignment]
     agent.router.replace_policies(cfg.policies)
-    agent._number_policies()
-    steer, publish = agent._steer, agent._publish_event
+    agent.numbers.number(cfg.policies)
+    steer, publish = agent._steer, agent.publish
 
     def steer_(plan: Any, moves: list[Event]) -> None:
         out.append(("plan", clock[0], plan.as_dict()))
@@ -143,7 +143,7 @@ def test_the_agent_and_the_simulator_turn_the_same_inputs_into_the_same_actions(
         out.append(("event", ev.as_dict(0.0)))
         publish(ev)
 
-    agent._steer, agent._publish_event = steer_, publish_  # type: ignore[method-assign]
+    agent._steer, agent.publish = steer_, publish_  # type: ignore[method-assign]
     try:
         agent._start_core(t_start, None)
         for k, inp in enumerate(inputs):
@@ -157,7 +157,7 @@ def test_the_agent_and_the_simulator_turn_the_same_inputs_into_the_same_actions(
                 assert agent._timer_at == when, (k, inp, agent._timer_at)    # the same deadline armed
                 agent._on_timer()
     finally:
-        agent.kernel.shutdown(wait=False)
+        agent.life.kernel.shutdown(wait=False)
 
     def first_difference(a: list[Any], b: list[Any]) -> str:
         for i, (x, y) in enumerate(zip(a, b, strict=False)):
