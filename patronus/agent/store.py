@@ -29,7 +29,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from patronus.core.errors import ConfigError
 from patronus.core.events import Event
@@ -350,12 +350,9 @@ def _bound(name: str, value: float | None) -> float | None:
 
 # --- the store -------------------------------------------------------------------------------------------
 
-class Store:
-    """The agent's SQLite store. Open with `Store.open(path)`; close with `close()` or `with`.
+class _Database:
+    """The connection under a `Store`: opening and migrating, transactions, diagnostics."""
 
-    One `Store` wraps one connection and is not thread-safe (like `sqlite3.Connection`); several
-    processes may open the same file (WAL mode, `busy_timeout`).
-    """
 
     def __init__(self, conn: sqlite3.Connection, path: str) -> None:
         """Wrap an already configured and migrated connection; use `Store.open`."""
@@ -367,7 +364,7 @@ class Store:
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, synchronous: str = "FULL",
-             busy_timeout_s: float = 5.0) -> Store:
+             busy_timeout_s: float = 5.0) -> Self:
         """Open (creating if needed) and migrate the store at `path` (`":memory:"` for a private one)."""
         p = _Problems("store")
         sync = synchronous.upper() if isinstance(synchronous, str) else ""
@@ -409,7 +406,7 @@ class Store:
         """Close the connection; an open `transaction()` is rolled back. Idempotent."""
         self._conn.close()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -466,6 +463,25 @@ class Store:
 
     def _exists(self, table: str, key: object) -> bool:
         return self._conn.execute(f"SELECT 1 FROM {table} WHERE id = ?", (key,)).fetchone() is not None
+
+    # -- diagnostics ----------------------------------------------------------------------------------
+
+    def row_counts(self) -> dict[str, int]:
+        """Number of rows in each table."""
+        return {t: int(self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in _TABLES}
+
+    def integrity_check(self) -> str:
+        """`"ok"`, or SQLite's list of problems (integrity and foreign keys), one per line."""
+        problems = [str(r[0]) for r in self._conn.execute("PRAGMA integrity_check")]
+        if problems == ["ok"]:
+            problems = []
+        problems += [f"foreign key violation in {r[0]} row {r[1]} -> {r[2]}"
+                     for r in self._conn.execute("PRAGMA foreign_key_check")]
+        return "\n".join(problems) or "ok"
+
+
+class _TopologyTables(_Database):
+    """What the site knows of the network: sites, endpoints, paths and their measurements."""
 
     # -- sites ----------------------------------------------------------------------------------------
 
@@ -721,6 +737,14 @@ class Store:
         with self.transaction():
             return self._conn.execute("DELETE FROM path_metrics WHERE ts < ?", (cutoff,)).rowcount
 
+
+class Store(_TopologyTables):
+    """The agent's SQLite store. Open with `Store.open(path)`; close with `close()` or `with`.
+
+    One `Store` wraps one connection and is not thread-safe (like `sqlite3.Connection`); several
+    processes may open the same file (WAL mode, `busy_timeout`).
+    """
+
     # -- policies -------------------------------------------------------------------------------------
 
     def upsert_policy(self, name: str, priority: int, enabled: bool, spec: dict[str, Any],
@@ -898,21 +922,6 @@ class Store:
         cutoff = _bound("older_than", older_than)
         with self.transaction():
             return self._conn.execute("DELETE FROM events WHERE at < ?", (cutoff,)).rowcount
-
-    # -- diagnostics ----------------------------------------------------------------------------------
-
-    def row_counts(self) -> dict[str, int]:
-        """Number of rows in each table."""
-        return {t: int(self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in _TABLES}
-
-    def integrity_check(self) -> str:
-        """`"ok"`, or SQLite's list of problems (integrity and foreign keys), one per line."""
-        problems = [str(r[0]) for r in self._conn.execute("PRAGMA integrity_check")]
-        if problems == ["ok"]:
-            problems = []
-        problems += [f"foreign key violation in {r[0]} row {r[1]} -> {r[2]}"
-                     for r in self._conn.execute("PRAGMA foreign_key_check")]
-        return "\n".join(problems) or "ok"
 
 
 # --- row converters --------------------------------------------------------------------------------------

@@ -541,6 +541,44 @@ def _run(argv: list[str], what: str, *, input_text: str | None = None, timeout_s
 # ------------------------------------------------------------------------------------------------ manager
 
 
+def _resolve(host: str, port: int) -> str:
+    """An IP literal for `host` (the kernel API takes addresses only; `wg` resolves names itself)."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(host))
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except OSError as e:
+        raise WireGuardError(f"peer endpoint {host!r}: cannot resolve: {e}") from None
+    return str(infos[0][4][0])
+
+
+def _wait_up(proc: subprocess.Popen[bytes], ifname: str, log_path: Path, timeout_s: float) -> None:
+    """Poll until the link is there and the control socket accepts a connection; raise with the log
+    tail otherwise. The socket file exists from wireguard-go's bind(), a moment before its listen():
+    a `wg` run in between is refused, takes the interface for a kernel one ("Protocol not supported")
+    and even unlinks the socket as stale. So existing is not enough: it must answer."""
+    deadline = time.monotonic() + timeout_s
+    sock = _socket_path(ifname)
+    with IPRoute() as ipr:
+        while True:
+            if _link_index(ipr, ifname) is not None and sock.exists() and _socket_live(sock):
+                return
+            try:
+                code = proc.wait(timeout=_POLL_S)  # doubles as the poll interval
+            except subprocess.TimeoutExpired:
+                pass
+            else:
+                _CHILDREN.pop(proc.pid, None)
+                raise WireGuardError(f"{ifname}: wireguard-go exited with {code} while starting: {_tail(log_path)}")
+            if time.monotonic() > deadline:
+                missing = [w for w, ok in (("socket " + str(sock), sock.exists()),
+                                           ("link", _link_index(ipr, ifname) is not None)) if not ok]
+                raise WireGuardError(
+                    f"{ifname}: wireguard-go not ready after {timeout_s:g}s (missing: "
+                    f"{', '.join(missing)}): {_tail(log_path)}"
+                )
+
+
 class WireGuardManager:
     """Creates, changes, inspects and removes WireGuard interfaces in the current network namespace."""
 
@@ -602,7 +640,7 @@ class WireGuardManager:
                 ipr.link("set", index=_link_index(ipr, spec.ifname), ifalias=spec.owner)
                 peer = {
                     "public_key": spec.peer_public_key,
-                    "endpoint_addr": self._resolve(host, port),
+                    "endpoint_addr": _resolve(host, port),
                     "endpoint_port": port,
                     "persistent_keepalive": spec.keepalive_s,
                     "replace_allowed_ips": True,
@@ -624,17 +662,6 @@ class WireGuardManager:
                 if isinstance(e, NetlinkError):
                     raise WireGuardError(f"{spec.ifname}: configuring failed: {os.strerror(e.code)}") from e
                 raise
-
-    @staticmethod
-    def _resolve(host: str, port: int) -> str:
-        """An IP literal for `host` (the kernel API takes addresses only; `wg` resolves names itself)."""
-        with contextlib.suppress(ValueError):
-            return str(ipaddress.ip_address(host))
-        try:
-            infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-        except OSError as e:
-            raise WireGuardError(f"peer endpoint {host!r}: cannot resolve: {e}") from None
-        return str(infos[0][4][0])
 
     def _create_userspace(self, spec: TunnelSpec) -> None:
         ifname = spec.ifname
@@ -664,7 +691,7 @@ class WireGuardManager:
         _CHILDREN[proc.pid] = proc
         try:
             self._write_pid(ifname, proc.pid, spec.owner)
-            self._wait_up(proc, ifname, log_path)
+            _wait_up(proc, ifname, log_path, self.start_timeout_s)
             with IPRoute() as ipr:
                 ipr.link("set", index=_link_index(ipr, ifname), ifalias=spec.owner)
                 _run(wg_set_argv(spec), f"{ifname}: configuring", input_text=spec.private_key + "\n")
@@ -696,32 +723,6 @@ class WireGuardManager:
         start = start_ticks(pid)
         tmp.write_text(f"{pid}\n{ifname}\n{owner}\n{'' if start is None else start}\n")
         os.replace(tmp, path)
-
-    def _wait_up(self, proc: subprocess.Popen[bytes], ifname: str, log_path: Path) -> None:
-        """Poll until the link is there and the control socket accepts a connection; raise with the log
-        tail otherwise. The socket file exists from wireguard-go's bind(), a moment before its listen():
-        a `wg` run in between is refused, takes the interface for a kernel one ("Protocol not supported")
-        and even unlinks the socket as stale. So existing is not enough: it must answer."""
-        deadline = time.monotonic() + self.start_timeout_s
-        sock = _socket_path(ifname)
-        with IPRoute() as ipr:
-            while True:
-                if _link_index(ipr, ifname) is not None and sock.exists() and _socket_live(sock):
-                    return
-                try:
-                    code = proc.wait(timeout=_POLL_S)  # doubles as the poll interval
-                except subprocess.TimeoutExpired:
-                    pass
-                else:
-                    _CHILDREN.pop(proc.pid, None)
-                    raise WireGuardError(f"{ifname}: wireguard-go exited with {code} while starting: {_tail(log_path)}")
-                if time.monotonic() > deadline:
-                    missing = [w for w, ok in (("socket " + str(sock), sock.exists()),
-                                               ("link", _link_index(ipr, ifname) is not None)) if not ok]
-                    raise WireGuardError(
-                        f"{ifname}: wireguard-go not ready after {self.start_timeout_s:g}s (missing: "
-                        f"{', '.join(missing)}): {_tail(log_path)}"
-                    )
 
     # -- change
 
@@ -766,7 +767,7 @@ class WireGuardManager:
                         ifname,
                         peer={
                             "public_key": peers[0],
-                            "endpoint_addr": self._resolve(host, port),
+                            "endpoint_addr": _resolve(host, port),
                             "endpoint_port": port,
                             "update_only": True,
                         },
@@ -838,7 +839,7 @@ class WireGuardManager:
         changed: list[str] = []
         if self.backend == "kernel":
             host, port = spec.peer_endpoint
-            peer = {"public_key": spec.peer_public_key, "endpoint_addr": self._resolve(host, port),
+            peer = {"public_key": spec.peer_public_key, "endpoint_addr": _resolve(host, port),
                     "endpoint_port": port, "persistent_keepalive": spec.keepalive_s, "replace_allowed_ips": True,
                     "allowed_ips": list(spec.allowed_ips)}
             try:
