@@ -43,9 +43,6 @@ class Analysis:
     def ledger_frame(self) -> pd.DataFrame:
         return ledger_frame(self.ledger)
 
-    def flows_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([asdict(f) for f in self.flows], columns=list(FlowStats.__dataclass_fields__))
-
     def sla_frame(self) -> pd.DataFrame:
         return pd.DataFrame([asdict(s) for s in self.sla], columns=list(SlaResult.__dataclass_fields__))
 
