@@ -450,7 +450,7 @@ class Steering:
         cfg = self.cfg
         errors: list[str] = []
 
-        def do(fn: Any, *a: Any, **kw: Any) -> None:
+        def do(what: str, fn: Any, *a: Any, **kw: Any) -> None:
             try:
                 fn(*a, **kw)
             except Exception as exc:
@@ -460,8 +460,8 @@ class Steering:
                 if op == "add" and code == errno.EEXIST:      # already there (left by an earlier agent)
                     return
                 if op == "add":
-                    raise SteeringError(f"{fn.__name__} {a} {kw}: {exc}") from exc
-                errors.append(f"{a} {kw}: {exc}")
+                    raise SteeringError(f"cannot add {what}: {exc}") from exc
+                errors.append(f"{what}: {exc}")
 
         for up in cfg.uplinks if uplinks else ():
             fam = socket.AF_INET6 if ":" in up.address else socket.AF_INET
@@ -475,9 +475,10 @@ class Steering:
                     route["gateway"] = up.gateway
                 else:
                     route["scope"] = 253      # link: the far end is on this wire
-                do(ipr.route, "replace", **route)
+                do(f"the default route of uplink {up.name} (table {up.table})", ipr.route, "replace", **route)
             else:
-                do(ipr.flush_routes, table=up.table, proto=ROUTE_PROTO)
+                do(f"the routes of uplink {up.name} (table {up.table})", ipr.flush_routes, table=up.table,
+                   proto=ROUTE_PROTO)
         for p in cfg.paths if paths else ():
             prefixes = cfg.remote(p.remote).prefixes
             if op == "add":
@@ -485,12 +486,13 @@ class Steering:
                 if not idx:
                     raise SteeringError(f"path {p.id}: tunnel interface {p.ifname} does not exist")
                 for pfx in prefixes:
-                    do(ipr.route, "replace", dst=pfx, table=p.table, oif=idx[0], proto=ROUTE_PROTO,
+                    do(f"the route to {pfx} over {p.ifname} (table {p.table})", ipr.route, "replace", dst=pfx,
+                       table=p.table, oif=idx[0], proto=ROUTE_PROTO,
                        family=socket.AF_INET6 if ":" in pfx else socket.AF_INET)
             else:
-                do(ipr.flush_routes, table=p.table, proto=ROUTE_PROTO)
+                do(f"the routes of path {p.id} (table {p.table})", ipr.flush_routes, table=p.table, proto=ROUTE_PROTO)
         for rule in rule_specs(cfg, uplinks=uplinks, paths=paths):
-            do(ipr.rule, op, **rule.kwargs())
+            do(f"the rule {rule.kwargs()}", ipr.rule, op, **rule.kwargs())
         if errors:
             log.warning("steering: %d routing objects could not be removed: %s", len(errors), "; ".join(errors))
 

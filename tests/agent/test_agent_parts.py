@@ -108,3 +108,29 @@ def test_policy_numbers_stay_with_their_names_across_changes_and_restarts() -> N
     assert again.policies == {"c": 3, "d": 2}
     assert again.record().paths == {str(x.id): x.number for x in cfg.paths}
     assert PathId(cfg.paths[0].id) in again.plans
+
+
+def test_a_refused_route_is_named_in_the_error_whatever_kind_of_callable_pyroute2_gives() -> None:
+    """pyroute2's `IPRoute.route` is a functools.partial: the error once read "'functools.partial'
+    object has no attribute '__name__'" and hid the kernel's answer."""
+    import errno
+    import functools
+
+    from patronus.agent.steering import Steering, SteeringError
+
+    def refuse(*_a: object, **_kw: object) -> None:
+        exc = OSError("Operation not permitted")
+        exc.code = errno.EPERM  # type: ignore[attr-defined]
+        raise exc
+
+    class Ipr:
+        route = functools.partial(refuse, "route")
+        rule = functools.partial(refuse, "rule")
+
+        def link_lookup(self, ifname: str) -> list[int]:
+            return [7]
+
+    cfg = _cfg()
+    with pytest.raises(SteeringError, match=r"cannot add the default route of uplink isp1 \(table \d+\): "
+                                            r"Operation not permitted"):
+        Steering(cfg)._routes(Ipr(), "add")
