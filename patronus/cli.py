@@ -249,14 +249,21 @@ def policy_apply(config: ConfigOpt,
                  file: Annotated[str, typer.Option("--file", "-f", help="YAML: one policy or a list of them.")],
                  ) -> None:
     """Create or update policies from a file (all are checked before any is applied)."""
-    import yaml
+    from urllib.parse import quote
 
+    from rich.markup import escape
+
+    from patronus import safeyaml
     from patronus.core.policy import RoutingPolicy
 
     try:
-        doc = yaml.safe_load(open(file))  # noqa: SIM115 - read at once
-    except (OSError, yaml.YAMLError) as exc:
-        console.print(f"[red]{file}:[/red] {exc}")
+        with open(file, "rb") as fh:
+            doc = safeyaml.read(fh.read(safeyaml.MAX_BYTES + 1))
+    except OSError as exc:
+        console.print(f"[red]{escape(file)}:[/red] {escape(str(exc.strerror or exc))}")
+        raise typer.Exit(2) from None
+    except ConfigError as exc:
+        console.print(f"[red]{escape(file)}:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     items = doc.get("policies") if isinstance(doc, dict) and "policies" in doc else doc
     items = items if isinstance(items, list) else [items]
@@ -273,7 +280,7 @@ def policy_apply(config: ConfigOpt,
         raise typer.Exit(2)
     c = _client(config)
     for d in items:
-        created = _call(c.put, f"/policies/{d['name']}", d)
+        created = _call(c.put, f"/policies/{quote(d['name'], safe='')}", d)   # a name may hold ? # % /
         console.print(f"{'created' if created else 'updated'} policy {d['name']}", markup=False)
 
 

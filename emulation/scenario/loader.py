@@ -1,7 +1,8 @@
 """Reading scenarios: `load(path)`, `parse(text)`, and dotted overrides for sweeps.
 
-YAML is read with the safe loader, after a check that no mapping repeats a key: PyYAML silently keeps
-the last of two `hq:` entries, which would merge two sites into one without a word.
+YAML is read by `patronus.safeyaml`: the safe loader, bounded in size, depth, alias expansion and
+integer length, after a check that no mapping repeats a key (PyYAML silently keeps the last of two
+`hq:` entries, which would merge two sites into one without a word).
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from emulation.scenario.model import Scenario
 from emulation.scenario.schema import from_dict
+from patronus import safeyaml
 from patronus.core.errors import ConfigError
 
 
@@ -35,46 +35,9 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
 
 
 def read_yaml(text: str) -> Any:
-    """The YAML document as plain data; a syntax error or a repeated key is a `ConfigError`."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        duplicates = list(_duplicate_keys(node, ""))
-        if duplicates:
-            raise ConfigError(duplicates)
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(YAML)"
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([(where, f"not valid YAML: {problem}")]) from None
-    finally:
-        loader.dispose()
-
-
-def _duplicate_keys(node: yaml.Node, path: str, seen: set[int] | None = None) -> Any:
-    seen = set() if seen is None else seen
-    if id(node) in seen:          # an alias of a node already walked (and no endless walk of `&a [*a]`)
-        return
-    seen.add(id(node))
-    if isinstance(node, yaml.MappingNode):
-        first: dict[object, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-            sub = f"{path}.{key}" if path else str(key)
-            if key is not None and key != "<<":
-                line = key_node.start_mark.line + 1
-                if key in first:
-                    yield (sub, f"repeated key (lines {first[key]} and {line}); YAML would silently keep only "
-                                "the last one")
-                else:
-                    first[key] = line
-            yield from _duplicate_keys(value_node, sub, seen)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            yield from _duplicate_keys(item, f"{path}[{i}]", seen)
+    """The YAML document as plain data; bad, hostile or oversized text is a `ConfigError`
+    (`patronus.safeyaml`)."""
+    return safeyaml.read(text)
 
 
 # --- overrides -------------------------------------------------------------------------------------

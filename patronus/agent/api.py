@@ -54,6 +54,7 @@ from fastapi import Body, Depends, FastAPI, Query, Request, WebSocket
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.websockets import WebSocketDisconnect
@@ -305,6 +306,23 @@ async def _json_body(request: Request) -> None:
 JSON_BODY = [Depends(_json_body)]
 
 
+class _AnyText(Convertor[str]):
+    """A path parameter that is the rest of the path, whatever it holds. Starlette's `path` is `.*`,
+    which stops at a newline: a policy named "a\nb" (accepted before names were checked) could be
+    listed but never read, replaced or removed."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anytext", _AnyText())
+
+
 def _parse_policy(payload: Any, name_in_path: str | None = None) -> RoutingPolicy:
     """The policy in a request body, or ApiError(422) listing every problem."""
     errors: list[tuple[str, str]] = []
@@ -440,7 +458,7 @@ def _policy_routes(app: FastAPI, agent: AgentControl) -> None:
     async def get_policies() -> Response:
         return _ok([pol.to_dict() for pol in agent.list_policies()])
 
-    @app.get(f"{p}/policies/{{name:path}}", tags=["policies"])
+    @app.get(f"{p}/policies/{{name:anytext}}", tags=["policies"])
     async def get_policy(name: str) -> Response:
         pol = find_policy(name)
         if pol is None:
@@ -457,7 +475,7 @@ def _policy_routes(app: FastAPI, agent: AgentControl) -> None:
         agent.put_policy(policy)
         return _ok(policy.to_dict(), 201, {"Location": location})
 
-    @app.put(f"{p}/policies/{{name:path}}", tags=["policies"], dependencies=JSON_BODY)
+    @app.put(f"{p}/policies/{{name:anytext}}", tags=["policies"], dependencies=JSON_BODY)
     async def put_policy(name: str, payload: Annotated[Any, Body()]) -> Response:
         policy = _parse_policy(payload, name)
         created = agent.put_policy(policy)
@@ -465,7 +483,7 @@ def _policy_routes(app: FastAPI, agent: AgentControl) -> None:
             return _ok(policy.to_dict(), 201, {"Location": f"{p}/policies/{quote(policy.name, safe='')}"})
         return _ok(policy.to_dict())
 
-    @app.delete(f"{p}/policies/{{name:path}}", tags=["policies"], status_code=204)
+    @app.delete(f"{p}/policies/{{name:anytext}}", tags=["policies"], status_code=204)
     async def delete_policy(name: str) -> Response:
         try:
             agent.delete_policy(name)

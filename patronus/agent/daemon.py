@@ -240,7 +240,7 @@ class Agent:
         """The store's policies (changed through the API) win over the file's, so they survive restarts;
         the numbers kept slots carry in their marks stay with the policies that still exist."""
         stored = store.list_policies()
-        policies = [RoutingPolicy.from_dict(r.spec, f"store.policies.{r.name}") for r in stored] \
+        policies = [RoutingPolicy.from_dict(r.spec, f"store.policies.{r.name}", stored=True) for r in stored] \
             if stored else list(self.cfg.policies)
         if not stored:
             with store.transaction():

@@ -325,6 +325,31 @@ class Requirements:
         return cls(**kw)
 
 
+POLICY_NAME_MAX = 64
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a policy (None: it can). A name is a URL path segment of the API, a
+    label in metrics, a column in the raw data and a word in the CLI's tables: printable characters
+    only (no newline, tab or other control character), no space at either end, at most
+    `POLICY_NAME_MAX` characters. A `/` is allowed (the API quotes it: `VoIP%2FVideo`)."""
+    if len(name) > POLICY_NAME_MAX:
+        return f"a name of {len(name)} characters (at most {POLICY_NAME_MAX})"
+    if not name.isprintable():
+        bad = next(c for c in name if not c.isprintable())
+        return f"a name holds printable characters only, got {name!r:.80} (with {bad!r})"
+    if name != name.strip():
+        return f"a name has no space at either end, got {name!r}"
+    return None
+
+
+def _name_errors(name: object, where: str, stored: bool) -> list[tuple[str, str]]:
+    if not isinstance(name, str) or not name.strip():
+        return [(where, f"expected a non-empty name, got {name!r:.80}")]
+    problem = None if stored else name_problem(name)
+    return [] if problem is None else [(where, problem)]
+
+
 @dataclass(frozen=True, slots=True)
 class RoutingPolicy:
     name: str
@@ -357,7 +382,10 @@ class RoutingPolicy:
         return out
 
     @classmethod
-    def from_dict(cls, d: object, prefix: str = "policy") -> RoutingPolicy:
+    def from_dict(cls, d: object, prefix: str = "policy", *, stored: bool = False) -> RoutingPolicy:
+        """A policy from its config form, or `ConfigError` listing every problem. `stored`: read back
+        from the agent's store, where a name written before names were checked (`name_problem`) must
+        still load, so that it can be seen and removed."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"expected a policy mapping, got {d!r}", prefix)
         errors: list[tuple[str, str]] = []
@@ -365,8 +393,7 @@ class RoutingPolicy:
                  "failover_threshold", "requirements"}
         errors += [(f"{prefix}.{k}", "unknown setting") for k in d if k not in known]
         name = d.get("name")
-        if not isinstance(name, str) or not name.strip():
-            errors.append((f"{prefix}.name", f"expected a non-empty name, got {name!r}"))
+        errors += _name_errors(name, f"{prefix}.name", stored)
         prio = d.get("priority")
         if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio <= 1_000_000:
             errors.append((f"{prefix}.priority", f"expected a whole number 0-1000000 (lower wins), got {prio!r}"))

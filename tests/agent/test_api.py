@@ -13,6 +13,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -226,7 +227,7 @@ def test_route_table_is_covered(client: TestClient) -> None:
     seen = set()
     for r in app.routes:
         if isinstance(r, Route):
-            path = r.path.replace("{name:path}", "{name}")
+            path = r.path.replace("{name:anytext}", "{name}")
             seen |= {(m, path) for m in (r.methods or ()) if m != "HEAD"}
     assert seen == {(m, path) for m, path, _ in ROUTES} | {("GET", f"{P}/health")}
     assert [r.path for r in app.routes if isinstance(r, WebSocketRoute)] == [f"{P}/events/stream"]
@@ -418,6 +419,26 @@ def test_bad_policy_names_every_field_and_changes_nothing(client: TestClient, ag
         assert {"body.priority", "body.match.colour", "body.match.dst_ports", "body.speed"} <= set(fields)
         assert "0-1000000" in fields["body.priority"]
     assert agent.policies == before and agent.calls == []
+
+
+@pytest.mark.parametrize("name", ["a\nb", "tab\there", " padded", "x" * 65, "bell\x07"])
+def test_a_policy_name_must_be_printable_and_short_on_every_write(client: TestClient, agent: FakeAgent,
+                                                                  name: str) -> None:
+    before = dict(agent.policies)
+    for resp in (client.post(f"{P}/policies", json={**POLICY, "name": name}),
+                 client.put(f"{P}/policies/{quote(name, safe='')}", json={**POLICY, "name": name})):
+        assert resp.status_code == 422 and "body.name" in errors_of(resp), resp.text
+    assert agent.policies == before and agent.calls == []
+
+
+def test_a_stored_policy_with_a_name_from_before_the_check_can_be_read_replaced_and_removed(
+        client: TestClient, agent: FakeAgent) -> None:
+    legacy = RoutingPolicy.from_dict({**POLICY, "name": "a\nb"}, stored=True)
+    agent.policies[legacy.name] = legacy
+    url = f"{P}/policies/{quote(legacy.name, safe='')}"
+    assert client.get(url).json()["name"] == "a\nb"
+    assert client.put(url, json={k: v for k, v in POLICY.items() if k != "name"}).status_code == 422   # not kept
+    assert client.delete(url).status_code == 204 and "a\nb" not in agent.policies
 
 
 def test_put_name_must_match_url(client: TestClient, agent: FakeAgent) -> None:
