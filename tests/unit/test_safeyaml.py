@@ -3,6 +3,8 @@ why, and ordinary YAML (anchors and merges included) reads as PyYAML's safe load
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -54,7 +56,8 @@ def test_hostile_text_is_a_config_error_with_a_reason(text: str | bytes, reason:
 
 
 def test_anchors_merges_and_shared_values_read_as_pyyaml_reads_them() -> None:
-    text = "base: &b {delay: 20ms, loss: 1%}\nhq: {<<: *b, delay: 5ms}\nlist: [*b, *b]\nbig: 123456789012345678901234567890\n"
+    text = ("base: &b {delay: 20ms, loss: 1%}\nhq: {<<: *b, delay: 5ms}\nlist: [*b, *b]\n"
+            "big: 123456789012345678901234567890\n")
     assert safeyaml.read(text) == yaml.safe_load(text)
 
 
@@ -69,7 +72,5 @@ def test_what_pyyaml_writes_reads_back_the_same(doc: object) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_any_bytes_give_data_or_a_config_error(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ConfigError):      # anything else escaping fails the test
         safeyaml.read(data)
-    except ConfigError:
-        pass
