@@ -56,10 +56,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.websockets import WebSocketDisconnect
 
 import patronus
+from patronus.agent import apidoc as doc
 from patronus.agent.metrics import CONTENT_TYPE, MetricsSnapshot, render
 from patronus.core.errors import ConfigError
 from patronus.core.policy import RoutingPolicy
@@ -176,8 +177,9 @@ def _dumps(content: Any) -> str:
     return json.dumps(_plain(content), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-class FiniteJSONResponse(Response):
-    """JSON like Starlette's JSONResponse, but NaN and infinities become null instead of failing."""
+class FiniteJSONResponse(JSONResponse):
+    """Starlette's JSONResponse, but NaN and infinities become null instead of failing (a JSON
+    answer to FastAPI too: its OpenAPI document then takes the route's documented model)."""
 
     media_type = "application/json"
 
@@ -398,27 +400,28 @@ def _site_routes(app: FastAPI, agent: AgentControl) -> None:
     """Health, the site, its paths (status, history, on-demand tests)."""
     p = API_PREFIX
 
-    @app.get(f"{p}/health", tags=["meta"])
+    @app.get(f"{p}/health", tags=["meta"], responses=doc.responses(doc.Health))
     async def health() -> Response:
         """Liveness only; no token needed and nothing about the site is revealed."""
         return _ok({"status": "ok"})
 
-    @app.get(f"{p}/site", tags=["site"])
+    @app.get(f"{p}/site", tags=["site"], responses=doc.responses(doc.SiteInfo))
     async def get_site() -> Response:
         return _ok(agent.site_info())
 
-    @app.get(f"{p}/paths", tags=["paths"])
+    @app.get(f"{p}/paths", tags=["paths"], responses=doc.responses(list[doc.PathRow]))
     async def get_paths() -> Response:
         return _ok(agent.list_paths())
 
-    @app.get(f"{p}/paths/{{path_id}}", tags=["paths"])
+    @app.get(f"{p}/paths/{{path_id}}", tags=["paths"], responses=doc.responses(doc.PathRow, 404))
     async def get_path(path_id: str) -> Response:
         for row in agent.list_paths():
             if row.get("id") == path_id:
                 return _ok(row)
         raise _not_found("path", path_id, "path.path_id")
 
-    @app.get(f"{p}/paths/{{path_id}}/metrics", tags=["paths"])
+    @app.get(f"{p}/paths/{{path_id}}/metrics", tags=["paths"],
+             responses=doc.responses(list[doc.PathSample], 404, 422))
     async def get_path_history(
         path_id: str,
         since: Annotated[float | None, Query(description="from this time (agent clock, s)", allow_inf_nan=False)]
@@ -435,7 +438,8 @@ def _site_routes(app: FastAPI, agent: AgentControl) -> None:
             raise _not_found("path", path_id, "path.path_id") from None
         return _ok(rows)
 
-    @app.post(f"{p}/paths/{{path_id}}/test", tags=["paths"], dependencies=JSON_BODY)
+    @app.post(f"{p}/paths/{{path_id}}/test", tags=["paths"], dependencies=JSON_BODY,
+              responses=doc.responses(dict[str, Any], 404, 415, 422))
     async def post_path_test(path_id: str, body: Annotated[PathTestRequest | None, Body()] = None) -> Response:
         req = body or PathTestRequest()
         try:
@@ -454,18 +458,19 @@ def _policy_routes(app: FastAPI, agent: AgentControl) -> None:
     def find_policy(name: str) -> RoutingPolicy | None:
         return next((pol for pol in agent.list_policies() if pol.name == name), None)
 
-    @app.get(f"{p}/policies", tags=["policies"])
+    @app.get(f"{p}/policies", tags=["policies"], responses=doc.responses(list[doc.Policy]))
     async def get_policies() -> Response:
         return _ok([pol.to_dict() for pol in agent.list_policies()])
 
-    @app.get(f"{p}/policies/{{name:anytext}}", tags=["policies"])
+    @app.get(f"{p}/policies/{{name:anytext}}", tags=["policies"], responses=doc.responses(doc.Policy, 404))
     async def get_policy(name: str) -> Response:
         pol = find_policy(name)
         if pol is None:
             raise _not_found("policy", name, "path.name")
         return _ok(pol.to_dict())
 
-    @app.post(f"{p}/policies", tags=["policies"], status_code=201, dependencies=JSON_BODY)
+    @app.post(f"{p}/policies", tags=["policies"], status_code=201, dependencies=JSON_BODY,
+              responses=doc.responses(doc.Policy, 409, 415, 422, status=201), openapi_extra=doc.policy_body())
     async def post_policy(payload: Annotated[Any, Body()]) -> Response:
         policy = _parse_policy(payload)
         location = f"{p}/policies/{quote(policy.name, safe='')}"
@@ -475,7 +480,9 @@ def _policy_routes(app: FastAPI, agent: AgentControl) -> None:
         agent.put_policy(policy)
         return _ok(policy.to_dict(), 201, {"Location": location})
 
-    @app.put(f"{p}/policies/{{name:anytext}}", tags=["policies"], dependencies=JSON_BODY)
+    @app.put(f"{p}/policies/{{name:anytext}}", tags=["policies"], dependencies=JSON_BODY,
+             responses={**doc.responses(doc.Policy, 415, 422), 201: {"model": doc.Policy}},
+             openapi_extra=doc.policy_body())
     async def put_policy(name: str, payload: Annotated[Any, Body()]) -> Response:
         policy = _parse_policy(payload, name)
         created = agent.put_policy(policy)
@@ -483,7 +490,8 @@ def _policy_routes(app: FastAPI, agent: AgentControl) -> None:
             return _ok(policy.to_dict(), 201, {"Location": f"{p}/policies/{quote(policy.name, safe='')}"})
         return _ok(policy.to_dict())
 
-    @app.delete(f"{p}/policies/{{name:anytext}}", tags=["policies"], status_code=204)
+    @app.delete(f"{p}/policies/{{name:anytext}}", tags=["policies"], status_code=204,
+                responses=doc.responses(None, 404, status=204))
     async def delete_policy(name: str) -> Response:
         try:
             agent.delete_policy(name)
@@ -496,7 +504,7 @@ def _flow_routes(app: FastAPI, agent: AgentControl) -> None:
     """Flows, topology, the steering plan, events (recent and streamed) and Prometheus metrics."""
     p = API_PREFIX
 
-    @app.get(f"{p}/flows", tags=["flows"])
+    @app.get(f"{p}/flows", tags=["flows"], responses=doc.responses(list[doc.FlowRow], 422))
     async def get_flows(
         path: Annotated[str | None, Query(description="only flows on this path")] = None,
         policy: Annotated[str | None, Query(description="only flows matched by this policy")] = None,
@@ -508,15 +516,15 @@ def _flow_routes(app: FastAPI, agent: AgentControl) -> None:
             rows = [r for r in rows if r.get("policy") == policy]
         return _ok(rows)
 
-    @app.get(f"{p}/topology", tags=["site"])
+    @app.get(f"{p}/topology", tags=["site"], responses=doc.responses(doc.Topology))
     async def get_topology() -> Response:
         return _ok(agent.topology())
 
-    @app.get(f"{p}/steering", tags=["flows"])
+    @app.get(f"{p}/steering", tags=["flows"], responses=doc.responses(doc.SteeringPlanBody))
     async def get_steering() -> Response:
         return _ok(agent.steering_plan())
 
-    @app.get(f"{p}/events", tags=["events"])
+    @app.get(f"{p}/events", tags=["events"], responses=doc.responses(list[doc.EventRow], 422))
     async def get_events(limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 100) -> Response:
         return _ok(agent.recent_events(limit))
 
@@ -535,7 +543,9 @@ def _flow_routes(app: FastAPI, agent: AgentControl) -> None:
     async def metrics() -> Response:
         return Response(render(agent.prometheus_snapshot()), media_type=CONTENT_TYPE)
 
-    app.add_api_route("/metrics", metrics, methods=["GET"], tags=["meta"])
+    app.add_api_route("/metrics", metrics, methods=["GET"], tags=["meta"], response_class=Response, responses={
+        200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}, "description": "Prometheus text"},
+        401: {"model": doc.ErrorBody}})
     app.add_api_route(f"{p}/metrics", metrics, methods=["GET"], tags=["meta"], include_in_schema=False)
 
 

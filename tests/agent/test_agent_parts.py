@@ -134,3 +134,46 @@ def test_a_refused_route_is_named_in_the_error_whatever_kind_of_callable_pyroute
     with pytest.raises(SteeringError, match=r"cannot add the default route of uplink isp1 \(table \d+\): "
                                             r"Operation not permitted"):
         Steering(cfg)._routes(Ipr(), "add")
+
+
+def test_the_api_document_describes_what_the_agent_answers() -> None:
+    """The OpenAPI models (`apidoc`) against the real answers of an agent whose core runs (no host)."""
+    from typing import Any
+
+    from pydantic import TypeAdapter
+
+    from patronus.agent import apidoc as doc
+    from patronus.agent.control import AgentApi
+    from patronus.agent.daemon import Agent
+    from patronus.core.events import PathStatusChanged
+    from patronus.core.model import PathStatus
+    from patronus.core.policy import default_policies
+
+    class Loop:
+        def call_at(self, when: float, callback: Any) -> Any:
+            class Handle:
+                def cancel(self) -> None:
+                    pass
+            return Handle()
+
+    cfg = _cfg()
+    agent = Agent(cfg)
+    try:
+        agent.loop = Loop()  # type: ignore[assignment]
+        agent.router.replace_policies(default_policies())
+        agent.numbers.number(default_policies())
+        agent._start_core(100.0, None)
+        agent.publish(PathStatusChanged(at=100.0, path_id=cfg.paths[0].id, old=PathStatus.DOWN, new=PathStatus.UP,
+                                        reason="probes answered"))
+        agent.kernel_flows = [KernelFlow("10.1.0.5", "10.2.0.9", 4000, 5060, 17, slot_mark(1, 1, 1), 30, 10, 1000, 5.0)]
+        api = AgentApi(agent)
+        checks: list[tuple[Any, Any]] = [
+            (doc.SiteInfo, api.site_info()), (list[doc.PathRow], api.list_paths()), (doc.Topology, api.topology()),
+            (doc.SteeringPlanBody, api.steering_plan()), (list[doc.FlowRow], api.list_flows()),
+            (list[doc.EventRow], api.recent_events(10)), (list[doc.Policy], [p.to_dict() for p in api.list_policies()]),
+        ]
+        for model, answer in checks:
+            TypeAdapter(model).validate_python(answer, strict=False)
+        assert api.list_paths() and api.recent_events(10) and api.list_flows()
+    finally:
+        agent.life.kernel.shutdown(wait=False)
