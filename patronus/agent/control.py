@@ -11,21 +11,19 @@ import asyncio
 import math
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from patronus import __version__
 from patronus.agent.config import PathPlan
+from patronus.agent.running import RunningAgent
 from patronus.core.model import PathId
 from patronus.core.policy import RoutingPolicy
-
-if TYPE_CHECKING:
-    from patronus.agent.daemon import Agent
 
 
 class AgentApi:
     """Implements `patronus.agent.api.AgentControl` over one agent."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: RunningAgent) -> None:
         self.agent = agent
         self.token = agent.token
 

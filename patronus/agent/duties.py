@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
+from patronus.agent.running import RunningAgent
 from patronus.core.events import BandwidthMeasured, PathMtuMeasured, ReflectorRestarted
 from patronus.core.model import PathStatus
-
-if TYPE_CHECKING:
-    from patronus.agent.daemon import Agent
 
 log = logging.getLogger("patronus.agent")
 
@@ -26,7 +23,7 @@ PERIODIC_S = 1.0
 TUNNEL_CHECK_S = 2.0
 
 
-async def periodic(agent: Agent) -> None:
+async def periodic(agent: RunningAgent) -> None:
     """Every second (or the metrics interval if shorter): the host's round."""
     cfg, dp, k = agent.cfg, agent.dataplane, agent.life.on_kernel
     next_metrics = time.monotonic() + cfg.metrics_interval_s
@@ -54,7 +51,7 @@ async def periodic(agent: Agent) -> None:
         await _check_reflector(agent)
 
 
-async def _check_reflector(agent: Agent) -> None:
+async def _check_reflector(agent: RunningAgent) -> None:
     """It lives apart from the agent (it outlives restarts), so it can die apart too."""
     if agent.reflector is None or agent.reflector.alive():
         return
@@ -67,7 +64,7 @@ async def _check_reflector(agent: Agent) -> None:
         agent.publish(ReflectorRestarted(at=time.monotonic(), how=how))
 
 
-async def measure_mtus(agent: Agent) -> None:
+async def measure_mtus(agent: RunningAgent) -> None:
     """Path MTU of every path once it is up (RFC 4821 style search with DF probes)."""
     from patronus.agent.ondemand import path_mtu
 
@@ -91,7 +88,7 @@ async def measure_mtus(agent: Agent) -> None:
             await asyncio.sleep(1.0)     # re-check paths not yet up once a second
 
 
-async def bandwidth_tests(agent: Agent) -> None:
+async def bandwidth_tests(agent: RunningAgent) -> None:
     """A round of bandwidth tests over every path not Down, every `bandwidth_interval_s`."""
     from patronus.agent.ondemand import measure_bandwidth
 
