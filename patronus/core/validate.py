@@ -31,7 +31,7 @@ E = TypeVar("E", bound=Enum)
 
 __all__ = [
     "NAME_RE", "Errors", "address", "boolean", "choice", "duration", "enum", "field", "file_path", "ifname",
-    "integer", "item", "items", "join", "mapping", "name", "number", "prefix", "rate", "ratio", "show", "size",
+    "integer", "is_number", "item", "items", "join", "mapping", "name", "number", "prefix", "rate", "ratio", "show", "size",
     "text",
 ]
 
@@ -134,6 +134,15 @@ def field(m: Mapping[str, Any], key: str, path: str, errs: Errors, read: Callabl
 
 
 # --- scalars ---------------------------------------------------------------------------------------
+
+def is_number(value: object) -> bool:
+    """A finite int or float (not a bool): what `number` accepts, as a test."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**1023
+    return isinstance(value, float) and math.isfinite(value)
+
 
 def boolean(value: object, path: str, errs: Errors) -> bool | None:
     if not isinstance(value, bool):
