@@ -413,7 +413,7 @@ def _read_csv(path: Path, where: str, columns: tuple[str, ...], errors: val.Erro
 def _report_bad(where: str, column: str, bad: np.ndarray, values: pd.Series, what: str, errors: val.Errors) -> None:
     idx = np.flatnonzero(bad)
     for i in idx[:_MAX_REPORTED]:
-        errors.add(f"{where} line {int(i) + 2} column {column!r}", f"expected {what}, got {values.iloc[int(i)]!r}")
+        errors.add(f"{where} line {int(i) + 2} column {column!r}", f"expected {what}, got {show(values.iloc[int(i)])}")
     if len(idx) > _MAX_REPORTED:
         errors.add(f"{where} column {column!r}", f"... and {len(idx) - _MAX_REPORTED} more bad values")
 

@@ -36,7 +36,10 @@ def parse(text: str, source: str = "<scenario>") -> Scenario:
 
 def read_yaml(text: str) -> Any:
     """The YAML document as plain data; a syntax error or a repeated key is a `ConfigError`."""
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)      # reads ahead: may raise a ReaderError already
+    except yaml.YAMLError as exc:
+        raise ConfigError([("(YAML)", f"not valid YAML: {getattr(exc, 'problem', None) or exc}")]) from None
     try:
         node = loader.get_single_node()
         if node is None:
@@ -50,6 +53,10 @@ def read_yaml(text: str) -> Any:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "(YAML)"
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([(where, f"not valid YAML: {problem}")]) from None
+    except ValueError as exc:       # an integer of more than 4300 digits
+        raise ConfigError([("(YAML)", f"not valid YAML: {str(exc)[:80]}")]) from None
+    except RecursionError:
+        raise ConfigError([("(YAML)", "not valid YAML: nested too deeply")]) from None
     finally:
         loader.dispose()
 

@@ -799,8 +799,8 @@ def _timeline(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl],
     if not isinstance(raw, list):
         errs.add("timeline", f"expected a list of events, got {show(raw)}")
         return [], set()
-    interrupted = {str(item.get("link")) for item in raw
-                   if isinstance(item, Mapping) and item.get("action") in ("cut", "flap")}
+    interrupted = {item["link"] for item in raw if isinstance(item, Mapping)
+                   and item.get("action") in ("cut", "flap") and isinstance(item.get("link"), str)}
     parsed: list[tuple[int, TimelineEvent]] = []
     for i, item in enumerate(raw):
         if isinstance(item, Mapping) and isinstance(item.get("action"), str) and item["action"] in REGION_ACTIONS:
@@ -1017,7 +1017,7 @@ def _expected_flow(kind: str, m: Mapping[str, Any], path: str, errs: val.Errors,
     if not isinstance(fname, str) or fname not in flows:
         hint = _close(fname, list(flows))
         errs.add(f"{path}.flow", f"unknown flow {show(fname)}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                                 + f" (the flows are {_choices(flows) or 'none'})")
+                                 + f" (the flows are {_choices(f for f in flows if FLOW_RE.match(f)) or 'none'})")
         return None
     flow = flows[fname]
     if flow is None:    # the flow has errors of its own, already reported

@@ -31,8 +31,8 @@ E = TypeVar("E", bound=Enum)
 
 __all__ = [
     "NAME_RE", "Errors", "address", "boolean", "choice", "duration", "enum", "field", "file_path", "ifname",
-    "integer", "is_number", "item", "items", "join", "mapping", "name", "number", "prefix", "rate", "ratio", "show", "size",
-    "text",
+    "integer", "is_number", "item", "items", "join", "mapping", "name", "number", "prefix", "rate", "ratio", "show",
+    "size", "text",
 ]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")    # site, uplink, region names (the agent's and the test-bed's)
