@@ -297,6 +297,8 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
                              "measure paths without steering traffic)")
     bw_interval, bw_duration, bw_rate = _bandwidth_section(top, errs)
     pmtu = boolean(top.get("pmtu", True), "pmtu", errs)
+    token_file = _path_setting(api, "token_file", "api.token_file", errs, str(state_dir / "api.token"))
+    database = _path_setting(top, "database", "database", errs, f"/var/lib/patronus/{site_name or 'site'}.db")
     plans = _path_plans(remotes, uplinks, sid, wg.port_base, probe_port, errs) if not errs.items else []
     errs.check()
     assert monitor is not None and sla is not None and metrics_interval is not None and pmtu is not None
@@ -305,9 +307,7 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
         remotes=tuple(remotes), wg_backend=wg.backend, wg_private_key_file=wg.key_file, wg_port_base=wg.port_base,
         wg_keepalive_s=wg.keepalive_s, wg_mtu=wg.mtu, probe_port=probe_port, probe_auth=probe_auth,
         probe_secret=probe_secret, probe_realtime=probe_rt, monitor=monitor, policies=policies, router=router,
-        sla=sla, api_listen=listen, api_token=token,
-        api_token_file=_path_setting(api, "token_file", "api.token_file", errs, str(state_dir / "api.token")),
-        database=_path_setting(top, "database", "database", errs, f"/var/lib/patronus/{site_name or 'site'}.db"),
+        sla=sla, api_listen=listen, api_token=token, api_token_file=token_file, database=database,
         state_dir=state_dir, metrics_interval_s=metrics_interval, steering=str(steering),
         bandwidth_interval_s=bw_interval, bandwidth_duration_s=bw_duration, bandwidth_rate_mbps=bw_rate,
         pmtu=pmtu, paths=tuple(plans))
