@@ -7,10 +7,10 @@ resolved, immutable `Scenario` (defaults applied, SI units, timeline sorted). Ma
 (sites, uplinks) appear in paths as `.name`; list items as `[index]` (their position in the file).
 
 Why hand-written rather than pydantic: units, cross-references (flows → sites and hosts, timeline →
-links, expectations → flows) and the path/reason wording are most of the work, and the site file
-(`patronus.agent.config`) and the core's parsers (`RoutingPolicy.from_dict`, `MonitorProfile.from_config`,
-`SlaTarget.from_dict`) already report that way; pydantic's messages and `loc` tuples would all have to
-be rewritten. The schema is the `_KNOWN_*` key sets below plus `scenarios/README.md`.
+links, expectations → flows) and the path/reason wording are most of the work. Values are read with the
+toolkit every loader shares (`patronus.core.validate`: the collector and typed readers) and the agent
+settings (policies, router) with `patronus.core.settings`, as the site file reads them. The schema is
+the `_KNOWN_*` key sets below plus `scenarios/README.md`.
 
 Nothing here reads a file (that is `loader`) or knows how a backend builds the network.
 """
@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from emulation.scenario.fmt import fmt_duration
 from emulation.scenario.model import (
@@ -76,8 +76,6 @@ from patronus.core.settings import read_policies, read_router
 from patronus.core.sla import SlaTarget
 from patronus.core.validate import NAME_RE, show
 
-T = TypeVar("T")
-
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")       # the scenario's name
 FLOW_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")   # flow names: no dots (they appear in override paths)
 MAX_SITES = 64
@@ -96,7 +94,6 @@ _KNOWN_GROUP = {"count", "region", "hosts", "uplinks", "agent"}
 _KNOWN_UPLINK = {"bandwidth", "delay", "jitter", "jitter_distribution", "loss", "queue_limit", "cost_per_gb"}
 _KNOWN_AGENT = {"monitor", "policies", "steering", "router", "sla", "startup"}
 MAX_STARTUP_S = 120.0
-_KNOWN_ROUTER = {"failback_hold", "failover_cooldown", "min_improvement", "idle_timeout"}
 _KNOWN_CORE = {"topology", "hub", "hubs"}
 _FLOW_COMMON = {"name", "type", "from", "to", "class", "start", "stop", "dst_port"}
 _FLOW_PARAMS: dict[FlowType, set[str]] = {

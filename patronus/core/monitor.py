@@ -137,7 +137,11 @@ class MonitorProfile:
         for key, attr in (("detect_multiplier", "detect_multiplier"), ("multiplier", "detect_multiplier"),
                           ("up_count", "up_count"), ("window", "window")):
             if key in m:
-                changes[attr] = integer(m[key], join(field, key), errs, 0, 1_000_000)   # 0: problems() says why
+                n = integer(m[key], join(field, key), errs)     # below 1: problems() says why
+                if n is not None and not -1_000_000 <= n <= 1_000_000:
+                    errs.add(join(field, key), f"expected a whole number of at most 1000000, got {show(n)}")
+                    n = None
+                changes[attr] = n
         if "jitter" in m:
             changes["jitter"] = choice(m["jitter"], join(field, "jitter"), errs, ("stdev", "rfc3550"))
         try:
