@@ -316,7 +316,7 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
 def _site_section(top: Mapping[str, Any], errs: Errors) -> tuple[str, int, tuple[str, ...], list[str]]:
     """`site`: (name, id, LAN prefixes, LAN interfaces)."""
     site = mapping(top.get("site"), "site", errs, ("name", "id", "lan_prefixes", "lan_interfaces"),
-                   ("name", "id", "lan_prefixes"), none_ok=True) or {}
+                   ("name", "id", "lan_prefixes") if top.get("site") is not None else (), none_ok=True) or {}
     nm = (name(site["name"], "site.name", errs) or "") if site.get("name") is not None else ""
     sid = (integer(site["id"], "site.id", errs, 1, 4000, "a site number") or 1) if site.get("id") is not None else 1
     lan = _prefixes(site["lan_prefixes"], "site.lan_prefixes", errs) if site.get("lan_prefixes") is not None else ()
