@@ -257,8 +257,7 @@ def policy_apply(config: ConfigOpt,
     from patronus.core.policy import RoutingPolicy
 
     try:
-        with open(file, "rb") as fh:
-            doc = safeyaml.read(fh.read(safeyaml.MAX_BYTES + 1))
+        doc = safeyaml.read(safeyaml.read_file(file))
     except OSError as exc:
         console.print(f"[red]{escape(file)}:[/red] {escape(str(exc.strerror or exc))}")
         raise typer.Exit(2) from None

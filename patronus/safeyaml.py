@@ -20,6 +20,7 @@ every one of those before a value is built:
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import yaml
@@ -48,6 +49,13 @@ class _Loader(yaml.SafeLoader):
 
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def read_file(path: str | os.PathLike[str]) -> bytes:
+    """A file's bytes, at most `MAX_BYTES` + 1 of them (enough for `read` to refuse a larger one
+    without reading it whole). OSError as `open` raises it."""
+    with open(path, "rb") as fh:
+        return fh.read(MAX_BYTES + 1)
 
 
 def read(text: str | bytes, source: str = "") -> Any:

@@ -44,18 +44,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from emulation import rawfiles
 from emulation.measure.errors import RawDataError
-from patronus.core.errors import ConfigError
-from patronus.core.units import parse_duration, parse_ratio
+from patronus.core import validate as val
+from patronus.core.validate import show
 
 FLOW_TYPES = ("udp_cbr", "voip", "video", "tcp_bulk", "http")
 PACKET_FLOW_TYPES = ("udp_cbr", "voip", "video")
@@ -134,54 +134,39 @@ def parse_target(t: object, path: str) -> tuple[SlaTarget | None, list[str]]:
     """An SLA target in the contract's form (latency_ms, loss_pct, jitter_ms, window_s: numbers) or the
     agent's (latency: "150ms", loss: "1%", jitter: "30ms", window: "30s"), either with latency_percentile
     (50/95/99 or "p95"). No window: 1 s (what run.json meant before it carried windows). Returns
-    (target, problems)."""
-    if not isinstance(t, dict):
-        return None, [f"{path}: expected an object, got {t!r}"]
-    problems: list[str] = []
+    (target, problems), each problem "path: reason"."""
+    errs = val.Errors()
+    target = _target(t, path, errs)
+    return target, [f"{p}: {r}" for p, r in errs.items]
+
+
+def _target(t: object, path: str, errs: val.Errors) -> SlaTarget | None:
+    m = val.mapping(t, path, errs)
+    if m is None:
+        return None
     vals: dict[str, float | None] = {}
-    for attr, human, parse, scale in (("latency_ms", "latency", parse_duration, 1000.0),
-                                      ("loss_pct", "loss", parse_ratio, 100.0),
-                                      ("jitter_ms", "jitter", parse_duration, 1000.0)):
-        v = t.get(attr)
-        if v is not None:
-            if not _is_number(v) or v < 0:
-                problems.append(f"{path}.{attr}: expected a non-negative number, got {v!r}")
-            vals[attr] = float(v) if _is_number(v) else None
-        elif t.get(human) is not None:
-            try:
-                vals[attr] = parse(t[human], f"{path}.{human}") * scale
-            except ConfigError as exc:
-                problems.append(str(exc))
-                vals[attr] = None
-        else:
-            vals[attr] = None
-    pct = t.get("latency_percentile", 95)
-    if isinstance(pct, str) and pct.lower().startswith("p"):
-        pct = pct[1:]
-    try:
-        pct_i = int(pct)
-    except (TypeError, ValueError):
-        pct_i = -1
-    if pct_i not in (50, 95, 99) or isinstance(pct, bool):
-        problems.append(f"{path}.latency_percentile: expected one of 50, 95, 99, got {t.get('latency_percentile')!r}")
-        pct_i = 95
-    window = 1.0
-    if t.get("window_s") is not None:
-        w = t["window_s"]
-        if not _is_number(w) or not 0 < w <= 86_400:
-            problems.append(f"{path}.window_s: expected a number of seconds in (0, 86400], got {w!r}")
-        else:
-            window = float(w)
-    elif t.get("window") is not None:
-        try:
-            window = parse_duration(t["window"], f"{path}.window")
-        except ConfigError as exc:
-            problems.append(str(exc))
-        else:
-            if not 0 < window <= 86_400:
-                problems.append(f"{path}.window: expected a duration in (0 s, 24 h], got {t['window']!r}")
-                window = 1.0
-    return SlaTarget(latency_percentile=pct_i, window_s=window, **vals), problems
+    for attr, human, scale in (("latency_ms", "latency", 1000.0), ("loss_pct", "loss", 100.0),
+                               ("jitter_ms", "jitter", 1000.0)):
+        x: float | None = None
+        if m.get(attr) is not None:
+            x = val.number(m[attr], val.join(path, attr), errs, 0.0, what="a non-negative number")
+        elif m.get(human) is not None:
+            read = val.ratio if human == "loss" else val.duration
+            x = read(m[human], val.join(path, human), errs)
+            x = None if x is None else x * scale
+        vals[attr] = x
+    pct = m.get("latency_percentile", 95)
+    text = pct[1:] if isinstance(pct, str) and pct[:1].lower() == "p" else pct
+    pct_i = next((p for p in (50, 95, 99) if text in (p, str(p)) and not isinstance(text, bool)), None)
+    if pct_i is None:
+        errs.add(val.join(path, "latency_percentile"), f"expected one of 50, 95, 99, got {show(pct)}")
+    window: float | None = 1.0
+    if m.get("window_s") is not None:
+        window = val.number(m["window_s"], val.join(path, "window_s"), errs, 1e-9, 86_400,
+                            "a number of seconds in (0, 86400]")
+    elif m.get("window") is not None:
+        window = val.duration(m["window"], val.join(path, "window"), errs, positive=True, at_most=86_400)
+    return SlaTarget(latency_percentile=pct_i or 95, window_s=window or 1.0, **vals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,177 +262,134 @@ class RunData:
         return out
 
 
-class _Errors:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-
-    def add(self, where: str, reason: str) -> None:
-        self.items.append((where, reason))
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            raise RawDataError(self.items)
-
-
 # --- run.json -------------------------------------------------------------------------------------
 
-def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+def _parse_run(doc: object, where: str, errors: val.Errors) -> RunInfo | None:
+    """run.json's fields; each problem an error at `where` (the file) naming the field."""
+    e = val.Errors()
+    run = _run_info(doc, e)
+    errors.items.extend((where, f"{p}: {r}" if p != "(top level)" else r) for p, r in e.items)
+    return run if not e.items else None
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _str(v: object, path: str, errs: val.Errors) -> str | None:
+    return val.text(v, path, errs, "a non-empty string", nonempty=True)
 
 
-class _Fields:
-    """Typed reads of run.json's fields, each problem an error at `where` naming the field."""
-
-    _OK: ClassVar[dict[str, Callable[[Any], bool]]] = {
-        "str": lambda v: isinstance(v, str) and v != "", "int": lambda v: _is_int(v),
-        "number": lambda v: _is_number(v), "list": lambda v: isinstance(v, list), "dict": lambda v: isinstance(v, dict)}
-    _WHAT: ClassVar[dict[str, str]] = {"str": "a non-empty string", "int": "an integer", "number": "a finite number",
-                                       "list": "a list", "dict": "an object"}
-
-    def __init__(self, where: str, errors: _Errors) -> None:
-        self.where = where
-        self.errors = errors
-
-    def add(self, reason: str) -> None:
-        self.errors.add(self.where, reason)
-
-    def get(self, obj: Mapping[str, Any], key: str, path: str, check: str, choices: Iterable[str] = (),
-            optional: bool = False) -> Any:
-        if key not in obj:
-            if not optional:
-                self.add(f"{path}{key}: missing")
-            return None
-        v = obj[key]
-        if v is None and optional:
-            return None
-        ok = self._OK[check](v)
-        choices = tuple(choices)
-        if ok and choices and v not in choices:
-            self.add(f"{path}{key}: expected one of {', '.join(choices)}, got {v!r}")
-            return None
-        if not ok:
-            self.add(f"{path}{key}: expected {self._WHAT[check]}, got {v!r}")
-            return None
-        return v
+def _int(v: object, path: str, errs: val.Errors) -> int | None:
+    return val.integer(v, path, errs, what="an integer")
 
 
-def _parse_run(doc: object, where: str, errors: _Errors) -> RunInfo | None:
-    if not isinstance(doc, dict):
-        errors.add(where, f"expected a JSON object, got {type(doc).__name__}")
+def _run_info(doc: object, e: val.Errors) -> RunInfo | None:
+    top = val.mapping(doc, "", e)
+    if top is None:
         return None
-    n_before = len(errors.items)
-    r = _Fields(where, errors)
-    scenario = r.get(doc, "scenario", "", "str")
-    backend = r.get(doc, "backend", "", "str", BACKENDS)
-    imp = r.get(doc, "impairment_backend", "", "str", IMPAIRMENT_BACKENDS)
-    seed = r.get(doc, "seed", "", "int")
-    started_at = r.get(doc, "started_at", "", "number")
-    t0 = r.get(doc, "t0", "", "number")
-    duration_s = r.get(doc, "duration_s", "", "number")
+    scenario = val.field(top, "scenario", "", e, _str)
+    backend = val.field(top, "backend", "", e, val.choice, BACKENDS)
+    imp = val.field(top, "impairment_backend", "", e, val.choice, IMPAIRMENT_BACKENDS)
+    seed = val.field(top, "seed", "", e, _int)
+    started_at = val.field(top, "started_at", "", e, val.number)
+    t0 = val.field(top, "t0", "", e, val.number)
+    duration_s = val.field(top, "duration_s", "", e, val.number)
     if duration_s is not None and duration_s <= 0:
-        r.add(f"duration_s: expected a positive number, got {duration_s!r}")
-    flows = _run_flows(r, r.get(doc, "flows", "", "list") or [])
-    links = _run_links(r, r.get(doc, "links", "", "list") or [])
+        e.add("duration_s", f"expected a positive number, got {duration_s!r}")
+    flows = _run_flows(e, val.field(top, "flows", "", e, val.items, "flows") or [])
+    links = _run_links(e, val.field(top, "links", "", e, val.items, "links") or [])
     targets: dict[str, SlaTarget] = {}
-    for cls_name, t in (r.get(doc, "sla_targets", "", "dict") or {}).items():
-        target, problems = parse_target(t, f"sla_targets.{cls_name}")
-        for problem in problems:
-            r.add(problem)
+    for cls_name, t in (val.field(top, "sla_targets", "", e, val.mapping) or {}).items():
+        target = _target(t, val.join("sla_targets", cls_name), e)
         if target is not None:
-            targets[cls_name] = target
+            targets[str(cls_name)] = target
     expectations: list[dict[str, Any]] = []
-    for i, e in enumerate(r.get(doc, "expectations", "", "list") or []):
-        p = f"expectations[{i}]."
-        if not isinstance(e, dict):
-            r.add(f"expectations[{i}]: expected an object, got {e!r}")
-            continue
-        if r.get(e, "type", p, "str", EXPECTATION_TYPES) is None or r.get(e, "text", p, "str") is None:
-            continue
-        expectations.append(dict(e))
-    monitors = _run_monitors(r, r.get(doc, "monitors", "", "dict", optional=True) or {})
-    if len(errors.items) > n_before:
+    for i, x in enumerate(val.field(top, "expectations", "", e, val.items, "expectations") or []):
+        m = val.mapping(x, val.item("expectations", i), e)
+        p = val.item("expectations", i)
+        if m is not None and val.field(m, "type", p, e, val.choice, EXPECTATION_TYPES) is not None \
+                and val.field(m, "text", p, e, _str) is not None:
+            expectations.append(m)
+    monitors = _run_monitors(e, val.field(top, "monitors", "", e, val.mapping, optional=True) or {})
+    if e.items:
         return None
-    return RunInfo(scenario=scenario, backend=backend, impairment_backend=imp, seed=seed,
-                   started_at=float(started_at), t0=float(t0), duration_s=float(duration_s), flows=tuple(flows),
-                   links=links, sla_targets=targets, expectations=tuple(expectations), monitors=monitors)
+    assert scenario is not None and backend is not None and imp is not None and seed is not None
+    assert started_at is not None and t0 is not None and duration_s is not None
+    return RunInfo(scenario=scenario, backend=backend, impairment_backend=imp, seed=seed, started_at=started_at,
+                   t0=t0, duration_s=duration_s, flows=tuple(flows), links=links, sla_targets=targets,
+                   expectations=tuple(expectations), monitors=monitors)
 
 
-def _run_flows(r: _Fields, raw: list[Any]) -> list[FlowSpec]:
+def _run_flows(e: val.Errors, raw: list[Any]) -> list[FlowSpec]:
     flows: list[FlowSpec] = []
     seen: set[str] = set()
     for i, f in enumerate(raw):
-        p = f"flows[{i}]."
-        if not isinstance(f, dict):
-            r.add(f"flows[{i}]: expected an object, got {f!r}")
+        p = val.item("flows", i)
+        m = val.mapping(f, p, e)
+        if m is None:
             continue
-        vals = {
-            "name": r.get(f, "name", p, "str"), "type": r.get(f, "type", p, "str", FLOW_TYPES),
-            "class": r.get(f, "class", p, "str"), "src_site": r.get(f, "src_site", p, "str"),
-            "dst_site": r.get(f, "dst_site", p, "str"), "dst_port": r.get(f, "dst_port", p, "int", optional=True),
-            "rate_pps": r.get(f, "rate_pps", p, "number", optional=True), "start_s": r.get(f, "start_s", p, "number"),
-            "stop_s": r.get(f, "stop_s", p, "number"), "sent": r.get(f, "sent", p, "int"),
-            "policy": r.get(f, "policy", p, "str", optional=True),
-        }
-        if vals["name"] in seen:
-            r.add(f"{p}name: duplicate flow name {vals['name']!r}")
-        seen.add(vals["name"])
-        if any(vals[k] is None for k in ("name", "type", "class", "src_site", "dst_site", "start_s", "stop_s",
-                                         "sent")):
+        n = len(e)
+        nm = val.field(m, "name", p, e, _str)
+        ftype = val.field(m, "type", p, e, val.choice, FLOW_TYPES)
+        tclass = val.field(m, "class", p, e, _str)
+        src, dst = val.field(m, "src_site", p, e, _str), val.field(m, "dst_site", p, e, _str)
+        port = val.field(m, "dst_port", p, e, _int, optional=True)
+        rate_pps = val.field(m, "rate_pps", p, e, val.number, optional=True)
+        start, stop = val.field(m, "start_s", p, e, val.number), val.field(m, "stop_s", p, e, val.number)
+        sent = val.field(m, "sent", p, e, _int)
+        policy = val.field(m, "policy", p, e, _str, optional=True)
+        if nm is not None and nm in seen:
+            e.add(f"{p}.name", f"duplicate flow name {nm!r}")
+        if nm is not None:
+            seen.add(nm)
+        if len(e) != n:
             continue
-        if vals["stop_s"] < vals["start_s"]:
-            r.add(f"{p}stop_s: {vals['stop_s']} is before start_s {vals['start_s']}")
-        flows.append(FlowSpec(name=vals["name"], type=vals["type"], traffic_class=vals["class"],
-                              src_site=vals["src_site"], dst_site=vals["dst_site"], dst_port=vals["dst_port"],
-                              rate_pps=None if vals["rate_pps"] is None else float(vals["rate_pps"]),
-                              start_s=float(vals["start_s"]), stop_s=float(vals["stop_s"]), sent=vals["sent"],
-                              policy=vals["policy"]))
+        assert nm is not None and ftype is not None and tclass is not None and src is not None and dst is not None
+        assert start is not None and stop is not None and sent is not None
+        if stop < start:
+            e.add(f"{p}.stop_s", f"{stop} is before start_s {start}")
+        flows.append(FlowSpec(name=nm, type=ftype, traffic_class=tclass, src_site=src, dst_site=dst, dst_port=port,
+                              rate_pps=rate_pps, start_s=start, stop_s=stop, sent=sent, policy=policy))
     return flows
 
 
-def _run_links(r: _Fields, raw: list[Any]) -> dict[str, tuple[str, ...]]:
+def _run_links(e: val.Errors, raw: list[Any]) -> dict[str, tuple[str, ...]]:
     links: dict[str, tuple[str, ...]] = {}
     for i, link in enumerate(raw):
-        p = f"links[{i}]."
-        if not isinstance(link, dict):
-            r.add(f"links[{i}]: expected an object, got {link!r}")
+        p = val.item("links", i)
+        m = val.mapping(link, p, e)
+        if m is None:
             continue
-        name = r.get(link, "link", p, "str")
-        paths = r.get(link, "paths", p, "list")
+        name = val.field(m, "link", p, e, _str)
+        paths = val.field(m, "paths", p, e, val.items, "path ids")
         if name is None or paths is None:
             continue
         if not all(isinstance(x, str) and x for x in paths):
-            r.add(f"{p}paths: expected a list of path ids, got {paths!r}")
+            e.add(f"{p}.paths", f"expected a list of path ids, got {show(paths)}")
             continue
         links[name] = tuple(links.get(name, ())) + tuple(paths)
     return links
 
 
-def _run_monitors(r: _Fields, raw: dict[str, Any]) -> dict[str, MonitorInfo]:
+def _run_monitors(e: val.Errors, raw: dict[str, Any]) -> dict[str, MonitorInfo]:
     monitors: dict[str, MonitorInfo] = {}
     for site, m in raw.items():
-        p = f"monitors.{site}."
-        if not isinstance(m, dict):
-            r.add(f"monitors.{site}: expected an object, got {m!r}")
+        p = val.join("monitors", site)
+        mm = val.mapping(m, p, e)
+        if mm is None:
             continue
-        interval = r.get(m, "interval_s", p, "number")
-        mult = r.get(m, "detect_multiplier", p, "int")
-        window = r.get(m, "window", p, "int")
+        interval = val.field(mm, "interval_s", p, e, val.number)
+        mult = val.field(mm, "detect_multiplier", p, e, _int)
+        window = val.field(mm, "window", p, e, _int)
         if interval is None or mult is None or window is None:
             continue
         if interval <= 0 or mult < 1 or window < 1:
-            r.add(f"monitors.{site}: expected a positive interval, multiplier and window, got {m!r}")
+            e.add(p, f"expected a positive interval, multiplier and window, got {show(m)}")
             continue
-        monitors[str(site)] = MonitorInfo(float(interval), int(mult), int(window))
+        monitors[str(site)] = MonitorInfo(interval, mult, window)
     return monitors
 
 
 # --- tables ---------------------------------------------------------------------------------------
 
-def _read_csv(path: Path, where: str, columns: tuple[str, ...], errors: _Errors) -> pd.DataFrame | None:
+def _read_csv(path: Path, where: str, columns: tuple[str, ...], errors: val.Errors) -> pd.DataFrame | None:
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skipinitialspace=True)
     except FileNotFoundError:
@@ -468,15 +410,15 @@ def _read_csv(path: Path, where: str, columns: tuple[str, ...], errors: _Errors)
     return df
 
 
-def _report_bad(where: str, column: str, bad: np.ndarray, values: pd.Series, what: str, errors: _Errors) -> None:
+def _report_bad(where: str, column: str, bad: np.ndarray, values: pd.Series, what: str, errors: val.Errors) -> None:
     idx = np.flatnonzero(bad)
     for i in idx[:_MAX_REPORTED]:
-        errors.add(f"{where} line {int(i) + 2} column {column!r}", f"expected {what}, got {values.iloc[int(i)]!r}")
+        errors.add(f"{where} line {int(i) + 2} column {column!r}", f"expected {what}, got {show(values.iloc[int(i)])}")
     if len(idx) > _MAX_REPORTED:
         errors.add(f"{where} column {column!r}", f"... and {len(idx) - _MAX_REPORTED} more bad values")
 
 
-def _floats(df: pd.DataFrame, column: str, where: str, errors: _Errors, *, allow_empty: bool) -> np.ndarray:
+def _floats(df: pd.DataFrame, column: str, where: str, errors: val.Errors, *, allow_empty: bool) -> np.ndarray:
     s = df[column].str.strip()
     present = (s != "").to_numpy(dtype=bool)
     num = pd.to_numeric(s.where(s != ""), errors="coerce").to_numpy(dtype=np.float64)
@@ -489,7 +431,7 @@ def _floats(df: pd.DataFrame, column: str, where: str, errors: _Errors, *, allow
     return out
 
 
-def _ints(df: pd.DataFrame, column: str, where: str, errors: _Errors, *,
+def _ints(df: pd.DataFrame, column: str, where: str, errors: val.Errors, *,
           allow_empty: bool) -> tuple[np.ndarray, np.ndarray]:
     """(values as int64, present mask). Integers are parsed exactly (nanosecond times need all 64 bits)."""
     s = df[column].str.strip()
@@ -508,7 +450,7 @@ def _ints(df: pd.DataFrame, column: str, where: str, errors: _Errors, *,
     return out, ok
 
 
-def _strings(df: pd.DataFrame, column: str, where: str, errors: _Errors, *, allow_empty: bool,
+def _strings(df: pd.DataFrame, column: str, where: str, errors: val.Errors, *, allow_empty: bool,
              choices: tuple[str, ...] = ()) -> np.ndarray:
     s = df[column].str.strip()
     arr: np.ndarray = s.to_numpy(dtype=object)
@@ -523,7 +465,7 @@ def _strings(df: pd.DataFrame, column: str, where: str, errors: _Errors, *, allo
     return arr
 
 
-def _load_timeline(path: Path, where: str, run: RunInfo | None, errors: _Errors) -> pd.DataFrame | None:
+def _load_timeline(path: Path, where: str, run: RunInfo | None, errors: val.Errors) -> pd.DataFrame | None:
     df = _read_csv(path, where, TIMELINE_COLUMNS, errors)
     if df is None:
         return None
@@ -553,7 +495,7 @@ def _load_timeline(path: Path, where: str, run: RunInfo | None, errors: _Errors)
     return out.sort_values(["applied_at", "line"], kind="stable").reset_index(drop=True)
 
 
-def _load_packets(path: Path, where: str, run: RunInfo | None, errors: _Errors) -> pd.DataFrame | None:
+def _load_packets(path: Path, where: str, run: RunInfo | None, errors: val.Errors) -> pd.DataFrame | None:
     df = _read_csv(path, where, PACKET_COLUMNS, errors)
     if df is None:
         return None
@@ -619,7 +561,7 @@ def _estimate_sent(flow: np.ndarray, seq: np.ndarray, sent: np.ndarray, known: n
     return out
 
 
-def _load_path_metrics(path: Path, where: str, run: RunInfo | None, errors: _Errors) -> pd.DataFrame | None:
+def _load_path_metrics(path: Path, where: str, run: RunInfo | None, errors: val.Errors) -> pd.DataFrame | None:
     df = _read_csv(path, where, PATH_METRIC_COLUMNS, errors)
     if df is None:
         return None
@@ -642,7 +584,7 @@ def _load_path_metrics(path: Path, where: str, run: RunInfo | None, errors: _Err
 
 
 def _load_events(path: Path, where: str, run: RunInfo | None,
-                 errors: _Errors) -> tuple[pd.DataFrame, tuple[dict[str, Any], ...]] | None:
+                 errors: val.Errors) -> tuple[pd.DataFrame, tuple[dict[str, Any], ...]] | None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -667,13 +609,13 @@ def _load_events(path: Path, where: str, run: RunInfo | None,
             errors.add(loc, f"expected a JSON object, got {line[:60]!r}")
             continue
         problems = [k for k, ok in (("kind", isinstance(ev.get("kind"), str) and ev.get("kind")),
-                                    ("at", _is_number(ev.get("at"))),
+                                    ("at", val.is_number(ev.get("at"))),
                                     ("site", isinstance(ev.get("site"), str) and ev.get("site"))) if not ok]
         kind = ev.get("kind")
         if not problems and kind in EVENT_FIELDS:
             problems = [k for k in EVENT_FIELDS[kind] if not isinstance(ev.get(k), str) or not ev.get(k)]
             problems += [k for k, required in EVENT_TIMES.get(kind, ())
-                         if not _is_number(ev.get(k)) and (required or ev.get(k) is not None)]
+                         if not val.is_number(ev.get(k)) and (required or ev.get(k) is not None)]
         if problems:
             for k in problems:
                 errors.add(f"{loc} field {k!r}", f"missing or invalid in {kind or 'event'} ({ev.get(k)!r})")
@@ -685,7 +627,7 @@ def _load_events(path: Path, where: str, run: RunInfo | None,
             "kind": kind, **{k: str(ev.get(k) or "") for k in ("path_id", "old", "new", "reason", "from_path",
                                                                "to_path", "policy", "subject", "traffic_class")},
             "paths": tuple(str(p) for p in paths) if isinstance(paths, list) else (),
-            **{k: float(ev[k]) if _is_number(ev.get(k)) else math.nan for k in ("sent_at", "begun_at")},
+            **{k: float(ev[k]) if val.is_number(ev.get(k)) else math.nan for k in ("sent_at", "begun_at")},
             "line": lineno,
         })
     if len(errors.items) > n:
@@ -700,7 +642,7 @@ def _load_events(path: Path, where: str, run: RunInfo | None,
 
 
 def _load_optional(path: Path, where: str, kind: str, run: RunInfo | None,
-                   errors: _Errors) -> pd.DataFrame | None:
+                   errors: val.Errors) -> pd.DataFrame | None:
     if not path.exists():
         return None
     columns = TCP_COLUMNS if kind == "tcp" else HTTP_COLUMNS
@@ -732,7 +674,7 @@ def read_run(directory: str | Path) -> RunData:
     (file, line, column)."""
     d = Path(directory)
     raw = d / "raw"
-    errors = _Errors()
+    errors = val.Errors()
     if not d.is_dir():
         raise RawDataError([(str(d), "not a directory")])
     if not raw.is_dir():
@@ -752,7 +694,7 @@ def read_run(directory: str | Path) -> RunData:
     events = _load_events(raw / "events.jsonl", "raw/events.jsonl", run, errors)
     tcp = _load_optional(raw / "tcp.csv", "raw/tcp.csv", "tcp", run, errors)
     http = _load_optional(raw / "http.csv", "raw/http.csv", "http", run, errors)
-    errors.raise_if_any()
+    errors.check(RawDataError)
     assert run is not None and timeline is not None and packets is not None and metrics is not None
     assert events is not None
     return RunData(dir=d, run=run, timeline=timeline, packets=packets, path_metrics=metrics, events=events[0],

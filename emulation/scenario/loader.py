@@ -22,11 +22,10 @@ def load(path: str | Path) -> Scenario:
     """Read and check a scenario file. Raises `ConfigError` listing every problem with its path."""
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise ConfigError([(str(p), f"cannot read the scenario file: {reason}")]) from None
-    return parse(text, source=str(p))
+        data = safeyaml.read_file(p)
+    except OSError as exc:
+        raise ConfigError([(str(p), f"cannot read the scenario file: {exc.strerror or exc}")]) from None
+    return from_dict(safeyaml.read(data), source=str(p))
 
 
 def parse(text: str, source: str = "<scenario>") -> Scenario:

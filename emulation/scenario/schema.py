@@ -7,10 +7,10 @@ resolved, immutable `Scenario` (defaults applied, SI units, timeline sorted). Ma
 (sites, uplinks) appear in paths as `.name`; list items as `[index]` (their position in the file).
 
 Why hand-written rather than pydantic: units, cross-references (flows → sites and hosts, timeline →
-links, expectations → flows) and the path/reason wording are most of the work, and the site file
-(`patronus.agent.config`) and the core's parsers (`RoutingPolicy.from_dict`, `MonitorProfile.from_config`,
-`SlaTarget.from_dict`) already report that way; pydantic's messages and `loc` tuples would all have to
-be rewritten. The schema is the `_KNOWN_*` key sets below plus `scenarios/README.md`.
+links, expectations → flows) and the path/reason wording are most of the work. Values are read with the
+toolkit every loader shares (`patronus.core.validate`: the collector and typed readers) and the agent
+settings (policies, router) with `patronus.core.settings`, as the site file reads them. The schema is
+the `_KNOWN_*` key sets below plus `scenarios/README.md`.
 
 Nothing here reads a file (that is `loader`) or knows how a backend builds the network.
 """
@@ -24,7 +24,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from emulation.scenario.fmt import fmt_duration
 from emulation.scenario.model import (
@@ -69,16 +69,13 @@ from emulation.scenario.model import (
     Topology,
     Uplink,
 )
+from patronus.core import validate as val
 from patronus.core.errors import ConfigError
 from patronus.core.monitor import MonitorProfile
-from patronus.core.policy import RoutingPolicy, default_policies
-from patronus.core.router import RouterConfig
+from patronus.core.settings import read_policies, read_router
 from patronus.core.sla import SlaTarget
-from patronus.core.units import parse_duration, parse_rate, parse_ratio, parse_size
+from patronus.core.validate import NAME_RE, show
 
-T = TypeVar("T")
-
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")          # site and uplink names, as in the agent's site file
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")       # the scenario's name
 FLOW_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")   # flow names: no dots (they appear in override paths)
 MAX_SITES = 64
@@ -97,7 +94,6 @@ _KNOWN_GROUP = {"count", "region", "hosts", "uplinks", "agent"}
 _KNOWN_UPLINK = {"bandwidth", "delay", "jitter", "jitter_distribution", "loss", "queue_limit", "cost_per_gb"}
 _KNOWN_AGENT = {"monitor", "policies", "steering", "router", "sla", "startup"}
 MAX_STARTUP_S = 120.0
-_KNOWN_ROUTER = {"failback_hold", "failover_cooldown", "min_improvement", "idle_timeout"}
 _KNOWN_CORE = {"topology", "hub", "hubs"}
 _FLOW_COMMON = {"name", "type", "from", "to", "class", "start", "stop", "dst_port"}
 _FLOW_PARAMS: dict[FlowType, set[str]] = {
@@ -133,24 +129,6 @@ _EXPECTATION_KEYS: dict[str, tuple[set[str], set[str]]] = {   # kind → (known,
 }
 
 
-class Errors:
-    """Every problem found, in document order, as (path, reason)."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-
-    def add(self, path: str, reason: str) -> None:
-        self.items.append((path, reason))
-
-    def attempt(self, fn: Callable[..., T], *args: Any) -> T | None:
-        """Call a parser that raises `ConfigError`; keep its errors and return None on failure."""
-        try:
-            return fn(*args)
-        except ConfigError as exc:
-            self.items.extend(exc.errors)
-            return None
-
-
 @dataclass(frozen=True, slots=True)
 class SiteDecl:
     """A site as declared, valid or not: references to a site whose own settings are wrong are checked as
@@ -161,110 +139,18 @@ class SiteDecl:
     site: Site | None             # None when the site has errors
 
 
-def join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
-
-
 def _choices(values: Iterable[str]) -> str:
     return ", ".join(values)
 
 
-def _mapping(value: object, path: str, errs: Errors, known: set[str], required: Iterable[str] = (),
-             what: str = "setting") -> dict[str, Any] | None:
-    """The value as a dict with only known keys checked; None (error recorded) when it is not a mapping."""
-    if not isinstance(value, Mapping):
-        errs.add(path or "(top level)", f"expected a mapping, got {_kind(value)}")
-        return None
-    for key in value:
-        if key not in known:
-            hint = difflib.get_close_matches(str(key), sorted(known), n=1)
-            errs.add(join(path, key), f"unknown {what}" + (f"; did you mean {hint[0]!r}?" if hint else
-                                                           f"; expected one of {_choices(sorted(known))}"))
-    for key in required:
-        if value.get(key) is None:
-            errs.add(join(path, key), "required")
-    return dict(value)
+def _close(value: object, options: Iterable[str]) -> list[str]:
+    """The option closest to a misspelt name, if any (only text of a sensible length is compared)."""
+    if not isinstance(value, str) or len(value) > 64:
+        return []
+    return difflib.get_close_matches(value, list(options), n=1)
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, str):
-        return f"{value!r}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, Mapping):
-        return "a mapping"
-    return f"{value!r}"
-
-
-def _duration(value: object, path: str, errs: Errors, *, positive: bool = False,
-              at_most: float | None = None) -> float | None:
-    x = errs.attempt(parse_duration, value, path)
-    if x is None:
-        return None
-    if not math.isfinite(x):        # parse_duration reads "1e400" as infinity
-        errs.add(path, f"expected a finite duration, got {value!r}")
-        return None
-    if x < 0 or (positive and x == 0):
-        errs.add(path, f"expected a {'positive' if positive else 'non-negative'} duration, got {value!r}")
-        return None
-    if at_most is not None and x > at_most:
-        errs.add(path, f"at most {fmt_duration(at_most)}, got {value!r}")
-        return None
-    return x
-
-
-def _rate(value: object, path: str, errs: Errors) -> float | None:
-    x = errs.attempt(parse_rate, value, path)
-    if x is None:
-        return None
-    if not math.isfinite(x):
-        errs.add(path, f"expected a finite rate, got {value!r}")
-        return None
-    if not x > 0:
-        errs.add(path, f'expected a positive rate like "100mbit", got {value!r}')
-        return None
-    return x
-
-
-def _ratio(value: object, path: str, errs: Errors) -> float | None:
-    return errs.attempt(parse_ratio, value, path)
-
-
-def _int(value: object, path: str, errs: Errors, lo: int, hi: int, what: str = "a whole number") -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        errs.add(path, f"expected {what} {lo}-{hi}, got {_kind(value)}")
-        return None
-    return value
-
-
-def _number(value: object, path: str, errs: Errors, lo: float, hi: float, what: str) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or not lo <= value <= hi:
-        errs.add(path, f"expected {what}, got {_kind(value)}")
-        return None
-    return float(value)
-
-
-def _enum(value: object, path: str, errs: Errors, enum_type: type[T]) -> T | None:
-    try:
-        return enum_type(value)  # type: ignore[call-arg]
-    except ValueError:
-        choices = [str(m) for m in enum_type]  # type: ignore[attr-defined]
-        errs.add(path, f"expected one of {_choices(choices)}, got {_kind(value)}")
-        return None
-
-
-def _name(value: object, path: str, errs: Errors, what: str) -> bool:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        errs.add(path, f"{what} names are lowercase letters, digits and '-', starting with a letter, at most 31 "
-                       f"characters; got {_kind(value)}")
-        return False
-    return True
-
-
-def _parse_pps(value: object, path: str, errs: Errors) -> float | None:
+def _parse_pps(value: object, path: str, errs: val.Errors) -> float | None:
     """Packets per second: 1000, "1000", "1000pps" or "1000/s"."""
     number: object = value
     if isinstance(value, str):
@@ -273,36 +159,21 @@ def _parse_pps(value: object, path: str, errs: Errors) -> float | None:
             number = float(text)
         except ValueError:
             number = None
-    if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number) \
-            or not 0 < number <= 1e6:
-        errs.add(path, f'expected a packet rate like 1000 or "1000pps" (above 0, at most 1000000), got {value!r}')
+    # compared before any conversion: NaN, infinity and a 5000-digit integer all fail the bounds
+    if isinstance(number, bool) or not isinstance(number, int | float) or not 0 < number <= 1e6:
+        errs.add(path, f'expected a packet rate like 1000 or "1000pps" (above 0, at most 1000000), got {show(value)}')
         return None
     return float(number)
-
-
-def _size(value: object, path: str, errs: Errors, lo: int, hi: int) -> int | None:
-    try:
-        n = parse_size(value, path)
-    except ConfigError as exc:
-        errs.items.extend(exc.errors)
-        return None
-    except (OverflowError, ValueError):     # parse_size("1e400"): int(inf)
-        errs.add(path, f'expected a size like "1500" or "64k", got {value!r}')
-        return None
-    if not lo <= n <= hi:
-        errs.add(path, f"expected a size of {lo}-{hi} bytes, got {value!r}")
-        return None
-    return n
 
 
 # --- the document ----------------------------------------------------------------------------------
 
 def from_dict(doc: object, source: str = "") -> Scenario:
     """Check a whole scenario document; return the `Scenario` or raise `ConfigError` with every error."""
-    errs = Errors()
+    errs = val.Errors()
     if doc is None:
         raise ConfigError([("(top level)", "the scenario is empty")])
-    top = _mapping(doc, "", errs, _KNOWN_TOP, ("version", "name", "duration"))
+    top = val.mapping(doc, "", errs, _KNOWN_TOP, ("version", "name", "duration"))
     if top is not None and top.get("sites") is None and top.get("site_groups") is None:
         errs.add("sites", "required (or site_groups)")
     if top is None:
@@ -310,25 +181,25 @@ def from_dict(doc: object, source: str = "") -> Scenario:
 
     version = top.get("version")
     if version is not None and (isinstance(version, bool) or version != SCHEMA_VERSION):
-        errs.add("version", f"unsupported version {version!r}; this test-bed reads version {SCHEMA_VERSION}")
+        errs.add("version", f"unsupported version {show(version)}; this test-bed reads version {SCHEMA_VERSION}")
 
     name = top.get("name")
     if name is not None and (not isinstance(name, str) or not SLUG_RE.match(name)):
         errs.add("name", f"expected a slug (lowercase letters, digits and '-', at most 63 characters), "
-                         f"got {_kind(name)}")
+                         f"got {show(name)}")
     description = top.get("description", "")
     if description is None:
         description = ""
     if not isinstance(description, str):
-        errs.add("description", f"expected text, got {_kind(description)}")
+        errs.add("description", f"expected text, got {show(description)}")
         description = ""
     seed = top.get("seed", 1)
-    if _int(seed, "seed", errs, 0, 2**63 - 1, "a seed (whole number)") is None:
+    if val.integer(seed, "seed", errs, 0, 2**63 - 1, "a seed (whole number)") is None:
         seed = 1
 
     duration = None
     if top.get("duration") is not None:
-        duration = _duration(top["duration"], "duration", errs, positive=True, at_most=MAX_DURATION_S)
+        duration = val.duration(top["duration"], "duration", errs, positive=True, at_most=MAX_DURATION_S)
 
     backends = _backends(top.get("backends"), errs)
     decls = _sites(top.get("sites"), errs, groups=top.get("site_groups"),
@@ -348,16 +219,16 @@ def from_dict(doc: object, source: str = "") -> Scenario:
                     expectations=tuple(expectations), backends=backends, source=source)
 
 
-def _backends(raw: object, errs: Errors) -> tuple[str, ...]:
+def _backends(raw: object, errs: val.Errors) -> tuple[str, ...]:
     if raw is None:
         return BACKENDS
     if not isinstance(raw, list) or not raw:
-        errs.add("backends", f"expected a list of backends among {_choices(BACKENDS)}, got {_kind(raw)}")
+        errs.add("backends", f"expected a list of backends among {_choices(BACKENDS)}, got {show(raw)}")
         return BACKENDS
     out: list[str] = []
     for i, b in enumerate(raw):
         if not isinstance(b, str) or b not in BACKENDS:
-            errs.add(f"backends[{i}]", f"expected one of {_choices(BACKENDS)}, got {_kind(b)}")
+            errs.add(f"backends[{i}]", f"expected one of {_choices(BACKENDS)}, got {show(b)}")
         elif b in out:
             errs.add(f"backends[{i}]", f"duplicate of {b!r}")
         else:
@@ -379,28 +250,28 @@ class _Group:
     agent: AgentSettings | None
 
 
-def _groups(raw: object, errs: Errors, declared: Iterable[str]) -> list[_Group]:
+def _groups(raw: object, errs: val.Errors, declared: Iterable[str]) -> list[_Group]:
     """`site_groups`: group name → {count, region, hosts, uplinks, agent}, expanded into sites named
     `<group>-1` … `<group>-<count>` after the sites declared one by one."""
     if raw is None:
         return []
     if not isinstance(raw, Mapping):
-        errs.add("site_groups", f"expected a mapping of group name → group, got {_kind(raw)}")
+        errs.add("site_groups", f"expected a mapping of group name → group, got {show(raw)}")
         return []
     taken = {str(n): "sites" for n in declared}
     out: list[_Group] = []
     for gname, body in raw.items():
         path = f"site_groups.{gname}"
-        ok = _name(gname, path, errs, "site group")
-        m = _mapping(body if body is not None else {}, path, errs, _KNOWN_GROUP, ("count", "uplinks"))
+        ok = (val.name(gname, path, errs, "site group") is not None)
+        m = val.mapping(body if body is not None else {}, path, errs, _KNOWN_GROUP, ("count", "uplinks"))
         if m is None:
             continue
         n_errors = len(errs.items)
-        count = _int(m["count"], f"{path}.count", errs, 1, MAX_GROUP_SITES, "a number of sites") \
+        count = val.integer(m["count"], f"{path}.count", errs, 1, MAX_GROUP_SITES, "a number of sites") \
             if m.get("count") is not None else None
-        hosts = _int(m.get("hosts", 1), f"{path}.hosts", errs, 1, MAX_HOSTS, "a number of LAN hosts")
+        hosts = val.integer(m.get("hosts", 1), f"{path}.hosts", errs, 1, MAX_HOSTS, "a number of LAN hosts")
         region = m.get("region")
-        if region is not None and not _name(region, f"{path}.region", errs, "region"):
+        if region is not None and not (val.name(region, f"{path}.region", errs, "region") is not None):
             region = None
         uplinks = _uplinks(m.get("uplinks"), f"{path}.uplinks", errs)
         agent = _agent(m.get("agent"), f"{path}.agent", errs)
@@ -432,13 +303,13 @@ def _default_prefix(sid: int) -> str:
     return f"172.{16 + (sid >> 8)}.{sid & 255}.0/24"
 
 
-def _sites(raw: object, errs: Errors, *, groups: object = None, max_sites: int = MAX_SITES) -> dict[str, SiteDecl]:
+def _sites(raw: object, errs: val.Errors, *, groups: object = None, max_sites: int = MAX_SITES) -> dict[str, SiteDecl]:
     if raw is None and groups is None:
         return {}
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
-        errs.add("sites", f"expected a mapping of site name → site, got {_kind(raw)}")
+        errs.add("sites", f"expected a mapping of site name → site, got {show(raw)}")
         return {}
     group_decls = _groups(groups, errs, raw)
     total = len(raw) + sum(len(g.names) for g in group_decls)
@@ -453,7 +324,7 @@ def _sites(raw: object, errs: Errors, *, groups: object = None, max_sites: int =
     owner: dict[int, str] = {}
     for name, body in raw.items():
         if isinstance(body, Mapping) and body.get("id") is not None:
-            sid = _int(body["id"], f"sites.{name}.id", errs, 1, 4000, "a site id")
+            sid = val.integer(body["id"], f"sites.{name}.id", errs, 1, 4000, "a site id")
             if sid is None:
                 continue
             if sid in owner:
@@ -476,7 +347,7 @@ def _sites(raw: object, errs: Errors, *, groups: object = None, max_sites: int =
     prefixes = _Prefixes()
     for name, body in raw.items():
         path = f"sites.{name}"
-        ok = _name(name, path, errs, "site")
+        ok = (val.name(name, path, errs, "site") is not None)
         body = body if body is not None else {}
         site = _site(str(name), body, path, ids[str(name)], errs, prefixes)
         uplinks = body.get("uplinks") if isinstance(body, Mapping) else None
@@ -514,7 +385,7 @@ class _Prefixes:
         i = bisect.bisect_right(ranges, (hi, math.inf))
         return i > 0 and ranges[i - 1][1] >= lo
 
-    def add(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network, where: str, path: str, errs: Errors) -> bool:
+    def add(self, net: ipaddress.IPv4Network | ipaddress.IPv6Network, where: str, path: str, errs: val.Errors) -> bool:
         lo, hi = int(net.network_address), int(net.broadcast_address)
         version = net.version
         ok = True
@@ -529,19 +400,19 @@ class _Prefixes:
         return ok
 
 
-def _site(name: str, body: object, path: str, sid: int, errs: Errors, prefixes: _Prefixes) -> Site | None:
-    m = _mapping(body, path, errs, _KNOWN_SITE, ("uplinks",))
+def _site(name: str, body: object, path: str, sid: int, errs: val.Errors, prefixes: _Prefixes) -> Site | None:
+    m = val.mapping(body, path, errs, _KNOWN_SITE, ("uplinks",))
     if m is None:
         return None
     ok = True
     # LAN prefix and hosts
     hosts = 1
     if m.get("hosts") is not None:
-        h = _int(m["hosts"], f"{path}.hosts", errs, 1, MAX_HOSTS, "a number of LAN hosts")
+        h = val.integer(m["hosts"], f"{path}.hosts", errs, 1, MAX_HOSTS, "a number of LAN hosts")
         ok &= h is not None
         hosts = h or 1
     region = m.get("region")
-    if region is not None and not _name(region, f"{path}.region", errs, "region"):
+    if region is not None and not (val.name(region, f"{path}.region", errs, "region") is not None):
         ok = False
     net: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
     if m.get("lan_prefix") is not None:
@@ -551,7 +422,7 @@ def _site(name: str, body: object, path: str, sid: int, errs: Errors, prefixes: 
                 raise ValueError("not text")
             net = ipaddress.ip_network(raw_prefix, strict=True)
         except ValueError as exc:
-            errs.add(f"{path}.lan_prefix", f"expected a prefix like 10.1.0.0/24, got {_kind(raw_prefix)}: {exc}")
+            errs.add(f"{path}.lan_prefix", f"expected a prefix like 10.1.0.0/24, got {show(raw_prefix)}: {exc}")
             ok = False
     elif sid <= 255:
         net = ipaddress.ip_network(f"10.{sid}.0.0/24")
@@ -575,11 +446,11 @@ def _site(name: str, body: object, path: str, sid: int, errs: Errors, prefixes: 
                 region=region if isinstance(region, str) else None)
 
 
-def _uplinks(raw: object, path: str, errs: Errors) -> list[Uplink] | None:
+def _uplinks(raw: object, path: str, errs: val.Errors) -> list[Uplink] | None:
     if raw is None:
         return None           # "required", reported by the site's mapping check
     if not isinstance(raw, Mapping):
-        errs.add(path, f"expected a mapping of uplink name → settings, got {_kind(raw)}")
+        errs.add(path, f"expected a mapping of uplink name → settings, got {show(raw)}")
         return None
     if not raw:
         errs.add(path, "a site needs at least one uplink, got none")
@@ -589,7 +460,7 @@ def _uplinks(raw: object, path: str, errs: Errors) -> list[Uplink] | None:
     out: list[Uplink] = []
     failed = False
     for number, (name, body) in enumerate(raw.items()):
-        up = _uplink(name, number, body if body is not None else {}, join(path, name), errs)
+        up = _uplink(name, number, body if body is not None else {}, val.join(path, name), errs)
         if up is None:
             failed = True
         else:
@@ -597,19 +468,20 @@ def _uplinks(raw: object, path: str, errs: Errors) -> list[Uplink] | None:
     return None if failed or len(raw) > MAX_UPLINKS else out
 
 
-def _uplink(name: object, number: int, body: object, path: str, errs: Errors) -> Uplink | None:
-    ok = _name(name, path, errs, "uplink")
-    m = _mapping(body, path, errs, _KNOWN_UPLINK)
+def _uplink(name: object, number: int, body: object, path: str, errs: val.Errors) -> Uplink | None:
+    ok = (val.name(name, path, errs, "uplink") is not None)
+    m = val.mapping(body, path, errs, _KNOWN_UPLINK)
     if m is None:
         return None
     n_errors = len(errs.items)
-    bandwidth = _rate(m.get("bandwidth", "100mbit"), f"{path}.bandwidth", errs)
-    delay = _duration(m.get("delay", 0), f"{path}.delay", errs, at_most=MAX_DELAY_S)
-    jitter = _duration(m.get("jitter", 0), f"{path}.jitter", errs, at_most=MAX_DELAY_S)
-    dist = _enum(m.get("jitter_distribution", "normal"), f"{path}.jitter_distribution", errs, JitterDistribution)
-    loss = _ratio(m.get("loss", 0), f"{path}.loss", errs)
-    queue = _int(m.get("queue_limit", 1000), f"{path}.queue_limit", errs, 1, 1_000_000, "a queue length in packets")
-    cost = _number(m.get("cost_per_gb", 0), f"{path}.cost_per_gb", errs, 0, 1e6,
+    bandwidth = val.rate(m.get("bandwidth", "100mbit"), f"{path}.bandwidth", errs)
+    delay = val.duration(m.get("delay", 0), f"{path}.delay", errs, at_most=MAX_DELAY_S)
+    jitter = val.duration(m.get("jitter", 0), f"{path}.jitter", errs, at_most=MAX_DELAY_S)
+    dist = val.enum(m.get("jitter_distribution", "normal"), f"{path}.jitter_distribution", errs, JitterDistribution)
+    loss = val.ratio(m.get("loss", 0), f"{path}.loss", errs)
+    queue = val.integer(m.get("queue_limit", 1000), f"{path}.queue_limit", errs, 1, 1_000_000,
+                        "a queue length in packets")
+    cost = val.number(m.get("cost_per_gb", 0), f"{path}.cost_per_gb", errs, 0, 1e6,
                    "a non-negative price per GB")
     if not ok or len(errs.items) != n_errors:
         return None
@@ -619,94 +491,34 @@ def _uplink(name: object, number: int, body: object, path: str, errs: Errors) ->
                   jitter_distribution=dist, loss_ratio=loss, queue_limit_packets=queue, cost_per_gb=cost)
 
 
-def _agent(raw: object, path: str, errs: Errors) -> AgentSettings | None:
+def _agent(raw: object, path: str, errs: val.Errors) -> AgentSettings | None:
     if raw is None:
         return AgentSettings()
-    m = _mapping(raw, path, errs, _KNOWN_AGENT)
+    m = val.mapping(raw, path, errs, _KNOWN_AGENT)
     if m is None:
         return None
     n_errors = len(errs.items)
-    monitor = _agent_monitor(m, path, errs)
-    policies = _agent_policies(m, path, errs)
-    steering = _enum(m.get("steering", "nftables"), f"{path}.steering", errs, Steering)
-    router = _agent_router(m, path, errs)
+    monitor = errs.attempt(MonitorProfile.from_config, m.get("monitor", "default"), f"{path}.monitor")
+    policies = read_policies(m.get("policies"), f"{path}.policies", errs)
+    steering = val.enum(m.get("steering", "nftables"), f"{path}.steering", errs, Steering)
+    router = read_router(m.get("router"), f"{path}.router", errs)
     sla = errs.attempt(SlaTarget.from_dict, m.get("sla") or {}, f"{path}.sla")
     startup: float | None = None
     if m.get("startup") is not None:
-        startup = _duration(m["startup"], f"{path}.startup", errs, at_most=MAX_STARTUP_S)
+        startup = val.duration(m["startup"], f"{path}.startup", errs, at_most=MAX_STARTUP_S)
     if len(errs.items) != n_errors or monitor is None or steering is None or sla is None:
         return None
     return AgentSettings(monitor=monitor, policies=policies, steering=steering, router=router, sla=sla,
                          startup_s=startup)
 
 
-def _agent_monitor(m: Mapping[str, Any], path: str, errs: Errors) -> MonitorProfile | None:
-    monitor = errs.attempt(MonitorProfile.from_config, m.get("monitor", "default"), f"{path}.monitor")
-    if monitor is None:
-        return None
-    for key, attr in (("interval", "interval_s"), ("timeout", "timeout_s"), ("max_timeout", "max_timeout_s"),
-                      ("report_interval", "report_interval_s")):
-        v = getattr(monitor, attr)
-        if v is not None and not math.isfinite(v):       # the core's parser reads "1e400" as infinity
-            errs.add(f"{path}.monitor.{key}", "expected a finite duration")
-            return None
-    return monitor
-
-
-def _agent_policies(m: Mapping[str, Any], path: str, errs: Errors) -> tuple[RoutingPolicy, ...]:
-    raw_pol = m.get("policies", "default")
-    if raw_pol == "default":
-        return tuple(default_policies())
-    if not isinstance(raw_pol, list) or not raw_pol:
-        errs.add(f"{path}.policies", f"expected 'default' or a list of policies, got {_kind(raw_pol)}")
-        return tuple(default_policies())
-    parsed = [errs.attempt(RoutingPolicy.from_dict, p, f"{path}.policies[{i}]") for i, p in enumerate(raw_pol)]
-    seen: dict[str, int] = {}
-    for i, p in enumerate(parsed):
-        if p is None:
-            continue
-        if p.name in seen:
-            errs.add(f"{path}.policies[{i}].name", f"duplicate of policies[{seen[p.name]}].name ({p.name!r})")
-        seen.setdefault(p.name, i)
-    for i, p in enumerate(parsed):
-        req = p.requirements if p is not None else None
-        for key, attr in (("max_latency", "max_latency_ms"), ("max_jitter", "max_jitter_ms")):
-            v = getattr(req, attr, None)     # the core's parser takes -5 and "1e400"
-            if v is not None and not (math.isfinite(v) and v >= 0):
-                errs.add(f"{path}.policies[{i}].requirements.{key}",
-                         f"expected a non-negative, finite duration, got {v / 1e3!r} s")
-    return tuple(p for p in parsed if p is not None)
-
-
-def _agent_router(m: Mapping[str, Any], path: str, errs: Errors) -> RouterConfig:
-    rc = _mapping(m.get("router") or {}, f"{path}.router", errs, _KNOWN_ROUTER)
-    if rc is None:
-        return RouterConfig()
-    kw: dict[str, float] = {}
-    for key, attr in (("failback_hold", "failback_hold_s"), ("failover_cooldown", "failover_cooldown_s")):
-        if key in rc:
-            v = _duration(rc[key], f"{path}.router.{key}", errs)
-            if v is not None:
-                kw[attr] = v
-    if "idle_timeout" in rc:
-        v = _duration(rc["idle_timeout"], f"{path}.router.idle_timeout", errs, positive=True)
-        if v is not None:
-            kw["idle_timeout_s"] = v
-    if "min_improvement" in rc:
-        mi = _number(rc["min_improvement"], f"{path}.router.min_improvement", errs, 0, 100,
-                     "a score difference 0-100")
-        if mi is not None:
-            kw["min_improvement"] = mi
-    return RouterConfig(**kw)          # every value was range-checked above
-
-
-def _core(raw: object, errs: Errors, sites: Mapping[str, SiteDecl]) -> Core:
+def _core(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl]) -> Core:
     if raw is None:
         return Core()
-    m = _mapping(raw, "core", errs, _KNOWN_CORE)
+    m = val.mapping(raw, "core", errs, _KNOWN_CORE)
     if m is None:
         return Core()
-    topology = _enum(m.get("topology", "internet"), "core.topology", errs, Topology)
+    topology = val.enum(m.get("topology", "internet"), "core.topology", errs, Topology)
     hub = m.get("hub")
     if topology is Topology.HUB_AND_SPOKE:
         if hub is None:
@@ -725,24 +537,24 @@ def _core(raw: object, errs: Errors, sites: Mapping[str, SiteDecl]) -> Core:
     return Core(topology=topology or Topology.INTERNET, hub=hub if isinstance(hub, str) else None, hubs=hubs)
 
 
-def _hubs(raw: object, errs: Errors, sites: Mapping[str, SiteDecl]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+def _hubs(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl]) -> tuple[tuple[str, tuple[str, ...]], ...]:
     """core.hubs: region → [hub site, ...]. Every site needs a region, every region with sites a hub, and
     a hub belongs to the region it is listed under."""
     if raw is None:
         errs.add("core.hubs", "required with topology hierarchical: region → list of its hub sites")
         return ()
     if not isinstance(raw, Mapping) or not raw:
-        errs.add("core.hubs", f"expected a mapping of region → list of hub sites, got {_kind(raw)}")
+        errs.add("core.hubs", f"expected a mapping of region → list of hub sites, got {show(raw)}")
         return ()
     region_of = {name: d.site.region for name, d in sites.items() if d.site is not None}
     out: list[tuple[str, tuple[str, ...]]] = []
     listed: dict[str, str] = {}
     for region, names in raw.items():
         path = f"core.hubs.{region}"
-        if not _name(region, path, errs, "region"):
+        if not (val.name(region, path, errs, "region") is not None):
             continue
         if not isinstance(names, list) or not names:
-            errs.add(path, f"expected a list of hub sites, got {_kind(names)}")
+            errs.add(path, f"expected a list of hub sites, got {show(names)}")
             continue
         good: list[str] = []
         for i, h in enumerate(names):
@@ -774,20 +586,20 @@ def _hubs(raw: object, errs: Errors, sites: Mapping[str, SiteDecl]) -> tuple[tup
 
 
 def _unknown_site(name: object, sites: Mapping[str, SiteDecl]) -> str:
-    hint = difflib.get_close_matches(str(name), list(sites), n=1)
-    return (f"unknown site {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+    hint = _close(name, list(sites))
+    return (f"unknown site {show(name)}" + (f"; did you mean {hint[0]!r}?" if hint else "")
             + f" (the sites are {_choices(sites) or 'none'})")
 
 
 # --- traffic ---------------------------------------------------------------------------------------
 
-_ENDPOINT_RE = re.compile(r"^([^.\s]+)(?:\.host([0-9]+))?$")
+_ENDPOINT_RE = re.compile(r"^([^.\s]+)(?:\.host([0-9]{1,6}))?$")
 
 
-def _endpoint(value: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl]) -> Endpoint | None:
+def _endpoint(value: object, path: str, errs: val.Errors, sites: Mapping[str, SiteDecl]) -> Endpoint | None:
     m = _ENDPOINT_RE.match(value) if isinstance(value, str) else None
     if m is None:
-        errs.add(path, f"expected a site name or site.hostN (e.g. hq or hq.host2), got {_kind(value)}")
+        errs.add(path, f"expected a site name or site.hostN (e.g. hq or hq.host2), got {show(value)}")
         return None
     site, host = m.group(1), int(m.group(2) or 1)
     if site not in sites:
@@ -801,13 +613,13 @@ def _endpoint(value: object, path: str, errs: Errors, sites: Mapping[str, SiteDe
     return Endpoint(site, host)
 
 
-def _flows(raw: object, errs: Errors, sites: Mapping[str, SiteDecl], core: Core,
+def _flows(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl], core: Core,
            duration: float | None) -> dict[str, Flow | None]:
     """Every flow declared, by name: the `Flow`, or None when it has errors (already reported)."""
     if raw is None:
         return {}
     if not isinstance(raw, list):
-        errs.add("traffic", f"expected a list of flows, got {_kind(raw)}")
+        errs.add("traffic", f"expected a list of flows, got {show(raw)}")
         return {}
     flows: dict[str, Flow | None] = {}
     names: dict[str, int] = {}
@@ -816,7 +628,7 @@ def _flows(raw: object, errs: Errors, sites: Mapping[str, SiteDecl], core: Core,
         path = f"traffic[{i}]"
         name = item.get("name") if isinstance(item, Mapping) else None
         if isinstance(name, str) and name in names:
-            errs.add(f"{path}.name", f"duplicate of traffic[{names[name]}].name ({name!r})")
+            errs.add(f"{path}.name", f"duplicate of traffic[{names[name]}].name ({show(name)})")
             name = None
         flow = _flow(item, path, errs, sites, core, duration)
         if flow is not None:
@@ -833,18 +645,18 @@ def _flows(raw: object, errs: Errors, sites: Mapping[str, SiteDecl], core: Core,
     return flows
 
 
-def _flow(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl], core: Core,
+def _flow(item: object, path: str, errs: val.Errors, sites: Mapping[str, SiteDecl], core: Core,
           duration: float | None) -> Flow | None:
     every_param = set().union(*_FLOW_PARAMS.values())
     if not isinstance(item, Mapping):
-        errs.add(path, f"expected a flow mapping, got {_kind(item)}")
+        errs.add(path, f"expected a flow mapping, got {show(item)}")
         return None
     ftype = None
     if item.get("type") is not None:
-        ftype = _enum(item["type"], f"{path}.type", errs, FlowType)
+        ftype = val.enum(item["type"], f"{path}.type", errs, FlowType)
     known = _FLOW_COMMON | (_FLOW_PARAMS[ftype] if ftype is not None else every_param)
     unknown_params = {k for k in item if k in every_param and k not in known}
-    m = _mapping({k: v for k, v in item.items() if k not in unknown_params}, path, errs, known, ("name", "type",
+    m = val.mapping({k: v for k, v in item.items() if k not in unknown_params}, path, errs, known, ("name", "type",
                                                                                                  "from", "to"))
     assert m is not None
     for key in sorted(unknown_params, key=list(item).index):
@@ -855,13 +667,13 @@ def _flow(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl], 
         else:
             takes = sorted(_FLOW_PARAMS[ftype])
             reason = f"not a setting of a {ftype} flow" + (f"; it takes {_choices(takes)}" if takes else "")
-        errs.add(join(path, key), reason)
+        errs.add(val.join(path, key), reason)
 
     n_errors = len(errs.items)
     name = m.get("name")
     if name is not None and (not isinstance(name, str) or not FLOW_RE.match(name)):
         errs.add(f"{path}.name", f"flow names are letters, digits, '_' and '-', starting with a letter; "
-                                 f"got {_kind(name)}")
+                                 f"got {show(name)}")
     src = _endpoint(m["from"], f"{path}.from", errs, sites) if m.get("from") is not None else None
     dst = _endpoint(m["to"], f"{path}.to", errs, sites) if m.get("to") is not None else None
     if src is not None and dst is not None:
@@ -872,11 +684,11 @@ def _flow(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl], 
                                    f"does not start or end at {core.hub}")
     tclass = m.get("class", ftype.default_class if ftype else "default")
     if not isinstance(tclass, str) or not tclass.strip() or len(tclass) > 63:
-        errs.add(f"{path}.class", f"expected a class label (text, at most 63 characters), got {_kind(tclass)}")
-    start = _duration(m.get("start", 0), f"{path}.start", errs)
+        errs.add(f"{path}.class", f"expected a class label (text, at most 63 characters), got {show(tclass)}")
+    start = val.duration(m.get("start", 0), f"{path}.start", errs)
     stop = duration
     if m.get("stop") is not None:
-        stop = _duration(m["stop"], f"{path}.stop", errs, positive=True)
+        stop = val.duration(m["stop"], f"{path}.stop", errs, positive=True)
         if stop is not None and duration is not None and stop > duration:
             errs.add(f"{path}.stop", f"{fmt_duration(stop)} is after the end of the scenario "
                                      f"(duration {fmt_duration(duration)})")
@@ -885,24 +697,26 @@ def _flow(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl], 
                                   f"(duration {fmt_duration(duration)})")
     elif start is not None and stop is not None and m.get("stop") is not None and start >= stop:
         errs.add(f"{path}.stop", f"must be after start ({fmt_duration(start)}), got {fmt_duration(stop)}")
-    port = _int(m.get("dst_port", ftype.default_port if ftype else 1), f"{path}.dst_port", errs, 1, 65535, "a port")
+    port = val.integer(m.get("dst_port", ftype.default_port if ftype else 1), f"{path}.dst_port", errs, 1, 65535,
+                       "a port")
 
     params: dict[str, Any] = {}
     if ftype is FlowType.UDP_CBR:
         params["rate_pps"] = _parse_pps(m.get("rate", 1000), f"{path}.rate", errs)
-        params["payload_bytes"] = _size(m.get("size", 64), f"{path}.size", errs, MIN_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES)
+        params["payload_bytes"] = val.size(m.get("size", 64), f"{path}.size", errs, MIN_PAYLOAD_BYTES,
+                                           MAX_PAYLOAD_BYTES)
     elif ftype is FlowType.VOIP:
         params.update(rate_pps=VOIP_RATE_PPS, payload_bytes=VOIP_PAYLOAD_BYTES)
     elif ftype is FlowType.VIDEO:
-        params["bitrate_bps"] = _rate(m.get("bitrate", "4mbit"), f"{path}.bitrate", errs)
-        params["frame_rate"] = _number(m.get("fps", 30), f"{path}.fps", errs, 1, 240, "frames per second, 1-240")
+        params["bitrate_bps"] = val.rate(m.get("bitrate", "4mbit"), f"{path}.bitrate", errs)
+        params["frame_rate"] = val.number(m.get("fps", 30), f"{path}.fps", errs, 1, 240, "frames per second, 1-240")
         params["payload_bytes"] = VIDEO_PACKET_BYTES
     elif ftype is FlowType.TCP_BULK:
-        params["bandwidth_bps"] = _rate(m["bandwidth"], f"{path}.bandwidth", errs) \
+        params["bandwidth_bps"] = val.rate(m["bandwidth"], f"{path}.bandwidth", errs) \
             if m.get("bandwidth") is not None else None
     elif ftype is FlowType.HTTP:
-        params["interval_s"] = _duration(m.get("interval", "1s"), f"{path}.interval", errs, positive=True)
-        params["response_bytes"] = _size(m.get("size", "64k"), f"{path}.size", errs, 1, 10**9)
+        params["interval_s"] = val.duration(m.get("interval", "1s"), f"{path}.interval", errs, positive=True)
+        params["response_bytes"] = val.size(m.get("size", "64k"), f"{path}.size", errs, 1, 10**9)
 
     if len(errs.items) != n_errors or ftype is None or src is None or dst is None or start is None \
             or stop is None or port is None or not isinstance(name, str) or not isinstance(tclass, str):
@@ -913,9 +727,9 @@ def _flow(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl], 
 
 # --- timeline --------------------------------------------------------------------------------------
 
-def _link(value: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl]) -> LinkRef | None:
+def _link(value: object, path: str, errs: val.Errors, sites: Mapping[str, SiteDecl]) -> LinkRef | None:
     if not isinstance(value, str) or value.count(".") != 1:
-        errs.add(path, f"expected a link as site.uplink (e.g. hq.isp1), got {_kind(value)}")
+        errs.add(path, f"expected a link as site.uplink (e.g. hq.isp1), got {show(value)}")
         return None
     site, uplink = value.split(".")
     if site not in sites:
@@ -925,65 +739,65 @@ def _link(value: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl])
     if not names and sites[site].site is None:
         return None               # the site's uplinks are themselves wrong, and reported
     if uplink not in names:
-        hint = difflib.get_close_matches(uplink, names, n=1)
-        errs.add(path, f"unknown uplink {uplink!r} of site {site}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                       + f" (its uplinks are {_choices(names)})")
+        hint = _close(uplink, names)
+        errs.add(path, f"unknown uplink {show(uplink)} of site {site}"
+                       + (f"; did you mean {hint[0]!r}?" if hint else "") + f" (its uplinks are {_choices(names)})")
         return None
     return LinkRef(site, uplink)
 
 
-def _impairment(m: Mapping[str, Any], path: str, errs: Errors, *, ramp: bool) -> Impairment | None:
+def _impairment(m: Mapping[str, Any], path: str, errs: val.Errors, *, ramp: bool) -> Impairment | None:
     """The impairment keys of `m` (others are ignored here); None when one of them is wrong."""
     n_errors = len(errs.items)
     kw: dict[str, Any] = {}
     for attr, (key, kind) in IMPAIRMENT_KEYS.items():
         if key not in m:
             continue
-        where = join(path, key)
+        where = val.join(path, key)
         value = m[key]
         if ramp and attr not in RAMPABLE:
             errs.add(where, "cannot be ramped (it is not a number); set it with an impair event before the ramp")
             continue
         if kind == "duration":
-            kw[attr] = _duration(value, where, errs, at_most=MAX_DELAY_S)
+            kw[attr] = val.duration(value, where, errs, at_most=MAX_DELAY_S)
         elif kind == "ratio":
-            kw[attr] = _ratio(value, where, errs)
+            kw[attr] = val.ratio(value, where, errs)
         elif kind == "rate":
-            kw[attr] = _rate(value, where, errs)
+            kw[attr] = val.rate(value, where, errs)
         elif kind == "enum":
-            kw[attr] = _enum(value, where, errs, JitterDistribution)
+            kw[attr] = val.enum(value, where, errs, JitterDistribution)
         else:
             kw[attr] = _loss_model(value, where, errs)
     if "loss" in m and "loss_model" in m:
-        errs.add(join(path, "loss_model"), "give either loss (random) or loss_model (bursts), not both")
+        errs.add(val.join(path, "loss_model"), "give either loss (random) or loss_model (bursts), not both")
     if len(errs.items) != n_errors:
         return None
     return Impairment(**kw)
 
 
-def _loss_model(value: object, path: str, errs: Errors) -> GilbertElliott | None:
-    m = _mapping(value, path, errs, {"type", "p", "r", "h", "k"}, ("type", "p", "r"))
+def _loss_model(value: object, path: str, errs: val.Errors) -> GilbertElliott | None:
+    m = val.mapping(value, path, errs, {"type", "p", "r", "h", "k"}, ("type", "p", "r"))
     if m is None:
         return None
     n_errors = len(errs.items)
     if m.get("type") is not None and m["type"] != "gilbert_elliott":
-        errs.add(f"{path}.type", f"expected gilbert_elliott, got {_kind(m['type'])}")
-    values = {k: _ratio(m[k], f"{path}.{k}", errs) for k in ("p", "r", "h", "k") if m.get(k) is not None}
+        errs.add(f"{path}.type", f"expected gilbert_elliott, got {show(m['type'])}")
+    values = {k: val.ratio(m[k], f"{path}.{k}", errs) for k in ("p", "r", "h", "k") if m.get(k) is not None}
     if len(errs.items) != n_errors or "p" not in values or "r" not in values:
         return None
     return GilbertElliott(**values)  # type: ignore[arg-type]
 
 
-def _timeline(raw: object, errs: Errors, sites: Mapping[str, SiteDecl],
+def _timeline(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl],
               duration: float | None) -> tuple[list[TimelineEvent], set[str]]:
     """The events sorted by time (stable), and the links that some event cuts or flaps (as written)."""
     if raw is None:
         return [], set()
     if not isinstance(raw, list):
-        errs.add("timeline", f"expected a list of events, got {_kind(raw)}")
+        errs.add("timeline", f"expected a list of events, got {show(raw)}")
         return [], set()
-    interrupted = {str(item.get("link")) for item in raw
-                   if isinstance(item, Mapping) and item.get("action") in ("cut", "flap")}
+    interrupted = {item["link"] for item in raw if isinstance(item, Mapping)
+                   and item.get("action") in ("cut", "flap") and isinstance(item.get("link"), str)}
     parsed: list[tuple[int, TimelineEvent]] = []
     for i, item in enumerate(raw):
         if isinstance(item, Mapping) and isinstance(item.get("action"), str) and item["action"] in REGION_ACTIONS:
@@ -1009,16 +823,16 @@ def _timeline(raw: object, errs: Errors, sites: Mapping[str, SiteDecl],
     return [ev for _, ev in sorted(parsed, key=lambda t: (t[1].at_s, t[0]))], interrupted
 
 
-def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
+def _event(item: object, path: str, errs: val.Errors, sites: Mapping[str, SiteDecl],
            duration: float | None) -> TimelineEvent | None:
     if not isinstance(item, Mapping):
-        errs.add(path, f"expected an event mapping (at, action, ...), got {_kind(item)}")
+        errs.add(path, f"expected an event mapping (at, action, ...), got {show(item)}")
         return None
     action = item.get("action")
     if action is not None and (not isinstance(action, str) or action not in ACTIONS):
         every = [*ACTIONS, *REGION_ACTIONS]
-        hint = difflib.get_close_matches(str(action), every, n=1)
-        errs.add(f"{path}.action", f"unknown action {action!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+        hint = _close(action, every)
+        errs.add(f"{path}.action", f"unknown action {show(action)}" + (f"; did you mean {hint[0]!r}?" if hint else "")
                                    + f" (expected one of {_choices(every)})")
         action = None
     known = _EVENT_COMMON | (_EVENT_PARAMS[action] if action else set().union(*_EVENT_PARAMS.values()))
@@ -1026,7 +840,7 @@ def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
     if action:
         required += ["site"] if action.startswith("agent_") else ["link"]
         required += {"flap": ["period", "count"], "ramp": ["to", "over"]}.get(action, [])
-    m = _mapping(item, path, errs, known, required, what="setting" if not action else f"setting of a {action} event")
+    m = val.mapping(item, path, errs, known, required, what="setting" if not action else f"setting of a {action} event")
     assert m is not None
     n_errors = len(errs.items)
 
@@ -1046,8 +860,9 @@ def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
     elif action in ("cut", "restore", "clear") and link is not None and at is not None:
         ev = {"cut": Cut, "restore": Restore, "clear": Clear}[action](at_s=at, link=link)
     elif action == "flap":
-        period = _duration(m["period"], f"{path}.period", errs, positive=True) if m.get("period") is not None else None
-        count = _int(m["count"], f"{path}.count", errs, 1, 10_000, "a number of flaps") \
+        period = val.duration(m["period"], f"{path}.period", errs, positive=True) \
+            if m.get("period") is not None else None
+        count = val.integer(m["count"], f"{path}.count", errs, 1, 10_000, "a number of flaps") \
             if m.get("count") is not None else None
         if period is not None and count is not None and link is not None and at is not None:
             ev = Flap(at_s=at, link=link, period_s=period, count=count)
@@ -1056,7 +871,7 @@ def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
     elif action in ("agent_stop", "agent_start") and isinstance(site, str) and site in sites and at is not None:
         cleanup = m.get("cleanup", False)
         if not isinstance(cleanup, bool):
-            errs.add(f"{path}.cleanup", f"expected true or false, got {_kind(cleanup)}")
+            errs.add(f"{path}.cleanup", f"expected true or false, got {show(cleanup)}")
         elif action == "agent_stop":
             ev = AgentStop(at_s=at, site=site, cleanup=cleanup)
         else:
@@ -1072,44 +887,44 @@ def _event(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
     return ev
 
 
-def _ramp(m: Mapping[str, Any], path: str, errs: Errors, at: float | None, link: LinkRef | None) -> Ramp | None:
+def _ramp(m: Mapping[str, Any], path: str, errs: val.Errors, at: float | None, link: LinkRef | None) -> Ramp | None:
     to_raw = m.get("to")
     to = None
     if to_raw is not None:
-        to_map = _mapping(to_raw, f"{path}.to", errs, _IMPAIR_KEYS, what="impairment")
+        to_map = val.mapping(to_raw, f"{path}.to", errs, _IMPAIR_KEYS, what="impairment")
         if to_map is not None:
             to = _impairment(to_map, f"{path}.to", errs, ramp=True)
             if to is not None and not to.given():
                 rampable = _choices(IMPAIRMENT_KEYS[a][0] for a in RAMPABLE)
                 errs.add(f"{path}.to", f"a ramp needs at least one of {rampable}")
                 to = None
-    over = _duration(m["over"], f"{path}.over", errs, positive=True) if m.get("over") is not None else None
-    steps = _int(m.get("steps", 10), f"{path}.steps", errs, 1, 10_000, "a number of steps")
+    over = val.duration(m["over"], f"{path}.over", errs, positive=True) if m.get("over") is not None else None
+    steps = val.integer(m.get("steps", 10), f"{path}.steps", errs, 1, 10_000, "a number of steps")
     if to is not None and over is not None and steps is not None and link is not None and at is not None:
         return Ramp(at_s=at, link=link, to=to, over_s=over, steps=steps)
     return None
 
 
-def _event_at_and_note(m: Mapping[str, Any], path: str, errs: Errors,
+def _event_at_and_note(m: Mapping[str, Any], path: str, errs: val.Errors,
                        duration: float | None) -> tuple[float | None, str]:
     """An event's `at` (within the scenario) and `note` (text; "" when missing or wrong)."""
-    at = _duration(m["at"], f"{path}.at", errs) if m.get("at") is not None else None
+    at = val.duration(m["at"], f"{path}.at", errs) if m.get("at") is not None else None
     if at is not None and duration is not None and at > duration:
         errs.add(f"{path}.at", f"{fmt_duration(at)} is after the end of the scenario (duration "
                                f"{fmt_duration(duration)})")
     note = m.get("note", "")
     if not isinstance(note, str):
-        errs.add(f"{path}.note", f"expected text, got {_kind(note)}")
+        errs.add(f"{path}.note", f"expected text, got {show(note)}")
         note = ""
     return at, note
 
 
-def _region_event(item: Mapping[str, Any], path: str, errs: Errors, sites: Mapping[str, SiteDecl],
+def _region_event(item: Mapping[str, Any], path: str, errs: val.Errors, sites: Mapping[str, SiteDecl],
                   duration: float | None) -> list[TimelineEvent]:
     """region_cut / region_restore: a cut (restore) of every link of the region's sites, or only their
     uplink `uplink`, all at `at`; expanded into one ordinary event per link, noted with the region."""
     action = str(item["action"])
-    m = _mapping(item, path, errs, _EVENT_COMMON | _EVENT_PARAMS[action], ["at", "action", "region"],
+    m = val.mapping(item, path, errs, _EVENT_COMMON | _EVENT_PARAMS[action], ["at", "action", "region"],
                  what=f"setting of a {action} event")
     assert m is not None
     n_errors = len(errs.items)
@@ -1119,12 +934,12 @@ def _region_event(item: Mapping[str, Any], path: str, errs: Errors, sites: Mappi
     members = [d.site for d in sites.values() if d.site is not None and d.site.region == region]
     if region is not None and not members:
         known = sorted({d.site.region for d in sites.values() if d.site is not None and d.site.region})
-        errs.add(f"{path}.region", f"no site is in region {_kind(region)}"
+        errs.add(f"{path}.region", f"no site is in region {show(region)}"
                                    + (f" (the regions are {_choices(known)})" if known else " (no site has a region)"))
     links = [LinkRef(site.name, u.name) for site in members for u in site.uplinks
              if uplink is None or u.name == uplink]
     if uplink is not None and members and not links:
-        errs.add(f"{path}.uplink", f"no site of region {region} has an uplink {_kind(uplink)}")
+        errs.add(f"{path}.uplink", f"no site of region {region} has an uplink {show(uplink)}")
     if len(errs.items) != n_errors or at is None:
         return []
     text = (note.strip() or f"{action.replace('_', ' ')} {region}" + (f" ({uplink})" if uplink else ""))
@@ -1140,12 +955,12 @@ def _with_note(ev: TimelineEvent, note: str) -> TimelineEvent:
 
 # --- expectations ----------------------------------------------------------------------------------
 
-def _expectations(raw: object, errs: Errors, sites: Mapping[str, SiteDecl], flows: Mapping[str, Flow | None],
+def _expectations(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl], flows: Mapping[str, Flow | None],
                   interrupted: set[str], duration: float | None) -> list[Expectation]:
     if raw is None:
         return []
     if not isinstance(raw, list):
-        errs.add("expectations", f"expected a list of expectations, got {_kind(raw)}")
+        errs.add("expectations", f"expected a list of expectations, got {show(raw)}")
         return []
     out: list[Expectation] = []
     for i, item in enumerate(raw):
@@ -1155,22 +970,22 @@ def _expectations(raw: object, errs: Errors, sites: Mapping[str, SiteDecl], flow
     return out
 
 
-def _expectation(item: object, path: str, errs: Errors, sites: Mapping[str, SiteDecl],
+def _expectation(item: object, path: str, errs: val.Errors, sites: Mapping[str, SiteDecl],
                  flows: Mapping[str, Flow | None], interrupted: set[str], duration: float | None) -> Expectation | None:
     if not isinstance(item, Mapping) or len(item) != 1:
-        got = f"{_choices(str(k) for k in item)}" if isinstance(item, Mapping) else _kind(item)
+        got = f"{_choices(str(k) for k in item)}" if isinstance(item, Mapping) else show(item)
         errs.add(path, f"expected one expectation, a mapping with one of {_choices(EXPECTATIONS)}; "
                        f"got {got or 'nothing'}")
         return None
     (kind, body), = item.items()
     if kind not in EXPECTATIONS:
-        hint = difflib.get_close_matches(str(kind), list(EXPECTATIONS), n=1)
-        errs.add(join(path, kind), "unknown expectation" + (f"; did you mean {hint[0]!r}?" if hint else
+        hint = _close(kind, list(EXPECTATIONS))
+        errs.add(val.join(path, kind), "unknown expectation" + (f"; did you mean {hint[0]!r}?" if hint else
                                                             f"; expected one of {_choices(EXPECTATIONS)}"))
         return None
-    path = join(path, kind)
+    path = val.join(path, kind)
     known, required = _EXPECTATION_KEYS[kind]
-    m = _mapping(body, path, errs, known, sorted(required))
+    m = val.mapping(body, path, errs, known, sorted(required))
     if m is None:
         return None
     n_errors = len(errs.items)
@@ -1190,16 +1005,16 @@ def _expectation(item: object, path: str, errs: Errors, sites: Mapping[str, Site
     return exp
 
 
-def _expected_flow(kind: str, m: Mapping[str, Any], path: str, errs: Errors,
+def _expected_flow(kind: str, m: Mapping[str, Any], path: str, errs: val.Errors,
                    flows: Mapping[str, Flow | None]) -> Flow | None:
     """The flow an expectation names (None: none named, unknown, or a flow with errors of its own)."""
     if m.get("flow") is None:
         return None
     fname = m["flow"]
     if not isinstance(fname, str) or fname not in flows:
-        hint = difflib.get_close_matches(str(fname), list(flows), n=1)
-        errs.add(f"{path}.flow", f"unknown flow {fname!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
-                                 + f" (the flows are {_choices(flows) or 'none'})")
+        hint = _close(fname, list(flows))
+        errs.add(f"{path}.flow", f"unknown flow {show(fname)}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                                 + f" (the flows are {_choices(f for f in flows if FLOW_RE.match(f)) or 'none'})")
         return None
     flow = flows[fname]
     if flow is None:    # the flow has errors of its own, already reported
@@ -1216,7 +1031,7 @@ class _ExpectationInput:
 
     m: Mapping[str, Any]
     path: str
-    errs: Errors
+    errs: val.Errors
     flow: Flow | None
     sites: Mapping[str, SiteDecl]
     interrupted: set[str]
@@ -1225,20 +1040,20 @@ class _ExpectationInput:
 
 def _failover_gap(x: _ExpectationInput) -> Expectation | None:
     m, path, errs = x.m, x.path, x.errs
-    mx = _duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
+    mx = val.duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
     return FailoverGap(flow=x.flow.name, max_s=mx) if x.flow is not None and mx is not None else None
 
 
 def _lost_packets(x: _ExpectationInput) -> Expectation | None:
     m, path, errs = x.m, x.path, x.errs
-    n = _int(m["max"], f"{path}.max", errs, 0, 10**12, "a count") if m.get("max") is not None else None
+    n = val.integer(m["max"], f"{path}.max", errs, 0, 10**12, "a count") if m.get("max") is not None else None
     return LostPackets(flow=x.flow.name, max_packets=n) if x.flow is not None and n is not None else None
 
 
 def _path_changes(x: _ExpectationInput) -> Expectation | None:
     m, path, errs = x.m, x.path, x.errs
-    n = _int(m["max"], f"{path}.max", errs, 0, 10**6, "a count") if m.get("max") is not None else None
-    lo = _int(m.get("min", 0), f"{path}.min", errs, 0, 10**6, "a count")
+    n = val.integer(m["max"], f"{path}.max", errs, 0, 10**6, "a count") if m.get("max") is not None else None
+    lo = val.integer(m.get("min", 0), f"{path}.min", errs, 0, 10**6, "a count")
     if n is not None and lo is not None and lo > n:
         errs.add(f"{path}.min", f"must not exceed max ({n}), got {lo}")
     elif x.flow is not None and n is not None and lo is not None:
@@ -1248,7 +1063,7 @@ def _path_changes(x: _ExpectationInput) -> Expectation | None:
 
 def _sla_compliance(x: _ExpectationInput) -> Expectation | None:
     m, path, errs, flow = x.m, x.path, x.errs, x.flow
-    mn = _ratio(m["min"], f"{path}.min", errs) if m.get("min") is not None else None
+    mn = val.ratio(m["min"], f"{path}.min", errs) if m.get("min") is not None else None
     target = None
     if m.get("target") is not None and flow is not None:
         decl = x.sites.get(flow.src.site)
@@ -1262,7 +1077,7 @@ def _sla_compliance(x: _ExpectationInput) -> Expectation | None:
 def _detect_time(x: _ExpectationInput) -> Expectation | None:
     m, path, errs = x.m, x.path, x.errs
     link = _link(m["link"], f"{path}.link", errs, x.sites) if m.get("link") is not None else None
-    mx = _duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
+    mx = val.duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
     if link is not None and str(link) not in x.interrupted:
         errs.add(f"{path}.link", f"{link} is never cut or flapped in the timeline: there is nothing to detect")
     elif link is not None and mx is not None:
@@ -1275,10 +1090,10 @@ def _flow_stays(x: _ExpectationInput) -> Expectation | None:
     during = m.get("during")
     if not isinstance(during, list) or len(during) != 2:
         if during is not None:
-            errs.add(f"{path}.during", f"expected [START, END] like [20s, 40s], got {_kind(during)}")
+            errs.add(f"{path}.during", f"expected [START, END] like [20s, 40s], got {show(during)}")
         return None
-    a = _duration(during[0], f"{path}.during[0]", errs)
-    b = _duration(during[1], f"{path}.during[1]", errs)
+    a = val.duration(during[0], f"{path}.during[0]", errs)
+    b = val.duration(during[1], f"{path}.during[1]", errs)
     if a is None or b is None:
         return None
     if a >= b:
@@ -1301,16 +1116,13 @@ _EXPECTATION_PARSERS: dict[str, Callable[[_ExpectationInput], Expectation | None
     "sla_compliance": _sla_compliance, "detect_time": _detect_time, "flow_stays": _flow_stays}
 
 
-def _share(value: object, path: str, errs: Errors) -> float | None:
+def _share(value: object, path: str, errs: val.Errors) -> float | None:
     """A share of repeated runs (`quantile`, `pass_rate`): a percentage in (0, 100 %]."""
     if value is None:
         return None
-    try:
-        x = parse_ratio(value, path)
-    except ConfigError:
-        x = None
+    x = val.ratio(value, path, val.Errors())     # its own message below, not the ratio's
     if x is None or not 0.0 < x <= 1.0 or isinstance(value, bool):
-        errs.add(path, f'expected a percentage in (0, 100 %] like "95%", got {_kind(value)}')
+        errs.add(path, f'expected a percentage in (0, 100 %] like "95%", got {show(value)}')
         return None
     return x
 

@@ -115,7 +115,7 @@ class Policy(BaseModel):
     """A routing policy (`patronus/deploy/site.example.yaml` explains every key). In a PUT the name
     may be left out: it is the URL's."""
 
-    name: str = Field(max_length=64, description="printable, no space at either end")
+    name: str = Field(max_length=64, description="printable characters (spaces at either end are dropped)")
     priority: int = Field(ge=0, le=1_000_000, description="lower matches first")
     enabled: bool = True
     match: Match | None = None

@@ -23,25 +23,42 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
-import yaml
-
+from patronus import safeyaml
 from patronus.core.errors import ConfigError
 from patronus.core.model import EndpointId, Path, PathId, SiteId
 from patronus.core.monitor import MonitorProfile
-from patronus.core.policy import RoutingPolicy, default_policies
+from patronus.core.policy import RoutingPolicy
 from patronus.core.router import RouterConfig
+from patronus.core.settings import read_policies, read_router
 from patronus.core.sla import SlaTarget
-from patronus.core.units import parse_duration, parse_rate
+from patronus.core.validate import (
+    MAX_TEXT,
+    Errors,
+    address,
+    boolean,
+    choice,
+    duration,
+    file_path,
+    ifname,
+    integer,
+    item,
+    items,
+    mapping,
+    name,
+    number,
+    prefix,
+    rate,
+    show,
+)
 
 SCHEMA_VERSION = 1
 MAX_UPLINKS = 4
 MAX_PATHS = 250
-_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 STEERING_MODES = ("nftables", "none", "bpf")
 WG_BACKENDS = ("auto", "kernel", "userspace")
 
@@ -183,110 +200,41 @@ class SiteConfig:
 def load(path: str | FsPath) -> SiteConfig:
     p = FsPath(path)
     try:
-        text = p.read_text()
+        data = safeyaml.read_file(p)
     except OSError as exc:
         raise ConfigError(f"cannot read the site file: {exc.strerror or exc}", str(p)) from None
-    return parse(text, source=str(p))
+    return from_dict(safeyaml.read(data, str(p)), str(p))
 
 
 def parse(text: str, source: str = "<site file>") -> SiteConfig:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        raise ConfigError(f"not valid YAML: {where}{getattr(exc, 'problem', None) or exc}", source) from None
-    return from_dict(doc, source)
+    """Check a site file given as YAML text (read by `patronus.safeyaml`: bounded, repeated keys refused)."""
+    return from_dict(safeyaml.read(text, source), source)
 
 
-class _Errors:
-    def __init__(self) -> None:
-        self.items: list[tuple[str, str]] = []
-
-    def add(self, fld: str, reason: str) -> None:
-        self.items.append((fld, reason))
-
-    def take(self, exc: ConfigError) -> None:
-        self.items.extend(exc.errors)
+def _prefixes(v: object, fld: str, errs: Errors) -> tuple[str, ...]:
+    """One prefix or a non-empty list of them, canonical."""
+    raw = items([v] if isinstance(v, str) else v, fld, errs, "prefixes like 10.1.0.0/24", nonempty=True) or []
+    nets = (prefix(x, item(fld, i), errs) for i, x in enumerate(raw))
+    return tuple(str(n) for n in nets if n is not None)
 
 
-def _mapping(d: object, fld: str, errs: _Errors, known: set[str], required: Collection[str] = ()) -> Mapping[str, Any]:
-    if d is None:
-        d = {}
-    if not isinstance(d, Mapping):
-        errs.add(fld, f"expected a mapping, got {type(d).__name__}")
-        return {}
-    for k in d:
-        if k not in known:
-            errs.add(f"{fld}.{k}" if fld else str(k), f"unknown setting; expected one of {', '.join(sorted(known))}")
-    for k in sorted(required):
-        if k not in d or d[k] is None:
-            errs.add(f"{fld}.{k}" if fld else k, "required")
-    return d
-
-
-def _name(v: object, fld: str, errs: _Errors) -> str:
-    if not isinstance(v, str) or not _NAME.match(v):
-        errs.add(fld, f"expected a name of lowercase letters, digits and '-', starting with a letter, "
-                      f"at most 31 characters; got {v!r}")
-        return ""
-    return v
-
-
-def _int(v: object, fld: str, errs: _Errors, lo: int, hi: int, what: str = "a whole number") -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        errs.add(fld, f"expected {what} {lo}-{hi}, got {v!r}")
-        return lo
-    return v
-
-
-def _address(v: object, fld: str, errs: _Errors) -> str:
-    try:
-        if not isinstance(v, str):
-            raise ValueError
-        return str(ipaddress.ip_address(v))
-    except ValueError:
-        errs.add(fld, f"expected an IP address like 192.0.2.1, got {v!r}")
-        return ""
-
-
-def _prefixes(v: object, fld: str, errs: _Errors) -> tuple[str, ...]:
-    if isinstance(v, str):
-        v = [v]
-    if not isinstance(v, list) or not v:
-        errs.add(fld, f"expected a list of prefixes like 10.1.0.0/24, got {v!r}")
-        return ()
-    out = []
-    for i, x in enumerate(v):
-        try:
-            if not isinstance(x, str):
-                raise ValueError("not a string")
-            out.append(str(ipaddress.ip_network(x, strict=True)))
-        except ValueError as exc:
-            errs.add(f"{fld}[{i}]", f"expected a prefix like 10.1.0.0/24 with no host bits set, got {x!r} ({exc})")
-    return tuple(out)
-
-
-def _ifname(v: object, fld: str, errs: _Errors) -> str:
-    if not isinstance(v, str) or not 1 <= len(v) <= 15 or any(c in v for c in "/ \t\n:"):
-        errs.add(fld, f"expected a Linux interface name (1-15 characters, no '/', ':' or spaces), got {v!r}")
-        return ""
-    return v
-
-
-def _secret(d: Mapping[str, Any], fld: str, errs: _Errors) -> bytes | None:
+def _secret(d: Mapping[str, Any], fld: str, errs: Errors) -> bytes | None:
+    """`secret` (text) or `secret_file` (read here: the only file this module reads besides the site file)."""
     if d.get("secret") is not None and d.get("secret_file") is not None:
         errs.add(f"{fld}.secret", "give either secret or secret_file, not both")
         return None
     if d.get("secret") is not None:
         s = d["secret"]
-        if not isinstance(s, str) or len(s) < 16:
+        if not isinstance(s, str) or not 16 <= len(s) <= MAX_TEXT:
             errs.add(f"{fld}.secret", "expected a shared secret of at least 16 characters")
             return None
         return s.encode()
     if d.get("secret_file") is not None:
+        name = file_path(d["secret_file"], f"{fld}.secret_file", errs)
+        if name is None:
+            return None
         try:
-            data = FsPath(str(d["secret_file"])).read_bytes().strip()
+            data = FsPath(name).read_bytes().strip()
         except OSError as exc:
             errs.add(f"{fld}.secret_file", f"cannot read: {exc.strerror or exc}")
             return None
@@ -297,127 +245,96 @@ def _secret(d: Mapping[str, Any], fld: str, errs: _Errors) -> bytes | None:
     return None
 
 
-def _duration(v: object, fld: str, errs: _Errors, lo: float = 0.0) -> float:
-    try:
-        x = parse_duration(v, fld)
-    except ConfigError as exc:
-        errs.take(exc)
-        return lo
-    if x < lo:
-        errs.add(fld, f"must be at least {lo:g} s, got {v!r}")
-    return x
+def _path_setting(m: Mapping[str, Any], key: str, fld: str, errs: Errors, default: str) -> FsPath:
+    """A file or directory named in the site file (`default` when left out)."""
+    if m.get(key) is None:
+        return FsPath(default)
+    return FsPath(file_path(m[key], fld, errs) or default)
 
 
-_TOP = {"version", "site", "uplinks", "remotes", "wireguard", "probe", "monitor", "policies", "router", "sla", "api",
-        "database", "state_dir", "metrics_interval", "steering", "bandwidth_test", "pmtu"}
+_TOP = ("version", "site", "uplinks", "remotes", "wireguard", "probe", "monitor", "policies", "router", "sla", "api",
+        "database", "state_dir", "metrics_interval", "steering", "bandwidth_test", "pmtu")
 
 
 def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
     """A validated `SiteConfig` from a parsed site file. Raises ConfigError listing every problem, each
     with its field; one section at a time, each section's helper below adds its own."""
-    errs = _Errors()
-    top = _mapping(doc, "", errs, _TOP, {"version", "site", "uplinks"})
-    if not top and not errs.items:
-        errs.add("", "the site file is empty")
+    errs = Errors()
+    if doc is None:
+        raise ConfigError("the site file is empty", "")
+    top = mapping(doc, "", errs, _TOP, ("version", "site", "uplinks")) or {}
     if "version" in top and top["version"] != SCHEMA_VERSION:
-        errs.add("version", f"unsupported version {top['version']!r}; this agent reads version {SCHEMA_VERSION}")
-    name, sid, lan, lan_ifs = _site_section(top, errs)
+        errs.add("version", f"unsupported version {show(top['version'])}; this agent reads version {SCHEMA_VERSION}")
+    site_name, sid, lan, lan_ifs = _site_section(top, errs)
     uplinks = _uplinks_section(top, lan_ifs, errs)
-    remotes = _remotes_section(top, name, sid, errs)
+    remotes = _remotes_section(top, site_name, sid, errs)
     _check_overlaps(lan, remotes, errs)
-    wg = _mapping(top.get("wireguard"), "wireguard", errs, {"backend", "private_key_file", "port_base", "keepalive",
-                                                            "mtu"})
-    backend = wg.get("backend", "auto")
-    if backend not in WG_BACKENDS:
-        errs.add("wireguard.backend", f"expected one of {', '.join(WG_BACKENDS)}, got {backend!r}")
-    port_base = _int(wg.get("port_base", 40000), "wireguard.port_base", errs, 1024, 65000, "a UDP port")
-    keepalive = _duration(wg.get("keepalive", "5s"), "wireguard.keepalive", errs)
-    wg_mtu = _int(wg.get("mtu", 1420), "wireguard.mtu", errs, 1280, 9000, "an MTU")
+    wg = _wireguard_section(top, site_name, errs)
     probe_port, probe_auth, probe_secret, probe_rt = _probe_section(top, remotes, errs)
-    monitor = MonitorProfile.from_config("default")
-    try:
-        monitor = MonitorProfile.from_config(top.get("monitor", "default"), "monitor")
-    except ConfigError as exc:
-        errs.take(exc)
-    policies = _policies_section(top, errs)
-    router = _router_section(top, errs)
-    sla = SlaTarget()
-    if top.get("sla") is not None:
-        try:
-            sla = SlaTarget.from_dict(top["sla"], "sla")
-        except ConfigError as exc:
-            errs.take(exc)
-    api = _mapping(top.get("api"), "api", errs, {"listen", "token", "token_file"})
+    monitor = errs.attempt(MonitorProfile.from_config, top.get("monitor", "default"), "monitor")
+    policies = read_policies(top.get("policies"), "policies", errs)
+    router = read_router(top.get("router"), "router", errs)
+    sla = SlaTarget() if top.get("sla") is None else errs.attempt(SlaTarget.from_dict, top["sla"], "sla")
+    api = mapping(top.get("api"), "api", errs, ("listen", "token", "token_file"), none_ok=True) or {}
     listen, token = _listen(api, errs), _token(api, errs)
-    state_dir = FsPath(str(top.get("state_dir") or f"/run/patronus/{name or 'site'}"))
-    metrics_interval = _duration(top.get("metrics_interval", "10s"), "metrics_interval", errs, 0.1)
-    steering = top.get("steering", "nftables")
-    if steering not in STEERING_MODES:
-        errs.add("steering", f"expected one of {', '.join(STEERING_MODES)}, got {steering!r}")
-    elif steering == "bpf":
+    state_dir = _path_setting(top, "state_dir", "state_dir", errs, f"/run/patronus/{site_name or 'site'}")
+    metrics_interval = duration(top.get("metrics_interval", "10s"), "metrics_interval", errs, at_least=0.1)
+    steering = choice(top.get("steering", "nftables"), "steering", errs, STEERING_MODES)
+    if steering == "bpf":
         errs.add("steering", "the XDP / tc-BPF dataplane is not built yet; use 'nftables' (or 'none' to "
                              "measure paths without steering traffic)")
     bw_interval, bw_duration, bw_rate = _bandwidth_section(top, errs)
-    pmtu = top.get("pmtu", True)
-    if not isinstance(pmtu, bool):
-        errs.add("pmtu", f"expected true or false, got {pmtu!r}")
-        pmtu = True
-    plans = _path_plans(remotes, uplinks, sid, port_base, probe_port, errs) if not errs.items else []
-    if errs.items:
-        raise ConfigError(errs.items)
+    pmtu = boolean(top.get("pmtu", True), "pmtu", errs)
+    token_file = _path_setting(api, "token_file", "api.token_file", errs, str(state_dir / "api.token"))
+    database = _path_setting(top, "database", "database", errs, f"/var/lib/patronus/{site_name or 'site'}.db")
+    plans = _path_plans(remotes, uplinks, sid, wg.port_base, probe_port, errs) if not errs.items else []
+    errs.check()
+    assert monitor is not None and sla is not None and metrics_interval is not None and pmtu is not None
     return SiteConfig(
-        source=source, name=name, id=sid, lan_prefixes=lan, lan_interfaces=tuple(lan_ifs), uplinks=tuple(uplinks),
-        remotes=tuple(remotes), wg_backend=str(backend),
-        wg_private_key_file=FsPath(str(wg.get("private_key_file") or f"/var/lib/patronus/{name or 'site'}.key")),
-        wg_port_base=port_base, wg_keepalive_s=round(keepalive), wg_mtu=wg_mtu, probe_port=probe_port,
-        probe_auth=probe_auth, probe_secret=probe_secret, probe_realtime=probe_rt, monitor=monitor,
-        policies=policies, router=router, sla=sla, api_listen=listen, api_token=token,
-        api_token_file=FsPath(str(api.get("token_file") or state_dir / "api.token")),
-        database=FsPath(str(top.get("database") or f"/var/lib/patronus/{name or 'site'}.db")), state_dir=state_dir,
-        metrics_interval_s=metrics_interval, steering=str(steering), bandwidth_interval_s=bw_interval,
-        bandwidth_duration_s=bw_duration, bandwidth_rate_mbps=bw_rate, pmtu=bool(pmtu), paths=tuple(plans))
+        source=source, name=site_name, id=sid, lan_prefixes=lan, lan_interfaces=tuple(lan_ifs), uplinks=tuple(uplinks),
+        remotes=tuple(remotes), wg_backend=wg.backend, wg_private_key_file=wg.key_file, wg_port_base=wg.port_base,
+        wg_keepalive_s=wg.keepalive_s, wg_mtu=wg.mtu, probe_port=probe_port, probe_auth=probe_auth,
+        probe_secret=probe_secret, probe_realtime=probe_rt, monitor=monitor, policies=policies, router=router,
+        sla=sla, api_listen=listen, api_token=token, api_token_file=token_file, database=database,
+        state_dir=state_dir, metrics_interval_s=metrics_interval, steering=str(steering),
+        bandwidth_interval_s=bw_interval, bandwidth_duration_s=bw_duration, bandwidth_rate_mbps=bw_rate,
+        pmtu=pmtu, paths=tuple(plans))
 
 
-def _site_section(top: Mapping[str, Any], errs: _Errors) -> tuple[str, int, tuple[str, ...], list[str]]:
+def _site_section(top: Mapping[str, Any], errs: Errors) -> tuple[str, int, tuple[str, ...], list[str]]:
     """`site`: (name, id, LAN prefixes, LAN interfaces)."""
-    site = _mapping(top.get("site"), "site", errs, {"name", "id", "lan_prefixes", "lan_interfaces"},
-                    {"name", "id", "lan_prefixes"})
-    name = _name(site.get("name"), "site.name", errs) if "name" in site else ""
-    sid = _int(site.get("id"), "site.id", errs, 1, 4000, "a site number") if "id" in site else 1
-    lan = _prefixes(site.get("lan_prefixes"), "site.lan_prefixes", errs) if "lan_prefixes" in site else ()
-    lan_ifs_raw = site.get("lan_interfaces") or []
-    lan_ifs: list[str] = []
-    if not isinstance(lan_ifs_raw, list):
-        errs.add("site.lan_interfaces", f"expected a list of interface names, got {lan_ifs_raw!r}")
-    else:
-        lan_ifs = [_ifname(x, f"site.lan_interfaces[{i}]", errs) for i, x in enumerate(lan_ifs_raw)]
-    return name, sid, lan, lan_ifs
+    site = mapping(top.get("site"), "site", errs, ("name", "id", "lan_prefixes", "lan_interfaces"),
+                   ("name", "id", "lan_prefixes") if top.get("site") is not None else (), none_ok=True) or {}
+    nm = (name(site["name"], "site.name", errs) or "") if site.get("name") is not None else ""
+    sid = (integer(site["id"], "site.id", errs, 1, 4000, "a site number") or 1) if site.get("id") is not None else 1
+    lan = _prefixes(site["lan_prefixes"], "site.lan_prefixes", errs) if site.get("lan_prefixes") is not None else ()
+    lan_ifs_raw = items(site.get("lan_interfaces") or [], "site.lan_interfaces", errs, "interface names") or []
+    lan_ifs = [ifname(x, item("site.lan_interfaces", i), errs) or "" for i, x in enumerate(lan_ifs_raw)]
+    return nm, sid, lan, lan_ifs
 
 
-def _unique(items: Sequence[object], attrs: Iterable[str], where: str, errs: _Errors, *,
+def _unique(things: Sequence[object], attrs: Iterable[str], where: str, errs: Errors, *,
             skip_empty: bool = False) -> None:
-    """Each of `attrs` is unique over `items` (the list at `where`): a repeat is an error at the
+    """Each of `attrs` is unique over `things` (the list at `where`): a repeat is an error at the
     repeat, naming the first."""
     rel = where.rpartition(".")[2]
     for what in attrs:
         seen: dict[object, int] = {}
-        for i, item in enumerate(items):
-            v = getattr(item, what)
+        for i, thing in enumerate(things):
+            v = getattr(thing, what)
             if skip_empty and not v:
                 continue
             if v in seen:
-                errs.add(f"{where}[{i}].{what}", f"duplicate of {rel}[{seen[v]}].{what} ({v!r})")
+                errs.add(f"{where}[{i}].{what}", f"duplicate of {rel}[{seen[v]}].{what} ({show(v)})")
             seen.setdefault(v, i)
 
 
-def _uplinks_section(top: Mapping[str, Any], lan_ifs: list[str], errs: _Errors) -> list[UplinkConfig]:
-    raw_up = top.get("uplinks")
-    if "uplinks" in top and (not isinstance(raw_up, list) or not raw_up):
-        errs.add("uplinks", "expected a list of at least one uplink")
-        raw_up = []
+def _uplinks_section(top: Mapping[str, Any], lan_ifs: list[str], errs: Errors) -> list[UplinkConfig]:
+    raw_up = items(top["uplinks"], "uplinks", errs, "uplinks", nonempty=True) if top.get("uplinks") is not None else []
     raw_up = raw_up or []
     if len(raw_up) > MAX_UPLINKS:
         errs.add("uplinks", f"at most {MAX_UPLINKS} uplinks per site, got {len(raw_up)}")
+        raw_up = raw_up[:MAX_UPLINKS]
     uplinks = [_uplink(u, i, errs) for i, u in enumerate(raw_up)]
     _unique(uplinks, ("name", "interface", "address"), "uplinks", errs, skip_empty=True)
     for i, ifn in enumerate(lan_ifs):
@@ -426,35 +343,24 @@ def _uplinks_section(top: Mapping[str, Any], lan_ifs: list[str], errs: _Errors) 
     return uplinks
 
 
-def _uplink(u: object, i: int, errs: _Errors) -> UplinkConfig:
-    f = f"uplinks[{i}]"
-    m = _mapping(u, f, errs, {"name", "interface", "address", "gateway", "cost_per_gb", "bandwidth"},
-                 {"name", "interface", "address"})
-    cost = m.get("cost_per_gb", 0.0)
-    if isinstance(cost, bool) or not isinstance(cost, int | float) or not 0 <= cost < 1e6:
-        errs.add(f"{f}.cost_per_gb", f"expected a non-negative price in $ per GB, got {cost!r}")
-        cost = 0.0
-    bw = 0.0
-    if m.get("bandwidth") is not None:
-        try:
-            bw = parse_rate(m["bandwidth"], f"{f}.bandwidth") / 1e6
-        except ConfigError as exc:
-            errs.take(exc)
-    gw = _address(m["gateway"], f"{f}.gateway", errs) if m.get("gateway") is not None else None
+def _uplink(u: object, i: int, errs: Errors) -> UplinkConfig:
+    f = item("uplinks", i)
+    m = mapping(u, f, errs, ("name", "interface", "address", "gateway", "cost_per_gb", "bandwidth"),
+                ("name", "interface", "address")) or {}
+    cost = number(m.get("cost_per_gb", 0.0), f"{f}.cost_per_gb", errs, 0, 1e6, "a non-negative price in $ per GB")
+    bw = rate(m["bandwidth"], f"{f}.bandwidth", errs, positive=False) if m.get("bandwidth") is not None else 0.0
+    gw = address(m["gateway"], f"{f}.gateway", errs) if m.get("gateway") is not None else None
     return UplinkConfig(
-        name=_name(m.get("name"), f"{f}.name", errs) if "name" in m else "", number=i,
-        interface=_ifname(m.get("interface"), f"{f}.interface", errs) if "interface" in m else "",
-        address=_address(m.get("address"), f"{f}.address", errs) if "address" in m else "",
-        gateway=gw, cost_per_gb=float(cost), bandwidth_mbps=bw)
+        name=(name(m["name"], f"{f}.name", errs) or "") if m.get("name") is not None else "", number=i,
+        interface=(ifname(m["interface"], f"{f}.interface", errs) or "") if m.get("interface") is not None else "",
+        address=(address(m["address"], f"{f}.address", errs) or "") if m.get("address") is not None else "",
+        gateway=gw, cost_per_gb=cost or 0.0, bandwidth_mbps=(bw or 0.0) / 1e6)
 
 
-def _remotes_section(top: Mapping[str, Any], name: str, sid: int, errs: _Errors) -> list[RemoteConfig]:
-    raw_rem = top.get("remotes") or []
-    if not isinstance(raw_rem, list):
-        errs.add("remotes", "expected a list of remote sites")
-        raw_rem = []
-    remotes = [_remote(r, f"remotes[{i}]", errs) for i, r in enumerate(raw_rem)]
-    for what, own, why in (("name", name, "this site's own name"), ("id", sid, "this site's own id")):
+def _remotes_section(top: Mapping[str, Any], own_name: str, sid: int, errs: Errors) -> list[RemoteConfig]:
+    raw_rem = items(top.get("remotes") or [], "remotes", errs, "remote sites") or []
+    remotes = [_remote(r, item("remotes", i), errs) for i, r in enumerate(raw_rem)]
+    for what, own, why in (("name", own_name, "this site's own name"), ("id", sid, "this site's own id")):
         seen: dict[object, int] = {}
         for i, rm in enumerate(remotes):
             v = getattr(rm, what)
@@ -466,43 +372,37 @@ def _remotes_section(top: Mapping[str, Any], name: str, sid: int, errs: _Errors)
     return remotes
 
 
-def _remote(r: object, f: str, errs: _Errors) -> RemoteConfig:
+def _remote(r: object, f: str, errs: Errors) -> RemoteConfig:
     from patronus.agent.keys import check_key  # cryptography-free check, kept beside key generation
 
-    m = _mapping(r, f, errs, {"name", "id", "public_key", "prefixes", "endpoints", "probe_secret"},
-                 {"name", "id", "public_key", "prefixes", "endpoints"})
-    pk = ""
-    if m.get("public_key") is not None:
-        try:
-            pk = check_key(m["public_key"], f"{f}.public_key")
-        except ConfigError as exc:
-            errs.take(exc)
-    raw_eps = m.get("endpoints")
-    if "endpoints" in m and (not isinstance(raw_eps, list) or not raw_eps):
-        errs.add(f"{f}.endpoints", "expected a list of at least one endpoint")
-        raw_eps = []
-    eps = [_endpoint(e, j, f"{f}.endpoints[{j}]", errs) for j, e in enumerate(raw_eps or [])]
+    m = mapping(r, f, errs, ("name", "id", "public_key", "prefixes", "endpoints", "probe_secret"),
+                ("name", "id", "public_key", "prefixes", "endpoints")) or {}
+    pk = (errs.attempt(check_key, m["public_key"], f"{f}.public_key") or "") if m.get("public_key") is not None else ""
+    raw_eps = items(m["endpoints"], f"{f}.endpoints", errs, "endpoints", nonempty=True) \
+        if m.get("endpoints") is not None else []
+    eps = [_endpoint(e, j, item(f"{f}.endpoints", j), errs) for j, e in enumerate(raw_eps or [])]
     _unique(eps, ("uplink", "uplink_no", "address"), f"{f}.endpoints", errs)
     psec = _secret({"secret": m["probe_secret"]}, f, errs) if m.get("probe_secret") is not None else None
     return RemoteConfig(
-        name=_name(m.get("name"), f"{f}.name", errs) if "name" in m else "",
-        id=_int(m.get("id"), f"{f}.id", errs, 1, 4000, "a site number") if "id" in m else 0,
+        name=(name(m["name"], f"{f}.name", errs) or "") if m.get("name") is not None else "",
+        id=(integer(m["id"], f"{f}.id", errs, 1, 4000, "a site number") or 0) if m.get("id") is not None else 0,
         public_key=pk,
-        prefixes=_prefixes(m.get("prefixes"), f"{f}.prefixes", errs) if "prefixes" in m else (),
+        prefixes=_prefixes(m["prefixes"], f"{f}.prefixes", errs) if m.get("prefixes") is not None else (),
         endpoints=tuple(eps), probe_secret=psec)
 
 
-def _endpoint(e: object, j: int, fe: str, errs: _Errors) -> EndpointConfig:
-    me = _mapping(e, fe, errs, {"uplink", "address", "uplink_no"}, {"uplink", "address"})
-    no = _int(me["uplink_no"], f"{fe}.uplink_no", errs, 0, MAX_UPLINKS - 1) if "uplink_no" in me else j
-    if no >= MAX_UPLINKS:
+def _endpoint(e: object, j: int, fe: str, errs: Errors) -> EndpointConfig:
+    me = mapping(e, fe, errs, ("uplink", "address", "uplink_no"), ("uplink", "address")) or {}
+    no = integer(me["uplink_no"], f"{fe}.uplink_no", errs, 0, MAX_UPLINKS - 1) if "uplink_no" in me else j
+    if no is not None and no >= MAX_UPLINKS:
         errs.add(fe, f"a site has at most {MAX_UPLINKS} uplinks")
-    return EndpointConfig(uplink=_name(me.get("uplink"), f"{fe}.uplink", errs) if "uplink" in me else "",
-                          uplink_no=no,
-                          address=_address(me.get("address"), f"{fe}.address", errs) if "address" in me else "")
+    return EndpointConfig(uplink=(name(me["uplink"], f"{fe}.uplink", errs) or "") if me.get("uplink") is not None
+                          else "", uplink_no=j if no is None else no,
+                          address=(address(me["address"], f"{fe}.address", errs) or "")
+                          if me.get("address") is not None else "")
 
 
-def _check_overlaps(lan: tuple[str, ...], remotes: list[RemoteConfig], errs: _Errors) -> None:
+def _check_overlaps(lan: tuple[str, ...], remotes: list[RemoteConfig], errs: Errors) -> None:
     """Prefixes must not overlap: longest-prefix match would hide a site."""
     owned: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = [
         (ipaddress.ip_network(p), "site.lan_prefixes") for p in lan]
@@ -515,17 +415,38 @@ def _check_overlaps(lan: tuple[str, ...], remotes: list[RemoteConfig], errs: _Er
             owned.append((net, f"remotes[{i}].prefixes"))
 
 
+@dataclass(frozen=True, slots=True)
+class _WireGuard:
+    backend: str
+    key_file: FsPath
+    port_base: int
+    keepalive_s: int
+    mtu: int
+
+
+def _wireguard_section(top: Mapping[str, Any], site_name: str, errs: Errors) -> _WireGuard:
+    wg = mapping(top.get("wireguard"), "wireguard", errs, ("backend", "private_key_file", "port_base", "keepalive",
+                                                           "mtu"), none_ok=True) or {}
+    keepalive = duration(wg.get("keepalive", "5s"), "wireguard.keepalive", errs, at_most=65535)
+    return _WireGuard(
+        backend=choice(wg.get("backend", "auto"), "wireguard.backend", errs, WG_BACKENDS) or "auto",
+        key_file=_path_setting(wg, "private_key_file", "wireguard.private_key_file", errs,
+                               f"/var/lib/patronus/{site_name or 'site'}.key"),
+        port_base=integer(wg.get("port_base", 40000), "wireguard.port_base", errs, 1024, 65000, "a UDP port") or 40000,
+        keepalive_s=round(keepalive or 0), mtu=integer(wg.get("mtu", 1420), "wireguard.mtu", errs, 1280, 9000,
+                                                       "an MTU") or 1420)
+
+
 def _probe_section(top: Mapping[str, Any], remotes: list[RemoteConfig],
-                   errs: _Errors) -> tuple[int, bool, bytes | None, int]:
+                   errs: Errors) -> tuple[int, bool, bytes | None, int]:
     """`probe`: (port, authenticated, shared secret, real-time priority)."""
-    probe = _mapping(top.get("probe"), "probe", errs, {"port", "auth", "secret", "secret_file", "realtime_priority"})
-    port = _int(probe.get("port", 862), "probe.port", errs, 1, 65535, "a UDP port")
-    rt = _int(probe.get("realtime_priority", 0), "probe.realtime_priority", errs, 0, 99,
-              "a SCHED_FIFO priority (1-99, 0 for none)")
-    auth = probe.get("auth", True)
-    if not isinstance(auth, bool):
-        errs.add("probe.auth", f"expected true or false, got {auth!r}")
-        auth = True
+    probe = mapping(top.get("probe"), "probe", errs, ("port", "auth", "secret", "secret_file", "realtime_priority"),
+                    none_ok=True) or {}
+    port = integer(probe.get("port", 862), "probe.port", errs, 1, 65535, "a UDP port") or 862
+    rt = integer(probe.get("realtime_priority", 0), "probe.realtime_priority", errs, 0, 99,
+                 "a SCHED_FIFO priority (1-99, 0 for none)") or 0
+    auth = boolean(probe.get("auth", True), "probe.auth", errs)
+    auth = True if auth is None else auth
     secret = _secret(probe, "probe", errs)
     if auth and secret is None and "secret" not in probe and "secret_file" not in probe and remotes \
             and any(r.probe_secret is None for r in remotes):
@@ -534,97 +455,48 @@ def _probe_section(top: Mapping[str, Any], remotes: list[RemoteConfig],
     return port, auth, secret, rt
 
 
-def _policies_section(top: Mapping[str, Any], errs: _Errors) -> tuple[RoutingPolicy, ...]:
-    policies: tuple[RoutingPolicy, ...] = tuple(default_policies())
-    raw_pol = top.get("policies", "default")
-    if raw_pol != "default":
-        if not isinstance(raw_pol, list) or not raw_pol:
-            errs.add("policies", "expected 'default' or a list of policies")
-        else:
-            pols = []
-            for i, pd in enumerate(raw_pol):
-                try:
-                    pols.append(RoutingPolicy.from_dict(pd, f"policies[{i}]"))
-                except ConfigError as exc:
-                    errs.take(exc)
-            names: dict[str, int] = {}
-            for i, pol in enumerate(pols):
-                if pol.name in names:
-                    errs.add(f"policies[{i}].name", f"duplicate policy name {pol.name!r}")
-                names.setdefault(pol.name, i)
-            policies = tuple(pols)
-    if len(policies) > 250:
-        errs.add("policies", "at most 250 policies")
-    return policies
+_LISTEN = re.compile(r"^\[?([0-9A-Fa-f:.]{2,45})\]?:([0-9]{1,5})$")
 
 
-def _router_section(top: Mapping[str, Any], errs: _Errors) -> RouterConfig:
-    rc = _mapping(top.get("router"), "router", errs, {"failback_hold", "min_improvement", "failover_cooldown",
-                                                      "idle_timeout"})
-    kw: dict[str, float] = {}
-    for key, attr in (("failback_hold", "failback_hold_s"), ("failover_cooldown", "failover_cooldown_s"),
-                      ("idle_timeout", "idle_timeout_s")):
-        if key in rc:
-            kw[attr] = _duration(rc[key], f"router.{key}", errs)
-    if "min_improvement" in rc:
-        mi = rc["min_improvement"]
-        if isinstance(mi, bool) or not isinstance(mi, int | float) or not 0 <= mi <= 100:
-            errs.add("router.min_improvement", f"expected a score difference 0-100, got {mi!r}")
-        else:
-            kw["min_improvement"] = float(mi)
-    try:
-        return RouterConfig(**kw)
-    except ConfigError as exc:
-        errs.take(exc)
-        return RouterConfig()
-
-
-def _listen(api: Mapping[str, Any], errs: _Errors) -> tuple[str, int]:
+def _listen(api: Mapping[str, Any], errs: Errors) -> tuple[str, int]:
     raw_listen = api.get("listen", "127.0.0.1:8470")
-    if isinstance(raw_listen, str) and ":" in raw_listen:
-        host, _, port_s = raw_listen.rpartition(":")
-        host = host.strip("[]")
+    m = _LISTEN.match(raw_listen) if isinstance(raw_listen, str) else None
+    if m is not None:
+        host, port = m.group(1), int(m.group(2))
         try:
             ipaddress.ip_address(host)
-            port = int(port_s)
-            if not 1 <= port <= 65535:
-                raise ValueError
-            return host, port
         except ValueError:
             pass
-    errs.add("api.listen", f"expected ADDRESS:PORT like 127.0.0.1:8470, got {raw_listen!r}")
+        else:
+            if 1 <= port <= 65535:
+                return host, port
+    errs.add("api.listen", f"expected ADDRESS:PORT like 127.0.0.1:8470, got {show(raw_listen)}")
     return "127.0.0.1", 8470
 
 
-def _token(api: Mapping[str, Any], errs: _Errors) -> str | None:
+def _token(api: Mapping[str, Any], errs: Errors) -> str | None:
     token = api.get("token")
-    if token is not None and (not isinstance(token, str) or len(token) < 16):
+    if token is not None and (not isinstance(token, str) or not 16 <= len(token) <= MAX_TEXT):
         errs.add("api.token", "expected a token of at least 16 characters (or leave it out: the agent "
                               "generates one into api.token_file)")
         return None
     return token
 
 
-def _bandwidth_section(top: Mapping[str, Any], errs: _Errors) -> tuple[float, float, float]:
+def _bandwidth_section(top: Mapping[str, Any], errs: Errors) -> tuple[float, float, float]:
     """`bandwidth_test`: (interval, 0 for off; duration; rate in Mbit/s)."""
-    bwt = _mapping(top.get("bandwidth_test"), "bandwidth_test", errs, {"interval", "duration", "rate"})
+    bwt = mapping(top.get("bandwidth_test"), "bandwidth_test", errs, ("interval", "duration", "rate"),
+                  none_ok=True) or {}
     interval = 0.0
     if bwt.get("interval", "off") not in ("off", None, False):
-        interval = _duration(bwt["interval"], "bandwidth_test.interval", errs, 10.0)
-    duration = _duration(bwt.get("duration", "2s"), "bandwidth_test.duration", errs, 0.2)
-    if duration > 30:
-        errs.add("bandwidth_test.duration", "at most 30 s")
-    rate = 50.0
-    if bwt.get("rate") is not None:
-        try:
-            rate = parse_rate(bwt["rate"], "bandwidth_test.rate") / 1e6
-        except ConfigError as exc:
-            errs.take(exc)
-    return interval, duration, rate
+        interval = duration(bwt["interval"], "bandwidth_test.interval", errs, at_least=10.0) or 0.0
+    dur = duration(bwt.get("duration", "2s"), "bandwidth_test.duration", errs, at_least=0.2, at_most=30.0) or 2.0
+    bw = rate(bwt["rate"], "bandwidth_test.rate", errs) if bwt.get("rate") is not None else 50e6
+    return interval, dur, (bw or 50e6) / 1e6
 
 
 def _path_plans(remotes: list[RemoteConfig], uplinks: list[UplinkConfig], sid: int, port_base: int,
-                probe_port: int, errs: _Errors) -> list[PathPlan]:
+                probe_port: int, errs: Errors) -> list[PathPlan]:
     """The paths, local uplink × remote endpoint, numbered in id order, with their ports."""
     ids = sorted(((f"{rm.name}:{up.name}-{ep.uplink}", rm, up, ep)
                   for rm in remotes for up in uplinks for ep in rm.endpoints), key=lambda t: t[0])

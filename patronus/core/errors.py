@@ -7,6 +7,60 @@ Every message names the field and the reason.
 
 from __future__ import annotations
 
+MAX_SHOWN = 60     # characters of a value that a message may show
+
+
+def show(value: object, limit: int = MAX_SHOWN) -> str:
+    """A value as a message may show it: its repr when short, else a bounded description ("'abc…' (5000
+    characters)", "an integer of about 5000 digits", "a list of 3 items"). Never formats an unbounded
+    value (an alias bomb's expansion, a 5000-digit integer, whose repr even raises)."""
+    if value is None:
+        return "nothing"
+    brief = _brief(value, limit)
+    if brief is not None:
+        return brief
+    if isinstance(value, str):
+        return f"{value[:limit]!r}… ({len(value)} characters)"
+    if isinstance(value, int):
+        return f"an integer of about {int(value.bit_length() * 0.30103) + 1} digits"
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} items"
+    if isinstance(value, dict):
+        return f"a mapping of {len(value)} keys"
+    return f"a {type(value).__name__}"
+
+
+def _brief(value: object, budget: int) -> str | None:
+    """repr(value) if it fits in `budget` characters, else None; never builds a longer string (nesting
+    eats the budget, so the recursion is bounded too)."""
+    if budget <= 0:
+        return None
+    out: str | None
+    if value is None or isinstance(value, bool | float):
+        out = repr(value)
+    elif isinstance(value, int):
+        out = repr(value) if value.bit_length() <= 3 * budget else None
+    elif isinstance(value, str):
+        out = repr(value) if len(value) <= budget else None
+    elif isinstance(value, list | tuple | dict):
+        parts: list[str] = []
+        used = 2
+        pairs = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        for k, v in pairs:
+            key = "" if k is None and not isinstance(value, dict) else _brief(k, budget - used)
+            val = _brief(v, budget - used - (len(key) + 2 if key else 0)) if key is not None else None
+            if val is None or key is None:
+                return None
+            parts.append(f"{key}: {val}" if isinstance(value, dict) else val)
+            used += len(parts[-1]) + 2
+            if used > budget:
+                return None
+        open_, close = ("{", "}") if isinstance(value, dict) else ("[", "]") if isinstance(value, list) else ("(", ")")
+        out = open_ + ", ".join(parts) + close
+    else:
+        out = None
+    return out if out is not None and len(out) <= budget else None
+
 
 class PatronusError(Exception):
     """Base class of every error Patronus raises on purpose."""

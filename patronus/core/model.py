@@ -11,7 +11,7 @@ import ipaddress
 from dataclasses import dataclass, replace
 from typing import NamedTuple, NewType
 
-from patronus.core.errors import ConfigError
+from patronus.core.errors import ConfigError, show
 
 SiteId = NewType("SiteId", str)
 EndpointId = NewType("EndpointId", str)
@@ -41,18 +41,18 @@ PROTOCOL_NAMES: dict[int, str] = {v: k for k, v in PROTOCOL_NUMBERS.items()}
 def parse_protocol(value: object, field_name: str = "protocol") -> int:
     """`"udp"` / `17` → 17."""
     if isinstance(value, bool):
-        raise ConfigError(f"expected a protocol name or number, got {value!r}", field_name)
+        raise ConfigError(f"expected a protocol name or number, got {show(value)}", field_name)
     if isinstance(value, int):
         if 0 <= value <= 255:
             return value
-        raise ConfigError(f"expected a protocol number 0-255, got {value}", field_name)
+        raise ConfigError(f"expected a protocol number 0-255, got {show(value)}", field_name)
     if isinstance(value, str):
         name = value.strip().lower()
         if name in PROTOCOL_NUMBERS:
             return PROTOCOL_NUMBERS[name]
-        if name.isdigit():
+        if name.isascii() and name.isdigit() and len(name) <= 3:
             return parse_protocol(int(name), field_name)
-    raise ConfigError(f"expected a protocol name ({', '.join(PROTOCOL_NUMBERS)}) or number, got {value!r}",
+    raise ConfigError(f"expected a protocol name ({', '.join(PROTOCOL_NUMBERS)}) or number, got {show(value)}",
                       field_name)
 
 
@@ -61,12 +61,12 @@ def canonical_ip(value: object, field_name: str) -> str:
     try:
         return str(ipaddress.ip_address(value))  # type: ignore[arg-type]
     except ValueError:
-        raise ConfigError(f"expected an IPv4 or IPv6 address, got {value!r}", field_name) from None
+        raise ConfigError(f"expected an IPv4 or IPv6 address, got {show(value)}", field_name) from None
 
 
 def _port(value: object, field_name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise ConfigError(f"expected a port number 0-65535, got {value!r}", field_name)
+        raise ConfigError(f"expected a port number 0-65535, got {show(value)}", field_name)
     return value
 
 

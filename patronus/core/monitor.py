@@ -56,7 +56,8 @@ from patronus.core.errors import ConfigError
 from patronus.core.events import Event, PathMetricsUpdated, PathStatusChanged, ProbeLost, SendProbe
 from patronus.core.model import PathId, PathMetrics, PathStatus
 from patronus.core.quality import ProbeWindow, quality_score, status_for
-from patronus.core.units import format_duration, parse_duration
+from patronus.core.units import format_duration
+from patronus.core.validate import Errors, choice, duration, integer, join, mapping, show
 
 MIN_INTERVAL_S = 0.010
 UP_SCORE = 50.0           # quality.status_for: Degraded below this score
@@ -121,44 +122,39 @@ class MonitorProfile:
         if isinstance(value, str):
             if value in PROFILES:
                 return PROFILES[value]
-            raise ConfigError(f"unknown monitor profile {value!r}; expected one of {', '.join(PROFILES)} "
+            raise ConfigError(f"unknown monitor profile {show(value)}; expected one of {', '.join(PROFILES)} "
                               "or a mapping with an interval", field)
-        if not isinstance(value, dict):
-            raise ConfigError(f"expected a profile name or a mapping, got {value!r}", field)
-        known = {"profile", "interval", "detect_multiplier", "multiplier", "up_count", "window", "timeout",
-                 "max_timeout", "report_interval", "jitter"}
-        errors: list[tuple[str, str]] = [(f"{field}.{k}", "unknown setting") for k in value if k not in known]
-        base_name = value.get("profile", "default")
-        if base_name not in PROFILES:
-            errors.append((f"{field}.profile", f"unknown monitor profile {base_name!r}"))
-            base_name = "default"
-        base = PROFILES[base_name]
-        changes: dict[str, Any] = {"name": "custom" if set(value) - {"profile"} else base.name}
-        durations = {"interval": "interval_s", "timeout": "timeout_s", "max_timeout": "max_timeout_s",
-                     "report_interval": "report_interval_s"}
-        for key, attr in durations.items():
-            if key in value:
-                try:
-                    changes[attr] = parse_duration(value[key], f"{field}.{key}")
-                except ConfigError as exc:
-                    errors.extend(exc.errors)
+        errs = Errors()
+        m = mapping(value, field, errs, _PROFILE_KEYS)
+        if m is None:
+            raise ConfigError(f"expected a profile name or a mapping, got {show(value)}", field)
+        base = PROFILES[choice(m.get("profile", "default"), join(field, "profile"), errs, PROFILES) or "default"]
+        changes: dict[str, Any] = {"name": "custom" if set(m) - {"profile"} else base.name}
+        for key, attr in (("interval", "interval_s"), ("timeout", "timeout_s"), ("max_timeout", "max_timeout_s"),
+                          ("report_interval", "report_interval_s")):
+            if key in m:
+                changes[attr] = duration(m[key], join(field, key), errs)
         for key, attr in (("detect_multiplier", "detect_multiplier"), ("multiplier", "detect_multiplier"),
                           ("up_count", "up_count"), ("window", "window")):
-            if key in value:
-                v = value[key]
-                if isinstance(v, bool) or not isinstance(v, int):
-                    errors.append((f"{field}.{key}", f"expected a whole number, got {v!r}"))
-                else:
-                    changes[attr] = v
-        if "jitter" in value:
-            changes["jitter"] = value["jitter"]
+            if key in m:
+                n = integer(m[key], join(field, key), errs)     # below 1: problems() says why
+                if n is not None and not -1_000_000 <= n <= 1_000_000:
+                    errs.add(join(field, key), f"expected a whole number of at most 1000000, got {show(n)}")
+                    n = None
+                changes[attr] = n
+        if "jitter" in m:
+            changes["jitter"] = choice(m["jitter"], join(field, "jitter"), errs, ("stdev", "rfc3550"))
         try:
-            profile = replace(base, **changes)
+            profile = replace(base, **{k: v for k, v in changes.items() if v is not None})
         except ConfigError as exc:
-            errors.extend((f.replace("monitor", field, 1), r) for f, r in exc.errors)
-        if errors:
-            raise ConfigError(errors)
+            errs.items += [(f.replace("monitor", field, 1), r) for f, r in exc.errors
+                           if f.replace("monitor", field, 1) not in {p for p, _ in errs.items}]
+        errs.check()
         return profile
+
+
+_PROFILE_KEYS = ("profile", "interval", "detect_multiplier", "multiplier", "up_count", "window", "timeout",
+                 "max_timeout", "report_interval", "jitter")
 
 
 PROFILES: dict[str, MonitorProfile] = {

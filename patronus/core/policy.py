@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from patronus.core.errors import ConfigError
 from patronus.core.model import PROTOCOL_NAMES, FlowKey, PathMetrics, parse_protocol
-from patronus.core.units import parse_duration, parse_ratio
+from patronus.core.validate import Errors, duration, is_number, number, ratio, show
 
 COST_REFERENCE_PER_GB = 0.20
 
@@ -56,8 +56,8 @@ class ScoringWeights:
         errs = []
         for name in ("latency", "jitter", "loss", "bandwidth", "cost"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
-                errs.append((f"{prefix}.{name}", f"expected a non-negative weight, got {v!r}"))
+            if not is_number(v) or v < 0:
+                errs.append((f"{prefix}.{name}", f"expected a non-negative weight, got {show(v)}"))
         if not errs and self.total <= 0:
             errs.append((prefix, "at least one weight must be positive"))
         return errs
@@ -119,21 +119,24 @@ class PortRange:
         lo: object
         hi: object
         if isinstance(value, bool):
-            raise ConfigError(f"expected a port or range like 5060-5061, got {value!r}", fld)
+            raise ConfigError(f"expected a port or range like 5060-5061, got {show(value)}", fld)
         if isinstance(value, int):
             lo = hi = value
         elif isinstance(value, str) and "-" in value:
             a, _, b = value.partition("-")
-            lo, hi = (int(a), int(b)) if a.strip().isdigit() and b.strip().isdigit() else (None, None)
-        elif isinstance(value, str) and value.strip().isdigit():
+            lo, hi = (int(a), int(b)) if _PORT.match(a) and _PORT.match(b) else (None, None)
+        elif isinstance(value, str) and _PORT.match(value):
             lo = hi = int(value)
         elif isinstance(value, list | tuple) and len(value) == 2:
             lo, hi = value
         else:
             lo = hi = None
         if not (isinstance(lo, int) and isinstance(hi, int) and 0 <= lo <= hi <= 65535):
-            raise ConfigError(f"expected a port 0-65535 or a range like 5060-5061, got {value!r}", fld)
+            raise ConfigError(f"expected a port 0-65535 or a range like 5060-5061, got {show(value)}", fld)
         return cls(lo, hi)
+
+
+_PORT = re.compile(r"^\s*[0-9]{1,5}\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +151,7 @@ class _Prefix:
         try:
             n = ipaddress.ip_network(value, strict=False)  # type: ignore[arg-type]
         except (ValueError, TypeError):
-            raise ConfigError(f"expected a prefix like 10.1.0.0/16, got {value!r}", fld) from None
+            raise ConfigError(f"expected a prefix like 10.1.0.0/16, got {show(value)}", fld) from None
         return cls(str(n), n.version, int(n.network_address), int(n.netmask))
 
     def contains(self, version: int, addr: int) -> bool:
@@ -223,7 +226,7 @@ class MatchRules:
         if d is None:
             return cls()
         if not isinstance(d, Mapping):
-            raise ConfigError(f"expected a mapping of match rules, got {d!r}", prefix)
+            raise ConfigError(f"expected a mapping of match rules, got {show(d)}", prefix)
         errors: list[tuple[str, str]] = []
         kw: dict[str, Any] = {}
         known = {"src_prefix", "dst_prefix", "protocol", "src_ports", "dst_ports", "src_port", "dst_port",
@@ -252,12 +255,13 @@ class MatchRules:
             if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 63 for v in vals) and vals:
                 kw["dscp"] = frozenset(vals)
             else:
-                errors.append((f"{prefix}.dscp", f"expected DSCP values 0-63, got {raw!r}"))
+                errors.append((f"{prefix}.dscp", f"expected DSCP values 0-63, got {show(raw)}"))
         if d.get("app_class") is not None:
             if isinstance(d["app_class"], str) and d["app_class"]:
                 kw["app_class"] = d["app_class"]
             else:
-                errors.append((f"{prefix}.app_class", f"expected an application class name, got {d['app_class']!r}"))
+                errors.append((f"{prefix}.app_class",
+                               f"expected an application class name, got {show(d['app_class'])}"))
         if errors:
             raise ConfigError(errors)
         return cls(**kw)
@@ -297,28 +301,26 @@ class Requirements:
     @classmethod
     def from_dict(cls, d: object, prefix: str) -> Requirements:
         if not isinstance(d, Mapping):
-            raise ConfigError(f"expected a mapping of requirements, got {d!r}", prefix)
+            raise ConfigError(f"expected a mapping of requirements, got {show(d)}", prefix)
         errors: list[tuple[str, str]] = []
         kw: dict[str, Any] = {}
         known = {"max_latency", "max_loss", "max_jitter", "max_cost_per_gb", "strict"}
         errors += [(f"{prefix}.{k}", "unknown requirement") for k in d if k not in known]
-        for key, attr, parse, scale in (("max_latency", "max_latency_ms", parse_duration, 1e3),
-                                        ("max_jitter", "max_jitter_ms", parse_duration, 1e3),
-                                        ("max_loss", "max_loss_pct", parse_ratio, 100.0)):
+        errs = Errors()
+        for key, attr, read, scale in (("max_latency", "max_latency_ms", duration, 1e3),
+                                       ("max_jitter", "max_jitter_ms", duration, 1e3),
+                                       ("max_loss", "max_loss_pct", ratio, 100.0)):
             if d.get(key) is not None:
-                try:
-                    kw[attr] = parse(d[key], f"{prefix}.{key}") * scale
-                except ConfigError as exc:
-                    errors.extend(exc.errors)
-        c = d.get("max_cost_per_gb")
-        if c is not None:
-            if isinstance(c, bool) or not isinstance(c, int | float) or c < 0:
-                errors.append((f"{prefix}.max_cost_per_gb", f"expected a non-negative number, got {c!r}"))
-            else:
-                kw["max_cost_per_gb"] = float(c)
+                x = read(d[key], f"{prefix}.{key}", errs)
+                if x is not None:
+                    kw[attr] = x * scale
+        if d.get("max_cost_per_gb") is not None:
+            kw["max_cost_per_gb"] = number(d["max_cost_per_gb"], f"{prefix}.max_cost_per_gb", errs, 0.0,
+                                           what="a non-negative number")
+        errors += errs.items
         s = d.get("strict", False)
         if not isinstance(s, bool):
-            errors.append((f"{prefix}.strict", f"expected true or false, got {s!r}"))
+            errors.append((f"{prefix}.strict", f"expected true or false, got {show(s)}"))
         kw["strict"] = bool(s)
         if errors:
             raise ConfigError(errors)
@@ -331,22 +333,20 @@ POLICY_NAME_MAX = 64
 def name_problem(name: str) -> str | None:
     """Why `name` cannot name a policy (None: it can). A name is a URL path segment of the API, a
     label in metrics, a column in the raw data and a word in the CLI's tables: printable characters
-    only (no newline, tab or other control character), no space at either end, at most
-    `POLICY_NAME_MAX` characters. A `/` is allowed (the API quotes it: `VoIP%2FVideo`)."""
+    only (no newline, tab or other control character), at most `POLICY_NAME_MAX` characters
+    (spaces at either end are dropped before). A `/` is allowed (the API quotes it: `VoIP%2FVideo`)."""
     if len(name) > POLICY_NAME_MAX:
         return f"a name of {len(name)} characters (at most {POLICY_NAME_MAX})"
     if not name.isprintable():
         bad = next(c for c in name if not c.isprintable())
-        return f"a name holds printable characters only, got {name!r:.80} (with {bad!r})"
-    if name != name.strip():
-        return f"a name has no space at either end, got {name!r}"
+        return f"a name holds printable characters only, got {show(name)} (with {bad!r})"
     return None
 
 
 def _name_errors(name: object, where: str, stored: bool) -> list[tuple[str, str]]:
     if not isinstance(name, str) or not name.strip():
-        return [(where, f"expected a non-empty name, got {name!r:.80}")]
-    problem = None if stored else name_problem(name)
+        return [(where, f"expected a non-empty name, got {show(name)}")]
+    problem = None if stored else name_problem(name.strip())
     return [] if problem is None else [(where, problem)]
 
 
@@ -387,7 +387,7 @@ class RoutingPolicy:
         from the agent's store, where a name written before names were checked (`name_problem`) must
         still load, so that it can be seen and removed."""
         if not isinstance(d, Mapping):
-            raise ConfigError(f"expected a policy mapping, got {d!r}", prefix)
+            raise ConfigError(f"expected a policy mapping, got {show(d)}", prefix)
         errors: list[tuple[str, str]] = []
         known = {"name", "priority", "enabled", "match", "preference", "load_balance", "lb_tolerance",
                  "failover_threshold", "requirements"}
@@ -396,10 +396,10 @@ class RoutingPolicy:
         errors += _name_errors(name, f"{prefix}.name", stored)
         prio = d.get("priority")
         if isinstance(prio, bool) or not isinstance(prio, int) or not 0 <= prio <= 1_000_000:
-            errors.append((f"{prefix}.priority", f"expected a whole number 0-1000000 (lower wins), got {prio!r}"))
+            errors.append((f"{prefix}.priority", f"expected a whole number 0-1000000 (lower wins), got {show(prio)}"))
         enabled = d.get("enabled", True)
         if not isinstance(enabled, bool):
-            errors.append((f"{prefix}.enabled", f"expected true or false, got {enabled!r}"))
+            errors.append((f"{prefix}.enabled", f"expected true or false, got {show(enabled)}"))
         kw: dict[str, Any] = {}
         try:
             kw["match"] = MatchRules.from_dict(d.get("match"), f"{prefix}.match")
@@ -422,23 +422,23 @@ class RoutingPolicy:
                     kw.update(preference=Preference.CUSTOM, weights=w)
         else:
             choices = sorted({p.value for p in Preference} - {"custom"} | set(PRESETS))
-            errors.append((f"{prefix}.preference",
-                           f"expected one of {', '.join(choices)} or {{custom: {{latency: .., ...}}}}, got {pref!r}"))
+            errors.append((f"{prefix}.preference", f"expected one of {', '.join(choices)} or "
+                                                   f"{{custom: {{latency: .., ...}}}}, got {show(pref)}"))
         lb = d.get("load_balance", "none")
         try:
             kw["load_balance"] = LoadBalance(lb)
         except ValueError:
             errors.append((f"{prefix}.load_balance",
-                           f"expected one of {', '.join(m.value for m in LoadBalance)}, got {lb!r}"))
+                           f"expected one of {', '.join(m.value for m in LoadBalance)}, got {show(lb)}"))
         tol = d.get("lb_tolerance", 5.0)
         if isinstance(tol, bool) or not isinstance(tol, int | float) or not 0 <= tol <= 100:
-            errors.append((f"{prefix}.lb_tolerance", f"expected a number of score points 0-100, got {tol!r}"))
+            errors.append((f"{prefix}.lb_tolerance", f"expected a number of score points 0-100, got {show(tol)}"))
         else:
             kw["lb_tolerance"] = float(tol)
         thr = d.get("failover_threshold")
         if thr is not None:
             if isinstance(thr, bool) or not isinstance(thr, int | float) or not 0 <= thr <= 100:
-                errors.append((f"{prefix}.failover_threshold", f"expected a quality score 0-100, got {thr!r}"))
+                errors.append((f"{prefix}.failover_threshold", f"expected a quality score 0-100, got {show(thr)}"))
             else:
                 kw["failover_threshold"] = float(thr)
         if d.get("requirements") is not None:

@@ -52,6 +52,7 @@ from fractions import Fraction
 from patronus.core.errors import ConfigError
 from patronus.core.events import Event, SlaRestored, SlaViolated
 from patronus.core.units import parse_duration, parse_ratio
+from patronus.core.validate import is_number, show
 
 DEFAULT_CLASS = "default"
 PERCENTILES = (50, 95, 99)
@@ -68,22 +69,18 @@ _KEY_TO_ATTR = {
 _ATTR_TO_KEY = {v: k for k, v in _KEY_TO_ATTR.items()}
 
 
-def _finite_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check_target(values: Mapping[str, object]) -> list[tuple[str, str]]:
     """Range checks shared by the constructor and `from_dict`: (attribute, reason) for each bad value."""
     errors: list[tuple[str, str]] = []
 
     def number(attr: str, lo: float, hi: float, lo_open: bool, what: str) -> None:
         v = values[attr]
-        if not _finite_number(v):
-            errors.append((attr, f"expected a finite number, got {v!r}"))
+        if not is_number(v):
+            errors.append((attr, f"expected a finite number, got {show(v)}"))
             return
         x = float(v)  # type: ignore[arg-type]
         if x < lo or (lo_open and x == lo) or x > hi:
-            errors.append((attr, f"{what}, got {v!r}"))
+            errors.append((attr, f"{what}, got {show(v)}"))
 
     number("latency_ms", 0.0, math.inf, True, "must be greater than 0 ms")
     number("loss_pct", 0.0, 100.0, False, "must be between 0 and 100 %")
@@ -91,10 +88,10 @@ def _check_target(values: Mapping[str, object]) -> list[tuple[str, str]]:
     number("window_s", 0.0, math.inf, True, "must be greater than 0 s")
     ms = values["min_samples"]
     if isinstance(ms, bool) or not isinstance(ms, int) or ms < 1:
-        errors.append(("min_samples", f"expected a whole number of at least 1, got {ms!r}"))
+        errors.append(("min_samples", f"expected a whole number of at least 1, got {show(ms)}"))
     pct = values["latency_percentile"]
     if isinstance(pct, bool) or pct not in PERCENTILES:
-        errors.append(("latency_percentile", f"expected one of 50, 95, 99, got {pct!r}"))
+        errors.append(("latency_percentile", f"expected one of 50, 95, 99, got {show(pct)}"))
     return errors
 
 
@@ -138,7 +135,7 @@ class SlaTarget:
             return f"{field_prefix}.{key}" if field_prefix else key
 
         if not isinstance(d, Mapping):
-            raise ConfigError([(field_prefix, f"expected a mapping of SLA targets, got {d!r}")])
+            raise ConfigError([(field_prefix, f"expected a mapping of SLA targets, got {show(d)}")])
         base = base if base is not None else cls()
         values: dict[str, object] = {f.name: getattr(base, f.name) for f in fields(base)}
         errors: list[tuple[str, str]] = []
@@ -153,7 +150,7 @@ class SlaTarget:
             try:
                 if key in ("latency", "jitter"):
                     if _bare_number(raw):
-                        raise ConfigError(f'expected a duration with a unit like "100ms", got {raw!r} '
+                        raise ConfigError(f'expected a duration with a unit like "100ms", got {show(raw)} '
                                           "(a bare number would mean seconds)", where(key))
                     values[attr] = parse_duration(raw, where(key)) * 1000.0
                 elif key == "window":
@@ -162,7 +159,7 @@ class SlaTarget:
                     values[attr] = parse_ratio(raw, where(key)) * 100.0
                 elif key == "latency_percentile" and isinstance(raw, str):
                     text = raw.strip().lower().removeprefix("p")
-                    values[attr] = int(text) if text.isdigit() else raw
+                    values[attr] = int(text) if text.isascii() and text.isdigit() and len(text) <= 3 else raw
                 else:
                     values[attr] = raw
             except ConfigError as exc:
@@ -385,7 +382,7 @@ class SlaMonitor:
     """
 
     def __init__(self, default_target: SlaTarget | None = None, *, interval_s: float = 1.0) -> None:
-        if not _finite_number(interval_s) or interval_s <= 0.0:
+        if not is_number(interval_s) or interval_s <= 0.0:
             raise ConfigError(f"expected an evaluation interval greater than 0 s, got {interval_s!r}",
                               "interval_s")
         self.interval_s = float(interval_s)
@@ -437,7 +434,7 @@ class SlaMonitor:
     def record_latency(self, subject: str, latency_ms: float, now: float,
                        traffic_class: str = DEFAULT_CLASS) -> None:
         """One latency (RTT) sample in ms, observed at `now`."""
-        if not _finite_number(latency_ms) or latency_ms < 0.0:
+        if not is_number(latency_ms) or latency_ms < 0.0:
             raise ValueError(f"latency must be a finite number of ms ≥ 0, got {latency_ms!r}")
         s = self._series_for(subject, traffic_class, now)
         s.add(now, float(latency_ms), 0, 0)
@@ -459,7 +456,7 @@ class SlaMonitor:
         """One probe's outcome: its RTT in ms, or None when it was lost. The same as `record_latency`
         (when answered) and `record_loss(subject, 1, lost)`, in one step: probes are the hot path."""
         if rtt_ms is not None and not (rtt_ms.__class__ is float and 0.0 <= rtt_ms < math.inf) \
-                and (not _finite_number(rtt_ms) or rtt_ms < 0.0):
+                and (not is_number(rtt_ms) or rtt_ms < 0.0):
             raise ValueError(f"latency must be a finite number of ms ≥ 0, got {rtt_ms!r}")
         s = self._series_for(subject, traffic_class, now)
         if rtt_ms is not None:
@@ -476,7 +473,7 @@ class SlaMonitor:
         """Probes answered in `rtt_ms` each, at `times` (ascending): `record_probe(subject, rtt_ms, t)`
         for each t, in one step (a flow-level simulation's coasted probes, a batch a second a path)."""
         if not (rtt_ms.__class__ is float and 0.0 <= rtt_ms < math.inf) \
-                and (not _finite_number(rtt_ms) or rtt_ms < 0.0):
+                and (not is_number(rtt_ms) or rtt_ms < 0.0):
             raise ValueError(f"latency must be a finite number of ms ≥ 0, got {rtt_ms!r}")
         if not times:
             return

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-from patronus.core.errors import ConfigError
+from patronus.core.errors import ConfigError, show
 
 _NUM = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"
 _NUM_RE = re.compile(rf"^\s*({_NUM})\s*([a-zA-Z%/]*)\s*$")
@@ -27,26 +27,28 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, 
 
 def _split(value: object, field: str, what: str) -> tuple[float, str]:
     if isinstance(value, bool):
-        raise ConfigError(f"expected {what}, got {value!r}", field)
+        raise ConfigError(f"expected {what}, got {show(value)}", field)
+    if isinstance(value, int) and abs(value) >= 2**1023:    # float() would overflow
+        raise ConfigError(f"expected {what}, got {show(value)} (too large)", field)
     if isinstance(value, int | float):
         if not math.isfinite(value):
-            raise ConfigError(f"expected {what}, got {value!r}", field)
+            raise ConfigError(f"expected {what}, got {show(value)}", field)
         return float(value), ""
     if not isinstance(value, str):
-        raise ConfigError(f"expected {what}, got {value!r}", field)
+        raise ConfigError(f"expected {what}, got {show(value)}", field)
     m = _NUM_RE.match(value.replace("µ", "u"))
     if not m:
-        raise ConfigError(f"expected {what}, got {value!r}", field)
+        raise ConfigError(f"expected {what}, got {show(value)}", field)
     number = float(m.group(1))
     if not math.isfinite(number):       # "1e400" is a float overflow, not a value
-        raise ConfigError(f"expected {what}, got {value!r} (too large)", field)
+        raise ConfigError(f"expected {what}, got {show(value)} (too large)", field)
     return number, m.group(3).lower()
 
 
 def _finite(result: float, value: object, field: str) -> float:
     """A number and its unit can overflow together ("1e307tbit")."""
     if not math.isfinite(result):
-        raise ConfigError(f"got {value!r}: too large", field)
+        raise ConfigError(f"got {show(value)}: too large", field)
     return result
 
 
@@ -55,7 +57,7 @@ def parse_duration(value: object, field: str = "duration") -> float:
     number, unit = _split(value, field, 'a duration like "20ms"')
     unit = unit.replace("µ", "u")
     if unit not in _DURATION_UNITS:
-        raise ConfigError(f'expected a duration like "20ms", got {value!r} (unknown unit {unit!r})', field)
+        raise ConfigError(f'expected a duration like "20ms", got {show(value)} (unknown unit {show(unit)})', field)
     return _finite(number * _DURATION_UNITS[unit], value, field)
 
 
@@ -65,7 +67,7 @@ def parse_rate(value: object, field: str = "rate") -> float:
     if unit == "":
         return number
     if unit not in _RATE_UNITS:
-        raise ConfigError(f'expected a rate like "100mbit", got {value!r} (unknown unit {unit!r})', field)
+        raise ConfigError(f'expected a rate like "100mbit", got {show(value)} (unknown unit {show(unit)})', field)
     return _finite(number * _RATE_UNITS[unit], value, field)
 
 
@@ -75,9 +77,9 @@ def parse_ratio(value: object, field: str = "ratio") -> float:
     if unit == "%":
         number /= 100.0
     elif unit != "":
-        raise ConfigError(f'expected a percentage like "1%", got {value!r}', field)
+        raise ConfigError(f'expected a percentage like "1%", got {show(value)}', field)
     if not 0.0 <= number <= 1.0:
-        raise ConfigError(f"expected a ratio between 0% and 100%, got {value!r}", field)
+        raise ConfigError(f"expected a ratio between 0% and 100%, got {show(value)}", field)
     return number
 
 
@@ -85,7 +87,7 @@ def parse_size(value: object, field: str = "size") -> int:
     """`"1500"` or `"64k"` → bytes."""
     number, unit = _split(value, field, 'a size like "1500" or "64k"')
     if unit not in _SIZE_UNITS:
-        raise ConfigError(f'expected a size like "1500" or "64k", got {value!r}', field)
+        raise ConfigError(f'expected a size like "1500" or "64k", got {show(value)}', field)
     return int(_finite(number * _SIZE_UNITS[unit], value, field))
 
 

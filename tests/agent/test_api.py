@@ -421,7 +421,7 @@ def test_bad_policy_names_every_field_and_changes_nothing(client: TestClient, ag
     assert agent.policies == before and agent.calls == []
 
 
-@pytest.mark.parametrize("name", ["a\nb", "tab\there", " padded", "x" * 65, "bell\x07"])
+@pytest.mark.parametrize("name", ["a\nb", "tab\there", "x" * 65, "bell\x07"])
 def test_a_policy_name_must_be_printable_and_short_on_every_write(client: TestClient, agent: FakeAgent,
                                                                   name: str) -> None:
     before = dict(agent.policies)

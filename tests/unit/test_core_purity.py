@@ -11,8 +11,8 @@ pytestmark = pytest.mark.unit
 
 CORE = Path(__file__).resolve().parents[2] / "patronus" / "core"
 ALLOWED = {
-    "__future__", "abc", "bisect", "collections", "dataclasses", "enum", "fractions", "functools", "hashlib", "heapq",
-    "hmac", "ipaddress", "itertools", "math", "operator", "re", "statistics", "struct", "typing", "zlib",
+    "__future__", "abc", "bisect", "collections", "dataclasses", "difflib", "enum", "fractions", "functools", "hashlib",
+    "heapq", "hmac", "ipaddress", "itertools", "math", "operator", "re", "statistics", "struct", "typing", "zlib",
 }
 FORBIDDEN_EXAMPLES = {"asyncio", "socket", "subprocess", "time", "os", "threading", "random", "datetime"}
 
