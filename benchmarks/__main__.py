@@ -1,7 +1,8 @@
 """`python -m benchmarks [NAME ...]`: run the benchmarks (all by default) and print their figures.
 
 `python -m benchmarks bench_stability [ARGS ...]` runs the stability benchmark alone, with its own
-arguments (scenarios, --mode, --runs): it takes hours, so `make bench` leaves it out."""
+arguments (scenarios, --mode, --runs): it takes hours, so `make bench` leaves it out; so does
+`python -m benchmarks bench_loader_fuzz [N]` (N mutated files per loader, 100,000 by default)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ ALL = ["bench_routing", "bench_monitor", "bench_failover", "bench_probe_overhead
        "bench_sim_events", "bench_sim_100x3", "bench_sim_scale1000"]
 
 
-BY_ARGS = ["bench_stability"]       # run by name only, with their own arguments
+BY_ARGS = ["bench_stability", "bench_loader_fuzz"]       # run by name only, with their own arguments
 
 
 def main(argv: list[str]) -> int:
