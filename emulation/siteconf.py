@@ -10,7 +10,7 @@ scenario's monitor profile, policies, router settings and SLA reach both backend
 parser, so the two cannot drift apart.
 
 Also here, the test-bed's address plan (`uplink_addresses`, `host_address`), which
-`emulation.backends.mininet_net` configures and the simulator only needs as names: uplink u of the
+`emulation.backends.mininet.net` configures and the simulator only needs as names: uplink u of the
 k-th site (file order) is the /24 at 100.64.0.0 + (8k + u)·256, the router .1 and the core's gateway
 .254; LAN host i (0-based) of a site is its LAN prefix's network address + 10 + i.
 
