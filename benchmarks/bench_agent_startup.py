@@ -27,7 +27,7 @@ from emulation.netns_lab import TwoSiteLab, wait_for
 
 RESTARTS = 12          # graceful restarts measured (alternating sites)
 FRESH = 4              # fresh starts measured
-AGENT_NICE = -5        # emulation.runner.AGENT_NICE
+AGENT_NICE = -5        # emulation.backends.mininet.procs.AGENT_NICE
 
 
 def _settled(lab: TwoSiteLab, site: str) -> bool:

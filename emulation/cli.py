@@ -79,23 +79,21 @@ def run(
 ) -> None:
     """Run a scenario end to end and write its reports; exit 0 if every expectation holds, 1 if not (3: a
     repeated run whose every run was inconclusive)."""
-    import os
     import time as _time
+    from dataclasses import replace
 
+    from emulation import backends
     from emulation.scenario import load
 
-    if backend not in ("mininet", "sim"):
-        console.print(f"[red]backend {backend!r} is not available; expected mininet or sim[/red]")
+    if backend not in backends.BACKENDS:
+        console.print(f"[red]backend {backend!r} is not available; expected {' or '.join(backends.BACKENDS)}[/red]")
         raise typer.Exit(EXIT_BAD_INPUT)
-    if mode is not None and backend != "sim":
-        console.print("[red]--mode applies to --backend sim only[/red]")
+    chosen = backends.get(backend)
+    options = backends.RunOptions(keep=keep, impairment=impairment, mode=mode, console=console)
+    bad = chosen.check(options)
+    if bad:
+        console.print(f"[red]{bad}[/red]")
         raise typer.Exit(EXIT_BAD_INPUT)
-    if backend == "sim":
-        from emulation.backends.sim import MODES
-
-        if (mode or "auto") not in MODES:
-            console.print(f"[red]--mode: expected one of {', '.join(MODES)}, got {mode!r}[/red]")
-            raise typer.Exit(EXIT_BAD_INPUT)
     try:
         scenario = load(file)
     except ConfigError as exc:
@@ -125,44 +123,17 @@ def run(
     def progress(msg: str) -> None:
         console.print(f"[dim]{_time.monotonic() - started:7.1f} s[/dim]  {msg}", markup=True)
 
-    if backend == "sim":
-        if keep or impairment != "auto":
-            console.print("[yellow]--keep and --impairment apply to the mininet backend; the simulator models "
-                          "every link itself[/yellow]")
-        if repeat is not None:
-            raise typer.Exit(_run_repeated(scenario, out, repeat, "sim",
-                                           lambda sc, d: _run_sim(sc, d, mode or "auto", None)))
-        raise typer.Exit(_run_sim(scenario, out, mode or "auto", progress))
-    if os.geteuid() != 0:
-        console.print("[red]the mininet backend needs root (network namespaces); run with sudo[/red]")
+    note = chosen.ignored(options)
+    if note:
+        console.print(f"[yellow]{note}[/yellow]")
+    why = chosen.available()
+    if why:
+        console.print(f"[red]{why}[/red]")
         raise typer.Exit(EXIT_BAD_INPUT)
-    try:
-        import mininet.net  # noqa: F401
-    except ImportError:
-        console.print("[red]Mininet is not importable: run 'make setup' (installs Debian's mininet)[/red]")
-        raise typer.Exit(EXIT_BAD_INPUT) from None
     if repeat is not None:
-        raise typer.Exit(_run_repeated(scenario, out, repeat, "mininet",
-                                       lambda sc, d: _run_mininet(sc, d, keep, impairment)))
-    code = _run_mininet(scenario, out, keep, impairment)
-    if code != EXIT_BAD_INPUT:
-        console.print(f"report: {out / 'report.html'} (and report.md, summary.json, junit.xml)")
-    raise typer.Exit(code)
-
-
-def _run_mininet(scenario: Any, out: Path, keep: bool, impairment: str) -> int:
-    """One run on the Mininet backend, with its progress lines; exit code (2: it could not run)."""
-    from emulation.progress import RunProgress
-    from emulation.runner import RunError, Runner
-
-    with RunProgress(console) as bars:
-        runner = Runner(scenario, out, keep=keep, impairment_backend=impairment, progress=bars, clock=bars.clock)
-        try:
-            return runner.execute()
-        except RunError as exc:
-            bars.close()
-            console.print(f"[red]run failed:[/red] {exc}", markup=True)
-            return EXIT_BAD_INPUT
+        each = replace(options, repeated=True)
+        raise typer.Exit(_run_repeated(scenario, out, repeat, backend, lambda sc, d: chosen.run(sc, d, each)))
+    raise typer.Exit(chosen.run(scenario, out, replace(options, progress=progress)))
 
 
 def _run_repeated(scenario: Any, out: Path, n: int, backend: str, run_one: Callable[[Any, Path], int]) -> int:
@@ -198,32 +169,6 @@ def _run_repeated(scenario: Any, out: Path, n: int, backend: str, run_one: Calla
     return code
 
 
-def _run_sim(scenario: Any, out: Path, mode: str, progress: Callable[[str], None] | None) -> int:
-    """`run --backend sim`: simulate, write the reports, print each expectation's verdict (progress None:
-    quietly, a run of a repeated run)."""
-    from emulation.backends.sim import run_sim
-    from emulation.measure.expectations import ExpectationResult
-    from emulation.report.tables import expectation_value
-
-    try:
-        code = run_sim(scenario, out, mode=mode, progress=progress)
-    except ConfigError as exc:
-        for field, reason in exc.errors:
-            console.print(f"[red]{field}: {reason}[/red]" if field else f"[red]{reason}[/red]")
-        return EXIT_BAD_INPUT
-    if progress is None:
-        return code
-    summary = json.loads((out / "summary.json").read_text())
-    kinds = [e["type"] for e in json.loads((out / "raw" / "run.json").read_text())["expectations"]]
-    for kind, e in zip(kinds, summary["expectations"], strict=True):
-        shown = expectation_value(ExpectationResult(kind, e["text"], e["passed"], e["value"]))
-        console.print(f"{'PASS' if e['passed'] else 'FAIL'}  {e['text']}  (measured {shown})", markup=False)
-    verdict = "passed" if summary["passed"] else "FAILED"
-    console.print(f"{scenario.name}: {verdict} in simulation; report: {out / 'report.html'} (and report.md, "
-                  "summary.json, junit.xml)", markup=False)
-    return code
-
-
 @app.command()
 def report(directory: Annotated[Path, typer.Argument(help="A run directory, or a repeated run's (run --repeat).",
                                                      show_default=False)]) -> None:
@@ -237,13 +182,9 @@ def report(directory: Annotated[Path, typer.Argument(help="A run directory, or a
 @app.command()
 def clean(run_id: Annotated[str | None, typer.Option("--run", help="Only this run's leftovers.")] = None) -> None:
     """Remove what crashed runs left: namespaces pt<run>-*, management links, relays, their processes."""
-    from emulation.backends.mininet_net import clean as clean_net
-    from emulation.links.relay import cleanup as clean_relays
-    from emulation.links.relay import registry_dir
+    from emulation.backends import BACKENDS
 
-    tags = {f"pt{run_id}"} if run_id else {f.name.split(".")[0] for f in registry_dir().glob("pt*.json")}
-    removed = [r for tag in sorted(tags) for r in clean_relays(tag)]
-    removed += clean_net(run_id)
+    removed = [r for b in BACKENDS.values() for r in b.clean(run_id)]
     for r in removed:
         console.print(f"removed {r}", markup=False)
     if not removed:

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from emulation.siteconf import API_PORT, RemoteEntry, UplinkEntry, site_file
 from emulation.wait import wait_for as _wait_for
 from patronus.agent.keys import generate_private_key, public_key
 
@@ -58,7 +59,7 @@ class SiteInfo:
 
     @property
     def api(self) -> str:
-        return f"http://{self.mgmt_ip}:8470/api/v1"
+        return f"http://{self.mgmt_ip}:{API_PORT}/api/v1"
 
 
 def _run(argv: list[str], check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -204,29 +205,19 @@ class TwoSiteLab:
     # -- site files and agents ---------------------------------------------------------------------
 
     def site_config(self, name: str, **overrides: Any) -> dict[str, Any]:
+        """`name`'s site file (emulation.siteconf.site_file): the `fast` monitor profile, a 3 s failback
+        hold, isp1 the cheap 100 Mbit/s uplink; `overrides` replace whole top-level sections."""
         me = self.sites[name]
         other = next(s for s in self.sites.values() if s.name != name)
-        d: dict[str, Any] = {
-            "version": 1,
-            "site": {"name": me.name, "id": me.id, "lan_prefixes": [me.lan_prefix], "lan_interfaces": ["lan0"]},
-            "uplinks": [{"name": up, "interface": up, "address": me.uplinks[up][0], "gateway": me.uplinks[up][1],
-                         "cost_per_gb": 0.0 if up == "isp1" else 0.05,
-                         "bandwidth": "100mbit" if up == "isp1" else "1gbit"} for up in UPLINKS],
-            "remotes": [{"name": other.name, "id": other.id, "public_key": public_key(other.private_key),
-                         "prefixes": [other.lan_prefix],
-                         "endpoints": [{"uplink": up, "address": other.uplinks[up][0]} for up in UPLINKS]}],
-            "wireguard": {"private_key_file": str(self.workdir / f"{name}.key")},
-            "probe": {"secret": SECRET},
-            "monitor": "fast",
-            "router": {"failback_hold": "3s", "failover_cooldown": "1s"},
-            "api": {"listen": f"{me.mgmt_ip}:8470", "token": TOKEN},
-            "database": str(self.workdir / f"{name}.db"),
-            "state_dir": str(self.workdir / f"run-{name}"),
-            "metrics_interval": "1s",
-        }
-        for k, v in overrides.items():
-            d[k] = v
-        return d
+        uplinks = [UplinkEntry(up, *me.uplinks[up], cost_per_gb=0.0 if up == "isp1" else 0.05,
+                               bandwidth_bps=100e6 if up == "isp1" else 1e9) for up in UPLINKS]
+        remote = RemoteEntry(other.name, other.id, public_key(other.private_key), (other.lan_prefix,),
+                             tuple((up, other.uplinks[up][0]) for up in UPLINKS))
+        return site_file(name, me.id, [me.lan_prefix], uplinks, [remote], agents_dir=self.workdir,
+                         api_listen=f"{me.mgmt_ip}:{API_PORT}", token=TOKEN, probe_secret=SECRET,
+                         lan_interfaces=["lan0"], state_dir=self.state_dir(name),
+                         settings={"monitor": "fast", "router": {"failback_hold": "3s", "failover_cooldown": "1s"},
+                                   **overrides})
 
     def write_config(self, name: str, **overrides: Any) -> Path:
         me = self.sites[name]

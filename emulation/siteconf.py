@@ -4,13 +4,15 @@
                         agents_dir=out / "agents", api_listen="100.96.0.2:8470", token=token)
     cfg = patronus.agent.config.from_dict(doc)      # exactly what the agent would parse
 
+`site_file` is the builder underneath, from plain data (the netns lab's two sites use it too).
+
 The Mininet backend writes the document as YAML and starts a real agent on it; the simulator parses it
 with the agent's own `from_dict` and runs `SiteLogic` on the result. Building it in one place means a
 scenario's monitor profile, policies, router settings and SLA reach both backends through the same
 parser, so the two cannot drift apart.
 
 Also here, the test-bed's address plan (`uplink_addresses`, `host_address`), which
-`emulation.backends.mininet_net` configures and the simulator only needs as names: uplink u of the
+`emulation.backends.mininet.net` configures and the simulator only needs as names: uplink u of the
 k-th site (file order) is the /24 at 100.64.0.0 + (8k + u)·256, the router .1 and the core's gateway
 .254; LAN host i (0-based) of a site is its LAN prefix's network address + 10 + i.
 
@@ -21,25 +23,28 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from emulation.scenario.model import SIM_ONLY_KEYS, Scenario
 
 PROBE_SECRET = "patronus-lab-probe-secret-0001"   # shared by every site of a test-bed run
-API_PORT = 8470
+API_PORT = 8470                 # every test-bed agent's API (the agent's own default port too)
 UPLINK_BASE = ipaddress.IPv4Network("100.64.0.0/10")
+
+
+def uplink_address(site_index: int, uplink_index: int) -> tuple[str, str]:
+    """(the router's address, the core's gateway) of uplink `uplink_index` of the site `site_index` (in
+    file order, both from 0): the /24 at 100.64.0.0 + (8k + u)·256, .1 and .254."""
+    net = ipaddress.IPv4Network((int(UPLINK_BASE.network_address) + (site_index * 8 + uplink_index) * 256, 24))
+    return str(net.network_address + 1), str(net.network_address + 254)
 
 
 def uplink_addresses(scenario: Scenario) -> dict[str, dict[str, tuple[str, str]]]:
     """site → uplink → (the router's address, the core's gateway), as the Mininet backend assigns them."""
-    out: dict[str, dict[str, tuple[str, str]]] = {}
-    for k, site in enumerate(scenario.sites):
-        out[site.name] = {}
-        for u, up in enumerate(site.uplinks):
-            net = ipaddress.IPv4Network((int(UPLINK_BASE.network_address) + (k * 8 + u) * 256, 24))
-            out[site.name][up.name] = (str(net.network_address + 1), str(net.network_address + 254))
-    return out
+    return {site.name: {up.name: uplink_address(k, u) for u, up in enumerate(site.uplinks)}
+            for k, site in enumerate(scenario.sites)}
 
 
 def host_address(scenario: Scenario, site: str, host: int) -> str:
@@ -48,46 +53,89 @@ def host_address(scenario: Scenario, site: str, host: int) -> str:
     return str(prefix.network_address + 10 + (host - 1))
 
 
+@dataclass(frozen=True)
+class UplinkEntry:
+    """One uplink of a site file: its interface has the uplink's name."""
+
+    name: str
+    address: str
+    gateway: str
+    cost_per_gb: float = 0.0
+    bandwidth_bps: float = 0.0        # 0: not given
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """One remote site of a site file: its WireGuard key, its LAN prefixes, an endpoint per uplink."""
+
+    name: str
+    id: int
+    public_key: str
+    prefixes: tuple[str, ...]
+    endpoints: tuple[tuple[str, str], ...]      # (uplink, address)
+
+
+def site_file(name: str, site_id: int, lan_prefixes: Sequence[str], uplinks: Sequence[UplinkEntry],
+              remotes: Sequence[RemoteEntry], *, agents_dir: str | Path, api_listen: str, token: str,
+              probe_secret: str = PROBE_SECRET, probe_realtime: int = 0,
+              lan_interfaces: Sequence[str] | None = None, state_dir: str | Path | None = None,
+              settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A site file for `patronus agent`, the one builder of the test-bed's (every backend's and the netns
+    lab's). `agents_dir` holds the site's key (NAME.key), database (NAME.db) and, unless `state_dir` says
+    otherwise, its state directory (NAME.state); `settings`: top-level sections added last (they override
+    the generated ones; None values are left out)."""
+    agents = Path(agents_dir)
+    site: dict[str, Any] = {"name": name, "id": site_id, "lan_prefixes": list(lan_prefixes)}
+    if lan_interfaces is not None:
+        site["lan_interfaces"] = list(lan_interfaces)
+    d: dict[str, Any] = {
+        "version": 1,
+        "site": site,
+        "uplinks": [{"name": up.name, "interface": up.name, "address": up.address, "gateway": up.gateway,
+                     "cost_per_gb": up.cost_per_gb,
+                     **({"bandwidth": f"{up.bandwidth_bps:.0f}bit"} if up.bandwidth_bps else {})}
+                    for up in uplinks],
+        "remotes": [{"name": r.name, "id": r.id, "public_key": r.public_key, "prefixes": list(r.prefixes),
+                     "endpoints": [{"uplink": u, "address": a} for u, a in r.endpoints]} for r in remotes],
+        "wireguard": {"private_key_file": str(agents / f"{name}.key")},
+        "probe": {"secret": probe_secret, **({"realtime_priority": probe_realtime} if probe_realtime else {})},
+        "api": {"listen": api_listen, "token": token},
+        "database": str(agents / f"{name}.db"),
+        "state_dir": str(state_dir if state_dir is not None else agents / f"{name}.state"),
+        "metrics_interval": "1s",
+    }
+    for k, v in (settings or {}).items():
+        if v is not None:
+            d[k] = v
+    return d
+
+
 def site_document(scenario: Scenario, site: str, *, uplink_addr: Mapping[str, Mapping[str, tuple[str, str]]],
                   public_keys: Mapping[str, str], agents_dir: str | Path, api_listen: str, token: str,
                   remotes: Sequence[str] | None = None, agent: Mapping[str, Any] | None = None,
                   probe_secret: str = PROBE_SECRET, probe_realtime: int = 0) -> dict[str, Any]:
-    """The site file of `site`'s agent.
+    """The site file of a scenario site's agent (`site_file`, from the scenario).
 
     `uplink_addr`: site → uplink → (address, gateway) for every site involved; `public_keys`: each
     remote's WireGuard public key; `agents_dir`: where the run keeps the agents' key files and
-    databases; `api_listen`/`token`: the agent's API. `remotes` defaults to `scenario.remotes_of(site)`
-    and `agent` to the site's `agent.to_dict()` (its keys override the generated ones; None values are
-    left out). `probe_realtime`: the reflector's SCHED_FIFO priority (the Mininet runner's: its routers
-    share two cores, where a dedicated router would not)."""
+    databases (and state, per run: two runs may share site names); `api_listen`/`token`: the agent's
+    API. `remotes` defaults to `scenario.remotes_of(site)` and `agent` to the site's `agent.to_dict()`
+    (its keys override the generated ones; None values are left out). `probe_realtime`: the
+    reflector's SCHED_FIFO priority (the Mininet runner's: its routers share two cores, where a
+    dedicated router would not). Path MTU discovery is off (the test-bed's links do not vary it)."""
     me = scenario.site(site)
-    agents = Path(agents_dir)
-    d: dict[str, Any] = {
-        "version": 1,
-        "site": {"name": site, "id": me.id, "lan_prefixes": [me.lan_prefix]},
-        "uplinks": [{"name": up.name, "interface": up.name, "address": uplink_addr[site][up.name][0],
-                     "gateway": uplink_addr[site][up.name][1], "cost_per_gb": up.cost_per_gb,
-                     **({"bandwidth": f"{up.bandwidth_bps:.0f}bit"} if up.bandwidth_bps else {})}
-                    for up in me.uplinks],
-        "remotes": [],
-        "wireguard": {"private_key_file": str(agents / f"{site}.key")},
-        "probe": {"secret": probe_secret, **({"realtime_priority": probe_realtime} if probe_realtime else {})},
-        "api": {"listen": api_listen, "token": token},
-        "database": str(agents / f"{site}.db"),
-        "state_dir": str(agents / f"{site}.state"),   # per run: two runs may share site names
-        "metrics_interval": "1s",
-        "pmtu": False,
-    }
+    uplinks = [UplinkEntry(up.name, *uplink_addr[site][up.name], cost_per_gb=up.cost_per_gb,
+                           bandwidth_bps=up.bandwidth_bps) for up in me.uplinks]
+    peers = []
     for r in (scenario.remotes_of(site) if remotes is None else remotes):
         other = scenario.site(r)
-        d["remotes"].append({"name": r, "id": other.id, "public_key": public_keys[r],
-                             "prefixes": [other.lan_prefix],
-                             "endpoints": [{"uplink": up.name, "address": uplink_addr[r][up.name][0]}
-                                           for up in other.uplinks]})
-    for k, v in (me.agent.to_dict() if agent is None else agent).items():
-        if v is not None and k not in SIM_ONLY_KEYS:      # the simulator's model of the agent, not its file
-            d[k] = v
-    return d
+        peers.append(RemoteEntry(r, other.id, public_keys[r], (other.lan_prefix,),
+                                 tuple((up.name, uplink_addr[r][up.name][0]) for up in other.uplinks)))
+    settings: dict[str, Any] = {"pmtu": False}
+    settings.update((k, v) for k, v in (me.agent.to_dict() if agent is None else agent).items()
+                    if v is not None and k not in SIM_ONLY_KEYS)   # SIM_ONLY_KEYS: the simulator's model
+    return site_file(site, me.id, [me.lan_prefix], uplinks, peers, agents_dir=agents_dir, api_listen=api_listen,
+                     token=token, probe_secret=probe_secret, probe_realtime=probe_realtime, settings=settings)
 
 
 def expectations_doc(scenario: Scenario) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ them one after the other in this process), or on a Dask cluster (`dask_address`;
 `dask[distributed]`, and OUT on a filesystem the workers share). Each point's run directory is
 OUT/points/<index>-<slug>. The runner is `runner(scenario, point_dir) -> exit code` writing
 `point_dir/summary.json` and `point_dir/raw/`; the default is the simulation backend
-(`emulation.backends.sim.run_sim`, imported in the worker).
+(`emulation.backends`' `sim`, i.e. `emulation.backends.sim.run_sim`, imported in the worker).
 
 Per point, one row of the results table (see `ROW_DOC` for every column): the parameter values, the
 resolved probe interval and multiplier, whether the expectations held, detection time (mean and max over
@@ -57,7 +57,6 @@ compliance. Definitions:
 from __future__ import annotations
 
 import contextlib
-import importlib
 import itertools
 import json
 import math
@@ -426,28 +425,19 @@ def plan_sweep(scenario: Scenario, params: Sequence[Param]) -> SweepPlan:
 
 # --- one point -----------------------------------------------------------------------------------------
 
-def _run_sim() -> Callable[..., Any]:
-    """`emulation.backends.sim.run_sim`, imported when a point needs it (raises ImportError if it is missing)."""
-    module = importlib.import_module("emulation.backends.sim")
-    try:
-        fn: Callable[..., Any] = module.run_sim
-    except AttributeError:
-        raise ImportError("emulation.backends.sim has no run_sim") from None
-    return fn
-
-
 def sim_runner(scenario: Scenario, out: Path) -> int:
-    """The default runner: the simulation backend, `run_sim(scenario, out) -> exit code`."""
-    return int(_run_sim()(scenario, out))
+    """The default runner: the simulation backend (`emulation.backends`' `sim`: `run_sim(scenario, out)`),
+    silent, an exit code."""
+    from emulation.backends import RunOptions, get
+
+    return int(get("sim").run(scenario, out, RunOptions()))
 
 
 def sim_available() -> str | None:
     """None when the simulation backend can be imported; else why not."""
-    try:
-        _run_sim()
-    except ImportError as exc:
-        return f"the simulation backend (emulation.backends.sim.run_sim) cannot be imported: {exc}"
-    return None
+    from emulation.backends import get
+
+    return get("sim").available()
 
 
 @dataclass(frozen=True)

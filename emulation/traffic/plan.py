@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from emulation.scenario.model import Flow, FlowType
 
+SOURCE_PORT_BASE = 41000          # flow i of a scenario sends from port 41000 + i, on every backend
+
 
 @dataclass(frozen=True, slots=True)
 class TrafficPlan:

@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 if os.geteuid() != 0:
     pytest.skip("needs root to create network namespaces", allow_module_level=True)
 
-from emulation.backends.mininet_net import MininetNet, NetSpec, SiteSpec, UplinkSpec, new_run_id, ns_run  # noqa: E402
+from emulation.backends.mininet.net import MininetNet, NetSpec, SiteSpec, UplinkSpec, new_run_id, ns_run  # noqa: E402
 
 
 def state() -> tuple[str, str]:

@@ -119,7 +119,7 @@ def resolve_mode(scenario: Scenario, mode: str, probes: int = 0) -> str:
 def warmup_s(scenario: Scenario) -> float:
     """Time before 0 that the agents start: what the Mininet runner waits before it starts the clock.
     That is every path Up (several probe rounds and the first probe's 1 s timeout), then quiet for a
-    whole probe window plus 1 s (`Runner.wait_settled`): a probe lost while the agents start (one sent
+    whole probe window plus 1 s (`mininet.agents.Agents.wait_settled`): a probe lost while the agents start (one sent
     before the far reflector listens) must have left the window, or a policy with a loss requirement
     starts the scenario on a worse path than the runner's would."""
     need = max(s.agent.monitor.interval_s * (s.agent.monitor.up_count + 2) + 1.0

@@ -1,7 +1,7 @@
 """The scenario's traffic in the simulator: UDP flows packet by packet or computed per flow, TCP and HTTP
 as models.
 
-Each flow is planned as the Mininet runner plans it (`Runner.plan`): the same 5-tuple (LAN host
+Each flow is planned as the Mininet backend plans it (`mininet.traffic.plan_flows`): the same 5-tuple (LAN host
 addresses, source port 41000 + the flow's index, the destination port), the same packet rates, bursts
 and sizes, so the sending site's router classifies it under the same policy.
 
@@ -48,7 +48,7 @@ from emulation.backends.sim.network import TUNNEL_UDP_OVERHEAD_BYTES, Network, S
 from emulation.links.impairment import DIST_TABLE_SIZE, NETEM_DIST_SCALE, dist_table
 from emulation.scenario.model import Flow, LinkSettings, Scenario
 from emulation.siteconf import host_address
-from emulation.traffic.plan import traffic_plan
+from emulation.traffic.plan import SOURCE_PORT_BASE, traffic_plan
 from patronus.core.model import FlowKey, PathId, Slot
 
 
@@ -75,7 +75,6 @@ class World(Protocol):
     def forwarding_table(self, site: str) -> StepTable: ...
 
 NS = 1_000_000_000
-SOURCE_PORT_BASE = 41000          # the runner's: flow i sends from port 41000 + i
 TCP_MSS_BYTES = 1380              # in a 1420-byte WireGuard MTU
 TCP_WIRE_BYTES = 1494             # that segment on the wire: + TCP/IP, WireGuard, UDP/IP, Ethernet
 TCP_EFFICIENCY = TCP_MSS_BYTES / TCP_WIRE_BYTES

@@ -11,7 +11,8 @@
 - Uplinks: with the `relay` impairment backend an uplink is router ─ veth ─ relay node ─ veth ─ core,
   and `emulation.links.relay` bridges the relay node's two interfaces applying the impairment; with
   `netem` the router and the core are joined directly and netem sits on both ends.
-- Addresses: uplink *u* of site number *k* is 100.64.0.0/10's /24 number k·8+u (router .1, core .254);
+- Addresses: uplink *u* of site number *k* is 100.64.0.0/10's /24 number k·8+u (router .1, core .254;
+  `emulation.siteconf.uplink_address`, the plan every backend shares);
   management links are /30s in 100.96.0.0/11 chosen per run so concurrent runs never share one.
 - Every site router has private `/var/run/wireguard` and `/run/patronus` directories (Mininet's
   privateDirs), so wireguard-go control sockets of different runs never meet.
@@ -33,9 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from emulation.siteconf import uplink_address
+
 log = logging.getLogger(__name__)
 
-UPLINK_BASE = ipaddress.IPv4Network("100.64.0.0/10")
 MGMT_BASE = ipaddress.IPv4Network("100.96.0.0/11")
 PRIVATE_DIRS = ["/var/run/wireguard", "/run/patronus"]
 
@@ -191,8 +193,7 @@ class MininetNet:
                 ns_run(hns, ["ip", "addr", "add", f"{nodes.host_ip(i)}/{plen}", "dev", "eth0"])
                 ns_run(hns, ["ip", "route", "add", "default", "via", nodes.lan_gw])
             for u, up in enumerate(nodes.spec.uplinks):
-                net = ipaddress.IPv4Network((int(UPLINK_BASE.network_address) + (k * 8 + u) * 256, 24))
-                addr, gw = str(net.network_address + 1), str(net.network_address + 254)
+                addr, gw = uplink_address(k, u)
                 nodes.uplink_addr[up.name] = (addr, gw)
                 ns_run(rns, ["ip", "addr", "add", f"{addr}/24", "dev", up.name])
                 ns_run(core, ["ip", "addr", "add", f"{gw}/24", "dev", f"s{k}-{up.name}"])
