@@ -180,15 +180,43 @@ def report(directory: Annotated[Path, typer.Argument(help="A run directory, or a
 
 
 @app.command()
-def clean(run_id: Annotated[str | None, typer.Option("--run", help="Only this run's leftovers.")] = None) -> None:
-    """Remove what crashed runs left: namespaces pt<run>-*, management links, relays, their processes."""
+def clean(run_id: Annotated[str | None, typer.Option("--run", help="Only this run's leftovers.")] = None,
+          every: Annotated[bool, typer.Option("--all", help="Every run's, live or not (and labs', and runs "
+                                                              "without an owner record).")] = False) -> None:
+    """Remove what dead runs left: namespaces pt<run>-*, management links, relays, their processes.
+
+    Without --run, only runs whose owner process is gone (killed, crashed, or kept with --keep); a live
+    run or netns lab is never touched unless named (--run, refused while its owner runs) or --all."""
+    from emulation import runs
     from emulation.backends import BACKENDS
 
-    removed = [r for b in BACKENDS.values() for r in b.clean(run_id)]
+    def clean_one(rid: str | None) -> list[str]:
+        return [r for b in BACKENDS.values() for r in b.clean(rid)]
+
+    if run_id is not None and not runs.RUN_ID_RE.match(run_id):
+        console.print(f"[red]--run: expected a run id of 4 hex digits (as in pt<run>-*), got {run_id!r}[/red]")
+        raise typer.Exit(2)
+    if every:
+        removed = clean_one(None)
+        for rec in runs.records():
+            runs.release(rec.run_id)
+    elif run_id is not None:
+        live = [r for r in runs.records() if r.run_id == run_id and r.owner_alive()]
+        if live:
+            console.print(f"[red]run {run_id} is running (pid {live[0].pid}, a {live[0].kind}): stop it first[/red]")
+            raise typer.Exit(2)
+        removed = clean_one(run_id)
+        runs.release(run_id)
+    else:
+        removed = runs.remove_dead(clean_one, kept_too=True)
     for r in removed:
         console.print(f"removed {r}", markup=False)
     if not removed:
         console.print("nothing to remove")
+    unowned = sorted(runs.unowned_ids()) if not every and run_id is None else []
+    if unowned:
+        console.print(f"left alone: run(s) {', '.join(unowned)} (namespaces without an owner record); "
+                      "`patronus-lab clean --run ID` or `--all` removes them", markup=False)
 
 
 @app.command()

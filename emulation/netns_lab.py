@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from emulation import runs
 from emulation.siteconf import API_PORT, RemoteEntry, UplinkEntry, site_file
 from emulation.wait import wait_for as _wait_for
 from patronus.agent.keys import generate_private_key, public_key
@@ -96,8 +98,11 @@ class TwoSiteLab:
         netns_list = _run(["ip", "netns", "list"]).stdout
         wg_dir = Path("/var/run/wireguard")
         socks = {p.name for p in wg_dir.iterdir()} if wg_dir.is_dir() else set()
+        recorded = {r.run_id for r in runs.records()}
         for _ in range(tries):
             lab = cls(workdir)
+            if lab.run in recorded:
+                continue
             assert lab.site_ids is not None
             if (f" 100.72.{lab.octet}." not in addrs and f"pt{lab.run}-" not in netns_list
                     and not any(n.startswith(f"pt{i}p") for n in socks for i in lab.site_ids)):
@@ -143,6 +148,7 @@ class TwoSiteLab:
     def build(self) -> TwoSiteLab:
         from pyroute2 import netns
 
+        runs.claim("lab", str(self.workdir), want=self.run)      # released by teardown
         try:
             for role in ("core", *SITES, *(f"{s}h" for s in SITES)):
                 netns.create(self.ns(role))
@@ -319,6 +325,7 @@ class TwoSiteLab:
         self.namespaces.clear()
         for k in range(len(SITES)):
             _run(["ip", "link", "del", f"pt{self.run}m{k}"], check=False)
+        runs.release(self.run)
 
     def __enter__(self) -> TwoSiteLab:
         return self.build()
@@ -330,6 +337,33 @@ class TwoSiteLab:
 def wait_for(cond: Any, timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
     """`emulation.wait.wait_for`, where the thing polled may not be up yet (any exception is "not yet")."""
     return _wait_for(cond, timeout_s, what, interval_s=interval_s, retry=(Exception,))
+
+
+AGENT_START_S = 60.0
+
+
+def _agent_state(lab: TwoSiteLab, name: str) -> str | None:
+    """"up" once the agent's API answers, "exited" if its process has ended, else None (starting)."""
+    agent = lab.sites[name].agent
+    if agent is None or agent.poll() is not None:
+        return "exited"
+    try:
+        lab.api(name, "/site")
+    except Exception:          # not listening yet, or (lab.api) the other agent exited: asked next
+        return None
+    return "up"
+
+
+def _print_usage(lab: TwoSiteLab, workdir: Path) -> None:
+    hq, br = lab.sites["hq"], lab.sites["br"]
+    core = lab.ns("core")
+    print(f"""two agents are up (run {lab.run}); files in {workdir}
+  watch:    patronus status -c {hq.config_path}      (and -c {br.config_path})
+            patronus paths -c {hq.config_path} ; patronus flows -c {hq.config_path}
+  traffic:  ip netns exec {hq.host_ns} {sys.executable} -m emulation.udpflow send --to {br.host_ip}:5001 --duration 60 &
+  cut:      ip netns exec {core} ip link set hq-isp1 down      (restore: ... up)
+  a shell:  ip netns exec {hq.ns} bash         agent logs: {workdir}/hq-agent.log
+Ctrl-C stops the agents and removes every namespace; so does an agent that exits.""", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,36 +381,36 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workdir = a.dir or Path(tempfile.mkdtemp(prefix="patronus-lab-"))
     lab = TwoSiteLab.fresh(workdir)
-    stop = False
-
-    def on_signal(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
+    # Woken by SIGINT/SIGTERM (through a wakeup pipe) or by an agent's exit (its pidfd): the signal
+    # may be delivered to any thread of this process, so pause() in the main thread could sleep on.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         lab.build()
         for s in SITES:
             lab.start_agent(s, monitor=a.monitor)
-        hq, br = lab.sites["hq"], lab.sites["br"]
-        core = lab.ns("core")
-        print(f"""two agents are up (run {lab.run}); files in {workdir}
-  watch:    patronus status -c {hq.config_path}      (and -c {br.config_path})
-            patronus paths -c {hq.config_path} ; patronus flows -c {hq.config_path}
-  traffic:  ip netns exec {hq.host_ns} {sys.executable} -m emulation.udpflow send --to {br.host_ip}:5001 --duration 60 &
-  cut:      ip netns exec {core} ip link set hq-isp1 down      (restore: ... up)
-  a shell:  ip netns exec {hq.ns} bash         agent logs: {workdir}/hq-agent.log
-Ctrl-C stops the agents and removes every namespace.""", flush=True)
-        while not stop:
-            for info in lab.sites.values():
-                if info.agent is not None and info.agent.poll() is not None:
-                    print(f"agent {info.name} exited ({info.agent.returncode}); see {info.log_path}", file=sys.stderr)
-                    stop = True
-            signal.pause()      # woken by SIGINT/SIGTERM, or by SIGCHLD when an agent exits
+        for s in SITES:
+            if wait_for(lambda s=s: _agent_state(lab, s), AGENT_START_S, f"agent {s}'s API") == "exited":
+                info = lab.sites[s]
+                print(f"agent {s} exited ({info.agent.returncode if info.agent else '?'}) while starting; see "
+                      f"{info.log_path}; removing the lab", file=sys.stderr)
+                return 1
+        _print_usage(lab, workdir)
+        agents = {os.pidfd_open(info.agent.pid): info for info in lab.sites.values() if info.agent is not None}
+        ready, _, _ = select.select([wake_r, *agents], [], [])
+        for fd in ready:
+            if fd in agents:
+                info = agents[fd]
+                print(f"agent {info.name} exited ({info.agent.wait() if info.agent else '?'}); see "
+                      f"{info.log_path}; removing the lab", file=sys.stderr)
+        for fd in agents:
+            os.close(fd)
     finally:
         lab.teardown()
+        signal.set_wakeup_fd(-1)
         print("lab removed")
     return 0
 

@@ -79,7 +79,7 @@ def site_file(name: str, site_id: int, lan_prefixes: Sequence[str], uplinks: Seq
               remotes: Sequence[RemoteEntry], *, agents_dir: str | Path, api_listen: str, token: str,
               probe_secret: str = PROBE_SECRET, probe_realtime: int = 0,
               lan_interfaces: Sequence[str] | None = None, state_dir: str | Path | None = None,
-              settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+              settings: Mapping[str, Any] | None = None, interface_prefix: str = "pt") -> dict[str, Any]:
     """A site file for `patronus agent`, the one builder of the test-bed's (every backend's and the netns
     lab's). `agents_dir` holds the site's key (NAME.key), database (NAME.db) and, unless `state_dir` says
     otherwise, its state directory (NAME.state); `settings`: top-level sections added last (they override
@@ -97,7 +97,7 @@ def site_file(name: str, site_id: int, lan_prefixes: Sequence[str], uplinks: Seq
                     for up in uplinks],
         "remotes": [{"name": r.name, "id": r.id, "public_key": r.public_key, "prefixes": list(r.prefixes),
                      "endpoints": [{"uplink": u, "address": a} for u, a in r.endpoints]} for r in remotes],
-        "wireguard": {"private_key_file": str(agents / f"{name}.key")},
+        "wireguard": {"private_key_file": str(agents / f"{name}.key"), "interface_prefix": interface_prefix},
         "probe": {"secret": probe_secret, **({"realtime_priority": probe_realtime} if probe_realtime else {})},
         "api": {"listen": api_listen, "token": token},
         "database": str(agents / f"{name}.db"),
@@ -113,7 +113,8 @@ def site_file(name: str, site_id: int, lan_prefixes: Sequence[str], uplinks: Seq
 def site_document(scenario: Scenario, site: str, *, uplink_addr: Mapping[str, Mapping[str, tuple[str, str]]],
                   public_keys: Mapping[str, str], agents_dir: str | Path, api_listen: str, token: str,
                   remotes: Sequence[str] | None = None, agent: Mapping[str, Any] | None = None,
-                  probe_secret: str = PROBE_SECRET, probe_realtime: int = 0) -> dict[str, Any]:
+                  probe_secret: str = PROBE_SECRET, probe_realtime: int = 0,
+                  interface_prefix: str = "pt") -> dict[str, Any]:
     """The site file of a scenario site's agent (`site_file`, from the scenario).
 
     `uplink_addr`: site → uplink → (address, gateway) for every site involved; `public_keys`: each
@@ -122,7 +123,9 @@ def site_document(scenario: Scenario, site: str, *, uplink_addr: Mapping[str, Ma
     API. `remotes` defaults to `scenario.remotes_of(site)` and `agent` to the site's `agent.to_dict()`
     (its keys override the generated ones; None values are left out). `probe_realtime`: the
     reflector's SCHED_FIFO priority (the Mininet runner's: its routers share two cores, where a
-    dedicated router would not). Path MTU discovery is off (the test-bed's links do not vary it)."""
+    dedicated router would not). `interface_prefix`: the tunnels' name prefix (the Mininet runner's is
+    its run's, so that its tunnels and their wireguard-go sockets never meet another run's). Path MTU
+    discovery is off (the test-bed's links do not vary it)."""
     me = scenario.site(site)
     uplinks = [UplinkEntry(up.name, *uplink_addr[site][up.name], cost_per_gb=up.cost_per_gb,
                            bandwidth_bps=up.bandwidth_bps) for up in me.uplinks]
@@ -135,7 +138,8 @@ def site_document(scenario: Scenario, site: str, *, uplink_addr: Mapping[str, Ma
     settings.update((k, v) for k, v in (me.agent.to_dict() if agent is None else agent).items()
                     if v is not None and k not in SIM_ONLY_KEYS)   # SIM_ONLY_KEYS: the simulator's model
     return site_file(site, me.id, [me.lan_prefix], uplinks, peers, agents_dir=agents_dir, api_listen=api_listen,
-                     token=token, probe_secret=probe_secret, probe_realtime=probe_realtime, settings=settings)
+                     token=token, probe_secret=probe_secret, probe_realtime=probe_realtime, settings=settings,
+                     interface_prefix=interface_prefix)
 
 
 def expectations_doc(scenario: Scenario) -> list[dict[str, Any]]:

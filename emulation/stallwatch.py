@@ -6,13 +6,15 @@ other work on two cores), every path of every agent misses its probes at once, a
 host, not the SD-WAN. This watcher makes that visible: `python -m emulation.stallwatch` sleeps
 `PERIOD_S` at a time (SCHED_FIFO with `--realtime PRIO`: above the test-bed's own real-time
 processes, so what it sees is the host not running anything, not them being busy) and prints
-`wall time,lag ms` for every wake-up at least `REPORT_MS` late, until it is terminated. `StallWatch`
-runs it beside a scenario and returns what it saw; the runner writes it to `raw/host_stalls.csv` and
-says so.
+`wall time,lag ms` for every wake-up at least `REPORT_MS` late, until it is terminated or its parent
+(`--parent PID`) dies: a runner killed with kill -9 leaves no watcher behind (the kernel sends it
+SIGTERM, PR_SET_PDEATHSIG). `StallWatch` runs it beside a scenario and returns what it saw; the runner
+writes it to `raw/host_stalls.csv` and says so.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -29,10 +31,24 @@ class HostStallWarning(UserWarning):
     """A run failed while the host stalled longer than an agent's detection time (said, not raised)."""
 
 
+def _end_with_parent(parent: int) -> bool:
+    """SIGTERM when the parent dies (Linux); False if it is gone already."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    return os.getppid() == parent
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--realtime"] and len(args) == 2:
-        sched.apply(realtime=int(args[1]))
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m emulation.stallwatch")
+    ap.add_argument("--realtime", type=int, default=None, help="SCHED_FIFO priority")
+    ap.add_argument("--parent", type=int, default=None, help="end when this process (our parent) ends")
+    a = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    if a.realtime is not None:
+        sched.apply(realtime=a.realtime)
     stop = False
 
     def on_term(signum: int, frame: FrameType | None) -> None:
@@ -41,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
+    if a.parent is not None and not _end_with_parent(a.parent):
+        return 0
     last = time.monotonic()         # before saying so: from "watching" on, every stall is measured
     print("watching", flush=True)
     while True:
@@ -65,7 +83,7 @@ class StallWatch:
         self.realtime = realtime
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "emulation.stallwatch"]
+        argv = [sys.executable, "-m", "emulation.stallwatch", "--parent", str(os.getpid())]
         if self.realtime is not None:
             argv += ["--realtime", str(self.realtime)]
         self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)

@@ -4,7 +4,7 @@ sweeps call, whichever backend realises the scenario.
     backend = get("sim")                        # or "mininet"; KeyError for another name
     why = backend.check(options) or backend.available()     # None: it can run here, with these options
     code = backend.run(scenario, out, options)  # 0 passed, 1 an expectation failed, 2 it could not run
-    removed = backend.clean(run_id)             # what a crashed run left (None: every run's)
+    removed = backend.clean(run_id)             # what run `run_id` left (None: every run's: `clean --all`)
 
 - `mininet` (`emulation.backends.mininet`): real agents in network namespaces, wall-clock time; root.
 - `sim` (`emulation.backends.sim`, `run_sim`): the simpy simulator, virtual time, no root.
@@ -68,7 +68,8 @@ class Backend(Protocol):
         """Run `scenario` into `out` (raw data and reports); the exit code."""
 
     def clean(self, run_id: str | None) -> list[str]:
-        """Remove what crashed runs (or run `run_id`) left; what was removed."""
+        """Remove what run `run_id` left (None: every run's, live or not); what was removed. Which runs
+        are dead is `emulation.runs`' to say."""
 
 
 class MininetBackend:
@@ -112,13 +113,9 @@ class MininetBackend:
 
     def clean(self, run_id: str | None) -> list[str]:
         """The relays of the run (every run's, by their registry) and its namespaces and management links."""
-        from emulation.backends.mininet.net import clean as clean_net
-        from emulation.links.relay import cleanup as clean_relays
-        from emulation.links.relay import registry_dir
+        from emulation.backends.mininet.net import clean_run
 
-        tags = {f"pt{run_id}"} if run_id else {f.name.split(".")[0] for f in registry_dir().glob("pt*.json")}
-        removed = [r for tag in sorted(tags) for r in clean_relays(tag)]
-        return removed + clean_net(run_id)
+        return clean_run(run_id)
 
 
 class SimBackend:

@@ -7,9 +7,10 @@ the host: the agent validates first, then plans, then applies, so an invalid fil
 Derived, deterministic values (both ends of a path compute the same ones from their own files):
 
 - **Paths** are local uplink × remote endpoint, id `"<remote>:<uplink>-<remote uplink>"`, numbered
-  1..N in sorted id order. The number picks the WireGuard interface name `pt<site id>p<n>` (≤ 15
-  characters and unique machine-wide, which wireguard-go's shared `/var/run/wireguard` needs), the
-  path's firewall mark and its routing table.
+  1..N in sorted id order. The number picks the WireGuard interface name `<prefix><site id>p<n>`
+  (`wireguard.interface_prefix`, "pt" by default; ≤ 15 characters and unique machine-wide, which
+  wireguard-go's shared `/var/run/wireguard` needs: a test-bed running several networks on one host
+  gives each its own prefix), the path's firewall mark and its routing table.
 - **WireGuard ports.** A WireGuard interface listens on every address, so each path needs its own
   port. The interface for (our uplink *a*, remote site *R*, its uplink *b*) listens on
   `port_base + R.id·16 + a·4 + b`, where *a* and *b* are uplink numbers (an uplink's position in its
@@ -287,7 +288,7 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
     pmtu = boolean(top.get("pmtu", True), "pmtu", errs)
     token_file = _path_setting(api, "token_file", "api.token_file", errs, str(state_dir / "api.token"))
     database = _path_setting(top, "database", "database", errs, f"/var/lib/patronus/{site_name or 'site'}.db")
-    plans = _path_plans(remotes, uplinks, sid, wg.port_base, probe_port, errs) if not errs.items else []
+    plans = _path_plans(remotes, uplinks, sid, wg.port_base, probe_port, errs, wg.prefix) if not errs.items else []
     errs.check()
     assert monitor is not None and sla is not None and metrics_interval is not None and pmtu is not None
     return SiteConfig(
@@ -422,11 +423,20 @@ class _WireGuard:
     port_base: int
     keepalive_s: int
     mtu: int
+    prefix: str
+
+
+_IF_PREFIX = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 
 
 def _wireguard_section(top: Mapping[str, Any], site_name: str, errs: Errors) -> _WireGuard:
     wg = mapping(top.get("wireguard"), "wireguard", errs, ("backend", "private_key_file", "port_base", "keepalive",
-                                                           "mtu"), none_ok=True) or {}
+                                                           "mtu", "interface_prefix"), none_ok=True) or {}
+    prefix = wg.get("interface_prefix", "pt")
+    if not isinstance(prefix, str) or not _IF_PREFIX.match(prefix):
+        errs.add("wireguard.interface_prefix", f"expected 1-8 lower-case letters and digits, starting with a "
+                                               f"letter, got {show(prefix)}")
+        prefix = "pt"
     keepalive = duration(wg.get("keepalive", "5s"), "wireguard.keepalive", errs, at_most=65535)
     return _WireGuard(
         backend=choice(wg.get("backend", "auto"), "wireguard.backend", errs, WG_BACKENDS) or "auto",
@@ -434,7 +444,7 @@ def _wireguard_section(top: Mapping[str, Any], site_name: str, errs: Errors) -> 
                                f"/var/lib/patronus/{site_name or 'site'}.key"),
         port_base=integer(wg.get("port_base", 40000), "wireguard.port_base", errs, 1024, 65000, "a UDP port") or 40000,
         keepalive_s=round(keepalive or 0), mtu=integer(wg.get("mtu", 1420), "wireguard.mtu", errs, 1280, 9000,
-                                                       "an MTU") or 1420)
+                                                       "an MTU") or 1420, prefix=prefix)
 
 
 def _probe_section(top: Mapping[str, Any], remotes: list[RemoteConfig],
@@ -496,7 +506,7 @@ def _bandwidth_section(top: Mapping[str, Any], errs: Errors) -> tuple[float, flo
 
 
 def _path_plans(remotes: list[RemoteConfig], uplinks: list[UplinkConfig], sid: int, port_base: int,
-                probe_port: int, errs: Errors) -> list[PathPlan]:
+                probe_port: int, errs: Errors, if_prefix: str = "pt") -> list[PathPlan]:
     """The paths, local uplink × remote endpoint, numbered in id order, with their ports."""
     ids = sorted(((f"{rm.name}:{up.name}-{ep.uplink}", rm, up, ep)
                   for rm in remotes for up in uplinks for ep in rm.endpoints), key=lambda t: t[0])
@@ -513,7 +523,10 @@ def _path_plans(remotes: list[RemoteConfig], uplinks: list[UplinkConfig], sid: i
         if listen_port == probe_port:
             errs.add("probe.port", f"collides with the WireGuard port of path {pid}")
         plans.append(PathPlan(number=n, id=PathId(pid), remote=rm.name, uplink=up, endpoint=ep,
-                              ifname=f"pt{sid}p{n}", listen_port=listen_port, peer_port=peer_port))
+                              ifname=f"{if_prefix}{sid}p{n}", listen_port=listen_port, peer_port=peer_port))
+    if plans and len(plans[-1].ifname) > 15:
+        errs.add("wireguard.interface_prefix", f"the tunnel names ({plans[-1].ifname}) would exceed 15 characters: "
+                                               "a shorter prefix, or a smaller site id")
     return plans
 
 

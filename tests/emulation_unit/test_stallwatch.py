@@ -35,3 +35,19 @@ def test_stop_without_start_and_twice_is_harmless() -> None:
     watch.start()
     watch.stop()
     assert watch.stop() == []
+
+
+def test_the_watcher_ends_with_its_parent_even_a_killed_one() -> None:
+    """A runner killed with kill -9 left `emulation.stallwatch` running in the root namespace."""
+    import subprocess
+    import sys
+
+    from emulation.wait import wait_for
+    from patronus.agent.procs import proc_state
+
+    code = ("import os, signal; from emulation.stallwatch import StallWatch; w = StallWatch(); w.start(); "
+            "print(w._proc.pid, flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    parent = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert parent.returncode == -signal.SIGKILL
+    watcher = int(parent.stdout.split()[0])
+    wait_for(lambda: proc_state(watcher) in (None, "Z"), 5, "the orphaned watcher ends")

@@ -431,3 +431,38 @@ def test_a_path_whose_tunnel_cannot_handshake_is_routed_around(tmp_path: Path) -
         wait_for(lambda: len(kinds("TunnelUp")) == 4, 30, "TunnelUp once handshakes go through")
     finally:
         lab.teardown()
+
+
+def test_lab_up_tears_down_when_an_agent_dies(tmp_path: Path) -> None:
+    """`python -m emulation.netns_lab up` says which agent exited and removes the lab, instead of
+    waiting for a Ctrl-C that the dead agent makes pointless."""
+    import re
+    import signal
+
+    lab = subprocess.Popen([sys.executable, "-m", "emulation.netns_lab", "up", "--dir", str(tmp_path)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert lab.stdout is not None
+    seen: list[str] = []
+    try:
+        for line in lab.stdout:
+            seen.append(line)
+            if "two agents are up" in line:
+                break
+        m = re.search(r"\(run ([0-9a-f]{4})\)", "".join(seen))
+        assert m, "".join(seen)
+        run = m.group(1)
+        from patronus.agent.procs import running_agent_pid
+
+        hq = running_agent_pid(tmp_path / "run-hq" / "agent.pid")
+        assert hq is not None, "".join(seen)
+        os.kill(hq, signal.SIGKILL)
+        rest, _ = lab.communicate(timeout=60)
+    finally:
+        if lab.poll() is None:
+            lab.send_signal(signal.SIGINT)
+            lab.communicate(timeout=60)
+    out = "".join(seen) + rest
+    assert lab.returncode == 0, out
+    assert "agent hq exited" in out and "lab removed" in out, out
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"pt{run}-" not in names, names

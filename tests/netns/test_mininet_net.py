@@ -12,7 +12,8 @@ pytestmark = [pytest.mark.netns, pytest.mark.timeout(120)]
 if os.geteuid() != 0:
     pytest.skip("needs root to create network namespaces", allow_module_level=True)
 
-from emulation.backends.mininet.net import MininetNet, NetSpec, SiteSpec, UplinkSpec, new_run_id, ns_run  # noqa: E402
+from emulation import runs  # noqa: E402
+from emulation.backends.mininet.net import MininetNet, NetSpec, SiteSpec, UplinkSpec, ns_run  # noqa: E402
 
 
 def state() -> tuple[str, str]:
@@ -21,7 +22,7 @@ def state() -> tuple[str, str]:
 
 
 def test_build_reach_and_teardown() -> None:
-    run = new_run_id()
+    run = runs.claim("test")
     spec = NetSpec(run=run, sites=(
         SiteSpec("hq", 11, "10.1.0.0/24", 1, (UplinkSpec("isp1"), UplinkSpec("isp2"))),
         SiteSpec("br", 12, "10.2.0.0/24", 2, (UplinkSpec("isp1"),))))
@@ -40,6 +41,7 @@ import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.connect((
         assert set(hq.uplink_addr) == {"isp1", "isp2"} and hq.relay_node
     finally:
         net.teardown()
+        runs.release(run)
     names, links = state()
     assert f"pt{run}-" not in names
     assert f"pt{run}m" not in links

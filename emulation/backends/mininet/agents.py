@@ -42,6 +42,9 @@ class Agents:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.keys: dict[str, str] = {}
         self.stopped: set[str] = set()        # stopped by the timeline, on purpose
+        # the run's own tunnel names (pt<run><site id>p<n>): wireguard-go's control sockets are shared by
+        # every namespace, so a dead or kept run's tunnels must not have ours' names
+        self.if_prefix = f"pt{net.run}"
 
     # -- the API -----------------------------------------------------------------------------------
 
@@ -70,7 +73,8 @@ class Agents:
         return site_document(self.sc, site, uplink_addr={n: dict(s.uplink_addr) for n, s in self.net.sites.items()},
                              public_keys={r: public_key(self.keys[r]) for r in remotes},
                              agents_dir=self.dir, api_listen=f"{self.net.sites[site].mgmt_ip}:{API_PORT}",
-                             token=self.token, remotes=remotes, agent=agent, probe_realtime=RT_REFLECTOR)
+                             token=self.token, remotes=remotes, agent=agent, probe_realtime=RT_REFLECTOR,
+                             interface_prefix=self.if_prefix)
 
     def start(self, agents: dict[str, dict[str, Any]], remotes: dict[str, list[str]]) -> None:
         """A key and a site file for every site, then its agent (`agents`: each site's agent settings)."""
@@ -178,7 +182,8 @@ class Agents:
             for site, sid in list(pending.items()):
                 out = subprocess.run(["ip", "netns", "exec", self.net.ns(self.net.sites[site].router), "wg", "show",
                                       "all", "latest-handshakes"], capture_output=True, text=True).stdout
-                stamps = [int(line.split()[-1]) for line in out.splitlines() if line.startswith(f"pt{sid}p")]
+                mine = f"{self.if_prefix}{sid}p"
+                stamps = [int(line.split()[-1]) for line in out.splitlines() if line.startswith(mine)]
                 if stamps and all(t > 0 for t in stamps):
                     del pending[site]
             return not pending

@@ -27,7 +27,6 @@ import ipaddress
 import logging
 import os
 import re
-import secrets
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -263,6 +262,13 @@ def clean(run: str | None = None) -> list[str]:
     return removed
 
 
-def new_run_id() -> str:
-    return secrets.token_hex(2)
+def clean_run(run: str | None) -> list[str]:
+    """Everything run `run` left (None: every run's): its relays (by their registry), then its
+    namespaces with the processes inside them, its stale WireGuard sockets and management links."""
+    from emulation.links.relay import cleanup as clean_relays
+    from emulation.links.relay import registry_dir
+
+    tags = {f"pt{run}"} if run else {f.name.split(".")[0] for f in registry_dir().glob("pt*.json")}
+    removed = [r for tag in sorted(tags) for r in clean_relays(tag)]
+    return removed + clean(run)
 

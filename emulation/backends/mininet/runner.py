@@ -23,8 +23,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from emulation import runs
 from emulation.backends.mininet.agents import Agents
-from emulation.backends.mininet.net import MininetNet, NetSpec, SiteSpec, UplinkSpec
+from emulation.backends.mininet.net import MininetNet, NetSpec, SiteSpec, UplinkSpec, clean_run
 from emulation.backends.mininet.procs import RELAY_NICE, RT_RELAY, RT_STALLWATCH, RunError
 from emulation.backends.mininet.raw import Collected, write_platform, write_raw, write_stalls
 from emulation.backends.mininet.sampler import Sampler
@@ -57,7 +58,7 @@ class Runner:
         self.keep = keep
         self.progress = progress or (lambda msg: None)
         self.clock = clock or (lambda t, total, nxt: None)     # scenario time, for a progress bar
-        self.run_id = secrets.token_hex(2)
+        self.run_id = ""                         # claimed when the run starts (emulation.runs)
         self.token = secrets.token_urlsafe(TOKEN_BYTES)
         self.net: MininetNet | None = None
         self.agents: Agents | None = None
@@ -141,6 +142,11 @@ class Runner:
         if self.impairment_backend == "auto":
             self.impairment_backend, why = choose_backend("auto")
             self.progress(f"note: impairment backend {self.impairment_backend} ({why})")
+        removed = runs.remove_dead(clean_run, kept_too=False)
+        if removed:
+            self.progress(f"note: removed what dead runs left ({len(removed)} items: "
+                          f"{'; '.join(removed[:3])}{' ...' if len(removed) > 3 else ''})")
+        self.run_id = runs.claim("run", str(self.out))
         spec = self.plan()
         self.out.mkdir(parents=True, exist_ok=True)
         self.raw.mkdir(parents=True, exist_ok=True)
@@ -276,11 +282,13 @@ class Runner:
                               "tearing down anyway")
         if self.keep and self.net is not None:
             sockets = self.detach_links()
+            runs.mark_kept(self.run_id)
             self.progress(self.keep_message(sockets))
         else:
             self.progress("tearing down")
             t = time.monotonic()
             self.teardown()
+            runs.release(self.run_id)
             self.progress(f"note: torn down in {time.monotonic() - t:.2f} s")
 
     def keep_message(self, sockets: dict[str, str] | None = None) -> str:
