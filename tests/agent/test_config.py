@@ -126,3 +126,19 @@ def test_agent_refuses_an_invalid_site_file_before_touching_anything(tmp_path: P
     assert r.exit_code == 2
     assert "uplinks[0].interface" in r.output
     assert not (tmp_path / "state").exists() and not (tmp_path / "db").exists()
+
+
+# issue 17's reproducers, through the command a user runs: a reason and exit 2, never a traceback
+@pytest.mark.parametrize("text", [
+    "name: hq\x1b\n", b"\xff\xfename: hq\n", "[" * 496 + "]" * 496, "name: " + "9" * 4400 + "\n",
+    "name: hq\nmonitor: {profile: [fast]}\n", 'name: hq\nprobe: {secret_file: "a\\0b"}\n',
+    "name: hq\napi: {listen: '127.0.0.1:8_470'}\n", "a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
+        f"{c}: &{c} [{','.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)),
+])
+def test_cli_validate_names_the_problem_of_hostile_input(tmp_path: Path, text: str | bytes) -> None:
+    f = tmp_path / "site.yaml"
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    r = CliRunner().invoke(app, ["validate", str(f)])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert r.output.strip(), "no reason given"

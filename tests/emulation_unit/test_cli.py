@@ -78,3 +78,20 @@ def test_bad_repeats_exit_2_before_anything_runs(tmp_path: Path, args: list[str]
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split()), result.output
     assert not out.exists()
+
+
+# issue 17's reproducers, through `patronus-lab validate`: a reason and exit 2, never a traceback
+@pytest.mark.parametrize("text", [
+    "version: 1\x1b", b"\xff\xfeversion: 1\n", "[" * 496 + "]" * 496, "version: 1\nduration: 1" + "0" * 309 + "s\n",
+    "version: 1\nduration: " + "9" * 4400 + "\n",
+    "a: &a [1,1,1,1,1,1,1,1,1,1]\n" + "".join(
+        f"{c}: &{c} [{','.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+    + "duration: *i\n",
+])
+def test_validate_names_the_problem_of_hostile_input(tmp_path: Path, text: str | bytes) -> None:
+    f = tmp_path / "scenario.yaml"
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    result = runner.invoke(app, ["validate", str(f)])
+    assert result.exit_code == 2, result.output
+    assert "invalid" in result.output or "cannot read" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
