@@ -1,12 +1,13 @@
 """Path monitor: probe scheduling, timeouts, BFD-style liveness, metrics and status, sans-IO.
 
 What may change state here: `add_path`/`remove_path`, `on_timer(now)` (sends due, timeouts due,
-reports due), `on_probe_reply(...)` and `on_probe_result(...)`. Every status transition happens in
-`PathMonitor._settle`; every probe given up on is recorded in `PathMonitor._lost`, which starts a run
-of misses and says so (`ProbeLost`, once a run: the exact moment a failure first showed, for the
-failover ledger) when the probe before was answered. This module must not know about sockets, clocks,
-routing or flows: it turns probe outcomes into `ProbeLost` / `PathStatusChanged` / `PathMetricsUpdated`
-events and `SendProbe` actions.
+reports due), `on_probe_reply(...)` and `on_probe_result(...)`. The monitor schedules the probes and
+keeps the path table; each path's rules are its `PathState` (`pathstate.py`), run on its profile
+(`MonitorProfile`, `profiles.py`). Every status transition happens in `PathState.settle`; every probe
+given up on is recorded in `PathState.give_up`, which starts a run of misses and says so (`ProbeLost`,
+once a run: the exact moment a failure first showed, for the failover ledger) when the probe before
+was answered. This module must not know about sockets, clocks, routing or flows: it turns probe
+outcomes into `ProbeLost` / `PathStatusChanged` / `PathMetricsUpdated` events and `SendProbe` actions.
 
 Liveness (in the style of BFD, RFC 5880): a path is Down once `detect_multiplier` consecutive probes
 went unanswered within their timeout, and comes back only after `up_count` consecutive answered
@@ -46,123 +47,20 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from enum import IntEnum
-from typing import Any
+from dataclasses import dataclass
 
 from patronus.core.errors import ConfigError
-from patronus.core.events import Event, PathMetricsUpdated, PathStatusChanged, ProbeLost, SendProbe
+from patronus.core.events import Event, PathMetricsUpdated, SendProbe
 from patronus.core.model import PathId, PathMetrics, PathStatus
-from patronus.core.quality import ProbeWindow, quality_score, status_for
-from patronus.core.units import format_duration
-from patronus.core.validate import Errors, choice, duration, integer, join, mapping, show
+from patronus.core.pathstate import UP_HYSTERESIS, UP_SCORE, PathState, Reply
+from patronus.core.profiles import MIN_INTERVAL_S, PROFILES, MonitorProfile
+from patronus.core.quality import ProbeWindow
 
-MIN_INTERVAL_S = 0.010
-UP_SCORE = 50.0           # quality.status_for: Degraded below this score
-UP_HYSTERESIS = 5.0       # a Degraded path is Up again at UP_SCORE + this
+__all__ = ["MIN_INTERVAL_S", "PROFILES", "UP_HYSTERESIS", "UP_SCORE", "MonitorProfile", "PathMonitor", "ProbeCounters",
+           "Reply"]
+
 _COAST_TOLERANCE = 1e-9    # a coast's RTT and the window's samples agree to this part
-_EXPIRED_KEEP = 64        # timed-out probes remembered so that their late replies can be recognised
-
-
-@dataclass(frozen=True, slots=True)
-class MonitorProfile:
-    """How one path is probed and judged."""
-
-    name: str = "default"
-    interval_s: float = 1.0
-    detect_multiplier: int = 3
-    up_count: int = 3
-    window: int = 10
-    timeout_s: float | None = None        # None: adaptive (RFC 6298) between interval and max
-    max_timeout_s: float = 2.0
-    report_interval_s: float = 1.0        # cadence of PathMetricsUpdated
-    jitter: str = "stdev"                 # "stdev" (seed) or "rfc3550"
-
-    def __post_init__(self) -> None:
-        errors = self.problems()
-        if errors:
-            raise ConfigError(errors)
-
-    def problems(self, prefix: str = "monitor") -> list[tuple[str, str]]:
-        errs: list[tuple[str, str]] = []
-        if not self.interval_s >= MIN_INTERVAL_S:
-            errs.append((f"{prefix}.interval",
-                         f"must be at least {format_duration(MIN_INTERVAL_S)}, got "
-                         f"{format_duration(self.interval_s) if self.interval_s > 0 else self.interval_s}"))
-        if self.detect_multiplier < 1:
-            errs.append((f"{prefix}.detect_multiplier", f"must be at least 1, got {self.detect_multiplier}"))
-        if self.up_count < 1:
-            errs.append((f"{prefix}.up_count", f"must be at least 1, got {self.up_count}"))
-        if self.window < 1:
-            errs.append((f"{prefix}.window", f"must be at least 1 sample, got {self.window}"))
-        elif self.up_count > self.window:
-            errs.append((f"{prefix}.up_count", f"must not exceed the window ({self.window}), got {self.up_count}"))
-        if self.timeout_s is not None and not self.timeout_s > 0:
-            errs.append((f"{prefix}.timeout", f"must be positive, got {self.timeout_s}"))
-        if not self.max_timeout_s > 0:
-            errs.append((f"{prefix}.max_timeout", f"must be positive, got {self.max_timeout_s}"))
-        if not self.report_interval_s > 0:
-            errs.append((f"{prefix}.report_interval", f"must be positive, got {self.report_interval_s}"))
-        if self.jitter not in ("stdev", "rfc3550"):
-            errs.append((f"{prefix}.jitter", f"expected 'stdev' or 'rfc3550', got {self.jitter!r}"))
-        return errs
-
-    @property
-    def detection_time_s(self) -> float:
-        """Nominal detection time for a short-RTT path: interval × multiplier."""
-        return self.interval_s * self.detect_multiplier
-
-    @classmethod
-    def from_config(cls, value: Any, field: str = "monitor") -> MonitorProfile:
-        """`"fast"`, `"default"`, or a mapping such as `{profile: fast, interval: "50ms", multiplier: 4}`."""
-        if isinstance(value, MonitorProfile):
-            return value
-        if isinstance(value, str):
-            if value in PROFILES:
-                return PROFILES[value]
-            raise ConfigError(f"unknown monitor profile {show(value)}; expected one of {', '.join(PROFILES)} "
-                              "or a mapping with an interval", field)
-        errs = Errors()
-        m = mapping(value, field, errs, _PROFILE_KEYS)
-        if m is None:
-            raise ConfigError(f"expected a profile name or a mapping, got {show(value)}", field)
-        base = PROFILES[choice(m.get("profile", "default"), join(field, "profile"), errs, PROFILES) or "default"]
-        changes: dict[str, Any] = {"name": "custom" if set(m) - {"profile"} else base.name}
-        for key, attr in (("interval", "interval_s"), ("timeout", "timeout_s"), ("max_timeout", "max_timeout_s"),
-                          ("report_interval", "report_interval_s")):
-            if key in m:
-                changes[attr] = duration(m[key], join(field, key), errs)
-        for key, attr in (("detect_multiplier", "detect_multiplier"), ("multiplier", "detect_multiplier"),
-                          ("up_count", "up_count"), ("window", "window")):
-            if key in m:
-                n = integer(m[key], join(field, key), errs)     # below 1: problems() says why
-                if n is not None and not -1_000_000 <= n <= 1_000_000:
-                    errs.add(join(field, key), f"expected a whole number of at most 1000000, got {show(n)}")
-                    n = None
-                changes[attr] = n
-        if "jitter" in m:
-            changes["jitter"] = choice(m["jitter"], join(field, "jitter"), errs, ("stdev", "rfc3550"))
-        try:
-            profile = replace(base, **{k: v for k, v in changes.items() if v is not None})
-        except ConfigError as exc:
-            errs.items += [(f.replace("monitor", field, 1), r) for f, r in exc.errors
-                           if f.replace("monitor", field, 1) not in {p for p, _ in errs.items}]
-        errs.check()
-        return profile
-
-
-_PROFILE_KEYS = ("profile", "interval", "detect_multiplier", "multiplier", "up_count", "window", "timeout",
-                 "max_timeout", "report_interval", "jitter")
-
-
-PROFILES: dict[str, MonitorProfile] = {
-    "default": MonitorProfile(name="default", interval_s=1.0),
-    # 50 probes = the last second: the seed's 10 would judge loss and jitter over 200 ms, where one lost
-    # probe is 10 % loss and five (one short stall) take a path Down by the loss rule
-    "fast": MonitorProfile(name="fast", interval_s=0.020, window=50, report_interval_s=0.5),
-}
 
 
 def _near(a: float, b: float) -> bool:
@@ -179,88 +77,6 @@ class ProbeCounters:
     duplicates: int = 0    # second copies, and replies to probes too old to remember
 
 
-class Reply(IntEnum):
-    """What `PathMonitor.take_reply` made of a reply."""
-
-    IGNORED = 0     # unknown path or seq, a duplicate, a negative or impossible RTT: only a counter changed
-    TAKEN = 1       # the reply to an outstanding probe: an RTT sample
-    LATE = 2        # the reply to a probe that had timed out: the probe was delayed, not lost
-
-
-class _PathState:
-    __slots__ = ("alive", "answered_sent_at", "bandwidth_mbps", "coast_due", "coast_end", "coast_flight",
-                 "coast_resume_at", "coast_rtt_s", "cost_per_gb", "duplicates", "expired", "good_run", "late",
-                 "lost", "lost_sent_at", "miss_run", "miss_since", "mtu_bytes", "next_report_at", "next_send_at",
-                 "next_seq", "outstanding", "path_id", "pending", "profile", "received", "revived", "rttvar_s",
-                 "score", "sent", "srtt_s", "status", "status_since", "timed_out", "unexpected", "wake_at", "window")
-
-    def __init__(self, path_id: PathId, profile: MonitorProfile, now: float, start_seq: int) -> None:
-        self.path_id = path_id
-        self.profile = profile
-        self.window = ProbeWindow(profile.window)
-        self.outstanding: dict[int, tuple[float, float]] = {}   # seq -> (sent_at, deadline)
-        self.pending: dict[int, float] = {}     # timed out, not judged lost yet: seq -> sent_at
-        self.expired: dict[int, tuple[float, tuple[int, int]]] = {}   # lost seq -> (sent_at, window serial)
-        self.next_seq = start_seq
-        self.next_send_at = now
-        self.next_report_at = now + profile.report_interval_s
-        self.alive = False
-        self.status = PathStatus.DOWN
-        self.status_since = now
-        self.score = 0.0
-        self.miss_run = 0
-        self.miss_since: float | None = None        # send time of the first probe of the current miss run
-        self.answered_sent_at: float | None = None  # send time of the newest probe that got a reply
-        self.lost_sent_at: float | None = None      # send time of the newest probe given up on
-        self.good_run = 0
-        self.srtt_s: float | None = None
-        self.rttvar_s = 0.0
-        self.sent = self.received = self.timed_out = self.late = self.unexpected = self.duplicates = 0
-        self.lost = self.revived = 0    # probes judged lost; late replies that undid such a judgement
-        self.bandwidth_mbps = 0.0
-        self.mtu_bytes = 1500
-        self.cost_per_gb = 0.0
-        self.wake_at = now
-        # a coast (`PathMonitor.coast`): probes sent before `coast_end` come back `coast_rtt_s` later
-        self.coast_rtt_s: float | None = None
-        self.coast_end = -math.inf
-        self.coast_resume_at = math.inf     # the first send after the coast (the accumulated schedule)
-        self.coast_flight: deque[float] = deque()   # send times of coasted probes not back yet
-        self.coast_due = math.inf           # when the next coasted probe is sent or answered
-
-    def timeout_s(self) -> float:
-        p = self.profile
-        if p.timeout_s is not None:
-            return p.timeout_s
-        if self.srtt_s is None:
-            return max(p.interval_s, min(1.0, p.max_timeout_s))
-        # RFC 6298's srtt + max(G, 4·rttvar), with a granularity G of a tenth of the interval. Not
-        # floored at the interval: that would add up to one interval to every detection time.
-        margin = 4.0 * self.rttvar_s
-        granularity = p.interval_s / 10.0
-        rto = self.srtt_s + (margin if margin > granularity else granularity)
-        return min(rto, max(p.max_timeout_s, p.interval_s))
-
-    def jitter_ms(self) -> float:
-        w = self.window
-        return w.rfc3550_jitter_ms if self.profile.jitter == "rfc3550" else w.stdev_ms
-
-    def metrics(self, now: float) -> PathMetrics:
-        w = self.window
-        return PathMetrics(latency_ms=w.mean_ms, jitter_ms=self.jitter_ms(), loss_pct=w.loss_pct,
-                           score=self.score, measured_at=now, bandwidth_mbps=self.bandwidth_mbps,
-                           mtu_bytes=self.mtu_bytes, cost_per_gb=self.cost_per_gb, samples=len(w),
-                           answered=w.received)
-
-    def next_wake(self) -> float:
-        send = self.coast_resume_at if self.next_send_at < self.coast_end else self.next_send_at
-        t = send if send < self.next_report_at else self.next_report_at
-        for _, deadline in self.outstanding.values():
-            if deadline < t:
-                t = deadline
-        return t
-
-
 class PathMonitor:
     """Probes every path on its profile's schedule and turns outcomes into metrics and status events.
 
@@ -272,7 +88,7 @@ class PathMonitor:
     def __init__(self, profile: MonitorProfile | None = None, *, start_seq: int = 0) -> None:
         self.profile = profile or PROFILES["default"]
         self._start_seq = start_seq
-        self._paths: dict[PathId, _PathState] = {}
+        self._paths: dict[PathId, PathState] = {}
         self._heap: list[tuple[float, int, PathId]] = []
         self._tie = 0
         self._events: list[Event] = []
@@ -292,7 +108,7 @@ class PathMonitor:
         `on_probe_result`)."""
         if path_id in self._paths:
             raise ConfigError(f"path {path_id!r} is already monitored", "path_id")
-        st = _PathState(path_id, profile or self.profile, now, self._start_seq)
+        st = PathState(path_id, profile or self.profile, now, self._start_seq, self._events)
         st.cost_per_gb = cost_per_gb
         st.bandwidth_mbps = bandwidth_mbps
         if not schedule:
@@ -373,7 +189,9 @@ class PathMonitor:
         return self._current(path_id).timeout_s()
 
     def drain_events(self) -> list[Event]:
-        ev, self._events = self._events, []
+        events = self._events       # every path appends to this list: it is emptied, never rebound
+        ev = events[:]
+        events.clear()
         return ev
 
     def has_events(self) -> bool:
@@ -432,44 +250,7 @@ class PathMonitor:
             self._sync(st, now)
         rec = st.outstanding.pop(seq, None)
         if rec is None:
-            pend = st.pending.get(seq)
-            if pend is not None and now >= pend:
-                # after its timeout, before any later probe was answered: a delayed probe, never
-                # judged lost, so it is simply a sample (late)
-                del st.pending[seq]
-                self._judge_pending(st, seq)
-                st.late += 1
-                if st.answered_sent_at is None or pend > st.answered_sent_at:
-                    st.answered_sent_at = pend
-                self._outcome(st, now - pend, now)
-                return Reply.LATE
-            exp = st.expired.pop(seq, None)
-            if exp is not None and now >= exp[0]:
-                # A reply after its timeout. The timeout is a liveness deadline (it makes a cut show
-                # within interval × multiplier), not a verdict on the probe: the probe was delayed,
-                # not lost. So the run of misses ends, the RTT estimator (hence the timeout) learns
-                # the new RTT, and the loss recorded at the timeout becomes this RTT in the window if
-                # it is still there. Otherwise a delay spike of a few ms past a tight adaptive timeout
-                # (a busy host, a queue) would read as loss and push a healthy path Down.
-                sent = exp[0]
-                st.late += 1
-                st.revived += 1
-                st.miss_run = 0
-                if st.answered_sent_at is None or sent > st.answered_sent_at:
-                    st.answered_sent_at = sent
-                self._learn_rtt(st, now - sent)
-                if st.window.revise(exp[1], (now - sent) * 1000.0) and st.alive:
-                    self._judge(st, now)
-                return Reply.LATE
-            if exp is not None or pend is not None:
-                if exp is not None:
-                    st.expired[seq] = exp     # a forged copy that predates the probe: the real one may follow
-                st.unexpected += 1
-            elif self._start_seq <= seq < st.next_seq:
-                st.duplicates += 1        # a second copy, or a reply to a probe too old to remember
-            else:
-                st.unexpected += 1
-            return Reply.IGNORED
+            return st.take_late_reply(seq, now)
         start = rec[0] if sent_at is None else sent_at
         rtt_s = now - start
         if rtt_s < 0.0 or start < rec[0] - st.profile.max_timeout_s:
@@ -480,10 +261,10 @@ class PathMonitor:
         if st.answered_sent_at is None or start > st.answered_sent_at:
             st.answered_sent_at = start
         if st.pending:
-            self._judge_pending(st, seq)
+            st.judge_pending(seq)
         if st.coast_rtt_s is not None and not _near(rtt_s, st.coast_rtt_s):
             self._settle_coast(st, now)     # the driver's word no longer holds
-        self._outcome(st, rtt_s, now)
+        st.outcome(rtt_s, now)
         if st.wake_at < st.next_wake():
             # the answered probe's timeout was the next wake-up: move it, so the driver is not woken
             # for nothing (about one wasted wake-up a probe otherwise); the old heap entry goes stale
@@ -497,11 +278,11 @@ class PathMonitor:
         seq = st.next_seq
         st.next_seq += 1
         if rtt_s is None:
-            self._lost(st, seq, now, now, judged=True)
+            st.give_up(seq, now, now, judged=True)
             return
         st.received += 1
         st.answered_sent_at = now - rtt_s
-        self._outcome(st, rtt_s, now)
+        st.outcome(rtt_s, now)
 
     # -- coasting: flow-level probing --------------------------------------------------------------
 
@@ -558,7 +339,7 @@ class PathMonitor:
         st.coast_rtt_s = rtt_s
         st.coast_end = until
         st.coast_resume_at = resume
-        st.coast_due = self._coast_next(st)
+        st.coast_due = st.coast_next()
         self._coasting[path_id] = None
         self._arm(st)
         return True
@@ -579,78 +360,29 @@ class PathMonitor:
             if st.coast_due <= now:
                 self._sync(st, now)
 
-    def _current(self, path_id: PathId) -> _PathState:
+    def _current(self, path_id: PathId) -> PathState:
         st = self._state(path_id)
         if st.coast_due <= self._clock:
             self._sync(st, self._clock)
         return st
 
-    def _sync(self, st: _PathState, now: float) -> None:
-        """Send the coasted probes due by `now` and take the replies due by then."""
+    def _sync(self, st: PathState, now: float) -> None:
+        """Send the coasted probes due by `now` and take the replies due by then (`PathState.coast_sync`),
+        hand the replies to `coast_sink`, and end the coast when it has nothing left."""
         r = st.coast_rtt_s
         assert r is not None
-        flight = st.coast_flight
-        replies: list[float] = []
-        sent = -math.inf        # the newest answered probe's send time
-        while flight and flight[0] + r <= now:
-            sent = flight.popleft()
-            replies.append(sent + r)
-        t, end = st.next_send_at, st.coast_end
-        if t <= now and t < end:
-            interval = st.profile.interval_s
-            n = 0
-            while t <= now and t < end:
-                if flight or t + r > now:
-                    flight.append(t)
-                else:
-                    sent = t
-                    replies.append(t + r)
-                t += interval
-                n += 1
-            st.next_send_at = t
-            st.next_seq += n
-            st.sent += n
-            self.coasted_probes += n
-        if replies:
-            if st.pending:
-                self._judge_pending(st, None)   # every probe still pending went out before the coast
-            k = len(replies)
-            st.received += k
-            st.good_run += k
-            st.miss_run = 0
-            if st.answered_sent_at is None or sent > st.answered_sent_at:
-                st.answered_sent_at = sent
-            for _ in range(k):          # k samples of r, until the estimator stops changing
-                before = (st.srtt_s, st.rttvar_s)
-                self._learn_rtt(st, r)
-                if (st.srtt_s, st.rttvar_s) == before:
-                    break
-            rtt_ms = r * 1000.0
-            w = st.window
-            steady = w.uniform == rtt_ms    # then the window stays as it was: so does the score
-            w.add_run(rtt_ms, k)
-            if not steady and st.alive:
-                self._judge(st, replies[-1])
-            if self.coast_sink is not None:
-                self.coast_sink(st.path_id, rtt_ms, replies)
-        st.coast_due = self._coast_next(st)
+        n, replies = st.coast_sync(r, now)
+        self.coasted_probes += n
+        if replies and self.coast_sink is not None:
+            self.coast_sink(st.path_id, r * 1000.0, replies)
+        st.coast_due = st.coast_next()
         if st.coast_due == math.inf:
             st.coast_rtt_s = None
             st.coast_end = -math.inf
             st.coast_resume_at = math.inf
             self._coasting.pop(st.path_id, None)
 
-    @staticmethod
-    def _coast_next(st: _PathState) -> float:
-        """When the coast next sends a probe or takes a reply (inf: it has nothing left)."""
-        r = st.coast_rtt_s
-        assert r is not None
-        flight = st.coast_flight
-        reply = flight[0] + r if flight else math.inf
-        send = st.next_send_at if st.next_send_at < st.coast_end else math.inf
-        return reply if reply < send else send
-
-    def _settle_coast(self, st: _PathState, now: float) -> None:
+    def _settle_coast(self, st: PathState, now: float) -> None:
         """End a coast at `now`: what was coasted up to now is accounted for, probes already out under
         it still come back as vouched, and the probes from now on are asked for again."""
         if st.coast_rtt_s is None:
@@ -663,27 +395,27 @@ class PathMonitor:
 
     # -- internals --------------------------------------------------------------------------------
 
-    def _state(self, path_id: PathId) -> _PathState:
+    def _state(self, path_id: PathId) -> PathState:
         try:
             return self._paths[path_id]
         except KeyError:
             raise ConfigError(f"unknown path {path_id!r}", "path_id") from None
 
-    def _arm(self, st: _PathState) -> None:
+    def _arm(self, st: PathState) -> None:
         t = st.next_wake()
         st.wake_at = t
         if t != float("inf"):
             self._tie += 1
             heapq.heappush(self._heap, (t, self._tie, st.path_id))
 
-    def _service(self, st: _PathState, now: float) -> None:
+    def _service(self, st: PathState, now: float) -> None:
         if st.outstanding:
             due = sorted((d, seq) for seq, (_, d) in st.outstanding.items() if d <= now)
             if due and st.coast_rtt_s is not None:
                 self._settle_coast(st, now)     # a probe the driver vouched for timed out
             for _, seq in due:
                 sent_at = st.outstanding.pop(seq)[0]
-                self._lost(st, seq, sent_at, now)
+                st.give_up(seq, sent_at, now)
         if st.next_send_at <= now and not st.next_send_at < st.coast_end:   # a coast sends by itself
             seq = st.next_seq
             st.next_seq += 1
@@ -701,113 +433,3 @@ class PathMonitor:
                                                        status=st.status))
             nxt = st.next_report_at + st.profile.report_interval_s
             st.next_report_at = nxt if nxt > now else now + st.profile.report_interval_s
-
-    def _lost(self, st: _PathState, seq: int, sent_at: float, now: float, *, judged: bool = False) -> None:
-        """The one place a probe is given up on (its timeout fired at `now`, or a caller said so with
-        `judged`). The first miss of a run (the probe before was answered, or this is the path's first)
-        starts the run and is said as `ProbeLost`, before any verdict it leads to; the misses after it
-        are not (a long cut must not flood the events). Coasted probes are never lost: a probe the
-        driver vouched for that times out ends the coast first (`_service`) and comes here like any
-        other.
-
-        The timeout is the liveness deadline: it counts towards the run of misses (Down after
-        `detect_multiplier`) at once. Whether the probe was *lost*, a loss in the window that the
-        score, the loss rule and a site's SLA see, is judged later, as TCP's RACK judges a segment
-        (RFC 8985): when a probe sent after it is answered and it is not, or when the path is Down.
-        Until then it is pending. A reply a few ms past a tight adaptive timeout (a busy host, a
-        queue) then arrives as a late sample before anything acted on a loss that never was; a lost
-        probe is judged one interval (plus its RTT) after its timeout, with the next reply."""
-        st.timed_out += 1
-        if st.lost_sent_at is None or sent_at > st.lost_sent_at:
-            st.lost_sent_at = sent_at
-        if st.miss_run == 0:
-            st.miss_since = sent_at
-            self._events.append(ProbeLost(at=now, path_id=st.path_id, seq=seq, sent_at=sent_at))
-        st.good_run = 0
-        st.miss_run += 1
-        if judged or not st.alive:
-            self._judge_pending(st, None)
-            self._add_loss(st, seq, sent_at)
-        else:
-            st.pending[seq] = sent_at
-        if st.alive and st.miss_run >= st.profile.detect_multiplier:
-            self._judge_pending(st, None)
-            st.alive = False
-            self._settle(st, now, PathStatus.DOWN, f"{st.miss_run} consecutive probes unanswered")
-            return
-        if st.alive and judged:
-            self._judge(st, now)
-
-    def _judge_pending(self, st: _PathState, before: int | None) -> None:
-        """Pending probes sent before probe `before` (all of them: None) are lost, in send order."""
-        for seq in sorted(st.pending):
-            if before is not None and seq >= before:
-                break
-            self._add_loss(st, seq, st.pending.pop(seq))
-
-    @staticmethod
-    def _add_loss(st: _PathState, seq: int, sent_at: float) -> None:
-        st.window.add(None)
-        st.lost += 1
-        st.expired[seq] = (sent_at, st.window.last_serial)
-        if len(st.expired) > _EXPIRED_KEEP:
-            del st.expired[next(iter(st.expired))]
-
-    def _outcome(self, st: _PathState, rtt_s: float, now: float) -> None:
-        """An answered probe (on time or late): a sample in the window, the end of a run of misses."""
-        w = st.window
-        p = st.profile
-        w.add(rtt_s * 1000.0)
-        st.miss_run = 0
-        st.good_run += 1
-        self._learn_rtt(st, rtt_s)
-        if not st.alive:
-            if st.good_run < p.up_count:
-                return
-            st.alive = True
-            w.keep_last(st.good_run if st.good_run < p.window else p.window)
-        self._judge(st, now)
-
-    def _judge(self, st: _PathState, now: float) -> None:
-        """A live path's score and status from its window (the seed's quality rule)."""
-        w = st.window
-        p = st.profile
-        loss = w.loss_pct
-        score = quality_score(w.mean_ms, st.jitter_ms(), loss)
-        st.score = score
-        new = status_for(score, loss)
-        if new is PathStatus.UP and st.status is PathStatus.DEGRADED and score < UP_SCORE + UP_HYSTERESIS:
-            new = PathStatus.DEGRADED   # back Up only clearly above the line: no Up/Degraded flutter at 50
-        if st.status is PathStatus.DOWN and new is not PathStatus.DOWN and st.good_run < p.up_count:
-            return   # hysteresis for every Down, also one the loss rule decided: no flapping around 50 %
-        if new is not st.status:
-            if new is PathStatus.DOWN:
-                reason = f"loss {loss:.1f}% over the last {len(w)} probes"
-            elif st.status is PathStatus.DOWN:
-                reason = f"{st.good_run} consecutive probes answered"
-            else:
-                reason = f"score {score:.1f}"
-            self._settle(st, now, new, reason)
-
-    @staticmethod
-    def _learn_rtt(st: _PathState, rtt_s: float) -> None:
-        """RFC 6298 smoothed RTT and variation, from which the adaptive timeout follows."""
-        if st.srtt_s is None:
-            st.srtt_s = rtt_s
-            st.rttvar_s = rtt_s / 2.0
-        else:
-            err = st.srtt_s - rtt_s
-            st.rttvar_s = 0.75 * st.rttvar_s + 0.25 * (err if err >= 0.0 else -err)
-            st.srtt_s = 0.875 * st.srtt_s + 0.125 * rtt_s
-
-    def _settle(self, st: _PathState, now: float, new: PathStatus, reason: str) -> None:
-        """The one place a path's status changes."""
-        old = st.status
-        if new is old:
-            return
-        st.status = new
-        st.status_since = now
-        if new is PathStatus.DOWN and not st.alive:
-            st.score = 0.0
-        self._events.append(PathStatusChanged(at=now, path_id=st.path_id, old=old, new=new, reason=reason,
-                                              metrics=st.metrics(now)))

@@ -371,7 +371,7 @@ class SiteLogic:
     def _count_timeouts(self, path_id: PathId, now: float) -> None:
         """Every probe the monitor judged lost, less those whose reply came late after all, since the
         last metrics report is a lost sample for the path's SLA (a timed-out probe whose reply is
-        still on its way is not judged yet: `PathMonitor._lost`)."""
+        still on its way is not judged yet: `PathState.give_up`)."""
         judged, revived = self.monitor.losses(path_id)
         seen_lost, seen_revived = self._timeouts_seen.get(path_id, (0, 0))
         lost = (judged - seen_lost) - (revived - seen_revived)
