@@ -14,6 +14,7 @@ test: setup lint typecheck
 
 lint: setup
 	$(PY) -m ruff check patronus emulation tests benchmarks
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_code_size.py tests/unit/test_import_cycles.py
 
 typecheck: setup
 	$(PY) -m mypy
