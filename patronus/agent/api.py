@@ -50,13 +50,16 @@ from typing import Annotated, Any, Protocol, runtime_checkable
 from urllib.parse import parse_qs, quote
 
 import anyio
-from fastapi import Body, Depends, FastAPI, Query, Request, WebSocket
+from fastapi import Body, Depends, FastAPI, Path, Query, Request, WebSocket
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.requests import HTTPConnection
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from starlette.websockets import WebSocketDisconnect
 
 import patronus
@@ -218,6 +221,21 @@ def _validation_errors(exc: RequestValidationError) -> list[tuple[str, str]]:
     return out
 
 
+def _whole_numbers(obj: Any) -> Any:
+    """`obj` with every float that is a whole number as an int: JSON has one number type (2.0 is an
+    integer to JSON Schema), Python two, and the policy parser takes only ints where it wants whole
+    numbers. Every float field of a policy takes ints too. Only floats within 2**53 (where every whole
+    number is a float): no whole-number field reaches that, and a float of 1e308 stays a float (as an int
+    of 309 digits, a number field would refuse it)."""
+    if isinstance(obj, float) and obj.is_integer() and abs(obj) < 2**53:
+        return int(obj)
+    if isinstance(obj, dict):
+        return {k: _whole_numbers(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_whole_numbers(v) for v in obj]
+    return obj
+
+
 def _not_found(kind: str, value: str, fld: str) -> ApiError:
     return ApiError(404, f"no {kind} named {value!r}", [(fld, f"unknown {kind}")])
 
@@ -290,7 +308,12 @@ class PathTestRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     probes: int = Field(default=20, ge=1, le=1000, description="probes to send")
-    bandwidth: bool = Field(default=False, description="also measure bandwidth (iperf3)")
+    bandwidth: bool = Field(default=False, description="also measure bandwidth")
+
+    @field_validator("probes", mode="before")
+    @classmethod
+    def _whole(cls, v: Any) -> Any:
+        return _whole_numbers(v)          # 20.0 is 20 to JSON (strict mode refuses floats, and "20", true)
 
 
 async def _json_body(request: Request) -> None:
@@ -306,6 +329,31 @@ async def _json_body(request: Request) -> None:
 
 
 JSON_BODY = [Depends(_json_body)]
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}
+
+
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters of a route (a FastAPI `Dependant`) and of its dependencies."""
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def _known_query(conn: HTTPConnection) -> None:
+    """Dependency of every route: a query parameter the route does not take is an error, not ignored (a
+    misspelt `limt=5` would otherwise give the default silently). The WebSocket's `?token=` is its own."""
+    route = conn.scope.get("route")
+    if conn.scope["type"] != "http" or not isinstance(route, APIRoute):
+        return
+    known = _QUERY_NAMES.get(id(route))
+    if known is None:
+        known = _QUERY_NAMES[id(route)] = frozenset(_query_names(route.dependant))
+    unknown = sorted({k for k in conn.query_params if k not in known})
+    if unknown:
+        expected = f"expected one of {', '.join(sorted(known))}" if known else "this route takes no query parameters"
+        raise ApiError(422, "invalid request", [(f"query.{k}", f"unknown parameter; {expected}") for k in unknown])
 
 
 class _AnyText(Convertor[str]):
@@ -328,6 +376,7 @@ register_url_convertor("anytext", _AnyText())
 def _parse_policy(payload: Any, name_in_path: str | None = None) -> RoutingPolicy:
     """The policy in a request body, or ApiError(422) listing every problem."""
     errors: list[tuple[str, str]] = []
+    payload = _whole_numbers(payload)
     if name_in_path is not None and isinstance(payload, dict):
         payload = dict(payload)
         given = payload.setdefault("name", name_in_path)
@@ -355,7 +404,15 @@ def create_app(agent: AgentControl, token: str) -> FastAPI:
         raise ValueError("the API token must be a non-empty string")
 
     app = FastAPI(title="Patronus site agent", version=patronus.__version__, docs_url=None, redoc_url=None,
-                  openapi_url=f"{API_PREFIX}/openapi.json", default_response_class=FiniteJSONResponse)
+                  openapi_url=f"{API_PREFIX}/openapi.json", default_response_class=FiniteJSONResponse,
+                  dependencies=[Depends(_known_query)])
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = doc.complete(FastAPI.openapi(app), API_PREFIX)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(_BearerAuth, token=token, open_paths=frozenset({HEALTH_PATH}))
 
     _error_handlers(app)
@@ -384,7 +441,17 @@ def _error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         if exc.status_code in (204, 304) or exc.status_code < 200:
             return Response(status_code=exc.status_code, headers=exc.headers)
-        return _error(exc.status_code, str(exc.detail), [], dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        errors: list[tuple[str, str]] = []
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route that matched the path only; GET and POST
+            # /policies are two routes.
+            allowed = _allowed_methods(app, request)
+            headers["Allow"] = ", ".join(allowed)
+            errors = [("method", f"expected one of {', '.join(allowed)}, got {request.method}")]
+        elif exc.status_code == 400:
+            errors = [("body", "not JSON in UTF-8")]       # FastAPI could not read it
+        return _error(exc.status_code, str(exc.detail), errors, headers)
 
     async def on_crash(request: Request, exc: Exception) -> Response:
         return _error(500, "internal error", [])
@@ -396,11 +463,29 @@ def _error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, on_crash)
 
 
+def _allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    path = request.scope.get("path", "")
+    root = request.scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
+            methods |= route.methods
+    return sorted(methods)
+
+
+PATH_ID = Annotated[str, Path(description="a path's id: remote:uplink-remote_uplink",
+                              examples=["branch:isp1-isp1"])]
+POLICY_NAME = Annotated[str, Path(description="a policy's name (a / in it may be quoted as %2F)",
+                                  examples=["VoIP/Video"])]
+
+
 def _site_routes(app: FastAPI, agent: AgentControl) -> None:
     """Health, the site, its paths (status, history, on-demand tests)."""
     p = API_PREFIX
 
-    @app.get(f"{p}/health", tags=["meta"], responses=doc.responses(doc.Health))
+    @app.get(f"{p}/health", tags=["meta"], responses=doc.responses(doc.Health, token=False))
     async def health() -> Response:
         """Liveness only; no token needed and nothing about the site is revealed."""
         return _ok({"status": "ok"})
@@ -414,7 +499,7 @@ def _site_routes(app: FastAPI, agent: AgentControl) -> None:
         return _ok(agent.list_paths())
 
     @app.get(f"{p}/paths/{{path_id}}", tags=["paths"], responses=doc.responses(doc.PathRow, 404))
-    async def get_path(path_id: str) -> Response:
+    async def get_path(path_id: PATH_ID) -> Response:
         for row in agent.list_paths():
             if row.get("id") == path_id:
                 return _ok(row)
@@ -423,11 +508,11 @@ def _site_routes(app: FastAPI, agent: AgentControl) -> None:
     @app.get(f"{p}/paths/{{path_id}}/metrics", tags=["paths"],
              responses=doc.responses(list[doc.PathSample], 404, 422))
     async def get_path_history(
-        path_id: str,
+        path_id: PATH_ID,
         since: Annotated[float | None, Query(description="from this time (agent clock, s)", allow_inf_nan=False)]
         = None,
-        until: Annotated[float | None, Query(description="up to this time (agent clock, s)", allow_inf_nan=False)]
-        = None,
+        until: Annotated[float | None, Query(description="up to this time (agent clock, s); not before `since`",
+                                             allow_inf_nan=False)] = None,
         limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_ROWS)] = 1000,
     ) -> Response:
         if since is not None and until is not None and until < since:
@@ -439,8 +524,8 @@ def _site_routes(app: FastAPI, agent: AgentControl) -> None:
         return _ok(rows)
 
     @app.post(f"{p}/paths/{{path_id}}/test", tags=["paths"], dependencies=JSON_BODY,
-              responses=doc.responses(dict[str, Any], 404, 415, 422))
-    async def post_path_test(path_id: str, body: Annotated[PathTestRequest | None, Body()] = None) -> Response:
+              responses=doc.responses(doc.PathTestResult, 400, 404, 415, 422))
+    async def post_path_test(path_id: PATH_ID, body: Annotated[PathTestRequest | None, Body()] = None) -> Response:
         req = body or PathTestRequest()
         try:
             result = await agent.test_path(path_id, req.probes, req.bandwidth)
@@ -463,14 +548,14 @@ def _policy_routes(app: FastAPI, agent: AgentControl) -> None:
         return _ok([pol.to_dict() for pol in agent.list_policies()])
 
     @app.get(f"{p}/policies/{{name:anytext}}", tags=["policies"], responses=doc.responses(doc.Policy, 404))
-    async def get_policy(name: str) -> Response:
+    async def get_policy(name: POLICY_NAME) -> Response:
         pol = find_policy(name)
         if pol is None:
             raise _not_found("policy", name, "path.name")
         return _ok(pol.to_dict())
 
     @app.post(f"{p}/policies", tags=["policies"], status_code=201, dependencies=JSON_BODY,
-              responses=doc.responses(doc.Policy, 409, 415, 422, status=201), openapi_extra=doc.policy_body())
+              responses=doc.responses(doc.Policy, 400, 409, 415, 422, status=201))
     async def post_policy(payload: Annotated[Any, Body()]) -> Response:
         policy = _parse_policy(payload)
         location = f"{p}/policies/{quote(policy.name, safe='')}"
@@ -481,9 +566,8 @@ def _policy_routes(app: FastAPI, agent: AgentControl) -> None:
         return _ok(policy.to_dict(), 201, {"Location": location})
 
     @app.put(f"{p}/policies/{{name:anytext}}", tags=["policies"], dependencies=JSON_BODY,
-             responses={**doc.responses(doc.Policy, 415, 422), 201: {"model": doc.Policy}},
-             openapi_extra=doc.policy_body())
-    async def put_policy(name: str, payload: Annotated[Any, Body()]) -> Response:
+             responses=doc.responses(doc.Policy, 400, 415, 422, also={201: doc.Policy}))
+    async def put_policy(name: POLICY_NAME, payload: Annotated[Any, Body()]) -> Response:
         policy = _parse_policy(payload, name)
         created = agent.put_policy(policy)
         if created:
@@ -492,7 +576,7 @@ def _policy_routes(app: FastAPI, agent: AgentControl) -> None:
 
     @app.delete(f"{p}/policies/{{name:anytext}}", tags=["policies"], status_code=204,
                 responses=doc.responses(None, 404, status=204))
-    async def delete_policy(name: str) -> Response:
+    async def delete_policy(name: POLICY_NAME) -> Response:
         try:
             agent.delete_policy(name)
         except KeyError:
@@ -504,7 +588,7 @@ def _flow_routes(app: FastAPI, agent: AgentControl) -> None:
     """Flows, topology, the steering plan, events (recent and streamed) and Prometheus metrics."""
     p = API_PREFIX
 
-    @app.get(f"{p}/flows", tags=["flows"], responses=doc.responses(list[doc.FlowRow], 422))
+    @app.get(f"{p}/flows", tags=["flows"], responses=doc.responses(list[doc.FlowRow]))
     async def get_flows(
         path: Annotated[str | None, Query(description="only flows on this path")] = None,
         policy: Annotated[str | None, Query(description="only flows matched by this policy")] = None,
@@ -545,7 +629,7 @@ def _flow_routes(app: FastAPI, agent: AgentControl) -> None:
 
     app.add_api_route("/metrics", metrics, methods=["GET"], tags=["meta"], response_class=Response, responses={
         200: {"content": {CONTENT_TYPE: {"schema": {"type": "string"}}}, "description": "Prometheus text"},
-        401: {"model": doc.ErrorBody}})
+        **{code: {"model": doc.ErrorBody, "description": doc.ERROR_DESCRIPTIONS[code]} for code in (401, 422)}})
     app.add_api_route(f"{p}/metrics", metrics, methods=["GET"], tags=["meta"], include_in_schema=False)
 
 

@@ -26,6 +26,8 @@ from patronus.core.model import PROTOCOL_NAMES, FlowKey, PathMetrics, parse_prot
 from patronus.core.validate import Errors, duration, is_number, number, ratio, show
 
 COST_REFERENCE_PER_GB = 0.20
+MAX_WEIGHT = 1e6                # custom weights are relative; a bound keeps every score finite
+REQUIREMENT_MAX_S = 1e8         # a bound on max_latency / max_jitter, so that none overflows
 
 
 class Preference(enum.Enum):
@@ -56,8 +58,9 @@ class ScoringWeights:
         errs = []
         for name in ("latency", "jitter", "loss", "bandwidth", "cost"):
             v = getattr(self, name)
-            if not is_number(v) or v < 0:
-                errs.append((f"{prefix}.{name}", f"expected a non-negative weight, got {show(v)}"))
+            if not is_number(v) or not 0 <= v <= MAX_WEIGHT:
+                errs.append((f"{prefix}.{name}", f"expected a non-negative weight (at most {MAX_WEIGHT:g}), "
+                                                 f"got {show(v)}"))
         if not errs and self.total <= 0:
             errs.append((prefix, "at least one weight must be positive"))
         return errs
@@ -123,11 +126,11 @@ class PortRange:
         if isinstance(value, int):
             lo = hi = value
         elif isinstance(value, str) and "-" in value:
-            a, _, b = value.partition("-")
-            lo, hi = (int(a), int(b)) if _PORT.match(a) and _PORT.match(b) else (None, None)
-        elif isinstance(value, str) and _PORT.match(value):
-            lo = hi = int(value)
-        elif isinstance(value, list | tuple) and len(value) == 2:
+            a, b = (_PORT.match(x) for x in value.partition("-")[::2])
+            lo, hi = (int(a[1]), int(b[1])) if a and b else (None, None)
+        elif isinstance(value, str) and (m := _PORT.match(value)):
+            lo = hi = int(m[1])         # the digits only: int() does not take every space `\s` matches
+        elif isinstance(value, list | tuple) and len(value) == 2 and not any(isinstance(v, bool) for v in value):
             lo, hi = value
         else:
             lo = hi = None
@@ -136,7 +139,7 @@ class PortRange:
         return cls(lo, hi)
 
 
-_PORT = re.compile(r"^\s*[0-9]{1,5}\s*$")
+_PORT = re.compile(r"^\s*([0-9]{1,5})\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +152,9 @@ class _Prefix:
     @classmethod
     def parse(cls, value: object, fld: str) -> _Prefix:
         try:
-            n = ipaddress.ip_network(value, strict=False)  # type: ignore[arg-type]
+            if not isinstance(value, str):          # ip_network also reads integers (and booleans)
+                raise TypeError(value)
+            n = ipaddress.ip_network(value, strict=False)
         except (ValueError, TypeError):
             raise ConfigError(f"expected a prefix like 10.1.0.0/16, got {show(value)}", fld) from None
         return cls(str(n), n.version, int(n.network_address), int(n.netmask))
@@ -307,8 +312,12 @@ class Requirements:
         known = {"max_latency", "max_loss", "max_jitter", "max_cost_per_gb", "strict"}
         errors += [(f"{prefix}.{k}", "unknown requirement") for k in d if k not in known]
         errs = Errors()
-        for key, attr, read, scale in (("max_latency", "max_latency_ms", duration, 1e3),
-                                       ("max_jitter", "max_jitter_ms", duration, 1e3),
+
+        def long(value: object, path: str, errs: Errors) -> float | None:
+            return duration(value, path, errs, at_most=REQUIREMENT_MAX_S)
+
+        for key, attr, read, scale in (("max_latency", "max_latency_ms", long, 1e3),
+                                       ("max_jitter", "max_jitter_ms", long, 1e3),
                                        ("max_loss", "max_loss_pct", ratio, 100.0)):
             if d.get(key) is not None:
                 x = read(d[key], f"{prefix}.{key}", errs)

@@ -42,28 +42,32 @@ P = "/api/v1"
 
 
 def _path(pid: str, uplink: str, status: str, latency: float, **kw: Any) -> dict[str, Any]:
+    """A path as `AgentApi.list_paths` answers it."""
     row = {"id": pid, "remote": "branch", "uplink": uplink, "remote_uplink": "isp1", "interface": f"pt1p{uplink[-1]}",
            "status": status, "status_since": 100.0, "latency_ms": latency, "jitter_ms": 2.0, "loss_pct": 0.5,
            "score": 91.0, "bandwidth_mbps": 100.0, "mtu_bytes": 1420, "cost_per_gb": 0.0, "probes_sent": 120,
-           "probes_received": 118, "probes_rejected": 1, "flows": 3}
+           "probes_received": 118, "probes_timed_out": 1, "probes_late": 0, "probes_duplicate": 0,
+           "probes_rejected": 1, "probes_rejected_by_reason": {"bad_mac": 1}, "probe_timeout_ms": 250.0, "flows": 3,
+           "local_address": f"192.0.2.{uplink[-1]}", "remote_address": "198.51.100.1"}
     row.update(kw)
     return row
 
 
 class FakeAgent:
-    """In-memory AgentControl. `calls` records every mutating or testing call."""
+    """In-memory AgentControl, answering in the shapes of the real one (`patronus.agent.control.AgentApi`,
+    described by `patronus.agent.apidoc`). `calls` records every mutating or testing call."""
 
     def __init__(self) -> None:
         self.paths = [_path("branch:isp1-isp1", "isp1", "up", 20.0),
                       _path("branch:isp2-isp1", "isp2", "degraded", math.nan, score=None)]
         self.policies: dict[str, RoutingPolicy] = {p.name: p for p in default_policies()}
         self.flows = [
-            {"src_ip": "10.1.0.5", "dst_ip": "10.2.0.9", "src_port": 40000, "dst_port": 5060, "protocol": "udp",
-             "policy": "VoIP/Video", "path": "branch:isp1-isp1", "origin_path": None, "bytes": 1000, "packets": 10,
-             "age_s": 3.0},
-            {"src_ip": "10.1.0.6", "dst_ip": "10.2.0.9", "src_port": 40001, "dst_port": 443, "protocol": "tcp",
+            {"src_ip": "10.1.0.5", "dst_ip": "10.2.0.9", "src_port": 40000, "dst_port": 5060, "protocol": 17,
+             "policy": "VoIP/Video", "path": "branch:isp1-isp1", "origin_path": "branch:isp1-isp1", "bytes": 1000,
+             "packets": 10, "age_s": 3.0, "expires_in_s": 30},
+            {"src_ip": "10.1.0.6", "dst_ip": "10.2.0.9", "src_port": 40001, "dst_port": 443, "protocol": 6,
              "policy": "Default", "path": "branch:isp2-isp1", "origin_path": "branch:isp1-isp1", "bytes": 5000,
-             "packets": 40, "age_s": 9.0},
+             "packets": 40, "age_s": 9.0, "expires_in_s": None},
         ]
         self.events = [{"kind": "path_status", "at": float(i), "path": "branch:isp1-isp1"} for i in range(5)]
         self.queues: list[tuple[asyncio.Queue[dict[str, Any]], asyncio.AbstractEventLoop]] = []
@@ -74,9 +78,14 @@ class FakeAgent:
     def site_info(self) -> dict[str, Any]:
         if self.crash:
             raise RuntimeError("bug")
-        return {"name": "hq", "id": 1, "lan_prefixes": ["10.1.0.0/16"], "uplinks": ["isp1", "isp2"],
-                "remotes": ["branch"], "wireguard_backend": "wireguard-go", "steering": "nft", "started_at": 1.0,
-                "version": "0.1.0"}
+        return {"name": "hq", "id": 1, "lan_prefixes": ["10.1.0.0/16"], "public_key": "a" * 43 + "=",
+                "uplinks": [{"name": f"isp{n}", "interface": f"eth{n}", "address": f"192.0.2.{n}", "gateway": None,
+                             "cost_per_gb": 0.0, "bandwidth_mbps": None} for n in (1, 2)],
+                "remotes": [{"name": "branch", "id": 2, "prefixes": ["10.2.0.0/16"],
+                             "endpoints": [{"uplink": "isp1", "address": "198.51.100.1"}]}],
+                "wireguard_backend": "wireguard-go", "steering": "nft", "started_at": 1.0, "version": "0.1.0",
+                "monitor_profile": "default", "steering_changes": 0, "last_steering_change": None,
+                "displaced_slots": 0, "pending_failbacks": 0, "adopted": None, "steering_held": False}
 
     def list_paths(self) -> list[dict[str, Any]]:
         return [dict(p) for p in self.paths]
@@ -85,7 +94,8 @@ class FakeAgent:
         if path_id not in {p["id"] for p in self.paths}:
             raise KeyError(path_id)
         self.calls.append(("path_history", path_id, since, until, limit))
-        return [{"at": 1.0, "latency_ms": 20.0, "jitter_ms": 1.0, "loss_pct": 0.0, "score": 95.0}]
+        return [{"measured_at": 1.0, "latency_ms": 20.0, "jitter_ms": 1.0, "loss_pct": 0.0, "score": 95.0,
+                 "bandwidth_mbps": None, "mtu_bytes": 1420}]
 
     def list_policies(self) -> list[RoutingPolicy]:
         return sorted(self.policies.values(), key=lambda p: p.priority)
@@ -104,12 +114,16 @@ class FakeAgent:
         return [dict(f) for f in self.flows]
 
     def topology(self) -> dict[str, Any]:
-        return {"nodes": [{"id": "hq"}, {"id": "branch"}], "links": [{"a": "hq", "b": "branch", "path": "x"}]}
+        return {"nodes": [{"id": "hq", "kind": "local", "prefixes": ["10.1.0.0/16"]},
+                          {"id": "branch", "kind": "remote", "prefixes": ["10.2.0.0/16"]}],
+                "links": [{"path": p["id"], "from": "hq", "to": "branch", "uplink": p["uplink"],
+                           "remote_uplink": "isp1", "status": p["status"], "score": p["score"]} for p in self.paths]}
 
     def steering_plan(self) -> dict[str, Any]:
         return {"held": False, "buckets": 16,
-                "new": [{"remote": "branch", "policy": None, "bucket": 0, "path": "branch:isp1-isp1"}],
-                "slots": [{"remote": "branch", "policy": None, "origin": "branch:isp1-isp1",
+                "new": [{"remote": "branch", "policy": None, "bucket": 0, "origin": "branch:isp1-isp1", "gen": 1,
+                         "path": "branch:isp1-isp1"}],
+                "slots": [{"remote": "branch", "policy": None, "origin": "branch:isp1-isp1", "gen": 0,
                            "path": "branch:isp2-isp1"}]}
 
     async def test_path(self, path_id: str, probes: int, bandwidth: bool) -> dict[str, Any]:
@@ -119,7 +133,13 @@ class FakeAgent:
             raise self.test_error
         self.calls.append(("test_path", path_id, probes, bandwidth))
         await asyncio.sleep(0)
-        return {"path": path_id, "probes": probes, "received": probes, "latency_ms": 20.0, "bandwidth_mbps": None}
+        out: dict[str, Any] = {"path": path_id, "probes": {"sent": probes, "received": probes, "loss_pct": 0.0,
+                                                          "rejected": 0, "rtt_min_ms": 19.0, "rtt_avg_ms": 20.0,
+                                                          "rtt_max_ms": 22.0, "rtt_p50_ms": 20.0, "rtt_p95_ms": 21.5,
+                                                          "jitter_ms": 0.7}}
+        if bandwidth:
+            out["bandwidth"] = {"error": "ValueError: bandwidth tests need authenticated probing"}
+        return out
 
     def recent_events(self, limit: int) -> list[dict[str, Any]]:
         self.calls.append(("recent_events", limit))
@@ -279,13 +299,13 @@ def test_health_is_open(anon: TestClient) -> None:
 def test_steering_shows_the_plan_the_dataplane_follows(client: TestClient) -> None:
     got = client.get(f"{P}/steering").json()
     assert got["held"] is False and got["buckets"] == 16
-    assert got["slots"] == [{"remote": "branch", "policy": None, "origin": "branch:isp1-isp1",
+    assert got["slots"] == [{"remote": "branch", "policy": None, "origin": "branch:isp1-isp1", "gen": 0,
                              "path": "branch:isp2-isp1"}]
 
 
 def test_site_topology_and_paths(client: TestClient) -> None:
     assert client.get(f"{P}/site").json()["name"] == "hq"
-    assert client.get(f"{P}/topology").json()["nodes"] == [{"id": "hq"}, {"id": "branch"}]
+    assert [n["id"] for n in client.get(f"{P}/topology").json()["nodes"]] == ["hq", "branch"]
     paths = client.get(f"{P}/paths").json()
     assert [p["id"] for p in paths] == ["branch:isp1-isp1", "branch:isp2-isp1"]
     one = client.get(f"{P}/paths/branch:isp2-isp1").json()
@@ -350,7 +370,7 @@ def test_path_test_defaults_and_values(client: TestClient, agent: FakeAgent) -> 
     assert client.post(f"{P}/paths/branch:isp1-isp1/test").status_code == 200            # no body at all
     assert client.post(f"{P}/paths/branch:isp1-isp1/test", json={}).status_code == 200
     resp = client.post(f"{P}/paths/branch:isp1-isp1/test", json={"probes": 1000, "bandwidth": True})
-    assert resp.status_code == 200 and resp.json()["probes"] == 1000
+    assert resp.status_code == 200 and resp.json()["probes"]["sent"] == 1000
     assert [c[2:] for c in agent.calls] == [(20, False), (20, False), (1000, True)]
 
 
@@ -592,3 +612,71 @@ def test_render_has_no_global_state() -> None:
 def test_bad_status_is_refused() -> None:
     with pytest.raises(ValueError, match="status"):
         PathSample("p", "r", "u", "sideways")
+
+
+# --- what the fuzzer found (tests/agent/test_api_fuzz.py) ------------------------------------------------
+
+
+def test_a_405_lists_every_method_of_the_path(client: TestClient) -> None:
+    """GET and POST /policies are two routes: Starlette's 405 named the first one's methods only."""
+    for url, allowed in ((f"{P}/policies", "GET, POST"), (f"{P}/policies/web", "DELETE, GET, PUT"),
+                         (f"{P}/site", "GET")):
+        resp = client.request("PATCH", url)
+        assert resp.status_code == 405 and resp.headers["allow"] == allowed
+        assert "method" in errors_of(resp)
+
+
+def test_an_unknown_query_parameter_is_named_not_ignored(client: TestClient, agent: FakeAgent) -> None:
+    resp = client.get(f"{P}/events", params={"limt": 5})
+    assert resp.status_code == 422 and "expected one of limit" in errors_of(resp)["query.limt"]
+    resp = client.get(f"{P}/site", params={"x": 1})
+    assert resp.status_code == 422 and set(errors_of(resp)) == {"query.x"}
+    assert agent.calls == []
+
+
+def test_whole_numbers_written_as_floats_are_whole_numbers(client: TestClient, agent: FakeAgent) -> None:
+    """JSON has one number type: 10.0 is an integer to JSON Schema (and so to the document)."""
+    resp = client.post(f"{P}/policies", json={**POLICY, "priority": 10.0, "match": {"dst_ports": [80.0, 443]}})
+    assert resp.status_code == 201 and resp.json()["priority"] == 10 and resp.json()["match"]["dst_ports"] == "80-443"
+    assert client.post(f"{P}/paths/branch:isp1-isp1/test", json={"probes": 5.0}).json()["probes"]["sent"] == 5
+    resp = client.post(f"{P}/policies", json={**POLICY, "name": "x", "priority": 10.5})
+    assert resp.status_code == 422 and set(errors_of(resp)) == {"body.priority"}
+
+
+def test_a_body_that_is_not_utf8_is_400_naming_the_body(client: TestClient, agent: FakeAgent) -> None:
+    resp = client.post(f"{P}/policies", content=b'{"name": "\xff"}', headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400 and "body" in errors_of(resp)
+    assert agent.calls == []
+
+
+@pytest.mark.parametrize("match", [{"dst_prefix": False}, {"src_prefix": 5}, {"dst_ports": [True, 5]}])
+def test_match_values_of_the_wrong_kind_are_refused(client: TestClient, agent: FakeAgent,
+                                                    match: dict[str, Any]) -> None:
+    """ip_network read false as 0.0.0.0/32 and 5 as 0.0.0.5/32; a pair took true as port 1."""
+    resp = client.post(f"{P}/policies", json={**POLICY, "match": match})
+    assert resp.status_code == 422 and {f"body.match.{k}" for k in match} == set(errors_of(resp))
+    assert agent.calls == []
+
+
+def test_a_port_between_spaces_of_any_kind_is_read(client: TestClient) -> None:
+    """`\\s` (which the port syntax allows around a number) takes \\x1c-\\x1f, int() does not: a 500."""
+    resp = client.post(f"{P}/policies", json={**POLICY, "match": {"dst_ports": "\x1f80\x1f-\u200a90"}})
+    assert resp.status_code == 201 and resp.json()["match"]["dst_ports"] == "80-90"
+
+
+def test_the_document_declares_the_real_answers(client: TestClient) -> None:
+    doc = client.get(f"{P}/openapi.json").json()
+    assert "HTTPValidationError" not in str(doc)                    # every error is ErrorBody
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert doc["paths"][f"{P}/health"]["get"]["security"] == []
+    ops = {(m.upper(), path): op for path, item in doc["paths"].items() for m, op in item.items()}
+    assert set(ops) == {(m, u) for m, u, _ in ROUTES if u != f"{P}/metrics" and not u.endswith("openapi.json")} \
+        | {("GET", f"{P}/health")}
+    for (method, path), op in ops.items():
+        assert "422" in op["responses"], (method, path)              # an unknown query parameter
+        assert ("401" in op["responses"]) == (path != f"{P}/health")
+    put = ops["PUT", f"{P}/policies/{{name}}"]
+    assert set(put["responses"]) == {"200", "201", "400", "401", "415", "422"}
+    assert put["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/PolicyReplace")
+    assert "name" in doc["components"]["schemas"]["PolicyCreate"]["required"]
+    assert "name" not in doc["components"]["schemas"]["PolicyReplace"]["required"]
