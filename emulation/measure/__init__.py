@@ -34,13 +34,13 @@ from emulation.measure.ledger import (
 )
 from emulation.measure.load import load_run
 from emulation.measure.paths import PathSummary, path_series, path_summaries
-from emulation.measure.rundata import FlowSpec, RunData, RunInfo, SlaTarget
+from emulation.measure.rundata import ClassTarget, FlowSpec, RunData, RunInfo
 from emulation.measure.sla import SlaResult, flow_sla
 from emulation.measure.timeline import Edge, edges, on_link
 
 __all__ = [
-    "STAGES", "STAGE_TITLES", "Analysis", "Detection", "Edge", "ExpectationResult", "FlowSpec", "FlowStats",
-    "LedgerEntry", "PathSummary", "RawDataError", "RunData", "RunInfo", "SlaResult", "SlaTarget", "analyse",
+    "STAGES", "STAGE_TITLES", "Analysis", "ClassTarget", "Detection", "Edge", "ExpectationResult", "FlowSpec",
+    "FlowStats", "LedgerEntry", "PathSummary", "RawDataError", "RunData", "RunInfo", "SlaResult", "analyse",
     "arrivals", "detections", "edges", "evaluate", "flow_sla", "flow_stats", "gaps_frame", "latency_cdf",
     "latency_series", "ledger", "ledger_frame", "load_run", "longest_gap", "nearest_rank", "on_link",
     "path_series", "path_summaries", "stage_order_problems",

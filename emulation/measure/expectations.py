@@ -38,7 +38,7 @@ from emulation.measure.errors import RawDataError
 from emulation.measure.flows import NS, FlowStats, arrivals, has_path_data, longest_gap, lost_between, path_runs
 from emulation.measure.ledger import Detection
 from emulation.measure.platform import NO_NOISE, Noise
-from emulation.measure.rundata import FlowSpec, MonitorInfo, RunData, SlaTarget, parse_target
+from emulation.measure.rundata import ClassTarget, FlowSpec, MonitorInfo, RunData, parse_target
 from emulation.measure.sla import flow_samples, windows
 from emulation.measure.timeline import path_leads_to
 
@@ -68,7 +68,7 @@ class _Params:
     max: float | None
     min: float | None
     during: tuple[float, float] | None
-    target: SlaTarget | None
+    target: ClassTarget | None
 
 
 _REQUIRED = {"failover_gap": ("max",), "lost_packets": ("max",), "sla_compliance": ("min",),

@@ -113,9 +113,15 @@ class FlowSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class SlaTarget:
-    """A class's targets; None means "not judged". The latency compared with `latency_ms` is the
-    delay's `latency_percentile` (50, 95 or 99; 95 unless the target says otherwise)."""
+class ClassTarget:
+    """What the test-bed judges a traffic class's packets against (run.json's `sla_targets`, an
+    expectation's `target`); None means "not judged". The latency compared with `latency_ms` is the
+    delay's `latency_percentile` (50, 95 or 99; 95 unless the target says otherwise).
+
+    Not the agent's `patronus.core.sla.SlaTarget`: that one configures a site's SLA monitor (every
+    metric has a value, with defaults, over a window of probes); this one is a contract read from a
+    run's data, where a metric a scenario left out is not judged and the window defaults to 1 s (what
+    run.json meant before it carried windows). It reads the agent's form too (`parse_target`)."""
 
     latency_ms: float | None = None
     loss_pct: float | None = None
@@ -130,7 +136,7 @@ class SlaTarget:
         return all(m is None or t is None or m <= t for m, t in pairs)
 
 
-def parse_target(t: object, path: str) -> tuple[SlaTarget | None, list[str]]:
+def parse_target(t: object, path: str) -> tuple[ClassTarget | None, list[str]]:
     """An SLA target in the contract's form (latency_ms, loss_pct, jitter_ms, window_s: numbers) or the
     agent's (latency: "150ms", loss: "1%", jitter: "30ms", window: "30s"), either with latency_percentile
     (50/95/99 or "p95"). No window: 1 s (what run.json meant before it carried windows). Returns
@@ -140,7 +146,7 @@ def parse_target(t: object, path: str) -> tuple[SlaTarget | None, list[str]]:
     return target, [f"{p}: {r}" for p, r in errs.items]
 
 
-def _target(t: object, path: str, errs: val.Errors) -> SlaTarget | None:
+def _target(t: object, path: str, errs: val.Errors) -> ClassTarget | None:
     m = val.mapping(t, path, errs)
     if m is None:
         return None
@@ -166,7 +172,7 @@ def _target(t: object, path: str, errs: val.Errors) -> SlaTarget | None:
                             "a number of seconds in (0, 86400]")
     elif m.get("window") is not None:
         window = val.duration(m["window"], val.join(path, "window"), errs, positive=True, at_most=86_400)
-    return SlaTarget(latency_percentile=pct_i or 95, window_s=window or 1.0, **vals)
+    return ClassTarget(latency_percentile=pct_i or 95, window_s=window or 1.0, **vals)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +211,7 @@ class RunInfo:
     duration_s: float
     flows: tuple[FlowSpec, ...]
     links: Mapping[str, tuple[str, ...]]
-    sla_targets: Mapping[str, SlaTarget]
+    sla_targets: Mapping[str, ClassTarget]
     expectations: tuple[Mapping[str, Any], ...]
     monitors: Mapping[str, MonitorInfo] = field(default_factory=dict)   # site → its probe timers
 
@@ -215,7 +221,7 @@ class RunInfo:
                 return f
         raise KeyError(name)
 
-    def target_for(self, traffic_class: str) -> SlaTarget | None:
+    def target_for(self, traffic_class: str) -> ClassTarget | None:
         return self.sla_targets.get(traffic_class)
 
 
@@ -295,7 +301,7 @@ def _run_info(doc: object, e: val.Errors) -> RunInfo | None:
         e.add("duration_s", f"expected a positive number, got {duration_s!r}")
     flows = _run_flows(e, val.field(top, "flows", "", e, val.items, "flows") or [])
     links = _run_links(e, val.field(top, "links", "", e, val.items, "links") or [])
-    targets: dict[str, SlaTarget] = {}
+    targets: dict[str, ClassTarget] = {}
     for cls_name, t in (val.field(top, "sla_targets", "", e, val.mapping) or {}).items():
         target = _target(t, val.join("sla_targets", cls_name), e)
         if target is not None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from emulation.measure.flows import NS, arrivals, percentiles, stdev
-from emulation.measure.rundata import FlowSpec, RunData, SlaTarget
+from emulation.measure.rundata import ClassTarget, FlowSpec, RunData
 
 WINDOW_NS = NS
 
@@ -72,7 +72,7 @@ class WindowVerdict:
     compliant: bool | None
 
 
-def judge(target: SlaTarget | None, delay_ms: np.ndarray, sent: int, lost: int) -> WindowVerdict:
+def judge(target: ClassTarget | None, delay_ms: np.ndarray, sent: int, lost: int) -> WindowVerdict:
     delivered = delay_ms[~np.isnan(delay_ms)]
     loss = 100.0 * lost / sent if sent else 0.0
     lat = percentiles(delivered, (target.latency_percentile if target else 95,))[0]
@@ -86,7 +86,7 @@ def judge(target: SlaTarget | None, delay_ms: np.ndarray, sent: int, lost: int) 
     return WindowVerdict(0.0, sent, lost, loss, lat, jit, ok)
 
 
-def windows(run: RunData, spec: FlowSpec, samples: Samples, target: SlaTarget | None = None) -> list[WindowVerdict]:
+def windows(run: RunData, spec: FlowSpec, samples: Samples, target: ClassTarget | None = None) -> list[WindowVerdict]:
     """The flow's active time in 1-second steps, each judged against `target` (default: the flow's class
     target) over the packets sent in the target's trailing window ending with the step (the agent's
     SLA definition: `window_s`; with a 1-s window, the step itself). `start_s` is the step's start."""
@@ -149,7 +149,7 @@ def flow_sla(run: RunData, spec: FlowSpec) -> SlaResult | None:
                      jitter_ms=stdev(delivered), loss_pct=loss)
 
 
-def rolling_violations(target: SlaTarget, samples: Samples) -> np.ndarray:
+def rolling_violations(target: ClassTarget, samples: Samples) -> np.ndarray:
     """For each sample i, True when the packets sent in (t_i - 1 s, t_i] break the target."""
     t = samples.t_ns
     n = len(t)
