@@ -38,9 +38,10 @@ from emulation.measure.errors import RawDataError
 from emulation.measure.flows import NS, FlowStats, arrivals, has_path_data, longest_gap, lost_between, path_runs
 from emulation.measure.ledger import Detection
 from emulation.measure.platform import NO_NOISE, Noise
-from emulation.measure.rundata import ClassTarget, FlowSpec, MonitorInfo, RunData, parse_target
+from emulation.measure.rundata import ClassTarget, FlowSpec, MonitorInfo, RunData, read_target
 from emulation.measure.sla import flow_samples, windows
 from emulation.measure.timeline import path_leads_to
+from patronus.core import validate as val
 
 PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"
 
@@ -76,54 +77,50 @@ _REQUIRED = {"failover_gap": ("max",), "lost_packets": ("max",), "sla_compliance
 
 
 def _params(run: RunData, i: int, e: Mapping[str, Any]) -> _Params:
-    where = "raw/run.json"
-    errs: list[tuple[str, str]] = []
-    p = f"expectations[{i}]."
+    """An expectation's parameters, read with the validation toolkit (`patronus.core.validate`): every
+    problem at once, each named by its path in run.json, no value printed unbounded."""
+    errs = val.Errors()
+    p = f"expectations[{i}]"
 
     def num(key: str) -> float | None:
         v = e.get(key)
-        if v is None:
-            return None
-        if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v):
-            errs.append((where, f"{p}{key}: expected a number, got {v!r}"))
-            return None
-        return float(v)
+        return None if v is None else val.number(v, val.join(p, key), errs, what="a number")
 
     def name(key: str) -> str | None:
         v = e.get(key)
-        if v is None:
-            return None
-        if not isinstance(v, str) or not v:
-            errs.append((where, f"{p}{key}: expected a name, got {v!r}"))
-            return None
-        return v
+        return None if v is None else val.text(v, val.join(p, key), errs, "a name", nonempty=True, max_len=200)
 
     for key in _REQUIRED[e["type"]]:
         if e.get(key) is None:
-            errs.append((where, f"{p}{key}: missing (required by {e['type']})"))
+            errs.add(val.join(p, key), f"missing (required by {e['type']})")
     flow = None
     fname = name("flow")
     if fname is not None:
         try:
             flow = run.run.flow(fname)
         except KeyError:
-            errs.append((where, f"{p}flow: {fname!r} is not a flow of this run"))
+            errs.add(val.join(p, "flow"), f"{val.show(fname)} is not a flow of this run")
     during = None
     d = e.get("during")
     if d is not None:
-        if (not isinstance(d, list) or len(d) != 2
-                or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in d) or d[0] > d[1]):
-            errs.append((where, f"{p}during: expected [from_s, to_s] with from_s <= to_s, got {d!r}"))
-        else:
-            during = (float(d[0]), float(d[1]))
+        ends = val.items(d, val.join(p, "during"), errs, "two numbers (from_s, to_s)")
+        if ends is not None and len(ends) != 2:
+            errs.add(val.join(p, "during"), f"expected [from_s, to_s], got {val.show(d)}")
+        elif ends is not None:
+            lo = val.number(ends[0], val.item(val.join(p, "during"), 0), errs, what="a number of seconds")
+            hi = val.number(ends[1], val.item(val.join(p, "during"), 1), errs, what="a number of seconds")
+            if lo is not None and hi is not None:
+                if lo > hi:
+                    errs.add(val.join(p, "during"), f"expected from_s <= to_s, got {val.show(d)}")
+                else:
+                    during = (lo, hi)
     target = None
     if e.get("target") is not None:
-        target, problems = parse_target(e["target"], f"{p}target")
-        errs.extend((where, problem) for problem in problems)
+        target = read_target(e["target"], val.join(p, "target"), errs)
     out = _Params(flow=flow, link=name("link"), site=name("site"), path=name("path"), max=num("max"),
                   min=num("min"), during=during, target=target)
     if errs:
-        raise RawDataError(errs)
+        raise RawDataError([("raw/run.json", f"{path}: {reason}") for path, reason in errs.items])
     return out
 
 

@@ -142,11 +142,11 @@ def parse_target(t: object, path: str) -> tuple[ClassTarget | None, list[str]]:
     (50/95/99 or "p95"). No window: 1 s (what run.json meant before it carried windows). Returns
     (target, problems), each problem "path: reason"."""
     errs = val.Errors()
-    target = _target(t, path, errs)
+    target = read_target(t, path, errs)
     return target, [f"{p}: {r}" for p, r in errs.items]
 
 
-def _target(t: object, path: str, errs: val.Errors) -> ClassTarget | None:
+def read_target(t: object, path: str, errs: val.Errors) -> ClassTarget | None:
     m = val.mapping(t, path, errs)
     if m is None:
         return None
@@ -303,7 +303,7 @@ def _run_info(doc: object, e: val.Errors) -> RunInfo | None:
     links = _run_links(e, val.field(top, "links", "", e, val.items, "links") or [])
     targets: dict[str, ClassTarget] = {}
     for cls_name, t in (val.field(top, "sla_targets", "", e, val.mapping) or {}).items():
-        target = _target(t, val.join("sla_targets", cls_name), e)
+        target = read_target(t, val.join("sla_targets", cls_name), e)
         if target is not None:
             targets[str(cls_name)] = target
     expectations: list[dict[str, Any]] = []

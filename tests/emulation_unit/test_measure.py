@@ -636,6 +636,19 @@ def test_bad_expectation_parameters_are_named(tmp_path: Path, expectation: dict[
     assert message in str(exc.value) and "raw/run.json" in str(exc.value)
 
 
+def test_every_bad_expectation_parameter_at_once_and_no_value_unbounded(tmp_path: Path) -> None:
+    truth_dir = tmp_path / "run"
+    e = {"type": "sla_compliance", "flow": "x" * 100_000, "min": "high", "during": [1, "later", 3], "site": [],
+         "max": float("nan"), "target": {"loss": "2 parts"}, "text": "t"}
+    write_synthetic_run(truth_dir, SyntheticSpec(expectations=(e,)))
+    with pytest.raises(RawDataError) as exc:
+        load_run(truth_dir)
+    fields = [reason.split(":")[0] for _, reason in exc.value.errors]
+    assert fields == ["expectations[0].flow", "expectations[0].during", "expectations[0].target.loss",
+                      "expectations[0].site", "expectations[0].max", "expectations[0].min"], exc.value.errors
+    assert len(str(exc.value)) < 2_000
+
+
 def test_sla_targets_in_both_forms() -> None:
     t, problems = parse_target({"latency": "150ms", "loss": "1%", "jitter": "30ms", "latency_percentile": "p99"},
                                "x")
