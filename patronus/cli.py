@@ -319,9 +319,11 @@ def cleanup(config: Annotated[str | None, typer.Option("--config", "-c", envvar=
 
 
 def _register_tools() -> None:
-    from patronus.agent.cli_tools import doctor, keys_app
+    from patronus.agent.cli_tools import ca_app, doctor, keys_app
 
-    app.add_typer(keys_app, name="keys", help="WireGuard keys.")
+    app.add_typer(keys_app, name="keys", help="WireGuard keys and Ed25519 signing keys.")
+    app.add_typer(ca_app, name="ca", help="The organisation's certificate authority: root, site certificates, "
+                                          "revocations.")
     app.command(name="doctor")(doctor)
 
 

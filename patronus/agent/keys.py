@@ -1,4 +1,5 @@
-"""WireGuard keys: X25519 key pairs in WireGuard's text form, and the agent's private key file.
+"""WireGuard keys: X25519 key pairs in WireGuard's text form, and the agent's private key file; and the Ed25519
+signing keys of the mesh's identities (patronus/core/identity.py: a site's announcement key, a CA's root key).
 
 Decisions:
 
@@ -15,6 +16,10 @@ Decisions:
   `rename`.)
 * An existing key file readable or writable by group/other is refused rather than "fixed": a key that may have
   leaked must be replaced by a human, not silently re-protected.
+* Ed25519 signing keys are stored as PEM PKCS#8 (`openssl pkey` reads them), created and read the same way as
+  WireGuard keys (0600, atomic, never overwritten). Unlike a bare base64 line, PEM names its algorithm, so a
+  WireGuard key file given where a signing key is expected (or the reverse) is refused, not misused. Signing
+  public keys are shown as base64 of their 32 raw bytes, like WireGuard public keys.
 """
 
 from __future__ import annotations
@@ -26,17 +31,27 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from patronus.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "KEY_LEN",
     "check_key",
+    "check_signing_public_key",
+    "create_private_file",
     "generate_private_key",
+    "key_bytes",
+    "key_text",
     "load_or_create_private_key",
+    "load_signing_key",
     "public_key",
+    "read_private_file",
     "write_private_key",
+    "write_signing_key",
 ]
 
 KEY_LEN: Final = 32
@@ -58,13 +73,13 @@ def _encode(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _decode(text: str, field: str) -> bytes:
+def _decode(text: str, field: str, what: str = "WireGuard key") -> bytes:
     if len(text) != _B64_LEN:
-        raise ConfigError(f"expected a base64 WireGuard key of {_B64_LEN} characters, got {len(text)}", field)
+        raise ConfigError(f"expected a base64 {what} of {_B64_LEN} characters, got {len(text)}", field)
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
-        raise ConfigError("expected a base64 WireGuard key, got characters outside base64", field) from None
+        raise ConfigError(f"expected a base64 {what}, got characters outside base64", field) from None
     if len(raw) != KEY_LEN:
         raise ConfigError(f"expected base64 of {KEY_LEN} bytes, got {len(raw)} bytes", field)
     return raw
@@ -125,13 +140,19 @@ def _make_private_dirs(directory: Path) -> None:
 
 def _create_key_file(path: Path, key: str) -> bool:
     """Atomically create `path` holding `key` (mode 0600). False if the file already exists (left untouched)."""
+    return create_private_file(path, (key + "\n").encode("ascii"))
+
+
+def create_private_file(path: Path, data: bytes) -> bool:
+    """Atomically create `path` holding `data` (mode 0600, missing parents 0700), never visible half-written
+    or to group/other. False if the file already exists (it is left untouched)."""
     _make_private_dirs(path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         try:
             os.fchmod(fd, 0o600)
-            os.write(fd, (key + "\n").encode("ascii"))
+            os.write(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -151,26 +172,35 @@ def _create_key_file(path: Path, key: str) -> bool:
         tmp.unlink(missing_ok=True)
 
 
-def _read_key_file(path: Path) -> str:
-    field = str(path)
+def read_private_file(path: Path, field: str | None = None, limit: int = 4096) -> bytes:
+    """The bytes of a private key file (at most `limit`), refusing a file that is not regular or whose mode lets
+    group or other in (ConfigError naming `field`, the path by default; a message names the path unless it is
+    the field)."""
+    where = f" {path}" if field else ""
+    field = field or str(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
-        raise ConfigError(f"cannot open private key file: {e.strerror}", field) from None
+        raise ConfigError(f"cannot open private key file{where}: {e.strerror}", field) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError("private key file is not a regular file", field)
+            raise ConfigError(f"private key file{where} is not a regular file", field)
         mode = stat.S_IMODE(st.st_mode)
         if mode not in _ALLOWED_FILE_MODES:
             raise ConfigError(
-                f"private key file has mode {mode:04o}; it must be 0600 or 0400 (not accessible to group or "
-                "other). If it may have leaked, replace the key; otherwise `chmod 600` it",
+                f"private key file{where} has mode {mode:04o}; it must be 0600 or 0400 (not accessible to group "
+                "or other). If it may have leaked, replace the key; otherwise `chmod 600` it",
                 field,
             )
-        data = os.read(fd, 4096)
+        return os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+def _read_key_file(path: Path) -> str:
+    field = str(path)
+    data = read_private_file(path)
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
@@ -215,3 +245,59 @@ def load_or_create_token(path: Path) -> str:
         fh.write(tok + "\n")
     os.replace(tmp, path)
     return tok
+
+
+# --- Ed25519 signing keys ------------------------------------------------------------------------------
+
+_PEM_LIMIT: Final = 1024
+
+
+def check_signing_public_key(text: object, field: str) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key written as base64 (as `key_text` writes it)."""
+    if not isinstance(text, str):
+        raise ConfigError(f"expected a base64 Ed25519 public key (a string), got {type(text).__name__}", field)
+    return _decode(text.strip(), field, "Ed25519 public key")
+
+
+def key_text(raw: bytes) -> str:
+    """A raw 32-byte key (WireGuard or Ed25519 public key) in its text form: standard base64."""
+    return _encode(raw)
+
+
+def key_bytes(text: str, field: str = "key") -> bytes:
+    """The 32 raw bytes of a key in text form (ConfigError naming `field` if it is not one)."""
+    return _decode(text.strip(), field)
+
+
+def write_signing_key(path: Path) -> bytes:
+    """Create `path` (mode 0600, never overwriting: ConfigError if it exists) with a new Ed25519 private key in
+    PEM PKCS#8; return the raw public key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    if not create_private_file(path, pem):
+        raise ConfigError("file exists; refusing to overwrite a key file", str(path))
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def load_signing_key(path: Path, field: str | None = None) -> Ed25519PrivateKey:
+    """The Ed25519 private key in `path` (PEM PKCS#8, unencrypted, mode 0600 or 0400). ConfigError naming
+    `field` (the path by default) otherwise."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    data = read_private_file(path, field, _PEM_LIMIT + 1)
+    where = f"{path}: " if field else ""
+    if len(data) > _PEM_LIMIT:
+        raise ConfigError(f"{where}longer than any Ed25519 private key file ({_PEM_LIMIT} bytes)", field or str(path))
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise ConfigError(f"{where}not an unencrypted PEM private key", field or str(path)) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{where}not an Ed25519 key (a {type(key).__name__})", field or str(path))
+    return key
