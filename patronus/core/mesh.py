@@ -3,7 +3,7 @@ topology (issue 14, "Topologies").
 
 A site's agent builds paths (tunnels) to each of its *peers*. The peer set is a pure function of the
 live membership (`Mapping[str, Member]`: site name → what is known of it; a dead or departed site is
-simply absent) and the topology settings (`Topology`). Nothing here keeps state, reads a clock or
+simply absent) and the topology settings (`MeshTopology`). Nothing here keeps state, reads a clock or
 knows files, scenarios or backends: it sees names only. Every result is sorted by site name, so the
 order of the membership mapping never matters. No agent uses this for discovery yet: today the scenario
 builder and the simulator call the three static wrappers at the bottom (`full_mesh_peers`, ...).
@@ -65,7 +65,7 @@ from typing import Any
 from patronus.core.validate import Errors, choice, field, integer, item, items, join, mapping, name
 
 __all__ = [
-    "Kind", "Member", "PeerDiff", "Topology", "diff", "full_mesh_peers", "hierarchical_peers",
+    "Kind", "Member", "MeshTopology", "PeerDiff", "diff", "full_mesh_peers", "hierarchical_peers",
     "hub_and_spoke_peers", "next_hop", "peer_map", "peer_pairs", "peers", "route", "route_hop_bound",
 ]
 
@@ -91,7 +91,7 @@ class Member:
 
 
 @dataclass(frozen=True)
-class Topology:
+class MeshTopology:
     """The topology settings (see the module's header for the rules). `hubs` serves `hub-and-spoke`
     (every hub, in preference order); `region_hubs` serves `hierarchical` and `hybrid` (region → its hubs
     in preference order, regions in the order of the fallback); `critical`, `hybrid` only. Read one with
@@ -126,7 +126,7 @@ class Topology:
     # --- files ----------------------------------------------------------------------------------------
 
     @classmethod
-    def from_dict(cls, d: object, path: str = "topology") -> Topology:
+    def from_dict(cls, d: object, path: str = "topology") -> MeshTopology:
         """Read and check settings like `{kind: hybrid, critical: [hq, dr], hubs: {eu: [eu-hub-1, eu-hub-2]},
         spoke_hubs: 1, max_peers: 20}`; `hubs` is a list for `hub-and-spoke`. Raises one `ConfigError`
         listing every problem, each under its field's path."""
@@ -137,7 +137,7 @@ class Topology:
         return t
 
     @classmethod
-    def read(cls, d: object, path: str, errs: Errors) -> Topology | None:
+    def read(cls, d: object, path: str, errs: Errors) -> MeshTopology | None:
         """`from_dict` as a reader of `patronus.core.validate`: None after recording the errors."""
         m = mapping(d, path, errs, _KEYS, ("kind",))
         if m is None:
@@ -230,7 +230,7 @@ class _Layout:
     """The core (sorted), its ring distances (None: a full mesh) and the spokes' homes, for one live
     membership under one topology."""
 
-    def __init__(self, members: Mapping[str, Member], topo: Topology) -> None:
+    def __init__(self, members: Mapping[str, Member], topo: MeshTopology) -> None:
         self.members, self.topo = members, topo
         if topo.kind is Kind.FULL_MESH:
             core = sorted(members)
@@ -353,12 +353,12 @@ def _powers(count: int, at_most: int) -> Iterator[int]:
 
 # --- the functions -------------------------------------------------------------------------------
 
-def peers(site: str, members: Mapping[str, Member], topology: Topology) -> tuple[str, ...]:
+def peers(site: str, members: Mapping[str, Member], topology: MeshTopology) -> tuple[str, ...]:
     """The live sites `site` peers with, sorted by name (none when `site` is not a live member)."""
     return _Layout(members, topology).peers(site)
 
 
-def peer_map(members: Mapping[str, Member], topology: Topology) -> dict[str, tuple[str, ...]]:
+def peer_map(members: Mapping[str, Member], topology: MeshTopology) -> dict[str, tuple[str, ...]]:
     """`peers` of every live member at once (site → peers, sites sorted by name)."""
     layout = _Layout(members, topology)
     out: dict[str, list[str]] = {s: [] for s in sorted(members)}
@@ -371,19 +371,19 @@ def peer_map(members: Mapping[str, Member], topology: Topology) -> dict[str, tup
     return {s: tuple(sorted(ps)) for s, ps in out.items()}
 
 
-def route(src: str, dst: str, members: Mapping[str, Member], topology: Topology) -> tuple[str, ...]:
+def route(src: str, dst: str, members: Mapping[str, Member], topology: MeshTopology) -> tuple[str, ...]:
     """The sites a packet from `src` to `dst` crosses, both included (see the header): `(src, dst)` when
     they peer, `(src,)` when they are one site, `()` when either is not live or no route exists."""
     return _Layout(members, topology).route(src, dst)
 
 
-def next_hop(src: str, dst: str, members: Mapping[str, Member], topology: Topology) -> str | None:
+def next_hop(src: str, dst: str, members: Mapping[str, Member], topology: MeshTopology) -> str | None:
     """The site `src` hands a packet for `dst` to (`dst` itself when they peer); None without a route."""
     r = route(src, dst, members, topology)
     return r[1] if len(r) > 1 else None
 
 
-def route_hop_bound(members: Mapping[str, Member], topology: Topology) -> int:
+def route_hop_bound(members: Mapping[str, Member], topology: MeshTopology) -> int:
     """The most hops any `route` in this membership takes (see the header)."""
     return _Layout(members, topology).hop_bound()
 
@@ -437,12 +437,12 @@ def _in_order(sites: Sequence[str], chosen: Sequence[str]) -> tuple[str, ...]:
 
 def full_mesh_peers(site: str, sites: Sequence[str]) -> tuple[str, ...]:
     """Every site but `site`."""
-    return _in_order(sites, peers(site, _Everyone(sites), Topology()))
+    return _in_order(sites, peers(site, _Everyone(sites), MeshTopology()))
 
 
 def hub_and_spoke_peers(site: str, sites: Sequence[str], hub: str) -> tuple[str, ...]:
     """The hub's peers are every spoke; a spoke's peer is the hub."""
-    topo = Topology(Kind.HUB_AND_SPOKE, hubs=(hub,))
+    topo = MeshTopology(Kind.HUB_AND_SPOKE, hubs=(hub,))
     return _in_order(sites, peers(site, _Everyone(sites), topo))
 
 
@@ -455,7 +455,7 @@ def hierarchical_peers(site: str, sites: Sequence[str], region_of: Mapping[str, 
     if site not in region_of:
         raise KeyError(site)
     region_hubs = tuple((r, tuple(hs)) for r, hs in hubs.items())
-    topo = Topology(Kind.HIERARCHICAL, region_hubs=region_hubs,
+    topo = MeshTopology(Kind.HIERARCHICAL, region_hubs=region_hubs,
                     spoke_hubs=max((len(hs) for _, hs in region_hubs), default=1) or 1)
     return _in_order(sites, peers(site, _Everyone(sites, region_of), topo))
 

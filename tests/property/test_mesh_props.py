@@ -9,7 +9,7 @@ max_peers, one or more hubs per spoke) and random live memberships:
 - churn changes only what it must: a spoke leaving changes only its home hubs' peer sets, a hub leaving
   no spoke that did not home to it; in an uncapped full mesh a site leaving only disappears from the others;
 - `diff` applied to the old peers gives the new ones;
-- settings read back exactly, and no input makes `Topology.from_dict` raise anything but ConfigError;
+- settings read back exactly, and no input makes `MeshTopology.from_dict` raise anything but ConfigError;
 - the static wrappers give what they gave before they were rebuilt on `peers` (a verbatim copy of the
   old code, on the scenarios a scenario's validation accepts).
 """
@@ -28,7 +28,7 @@ from patronus.core.errors import ConfigError
 from patronus.core.mesh import (
     Kind,
     Member,
-    Topology,
+    MeshTopology,
     diff,
     full_mesh_peers,
     hierarchical_peers,
@@ -47,22 +47,22 @@ REGIONS = ["r0", "r1", "r2"]
 
 
 @st.composite
-def topologies(draw: st.DrawFn) -> Topology:
+def topologies(draw: st.DrawFn) -> MeshTopology:
     kind = draw(st.sampled_from(list(Kind)))
     max_peers = draw(st.none() | st.integers(2, 7))
     spoke_hubs = draw(st.integers(1, 3 if max_peers is None else min(3, max_peers)))
     hubs = draw(st.lists(st.sampled_from(SITES), min_size=1, max_size=7, unique=True))
     if kind is Kind.FULL_MESH:
-        return Topology(max_peers=max_peers)
+        return MeshTopology(max_peers=max_peers)
     if kind is Kind.HUB_AND_SPOKE:
-        return Topology(kind, hubs=tuple(hubs), spoke_hubs=spoke_hubs, max_peers=max_peers)
+        return MeshTopology(kind, hubs=tuple(hubs), spoke_hubs=spoke_hubs, max_peers=max_peers)
     regions = draw(st.lists(st.sampled_from(REGIONS), min_size=len(hubs), max_size=len(hubs)))
     region_hubs: dict[str, list[str]] = {}
     for h, r in zip(hubs, regions, strict=True):
         region_hubs.setdefault(r, []).append(h)
     critical = draw(st.lists(st.sampled_from(SITES), min_size=1, max_size=4, unique=True)) \
         if kind is Kind.HYBRID else []
-    return Topology(kind, region_hubs=tuple((r, tuple(hs)) for r, hs in region_hubs.items()),
+    return MeshTopology(kind, region_hubs=tuple((r, tuple(hs)) for r, hs in region_hubs.items()),
                     critical=tuple(critical), spoke_hubs=spoke_hubs, max_peers=max_peers)
 
 
@@ -70,20 +70,20 @@ memberships = st.dictionaries(st.sampled_from(SITES), st.builds(Member, st.none(
                               max_size=len(SITES))
 
 
-def core_of(members: Mapping[str, Member], t: Topology) -> set[str]:
+def core_of(members: Mapping[str, Member], t: MeshTopology) -> set[str]:
     if t.kind is Kind.FULL_MESH:
         return set(members)
     return {s for s in (*t.all_hubs, *t.critical) if s in members}
 
 
-def reachable(members: Mapping[str, Member], t: Topology) -> bool:
+def reachable(members: Mapping[str, Member], t: MeshTopology) -> bool:
     """Every two live sites have a route (the header's promise)."""
     core = core_of(members, t)
     return set(members) <= core or any(h in members for h in t.all_hubs)
 
 
 @given(topologies(), memberships)
-def test_peering_is_symmetric_and_within_the_membership(t: Topology, members: dict[str, Member]) -> None:
+def test_peering_is_symmetric_and_within_the_membership(t: MeshTopology, members: dict[str, Member]) -> None:
     pm = peer_map(members, t)
     assert list(pm) == sorted(members)
     for a, ps in pm.items():
@@ -94,7 +94,7 @@ def test_peering_is_symmetric_and_within_the_membership(t: Topology, members: di
 
 
 @given(topologies(), memberships, st.randoms(use_true_random=False))
-def test_the_membership_order_does_not_matter(t: Topology, members: dict[str, Member], rnd: Any) -> None:
+def test_the_membership_order_does_not_matter(t: MeshTopology, members: dict[str, Member], rnd: Any) -> None:
     shuffled = list(members.items())
     rnd.shuffle(shuffled)
     other = dict(shuffled)
@@ -105,7 +105,7 @@ def test_the_membership_order_does_not_matter(t: Topology, members: dict[str, Me
 
 
 @given(topologies(), memberships)
-def test_max_peers_and_spoke_hubs_bound_the_peer_sets(t: Topology, members: dict[str, Member]) -> None:
+def test_max_peers_and_spoke_hubs_bound_the_peer_sets(t: MeshTopology, members: dict[str, Member]) -> None:
     core = core_of(members, t)
     for a, ps in peer_map(members, t).items():
         if a in core:
@@ -133,7 +133,7 @@ def hops_from(a: str, pm: Mapping[str, Sequence[str]]) -> dict[str, int]:
 
 
 @given(topologies(), memberships)
-def test_routes_join_every_two_live_sites_over_direct_peerings(t: Topology, members: dict[str, Member]) -> None:
+def test_routes_join_every_two_live_sites_over_direct_peerings(t: MeshTopology, members: dict[str, Member]) -> None:
     pm = peer_map(members, t)
     bound = route_hop_bound(members, t)
     ok = reachable(members, t)
@@ -166,7 +166,7 @@ def test_routes_join_every_two_live_sites_over_direct_peerings(t: Topology, memb
 
 
 @given(topologies(), memberships, st.data())
-def test_a_spoke_leaving_changes_only_its_home_hubs(t: Topology, members: dict[str, Member], data: Any) -> None:
+def test_a_spoke_leaving_changes_only_its_home_hubs(t: MeshTopology, members: dict[str, Member], data: Any) -> None:
     spokes = sorted(set(members) - core_of(members, t))
     if not spokes:
         return
@@ -180,7 +180,7 @@ def test_a_spoke_leaving_changes_only_its_home_hubs(t: Topology, members: dict[s
 
 
 @given(topologies(), memberships, st.data())
-def test_a_hub_leaving_moves_only_its_spokes(t: Topology, members: dict[str, Member], data: Any) -> None:
+def test_a_hub_leaving_moves_only_its_spokes(t: MeshTopology, members: dict[str, Member], data: Any) -> None:
     live_hubs = [h for h in t.all_hubs if h in members]
     if not live_hubs:
         return
@@ -198,7 +198,7 @@ def test_a_hub_leaving_moves_only_its_spokes(t: Topology, members: dict[str, Mem
 @given(st.integers(2, 9), st.integers(0, 12))
 def test_max_peers_caps_a_full_mesh_of_any_size(max_peers: int, n: int) -> None:
     members = {f"s{i:02d}": Member() for i in range(n)}
-    t = Topology(max_peers=max_peers)
+    t = MeshTopology(max_peers=max_peers)
     pm = peer_map(members, t)
     assert all(len(ps) == min(n - 1, max_peers) or (n > max_peers + 1 and len(ps) <= max_peers)
                for ps in pm.values())
@@ -210,7 +210,7 @@ def test_in_a_full_mesh_a_leaving_site_only_disappears(members: dict[str, Member
     if not members:
         return
     gone = data.draw(st.sampled_from(sorted(members)))
-    t = Topology()
+    t = MeshTopology()
     before, after = peer_map(members, t), peer_map({s: m for s, m in members.items() if s != gone}, t)
     assert all(after[s] == tuple(p for p in before[s] if p != gone) for s in after)
 
@@ -225,10 +225,10 @@ def test_diff_turns_the_old_peers_into_the_new(old: list[str], new: list[str]) -
 # --- settings ---------------------------------------------------------------------------------------
 
 @given(topologies())
-def test_settings_read_back_exactly(t: Topology) -> None:
+def test_settings_read_back_exactly(t: MeshTopology) -> None:
     if t.kind is Kind.HYBRID and not t.region_hubs:
         return
-    assert Topology.from_dict(t.as_dict()) == t
+    assert MeshTopology.from_dict(t.as_dict()) == t
 
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
@@ -242,11 +242,11 @@ kinds = st.sampled_from([k.value for k in Kind]) | json_values
 def test_bad_settings_are_config_errors(d: dict[str, Any], kind: Any) -> None:
     d = d | {"kind": kind}
     try:
-        t = Topology.from_dict(d)
+        t = MeshTopology.from_dict(d)
     except ConfigError as exc:
         assert exc.errors and all(p.startswith("topology") for p, _ in exc.errors)
     else:
-        assert Topology.from_dict(t.as_dict()) == t
+        assert MeshTopology.from_dict(t.as_dict()) == t
 
 
 # --- the static wrappers against the code they replaced -----------------------------------------------

@@ -12,8 +12,8 @@ from patronus.core.errors import ConfigError
 from patronus.core.mesh import (
     Kind,
     Member,
+    MeshTopology,
     PeerDiff,
-    Topology,
     diff,
     next_hop,
     peer_map,
@@ -32,7 +32,7 @@ def members(spec: dict[str, list[str]]) -> dict[str, Member]:
 
 def errors_of(d: object) -> list[tuple[str, str]]:
     with pytest.raises(ConfigError) as exc:
-        Topology.from_dict(d)
+        MeshTopology.from_dict(d)
     return exc.value.errors
 
 
@@ -47,17 +47,17 @@ def errors_of(d: object) -> list[tuple[str, str]]:
     {"kind": "hybrid", "hubs": {"eu": ["eu-hub"], "us": ["hq"]}, "critical": ["hq", "dr"], "spoke_hubs": 1},
 ])
 def test_settings_read_back_exactly(d: dict[str, Any]) -> None:
-    t = Topology.from_dict(d)
+    t = MeshTopology.from_dict(d)
     assert t.as_dict() == d
-    assert Topology.from_dict(t.as_dict()) == t
+    assert MeshTopology.from_dict(t.as_dict()) == t
 
 
 def test_settings_defaults_and_shapes() -> None:
-    t = Topology.from_dict({"kind": "hierarchical", "hubs": {"eu": ["a", "b"]}})
-    assert t == Topology(Kind.HIERARCHICAL, region_hubs=(("eu", ("a", "b")),))
+    t = MeshTopology.from_dict({"kind": "hierarchical", "hubs": {"eu": ["a", "b"]}})
+    assert t == MeshTopology(Kind.HIERARCHICAL, region_hubs=(("eu", ("a", "b")),))
     assert t.spoke_hubs == 1 and t.max_peers is None and t.all_hubs == ("a", "b")
     assert t.as_dict() == {"kind": "hierarchical", "hubs": {"eu": ["a", "b"]}, "spoke_hubs": 1}
-    hs = Topology.from_dict({"kind": "hub-and-spoke", "hubs": ["hq", "dr"]})
+    hs = MeshTopology.from_dict({"kind": "hub-and-spoke", "hubs": ["hq", "dr"]})
     assert hs.hubs == ("hq", "dr") and hs.hubs_of("anything") == ("hq", "dr") and hs.hubs_of(None) == ("hq", "dr")
 
 
@@ -100,25 +100,25 @@ def test_settings_errors(d: object, path: str, reason: str) -> None:
 
 def test_the_constructor_refuses_what_the_functions_cannot_use() -> None:
     with pytest.raises(ValueError, match="spoke_hubs"):
-        Topology(Kind.HUB_AND_SPOKE, hubs=("a",), spoke_hubs=0)
+        MeshTopology(Kind.HUB_AND_SPOKE, hubs=("a",), spoke_hubs=0)
     with pytest.raises(ValueError, match="max_peers"):
-        Topology(max_peers=1)
+        MeshTopology(max_peers=1)
 
 
 # --- full mesh --------------------------------------------------------------------------------------
 
 def test_full_mesh() -> None:
     m = members({"x": ["c", "a", "b"]})
-    assert peers("a", m, Topology()) == ("b", "c")
-    assert peers("gone", m, Topology()) == ()
-    assert route("a", "c", m, Topology()) == ("a", "c") and route("a", "a", m, Topology()) == ("a",)
-    assert route_hop_bound(m, Topology()) == 1
+    assert peers("a", m, MeshTopology()) == ("b", "c")
+    assert peers("gone", m, MeshTopology()) == ()
+    assert route("a", "c", m, MeshTopology()) == ("a", "c") and route("a", "a", m, MeshTopology()) == ("a",)
+    assert route_hop_bound(m, MeshTopology()) == 1
 
 
 def test_full_mesh_capped_by_max_peers_is_a_ring_with_chords() -> None:
     names = [f"s{i:02d}" for i in range(12)]
     m = dict.fromkeys(names, Member())
-    t = Topology(max_peers=4)                                # distances 1 and 2 on a ring of 12
+    t = MeshTopology(max_peers=4)                                # distances 1 and 2 on a ring of 12
     assert peers("s00", m, t) == ("s01", "s02", "s10", "s11")
     assert all(len(ps) == 4 for ps in peer_map(m, t).values())
     assert route("s00", "s06", m, t) == ("s00", "s02", "s04", "s06")   # greedy: 2 + 2 + 2
@@ -128,13 +128,13 @@ def test_full_mesh_capped_by_max_peers_is_a_ring_with_chords() -> None:
     assert peers("s00", small, t) == ("s01", "s02", "s03", "s04")
     six = dict.fromkeys(names[:6], Member())                 # 6: a ring, distances 1 and 2
     assert peers("s00", six, t) == ("s01", "s02", "s04", "s05")
-    odd = Topology(max_peers=5)                              # J = 5 // 2 = 2: distances 1 and 2
+    odd = MeshTopology(max_peers=5)                              # J = 5 // 2 = 2: distances 1 and 2
     assert peers("s00", m, odd) == peers("s00", m, t)
 
 
 # --- hub and spoke ----------------------------------------------------------------------------------
 
-HS = Topology(Kind.HUB_AND_SPOKE, hubs=("hq", "dr"))
+HS = MeshTopology(Kind.HUB_AND_SPOKE, hubs=("hq", "dr"))
 
 
 def test_hub_and_spoke_and_the_secondary_hub() -> None:
@@ -151,7 +151,7 @@ def test_hub_and_spoke_and_the_secondary_hub() -> None:
 
 
 def test_two_hubs_per_spoke_keep_the_secondary_up() -> None:
-    t = Topology(Kind.HUB_AND_SPOKE, hubs=("hq", "dr", "dr2"), spoke_hubs=2)
+    t = MeshTopology(Kind.HUB_AND_SPOKE, hubs=("hq", "dr", "dr2"), spoke_hubs=2)
     m = members({"x": ["hq", "dr", "dr2", "a", "b"]})
     assert peers("a", m, t) == ("dr", "hq") and peers("dr2", m, t) == ("dr", "hq")
     assert route("a", "b", m, t) == ("a", "hq", "b")
@@ -161,7 +161,7 @@ def test_two_hubs_per_spoke_keep_the_secondary_up() -> None:
 
 # --- hierarchical -----------------------------------------------------------------------------------
 
-HIER = Topology(Kind.HIERARCHICAL, region_hubs=(("eu", ("eu-h1", "eu-h2")), ("us", ("us-h1",))))
+HIER = MeshTopology(Kind.HIERARCHICAL, region_hubs=(("eu", ("eu-h1", "eu-h2")), ("us", ("us-h1",))))
 
 
 def regional() -> dict[str, Member]:
@@ -191,7 +191,7 @@ def test_a_regional_hub_failure_moves_its_spokes_to_the_secondary_then_abroad() 
 
 
 def test_spokes_sharing_a_hub_meet_there() -> None:
-    t = Topology(Kind.HIERARCHICAL, region_hubs=(("r1", ("h1",)), ("r2", ("h2",))), spoke_hubs=2)
+    t = MeshTopology(Kind.HIERARCHICAL, region_hubs=(("r1", ("h1",)), ("r2", ("h2",))), spoke_hubs=2)
     m = {"h1": Member(), "h2": Member(), "f": Member("r0"), "s": Member("r2")}
     assert peers("f", m, t) == ("h1", "h2")                  # r0 has no hub: the first two abroad
     assert route("f", "s", m, t) == ("f", "h2", "s")         # not f → h1 → h2 → s
@@ -200,13 +200,13 @@ def test_spokes_sharing_a_hub_meet_there() -> None:
 def test_spokes_without_a_served_region_use_every_hub_in_order() -> None:
     m = regional() | {"x-1": Member("mars"), "y-1": Member(None)}
     assert peers("x-1", m, HIER) == ("eu-h1",) and peers("y-1", m, HIER) == ("eu-h1",)
-    two = Topology(Kind.HIERARCHICAL, region_hubs=HIER.region_hubs, spoke_hubs=2)
+    two = MeshTopology(Kind.HIERARCHICAL, region_hubs=HIER.region_hubs, spoke_hubs=2)
     assert peers("x-1", m, two) == ("eu-h1", "eu-h2") and peers("us-1", m, two) == ("us-h1",)
 
 
 def test_the_core_capped_in_a_hierarchy() -> None:
     hubs = tuple((f"r{i}", (f"h{i}",)) for i in range(8))
-    t = Topology(Kind.HIERARCHICAL, region_hubs=hubs, max_peers=2)     # a ring of 8 hubs
+    t = MeshTopology(Kind.HIERARCHICAL, region_hubs=hubs, max_peers=2)     # a ring of 8 hubs
     m = {f"h{i}": Member() for i in range(8)} | {f"s{i}": Member(f"r{i}") for i in range(8)}
     assert peers("h0", m, t) == ("h1", "h7", "s0")           # 2 core peers, and its spoke
     assert route("s0", "s4", m, t) == ("s0", "h0", "h1", "h2", "h3", "h4", "s4")
@@ -215,7 +215,7 @@ def test_the_core_capped_in_a_hierarchy() -> None:
 
 # --- hybrid -----------------------------------------------------------------------------------------
 
-HYB = Topology(Kind.HYBRID, region_hubs=(("east", ("east-hub", "hq")), ("west", ("west-hub",))),
+HYB = MeshTopology(Kind.HYBRID, region_hubs=(("east", ("east-hub", "hq")), ("west", ("west-hub",))),
                critical=("hq", "dr"))
 
 
