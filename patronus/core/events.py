@@ -236,6 +236,22 @@ class TunnelUp(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class PathAdded(Event):
+    """A path to a remote that joined at run time (mesh discovery): Down until its probes bring it up."""
+
+    path_id: PathId
+    remote: str
+
+
+@dataclass(frozen=True, slots=True)
+class PathRemoved(Event):
+    """A path that went with its remote (the remote left the mesh, or was removed): its flows with it."""
+
+    path_id: PathId
+    remote: str
+
+
+@dataclass(frozen=True, slots=True)
 class PoliciesChanged(Event):
     policies: tuple[str, ...]
 

@@ -117,8 +117,11 @@ class PathMonitor:
         self._arm(st)
 
     def remove_path(self, path_id: PathId) -> None:
+        """Stop monitoring `path_id`: its state goes, and so do its events not yet drained (a probe to
+        send over it, a verdict on it); replies still on their way are ignored."""
         self._paths.pop(path_id, None)   # heap entries for it are dropped lazily
         self._coasting.pop(path_id, None)
+        self._events[:] = [e for e in self._events if getattr(e, "path_id", None) != path_id]
 
     def set_profile(self, path_id: PathId, profile: MonitorProfile, now: float) -> None:
         st = self._state(path_id)

@@ -88,6 +88,20 @@ class PathTable:
     def drop(self, entry: PathEntry) -> None:
         del self.entries[entry.path.id]
         self.by_site[entry.path.dst_site].remove(entry)
+        self.invalidate()
+
+    def drop_site(self, site: SiteId) -> list[PathEntry]:
+        """Every path to `site` and its prefixes, and what the rankings kept for it; returns its paths."""
+        gone = self.by_site.pop(site, [])
+        for e in gone:
+            del self.entries[e.path.id]
+        self._prefixes = [r for r in self._prefixes if r[4] != site]
+        self._site_cache.clear()
+        for key in [k for k in (*self._rank_cache, *self._lb_state) if k[1] == site]:
+            self._rank_cache.pop(key, None)
+            self._lb_state.pop(key, None)
+        self.invalidate()
+        return gone
 
     def entry(self, path_id: PathId) -> PathEntry:
         try:

@@ -161,14 +161,22 @@ class Router:
             self._rescue_stranded(path.dst_site, now)
 
     def remove_path(self, path_id: PathId, now: float) -> None:
-        entry = self._paths.get(path_id)
-        if entry is None:
-            raise ConfigError(f"no path {path_id!r}", "path.id")
+        entry = self._table.entry(path_id)     # ConfigError if there is none
         entry.status = _DOWN
         self._table.invalidate()
         self._evacuate(entry, now, FailoverReason.PATH_REMOVED)
         self._table.drop(entry)
-        self._failbacks.forget(path_id)
+        self._gone(entry, now)
+
+    def remove_site(self, site: SiteId, now: float) -> list[PathId]:
+        """A remote left: its prefixes and paths go, with the flows to it (`FlowExpired`: nowhere to go)."""
+        entries = self._table.drop_site(site)
+        for e in entries:
+            self._gone(e, now)
+        return [e.path.id for e in entries]
+
+    def _gone(self, entry: PathEntry, now: float) -> None:
+        self._failbacks.forget(entry.path.id)
         for f in list(entry.flows.values()):   # stranded: nowhere to go, and their path is gone
             self._forget(f, now, idle_s=0.0)
 
@@ -255,14 +263,9 @@ class Router:
         """The path for `flow` (a packet of it was seen at `now`); None if there is no usable path."""
         f = self._flows.get(flow)
         if f is not None:
-            e = f.entry
-            if e.status is _UP:
-                f.last_seen = now
-                return e.path.id
             f.last_seen = now
-            if e.status is _DOWN:
-                return None         # stranded: it moves as soon as a path is usable
-            return e.path.id        # Degraded: kept unless the policy's threshold said otherwise
+            # Down: stranded (it moves once a path is usable); Degraded: kept unless its threshold says not
+            return None if f.entry.status is _DOWN else f.entry.path.id
         return self._new_flow(flow, now, dscp, app_class, site)
 
     def preview(self, site: SiteId, policy: str | None = None) -> PathId | None:
@@ -293,12 +296,7 @@ class Router:
             return f.entry.path.id
         e = self._table.entry(path_id)
         pol = self._policies.named(policy)
-        f = FlowState(flow, e, pol, site, now, None, None)
-        self._flows[flow] = f
-        e.flows[flow] = f
-        if self._next_sweep is None:
-            self._next_sweep = now + self._sweep_period()
-        self._events.append(FlowAssigned(at=now, flow=flow, path_id=path_id, policy=pol.name))
+        f = self._register(FlowState(flow, e, pol, site, now, None, None), now)
         if origin is not None and origin != path_id and origin in self._paths:
             self._failbacks.displace(f, origin)
         if e.status is _DOWN:
@@ -403,14 +401,15 @@ class Router:
             self._events.append(FlowUnroutable(at=now, flow=flow, policy=policy.name,
                                                reason=f"no usable path to site {site}"))
             return None
-        f = FlowState(flow, e, policy, site, now, dscp, app_class)
-        self._flows[flow] = f
-        e.flows[flow] = f
+        return self._register(FlowState(flow, e, policy, site, now, dscp, app_class), now).entry.path.id
+
+    def _register(self, f: FlowState, now: float) -> FlowState:
+        self._flows[f.key] = f
+        f.entry.flows[f.key] = f
         if self._next_sweep is None:
             self._next_sweep = now + self._sweep_period()
-        pid = e.path.id
-        self._events.append(FlowAssigned(at=now, flow=flow, path_id=pid, policy=policy.name))
-        return pid
+        self._events.append(FlowAssigned(at=now, flow=f.key, path_id=f.entry.path.id, policy=f.policy.name))
+        return f
 
     def _move(self, f: FlowState, to: PathEntry, now: float, reason: FailoverReason | None) -> None:
         """The one place a flow changes path. `reason` None means failback to its origin."""

@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from patronus.core.errors import ConfigError
 from patronus.core.events import (
     Event,
     Failback,
@@ -45,6 +46,8 @@ from patronus.core.events import (
     FlowAssigned,
     FlowExpired,
     FlowStranded,
+    PathAdded,
+    PathRemoved,
     PathStatusChanged,
     PoliciesChanged,
     SendProbe,
@@ -115,6 +118,49 @@ class SiteRuntime:
         self.paths[path.id] = path
         self._unplaced.add(path.id)
         self.logic.add_path(path, self._clock(now))
+
+    # -- remotes that come and go (mesh discovery) -------------------------------------------------
+
+    def add_remote(self, remote: str, prefixes: Iterable[str], paths: Iterable[Path], now: float) -> None:
+        """A remote joined: its prefixes and its paths, each Down until its probes bring it up (its slots
+        appear as they do); `PathAdded` for each in the next step. Everything is checked first: on a
+        `ConfigError` nothing changed. Call `pump` after."""
+        now = self._clock(now)
+        rid, new = SiteId(remote), list(paths)
+        errors = [(f"paths[{i}]", f"{p.id!r} is not a path to {remote!r} or already exists")
+                  for i, p in enumerate(new) if p.dst_site != rid or p.id in self.paths]
+        if rid in self.remotes or rid == self.site:
+            errors.insert(0, ("remote", f"{remote!r} is this site or already a remote"))
+        if len({p.id for p in new}) != len(new):
+            errors.append(("paths", "a path id is given twice"))
+        if errors:
+            raise ConfigError(errors)
+        self.logic.set_site_prefixes(remote, prefixes)     # checks them; changes nothing when they are bad
+        self.remotes.append(rid)
+        for p in new:
+            self.add_path(p, now)
+            self._pending.append(PathAdded(at=now, path_id=p.id, remote=rid))
+        self._routing_dirty = True
+
+    def remove_remote(self, remote: str, now: float) -> list[PathId]:
+        """A remote left: its paths, prefixes, slots and the steering toward it go (`PathRemoved` for each
+        path in the next step); the other remotes' paths, slots and flows are untouched. Returns its
+        paths. Call `pump` after (its plan no longer names the remote)."""
+        now = self._clock(now)
+        rid = SiteId(remote)
+        if rid not in self.remotes:
+            raise ConfigError(f"no remote {remote!r}", "remote")
+        gone = self.logic.remove_site(rid, now)
+        self.remotes.remove(rid)
+        for pid in gone:
+            del self.paths[pid]
+            self._unplaced.discard(pid)
+            self._up_since.pop(pid, None)
+            self._pending.append(PathRemoved(at=now, path_id=pid, remote=rid))
+        self.slots = {s for s in self.slots if s.remote != rid}
+        self._adopted = {s: p for s, p in self._adopted.items() if s.remote != rid}
+        self._routing_dirty = True
+        return gone
 
     # -- the clock ---------------------------------------------------------------------------------
 
@@ -250,7 +296,8 @@ class SiteRuntime:
                 self.failovers[ev.reason.value] += 1
             if isinstance(ev, FlowExpired) and isinstance(ev.flow, Slot):
                 self.slots.discard(ev.flow)
-                self._unplaced.add(ev.flow.origin)
+                if ev.flow.origin in self.paths:      # not when its remote left
+                    self._unplaced.add(ev.flow.origin)
             if isinstance(ev, FlowAssigned) and isinstance(ev.flow, Slot):
                 continue
             events.append(ev)

@@ -121,6 +121,21 @@ class SiteLogic:
         self._uplink[path.id] = uplink_of(path)
         self._endpoint[path.id] = str(path.dst_endpoint)
 
+    def remove_site(self, site: str, now: float) -> list[PathId]:
+        """A remote left: the router forgets it (paths, prefixes, flows), and so does every part of the
+        site's judgement (the monitor, the SLA samples, suspicions and held Downs that named its paths).
+        Returns its paths."""
+        gone = self.router.remove_site(SiteId(site), now)
+        for pid in gone:
+            self.monitor.remove_path(pid)
+            self.sla.forget(pid)
+            for d in (self._uplink, self._endpoint, self._suspect, self._timeouts_seen, self._failures, self._held):
+                d.pop(pid, None)
+            self._tunnel_dead.discard(pid)
+        for _, _, suspects in self._held.values():
+            suspects[:] = [s for s in suspects if s in self._uplink]
+        return gone
+
     def set_site_prefixes(self, site: str, prefixes: Iterable[str]) -> None:
         self.router.set_site_prefixes(SiteId(site), prefixes)
 
