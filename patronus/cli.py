@@ -240,6 +240,42 @@ def flows(config: ConfigOpt, json_out: Annotated[bool, typer.Option("--json", he
     console.print(f"{len(data)} flow(s)")
 
 
+def _topology_table(data: dict[str, Any]) -> Table:
+    """One row per path, grouped by remote site; a remote with no path is a row of its own."""
+    t = Table(show_edge=False, pad_edge=False)
+    for col in ("site", "kind", "prefixes", "path", "uplinks", "status", "score"):
+        t.add_column(col, no_wrap=col in ("site", "path"))
+    links: dict[str, list[dict[str, Any]]] = {}
+    for link in data["links"]:
+        links.setdefault(link["to"], []).append(link)
+    for node in data["nodes"]:
+        rows = sorted(links.get(node["id"], []), key=lambda x: str(x["path"])) or [None]
+        for i, link in enumerate(rows):
+            first = (node["id"], node["kind"], " ".join(node["prefixes"])) if i == 0 else ("", "", "")
+            if link is None:
+                t.add_row(*first, "-", "", "", "")
+                continue
+            c = _COLOR.get(link["status"], "")
+            t.add_row(*first, link["path"], f"{link['uplink']} → {link['remote_uplink']}",
+                      f"[{c}]{link['status']}[/{c}]", _num(link["score"]))
+    return t
+
+
+@app.command()
+def topology(config: ConfigOpt,
+             json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """The site's graph: this site, its remote sites and every path to them, with its status."""
+    import json as _json
+
+    data = _call(_client(config).get, "/topology")
+    if json_out:
+        print(_json.dumps(data, indent=2))
+        return
+    console.print(_topology_table(data))
+    up = sum(1 for link in data["links"] if link["status"] != "down")
+    console.print(f"{len(data['nodes']) - 1} remote site(s), {len(data['links'])} path(s), {up} usable")
+
+
 policy_app = typer.Typer(no_args_is_help=True, help="Routing policies of a running agent.")
 app.add_typer(policy_app, name="policy")
 

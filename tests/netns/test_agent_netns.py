@@ -365,6 +365,9 @@ def test_event_stream_and_cli_against_a_running_agent(lab: TwoSiteLab) -> None:
     assert "site hq" in r.stdout and "br:isp1-isp1" in r.stdout and "up" in r.stdout
     r = cli("paths", "--json")
     assert r.returncode == 0 and len(json.loads(r.stdout)) == 4
+    r = cli("topology")
+    assert r.returncode == 0, r.stderr
+    assert "br:isp1-isp1" in r.stdout and "1 remote site(s), 4 path(s), 4 usable" in r.stdout, r.stdout
     pol = lab.workdir / "pol.yaml"
     pol.write_text("- {name: cli-pol, priority: 40, match: {dst_ports: 7002}, preference: lowest_cost}\n")
     r = cli("policy", "apply", "-f", str(pol))
