@@ -249,8 +249,8 @@ def _topology_table(data: dict[str, Any]) -> Table:
     for link in data["links"]:
         links.setdefault(link["to"], []).append(link)
     for node in data["nodes"]:
-        rows = sorted(links.get(node["id"], []), key=lambda x: str(x["path"])) or [None]
-        for i, link in enumerate(rows):
+        rows: list[dict[str, Any] | None] = [*sorted(links.get(node["id"], []), key=lambda x: str(x["path"]))]
+        for i, link in enumerate(rows or [None]):
             first = (node["id"], node["kind"], " ".join(node["prefixes"])) if i == 0 else ("", "", "")
             if link is None:
                 t.add_row(*first, "-", "", "", "")

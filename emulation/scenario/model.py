@@ -31,7 +31,7 @@ from emulation.scenario.fmt import (
     human_ratio,
 )
 from patronus.core.errors import ConfigError
-from patronus.core.mesh import full_mesh_peers, hierarchical_peers, hub_and_spoke_peers
+from patronus.core.mesh import MeshTopology, full_mesh_peers, hierarchical_peers, hub_and_spoke_peers
 from patronus.core.monitor import PROFILES, MonitorProfile
 from patronus.core.policy import RoutingPolicy, default_policies
 from patronus.core.router import RouterConfig
@@ -406,6 +406,37 @@ class Core:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class MeshTimers:
+    """The membership protocol's timers (`patronus.core.swim.SwimConfig`), as a scenario sets them."""
+
+    probe_interval_s: float = 1.0
+    probe_timeout_s: float = 0.5
+    suspicion_mult: float = 4.0
+    sync_interval_s: float = 30.0
+    join_interval_s: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"probe_interval": fmt_duration(self.probe_interval_s),
+                "probe_timeout": fmt_duration(self.probe_timeout_s), "suspicion_mult": fmt_number(self.suspicion_mult),
+                "sync_interval": fmt_duration(self.sync_interval_s),
+                "join_interval": fmt_duration(self.join_interval_s)}
+
+
+@dataclass(frozen=True, slots=True)
+class Mesh:
+    """Sites that find each other (issue 14): no site's agent has remotes written for it. Each site joins
+    through the `seeds` with a signed announcement, learns the others by gossip and builds paths to the
+    sites `topology` says it peers with (`patronus.core.mesh`)."""
+
+    topology: MeshTopology
+    seeds: tuple[str, ...]
+    timers: MeshTimers = MeshTimers()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"topology": self.topology.as_dict(), "seeds": list(self.seeds), "timers": self.timers.to_dict()}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Flow:
     """One traffic flow from a LAN host of one site to a LAN host of another.
@@ -628,8 +659,23 @@ class AgentStart(AgentEvent):
     action: ClassVar[str] = "agent_start"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteJoin(AgentEvent):
+    """The site comes up (its dataplane and its agent) and joins the mesh through the seeds. A site whose
+    first membership event (site_join, site_leave) is a site_join is absent until then."""
+
+    action: ClassVar[str] = "site_join"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteLeave(AgentEvent):
+    """The site's agent announces that it leaves the mesh, then stops and removes its dataplane."""
+
+    action: ClassVar[str] = "site_leave"
+
+
 ACTIONS: dict[str, type[TimelineEvent]] = {c.action: c for c in (Impair, Cut, Restore, Clear, Flap, Ramp,
-                                                                   AgentStop, AgentStart)}
+                                                                   AgentStop, AgentStart, SiteJoin, SiteLeave)}
 
 
 # --- expectations ----------------------------------------------------------------------------------
@@ -780,8 +826,44 @@ class FlowStays(Expectation):
         return {"flow": self.flow, "during": [fmt_duration(self.start_s), fmt_duration(self.end_s)]}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JoinTime(Expectation):
+    """Every time the site joins the mesh (its site_join, or the start for a site there from the start),
+    within `max_s` it has every path it should have Up: one from each of its uplinks to each uplink of
+    every site the topology says it peers with, given the sites in the mesh then."""
+
+    kind: ClassVar[str] = "join_time"
+    site: str
+    max_s: float
+
+    @property
+    def text(self) -> str:
+        return f"{self.site} joins the mesh within {human_duration(self.max_s)}"
+
+    def _params(self) -> dict[str, Any]:
+        return {"site": self.site, "max": fmt_duration(self.max_s)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Converged(Expectation):
+    """After the start and after every change of the mesh's membership (a site joins or leaves), within
+    `max_s` every site in the mesh has exactly the paths the topology gives it, each Up, and none to a
+    site that left."""
+
+    kind: ClassVar[str] = "converged"
+    max_s: float
+
+    @property
+    def text(self) -> str:
+        return f"the mesh converges within {human_duration(self.max_s)} of every membership change"
+
+    def _params(self) -> dict[str, Any]:
+        return {"max": fmt_duration(self.max_s)}
+
+
 EXPECTATIONS: dict[str, type[Expectation]] = {c.kind: c for c in (FailoverGap, LostPackets, SlaCompliance,
-                                                                   PathChanges, DetectTime, FlowStays)}
+                                                                   PathChanges, DetectTime, FlowStays, JoinTime,
+                                                                   Converged)}
 
 
 # --- the scenario ----------------------------------------------------------------------------------
@@ -808,6 +890,7 @@ class Scenario:
     version: int = SCHEMA_VERSION
     backends: tuple[str, ...] = BACKENDS         # the backends it may run on
     source: str = field(default="", compare=False)
+    mesh: Mesh | None = None                     # sites find each other: no static remotes
 
     # lookups
     def site(self, name: str) -> Site:
@@ -835,6 +918,8 @@ class Scenario:
         hub-and-spoke only the hub (for a spoke) and every spoke (for the hub); in hierarchical, a spoke's
         region hubs, and for a hub every other hub and its region's spokes."""
         self.site(site)
+        if self.mesh is not None:
+            return ()           # discovered at run time
         names = [s.name for s in self.sites]
         topo = self.core.topology
         if topo is Topology.HUB_AND_SPOKE and self.core.hub is not None:
@@ -844,12 +929,34 @@ class Scenario:
             return hierarchical_peers(site, names, region_of, dict(self.core.hubs))
         return full_mesh_peers(site, names)
 
+    def present_at_start(self, site: str) -> bool:
+        """Whether the site is up from the start: not when its first membership event is a site_join."""
+        first = next((e for e in self.timeline if isinstance(e, SiteJoin | SiteLeave) and e.site == site), None)
+        return not isinstance(first, SiteJoin)
+
+    def membership(self) -> list[tuple[float, frozenset[str]]]:
+        """The sites in the mesh from each time on: (0, those present at the start), then one entry per
+        site_join / site_leave time, in order."""
+        live = {s.name for s in self.sites if self.present_at_start(s.name)}
+        out = [(0.0, frozenset(live))]
+        for e in self.timeline:
+            if isinstance(e, SiteJoin | SiteLeave):
+                (live.add if isinstance(e, SiteJoin) else live.discard)(e.site)
+                if out[-1][0] == e.at_s:
+                    out[-1] = (e.at_s, frozenset(live))
+                else:
+                    out.append((e.at_s, frozenset(live)))
+        return out
+
     def refusal(self, backend: str) -> str | None:
         """Why this scenario cannot run on `backend` (None: it can). Backends call it before building."""
-        if backend in self.backends:
-            return None
-        return (f"scenario {self.name} runs only on {', '.join(self.backends)} (its `backends:` field), "
-                f"not on {backend}")
+        if backend not in self.backends:
+            return (f"scenario {self.name} runs only on {', '.join(self.backends)} (its `backends:` field), "
+                    f"not on {backend}")
+        if self.mesh is not None and backend != "sim":
+            return (f"scenario {self.name} has a `mesh:` section: sites that discover each other run on the "
+                    f"simulator only so far (the agent's discovery driver is not built yet; issue 14)")
+        return None
 
     def summary(self) -> Summary:
         return Summary(len(self.sites), len(self.flows), len(self.timeline), len(self.expectations))
@@ -867,6 +974,7 @@ class Scenario:
             "traffic": [f.to_dict(self.duration_s) for f in self.flows],
             "timeline": [e.to_dict() for e in self.timeline],
             "expectations": [e.to_dict() for e in self.expectations],
+            **({"mesh": self.mesh.to_dict()} if self.mesh is not None else {}),
         }
 
     def to_yaml(self) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from emulation.scenario.fmt import fmt_duration
+from emulation.scenario.meshspec import check_membership, read_mesh
 from emulation.scenario.model import (
     ACTIONS,
     BACKENDS,
@@ -42,6 +43,7 @@ from emulation.scenario.model import (
     AgentStart,
     AgentStop,
     Clear,
+    Converged,
     Core,
     Cut,
     DetectTime,
@@ -56,6 +58,7 @@ from emulation.scenario.model import (
     Impair,
     Impairment,
     JitterDistribution,
+    JoinTime,
     LinkRef,
     LostPackets,
     PathChanges,
@@ -63,6 +66,8 @@ from emulation.scenario.model import (
     Restore,
     Scenario,
     Site,
+    SiteJoin,
+    SiteLeave,
     SlaCompliance,
     Steering,
     TimelineEvent,
@@ -87,7 +92,7 @@ MAX_DURATION_S = 24 * 3600.0
 MAX_PAYLOAD_BYTES = 1392      # a UDP payload that fits the agent's WireGuard MTU (1420) unfragmented
 MIN_PAYLOAD_BYTES = 16        # sequence number and send timestamp (emulation.udpflow)
 
-_KNOWN_TOP = {"version", "name", "description", "seed", "duration", "backends", "sites", "site_groups", "core",
+_KNOWN_TOP = {"version", "name", "description", "seed", "duration", "backends", "sites", "site_groups", "core", "mesh",
               "traffic", "timeline", "expectations"}
 _KNOWN_SITE = {"id", "lan_prefix", "hosts", "region", "uplinks", "agent"}
 _KNOWN_GROUP = {"count", "region", "hosts", "uplinks", "agent"}
@@ -114,6 +119,8 @@ _EVENT_PARAMS: dict[str, set[str]] = {
     "ramp": {"link", "to", "over", "steps"},
     "agent_stop": {"site", "cleanup"},
     "agent_start": {"site"},
+    "site_join": {"site"},
+    "site_leave": {"site"},
     "region_cut": {"region", "uplink"},
     "region_restore": {"region", "uplink"},
 }
@@ -126,6 +133,8 @@ _EXPECTATION_KEYS: dict[str, tuple[set[str], set[str]]] = {   # kind → (known,
     "path_changes": ({"flow", "min", "max"} | _REPEAT_KEYS, {"flow", "max"}),
     "detect_time": ({"link", "max"} | _REPEAT_KEYS, {"link", "max"}),
     "flow_stays": ({"flow", "during"} | _REPEAT_KEYS, {"flow", "during"}),
+    "join_time": ({"site", "max"} | _REPEAT_KEYS, {"site", "max"}),
+    "converged": ({"max"} | _REPEAT_KEYS, {"max"}),
 }
 
 
@@ -205,9 +214,12 @@ def from_dict(doc: object, source: str = "") -> Scenario:
     decls = _sites(top.get("sites"), errs, groups=top.get("site_groups"),
                    max_sites=MAX_SIM_SITES if backends == ("sim",) else MAX_SITES)
     core = _core(top.get("core"), errs, decls)
+    mesh = read_mesh(top.get("mesh"), errs, decls, core, top.get("core") is not None)
     flow_decls = _flows(top.get("traffic"), errs, decls, core, duration)
-    timeline, interrupted = _timeline(top.get("timeline"), errs, decls, duration)
-    expectations = _expectations(top.get("expectations"), errs, decls, flow_decls, interrupted, duration)
+    timeline, interrupted, where = _timeline(top.get("timeline"), errs, decls, duration)
+    check_membership(mesh, timeline, where, errs)
+    expectations = _expectations(top.get("expectations"), errs, decls, flow_decls, interrupted, duration,
+                                 mesh_given=top.get("mesh") is not None)
     sites = [d.site for d in decls.values() if d.site is not None]
     flows = [f for f in flow_decls.values() if f is not None]
 
@@ -216,7 +228,7 @@ def from_dict(doc: object, source: str = "") -> Scenario:
     assert duration is not None and isinstance(name, str)
     return Scenario(name=name, description=description.strip(), seed=int(seed), duration_s=duration,
                     sites=tuple(sites), core=core, flows=tuple(flows), timeline=tuple(timeline),
-                    expectations=tuple(expectations), backends=backends, source=source)
+                    expectations=tuple(expectations), backends=backends, source=source, mesh=mesh)
 
 
 def _backends(raw: object, errs: val.Errors) -> tuple[str, ...]:
@@ -789,13 +801,14 @@ def _loss_model(value: object, path: str, errs: val.Errors) -> GilbertElliott | 
 
 
 def _timeline(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl],
-              duration: float | None) -> tuple[list[TimelineEvent], set[str]]:
-    """The events sorted by time (stable), and the links that some event cuts or flaps (as written)."""
+              duration: float | None) -> tuple[list[TimelineEvent], set[str], dict[int, str]]:
+    """The events sorted by time (stable), the links that some event cuts or flaps (as written), and
+    where each event is in the document (`id(event)` → path)."""
     if raw is None:
-        return [], set()
+        return [], set(), {}
     if not isinstance(raw, list):
         errs.add("timeline", f"expected a list of events, got {show(raw)}")
-        return [], set()
+        return [], set(), {}
     interrupted = {item["link"] for item in raw if isinstance(item, Mapping)
                    and item.get("action") in ("cut", "flap") and isinstance(item.get("link"), str)}
     parsed: list[tuple[int, TimelineEvent]] = []
@@ -820,7 +833,8 @@ def _timeline(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl],
                                                f"timeline[{j}] ({fmt_duration(other.at_s)}–"
                                                f"{fmt_duration(other.end_s)})")
             windows.setdefault(ev.link, []).append((i, ev))
-    return [ev for _, ev in sorted(parsed, key=lambda t: (t[1].at_s, t[0]))], interrupted
+    where = {id(ev): f"timeline[{i}]" for i, ev in parsed}
+    return [ev for _, ev in sorted(parsed, key=lambda t: (t[1].at_s, t[0]))], interrupted, where
 
 
 def _event(item: object, path: str, errs: val.Errors, sites: Mapping[str, SiteDecl],
@@ -838,7 +852,7 @@ def _event(item: object, path: str, errs: val.Errors, sites: Mapping[str, SiteDe
     known = _EVENT_COMMON | (_EVENT_PARAMS[action] if action else set().union(*_EVENT_PARAMS.values()))
     required = ["at", "action"]
     if action:
-        required += ["site"] if action.startswith("agent_") else ["link"]
+        required += ["site"] if action.startswith(("agent_", "site_")) else ["link"]
         required += {"flap": ["period", "count"], "ramp": ["to", "over"]}.get(action, [])
     m = val.mapping(item, path, errs, known, required, what="setting" if not action else f"setting of a {action} event")
     assert m is not None
@@ -876,6 +890,8 @@ def _event(item: object, path: str, errs: val.Errors, sites: Mapping[str, SiteDe
             ev = AgentStop(at_s=at, site=site, cleanup=cleanup)
         else:
             ev = AgentStart(at_s=at, site=site)
+    elif action in ("site_join", "site_leave") and isinstance(site, str) and site in sites and at is not None:
+        ev = (SiteJoin if action == "site_join" else SiteLeave)(at_s=at, site=site)
 
     if ev is not None and duration is not None and ev.end_s > duration and at is not None and at <= duration:
         errs.add(path, f"this {ev.action} ends at {fmt_duration(ev.end_s)}, after the end of the scenario (duration "
@@ -956,7 +972,7 @@ def _with_note(ev: TimelineEvent, note: str) -> TimelineEvent:
 # --- expectations ----------------------------------------------------------------------------------
 
 def _expectations(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl], flows: Mapping[str, Flow | None],
-                  interrupted: set[str], duration: float | None) -> list[Expectation]:
+                  interrupted: set[str], duration: float | None, *, mesh_given: bool = False) -> list[Expectation]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -964,14 +980,15 @@ def _expectations(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl], 
         return []
     out: list[Expectation] = []
     for i, item in enumerate(raw):
-        exp = _expectation(item, f"expectations[{i}]", errs, sites, flows, interrupted, duration)
+        exp = _expectation(item, f"expectations[{i}]", errs, sites, flows, interrupted, duration, mesh_given)
         if exp is not None:
             out.append(exp)
     return out
 
 
 def _expectation(item: object, path: str, errs: val.Errors, sites: Mapping[str, SiteDecl],
-                 flows: Mapping[str, Flow | None], interrupted: set[str], duration: float | None) -> Expectation | None:
+                 flows: Mapping[str, Flow | None], interrupted: set[str], duration: float | None,
+                 mesh_given: bool = False) -> Expectation | None:
     if not isinstance(item, Mapping) or len(item) != 1:
         got = f"{_choices(str(k) for k in item)}" if isinstance(item, Mapping) else show(item)
         errs.add(path, f"expected one expectation, a mapping with one of {_choices(EXPECTATIONS)}; "
@@ -990,7 +1007,7 @@ def _expectation(item: object, path: str, errs: val.Errors, sites: Mapping[str, 
         return None
     n_errors = len(errs.items)
     flow = _expected_flow(kind, m, path, errs, flows) if "flow" in known else None
-    exp = _EXPECTATION_PARSERS[kind](_ExpectationInput(m, path, errs, flow, sites, interrupted, duration))
+    exp = _EXPECTATION_PARSERS[kind](_ExpectationInput(m, path, errs, flow, sites, interrupted, duration, mesh_given))
     quantile = _share(m.get("quantile"), f"{path}.quantile", errs)
     pass_rate = _share(m.get("pass_rate"), f"{path}.pass_rate", errs)
     if quantile is not None and pass_rate is not None:
@@ -1036,6 +1053,7 @@ class _ExpectationInput:
     sites: Mapping[str, SiteDecl]
     interrupted: set[str]
     duration: float | None
+    mesh_given: bool = False
 
 
 def _failover_gap(x: _ExpectationInput) -> Expectation | None:
@@ -1111,9 +1129,33 @@ def _flow_stays(x: _ExpectationInput) -> Expectation | None:
     return None
 
 
+def _join_time(x: _ExpectationInput) -> Expectation | None:
+    m, path, errs = x.m, x.path, x.errs
+    mx = val.duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
+    site = m.get("site")
+    if not x.mesh_given:
+        errs.add(path, "needs a mesh: section (sites that discover each other)")
+    elif site is not None and (not isinstance(site, str) or site not in x.sites):
+        errs.add(f"{path}.site", _unknown_site(site, x.sites))
+    elif isinstance(site, str) and mx is not None:
+        return JoinTime(site=site, max_s=mx)
+    return None
+
+
+def _converged(x: _ExpectationInput) -> Expectation | None:
+    m, path, errs = x.m, x.path, x.errs
+    mx = val.duration(m["max"], f"{path}.max", errs, positive=True) if m.get("max") is not None else None
+    if not x.mesh_given:
+        errs.add(path, "needs a mesh: section (sites that discover each other)")
+    elif mx is not None:
+        return Converged(max_s=mx)
+    return None
+
+
 _EXPECTATION_PARSERS: dict[str, Callable[[_ExpectationInput], Expectation | None]] = {
     "failover_gap": _failover_gap, "lost_packets": _lost_packets, "path_changes": _path_changes,
-    "sla_compliance": _sla_compliance, "detect_time": _detect_time, "flow_stays": _flow_stays}
+    "sla_compliance": _sla_compliance, "detect_time": _detect_time, "flow_stays": _flow_stays,
+    "join_time": _join_time, "converged": _converged}
 
 
 def _share(value: object, path: str, errs: val.Errors) -> float | None:

@@ -41,6 +41,8 @@ from emulation.scenario.model import (
     Ramp,
     Restore,
     Scenario,
+    SiteJoin,
+    SiteLeave,
     TimelineEvent,
 )
 
@@ -63,7 +65,18 @@ class AgentStep:
     cleanup: bool = False        # a stop that removes the site's dataplane too (tunnels, steering, reflector)
 
 
-Step = LinkStep | AgentStep
+@dataclass(frozen=True, slots=True)
+class MembershipStep:
+    """A site joins the mesh (it comes up: dataplane and agent) or leaves it (its agent announces it, stops
+    and removes its dataplane). Scenarios with a `mesh:` section only."""
+
+    at_s: float
+    event: int
+    site: str
+    joins: bool
+
+
+Step = LinkStep | AgentStep | MembershipStep
 
 
 def _apply(state: LinkSettings, imp: Impairment) -> LinkSettings:
@@ -154,4 +167,9 @@ def schedule(scenario: Scenario) -> tuple[Step, ...]:
             running[ev.site] = False
             kept[ev.site] = not ev.cleanup
             out.append(AgentStep(at, index, ev.site, False, ev.cleanup))
+        elif isinstance(ev, SiteJoin | SiteLeave):
+            joins = isinstance(ev, SiteJoin)
+            running[ev.site] = joins
+            kept[ev.site] = False
+            out.append(MembershipStep(at, index, ev.site, joins))
     return tuple(out)
