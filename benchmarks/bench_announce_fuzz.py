@@ -14,9 +14,9 @@ one announcing a prefix outside its certificate, a stale and a future one, the r
 site's goes). The mutants are identity's byte mutator (benchmarks/bench_identity_fuzz.py), field-aware edits
 (the version, flag, length and count bytes set to odd values), splices of two seeds at a field boundary, seeds
 re-signed by their site's key with another sequence, timestamp, flag or prefix (so they reach the time and
-replay checks), and random bytes with and without the PTAN header. They go through one gate whose clock
-advances 10 ms per input, from 64 ordinary senders, one sender over its rate, and spoofed sources enough to
-fill the sender table (and evict from it).
+replay checks), random bytes with and without the PTAN header, and repeats of recently accepted inputs (as
+gossip repeats them). They go through one gate whose clock advances 10 ms per input, from 64 ordinary senders,
+one sender over its rate, and spoofed sources enough to fill the sender table (and evict from it).
 """
 
 from __future__ import annotations
@@ -164,21 +164,22 @@ def _fields(data: bytes) -> list[int]:
     return [o for o in out if o < len(data)]
 
 
-def _resigned(seed: Seed, rng: random.Random) -> bytes:
+def _resigned(seed: Seed, rng: random.Random, later: int) -> bytes:
+    """`seed` re-signed with one field changed; `later` (growing) keeps some sequences above the ones held."""
     a = an.decode_announcement(seed.data)
     change = rng.randrange(5)
     if change == 0:
-        a = dataclasses.replace(a, sequence=max(1, a.sequence + rng.randint(-3, 3)))
+        a = dataclasses.replace(a, sequence=max(1, a.sequence + rng.choice((-2, -1, 0, 1, later))))
     elif change == 1:
         a = dataclasses.replace(a, timestamp_ms=a.timestamp_ms + rng.randint(-7200, 7200) * 1000)
     elif change == 2:
-        a = dataclasses.replace(a, leaving=not a.leaving, sequence=a.sequence + rng.randint(0, 2))
+        a = dataclasses.replace(a, leaving=not a.leaving, sequence=a.sequence + rng.choice((0, 1, later)))
     elif change == 3:
         extra = ipaddress.ip_network((rng.choice((0x0A000000, 0x0A010000, 0xC0A80000)), 16))
         a = dataclasses.replace(a, prefixes=tuple(sorted({*a.prefixes, extra}, key=lambda p: (
             p.version, int(p.network_address), p.prefixlen))) if len(a.prefixes) < 64 else a.prefixes)
     else:
-        a = dataclasses.replace(a, wg_key=rng.randbytes(32), sequence=a.sequence + 1)
+        a = dataclasses.replace(a, wg_key=rng.randbytes(32), sequence=a.sequence + later)
     return resign(seed.key, a)
 
 
@@ -204,7 +205,7 @@ def mutants(seeds: list[Seed], rng: random.Random) -> Iterator[bytes]:
             cut_a, cut_b = rng.choice(layouts[k]), rng.choice(layouts[j])
             yield seed.data[:cut_a] + seeds[j].data[cut_b:]
         elif kind < 0.94:
-            yield _resigned(seed, rng)
+            yield _resigned(seed, rng, i)
         elif kind < 0.97:
             yield b"PTAN" + bytes([rng.choice((1, 1, 2)), rng.choice((1, 1, 2))]) + rng.randbytes(rng.randrange(600))
         else:
@@ -247,8 +248,9 @@ def run(n: int, seed: int = 20261208) -> dict[str, Any]:
     crashes: list[str] = []
     slowest, slowest_input, slowest_outcome = 0.0, b"", ""
     busy = 0.0
+    recent: list[bytes] = []            # the last accepted inputs: gossip repeats them (duplicates)
     for i in range(n):
-        data = next(stream)
+        data = rng.choice(recent) if recent and rng.random() < 0.03 else next(stream)
         sender = sender_of(i, rng)
         t0 = time.perf_counter()
         try:
@@ -260,6 +262,8 @@ def run(n: int, seed: int = 20261208) -> dict[str, Any]:
         dt = time.perf_counter() - t0
         busy += dt
         counts[got] += 1
+        if got == "accepted":
+            recent = [*recent[-7:], data]
         if dt > slowest:
             slowest, slowest_input, slowest_outcome = dt, data, got
     return {"inputs": n, "outcomes": dict(counts.most_common()), "crashes": counts["crash"],
