@@ -90,8 +90,9 @@ Its state is bounded: one held announcement and one highest sequence per site id
 `identity.MAX_SITE_ID`), at most `max_senders` token buckets (the least recently seen sender is evicted, so a
 flood from spoofed sources cannot grow memory; an evicted sender starts again with a full bucket), at most
 `max_cached_certs` verified certificates (least recently used evicted). Held announcements are not aged out
-by time: a duplicate of a held announcement whose certificate (or root) is no longer valid is not
-`Duplicate` but checked again (and gets "expired"); dropping the held state is the caller's (`forget`).
+by time: a copy of a held announcement is `Duplicate` however old its timestamp, unless its certificate (or the
+root) is no longer valid, when it is checked again (and gets "expired"); dropping held state is the caller's
+(`forget`). The token bucket comes first, so duplicates count against their sender's rate too.
 """
 
 from __future__ import annotations
