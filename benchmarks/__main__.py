@@ -3,7 +3,8 @@
 `python -m benchmarks bench_stability [ARGS ...]` runs the stability benchmark alone, with its own
 arguments (scenarios, --mode, --runs): it takes hours, so `make bench` leaves it out; so does
 `python -m benchmarks bench_loader_fuzz [N]` (N mutated files per loader, 100,000 by default), and
-`python -m benchmarks bench_identity_fuzz [N]` (N mutated certificates and revocation lists, 100,000 by default)."""
+`python -m benchmarks bench_identity_fuzz [N]` (N mutated certificates and revocation lists, 100,000 by default),
+and `python -m benchmarks bench_announce_fuzz [N]` (N mutated announcements through a gate, 100,000 by default)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ ALL = ["bench_routing", "bench_monitor", "bench_failover", "bench_probe_overhead
 
 
 # run by name only, with their own arguments
-BY_ARGS = ["bench_stability", "bench_loader_fuzz", "bench_identity_fuzz"]
+BY_ARGS = ["bench_stability", "bench_loader_fuzz", "bench_identity_fuzz", "bench_announce_fuzz"]
 
 
 def main(argv: list[str]) -> int:
