@@ -136,8 +136,8 @@ from patronus.core.validate import NAME_RE
 __all__ = [
     "FORMAT_VERSION", "MAX_ANNOUNCEMENT_BYTES", "MAX_CAPABILITIES", "MAX_ENDPOINTS", "MAX_TIMESTAMP_MS",
     "MIN_ANNOUNCEMENT_BYTES", "REASONS", "Accepted", "AnnounceError", "AnnounceGate", "Announcement", "Duplicate",
-    "Endpoint", "IPAddress", "Reason", "Rejected", "Verdict", "decode_announcement", "encode_announcement",
-    "sign_announcement",
+    "Endpoint", "IPAddress", "RateLimiter", "Reason", "Rejected", "Verdict", "decode_announcement",
+    "encode_announcement", "sign_announcement",
 ]
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -460,6 +460,35 @@ class _Bucket:
     last: float
 
 
+class RateLimiter:
+    """Token buckets per sender (a transport source): `rate_per_s` tokens a second, at most `burst` held; a
+    new sender starts full. At most `max_senders` buckets are kept, the least recently seen evicted first, so
+    a flood from spoofed sources cannot grow the table. A clock that steps back refills nothing."""
+
+    def __init__(self, rate_per_s: float, burst: int, max_senders: int) -> None:
+        self.rate_per_s, self.burst, self.max_senders = float(rate_per_s), burst, max_senders
+        self._senders: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._senders)
+
+    def take(self, sender: str, now: float) -> bool:
+        """Whether `sender` may send one more at `now` (and, if so, the token is spent)."""
+        b = self._senders.get(sender)
+        if b is None:
+            b = self._senders[sender] = _Bucket(float(self.burst), now)
+            if len(self._senders) > self.max_senders:
+                self._senders.popitem(last=False)                 # the least recently seen sender
+        else:
+            self._senders.move_to_end(sender)
+            b.tokens = min(float(self.burst), b.tokens + max(0.0, now - b.last) * self.rate_per_s)
+            b.last = now
+        if b.tokens < 1.0:
+            return False
+        b.tokens -= 1.0
+        return True
+
+
 @dataclass(frozen=True)
 class _Held:
     announcement: Announcement
@@ -500,7 +529,7 @@ class AnnounceGate:
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self.duplicates = 0
-        self._senders: OrderedDict[str, _Bucket] = OrderedDict()
+        self._limiter = RateLimiter(self.rate_per_s, burst, max_senders)
         self._certs: OrderedDict[bytes, Certificate] = OrderedDict()     # digest of verified bytes -> certificate
         self._held: dict[int, _Held] = {}
         self._by_digest: dict[bytes, int] = {}                           # digest of a held announcement -> site id
@@ -519,7 +548,7 @@ class AnnounceGate:
 
     def senders(self) -> int:
         """How many senders' token buckets are kept (at most `max_senders`)."""
-        return len(self._senders)
+        return len(self._limiter)
 
     # -- changes
 
@@ -551,7 +580,7 @@ class AnnounceGate:
         `now` (Unix seconds). Never raises for any `data`; ConfigError only for a `now` that is not finite."""
         if not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now):
             raise ConfigError(f"expected finite Unix seconds, got {show(now)}", "now")
-        if not self._take_token(sender, now):
+        if not self._limiter.take(sender, now):
             return self._reject("rate_limited", f"sender {show(sender)} is over {self.rate_per_s:g} announcements/s "
                                                 f"(burst {self.burst})")
         if not isinstance(data, bytes | bytearray | memoryview):
@@ -574,22 +603,6 @@ class AnnounceGate:
         except (AnnounceError, IdentityError) as exc:
             return self._reject(exc.reason, exc.detail)
         return self._admit_authentic(a, digest, now)
-
-    def _take_token(self, sender: str, now: float) -> bool:
-        b = self._senders.get(sender)
-        if b is None:
-            b = self._senders[sender] = _Bucket(float(self.burst), now)
-            if len(self._senders) > self.max_senders:
-                self._senders.popitem(last=False)                 # the least recently seen sender
-        else:
-            self._senders.move_to_end(sender)
-            # a clock that steps back refills nothing (and does not freeze the bucket until it catches up)
-            b.tokens = min(float(self.burst), b.tokens + max(0.0, now - b.last) * self.rate_per_s)
-            b.last = now
-        if b.tokens < 1.0:
-            return False
-        b.tokens -= 1.0
-        return True
 
     def _still_valid(self, cert: Certificate, t: int) -> bool:
         """The checks of a cached (once verified) certificate that can change: time and revocation."""
