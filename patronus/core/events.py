@@ -236,6 +236,39 @@ class TunnelUp(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class SiteJoined(Event):
+    """A site of the organisation is in the mesh (first heard of, or back after it left or failed)."""
+
+    site: str
+    site_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSuspected(Event):
+    """A site stopped answering the membership probes; it is declared failed unless it refutes in time."""
+
+    site: str
+
+
+@dataclass(frozen=True, slots=True)
+class SiteLeft(Event):
+    """A site is out of the mesh: `reason` "left" (it said so), "failed" (silent past the suspicion
+    timeout), "revoked" (its certificate is on the organisation's revocation list) or "expired" (its
+    certificate is no longer valid)."""
+
+    site: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRotated(Event):
+    """A site's WireGuard public key changed (`site` may be this one): `key` is the new key's base64."""
+
+    site: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class PathAdded(Event):
     """A path to a remote that joined at run time (mesh discovery): Down until its probes bring it up."""
 
