@@ -239,7 +239,7 @@ class TunnelUp(Event):
 class SiteJoined(Event):
     """A site of the organisation is in the mesh (first heard of, or back after it left or failed)."""
 
-    site: str
+    member: str
     site_id: int
 
 
@@ -247,7 +247,7 @@ class SiteJoined(Event):
 class SiteSuspected(Event):
     """A site stopped answering the membership probes; it is declared failed unless it refutes in time."""
 
-    site: str
+    member: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,15 +256,15 @@ class SiteLeft(Event):
     timeout), "revoked" (its certificate is on the organisation's revocation list) or "expired" (its
     certificate is no longer valid)."""
 
-    site: str
+    member: str
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class KeyRotated(Event):
-    """A site's WireGuard public key changed (`site` may be this one): `key` is the new key's base64."""
+    """A site's WireGuard public key changed (`member` may be this site): `key` is the new key's base64."""
 
-    site: str
+    member: str
     key: str
 
 

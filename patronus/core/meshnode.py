@@ -206,6 +206,7 @@ class MeshNode:
         self._src = ""
         self.announcement = b""                       # this site's, as last signed
         self._introduce_until = 0.0
+        self._introduce_to: dict[str, float] = {}      # site -> until when what we send it carries ours
         self._refresh_at: float | None = None
         self._names: dict[str, int] = {}               # member name -> site id (admitted announcements)
         self._keys: dict[str, bytes] = {}              # member name -> its WireGuard key, as last admitted
@@ -273,7 +274,7 @@ class MeshNode:
         self._now = now
         self._wg_key = wg_key
         out = self._finish(self.swim.rotate(now), now)
-        out.append(KeyRotated(at=now, site=self.site, key=_b64(wg_key)))
+        out.append(KeyRotated(at=now, member=self.site, key=_b64(wg_key)))
         return out
 
     def set_revocations(self, data: bytes, now: float) -> list[Output]:
@@ -347,7 +348,7 @@ class MeshNode:
             self._dirty = True
             before = self._keys.get(a.site_name)
             if before is not None and before != a.wg_key:
-                self._pending.append(KeyRotated(at=self._now, site=a.site_name, key=_b64(a.wg_key)))
+                self._pending.append(KeyRotated(at=self._now, member=a.site_name, key=_b64(a.wg_key)))
             self._keys[a.site_name] = a.wg_key
         return a
 
@@ -359,8 +360,9 @@ class MeshNode:
 
     # -- datagrams ---------------------------------------------------------------------------------------
 
-    def _seal(self, kind: int, body: bytes, attach: bool | None = None) -> bytes:
-        attach = self._now < self._introduce_until if attach is None else attach
+    def _seal(self, kind: int, body: bytes, to: str = "", attach: bool | None = None) -> bytes:
+        if attach is None:
+            attach = self._now < self._introduce_until or self._now < self._introduce_to.get(to, 0.0)
         flags = _FLAG_ATTACHED if attach and self.announcement else 0
         head = _HEADER.pack(MAGIC, VERSION, kind, flags, self.site_id, self.rl_sequence)
         if flags:
@@ -384,6 +386,7 @@ class MeshNode:
             return "malformed"
         body, signed = data[_HEADER.size:-SIG_LEN], data[:-SIG_LEN]
         self._src = src
+        held = self.gate.held(sender)          # before what is attached is admitted
         attached: Announcement | None = None
         if flags:
             if len(body) < 2 or len(body) < 2 + int.from_bytes(body[:2], "big"):
@@ -391,12 +394,16 @@ class MeshNode:
             n = int.from_bytes(body[:2], "big")
             attached = self._admit_bytes(body[2:2 + n], None)
             body = body[2 + n:]
-        a = attached if attached is not None and attached.site_id == sender else None
-        if a is None:
-            a = self.gate.held(sender)
+        a = attached if attached is not None and attached.site_id == sender else self.gate.held(sender)
+        if held is None and a is not None:
+            # a site we had not heard of introduced itself: it has not heard of us either (what answers a
+            # join does not wait for gossip), so what we send it carries ours for a while
+            if len(self._introduce_to) > 1024:
+                self._introduce_to = {k: v for k, v in self._introduce_to.items() if v > now}
+            self._introduce_to[a.site_name] = now + self._introduce_s
         if a is None:
             if kind != KIND_WHO:
-                out.append(Transmit(src, self._seal(KIND_WHO, b"", attach=True)))
+                out.append(Transmit(src, self._seal(KIND_WHO, b"", src, attach=True)))
             return "unknown_sender"
         try:
             Ed25519PublicKey.from_public_bytes(a.cert.signing_key).verify(data[-SIG_LEN:], signed)
@@ -427,7 +434,7 @@ class MeshNode:
             self._rl_bytes = body
             self._revoked(dropped, now, out)
         elif kind == KIND_WANT_REVOCATIONS and self._rl_bytes:
-            out.append(Transmit(name, self._seal(KIND_REVOCATIONS, self._rl_bytes)))
+            out.append(Transmit(name, self._seal(KIND_REVOCATIONS, self._rl_bytes, name)))
         elif kind == KIND_WHO:
             self._introduce_until = now + self._introduce_s
         if rl_seq > self.rl_sequence:
@@ -436,7 +443,7 @@ class MeshNode:
                 if len(self._rl_asked) > 1024:
                     self._rl_asked.clear()
                 self._rl_asked[(name, rl_seq)] = now
-                out.append(Transmit(name, self._seal(KIND_WANT_REVOCATIONS, b"")))
+                out.append(Transmit(name, self._seal(KIND_WANT_REVOCATIONS, b"", name)))
         return None
 
     def _revoked(self, site_ids: Iterable[int], now: float, out: list[Output]) -> None:
@@ -449,7 +456,7 @@ class MeshNode:
             sid = self._names.pop(name)
             self.gate.forget(sid)
             self._keys.pop(name, None)
-            out.append(SiteLeft(at=now, site=name, reason=reason))
+            out.append(SiteLeft(at=now, member=name, reason=reason))
             self._dirty = True
 
     # -- outputs -----------------------------------------------------------------------------------------
@@ -458,17 +465,17 @@ class MeshNode:
         out: list[Output] = []
         for act in actions:
             if isinstance(act, Send):
-                out.append(Transmit(act.addr, self._seal(KIND_SWIM, encode(act.msg))))
+                out.append(Transmit(act.addr, self._seal(KIND_SWIM, encode(act.msg), act.addr)))
                 continue
             self._dirty = True
             name = act.name
             if act.kind is EventKind.JOINED:
                 sid = self._names.get(name)
-                out.append(SiteJoined(at=now, site=name, site_id=sid if sid is not None else 0))
+                out.append(SiteJoined(at=now, member=name, site_id=sid if sid is not None else 0))
             elif act.kind is EventKind.SUSPECTED:
-                out.append(SiteSuspected(at=now, site=name))
+                out.append(SiteSuspected(at=now, member=name))
             elif act.kind in (EventKind.FAILED, EventKind.LEFT):
-                out.append(SiteLeft(at=now, site=name, reason="failed" if act.kind is EventKind.FAILED else "left"))
+                out.append(SiteLeft(at=now, member=name, reason="failed" if act.kind is EventKind.FAILED else "left"))
         return out
 
     def _finish(self, actions: Iterable[Send | MemberEvent], now: float) -> list[Output]:

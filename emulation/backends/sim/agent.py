@@ -46,6 +46,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from emulation.backends.sim.clock import SimEnvironment
+from emulation.backends.sim.meshdrive import SimMesh
 from emulation.backends.sim.network import FROM_CORE, PROBE_WIRE_BYTES, TO_CORE, Network, SimOptions, SimPath
 from emulation.backends.sim.traffic import SimFlow
 from patronus.agent.config import SiteConfig
@@ -77,6 +78,7 @@ class World(Protocol):
     def agents(self) -> Mapping[str, SimAgent]: ...
     def wall(self, t: float) -> float: ...
     def set_forwarding(self, site: str, now: float, on: bool) -> None: ...
+    def start_mesh(self, agent: SimAgent) -> SimMesh | None: ...
 
 
 def _finite(v: Any) -> Any:
@@ -115,6 +117,7 @@ class SimAgent:
             self.paths[p.id] = SimPath(p.id, p.remote, p.uplink.name, p.endpoint.uplink,
                                        net.hops((local, TO_CORE), (remote, FROM_CORE)),
                                        net.hops((remote, TO_CORE), (local, FROM_CORE)))
+        self.mesh: SimMesh | None = None         # the running agent's mesh node (scenarios with a mesh)
         self.flows: list[SimFlow] = []          # flows sent from this site
         self.events: list[dict[str, Any]] = []  # published, in order
         self.steering_changes = 0
@@ -160,6 +163,7 @@ class SimAgent:
         self._publish_event(AgentStarted(at=now, site=cfg.name, paths=len(cfg.paths), wireguard_backend="none",
                                          steering=cfg.steering, adopted={"flows": flows} if adopting else None))
         self._pump(now)
+        self.mesh = self.sim.start_mesh(self)
 
     def stop(self, now: float, cleanup: bool = False) -> None:
         """SIGTERM: graceful (the dataplane stays) or, with `cleanup`, the dataplane goes too."""
@@ -171,6 +175,9 @@ class SimAgent:
             self._timer_at = None
             logic, rt = self.logic, self.runtime
             assert logic is not None and rt is not None
+            if self.mesh is not None:
+                self.mesh.stop()          # silent from now on: the others will find it failed
+                self.mesh = None
             logic.monitor.sync(now)
             self._probes_coasted += logic.monitor.coasted_probes
             if not rt.steering_held:     # stopped within a hold: the plan it adopted stays as it was
@@ -186,10 +193,26 @@ class SimAgent:
                 f.slot = None
                 f.set_path(None, now)
 
+    def leave(self, now: float) -> None:
+        """`site_leave`: the agent says that the site leaves the mesh, then stops with its dataplane."""
+        if self.mesh is not None:
+            self.mesh.leave()
+            self.mesh = None
+        self.stop(now, cleanup=True)
+
+    def mesh_datagram(self, src: str, data: bytes) -> None:
+        """A mesh datagram from site `src` reached this site (dropped unless its agent runs)."""
+        if self.mesh is not None:
+            self.mesh.datagram(src, data)
+
     # -- events ------------------------------------------------------------------------------------
 
     def publish(self, d: dict[str, Any]) -> None:
         self.events.append(d)
+
+    def publish_wall_event(self, ev: Event) -> None:
+        """An event whose times are wall seconds already (the mesh node's)."""
+        self.publish(_finite(ev.as_dict(0.0)))
 
     def _publish_event(self, ev: Event) -> None:
         self.publish(_finite(ev.as_dict(self.sim.wall(0.0))))
@@ -208,6 +231,10 @@ class SimAgent:
         rt = self.runtime
         assert rt is not None
         self._perform(rt.pump(now), now)
+
+    def pump_now(self, now: float) -> None:
+        """Take a step after an input outside the probes (a remote added or removed)."""
+        self._pump(max(now, self._now))
 
     def _perform(self, act: Actions, now: float) -> None:
         for probe in act.probes:
@@ -404,7 +431,7 @@ class SimAgent:
         mon = self.logic.monitor
         rows = []
         at = round(wall, 4)
-        for pid in self.paths:
+        for pid in self.logic.path_ids:
             m = mon.metrics(pid, now)
             c = mon.counters(pid)
             # no answered probe in the window: no latency, no jitter (empty cells), as the agent's API says

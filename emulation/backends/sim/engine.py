@@ -20,7 +20,6 @@ always simulated, and every reply goes through the site's core logic at its own 
 
 from __future__ import annotations
 
-import base64
 import csv
 import hashlib
 import json
@@ -38,6 +37,7 @@ import yaml
 from emulation.backends.sim import traffic as tr
 from emulation.backends.sim.agent import AGENT_STARTUP_S, SimAgent
 from emulation.backends.sim.clock import SimEnvironment
+from emulation.backends.sim.meshdrive import SimMesh, SimOrg, mesh_options, sim_public_key
 from emulation.backends.sim.network import Network, SimOptions
 from emulation.rawfiles import (
     HTTP_COLUMNS,
@@ -51,7 +51,7 @@ from emulation.rawfiles import (
     write_packets,
 )
 from emulation.scenario.model import Ramp, Scenario
-from emulation.scenario.timeline import AgentStep, LinkStep, Step, schedule
+from emulation.scenario.timeline import AgentStep, LinkStep, MembershipStep, Step, schedule
 from emulation.siteconf import (
     API_PORT,
     site_document,
@@ -89,12 +89,6 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
-def sim_public_key(scenario: Scenario, site: str) -> str:
-    """A deterministic stand-in for a site's WireGuard public key (no tunnel runs in the simulator)."""
-    raw = hashlib.blake2b(f"patronus-sim-key|{scenario.name}|{site}".encode(), digest_size=32).digest()
-    return base64.b64encode(raw).decode("ascii")
-
-
 def udp_datagrams(scenario: Scenario) -> int:
     """How many datagrams the scenario's UDP flows send (what packet mode costs)."""
     total = 0
@@ -124,6 +118,9 @@ def warmup_s(scenario: Scenario) -> float:
     starts the scenario on a worse path than the runner's would."""
     need = max(s.agent.monitor.interval_s * (s.agent.monitor.up_count + 2) + 1.0
                + s.agent.monitor.interval_s * s.agent.monitor.window + 1.0 for s in scenario.sites)
+    if scenario.mesh is not None:
+        # first the sites find each other: a join round trip to a seed, then gossip for a few periods
+        need += scenario.mesh.timers.join_interval_s + 3 * scenario.mesh.timers.probe_interval_s
     return max(2.0, math.ceil(need * 2.0) / 2.0)
 
 
@@ -147,6 +144,8 @@ class Simulation:
         keys = {s.name: sim_public_key(scenario, s.name) for s in scenario.sites}
         self.documents: dict[str, dict[str, Any]] = {}
         self.agents: dict[str, SimAgent] = {}
+        self.org = SimOrg(scenario, T0) if scenario.mesh is not None else None
+        self._mesh_options = mesh_options(scenario.mesh) if scenario.mesh is not None else None
         for k, s in enumerate(scenario.sites):
             n = k + 1           # 127.0.0.n for the first 254 sites, as before; past them 127.0.1.x, ...
             doc = site_document(scenario, s.name, uplink_addr=addrs, public_keys=keys, agents_dir=self.out / "agents",
@@ -191,6 +190,12 @@ class Simulation:
         if site not in self._forwarding_tables:
             self._forwarding_tables[site] = tr.StepTable(self.forwarding[site])
         return self._forwarding_tables[site]
+
+    def start_mesh(self, agent: SimAgent) -> SimMesh | None:
+        """The mesh node of an agent that starts (None without a mesh)."""
+        if self.org is None or self._mesh_options is None:
+            return None
+        return SimMesh(agent, self.sc, self.org.identities[agent.name], self._mesh_options, agent.publish_wall_event)
 
     def set_forwarding(self, site: str, now: float, on: bool) -> None:
         hist = self.forwarding[site]
@@ -247,6 +252,17 @@ class Simulation:
 
     def _apply(self, step: Step, ramp_step: int | None) -> None:
         now = self.env.now
+        if isinstance(step, MembershipStep):
+            self._changed()
+            agent = self.agents[step.site]
+            if step.joins:
+                agent.spawned(now)
+                self.env.later(agent.startup_s, self._boot, step.site, agent.spawn_token)
+            else:
+                agent.leave(now)
+            self.timeline_rows.append([step.at_s, round(self.wall(now), 6), "site_join" if step.joins else "site_leave",
+                                       step.site, "{}"])
+            return
         if isinstance(step, AgentStep):
             self._agent_step(step.site, step.running, step.cleanup)
             if step.running:
@@ -294,8 +310,11 @@ class Simulation:
 
         changes: list[float] = []       # when links and agents change: the network is stable in between
         for s in sc.sites:
-            # the first start is not timed (the runner waits for every path to be Up before 0)
-            changes.append(at(env.now + phase.random() * s.agent.monitor.interval_s, partial(self._boot, s.name)))
+            # the first start is not timed (the runner waits for every path to be Up before 0); a site that
+            # joins the mesh later is not there before
+            boot = env.now + phase.random() * s.agent.monitor.interval_s
+            if sc.present_at_start(s.name):
+                changes.append(at(boot, partial(self._boot, s.name)))
         for f in self.flows:
             at(f.start_s, partial(self._flow_start, f))
             at(f.stop_s, partial(setattr, f, "active", False))
@@ -305,7 +324,7 @@ class Simulation:
             if isinstance(step, LinkStep) and isinstance(sc.timeline[step.event], Ramp):
                 k = ramp_steps[step.event] = ramp_steps.get(step.event, 0) + 1
             changes.append(at(step.at_s, partial(self._apply, step, k)))
-            if isinstance(step, AgentStep) and step.running:
+            if (isinstance(step, AgentStep) and step.running) or (isinstance(step, MembershipStep) and step.joins):
                 changes.append(step.at_s + self.agents[step.site].startup_s)     # its boot (`_apply` arms it)
         self._change_times = sorted(changes)
         self._changes_done = 0
@@ -358,7 +377,7 @@ class Simulation:
     def _check_ready(self) -> None:
         for agent in self.agents.values():
             if agent.running and agent.logic is not None:
-                down = [p for p in agent.paths if agent.logic.monitor.status(p).value != "up"]
+                down = [p for p in agent.logic.path_ids if agent.logic.monitor.status(p).value != "up"]
                 if down:
                     self.progress(f"warning: at {agent.name}, not Up when the scenario starts: {', '.join(down)}")
 
