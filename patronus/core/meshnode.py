@@ -469,6 +469,8 @@ class MeshNode:
                 continue
             self._dirty = True
             name = act.name
+            if name not in self._names:
+                continue            # dropped already (revoked, expired): its SiteLeft is out
             if act.kind is EventKind.JOINED:
                 sid = self._names.get(name)
                 out.append(SiteJoined(at=now, member=name, site_id=sid if sid is not None else 0))

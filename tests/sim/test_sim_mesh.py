@@ -1,0 +1,150 @@
+"""Mesh discovery on the simulator (issue 14): sites with no remote written find each other and build
+their paths, a newcomer joins, a site that leaves takes its paths with it everywhere, and a site whose
+certificate is not the organisation's never gets a path."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from emulation.backends.sim import Simulation
+from emulation.scenario import load, parse
+from patronus.core import identity as ident
+from patronus.core.meshnode import MeshIdentity
+from tests.unit.meshlab import key
+
+pytestmark = pytest.mark.sim
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SMALL = """
+version: 1
+name: small-mesh
+seed: 3
+duration: 12s
+backends: [sim]
+mesh:
+  topology: {kind: full-mesh}
+  seeds: [a]
+  timers: {probe_interval: 300ms, probe_timeout: 150ms}
+sites:
+  a: {uplinks: {isp1: {delay: 5ms}, isp2: {delay: 20ms}}, agent: {monitor: {profile: fast, interval: 100ms}}}
+  b: {uplinks: {isp1: {delay: 5ms}}, agent: {monitor: {profile: fast, interval: 100ms}}}
+  c: {uplinks: {isp1: {delay: 5ms}}, agent: {monitor: {profile: fast, interval: 100ms}}}
+  d: {uplinks: {isp1: {delay: 5ms}}, agent: {monitor: {profile: fast, interval: 100ms}}}
+traffic:
+  - {name: ab, type: voip, from: a, to: b}
+timeline:
+  - {at: 3s, action: site_join, site: d}
+  - {at: 7s, action: site_leave, site: c}
+"""
+
+
+def _paths(sim: Simulation, site: str) -> set[str]:
+    rt = sim.agents[site].runtime
+    return set() if rt is None else {str(p) for p in rt.paths}
+
+
+def _up(sim: Simulation, site: str) -> bool:
+    logic = sim.agents[site].logic
+    return logic is not None and all(logic.monitor.status(p).value == "up" for p in logic.path_ids)
+
+
+def test_sites_find_each_other_a_newcomer_joins_and_a_leaver_is_gone_everywhere(tmp_path: Path) -> None:
+    sim = Simulation(parse(SMALL), tmp_path, "packet")
+    sim.run()
+    # at the end: a, b and d in a full mesh (a has two uplinks: two paths to each single-homed site)
+    assert _paths(sim, "a") == {"b:isp1-isp1", "b:isp2-isp1", "d:isp1-isp1", "d:isp2-isp1"}
+    assert _paths(sim, "b") == {"a:isp1-isp1", "a:isp1-isp2", "d:isp1-isp1"}
+    assert _paths(sim, "d") == {"a:isp1-isp1", "a:isp1-isp2", "b:isp1-isp1"}
+    assert all(_up(sim, s) for s in "abd")
+    assert sim.agents["c"].runtime is None and not sim.agents["c"].forwarding
+    # c said it left: the others took its paths away within a second of its leaving, not after a suspicion
+    for s in "abd":
+        removed = [e for e in sim.agents[s].events if e["kind"] == "PathRemoved" and e["remote"] == "c"]
+        assert removed and all(e["at"] - sim.wall(7.0) < 1.0 for e in removed), (s, removed)
+        left = [e for e in sim.agents[s].events if e["kind"] == "SiteLeft" and e["member"] == "c"]
+        assert [e["reason"] for e in left] == ["left"]
+    # d joined at 3 s (its agent runs 0.7 s later): its paths (to a, b and c, still there) were Up within
+    # 1.5 s of the join
+    ups = [e["at"] - sim.wall(3.0) for e in sim.agents["d"].events
+           if e["kind"] == "PathStatusChanged" and e["new"] == "up"]
+    assert len(ups) == 4 and max(ups) < 1.5, ups
+    # every datagram was authentic: nothing refused by anyone
+    for s in "abd":
+        mesh = sim.agents[s].mesh
+        assert mesh is not None and not mesh.node.gate.rejected
+        assert set(mesh.node.rejected) <= {"unknown_sender"}
+    # the call between a and b never changed path
+    moved = [e for e in sim.agents["a"].events if e["kind"] in ("FailoverTriggered", "Failback")]
+    assert moved == []
+
+
+def test_a_run_is_the_same_every_time(tmp_path: Path) -> None:
+    runs = []
+    for i in range(2):
+        sim = Simulation(parse(SMALL), tmp_path / str(i), "packet")
+        sim.run()
+        runs.append({s: [(e["kind"], round(e["at"], 9), e.get("path_id"), e.get("member"), e.get("new"))
+                         for e in a.events] for s, a in sim.agents.items()})
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("what", ["foreign", "expired", "revoked-by-the-others"])
+def test_a_site_whose_certificate_is_not_good_never_gets_a_path(tmp_path: Path, what: str) -> None:
+    sim = Simulation(parse(SMALL), tmp_path, "packet")
+    assert sim.org is not None
+    good = sim.org.identities["d"]
+    cert = ident.decode(good.certificate)
+    if what == "foreign":
+        ca = key(777)
+        root = ident.self_sign_root(ca, "other", [ipaddress.ip_network("0.0.0.0/0")],
+                                    not_before=cert.not_before, not_after=cert.not_after, serial=9)
+        forged = ident.sign_site(ca, root, site_id=cert.site_id, site_name="d", signing_key=cert.signing_key,
+                                 wg_public_key=cert.wg_public_key, prefixes=cert.prefixes,
+                                 not_before=cert.not_before, not_after=cert.not_after, serial=cert.serial)
+        sim.org.identities["d"] = MeshIdentity(ident.encode(forged), good.signing_key, root)
+    elif what == "expired":
+        # valid when d starts (3.7 s), expired at 5 s: the others drop it at their next check
+        expiring = ident.sign_site(sim.org.ca, sim.org.root, site_id=cert.site_id, site_name="d",
+                                   signing_key=cert.signing_key, wg_public_key=cert.wg_public_key,
+                                   prefixes=cert.prefixes, not_before=cert.not_before,
+                                   not_after=int(sim.wall(5.0)), serial=cert.serial)
+        sim.org.identities["d"] = MeshIdentity(ident.encode(expiring), good.signing_key, sim.org.root)
+    else:
+        rl = ident.encode_revocations(ident.sign_revocations(sim.org.ca, sim.org.root, sequence=1,
+                                                             issued_at=int(sim.wall(0.0)), serials=[cert.serial]))
+        original = sim.start_mesh
+
+        def start_mesh(agent):          # type: ignore[no-untyped-def]
+            mesh = original(agent)
+            if mesh is not None and agent.name != "d":
+                mesh.node.set_revocations(rl, sim.wall(agent.env.now))
+            return mesh
+        sim.start_mesh = start_mesh     # type: ignore[method-assign]
+    sim.run()
+    for s in "ab":
+        assert not any(p.startswith("d:") for p in _paths(sim, s)), (s, _paths(sim, s))
+        assert all(_up(sim, x) for x in "ab")
+    reasons = {"foreign": "wrong_organisation", "expired": "expired", "revoked-by-the-others": "revoked"}
+    counted = sum(sim.agents[s].mesh.node.gate.rejected[reasons[what]] for s in "ab"      # type: ignore[union-attr]
+                  if sim.agents[s].mesh is not None)
+    if what == "expired":
+        left = [e for s in "ab" for e in sim.agents[s].events if e["kind"] == "SiteLeft" and e["member"] == "d"]
+        assert {e["reason"] for e in left} == {"expired"} and len(left) == 2
+    else:
+        assert counted >= 1
+
+
+def test_the_shipped_mesh_scenarios_form_their_meshes(tmp_path: Path) -> None:
+    sc = load(ROOT / "scenarios" / "hierarchical-20.yaml")
+    sim = Simulation(sc, tmp_path, "auto")
+    sim.run()
+    for i in range(1, 9):
+        assert {p.split(":")[0] for p in _paths(sim, f"eu-{i}")} == {"eu-hub-2"}
+        assert {p.split(":")[0] for p in _paths(sim, f"us-{i}")} == {"us-hub-1"}
+    assert {p.split(":")[0] for p in _paths(sim, "eu-hub-2")} == {"us-hub-1", "us-hub-2"} | {f"eu-{i}" for i in
+                                                                                             range(1, 9)}
+    assert all(_up(sim, s.name) for s in sc.sites if s.name != "eu-hub-1")
