@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emulation.scenario.model import SIM_ONLY_KEYS, Scenario
+from emulation.scenario.model import SIM_ONLY_KEYS, AgentStart, AgentStop, Scenario, SiteJoin, SiteLeave
 
 PROBE_SECRET = "patronus-lab-probe-secret-0001"   # shared by every site of a test-bed run
 API_PORT = 8470                 # every test-bed agent's API (the agent's own default port too)
@@ -147,8 +147,8 @@ def expectations_doc(scenario: Scenario) -> list[dict[str, Any]]:
     out = []
     for e in scenario.expectations:
         d: dict[str, Any] = {"type": e.kind, "text": e.text}
-        for attr, key in (("flow", "flow"), ("max_s", "max"), ("max_packets", "max"), ("max_changes", "max"),
-                          ("min_ratio", "min"), ("min_changes", "min")):
+        for attr, key in (("flow", "flow"), ("site", "site"), ("max_s", "max"), ("max_packets", "max"),
+                          ("max_changes", "max"), ("min_ratio", "min"), ("min_changes", "min")):
             if hasattr(e, attr):
                 d[key] = getattr(e, attr)
         if hasattr(e, "link"):
@@ -181,3 +181,39 @@ def sla_targets_doc(scenario: Scenario) -> dict[str, dict[str, float]]:
         out.setdefault(f.traffic_class, {"latency_ms": t.latency_ms, "loss_pct": t.loss_pct, "jitter_ms": t.jitter_ms,
                                          "window_s": t.window_s})
     return out
+
+
+def mesh_doc(scenario: Scenario, start_s: float) -> dict[str, Any] | None:
+    """run.json's `mesh` (None without a `mesh:` section): what the measurement of join and convergence
+    times (`emulation.measure.meshtimes`) needs to know of the membership, the same for every backend.
+
+        {"topology": MeshTopology.as_dict(),
+         "sites": {name: {"uplinks": [uplink names, in order], "region": str | null}},
+         "changes": [{"at": scenario s, "live": [site names, sorted], "cause": "start"}, ...]}
+
+    `changes[0]` is at `start_s` (when the backend spawns the agents: the simulator's warm-up start,
+    negative) with cause "start" and the sites present at the start. Then one entry per timeline event
+    that changes who is live, in timeline order (simultaneous events: one entry each, same `at`), with
+    cause "site_join s4", "site_leave s2", "agent_stop s3" or "agent_start s3". A site is live while it
+    is in the mesh and its agent runs: a stopped agent is silent (its membership too), `agent_start`
+    (or a later `site_join`) puts it back. An agent_stop of a stopped agent and an agent_start of a
+    running one change nothing and have no entry."""
+    if scenario.mesh is None:
+        return None
+    inside = {s.name for s in scenario.sites if scenario.present_at_start(s.name)}
+    stopped: set[str] = set()
+    changes: list[dict[str, Any]] = [{"at": start_s, "live": sorted(inside), "cause": "start"}]
+    for ev in scenario.timeline:
+        if isinstance(ev, SiteJoin | SiteLeave):
+            (inside.add if isinstance(ev, SiteJoin) else inside.discard)(ev.site)
+            stopped.discard(ev.site)            # a joining site starts a fresh agent; a leaving one has none
+        elif isinstance(ev, AgentStop | AgentStart):
+            if (ev.site in stopped) == isinstance(ev, AgentStop):
+                continue                        # a no-op: the agent was already stopped / running
+            (stopped.add if isinstance(ev, AgentStop) else stopped.discard)(ev.site)
+        else:
+            continue
+        changes.append({"at": ev.at_s, "live": sorted(inside - stopped), "cause": f"{ev.action} {ev.site}"})
+    return {"topology": scenario.mesh.topology.as_dict(),
+            "sites": {s.name: {"uplinks": [u.name for u in s.uplinks], "region": s.region} for s in scenario.sites},
+            "changes": changes}

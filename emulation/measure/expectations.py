@@ -24,6 +24,11 @@ whole run). `value` is in the unit of the parameter it is compared with:
                             never declared Down fails it (value None if none was); none in scope fails.
   flow_stays      -         value: path changes of the flow in the window; passes at 0 (and, with
                             `path`, when every packet with a path took that one).
+  join_time       max (s)   value: the slowest of `site`'s joins of the mesh (meshtimes.join_times); None
+                            when one of them never completed, or the site never joined: a failure.
+  converged       max (s)   value: the slowest convergence of the mesh after its formation and each
+                            membership change (meshtimes.convergence); None when one never converged.
+The last two need run.json's `mesh` (a run of sites that discover each other); `site` is one of its sites.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import numpy as np
 from emulation.measure.errors import RawDataError
 from emulation.measure.flows import NS, FlowStats, arrivals, has_path_data, longest_gap, lost_between, path_runs
 from emulation.measure.ledger import Detection
+from emulation.measure.meshtimes import convergence, join_times, worst
 from emulation.measure.platform import NO_NOISE, Noise
 from emulation.measure.rundata import ClassTarget, FlowSpec, MonitorInfo, RunData, read_target
 from emulation.measure.sla import flow_samples, windows
@@ -73,7 +79,9 @@ class _Params:
 
 
 _REQUIRED = {"failover_gap": ("max",), "lost_packets": ("max",), "sla_compliance": ("min",),
-             "path_changes": ("max",), "detect_time": ("max",), "flow_stays": ("flow",)}
+             "path_changes": ("max",), "detect_time": ("max",), "flow_stays": ("flow",), "join_time": ("site", "max"),
+             "converged": ("max",)}
+_MESH_TYPES = ("join_time", "converged")
 
 
 def _params(run: RunData, i: int, e: Mapping[str, Any]) -> _Params:
@@ -117,7 +125,14 @@ def _params(run: RunData, i: int, e: Mapping[str, Any]) -> _Params:
     target = None
     if e.get("target") is not None:
         target = read_target(e["target"], val.join(p, "target"), errs)
-    out = _Params(flow=flow, link=name("link"), site=name("site"), path=name("path"), max=num("max"),
+    site = name("site")
+    mesh = run.run.mesh
+    if e["type"] in _MESH_TYPES and mesh is None:
+        errs.add(val.join(p, "type"), f"{e['type']} needs the mesh section of run.json (a run of sites that "
+                                      "discover each other)")
+    elif site is not None and mesh is not None and site not in mesh.sites:
+        errs.add(val.join(p, "site"), f"{val.show(site)} is not a site of this run's mesh")
+    out = _Params(flow=flow, link=name("link"), site=site, path=name("path"), max=num("max"),
                   min=num("min"), during=during, target=target)
     if errs:
         raise RawDataError([("raw/run.json", f"{path}: {reason}") for path, reason in errs.items])
@@ -194,7 +209,14 @@ def _judge(run: RunData, p: _Params, kind: str, stats: Mapping[str, FlowStats],
            detections: list[Detection]) -> tuple[float | int | None, bool]:
     value: float | int | None = None
     passed = False
-    if kind == "failover_gap":
+    if kind in _MESH_TYPES:
+        if kind == "join_time":
+            assert p.site is not None
+            value = worst(j.time_s for j in join_times(run, p.site))
+        else:
+            value = worst(c.time_s for c in convergence(run))
+        passed = value is not None and p.max is not None and value <= p.max
+    elif kind == "failover_gap":
         gaps = [g for g, _, _ in _gaps(run, p)]
         value = max(gaps) if gaps else None
         passed = value is not None and p.max is not None and value <= p.max

@@ -37,7 +37,10 @@ Details the analysis relies on:
     Failback from_path/to_path (and `policy`, matched against the flow's class when several slots move),
     SteeringApplied (optional `begun_at`: when the kernel transaction began; `at` is when it returned),
     SlaViolated/SlaRestored subject (and traffic_class); other kinds are kept and ignored. Runs written
-    before ProbeLost existed have none (the ledger then falls back on path_metrics.csv).
+    before ProbeLost existed have none (the ledger then falls back on path_metrics.csv). Mesh runs add
+    AgentStarted (a fresh agent: every path of its site gone), PathAdded and PathRemoved (path_id, remote).
+  * run.json `mesh` (optional: runs of a scenario with a `mesh:` section; `emulation.siteconf.mesh_doc`):
+    the topology, each site's uplinks and region, and the changes of the live membership (`MeshRun`).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ import pandas as pd
 from emulation import rawfiles
 from emulation.measure.errors import RawDataError
 from patronus.core import validate as val
+from patronus.core.mesh import MeshTopology
 from patronus.core.validate import show
 
 FLOW_TYPES = ("udp_cbr", "voip", "video", "tcp_bulk", "http")
@@ -64,7 +68,8 @@ IMPAIRMENT_BACKENDS = ("netem", "relay", "model")
 ACTIONS = ("impair", "cut", "restore", "clear", "flap", "ramp", "agent_stop", "agent_start")
 STATUSES = ("up", "degraded", "down")
 EXPECTATION_TYPES = ("failover_gap", "lost_packets", "sla_compliance", "path_changes", "detect_time",
-                     "flow_stays")
+                     "flow_stays", "join_time", "converged")
+MESH_CAUSES = ("site_join", "site_leave", "agent_stop", "agent_start")   # besides "start" (changes[0])
 
 # the columns of each file, as every producer writes them (emulation.rawfiles)
 TIMELINE_COLUMNS, PACKET_COLUMNS, PATH_METRIC_COLUMNS = rawfiles.TIMELINE_COLUMNS, rawfiles.PACKET_COLUMNS, \
@@ -80,6 +85,8 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     "SteeringApplied": (),
     "SlaViolated": ("subject",),
     "SlaRestored": ("subject",),
+    "PathAdded": ("path_id",),
+    "PathRemoved": ("path_id",),
 }
 # Times (wall seconds) some kinds carry besides `at`: (field, required)
 EVENT_TIMES: dict[str, tuple[tuple[str, bool], ...]] = {
@@ -201,6 +208,39 @@ class MonitorInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class MeshSite:
+    """A mesh site as run.json's `mesh.sites` gives it."""
+
+    uplinks: tuple[str, ...]          # in the scenario's order
+    region: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeshChange:
+    """A change of the live membership: from `at` (scenario s) on, `live` are the sites in the mesh whose
+    agent runs. `cause`: "start" (the first, when the agents are spawned) or "<action> <site>" with an
+    action of MESH_CAUSES."""
+
+    at: float
+    live: frozenset[str]
+    cause: str
+
+    @property
+    def site(self) -> str | None:
+        """The site the change is about (None for the start)."""
+        return self.cause.partition(" ")[2] or None
+
+
+@dataclass(frozen=True, slots=True)
+class MeshRun:
+    """run.json's `mesh`: a run of sites that discover each other (emulation.siteconf.mesh_doc)."""
+
+    topology: MeshTopology
+    sites: Mapping[str, MeshSite]
+    changes: tuple[MeshChange, ...]   # at least the start; `at` never goes back
+
+
+@dataclass(frozen=True, slots=True)
 class RunInfo:
     scenario: str
     backend: str
@@ -214,6 +254,7 @@ class RunInfo:
     sla_targets: Mapping[str, ClassTarget]
     expectations: tuple[Mapping[str, Any], ...]
     monitors: Mapping[str, MonitorInfo] = field(default_factory=dict)   # site → its probe timers
+    mesh: MeshRun | None = None       # sites that discover each other (optional)
 
     def flow(self, name: str) -> FlowSpec:
         for f in self.flows:
@@ -314,13 +355,14 @@ def _run_info(doc: object, e: val.Errors) -> RunInfo | None:
                 and val.field(m, "text", p, e, _str) is not None:
             expectations.append(m)
     monitors = _run_monitors(e, val.field(top, "monitors", "", e, val.mapping, optional=True) or {})
+    mesh = _run_mesh(e, top["mesh"]) if top.get("mesh") is not None else None
     if e.items:
         return None
     assert scenario is not None and backend is not None and imp is not None and seed is not None
     assert started_at is not None and t0 is not None and duration_s is not None
     return RunInfo(scenario=scenario, backend=backend, impairment_backend=imp, seed=seed, started_at=started_at,
                    t0=t0, duration_s=duration_s, flows=tuple(flows), links=links, sla_targets=targets,
-                   expectations=tuple(expectations), monitors=monitors)
+                   expectations=tuple(expectations), monitors=monitors, mesh=mesh)
 
 
 def _run_flows(e: val.Errors, raw: list[Any]) -> list[FlowSpec]:
@@ -391,6 +433,80 @@ def _run_monitors(e: val.Errors, raw: dict[str, Any]) -> dict[str, MonitorInfo]:
             continue
         monitors[str(site)] = MonitorInfo(interval, mult, window)
     return monitors
+
+
+def _run_mesh(e: val.Errors, raw: object) -> MeshRun | None:
+    m = val.mapping(raw, "mesh", e, ("topology", "sites", "changes"))
+    if m is None:
+        return None
+    n = len(e)
+    topology = val.field(m, "topology", "mesh", e, MeshTopology.read)
+    sites: dict[str, MeshSite] = {}
+    for name, s in (val.field(m, "sites", "mesh", e, val.mapping) or {}).items():
+        p = val.join("mesh.sites", name)
+        sm = val.mapping(s, p, e, ("uplinks", "region"))
+        if val.name(name, p, e, "site") is None or sm is None:
+            continue
+        ups = val.field(sm, "uplinks", p, e, val.items, "uplink names", nonempty=True) or []
+        good = [u for i, u in enumerate(ups) if val.name(u, val.item(val.join(p, "uplinks"), i), e, "uplink")]
+        if len(set(good)) != len(good):
+            e.add(val.join(p, "uplinks"), f"expected distinct uplink names, got {show(ups)}")
+        region = val.field(sm, "region", p, e, val.name, "region", optional=True)
+        sites[name] = MeshSite(tuple(good), region)
+    if topology is not None:
+        for h in (*topology.all_hubs, *topology.critical):
+            if h not in sites and m.get("sites") is not None:
+                e.add("mesh.topology", f"{h} is not a site of mesh.sites")
+    changes = _mesh_changes(e, val.field(m, "changes", "mesh", e, val.items, "changes", nonempty=True) or [],
+                            sites if m.get("sites") is not None else None)
+    if len(e) > n or topology is None:
+        return None
+    return MeshRun(topology=topology, sites=sites, changes=tuple(changes))
+
+
+def _mesh_changes(e: val.Errors, raw: list[Any], sites: Mapping[str, MeshSite] | None) -> list[MeshChange]:
+    """Each change, checked: times never go back, live sites are mesh sites, the first is the start and
+    each other one moves its site in or out of the live set as its cause says (or leaves it, for a
+    site_leave of a site whose agent was stopped)."""
+    out: list[MeshChange] = []
+    whole = True           # every change so far read: the next one is checked against the one before
+    for i, c in enumerate(raw):
+        p = val.item("mesh.changes", i)
+        cm = val.mapping(c, p, e, ("at", "live", "cause"))
+        if cm is None:
+            whole = False
+            continue
+        n = len(e)
+        at = val.field(cm, "at", p, e, val.number, what="a number of seconds")
+        live_raw = val.field(cm, "live", p, e, val.items, "site names") or []
+        live = frozenset(x for x in live_raw if isinstance(x, str))
+        unknown = sorted(live - set(sites)) if sites is not None else []
+        if len(live) != len(live_raw) or unknown:
+            e.add(val.join(p, "live"), f"expected names of mesh.sites, got {show(unknown or live_raw)}")
+        cause = val.field(cm, "cause", p, e, _str)
+        action, _, site = (cause or "").partition(" ")
+        if cause is None:
+            pass
+        elif (i == 0) != (cause == "start") or (i > 0 and (action not in MESH_CAUSES or
+                                                          (sites is not None and site not in sites))):
+            want = "start" if i == 0 else f"one of {', '.join(MESH_CAUSES)} and a site of mesh.sites"
+            e.add(val.join(p, "cause"), f"expected {want}, got {show(cause)}")
+        elif whole and out and at is not None and at < out[-1].at:
+            e.add(val.join(p, "at"), f"expected no earlier than the change before ({out[-1].at!r}), got {at!r}")
+        elif whole and out and len(e) == n and live != _after(out[-1].live, action, site):
+            e.add(val.join(p, "live"), f"{cause} does not turn {show(sorted(out[-1].live))} into "
+                                       f"{show(sorted(live))}")
+        if len(e) == n and at is not None and cause is not None:
+            out.append(MeshChange(at, live, cause))
+        else:
+            whole = False
+    return out
+
+
+def _after(live: frozenset[str], action: str, site: str) -> frozenset[str]:
+    if action in ("site_join", "agent_start"):
+        return live | {site}
+    return live - {site}
 
 
 # --- tables ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pandas as pd
 from emulation.measure.analysis import Analysis
 from emulation.measure.expectations import ExpectationResult
 from emulation.measure.ledger import STAGE_TITLES, STAGES
+from emulation.measure.meshtimes import mesh_times
 
 DASH = "–"
 
@@ -55,7 +56,7 @@ def expectation_value(e: ExpectationResult) -> str:
     v = e.value
     if v is None:
         return DASH
-    if e.type in ("failover_gap", "detect_time"):
+    if e.type in ("failover_gap", "detect_time", "join_time", "converged"):
         return num(float(v) * 1000.0, 1, "ms")
     if e.type == "sla_compliance":
         return num(float(v) * 100.0, 2, "%")
@@ -193,7 +194,37 @@ def timeline_table(a: Analysis) -> Table:
     return Table("Timeline", pd.DataFrame(rows, columns=["at (s)", "applied (s)", "action", "target", "params"]))
 
 
+def _names(sites: Any, most: int = 8) -> str:
+    names = sorted(sites)
+    shown = ", ".join(names[:most]) + (f" … ({len(names)} sites)" if len(names) > most else "")
+    return shown or DASH
+
+
+def mesh_table(a: Analysis) -> Table | None:
+    """The mesh's membership changes and how long it took to settle after each, and the sites' joins
+    (emulation.measure.meshtimes): runs with run.json's `mesh` only."""
+    mesh = a.run.run.mesh
+    if mesh is None:
+        return None
+    times = mesh_times(a.run)
+    named = {str(e.get("site")) for e in a.run.run.expectations if e.get("type") == "join_time"}
+    rows = []
+    for c in times.changes:
+        done = f"not converged: {_names(c.pending, 5)}" if c.time_s is None else num(c.time_s * 1000.0, 1, "ms")
+        rows.append({"at (s)": num(c.at, 3), "change": c.cause, "sites": _names(c.live), "converged": done})
+        for j in times.joins:
+            if j.index == c.index and (c.index > 0 or j.site in named):
+                rows.append({"at (s)": num(j.at, 3), "change": f"join {j.site}", "sites": j.site,
+                             "converged": "not joined" if j.time_s is None else num(j.time_s * 1000.0, 1, "ms")})
+    return Table("Mesh", pd.DataFrame(rows, columns=["at (s)", "change", "sites", "converged"]),
+                 note="Each change of the live membership (the start: when the agents were spawned), its live "
+                      "sites, and how long until every live site had exactly the paths the topology gives it, "
+                      "each Up (before the next change); a join row: how long the joining site took to have "
+                      "its own (the start's joins only for sites a join_time expectation names).")
+
+
 def all_tables(a: Analysis) -> list[Table]:
     pf = platform_table(a)
-    return [expectations_table(a), *([pf] if pf is not None else []), failover_table(a), sla_table(a),
-            flows_table(a), paths_table(a), timeline_table(a)]
+    mesh = mesh_table(a)
+    return [expectations_table(a), *([pf] if pf is not None else []), *([mesh] if mesh is not None else []),
+            failover_table(a), sla_table(a), flows_table(a), paths_table(a), timeline_table(a)]
