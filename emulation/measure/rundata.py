@@ -65,7 +65,7 @@ FLOW_TYPES = ("udp_cbr", "voip", "video", "tcp_bulk", "http")
 PACKET_FLOW_TYPES = ("udp_cbr", "voip", "video")
 BACKENDS = ("mininet", "sim")
 IMPAIRMENT_BACKENDS = ("netem", "relay", "model")
-ACTIONS = ("impair", "cut", "restore", "clear", "flap", "ramp", "agent_stop", "agent_start")
+ACTIONS = ("impair", "cut", "restore", "clear", "flap", "ramp", "agent_stop", "agent_start", "site_join", "site_leave")
 STATUSES = ("up", "degraded", "down")
 EXPECTATION_TYPES = ("failover_gap", "lost_packets", "sla_compliance", "path_changes", "detect_time",
                      "flow_stays", "join_time", "converged")

@@ -54,6 +54,7 @@ from emulation.scenario.model import Ramp, Scenario
 from emulation.scenario.timeline import AgentStep, LinkStep, MembershipStep, Step, schedule
 from emulation.siteconf import (
     API_PORT,
+    mesh_doc,
     site_document,
     uplink_addresses,
 )
@@ -419,9 +420,13 @@ class Simulation:
         sim = {"mode": self.mode, "warmup_s": self.warmup_s, "sample_period_s": self.sample_period_s,
                "steering_latency_s": self.options.steering_latency_s, "drain_s": self.drain_s(),
                "agent_startup_s": {name: a.startup_s for name, a in self.agents.items()}}
+        extra: dict[str, Any] = {"sim": sim}
+        mesh = mesh_doc(sc, -self.warmup_s)
+        if mesh is not None:
+            extra["mesh"] = mesh
         write_json(raw / "run.json", run_document(sc, backend="sim", impairment_backend="model",
                                                   started_at=T0 - SAMPLE_LEAD_S, t0=T0, flows=flows, links=links,
-                                                  sim=sim))
+                                                  **extra))
 
 
 def run_sim(scenario: Scenario, out: Path, *, mode: str = "auto", progress: Callable[[str], None] | None = None,
