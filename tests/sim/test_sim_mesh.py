@@ -148,3 +148,20 @@ def test_the_shipped_mesh_scenarios_form_their_meshes(tmp_path: Path) -> None:
     assert {p.split(":")[0] for p in _paths(sim, "eu-hub-2")} == {"us-hub-1", "us-hub-2"} | {f"eu-{i}" for i in
                                                                                              range(1, 9)}
     assert all(_up(sim, s.name) for s in sc.sites if s.name != "eu-hub-1")
+
+
+def test_mesh_join_passes_and_reports_its_join_and_convergence_times(tmp_path: Path) -> None:
+    import json
+
+    from emulation.backends.sim import run_sim
+
+    assert run_sim(load(ROOT / "scenarios" / "mesh-join.yaml"), tmp_path) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    join, converged = summary["expectations"][:2]          # the file's first two
+    assert join["text"].startswith("s11 joins the mesh") and converged["text"].startswith("the mesh converges")
+    values = {"join_time": join["value"], "converged": converged["value"]}
+    # s11's agent starts 0.7 s after its join; a join round trip, then 3 probes 100 ms apart bring its paths Up
+    assert 0.7 < values["join_time"] < 1.5, values
+    assert values["converged"] < 3.0, values
+    report = (tmp_path / "report.md").read_text()
+    assert "## Mesh" in report and "site_join s11" in report
