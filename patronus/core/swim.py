@@ -52,7 +52,8 @@ The rules, exactly (n = the members alive or suspect, this one included; "period
   replaces it) rides on its next outgoing messages as `updates`, least-sent first and newest among
   equals, as many as fit in `max_message_bytes`, each at most `retransmit_mult` × ceil(log10(n+1))
   times in all. Besides piggybacking on probes, a member with records pending sends a `Gossip` message
-  to `gossip_fanout` random alive members every `gossip_interval` (memberlist's gossip rounds: without
+  to `gossip_fanout` random members every `gossip_interval`, the suspect and the dead (until reaped)
+  included, so that a member suspected by mistake hears it (memberlist's gossip rounds: without
   them a record would move one message a period, too slow for a refutation to beat a 4-period
   suspicion timeout; 0 turns them off). A record too big for the budget of an empty message rides
   alone (over the budget, within the codec's `MAX_MESSAGE_BYTES`): set `max_message_bytes` above the
@@ -336,6 +337,11 @@ class _Table:
     def alive(self, but: str | None = None) -> list[str]:
         return [m.name for m in self.members.values() if m.status is Status.ALIVE and m.name != but]
 
+    def gossip_targets(self) -> list[str]:
+        """Whom gossip rounds go to: the alive, the suspect (so that they hear it and refute) and the dead
+        until reaped (so that one declared dead by mistake hears it and comes back), as in memberlist."""
+        return [m.name for m in self.members.values() if m.status is not Status.LEFT]
+
     def next_deadline(self) -> float | None:
         due = [h[0][0] for h in (self.suspicions, self.reaps) if h]
         return min(due, default=None)
@@ -532,7 +538,7 @@ class Swim:
                 self._send_state(out, self._table.members[peers[_below(self.rand, len(peers))]].addr, reply=False)
         if self._gossip_at is not None and now >= self._gossip_at:
             self._gossip_at = None
-            for name in _sample(self.rand, self._table.alive(), self.config.gossip_fanout):
+            for name in _sample(self.rand, self._table.gossip_targets(), self.config.gossip_fanout):
                 if self._gossip:
                     self._send(out, self._table.members[name].addr, Gossip(self.name))
         self._arm_gossip(now)
