@@ -94,6 +94,7 @@ class Net:
         self.events: list[tuple[float, str, MemberEvent]] = []    # (time, observer, event)
         self.sent: list[tuple[float, str, Send]] = []             # kept when `keep_sends`
         self.keep_sends = False
+        self.keep_event: Callable[[MemberEvent], bool] = lambda e: True
         self.messages = 0
         self.bytes = 0
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
@@ -131,7 +132,8 @@ class Net:
         node = self.nodes[name]
         for a in out:
             if isinstance(a, MemberEvent):
-                self.events.append((self.now, name, a))
+                if self.keep_event(a):
+                    self.events.append((self.now, name, a))
                 continue
             self.messages += 1
             self.bytes += a.size
