@@ -96,7 +96,7 @@ import enum
 import heapq
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final, Protocol, TypeAlias
 
@@ -526,7 +526,7 @@ class Swim:
             self._send_joins(out)
             self._join_at = now + self._join_backoff
         self._next_probe = now + self.rand.random() * self.config.probe_interval
-        if self.config.sync_interval:            # the first at a random point of the period, as memberlist
+        if self.config.sync_interval:            # at a random point of the period, as memberlist staggers it
             self._sync_at = now + self.rand.random() * self._sync_period()
         return out
 
@@ -552,11 +552,13 @@ class Swim:
         elif isinstance(msg, Sync):
             for u in msg.records:
                 self._apply(u, now, out)
-            if msg.reply:
+            if not msg.reply:
+                self._send_state(out, src, reply=True)
+            elif not self._joined:
                 self._joined = True
                 self._join_at = None
-            else:
-                self._send_state(out, src, reply=True)
+                if self.config.sync_interval:     # now the cluster's size is known: a random point of its period
+                    self._sync_at = now + self.rand.random() * self._sync_period()
         self._arm_gossip(now)
         return out
 
@@ -616,7 +618,7 @@ class Swim:
         self._arm_gossip(now)
         return out
 
-    def members(self) -> dict[str, MemberView]:
+    def members(self) -> Mapping[str, MemberView]:
         """The other members alive or suspect, by name."""
         return {n: m.view() for n, m in self._table.members.items() if m.status in _LIVE}
 

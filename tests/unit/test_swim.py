@@ -388,8 +388,11 @@ def test_no_loss_no_crash_means_no_suspicion_and_steady_gossip_is_small() -> Non
     net.run(120.0)
     assert net.converged()
     assert [e[2].kind for e in net.events] == [EventKind.JOINED] * (12 * 11)
+    assert all(node.cluster_size() == 12 for node in net.nodes.values())
     stats = net.nodes["s5"].stats
     assert stats["in.ping"] >= 100 and stats["out.ack"] == stats["in.ping"] and stats["bytes_out"] > 0
+    # push-pull every 30 s: about 4 requests of one part and as many answers in 120 s, never a storm
+    assert 2 <= stats["out.sync"] <= 20 and stats["out.gossip"] <= 60
 
 
 def test_settings_and_names_are_checked() -> None:
