@@ -3,7 +3,9 @@ tests/unit/test_swim.py (5-25 ms links, no loss; messages are not encoded here, 
 exactly by the core: `Send.size` == len(encode(msg)), which the tests check).
 
 For each size N: N members join through one seed (staggered over N × 20 ms), the run waits until every
-member counts N members, then measures 60 simulated seconds of steady state:
+member counts N members and no record is left to gossip (the joins' gossip has drained), then measures the
+steady state over 60 simulated seconds or one whole push-pull period if longer (90 s at N = 100, 180 s at
+N = 1,000: push-pull is the bulk of the bytes, and a shorter window would catch a phase of it):
 
 - swim_bytes_per_member_s (the figure, N = 1,000): bytes sent per member per second, all SWIM traffic
   (probes, acks, indirect probes, gossip rounds, push-pull), and the same split by message type;
@@ -49,23 +51,32 @@ def measure(n: int, seed: int = 1) -> dict[str, Any]:
     for i, name in enumerate(names):
         net.add(name, seeds=["s0"] if i else [], at=i * 0.02)
     t0 = time.perf_counter()
-    ready = net.run(n * 0.02 + 300.0, lambda: all(s.cluster_size() == n for s in net.nodes.values()), every=1.0)
+
+    def settled() -> bool:
+        return all(s.cluster_size() == n and not s.pending_broadcasts() for s in net.nodes.values())
+
+    ready = net.run(n * 0.02 + 600.0, settled, every=1.0)
     wall_join = time.perf_counter() - t0
     assert ready is not None, "the cluster never converged"
     start = net.now
 
-    # steady state
+    # steady state, over one whole push-pull period at least (each member syncs about once in it)
+    cfg = net.config
+    sync_period = cfg.sync_interval * (1 + math.ceil(math.log2(n / 32)) if n > 32 else 1)
+    window = max(STEADY_S, sync_period)
     before = {k: Counter(s.stats) for k, s in net.nodes.items()}
     msgs0, bytes0 = net.messages, net.bytes
     t0 = time.perf_counter()
-    net.run(start + STEADY_S)
+    net.run(start + window)
     wall_steady = time.perf_counter() - t0
-    per = n * STEADY_S
+    per = n * window
     by_type: Counter[str] = Counter()
+    by_bytes: Counter[str] = Counter()
     for k, s in net.nodes.items():
         diff = Counter(s.stats)
         diff.subtract(before[k])
         by_type.update({key[4:]: v for key, v in diff.items() if key.startswith("out.")})
+        by_bytes.update({key[10:]: v for key, v in diff.items() if key.startswith("bytes_out.")})
     steady_bytes = (net.bytes - bytes0) / per
     steady_msgs = (net.messages - msgs0) / per
     false_alarms = sum(1 for _, _, e in net.events if e.kind in (EventKind.SUSPECTED, EventKind.FAILED))
@@ -78,9 +89,18 @@ def measure(n: int, seed: int = 1) -> dict[str, Any]:
         crash_at[v] = net.now + 1.0 + 3.0 * i
         net.at(crash_at[v], lambda v=v: net.down.add(v))
     net.events.clear()
-    net.run(max(crash_at.values()) + detect_bound(n) + 1.0)
-    wall_crash = time.perf_counter() - t0
+    failed_count: Counter[str] = Counter()
+
+    def keep_crash(e: MemberEvent) -> bool:
+        if e.kind is EventKind.FAILED:
+            failed_count[e.name] += 1
+        return e.kind in (EventKind.FAILED, EventKind.SUSPECTED)
+
+    net.keep_event = keep_crash
     live = [s for s in names if s not in victims]
+    net.run(max(crash_at.values()) + detect_bound(n) + 1.0,
+            lambda: all(failed_count[v] >= len(live) for v in victims), every=0.5)
+    wall_crash = time.perf_counter() - t0
     detect, first = [], []
     for v in victims:
         failed = {o: t for t, o, e in reversed(net.events) if e.kind is EventKind.FAILED and e.name == v}
@@ -107,7 +127,8 @@ def measure(n: int, seed: int = 1) -> dict[str, Any]:
     seen_by_all = max(joined.values()) - join_at if len(joined) >= len(live) else None
 
     return {
-        "members": n, "bytes_per_member_s": round(steady_bytes, 1), "messages_per_member_s": round(steady_msgs, 2),
+        "members": n, "steady_window_s": window, "bytes_per_member_s": round(steady_bytes, 1),
+        "messages_per_member_s": round(steady_msgs, 2),
         "messages_per_member_s_by_type": {k: round(v / per, 3) for k, v in sorted(by_type.items())},
         "false_alarms_in_steady_state": false_alarms,
         "crash_detection_s": {"p50": round(statistics.median(detect), 2), "p95": round(_quantile(detect, 0.95), 2),
@@ -115,7 +136,8 @@ def measure(n: int, seed: int = 1) -> dict[str, Any]:
                               "bound": round(detect_bound(n), 1), "crashes": len(detect)},
         "new_joiner_seen_by_all_s": None if seen_by_all is None else round(seen_by_all, 2),
         "converged_after_join_s": round(ready, 1),
-        "wall_s": {"join": round(wall_join, 1), "steady_60s": round(wall_steady, 1), "crashes": round(wall_crash, 1),
+        "bytes_per_member_s_by_type": {k: round(v / per, 1) for k, v in sorted(by_bytes.items())},
+        "wall_s": {"join": round(wall_join, 1), "steady": round(wall_steady, 1), "crashes": round(wall_crash, 1),
                    "newcomer": round(wall_newcomer, 1)},
     }
 

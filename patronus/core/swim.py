@@ -133,6 +133,7 @@ _MIN_RECORD: Final = RECORD_FIXED + 2      # a record with one-character name an
 _MAX_SKIPPED: Final = 16
 _IN: Final = {t: f"in.{t.__name__.lower()}" for t in (Ping, Ack, PingReq, Join, Sync, Gossip)}
 _OUT: Final = {t: f"out.{t.__name__.lower()}" for t in (Ping, Ack, PingReq, Join, Sync, Gossip)}
+_BYTES_OUT: Final = {t: f"bytes_out.{t.__name__.lower()}" for t in (Ping, Ack, PingReq, Join, Sync, Gossip)}
 _GONE: Final = (Status.DEAD, Status.LEFT)
 
 
@@ -635,6 +636,10 @@ class Swim:
         """A seed (or any member) has answered with its state, or there was no seed."""
         return self._joined
 
+    def pending_broadcasts(self) -> int:
+        """How many records still wait to be gossiped (a driver may let them drain after `leave`)."""
+        return len(self._gossip)
+
     def cluster_size(self) -> int:
         """n: the members alive or suspect, this one included."""
         return self._table.live
@@ -693,6 +698,7 @@ class Swim:
 
     def _count_out(self, msg: Message, size: int) -> None:
         self.stats[_OUT[type(msg)]] += 1
+        self.stats[_BYTES_OUT[type(msg)]] += size
         self.stats["bytes_out"] += size
 
     def _arm_gossip(self, now: float) -> None:

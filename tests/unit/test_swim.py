@@ -280,6 +280,7 @@ def test_a_graceful_leave_is_seen_by_all_within_a_few_periods() -> None:
     assert done is not None and done - 31.0 <= gossip_bound(10), done
     assert not [e for e in net.events if e[2].kind is EventKind.FAILED]
     assert all(net.nodes[n].member("s4") is None for n in net.nodes if n != "s4")   # reaped
+    assert net.nodes["s4"].pending_broadcasts() == 0           # what a driver waits for before it exits
     left = net.nodes["s4"].member("s4")
     assert left is not None and left.status is Status.LEFT and left.payload == b"s4/2/left"
 
@@ -391,6 +392,7 @@ def test_no_loss_no_crash_means_no_suspicion_and_steady_gossip_is_small() -> Non
     assert all(node.cluster_size() == 12 for node in net.nodes.values())
     stats = net.nodes["s5"].stats
     assert stats["in.ping"] >= 100 and stats["out.ack"] == stats["in.ping"] and stats["bytes_out"] > 0
+    assert sum(v for k, v in stats.items() if k.startswith("bytes_out.")) == stats["bytes_out"]
     # push-pull every 30 s: about 4 requests of one part and as many answers in 120 s, never a storm
     assert 2 <= stats["out.sync"] <= 20 and stats["out.gossip"] <= 60
 
