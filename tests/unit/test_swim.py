@@ -51,6 +51,7 @@ from patronus.core.swimwire import (
     MAX_PAYLOAD,
     REASONS,
     Ack,
+    Gossip,
     Join,
     Message,
     Ping,
@@ -415,7 +416,7 @@ UPS = (Update(Status.ALIVE, "a", "10.0.0.1:7946", 3, b"pay"), Update(Status.SUSP
        Update(Status.DEAD, "c", "c", (1 << 64) - 1), Update(Status.LEFT, "d", "d:1", 9, b"x" * MAX_PAYLOAD))
 MESSAGES: list[Message] = [
     Ping(0, "a"), Ping((1 << 32) - 1, "abc", UPS), Ack(5, "z9", UPS[:1]), PingReq(1, "a", "b", "1.2.3.4:5", UPS[1:]),
-    Join("j", UPS[:1]), Sync("s", UPS, True), Sync("s", (), False, UPS[:2]),
+    Join("j", UPS[:1]), Sync("s", UPS, True), Sync("s", (), False, UPS[:2]), Gossip("g", UPS), Gossip("g"),
 ]
 
 
