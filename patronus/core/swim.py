@@ -62,7 +62,8 @@ The rules, exactly (n = the members alive or suspect, this one included; "period
   to `announce_fanout` random alive members.
 * **Push-pull.** Every `sync_interval` (× (1 + ceil(log2(n / 32))) beyond 32 members, as memberlist
   scales it; 0 turns it off) the member sends its whole state to one random alive member, which answers
-  with its own; records are merged by the precedence above. This repairs what lossy gossip missed.
+  with its own (only the request's first part has `reply` False: one request, one answer, however many
+  parts); records are merged by the precedence above. This repairs what lossy gossip missed.
 
 Events: `joined` (a new member, or a dead or departed one back at a higher incarnation), `updated` (an
 alive member's new incarnation and payload: a rotation or a refutation not preceded by a suspicion
@@ -710,7 +711,8 @@ class Swim:
             self._send_plain(out, seed, Join(self.name, (self._self_record(),)))
 
     def _send_state(self, out: Out, addr: str, *, reply: bool) -> None:
-        """Our whole state to `addr`, in as many Sync messages as `max_message_bytes` takes."""
+        """Our whole state to `addr`, in as many Sync messages as `max_message_bytes` takes (a request
+        asks for the receiver's state in its first part only: the others are marked `reply`)."""
         room = self.config.max_message_bytes - base_size(Sync(self.name, (), reply))
         part: list[Update] = []
         used = 0
@@ -718,7 +720,7 @@ class Swim:
             size = record_size(u)
             if part and used + size > room:
                 self._send_plain(out, addr, Sync(self.name, tuple(part), reply))
-                part, used = [], 0
+                part, used, reply = [], 0, True         # only a request's first part asks for an answer
             part.append(u)
             used += size
         self._send_plain(out, addr, Sync(self.name, tuple(part), reply))

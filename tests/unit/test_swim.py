@@ -383,6 +383,18 @@ def test_sync_is_split_within_max_message_bytes_and_carries_everything() -> None
     assert all(encoded_size(p) <= cfg.max_message_bytes for p in parts)
     assert {r.name for p in parts for r in p.records} == {f"s{i}" for i in range(25)} | {"late"}
     assert all(s.size <= cfg.max_message_bytes for _, _, s in net.sent)
+    assert [p.reply for p in parts] == [True] * len(parts)
+    # a push-pull request of many parts is answered once (in as many parts as the answerer's state takes)
+    net.sent.clear()
+    net.run(net.now + 400)                       # push-pull every 30 × 1 s (26 members: not scaled)
+    syncs = [(t, src, s.addr, s.msg) for t, src, s in net.sent if isinstance(s.msg, Sync)]
+    requests = [(t, src, dst) for t, src, dst, m in syncs if not m.reply]
+    assert len(requests) >= 26 * 10
+    for t, src, dst in requests:
+        asked = [m for t2, a, b, m in syncs if t2 == t and a == src and b == dst]
+        answer = [m for t2, a, b, m in syncs if t < t2 < t + 0.2 and a == name_of(dst) and b == addr_of(src)]
+        assert [m.reply for m in asked] == [False] + [True] * (len(asked) - 1) and len(asked) > 3
+        assert len(answer) == len(asked) and all(m.reply for m in answer)
 
 
 def test_no_loss_no_crash_means_no_suspicion_and_steady_gossip_is_small() -> None:
