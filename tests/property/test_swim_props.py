@@ -21,7 +21,7 @@ push-pull with a random member every 30 s repairs it: two sync periods (60 s) pl
 the gossip after them. Such misses are not rare: a record is sent `retransmit_limit` (8) times by each
 of the ~n members that learn it, to random members, so one member misses it with probability about
 (1 - 1/n)^(8n) ≈ e^-8, but there are n² (member, record) pairs in a join of n, so a run of 25 often has
-one, even with no loss. Measured over 200 runs (n 2-25, loss 0-10 %): at most 31 s.
+one, even with no loss. Measured over 200 runs (n 2-25, loss 0-10 %): at most 33 s.
 
 The crash bound holds whatever is lost: each member's own probes of the crashed member all go
 unanswered, so it suspects it within 2(N - 1) periods of the crash and declares it failed
