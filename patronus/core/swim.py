@@ -49,10 +49,12 @@ The rules, exactly (n = the members alive or suspect, this one included; "period
   one (which would otherwise let anyone bar a name that never joined); an unknown departed member's
   incarnation is remembered.
 * **Gossip.** Each change a member makes or learns (one pending record per member: a newer one
-  replaces it) rides on its next outgoing messages as `updates`, least-sent first and newest among
-  equals, as many as fit in `max_message_bytes`, each at most `retransmit_mult` × ceil(log10(n+1))
-  times in all. Besides piggybacking on probes, a member with records pending sends a `Gossip` message
-  to `gossip_fanout` random alive members every `gossip_interval` (memberlist's gossip rounds: without
+  replaces it) rides on its next outgoing messages as `updates`, least-sent first and the most
+  recently queued first among equals, as many as fit in `max_message_bytes`, each at most
+  `retransmit_mult` × ceil(log10(n+1)) times in all. Besides piggybacking on probes, a member with
+  records pending sends a `Gossip` message to `gossip_fanout` random members every `gossip_interval`,
+  the suspect and the dead (until reaped) included, so that a member suspected by mistake hears it
+  (memberlist's gossip rounds: without
   them a record would move one message a period, too slow for a refutation to beat a 4-period
   suspicion timeout; 0 turns them off). A record too big for the budget of an empty message rides
   alone (over the budget, within the codec's `MAX_MESSAGE_BYTES`): set `max_message_bytes` above the
@@ -60,7 +62,8 @@ The rules, exactly (n = the members alive or suspect, this one included; "period
   to `announce_fanout` random alive members.
 * **Push-pull.** Every `sync_interval` (× (1 + ceil(log2(n / 32))) beyond 32 members, as memberlist
   scales it; 0 turns it off) the member sends its whole state to one random alive member, which answers
-  with its own; records are merged by the precedence above. This repairs what lossy gossip missed.
+  with its own (only the request's first part has `reply` False: one request, one answer, however many
+  parts); records are merged by the precedence above. This repairs what lossy gossip missed.
 
 Events: `joined` (a new member, or a dead or departed one back at a higher incarnation), `updated` (an
 alive member's new incarnation and payload: a rotation or a refutation not preceded by a suspicion
@@ -94,7 +97,7 @@ import enum
 import heapq
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final, Protocol, TypeAlias
 
@@ -102,6 +105,7 @@ from patronus.core.swimwire import (
     MAX_ADDR,
     MAX_MESSAGE_BYTES,
     MAX_SEQ,
+    RECORD_FIXED,
     Ack,
     Gossip,
     Join,
@@ -126,6 +130,11 @@ __all__ = [
 ]
 
 _LIVE: Final = (Status.ALIVE, Status.SUSPECT)
+_MIN_RECORD: Final = RECORD_FIXED + 2      # a record with one-character name and address, no payload
+_MAX_SKIPPED: Final = 16
+_IN: Final = {t: f"in.{t.__name__.lower()}" for t in (Ping, Ack, PingReq, Join, Sync, Gossip)}
+_OUT: Final = {t: f"out.{t.__name__.lower()}" for t in (Ping, Ack, PingReq, Join, Sync, Gossip)}
+_BYTES_OUT: Final = {t: f"bytes_out.{t.__name__.lower()}" for t in (Ping, Ack, PingReq, Join, Sync, Gossip)}
 _GONE: Final = (Status.DEAD, Status.LEFT)
 
 
@@ -235,42 +244,56 @@ class _Member:
         return MemberView(self.name, self.addr, self.incarnation, self.payload, self.status)
 
 
-class _Pending:
-    __slots__ = ("order", "sent", "size", "update")
-
-    def __init__(self, update: Update, order: int) -> None:
-        self.update, self.order, self.sent, self.size = update, order, 0, record_size(update)
-
-
 class _Gossip:
-    """The pending broadcasts: one record per member, with how often it has been sent."""
+    """The pending broadcasts, one record per member, kept by how often each has been sent (a dict per
+    count, in the order records came in), so that a message takes the least-sent records, the most
+    recently queued first among equals, without sorting the queue."""
 
     def __init__(self) -> None:
-        self._q: dict[str, _Pending] = {}
-        self._order = 0
+        self._by_sent: list[dict[str, tuple[Update, int]]] = [{}]     # sent count → name → (record, size)
+        self._sent: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self._q)
+        return len(self._sent)
 
     def add(self, u: Update) -> None:
-        self._order += 1
-        self._q[u.name] = _Pending(u, self._order)
+        old = self._sent.pop(u.name, None)
+        if old is not None:
+            del self._by_sent[old][u.name]
+        self._by_sent[0][u.name] = (u, record_size(u))
+        self._sent[u.name] = 0
 
     def take(self, budget: int, limit: int) -> tuple[Update, ...]:
         """The records for one message with `budget` bytes for updates (see the header's Gossip rule)."""
-        if not self._q:
+        if not self._sent:
             return ()
+        chosen: list[tuple[str, int]] = []
         out: list[Update] = []
-        for e in sorted(self._q.values(), key=lambda e: (e.sent, -e.order)):
-            if e.size > budget and (out or budget < 0):
-                continue
-            out.append(e.update)
-            e.sent += 1
-            if e.sent >= limit:
-                del self._q[e.update.name]
-            budget -= e.size
-            if budget <= 0:
+        skipped = 0
+        for sent, bucket in enumerate(self._by_sent):
+            for name in reversed(bucket):
+                u, size = bucket[name]
+                if size > budget and out:
+                    skipped += 1            # too big for what is left: look at a few more, not at all
+                    if skipped > _MAX_SKIPPED:
+                        break
+                    continue
+                out.append(u)
+                chosen.append((name, sent))
+                budget -= size
+                if budget < _MIN_RECORD:
+                    break
+            if budget < _MIN_RECORD or skipped > _MAX_SKIPPED:
                 break
+        for name, sent in reversed(chosen):
+            entry = self._by_sent[sent].pop(name)
+            if sent + 1 >= limit:
+                del self._sent[name]
+                continue
+            if len(self._by_sent) <= sent + 1:
+                self._by_sent.append({})
+            self._by_sent[sent + 1][name] = entry
+            self._sent[name] = sent + 1
         return tuple(out)
 
 
@@ -320,6 +343,8 @@ class _Table:
     def __init__(self, config: SwimConfig, admit: Admit | None, stats: Counter[str], probe: _Prober) -> None:
         self.config, self.admit, self.stats, self.probe = config, admit, stats, probe
         self.members: dict[str, _Member] = {}
+        self.names: list[str] = []                     # the members' names, to draw from at random
+        self._index: dict[str, int] = {}
         self.live = 1                                 # n: alive or suspect, the local member included
         self.buried: dict[str, int] = {}              # reaped members' last incarnations, oldest first
         self.gossip = _Gossip()
@@ -333,8 +358,40 @@ class _Table:
     def retransmit_limit(self) -> int:
         return self.config.retransmit_mult * math.ceil(math.log10(self.live + 1))
 
-    def alive(self, but: str | None = None) -> list[str]:
-        return [m.name for m in self.members.values() if m.status is Status.ALIVE and m.name != but]
+    def pick(self, rand: Rand, k: int, gossip: bool = False, but: str | None = None) -> list[str]:
+        """Up to k distinct members at random: alive ones, or (`gossip`) the targets of gossip rounds: the
+        alive, the suspect (so that they hear it and refute) and the dead until reaped (so that one declared
+        dead by mistake hears it and comes back), as memberlist does. Draws at random first, and scans
+        the table only when that finds too few (so a round costs O(k), not O(n), in a large cluster)."""
+        names, members = self.names, self.members
+
+        def ok(name: str) -> bool:
+            m = members[name]
+            return name != but and (m.status is not Status.LEFT if gossip else m.status is Status.ALIVE)
+
+        out: list[str] = []
+        if len(names) > 4 * k:
+            for _ in range(4 * k):
+                name = names[_below(rand, len(names))]
+                if ok(name) and name not in out:
+                    out.append(name)
+                    if len(out) == k:
+                        return out
+        rest = [n for n in names if ok(n) and n not in out]
+        return out + _sample(rand, rest, k - len(out))
+
+    def insert(self, m: _Member) -> None:
+        self.members[m.name] = m
+        self._index[m.name] = len(self.names)
+        self.names.append(m.name)
+
+    def remove(self, name: str) -> None:
+        del self.members[name]
+        i = self._index.pop(name)
+        last = self.names.pop()
+        if last != name:
+            self.names[i] = last
+            self._index[last] = i
 
     def next_deadline(self) -> float | None:
         due = [h[0][0] for h in (self.suspicions, self.reaps) if h]
@@ -351,7 +408,7 @@ class _Table:
             _, name = heapq.heappop(self.reaps)
             m = self.members.get(name)
             if m is not None and m.status in _GONE and m.since + self.config.reap_s <= now:
-                del self.members[name]
+                self.remove(name)
                 self.bury(name, m.incarnation)
 
     def admitted(self, u: Update) -> bool:
@@ -420,7 +477,7 @@ class _Table:
             if not self.admitted(u):
                 return
             self.buried.pop(u.name, None)
-            self.members[u.name] = _Member(u, now)
+            self.insert(_Member(u, now))
             self.live += 1
             self.probe.insert(u.name)
             self.gossip.add(u)
@@ -471,8 +528,8 @@ class Swim:
             self._send_joins(out)
             self._join_at = now + self._join_backoff
         self._next_probe = now + self.rand.random() * self.config.probe_interval
-        if self.config.sync_interval:
-            self._sync_at = now + self._sync_period()
+        if self.config.sync_interval:            # at a random point of the period, as memberlist staggers it
+            self._sync_at = now + self.rand.random() * self._sync_period()
         return out
 
     def on_message(self, src: str, msg: Message, now: float) -> Out:
@@ -480,7 +537,7 @@ class Swim:
         out: Out = []
         if not self._started:
             return out
-        self.stats[f"in.{type(msg).__name__.lower()}"] += 1
+        self.stats[_IN[type(msg)]] += 1
         self.stats["bytes_in"] += encoded_size(msg)
         for u in msg.updates:
             self._apply(u, now, out)
@@ -497,11 +554,13 @@ class Swim:
         elif isinstance(msg, Sync):
             for u in msg.records:
                 self._apply(u, now, out)
-            if msg.reply:
+            if not msg.reply:
+                self._send_state(out, src, reply=True)
+            elif not self._joined:
                 self._joined = True
                 self._join_at = None
-            else:
-                self._send_state(out, src, reply=True)
+                if self.config.sync_interval:     # now the cluster's size is known: a random point of its period
+                    self._sync_at = now + self.rand.random() * self._sync_period()
         self._arm_gossip(now)
         return out
 
@@ -527,12 +586,11 @@ class Swim:
             self._probe_tick(now, out)
         if self._sync_at is not None and now >= self._sync_at:
             self._sync_at = now + self._sync_period()
-            peers = self._table.alive()
-            if peers:
-                self._send_state(out, self._table.members[peers[_below(self.rand, len(peers))]].addr, reply=False)
+            for name in self._table.pick(self.rand, 1):
+                self._send_state(out, self._table.members[name].addr, reply=False)
         if self._gossip_at is not None and now >= self._gossip_at:
             self._gossip_at = None
-            for name in _sample(self.rand, self._table.alive(), self.config.gossip_fanout):
+            for name in self._table.pick(self.rand, self.config.gossip_fanout, gossip=True):
                 if self._gossip:
                     self._send(out, self._table.members[name].addr, Gossip(self.name))
         self._arm_gossip(now)
@@ -562,7 +620,7 @@ class Swim:
         self._arm_gossip(now)
         return out
 
-    def members(self) -> dict[str, MemberView]:
+    def members(self) -> Mapping[str, MemberView]:
         """The other members alive or suspect, by name."""
         return {n: m.view() for n, m in self._table.members.items() if m.status in _LIVE}
 
@@ -578,6 +636,14 @@ class Swim:
     def joined(self) -> bool:
         """A seed (or any member) has answered with its state, or there was no seed."""
         return self._joined
+
+    def pending_broadcasts(self) -> int:
+        """How many records still wait to be gossiped (a driver may let them drain after `leave`)."""
+        return len(self._gossip)
+
+    def cluster_size(self) -> int:
+        """n: the members alive or suspect, this one included."""
+        return self._table.live
 
     def suspicion_timeout(self) -> float:
         return self._table.suspicion_timeout()
@@ -632,7 +698,8 @@ class Swim:
         out.append(Send(addr, msg, size))
 
     def _count_out(self, msg: Message, size: int) -> None:
-        self.stats[f"out.{type(msg).__name__.lower()}"] += 1
+        self.stats[_OUT[type(msg)]] += 1
+        self.stats[_BYTES_OUT[type(msg)]] += size
         self.stats["bytes_out"] += size
 
     def _arm_gossip(self, now: float) -> None:
@@ -644,7 +711,8 @@ class Swim:
             self._send_plain(out, seed, Join(self.name, (self._self_record(),)))
 
     def _send_state(self, out: Out, addr: str, *, reply: bool) -> None:
-        """Our whole state to `addr`, in as many Sync messages as `max_message_bytes` takes."""
+        """Our whole state to `addr`, in as many Sync messages as `max_message_bytes` takes (a request
+        asks for the receiver's state in its first part only: the others are marked `reply`)."""
         room = self.config.max_message_bytes - base_size(Sync(self.name, (), reply))
         part: list[Update] = []
         used = 0
@@ -652,7 +720,7 @@ class Swim:
             size = record_size(u)
             if part and used + size > room:
                 self._send_plain(out, addr, Sync(self.name, tuple(part), reply))
-                part, used = [], 0
+                part, used, reply = [], 0, True         # only a request's first part asks for an answer
             part.append(u)
             used += size
         self._send_plain(out, addr, Sync(self.name, tuple(part), reply))
@@ -660,7 +728,7 @@ class Swim:
     def _announce(self, out: Out) -> None:
         """Send this member's new record now to `announce_fanout` random alive members."""
         me = (self._self_record(),)
-        for name in _sample(self.rand, self._table.alive(), self.config.announce_fanout):
+        for name in self._table.pick(self.rand, self.config.announce_fanout):
             self._send_plain(out, self._table.members[name].addr, Gossip(self.name, me))
 
     def _sync_period(self) -> float:
@@ -705,5 +773,5 @@ class Swim:
         if probe.acked or probe.target is None or probe.target not in members:
             return
         target = members[probe.target]
-        for name in _sample(self.rand, self._table.alive(but=target.name), self.config.indirect_probes):
+        for name in self._table.pick(self.rand, self.config.indirect_probes, but=target.name):
             self._send(out, members[name].addr, PingReq(probe.seq, self.name, target.name, target.addr))

@@ -54,9 +54,9 @@ from patronus.core.errors import PeerError
 from patronus.core.validate import NAME_RE
 
 __all__ = [
-    "FORMAT_VERSION", "MAX_ADDR", "MAX_MESSAGE_BYTES", "MAX_PAYLOAD", "REASONS", "Ack", "Gossip", "Join", "Message",
-    "Ping", "PingReq", "Reason", "Status", "SwimError", "Sync", "Update", "base_size", "decode", "encode",
-    "encoded_size", "record_size",
+    "FORMAT_VERSION", "MAX_ADDR", "MAX_MESSAGE_BYTES", "MAX_PAYLOAD", "REASONS", "RECORD_FIXED", "Ack", "Gossip",
+    "Join", "Message", "Ping", "PingReq", "Reason", "Status", "SwimError", "Sync", "Update", "base_size", "decode",
+    "encode", "encoded_size", "record_size",
 ]
 
 Reason = Literal["malformed", "unsupported_version", "too_large"]

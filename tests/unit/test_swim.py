@@ -51,6 +51,7 @@ from patronus.core.swimwire import (
     MAX_PAYLOAD,
     REASONS,
     Ack,
+    Gossip,
     Join,
     Message,
     Ping,
@@ -94,6 +95,7 @@ class Net:
         self.events: list[tuple[float, str, MemberEvent]] = []    # (time, observer, event)
         self.sent: list[tuple[float, str, Send]] = []             # kept when `keep_sends`
         self.keep_sends = False
+        self.keep_event: Callable[[MemberEvent], bool] = lambda e: True
         self.messages = 0
         self.bytes = 0
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
@@ -131,7 +133,8 @@ class Net:
         node = self.nodes[name]
         for a in out:
             if isinstance(a, MemberEvent):
-                self.events.append((self.now, name, a))
+                if self.keep_event(a):
+                    self.events.append((self.now, name, a))
                 continue
             self.messages += 1
             self.bytes += a.size
@@ -278,6 +281,7 @@ def test_a_graceful_leave_is_seen_by_all_within_a_few_periods() -> None:
     assert done is not None and done - 31.0 <= gossip_bound(10), done
     assert not [e for e in net.events if e[2].kind is EventKind.FAILED]
     assert all(net.nodes[n].member("s4") is None for n in net.nodes if n != "s4")   # reaped
+    assert net.nodes["s4"].pending_broadcasts() == 0           # what a driver waits for before it exits
     left = net.nodes["s4"].member("s4")
     assert left is not None and left.status is Status.LEFT and left.payload == b"s4/2/left"
 
@@ -379,6 +383,18 @@ def test_sync_is_split_within_max_message_bytes_and_carries_everything() -> None
     assert all(encoded_size(p) <= cfg.max_message_bytes for p in parts)
     assert {r.name for p in parts for r in p.records} == {f"s{i}" for i in range(25)} | {"late"}
     assert all(s.size <= cfg.max_message_bytes for _, _, s in net.sent)
+    assert [p.reply for p in parts] == [True] * len(parts)
+    # a push-pull request of many parts is answered once (in as many parts as the answerer's state takes)
+    net.sent.clear()
+    net.run(net.now + 400)                       # push-pull every 30 × 1 s (26 members: not scaled)
+    syncs = [(t, src, s.addr, s.msg) for t, src, s in net.sent if isinstance(s.msg, Sync)]
+    requests = [(t, src, dst) for t, src, dst, m in syncs if not m.reply]
+    assert len(requests) >= 26 * 10
+    for t, src, dst in requests:
+        asked = [m for t2, a, b, m in syncs if t2 == t and a == src and b == dst]
+        answer = [m for t2, a, b, m in syncs if t < t2 < t + 0.2 and a == name_of(dst) and b == addr_of(src)]
+        assert [m.reply for m in asked] == [False] + [True] * (len(asked) - 1) and len(asked) > 3
+        assert len(answer) == len(asked) and all(m.reply for m in answer)
 
 
 def test_no_loss_no_crash_means_no_suspicion_and_steady_gossip_is_small() -> None:
@@ -386,8 +402,12 @@ def test_no_loss_no_crash_means_no_suspicion_and_steady_gossip_is_small() -> Non
     net.run(120.0)
     assert net.converged()
     assert [e[2].kind for e in net.events] == [EventKind.JOINED] * (12 * 11)
+    assert all(node.cluster_size() == 12 for node in net.nodes.values())
     stats = net.nodes["s5"].stats
     assert stats["in.ping"] >= 100 and stats["out.ack"] == stats["in.ping"] and stats["bytes_out"] > 0
+    assert sum(v for k, v in stats.items() if k.startswith("bytes_out.")) == stats["bytes_out"]
+    # push-pull every 30 s: about 4 requests of one part and as many answers in 120 s, never a storm
+    assert 2 <= stats["out.sync"] <= 20 and stats["out.gossip"] <= 60
 
 
 def test_settings_and_names_are_checked() -> None:
@@ -408,7 +428,7 @@ UPS = (Update(Status.ALIVE, "a", "10.0.0.1:7946", 3, b"pay"), Update(Status.SUSP
        Update(Status.DEAD, "c", "c", (1 << 64) - 1), Update(Status.LEFT, "d", "d:1", 9, b"x" * MAX_PAYLOAD))
 MESSAGES: list[Message] = [
     Ping(0, "a"), Ping((1 << 32) - 1, "abc", UPS), Ack(5, "z9", UPS[:1]), PingReq(1, "a", "b", "1.2.3.4:5", UPS[1:]),
-    Join("j", UPS[:1]), Sync("s", UPS, True), Sync("s", (), False, UPS[:2]),
+    Join("j", UPS[:1]), Sync("s", UPS, True), Sync("s", (), False, UPS[:2]), Gossip("g", UPS), Gossip("g"),
 ]
 
 
