@@ -11,7 +11,7 @@ pytestmark = pytest.mark.unit
 
 CORE = Path(__file__).resolve().parents[2] / "patronus" / "core"
 ALLOWED = {
-    "__future__", "abc", "bisect", "collections", "dataclasses", "difflib", "enum", "fractions", "functools", "hashlib",
+    "__future__", "abc", "base64", "bisect", "collections", "dataclasses", "difflib", "enum", "fractions", "functools", "hashlib",
     "heapq", "hmac", "ipaddress", "itertools", "math", "operator", "re", "statistics", "struct", "typing", "zlib",
     # Allowed as a pure dependency: signature computation and verification (patronus/core/identity.py, and
     # issue 15's signed announcements), bytes in and bytes out, no I/O, no clock, no randomness drawn by the core.
