@@ -25,12 +25,14 @@ import base64
 import hashlib
 import ipaddress
 import random
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from emulation.backends.sim.network import FROM_CORE, IPV4_BYTES, TO_CORE, UDP_BYTES, SimPath
+from emulation.backends.sim.clock import SimEnvironment
+from emulation.backends.sim.network import FROM_CORE, IPV4_BYTES, TO_CORE, UDP_BYTES, Network, SimPath
+from emulation.backends.sim.traffic import SimFlow
 from emulation.scenario.model import Mesh, Scenario
 from emulation.siteconf import uplink_addresses
 from patronus.core import identity as ident
@@ -38,10 +40,33 @@ from patronus.core.announce import Announcement, Endpoint
 from patronus.core.events import Event
 from patronus.core.meshnode import MeshIdentity, MeshNode, MeshOptions, Output, PeerChanged, PeerDown, PeerUp, Transmit
 from patronus.core.model import EndpointId, Path, PathId, SiteId
+from patronus.core.runtime import SiteRuntime
 from patronus.core.swim import SwimConfig
 
-if TYPE_CHECKING:
-    from emulation.backends.sim.agent import SimAgent
+
+class _World(Protocol):
+    @property
+    def net(self) -> Network: ...
+    @property
+    def agents(self) -> Mapping[str, _Agent]: ...
+    def wall(self, t: float) -> float: ...
+
+
+class _Agent(Protocol):
+    """What the mesh drives of a `SimAgent` (agent.py imports this module: a protocol, not the class)."""
+
+    name: str
+    generation: int
+    runtime: SiteRuntime | None
+    paths: dict[PathId, SimPath]
+    flows: list[SimFlow]
+
+    @property
+    def sim(self) -> _World: ...
+    @property
+    def env(self) -> SimEnvironment: ...
+    def pump_now(self, now: float) -> None: ...
+    def mesh_datagram(self, src: str, data: bytes) -> None: ...
 
 MESH_PORT = 51900
 DAY = 86_400
@@ -94,7 +119,7 @@ class SimMesh:
     """One running agent's mesh node and what it drives (see the module's header). Made at each start of
     the agent (a new process, a new node), dropped at its stop."""
 
-    def __init__(self, agent: SimAgent, scenario: Scenario, identity: MeshIdentity, options: MeshOptions,
+    def __init__(self, agent: _Agent, scenario: Scenario, identity: MeshIdentity, options: MeshOptions,
                  publish: Callable[[Event], None]) -> None:
         self.agent = agent
         self.sim = agent.sim
