@@ -35,7 +35,9 @@ A datagram is verified with the key of the sender's announcement: the one held, 
 (admitted through the gate first). A site attaches its announcement to everything it sends for
 `introduce_s` after its announcement changes (start, refutation, rotation, leave) and after it is asked
 "who are you?", so that a member that has not heard of it yet (gossip takes a few periods) can still
-check its pings. Refused datagrams are counted in `rejected` by reason, before any state changes:
+check its pings. "Who are you?" goes to the datagram's source at most once every `WHO_EVERY_S` (5 s): it
+carries our announcement, ~460 bytes, in answer to what may be a spoofed datagram, so it must not amplify
+a flood. Refused datagrams are counted in `rejected` by reason, before any state changes:
 
   ================  ===================================================================
   rate_limited      the transport source sent more than `rate_per_s` (burst `burst`)
@@ -103,6 +105,7 @@ _FLAG_ATTACHED: Final = 0x01
 _HEADER = struct.Struct("!4sBBBHQ")         # magic, version, kind, flags, sender, rl_seq
 SIG_LEN: Final = 64
 CERT_CHECK_S: Final = 1.0          # how often held certificates are checked for expiry
+WHO_EVERY_S: Final = 5.0           # at most one "who are you?" per source this often
 REASONS: Final = ("rate_limited", "malformed", "unsupported_ver", "unknown_sender", "bad_signature", "wrong_sender")
 REGION_PREFIX: Final = "region-"
 
@@ -196,6 +199,9 @@ class MeshNode:
                 raise ConfigError(f"the revocation list is refused: {exc}", "mesh.revocations") from None
             self._rl_bytes = bytes(revocations)
         self.limiter = RateLimiter(options.rate_per_s, options.burst, options.max_sources)
+        # "who are you?" carries our announcement (~460 bytes) in answer to a datagram from a source that may
+        # be spoofed: at most one per source every WHO_EVERY_S, so it cannot be used to amplify a flood
+        self._who = RateLimiter(1.0 / WHO_EVERY_S, 1, options.max_sources)
         self.rejected: Counter[str] = Counter()
         self._wg_key, self._endpoints, self._prefixes = wg_key, tuple(endpoints), tuple(prefixes)
         caps = set(capabilities) | ({REGION_PREFIX + region} if region else set())
@@ -402,7 +408,7 @@ class MeshNode:
                 self._introduce_to = {k: v for k, v in self._introduce_to.items() if v > now}
             self._introduce_to[a.site_name] = now + self._introduce_s
         if a is None:
-            if kind != KIND_WHO:
+            if kind != KIND_WHO and self._who.take(src, now):
                 out.append(Transmit(src, self._seal(KIND_WHO, b"", src, attach=True)))
             return "unknown_sender"
         try:

@@ -14,7 +14,7 @@ from patronus.core.announce import Endpoint
 from patronus.core.errors import ConfigError
 from patronus.core.events import KeyRotated, SiteJoined, SiteLeft, SiteSuspected
 from patronus.core.mesh import Kind, MeshTopology
-from patronus.core.meshnode import MeshIdentity, MeshNode
+from patronus.core.meshnode import MeshIdentity, MeshNode, Transmit
 from patronus.core.swim import SwimConfig
 from patronus.core.swimwire import Ping, Status, Update, encode
 from tests.unit.meshlab import T0, MeshLab, Org, prefix_of, wg_key
@@ -193,3 +193,23 @@ def test_a_site_with_a_bad_identity_is_refused_when_it_starts() -> None:
     with pytest.raises(ConfigError) as err:
         MeshNode(root_as_site, lab.options, wg_key=wg_key(9, 0), endpoints=[], prefixes=[], rand=random.Random(1))
     assert err.value.errors[0][0] == "mesh.certificate"
+
+
+def test_an_unknown_source_gets_at_most_one_who_are_you_every_five_seconds() -> None:
+    """The answer to an unknown sender carries our announcement: it must not amplify a spoofed flood."""
+    lab = MeshLab(swim=FAST)
+    ten(lab, 2)
+    lab.run_for(1.0)
+    stranger = Org("evil", seed=3)
+    lab.add("x", 60, identity=stranger.identity("x", 60))     # not of the organisation: never held by s1
+    lab.run_for(0.5)
+    ping = lab.sites["x"].node
+    ping._now = lab.now                                       # sealing takes the node's clock
+    data = ping._seal(1, encode(Ping(seq=1, sender="x")), "s1", attach=False)
+    node = lab.sites["s1"].node
+    answers = [o for i in range(100) for o in node.on_datagram("198.51.100.7:9", data, lab.now + i * 0.01)
+               if isinstance(o, Transmit)]
+    assert len(answers) == 1 and len(answers[0].data) > 400          # one, with our announcement
+    later = node.on_datagram("198.51.100.7:9", data, lab.now + 5.1)     # 5 s after the first, and a bit
+    assert len([o for o in later if isinstance(o, Transmit)]) == 1
+    assert node.rejected["unknown_sender"] >= 101
