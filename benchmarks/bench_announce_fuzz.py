@@ -34,24 +34,15 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from benchmarks.bench_identity_fuzz import DAY, NOW, _key, _net, roots
 from benchmarks.bench_identity_fuzz import mutants as byte_mutants
 from benchmarks.common import best_rate, write
 from patronus.core import announce as an
 from patronus.core import identity as ident
 
 N_INPUTS = 100_000
-NOW = 1_800_000_000
-DAY = 86_400
 STEP_S = 0.01                 # the gate's clock advances this much per input
 HOT = "10.9.9.9:862"          # one sender in four inputs: 25 a second against a rate of 20
-
-
-def _key(n: int) -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.from_private_bytes(bytes([n]) * 32)
-
-
-def _net(text: str) -> ident.IPNetwork:
-    return ipaddress.ip_network(text)
 
 
 def _ep(uplink: str, address: str, port: int) -> an.Endpoint:
@@ -89,13 +80,7 @@ class Corpus:
 def corpus() -> Corpus:
     """A deterministic organisation (keys from fixed seeds) and announcements of its sites, each seed, intact and
     admitted in order, giving one outcome (accepted, leaving, revoked, expired, ...; the mutants give the rest)."""
-    ca, other = _key(1), _key(2)
-    root = ident.self_sign_root(ca, "acme", [_net("10.0.0.0/8"), _net("fd00::/8")], not_before=NOW - 100 * DAY,
-                                not_after=NOW + 3650 * DAY, serial=1)
-    wider = ident.self_sign_root(ca, "acme", [_net("10.0.0.0/8"), _net("172.16.0.0/12"), _net("fd00::/8")],
-                                 not_before=NOW - 200 * DAY, not_after=NOW + 3650 * DAY, serial=3)
-    other_root = ident.self_sign_root(other, "acme", [_net("0.0.0.0/0")], not_before=NOW - DAY,
-                                      not_after=NOW + DAY, serial=2)
+    ca, other, root, wider, other_root = roots()
 
     def cert(sid: int, prefixes: list[str], nb: int = NOW - DAY, na: int = NOW + 365 * DAY,
              key: Ed25519PrivateKey = ca, r: ident.Certificate = root) -> bytes:

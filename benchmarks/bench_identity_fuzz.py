@@ -41,6 +41,19 @@ def _net(text: str) -> ident.IPNetwork:
     return ipaddress.ip_network(text)
 
 
+def roots() -> tuple[Ed25519PrivateKey, Ed25519PrivateKey, ident.Certificate, ident.Certificate, ident.Certificate]:
+    """The organisation's CA key, another organisation's, the root, the same key's earlier root with a wider
+    prefix (what it signed is outside today's root), and the other organisation's root."""
+    ca, other = _key(1), _key(2)
+    root = ident.self_sign_root(ca, "acme", [_net("10.0.0.0/8"), _net("fd00::/8")], not_before=NOW - 100 * DAY,
+                                not_after=NOW + 3650 * DAY, serial=1)
+    wider = ident.self_sign_root(ca, "acme", [_net("10.0.0.0/8"), _net("172.16.0.0/12"), _net("fd00::/8")],
+                                 not_before=NOW - 200 * DAY, not_after=NOW + 3650 * DAY, serial=3)
+    other_root = ident.self_sign_root(other, "acme", [_net("0.0.0.0/0")], not_before=NOW - DAY,
+                                      not_after=NOW + DAY, serial=2)
+    return ca, other, root, wider, other_root
+
+
 @dataclass(frozen=True)
 class Corpus:
     root: ident.Certificate
@@ -63,14 +76,7 @@ def corpus() -> Corpus:
     """A deterministic organisation (keys from fixed seeds), its certificates and lists, and another one's.
 
     Each seed, intact, gives one outcome: ok, stale, revoked, expired, ... (the mutants give the rest)."""
-    ca, other = _key(1), _key(2)
-    root = ident.self_sign_root(ca, "acme", [_net("10.0.0.0/8"), _net("fd00::/8")], not_before=NOW - 100 * DAY,
-                                not_after=NOW + 3650 * DAY, serial=1)
-    # the same key's earlier root, with a wider prefix: what it signed is outside today's root
-    wider = ident.self_sign_root(ca, "acme", [_net("10.0.0.0/8"), _net("172.16.0.0/12"), _net("fd00::/8")],
-                                 not_before=NOW - 200 * DAY, not_after=NOW + 3650 * DAY, serial=3)
-    other_root = ident.self_sign_root(other, "acme", [_net("0.0.0.0/0")], not_before=NOW - DAY,
-                                      not_after=NOW + DAY, serial=2)
+    ca, other, root, wider, other_root = roots()
 
     def site(key: Ed25519PrivateKey, r: ident.Certificate, sid: int, prefixes: list[str], nb: int, na: int,
              serial: int) -> bytes:

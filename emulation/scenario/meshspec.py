@@ -105,9 +105,10 @@ def _timers(raw: object, errs: val.Errors) -> MeshTimers | None:
 
 
 def check_membership(mesh: Mesh | None, timeline: list[TimelineEvent], paths: Mapping[int, str],
-                     errs: val.Errors) -> None:
+                     errs: val.Errors, *, mesh_given: bool) -> None:
     """The timeline's membership rules (see the module's header). `paths`: each event's index in the timeline
-    (by `id()`) → its path in the document."""
+    (by `id()`) → its path in the document. `mesh_given`: the document has a `mesh:` section (`mesh` is None
+    when it has errors of its own: the timeline is still checked against it)."""
     first: dict[str, TimelineEvent] = {}
     for ev in timeline:
         if isinstance(ev, SiteJoin | SiteLeave):
@@ -117,7 +118,7 @@ def check_membership(mesh: Mesh | None, timeline: list[TimelineEvent], paths: Ma
         if not isinstance(ev, AgentEvent):
             continue
         where = paths.get(id(ev), "timeline")
-        if isinstance(ev, SiteJoin | SiteLeave) and mesh is None:
+        if isinstance(ev, SiteJoin | SiteLeave) and not mesh_given:
             errs.add(f"{where}.action", f"{ev.action} needs a mesh: section (sites that discover each other)")
             continue
         inside = present.get(ev.site, True)

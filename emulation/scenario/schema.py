@@ -217,7 +217,7 @@ def from_dict(doc: object, source: str = "") -> Scenario:
     mesh = read_mesh(top.get("mesh"), errs, decls, core, top.get("core") is not None)
     flow_decls = _flows(top.get("traffic"), errs, decls, core, duration)
     timeline, interrupted, where = _timeline(top.get("timeline"), errs, decls, duration)
-    check_membership(mesh, timeline, where, errs)
+    check_membership(mesh, timeline, where, errs, mesh_given=top.get("mesh") is not None)
     expectations = _expectations(top.get("expectations"), errs, decls, flow_decls, interrupted, duration,
                                  mesh_given=top.get("mesh") is not None)
     sites = [d.site for d in decls.values() if d.site is not None]

@@ -111,7 +111,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from patronus.core import identity as ident
-from patronus.core.errors import ConfigError, PeerError, show
+from patronus.core.errors import ConfigError, RefusedError, show
 from patronus.core.identity import (
     KEY_LEN,
     MAX_SEQUENCE,
@@ -167,16 +167,8 @@ MAX_ANNOUNCEMENT_BYTES: Final = (_FIXED + ident.MAX_CERT_BYTES + MAX_ENDPOINTS *
 MIN_ANNOUNCEMENT_BYTES: Final = _FIXED + MIN_CERT_BYTES
 
 
-class AnnounceError(PeerError):
+class AnnounceError(RefusedError[Reason]):
     """An announcement that does not decode: `reason` (one of `REASONS`) says why, `detail` says where."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        self.reason: Reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
-
-    def __reduce__(self) -> tuple[type[AnnounceError], tuple[Reason, str]]:
-        return type(self), (self.reason, self.detail)      # picklable, e.g. across a process boundary
 
 
 @dataclass(frozen=True)

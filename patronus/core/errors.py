@@ -7,7 +7,10 @@ Every message names the field and the reason.
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 MAX_SHOWN = 60     # characters of a value that a message may show
+R = TypeVar("R", bound=str)        # a decoder's reasons (a Literal of its REASONS)
 
 
 def show(value: object, limit: int = MAX_SHOWN) -> str:
@@ -78,3 +81,18 @@ class ConfigError(PatronusError):
 
 class PeerError(PatronusError):
     """Bad input from the network."""
+
+
+class RefusedError(PeerError, Generic[R]):
+    """Raw bytes from the network refused by a decoder or verifier: `reason` (a short word from the
+    decoder's own `REASONS`, what callers count refusals by) says why, `detail` says where. The base of
+    `IdentityError`, `AnnounceError` and `SwimError`; picklable (e.g. across a process boundary)."""
+
+    def __init__(self, reason: R, detail: str) -> None:
+        self.reason: R = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+    def __reduce__(self) -> tuple[type[RefusedError[R]], tuple[R, str]]:
+        return type(self), (self.reason, self.detail)
+

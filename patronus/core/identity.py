@@ -103,7 +103,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from patronus.core.errors import ConfigError, PeerError, show
+from patronus.core.errors import ConfigError, RefusedError, show
 from patronus.core.validate import NAME_RE
 
 __all__ = [
@@ -147,16 +147,8 @@ MAX_CERT_BYTES: Final = (_HEADER + 1 + SERIAL_LEN + 8 + 8 + FP_LEN + 1 + 63 + 2 
 MAX_REVOCATIONS_BYTES: Final = _HEADER + FP_LEN + 1 + 63 + 8 + 8 + 2 + MAX_REVOKED * SERIAL_LEN + SIG_LEN
 
 
-class IdentityError(PeerError):
+class IdentityError(RefusedError[Reason]):
     """A certificate or revocation list refused: `reason` (one of `REASONS`) says why, `detail` says where."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        self.reason: Reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
-
-    def __reduce__(self) -> tuple[type[IdentityError], tuple[Reason, str]]:
-        return type(self), (self.reason, self.detail)      # picklable, e.g. across a process boundary
 
 
 @dataclass(frozen=True)

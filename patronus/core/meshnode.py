@@ -245,7 +245,7 @@ class MeshNode:
         reason = self._receive(src, data, now, out)
         if reason is not None:
             self.rejected[reason] += 1
-        return self._finish_outputs(out, now)
+        return self._finish_outputs(out)
 
     def on_timer(self, now: float) -> list[Output]:
         self._now = now
@@ -258,7 +258,7 @@ class MeshNode:
             gone = [n for n, sid in self._names.items()
                     if (a := self.gate.held(sid)) is not None and not (a.cert.valid_at(t) and root.valid_at(t))]
             self._drop(gone, "expired", now, out)
-        return self._finish_outputs(out, now)
+        return self._finish_outputs(out)
 
     def next_deadline(self) -> float | None:
         due = [t for t in (self.swim.next_deadline(), self._refresh_at, self._check_at if self._names else None)
@@ -290,7 +290,7 @@ class MeshNode:
         self._rl_bytes = bytes(data)
         out: list[Output] = []
         self._revoked(dropped, now, out)
-        return self._finish_outputs(out, now)
+        return self._finish_outputs(out)
 
     # -- queries -----------------------------------------------------------------------------------------
 
@@ -487,9 +487,9 @@ class MeshNode:
         return out
 
     def _finish(self, actions: Iterable[Send | MemberEvent], now: float) -> list[Output]:
-        return self._finish_outputs(self._wrap(actions, now), now)
+        return self._finish_outputs(self._wrap(actions, now))
 
-    def _finish_outputs(self, out: list[Output], now: float) -> list[Output]:
+    def _finish_outputs(self, out: list[Output]) -> list[Output]:
         if self._pending:
             out = [*self._pending, *out]
             self._pending = []

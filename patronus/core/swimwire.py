@@ -50,7 +50,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias, get_args
 
-from patronus.core.errors import PeerError
+from patronus.core.errors import RefusedError
 from patronus.core.validate import NAME_RE
 
 __all__ = [
@@ -74,16 +74,8 @@ _HEADER: Final = len(MAGIC) + 2
 _REPLY: Final = 0x01
 
 
-class SwimError(PeerError):
+class SwimError(RefusedError[Reason]):
     """A message refused: `reason` (one of `REASONS`) says why, `detail` says where."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        self.reason: Reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
-
-    def __reduce__(self) -> tuple[type[SwimError], tuple[Reason, str]]:
-        return type(self), (self.reason, self.detail)
 
 
 class Status(enum.IntEnum):

@@ -113,3 +113,13 @@ def test_membership_actions_and_expectations_need_a_mesh_section() -> None:
     assert "needs a mesh: section" in errs["timeline[1].action"]
     assert "needs a mesh: section" in errs["expectations[0].join_time"]
     assert "needs a mesh: section" in errs["expectations[1].converged"]
+
+
+def test_a_mesh_section_with_errors_of_its_own_still_has_its_timeline_checked() -> None:
+    doc = mesh_doc()
+    doc["mesh"]["seeds"] = ["s1", "s12"]
+    doc["timeline"].append({"at": "10s", "action": "agent_stop", "site": "s4"})
+    errs = errors(doc)
+    assert "not a site" in errs["mesh.seeds[1]"]
+    assert "its agent is not there" in errs["timeline[2].site"]
+    assert "timeline[0].action" not in errs          # the section is there: no "needs a mesh: section"

@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from emulation.backends.sim.clock import SimEnvironment
 from emulation.backends.sim.meshdrive import SimMesh
-from emulation.backends.sim.network import FROM_CORE, PROBE_WIRE_BYTES, TO_CORE, Network, SimOptions, SimPath
+from emulation.backends.sim.network import PROBE_WIRE_BYTES, Network, SimOptions, SimPath
 from emulation.backends.sim.traffic import SimFlow
 from patronus.agent.config import SiteConfig
 from patronus.core.events import AgentStarted, Event
@@ -112,11 +112,7 @@ class SimAgent:
         net = sim.net
         self.paths: dict[PathId, SimPath] = {}
         for p in cfg.paths:
-            local = f"{cfg.name}.{p.uplink.name}"
-            remote = f"{p.remote}.{p.endpoint.uplink}"
-            self.paths[p.id] = SimPath(p.id, p.remote, p.uplink.name, p.endpoint.uplink,
-                                       net.hops((local, TO_CORE), (remote, FROM_CORE)),
-                                       net.hops((remote, TO_CORE), (local, FROM_CORE)))
+            self.paths[p.id] = net.path(p.id, cfg.name, p.uplink.name, p.remote, p.endpoint.uplink)
         self.mesh: SimMesh | None = None         # the running agent's mesh node (scenarios with a mesh)
         self.flows: list[SimFlow] = []          # flows sent from this site
         self.events: list[dict[str, Any]] = []  # published, in order

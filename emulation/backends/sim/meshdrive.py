@@ -78,6 +78,11 @@ def _seeded_key(*parts: object) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(raw)
 
 
+def _path_id(remote: str, uplink: str, remote_uplink: str) -> PathId:
+    """The agent's path id (`patronus.agent.config`): `remote:uplink-remote_uplink`."""
+    return PathId(f"{remote}:{uplink}-{remote_uplink}")
+
+
 def mesh_options(mesh: Mesh) -> MeshOptions:
     t = mesh.timers
     swim = SwimConfig(probe_interval=t.probe_interval_s, probe_timeout=t.probe_timeout_s,
@@ -181,7 +186,7 @@ class SimMesh:
             net.send(hops, len(data) + DATAGRAM_OVERHEAD, target.mesh_datagram, self.agent.name, data)
 
     def _paths_of(self, remote: str, a: Announcement) -> set[PathId]:
-        return {PathId(f"{remote}:{u.name}-{e.uplink}") for u in self.site.uplinks for e in a.endpoints}
+        return {_path_id(remote, u.name, e.uplink) for u in self.site.uplinks for e in a.endpoints}
 
     def _add(self, remote: str, a: Announcement, now: float) -> None:
         agent = self.agent
@@ -192,12 +197,9 @@ class SimMesh:
         paths: list[Path] = []
         for up in self.site.uplinks:
             for e in a.endpoints:
-                pid = PathId(f"{remote}:{up.name}-{e.uplink}")
-                local, far = f"{agent.name}.{up.name}", f"{remote}.{e.uplink}"
+                pid = _path_id(remote, up.name, e.uplink)
                 if pid not in agent.paths:
-                    agent.paths[pid] = SimPath(pid, remote, up.name, e.uplink,
-                                               net.hops((local, TO_CORE), (far, FROM_CORE)),
-                                               net.hops((far, TO_CORE), (local, FROM_CORE)))
+                    agent.paths[pid] = net.path(pid, agent.name, up.name, remote, e.uplink)
                 bw = up.bandwidth_bps / 1e6 if up.bandwidth_bps else None
                 paths.append(Path(id=pid, src_site=SiteId(agent.name), dst_site=SiteId(remote),
                                   src_endpoint=EndpointId(f"{agent.name}:{up.name}"),

@@ -105,6 +105,12 @@ class Network:
         self.settings[link] = settings
         self.history[link].append((now, settings))
 
+    def path(self, path_id: PathId, site: str, uplink: str, remote: str, remote_uplink: str) -> SimPath:
+        """A path of `site` from its `uplink` to `remote`'s `remote_uplink`, with its hops both ways."""
+        local, far = f"{site}.{uplink}", f"{remote}.{remote_uplink}"
+        return SimPath(path_id, remote, uplink, remote_uplink, self.hops((local, TO_CORE), (far, FROM_CORE)),
+                       self.hops((far, TO_CORE), (local, FROM_CORE)))
+
     def send(self, hops: Hops, size: int, arrive: Callable[..., None], *args: Any) -> None:
         """A packet of `size` bytes (on the wire) enters the first hop now; `arrive(*args)` is called
         when it leaves the last one, not at all if a hop drops it."""
