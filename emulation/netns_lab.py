@@ -78,6 +78,7 @@ class TwoSiteLab:
     site_ids: tuple[int, int] | None = None
     sites: dict[str, SiteInfo] = field(default_factory=dict)
     namespaces: list[str] = field(default_factory=list)
+    static_remotes: bool = True          # False: the site files list no remote (mesh discovery finds them)
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -219,7 +220,8 @@ class TwoSiteLab:
                                bandwidth_bps=100e6 if up == "isp1" else 1e9) for up in UPLINKS]
         remote = RemoteEntry(other.name, other.id, public_key(other.private_key), (other.lan_prefix,),
                              tuple((up, other.uplinks[up][0]) for up in UPLINKS))
-        return site_file(name, me.id, [me.lan_prefix], uplinks, [remote], agents_dir=self.workdir,
+        return site_file(name, me.id, [me.lan_prefix], uplinks, [remote] if self.static_remotes else [],
+                         agents_dir=self.workdir,
                          api_listen=f"{me.mgmt_ip}:{API_PORT}", token=TOKEN, probe_secret=SECRET,
                          lan_interfaces=["lan0"], state_dir=self.state_dir(name),
                          settings={"monitor": "fast", "router": {"failback_hold": "3s", "failover_cooldown": "1s"},

@@ -22,7 +22,6 @@ then. The rules checked here, each reported under its path:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from emulation.scenario.fmt import fmt_duration
 from emulation.scenario.model import (
@@ -37,12 +36,10 @@ from emulation.scenario.model import (
 )
 from patronus.core import validate as val
 from patronus.core.mesh import MeshTopology
+from patronus.core.swim import read_timers
 from patronus.core.validate import show
 
 _KNOWN_MESH = {"topology", "seeds", "timers"}
-_TIMERS = {"probe_interval": "probe_interval_s", "probe_timeout": "probe_timeout_s", "suspicion_mult": "suspicion_mult",
-           "sync_interval": "sync_interval_s", "join_interval": "join_interval_s"}
-MAX_TIMER_S = 3600.0
 
 
 def read_mesh(raw: object, errs: val.Errors, sites: Iterable[str], core: Core, core_given: bool) -> Mesh | None:
@@ -78,30 +75,8 @@ def read_mesh(raw: object, errs: val.Errors, sites: Iterable[str], core: Core, c
 
 
 def _timers(raw: object, errs: val.Errors) -> MeshTimers | None:
-    if raw is None:
-        return MeshTimers()
-    m = val.mapping(raw, "mesh.timers", errs, set(_TIMERS))
-    if m is None:
-        return None
-    n = len(errs)
-    kw: dict[str, Any] = {}
-    for key, attr in _TIMERS.items():
-        if m.get(key) is None:
-            continue
-        path = f"mesh.timers.{key}"
-        if key == "suspicion_mult":
-            v = val.number(m[key], path, errs, 0.5, 100.0)
-        else:
-            v = val.duration(m[key], path, errs, positive=True, at_most=MAX_TIMER_S)
-        if v is not None:
-            kw[attr] = float(v)
-    t = MeshTimers(**kw) if len(errs) == n else None
-    if t is not None and not t.probe_timeout_s < t.probe_interval_s:
-        errs.add("mesh.timers.probe_timeout", f"must be shorter than probe_interval "
-                                              f"({fmt_duration(t.probe_interval_s)}), "
-                                              f"got {fmt_duration(t.probe_timeout_s)}")
-        return None
-    return t
+    got = read_timers(raw, "mesh.timers", errs)
+    return None if got is None else MeshTimers(**{f"{k}_s" if k != "suspicion_mult" else k: v for k, v in got.items()})
 
 
 def check_membership(mesh: Mesh | None, timeline: list[TimelineEvent], paths: Mapping[int, str],

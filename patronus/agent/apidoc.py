@@ -254,6 +254,23 @@ class TopologyNode(_Open):
     id: str
     kind: Literal["local", "remote"]
     prefixes: list[str]
+    learned: bool = Field(False, description="a remote found by mesh discovery (not in the site file)")
+
+
+class MeshMember(_Open):
+    site: str
+    site_id: int
+    peer: bool = Field(description="the topology says this site peers with it (it has paths to it)")
+    endpoints: list[str]
+
+
+class MeshState(_Open):
+    members: list[MeshMember]
+    rejected: dict[str, int] = Field(description="membership datagrams refused, by reason")
+    refused_announcements: dict[str, int] = Field(description="announcements refused, by reason")
+    revocations: int = Field(0, description="the sequence of the revocation list held (0: none)")
+    sent: int
+    send_errors: int
 
 
 class TopologyLink(_Open):
@@ -271,6 +288,7 @@ class TopologyLink(_Open):
 class Topology(_Open):
     nodes: list[TopologyNode]
     links: list[TopologyLink]
+    mesh: MeshState | None = Field(None, description="with a `mesh:` section: the mesh as this site sees it")
 
 
 class FlowRow(_Open):

@@ -22,6 +22,7 @@ Derived, deterministic values (both ends of a path compute the same ones from th
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -31,12 +32,14 @@ from typing import Any
 
 from patronus import safeyaml
 from patronus.core.errors import ConfigError
+from patronus.core.mesh import MeshTopology
 from patronus.core.model import EndpointId, Path, PathId, SiteId
 from patronus.core.monitor import MonitorProfile
 from patronus.core.policy import RoutingPolicy
 from patronus.core.router import RouterConfig
 from patronus.core.settings import read_policies, read_router
 from patronus.core.sla import SlaTarget
+from patronus.core.swim import SwimConfig, read_timers
 from patronus.core.validate import (
     MAX_TEXT,
     Errors,
@@ -60,6 +63,8 @@ from patronus.core.validate import (
 SCHEMA_VERSION = 1
 MAX_UPLINKS = 4
 MAX_PATHS = 250
+MAX_REMOTES = 250                # a remote's number is one byte of a slot mark
+MESH_PORT = 51900
 STEERING_MODES = ("nftables", "none", "bpf")
 WG_BACKENDS = ("auto", "kernel", "userspace")
 
@@ -108,6 +113,8 @@ class RemoteConfig:
     prefixes: tuple[str, ...]
     endpoints: tuple[EndpointConfig, ...]
     probe_secret: bytes | None  # overrides the site-wide probe secret for this pair
+    number: int = 0             # the remote's number in the kernel's marks (stable while it is a remote)
+    learned: bool = False       # found by mesh discovery (not written in the site file)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +137,21 @@ class PathPlan:
     @property
     def table(self) -> int:
         return PATH_TABLE_BASE + self.number
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSettings:
+    """The site file's `mesh:` section: this site discovers its remotes (see `patronus.agent.meshdrive`)."""
+
+    certificate: FsPath          # this site's certificate (`patronus ca sign-site`)
+    signing_key: FsPath          # its Ed25519 signing key (`patronus keys signing`), mode 0600
+    root: FsPath                 # the organisation's root certificate
+    revocations: FsPath | None   # a revocation list to start from (newer ones spread by gossip)
+    port: int                    # the UDP port of the membership datagrams, on every uplink address
+    seeds: tuple[tuple[str, int], ...]      # (address, port) of sites to ask first; none: the first site
+    topology: MeshTopology
+    swim: SwimConfig
+    region: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +188,8 @@ class SiteConfig:
     bandwidth_rate_mbps: float
     pmtu: bool
     paths: tuple[PathPlan, ...] = field(default=())
+    mesh: MeshSettings | None = None
+    if_prefix: str = "pt"
 
     def remote(self, name: str) -> RemoteConfig:
         for r in self.remotes:
@@ -254,7 +278,7 @@ def _path_setting(m: Mapping[str, Any], key: str, fld: str, errs: Errors, defaul
 
 
 _TOP = ("version", "site", "uplinks", "remotes", "wireguard", "probe", "monitor", "policies", "router", "sla", "api",
-        "database", "state_dir", "metrics_interval", "steering", "bandwidth_test", "pmtu")
+        "database", "state_dir", "metrics_interval", "steering", "bandwidth_test", "pmtu", "mesh")
 
 
 def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
@@ -271,7 +295,8 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
     remotes = _remotes_section(top, site_name, sid, errs)
     _check_overlaps(lan, remotes, errs)
     wg = _wireguard_section(top, site_name, errs)
-    probe_port, probe_auth, probe_secret, probe_rt = _probe_section(top, remotes, errs)
+    mesh = _mesh_section(top.get("mesh"), errs)
+    probe_port, probe_auth, probe_secret, probe_rt = _probe_section(top, remotes, errs, mesh is not None)
     monitor = errs.attempt(MonitorProfile.from_config, top.get("monitor", "default"), "monitor")
     policies = read_policies(top.get("policies"), "policies", errs)
     router = read_router(top.get("router"), "router", errs)
@@ -299,7 +324,7 @@ def from_dict(doc: object, source: str = "<site file>") -> SiteConfig:
         sla=sla, api_listen=listen, api_token=token, api_token_file=token_file, database=database,
         state_dir=state_dir, metrics_interval_s=metrics_interval, steering=str(steering),
         bandwidth_interval_s=bw_interval, bandwidth_duration_s=bw_duration, bandwidth_rate_mbps=bw_rate,
-        pmtu=pmtu, paths=tuple(plans))
+        pmtu=pmtu, paths=tuple(plans), mesh=mesh, if_prefix=wg.prefix)
 
 
 def _site_section(top: Mapping[str, Any], errs: Errors) -> tuple[str, int, tuple[str, ...], list[str]]:
@@ -360,7 +385,9 @@ def _uplink(u: object, i: int, errs: Errors) -> UplinkConfig:
 
 def _remotes_section(top: Mapping[str, Any], own_name: str, sid: int, errs: Errors) -> list[RemoteConfig]:
     raw_rem = items(top.get("remotes") or [], "remotes", errs, "remote sites") or []
-    remotes = [_remote(r, item("remotes", i), errs) for i, r in enumerate(raw_rem)]
+    remotes = [dataclasses.replace(_remote(r, item("remotes", i), errs), number=i + 1) for i, r in enumerate(raw_rem)]
+    if len(remotes) > MAX_REMOTES:
+        errs.add("remotes", f"at most {MAX_REMOTES} remote sites, got {len(remotes)}")
     for what, own, why in (("name", own_name, "this site's own name"), ("id", sid, "this site's own id")):
         seen: dict[object, int] = {}
         for i, rm in enumerate(remotes):
@@ -448,7 +475,7 @@ def _wireguard_section(top: Mapping[str, Any], site_name: str, errs: Errors) -> 
 
 
 def _probe_section(top: Mapping[str, Any], remotes: list[RemoteConfig],
-                   errs: Errors) -> tuple[int, bool, bytes | None, int]:
+                   errs: Errors, mesh: bool = False) -> tuple[int, bool, bytes | None, int]:
     """`probe`: (port, authenticated, shared secret, real-time priority)."""
     probe = mapping(top.get("probe"), "probe", errs, ("port", "auth", "secret", "secret_file", "realtime_priority"),
                     none_ok=True) or {}
@@ -458,8 +485,8 @@ def _probe_section(top: Mapping[str, Any], remotes: list[RemoteConfig],
     auth = boolean(probe.get("auth", True), "probe.auth", errs)
     auth = True if auth is None else auth
     secret = _secret(probe, "probe", errs)
-    if auth and secret is None and "secret" not in probe and "secret_file" not in probe and remotes \
-            and any(r.probe_secret is None for r in remotes):
+    if auth and secret is None and "secret" not in probe and "secret_file" not in probe and (mesh or remotes) \
+            and (mesh or any(r.probe_secret is None for r in remotes)):
         errs.add("probe.secret", "authenticated probing (probe.auth: true, the default) needs a shared secret "
                                  "(probe.secret or probe.secret_file, the same at every site)")
     return port, auth, secret, rt
@@ -512,22 +539,124 @@ def _path_plans(remotes: list[RemoteConfig], uplinks: list[UplinkConfig], sid: i
                   for rm in remotes for up in uplinks for ep in rm.endpoints), key=lambda t: t[0])
     if len(ids) > MAX_PATHS:
         errs.add("remotes", f"{len(ids)} paths (uplinks × remote endpoints); at most {MAX_PATHS}")
-    plans: list[PathPlan] = []
-    for n, (pid, rm, up, ep) in enumerate(ids, start=1):
-        listen_port = port_base + rm.id * 16 + up.number * 4 + ep.uplink_no
-        peer_port = port_base + sid * 16 + ep.uplink_no * 4 + up.number
-        for what, v in (("listen", listen_port), ("peer", peer_port)):
-            if v > 65535:
-                errs.add("wireguard.port_base", f"path {pid}: {what} port {v} exceeds 65535; lower port_base "
-                                                f"or use smaller site ids")
-        if listen_port == probe_port:
-            errs.add("probe.port", f"collides with the WireGuard port of path {pid}")
-        plans.append(PathPlan(number=n, id=PathId(pid), remote=rm.name, uplink=up, endpoint=ep,
-                              ifname=f"{if_prefix}{sid}p{n}", listen_port=listen_port, peer_port=peer_port))
+    plans = [_path_plan(n, rm, up, ep, sid, port_base, probe_port, errs, if_prefix)
+             for n, (_pid, rm, up, ep) in enumerate(ids, start=1)]
     if plans and len(plans[-1].ifname) > 15:
         errs.add("wireguard.interface_prefix", f"the tunnel names ({plans[-1].ifname}) would exceed 15 characters: "
                                                "a shorter prefix, or a smaller site id")
     return plans
+
+
+def _path_plan(n: int, rm: RemoteConfig, up: UplinkConfig, ep: EndpointConfig, sid: int, port_base: int,
+               probe_port: int, errs: Errors, if_prefix: str) -> PathPlan:
+    pid = f"{rm.name}:{up.name}-{ep.uplink}"
+    listen_port = port_base + rm.id * 16 + up.number * 4 + ep.uplink_no
+    peer_port = port_base + sid * 16 + ep.uplink_no * 4 + up.number
+    for what, v in (("listen", listen_port), ("peer", peer_port)):
+        if v > 65535:
+            errs.add("wireguard.port_base", f"path {pid}: {what} port {v} exceeds 65535; lower port_base "
+                                            f"or use smaller site ids")
+    if listen_port == probe_port:
+        errs.add("probe.port", f"collides with the WireGuard port of path {pid}")
+    return PathPlan(number=n, id=PathId(pid), remote=rm.name, uplink=up, endpoint=ep,
+                    ifname=f"{if_prefix}{sid}p{n}", listen_port=listen_port, peer_port=peer_port)
+
+
+def with_remotes(cfg: SiteConfig, learned: Sequence[RemoteConfig]) -> SiteConfig:
+    """`cfg` with `learned` (mesh discovery's remotes) in place of the ones it learned before; the site
+    file's remotes stay. Numbers are stable: a remote or path that stays keeps its number (its marks,
+    its tunnel's name), a new one takes the lowest free. ConfigError (nothing changed) when a learned
+    remote clashes with this site or another remote, or the numbers or ports run out."""
+    errs = Errors()
+    static = [r for r in cfg.remotes if not r.learned]
+    taken = {r.name for r in static} | {cfg.name}
+    ids = {r.id for r in static} | {cfg.id}
+    kept = {p.id: p.number for p in cfg.paths}
+    remote_nos = {r.name: r.number for r in cfg.remotes}
+    used_r = {r.number for r in static}
+    out = list(static)
+    for i, rm in enumerate(learned):
+        f = item("learned", i)
+        if rm.name in taken or rm.id in ids:
+            errs.add(f, f"site {rm.name} (id {rm.id}) is this site, a remote of the site file or learned twice")
+            continue
+        taken.add(rm.name)
+        ids.add(rm.id)
+        no = remote_nos.get(rm.name)
+        if no is None or no in used_r:
+            no = next((n for n in range(1, MAX_REMOTES + 1) if n not in used_r and n not in remote_nos.values()), None)
+            no = no or next((n for n in range(1, MAX_REMOTES + 1) if n not in used_r), 0)
+        if not no:
+            errs.add(f, f"more than {MAX_REMOTES} remotes")
+            continue
+        used_r.add(no)
+        out.append(dataclasses.replace(rm, number=no, learned=True))
+    _check_overlaps(cfg.lan_prefixes, out, errs)
+    wanted = sorted(((f"{rm.name}:{up.name}-{ep.uplink}", rm, up, ep)
+                     for rm in out for up in cfg.uplinks for ep in rm.endpoints), key=lambda t: t[0])
+    used_p = {kept[PathId(pid)] for pid, *_ in wanted if PathId(pid) in kept}
+    free = (n for n in range(1, MAX_PATHS + 1) if n not in used_p)
+    plans = []
+    for pid, rm, up, ep in wanted:
+        n = kept.get(PathId(pid)) or next(free, 0)
+        if not n:
+            errs.add("learned", f"more than {MAX_PATHS} paths")
+            break
+        plans.append(_path_plan(n, rm, up, ep, cfg.id, cfg.wg_port_base, cfg.probe_port, errs, cfg.if_prefix))
+    errs.check()
+    return dataclasses.replace(cfg, remotes=tuple(out), paths=tuple(plans))
+
+
+def _split_seed(x: object, port: int) -> tuple[str | None, int | None]:
+    """"10.0.0.1:51900", "10.0.0.1", "[fd00::1]:51900" or "fd00::1" (the port defaulting to `port`)."""
+    if not isinstance(x, str) or len(x) > 64:
+        return None, None
+    host, rest = x, ""
+    if x.startswith("["):
+        host, sep, rest = x[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            return None, None
+        rest = rest[1:]
+    elif x.count(":") == 1:
+        host, rest = x.split(":")
+    if not rest:
+        return host, port
+    return host, int(rest) if rest.isdigit() and len(rest) <= 5 else None
+_MESH_KEYS = ("certificate", "signing_key", "root", "revocations", "port", "seeds", "topology", "timers", "region")
+
+
+def _mesh_section(raw: object, errs: Errors) -> MeshSettings | None:
+    """`mesh:` (None without one, or after recording its errors)."""
+    if raw is None:
+        return None
+    m = mapping(raw, "mesh", errs, _MESH_KEYS, ("certificate", "signing_key", "root"))
+    if m is None:
+        return None
+    n = len(errs)
+    files = {k: file_path(m[k], f"mesh.{k}", errs) for k in ("certificate", "signing_key", "root", "revocations")
+             if m.get(k) is not None}
+    port = integer(m.get("port", MESH_PORT), "mesh.port", errs, 1, 65535, "a UDP port") or MESH_PORT
+    seeds: list[tuple[str, int]] = []
+    for i, x in enumerate(items(m.get("seeds") or [], "mesh.seeds", errs, "seed addresses") or []):
+        host, sport = _split_seed(x, port)
+        if host is None or sport is None or not 1 <= sport <= 65535:
+            errs.add(item("mesh.seeds", i), f"expected ADDRESS or ADDRESS:PORT like 10.0.0.1:{MESH_PORT} "
+                                            f"([ADDRESS]:PORT for IPv6), got {show(x)}")
+        elif (addr := address(host, item("mesh.seeds", i), errs)) is not None:
+            seeds.append((addr, sport))
+    topology = MeshTopology.read(m["topology"], "mesh.topology", errs) if m.get("topology") is not None \
+        else MeshTopology()
+    timers = read_timers(m.get("timers"), "mesh.timers", errs)
+    region = name(m["region"], "mesh.region", errs) if m.get("region") is not None else None
+    if len(errs) > n or topology is None or timers is None:
+        return None
+    rl = files.get("revocations")
+    return MeshSettings(certificate=FsPath(files["certificate"] or ""), signing_key=FsPath(files["signing_key"] or ""),
+                        root=FsPath(files["root"] or ""), revocations=FsPath(rl) if rl else None, port=port,
+                        seeds=tuple(seeds), topology=topology,
+                        swim=dataclasses.replace(SwimConfig(), **timers,  # type: ignore[arg-type]
+                                                 gossip_interval=min(0.2, timers.get("probe_interval", 1.0) / 2)),
+                        region=region)
 
 
 def probe_key(cfg: SiteConfig, remote: RemoteConfig) -> bytes | None:

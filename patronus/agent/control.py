@@ -103,12 +103,16 @@ class AgentApi:
         a = self.agent
         cfg, monitor = a.cfg, a.runtime.logic.monitor
         nodes = [{"id": cfg.name, "kind": "local", "prefixes": list(cfg.lan_prefixes)}]
-        nodes += [{"id": r.name, "kind": "remote", "prefixes": list(r.prefixes)} for r in cfg.remotes]
+        nodes += [{"id": r.name, "kind": "remote", "prefixes": list(r.prefixes), "learned": r.learned}
+                  for r in cfg.remotes]
         now = time.monotonic()
         links = [{"path": p.id, "from": cfg.name, "to": p.remote, "uplink": p.uplink.name,
                   "remote_uplink": p.endpoint.uplink, "status": monitor.status(p.id).value,
                   "score": monitor.metrics(p.id, now).score} for p in cfg.paths]
-        return {"nodes": nodes, "links": links}
+        out: dict[str, Any] = {"nodes": nodes, "links": links}
+        if a.mesh is not None:
+            out["mesh"] = a.mesh.state()
+        return out
 
     def steering_plan(self) -> dict[str, Any]:
         rt = self.agent.runtime

@@ -62,7 +62,7 @@ from typing import Any
 from patronus.agent import duties
 from patronus.agent import keys as keymod
 from patronus.agent.adopt import HostRecord
-from patronus.agent.config import SiteConfig
+from patronus.agent.config import RemoteConfig, SiteConfig, with_remotes
 from patronus.agent.control import AgentApi
 from patronus.agent.dataplane import Built, Dataplane
 from patronus.agent.hub import EventHub
@@ -128,6 +128,10 @@ class Agent:
         self._timer_at: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
+        self._private = ""
+        self.cleanup_on_stop_now = cleanup
+        self.mesh: Any = None                            # the mesh discovery driver (`meshdrive`), with `mesh:`
+        self._remotes_lock = asyncio.Lock()
 
     def wall(self, mono: float) -> float:
         return mono + self.offset
@@ -157,13 +161,17 @@ class Agent:
         self._claim_host()
         store = self._open_store()
         private = await self.life.on_kernel(keymod.load_or_create_private_key, cfg.wg_private_key_file)
+        self._private = private
         self.public_key = keymod.public_key(private)
+        mesh_identity = self._mesh_identity()
         self.token = cfg.api_token or keymod.load_or_create_token(cfg.api_token_file)
         record = self._dataplane_record()
         self._load_policies(store, record)
         built = await self.dataplane.build(private, record, self.router.list_policies())
         await self._start_probing(built)
         self._start_core(time.monotonic(), built.kept_slots)
+        if mesh_identity is not None:
+            self._start_mesh(*mesh_identity)
         self._tasks.append(loop.create_task(duties.periodic(self), name="patronus-periodic"))
         if cfg.pmtu:
             self._tasks.append(loop.create_task(duties.measure_mtus(self), name="patronus-pmtu"))
@@ -189,6 +197,103 @@ class Agent:
         if kept_slots is not None:
             self.runtime.adopt(self.numbers.slots_of_marks(kept_slots), now)
         self._pump(now)
+
+    def _mesh_identity(self) -> Any:
+        """With a `mesh:` section: the site's certificate, key and root, checked against this site
+        (ConfigError naming the field, before anything is built on the host)."""
+        if self.cfg.mesh is None:
+            return None
+        from patronus.agent.meshdrive import load_identity
+
+        return load_identity(self.cfg, self.cfg.mesh, self.public_key)
+
+    def _start_mesh(self, identity: Any, revocations: bytes | None) -> None:
+        from patronus.agent.meshdrive import MeshDriver
+
+        assert self.cfg.mesh is not None
+        self.mesh = mesh = MeshDriver(self, self.cfg.mesh)
+        mesh.start(identity, revocations)
+
+        def close() -> None:
+            if self.cleanup_on_stop_now:
+                mesh.leave()          # the site goes away with its dataplane: say so
+            mesh.close()
+        self.life.add("mesh", close, close, Thread.LOOP)
+
+    async def set_learned(self, learned: Sequence[RemoteConfig]) -> None:
+        """Mesh discovery's remotes become these (`meshdrive`): the ones gone or changed are removed (their
+        slots out of the kernel maps, their connections forgotten, then their steering and tunnels), then
+        the new ones added (tunnels, steering, probes, then the runtime). The other remotes' flows do not
+        move. ConfigError, nothing changed, when the set is refused (`config.with_remotes`)."""
+        async with self._remotes_lock:
+            if self._stopping:
+                return
+            old = self.cfg
+            have = {r.name: r for r in old.remotes if r.learned}
+            wanted = {r.name: dataclasses.replace(r, number=have[r.name].number) if r.name in have else r
+                      for r in learned}
+            final = with_remotes(old, list(wanted.values()))        # checked before anything changes
+            stay = [r for n, r in have.items() if n in wanted and wanted[n] == r]
+            gone = [r for n, r in have.items() if not (n in wanted and wanted[n] == r)]
+            if gone:
+                now = time.monotonic()
+                for r in gone:
+                    self.runtime.remove_remote(r.name, now)
+                self._pump(now)                   # the kernel maps lose their slots
+                for r in gone:
+                    forgotten = await self.life.on_kernel(self._forget, r.number)
+                    log.info("mesh: remote %s removed (%d connections forgotten)", r.name, forgotten)
+                await self._retarget(with_remotes(old, stay))
+            added = [r for n, r in wanted.items() if not any(s.name == n for s in stay)]
+            if not added:
+                return
+            final = with_remotes(self.cfg, list(wanted.values()))
+            await self._retarget(final)
+            now = time.monotonic()
+            for r in added:
+                paths = [p for p in final.core_paths() if p.dst_site == r.name]
+                self.runtime.add_remote(r.name, r.prefixes, paths, now)
+                for p in paths:
+                    self.status_since[p.id] = self.wall(now)
+                log.info("mesh: remote %s added (%d paths)", r.name, len(paths))
+            self._store_remotes(final, added)
+            self._pump(now)
+
+    def _forget(self, number: int) -> int:
+        steering = self.dataplane.steering
+        return steering.forget_remote(number) if steering is not None and steering.applied else 0
+
+    async def _retarget(self, cfg: SiteConfig) -> None:
+        """Everything that reads the site's remotes and paths, moved to `cfg` (kernel first)."""
+        old = self.numbers.plans, self.numbers.remotes
+        self.numbers.retarget(cfg)
+        try:
+            await self.dataplane.change_remotes(cfg, self._private, self.numbers.numbered(self.router.list_policies()))
+        except Exception:
+            self.numbers.plans, self.numbers.remotes = old
+            raise
+        self.cfg = cfg
+        if self.prober is not None:
+            self.prober.retarget(cfg)
+        if self.reflector is not None:
+            self.reflector.set_peers(cfg)
+
+    def _store_remotes(self, cfg: SiteConfig, added: Sequence[RemoteConfig]) -> None:
+        if self.store is None:
+            return
+        names = {r.name for r in added}
+        try:
+            with self.store.transaction():
+                for r in added:
+                    self.store.upsert_site(Site(SiteId(r.name), r.name, r.prefixes), public_key=r.public_key)
+                    for ep in r.endpoints:
+                        self.store.add_endpoint(Endpoint(EndpointId(f"{r.name}:{ep.uplink}"), SiteId(r.name),
+                                                         ep.address))
+                for path in cfg.core_paths():
+                    if path.dst_site in names:
+                        self.store.upsert_path(path, wg_interface=self.numbers.plans[path.id].ifname)
+        except Exception as exc:
+            log.error("store: cannot record the learned remotes: %s", exc)
 
     def _claim_host(self) -> None:
         """Root where the site needs it, the state directory, and the pid file no other agent holds."""
@@ -294,6 +399,7 @@ class Agent:
         `--cleanup`), or only what is the agent's own, leaving the dataplane to the next agent (see the
         module's header). Safe to call more than once."""
         cleanup = self.cleanup_on_stop if cleanup is None else cleanup
+        self.cleanup_on_stop_now = cleanup
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()
@@ -431,6 +537,11 @@ class Agent:
             for rec in self.store.list_flows():
                 if rec.flow not in keep:
                     self.store.remove_flow(rec.flow)
+
+    def store_events(self, events: Sequence[Event]) -> None:
+        """Record `events` (their `at` monotonic) in the store."""
+        if self.store is not None:
+            self._store_events(events)
 
     def _store_events(self, events: Sequence[Event]) -> None:
         assert self.store is not None

@@ -78,7 +78,7 @@ class Dataplane:
         specs: dict[str, Any] = {}
         found: dict[str, Any] = {}
         maps: tuple[dict[int, int], dict[int, int]] | None = None
-        if cfg.paths:
+        if cfg.paths or cfg.mesh is not None:
             from patronus.agent.wireguard import WireGuardManager, detect_backend
 
             self.wg_backend = await k(detect_backend, cfg.wg_backend)
@@ -145,6 +145,37 @@ class Dataplane:
                 tunnels["recreated" if action is TunnelAction.RECREATE else "created"] += 1
             self.life.add(f"tunnel {ifname}", functools.partial(self.wg.delete, ifname), None, Thread.KERNEL)
         return actions
+
+    async def change_remotes(self, cfg: SiteConfig, private: str,
+                             policies: Sequence[tuple[int, RoutingPolicy]]) -> list[str]:
+        """The site's remotes changed (mesh discovery; `config.with_remotes` kept the numbers of what stays):
+        tunnels of new paths created, the steering reloaded around them (`Steering.reload`), then the
+        tunnels of paths gone removed. Returns the routing objects pruned. On failure the tunnels it
+        created are removed again and `cfg` stays the old one."""
+        k = self.life.on_kernel
+        old = self.cfg
+        assert self.wg is not None
+        had = {p.ifname for p in old.paths}
+        self.cfg = cfg
+        specs = self.tunnel_specs(private)
+        created: list[str] = []
+        try:
+            for ifname in sorted(set(specs) - had):
+                await k(self.wg.create, specs[ifname])
+                created.append(ifname)
+                self.life.add(f"tunnel {ifname}", functools.partial(self.wg.delete, ifname), None, Thread.KERNEL)
+            steering = self.steering
+            pruned = await k(steering.reload, cfg, policies) if steering is not None and steering.applied else []
+        except Exception:
+            self.cfg = old
+            for ifname in created:
+                with contextlib.suppress(Exception):
+                    await k(self.wg.delete, ifname)
+            raise
+        for ifname in sorted(had - set(specs)):
+            await k(self.wg.delete, ifname)
+        self.save_record()
+        return pruned
 
     def save_record(self) -> None:
         """How the kernel state is numbered and what it changed, for the next agent."""

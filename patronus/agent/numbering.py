@@ -30,8 +30,14 @@ class KernelNumbers:
 
     def __init__(self, cfg: SiteConfig) -> None:
         self.plans: dict[PathId, PathPlan] = {p.id: p for p in cfg.paths}
-        self.remotes = {r.name: i + 1 for i, r in enumerate(cfg.remotes)}
+        self.remotes = {r.name: r.number for r in cfg.remotes}
         self.policies: dict[str, int] = {}
+
+    def retarget(self, cfg: SiteConfig) -> None:
+        """The site's remotes changed (mesh discovery): their numbers and paths' as `cfg` has them
+        (`config.with_remotes` keeps those of the ones that stay)."""
+        self.plans = {p.id: p for p in cfg.paths}
+        self.remotes = {r.name: r.number for r in cfg.remotes}
 
     def record(self) -> Numbering:
         return Numbering(remotes=dict(self.remotes), policies=dict(self.policies),

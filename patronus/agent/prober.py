@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import select
+import signal
 import socket
 import struct
 import subprocess
@@ -101,6 +102,21 @@ class Prober:
         except Exception:
             self.close()
             raise
+
+    def retarget(self, cfg: SiteConfig) -> None:
+        """The site's remotes changed (mesh discovery): senders for the new paths, none for the gone."""
+        self.cfg = cfg
+        self._peer_key = {ep.address: probe_key(cfg, r) for r in cfg.remotes for ep in r.endpoints}
+        want = {p.id: p for p in cfg.paths}
+        for pid in [pid for pid in self.senders if pid not in want]:
+            s = self.senders.pop(pid)
+            if self._loop is not None:
+                with contextlib.suppress(ValueError, OSError):
+                    self._loop.remove_reader(s.sock.fileno())
+            s.sock.close()
+        for pid, p in want.items():
+            if pid not in self.senders or self.senders[pid].plan != p:
+                self.open_sender(p)
 
     def open_sender(self, p: PathPlan) -> None:
         assert self._loop is not None
@@ -195,6 +211,7 @@ class ReflectorProcess:
 
     PID_FILE = "reflector.pid"
     COUNTERS_FILE = "reflector-counters.json"
+    PEERS_FILE = "reflector-peers.json"       # a mesh site's: its peers change while it runs (SIGHUP)
 
     def __init__(self, cfg: SiteConfig) -> None:
         self.cfg = cfg
@@ -211,13 +228,22 @@ class ReflectorProcess:
     def counters_file(self) -> Path:
         return self.cfg.state_dir / self.COUNTERS_FILE
 
-    def spec(self) -> dict[str, Any]:
+    @property
+    def peers_file(self) -> Path:
+        return self.cfg.state_dir / self.PEERS_FILE
+
+    def peers(self) -> dict[str, str | None]:
         peers: dict[str, str | None] = {}
         for r in self.cfg.remotes:
             k = probe_key(self.cfg, r)
             for ep in r.endpoints:
                 peers[ep.address] = k.hex() if k is not None else None
+        return peers
+
+    def spec(self) -> dict[str, Any]:
+        peers = {} if self.cfg.mesh is not None else self.peers()
         return {"port": self.cfg.probe_port, "peers": peers, "counters_file": str(self.counters_file),
+                "peers_file": str(self.peers_file) if self.cfg.mesh is not None else None,
                 "realtime": self.cfg.probe_realtime,
                 "uplinks": [{"name": u.name, "address": u.address, "interface": u.interface, "mark": u.mark}
                             for u in self.cfg.uplinks]}
@@ -239,9 +265,29 @@ class ReflectorProcess:
             return None
         return rec
 
+    def set_peers(self, cfg: SiteConfig) -> None:
+        """A mesh site's remotes changed: the reflector answers theirs from now on (its peers file,
+        replaced atomically, then SIGHUP)."""
+        self.cfg = cfg
+        self._write_peers()
+        if self.pid is not None and self.alive():
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGHUP)
+
+    def _write_peers(self) -> None:
+        if self.cfg.mesh is None:
+            return
+        self.cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.peers_file.with_name(f".{self.PEERS_FILE}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps({"peers": self.peers()}))
+        os.replace(tmp, self.peers_file)
+
     def start(self, timeout_s: float = 10.0) -> str:
         """Adopt the recorded reflector or start one; returns "adopted", "started" or "replaced"."""
         digest = self.digest()
+        self._write_peers()
         rec = self.recorded()
         how = "started"
         if rec is not None:
@@ -249,6 +295,7 @@ class ReflectorProcess:
             if self.is_reflector(pid, start):
                 if rec.get("digest") == digest and rec.get("owner") == self.cfg.owner:
                     self.pid, self.start_ticks, self.adopted = pid, start, True
+                    self.set_peers(self.cfg)        # a mesh site's: the peers it knows now
                     return "adopted"
                 # another spec (keys, uplinks, port changed): its sockets are in the way of the new one
                 stop_process(pid, lambda p: self.is_reflector(p, start))
@@ -323,7 +370,7 @@ class ReflectorProcess:
         if p is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 p.wait(5)
-        for f in (self.pid_file, self.counters_file):
+        for f in (self.pid_file, self.counters_file, self.peers_file):
             f.unlink(missing_ok=True)
 
 

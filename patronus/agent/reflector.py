@@ -17,6 +17,9 @@ We exit on SIGTERM only: the reflector outlives its agent (it runs in a session 
 restarting agent's peers keep their probes answered and their paths to us Up. The next agent finds us
 by the pid file it keeps (`ReflectorProcess`), and `patronus cleanup` stops us.
 
+SIGHUP makes us re-read the peers and their keys from the spec's `peers_file` (the agent rewrites it
+when mesh discovery changes its remotes), without closing a socket.
+
 Each request is decoded with the pair key of its source address; a forged, truncated or
 unauthenticated request, or one replayed within its stream's window, is dropped and counted. The
 reply carries the reflector's CLOCK_REALTIME receive time and the request's padding (same size: the
@@ -25,6 +28,7 @@ path-MTU search depends on it), sent with DF set from the uplink's own socket.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -124,9 +128,25 @@ def _detach_stdio() -> None:
     os.close(null)
 
 
+def _peers(doc: dict[str, Any]) -> dict[str, bytes | None]:
+    return {a: (bytes.fromhex(k) if k else None) for a, k in doc["peers"].items()}
+
+
+def _reload(refl: Reflector, peers_file: str | None) -> None:
+    """SIGHUP: the agent's remotes changed (mesh discovery); their keys are in `peers_file`."""
+    if not peers_file:
+        return
+    try:
+        with open(peers_file) as fh:
+            refl.peers = _peers(json.load(fh))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass           # a half-written or missing file: keep the peers we have (the agent writes atomically)
+
+
 def serve(spec: dict[str, Any]) -> int:
-    peers = {a: (bytes.fromhex(k) if k else None) for a, k in spec["peers"].items()}
-    refl = Reflector(peers)
+    refl = Reflector(_peers(spec))
+    peers_file = spec.get("peers_file")
+    _reload(refl, peers_file)
     socks: dict[int, tuple[str, socket.socket]] = {}
     counters_file = spec.get("counters_file")
     try:
@@ -144,15 +164,26 @@ def serve(spec: dict[str, Any]) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    # SIGHUP wakes the select at once (wakeup fd) and the peers are re-read before the next datagram
+    wake_r, wake_w = socket.socketpair()
+    for w in (wake_r, wake_w):
+        w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
+    signal.signal(signal.SIGHUP, lambda *_: None)
     print(json.dumps({"ready": True, "sched": sched_class}), flush=True)
     _detach_stdio()
-    fds = list(socks)
+    fds = [*socks, wake_r.fileno()]
     next_report = time.monotonic() + 1.0
     try:
         while True:
             timeout = max(0.0, next_report - time.monotonic())
             ready, _, _ = select.select(fds, [], [], timeout)
             for fd in ready:
+                if fd == wake_r.fileno():
+                    with contextlib.suppress(OSError):
+                        wake_r.recv(512)
+                    _reload(refl, peers_file)
+                    continue
                 name, s = socks[fd]
                 while True:
                     try:

@@ -247,7 +247,7 @@ class Steering:
     def __init__(self, cfg: SiteConfig) -> None:
         self.cfg = cfg
         self.table = cfg.nft_table
-        self.remote_no = {r.name: i + 1 for i, r in enumerate(cfg.remotes)}
+        self.remote_no = {r.name: r.number for r in cfg.remotes}
         self._nft: Nft | None = None
         self._new_slot: dict[int, int] = {}
         self._slot_path: dict[int, int] = {}
@@ -380,6 +380,51 @@ class Steering:
             if isinstance(exc, SteeringError):
                 raise
             raise SteeringError(f"cannot install steering: {exc}") from exc
+
+    def reload(self, cfg: SiteConfig, policies: Iterable[tuple[int, RoutingPolicy]]) -> list[str]:
+        """The site's remotes changed (mesh discovery): the table for `cfg` replaces the one in place in one
+        transaction that re-adds the current map elements (the agent has already dropped the slots of a
+        remote that left), so no other connection misses a packet; then the new paths' routes and rules,
+        then what no longer belongs is pruned (returned). The tunnels of new paths exist already."""
+        from pyroute2 import IPRoute
+
+        old = self.cfg
+        self.cfg = cfg
+        self.remote_no = {r.name: r.number for r in cfg.remotes}
+        try:
+            for p in cfg.paths:
+                self._sysctl(f"net/ipv4/conf/{p.ifname}/rp_filter", "0", optional=True)
+            cmd = self.ruleset(policies)
+            for name, elems in (("new_slot", self._new_slot), ("slot_path", self._slot_path)):
+                if elems:
+                    cmd += (f"add element inet {self.table} {name} {{ "
+                            + ", ".join(f"{k:#x} : {v:#x}" for k, v in sorted(elems.items())) + " }\n")
+            self._nftc().run(cmd)
+        except Exception as exc:
+            self.cfg = old
+            self.remote_no = {r.name: r.number for r in old.remotes}
+            raise SteeringError(f"cannot install the steering of the new remotes: {exc}") from exc
+        with IPRoute() as ipr:
+            self._routes(ipr, "add", uplinks=False)
+        return self.prune()
+
+    def forget_remote(self, number: int) -> int:
+        """Delete the connections steered toward remote `number` (conntrack marks 0x5?RR....): it left, and
+        its number may be given to another; their next packets are classified afresh. Returns how many."""
+        from pyroute2 import NFCTSocket
+
+        n = 0
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            ct = NFCTSocket(nfgen_family=fam)
+            try:
+                for gen in (0, 1):
+                    mark = slot_mark(number, 0, 0, gen)
+                    n += sum(1 for _ in ct.dump(mark=mark, mark_mask=0xFFFF0000))
+                    with contextlib.suppress(Exception):
+                        ct.flush(mark=mark, mark_mask=0xFFFF0000)
+            finally:
+                ct.close()
+        return n
 
     def read_maps(self) -> tuple[dict[int, int], dict[int, int]] | None:
         """The elements of the table's `new_slot` and `slot_path` maps as the kernel has them, or None

@@ -101,6 +101,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Final, Protocol, TypeAlias
 
+from patronus.core import validate as val
 from patronus.core.swimwire import (
     MAX_ADDR,
     MAX_MESSAGE_BYTES,
@@ -775,3 +776,36 @@ class Swim:
         target = members[probe.target]
         for name in self._table.pick(self.rand, self.config.indirect_probes, but=target.name):
             self._send(out, members[name].addr, PingReq(probe.seq, self.name, target.name, target.addr))
+
+
+TIMER_KEYS: Final = ("probe_interval", "probe_timeout", "suspicion_mult", "sync_interval", "join_interval")
+MAX_TIMER_S: Final = 3600.0
+
+
+def read_timers(raw: object, path: str, errs: val.Errors) -> dict[str, float] | None:
+    """A `timers:` mapping of a mesh (site file or scenario): the `SwimConfig` fields it sets, each checked
+    under `path.<key>` (durations like "1s", `suspicion_mult` a number); None after recording errors.
+    probe_timeout must stay below probe_interval (each defaulting to `SwimConfig`'s)."""
+    if raw is None:
+        return {}
+    m = val.mapping(raw, path, errs, TIMER_KEYS)
+    if m is None:
+        return None
+    n = len(errs)
+    out: dict[str, float] = {}
+    for key in TIMER_KEYS:
+        if m.get(key) is None:
+            continue
+        at = f"{path}.{key}"
+        v = val.number(m[key], at, errs, 0.5, 100.0) if key == "suspicion_mult" else \
+            val.duration(m[key], at, errs, positive=True, at_most=MAX_TIMER_S)
+        if v is not None:
+            out[key] = float(v)
+    if len(errs) > n:
+        return None
+    interval = out.get("probe_interval", SwimConfig.probe_interval)
+    timeout = out.get("probe_timeout", SwimConfig.probe_timeout)
+    if not timeout < interval:
+        errs.add(f"{path}.probe_timeout", f"must be shorter than probe_interval ({interval:g}s), got {timeout:g}s")
+        return None
+    return out
