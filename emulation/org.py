@@ -49,10 +49,16 @@ class Org:
         return self.directory / "ca" / ca.REVOCATIONS_FILE
 
     def site(self, name: str, site_id: int, wg_public_key: str, prefixes: Sequence[str]) -> SiteFiles:
-        """A site's signing key (0600) and its certificate, signed for its WireGuard key and prefixes."""
-        key = self.directory / f"{name}.signing.pem"
+        """A site's signing key (0600) and its certificate, signed for its WireGuard key and prefixes (a site
+        given a second certificate, after a revocation say, gets new files beside the old ones)."""
+        stem = name
+        k = 1
+        while (self.directory / f"{stem}.crt").exists():
+            k += 1
+            stem = f"{name}-{k}"
+        key = self.directory / f"{stem}.signing.pem"
         public = keymod.write_signing_key(key)
-        out = self.directory / f"{name}.crt"
+        out = self.directory / f"{stem}.crt"
         cert = ca.sign_site(self.directory / "ca", site_id=site_id, name=name, wg_public_key=wg_public_key,
                             signing_public_key=keymod.key_text(public), prefixes=prefixes, days=7, out=out,
                             now=int(time.time()))

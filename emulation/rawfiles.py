@@ -46,7 +46,7 @@ def run_document(sc: Scenario, *, backend: str, impairment_backend: str, started
         "scenario": sc.name, "backend": backend, "impairment_backend": impairment_backend, "seed": sc.seed,
         "started_at": started_at, "t0": t0, "duration_s": sc.duration_s, "flows": flows, "links": links,
         "sla_targets": sla_targets_doc(sc), "monitors": monitors_doc(sc),
-        "expectations": expectations_doc(sc) if expectations is None else expectations, **extra,
+        "expectations": expectations_doc(sc, backend) if expectations is None else expectations, **extra,
     }
 
 

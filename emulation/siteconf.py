@@ -142,10 +142,12 @@ def site_document(scenario: Scenario, site: str, *, uplink_addr: Mapping[str, Ma
                      interface_prefix=interface_prefix)
 
 
-def expectations_doc(scenario: Scenario) -> list[dict[str, Any]]:
-    """run.json's expectations, the same for every backend."""
+def expectations_doc(scenario: Scenario, backend: str | None = None) -> list[dict[str, Any]]:
+    """run.json's expectations: those that judge `backend`'s runs (every one when None)."""
     out = []
     for e in scenario.expectations:
+        if backend is not None and e.backends and backend not in e.backends:
+            continue
         d: dict[str, Any] = {"type": e.kind, "text": e.text}
         for attr, key in (("flow", "flow"), ("site", "site"), ("max_s", "max"), ("max_packets", "max"),
                           ("max_changes", "max"), ("min_ratio", "min"), ("min_changes", "min")):

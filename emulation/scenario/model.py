@@ -687,11 +687,14 @@ class Expectation:
     `quantile` / `pass_rate` (ratios in (0, 1], at most one of them) say how repeated runs
     (`patronus-lab run --repeat N`, emulation.repeat) judge it: the per-run values combined at that
     quantile, or at least that share of the runs passing; neither: every run must pass. One run is
-    judged on its own either way."""
+    judged on its own either way. `backends`: it judges only the runs of these backends (a limit that
+    differs between the simulator's modelled agent and real agents on namespaces, each stated with its
+    measured margin); empty, every backend's."""
 
     kind: ClassVar[str] = ""
     quantile: float | None = None
     pass_rate: float | None = None
+    backends: tuple[str, ...] = ()      # the backends whose runs it judges (empty: every one)
 
     @property
     def text(self) -> str:
@@ -706,6 +709,8 @@ class Expectation:
             params["quantile"] = fmt_ratio(self.quantile)
         if self.pass_rate is not None:
             params["pass_rate"] = fmt_ratio(self.pass_rate)
+        if self.backends:
+            params["backends"] = list(self.backends)
         return {self.kind: params}
 
 
@@ -953,9 +958,6 @@ class Scenario:
         if backend not in self.backends:
             return (f"scenario {self.name} runs only on {', '.join(self.backends)} (its `backends:` field), "
                     f"not on {backend}")
-        if self.mesh is not None and backend != "sim":
-            return (f"scenario {self.name} has a `mesh:` section: sites that discover each other run on the "
-                    f"simulator only so far (the agent's discovery driver is not built yet; issue 14)")
         return None
 
     def summary(self) -> Summary:

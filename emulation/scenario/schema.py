@@ -125,7 +125,7 @@ _EVENT_PARAMS: dict[str, set[str]] = {
     "region_restore": {"region", "uplink"},
 }
 REGION_ACTIONS = {"region_cut": "cut", "region_restore": "restore"}   # expanded into one event per link
-_REPEAT_KEYS = {"quantile", "pass_rate"}     # how repeated runs judge an expectation (any kind)
+_REPEAT_KEYS = {"quantile", "pass_rate", "backends"}   # how repeated runs judge it, and whose runs (any kind)
 _EXPECTATION_KEYS: dict[str, tuple[set[str], set[str]]] = {   # kind → (known, required)
     "failover_gap": ({"flow", "max"} | _REPEAT_KEYS, {"flow", "max"}),
     "lost_packets": ({"flow", "max"} | _REPEAT_KEYS, {"flow", "max"}),
@@ -219,7 +219,7 @@ def from_dict(doc: object, source: str = "") -> Scenario:
     timeline, interrupted, where = _timeline(top.get("timeline"), errs, decls, duration)
     check_membership(mesh, timeline, where, errs, mesh_given=top.get("mesh") is not None)
     expectations = _expectations(top.get("expectations"), errs, decls, flow_decls, interrupted, duration,
-                                 mesh_given=top.get("mesh") is not None)
+                                 mesh_given=top.get("mesh") is not None, backends=backends)
     sites = [d.site for d in decls.values() if d.site is not None]
     flows = [f for f in flow_decls.values() if f is not None]
 
@@ -972,7 +972,8 @@ def _with_note(ev: TimelineEvent, note: str) -> TimelineEvent:
 # --- expectations ----------------------------------------------------------------------------------
 
 def _expectations(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl], flows: Mapping[str, Flow | None],
-                  interrupted: set[str], duration: float | None, *, mesh_given: bool = False) -> list[Expectation]:
+                  interrupted: set[str], duration: float | None, *, mesh_given: bool = False,
+                  backends: tuple[str, ...] = BACKENDS) -> list[Expectation]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -980,7 +981,8 @@ def _expectations(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl], 
         return []
     out: list[Expectation] = []
     for i, item in enumerate(raw):
-        exp = _expectation(item, f"expectations[{i}]", errs, sites, flows, interrupted, duration, mesh_given)
+        exp = _expectation(item, f"expectations[{i}]", errs, sites, flows, interrupted, duration, mesh_given,
+                           backends)
         if exp is not None:
             out.append(exp)
     return out
@@ -988,7 +990,7 @@ def _expectations(raw: object, errs: val.Errors, sites: Mapping[str, SiteDecl], 
 
 def _expectation(item: object, path: str, errs: val.Errors, sites: Mapping[str, SiteDecl],
                  flows: Mapping[str, Flow | None], interrupted: set[str], duration: float | None,
-                 mesh_given: bool = False) -> Expectation | None:
+                 mesh_given: bool = False, backends: tuple[str, ...] = BACKENDS) -> Expectation | None:
     if not isinstance(item, Mapping) or len(item) != 1:
         got = f"{_choices(str(k) for k in item)}" if isinstance(item, Mapping) else show(item)
         errs.add(path, f"expected one expectation, a mapping with one of {_choices(EXPECTATIONS)}; "
@@ -1013,13 +1015,34 @@ def _expectation(item: object, path: str, errs: val.Errors, sites: Mapping[str, 
     if quantile is not None and pass_rate is not None:
         errs.add(f"{path}.pass_rate", "given with quantile: repeated runs judge an expectation either at a quantile "
                                       "of its values or by the share of runs that pass it, not both")
+    only = _expectation_backends(m.get("backends"), f"{path}.backends", errs, backends)
     if len(errs.items) != n_errors:
         return None
-    if exp is not None and (quantile is not None or pass_rate is not None):
+    if exp is not None and (quantile is not None or pass_rate is not None or only):
         from dataclasses import replace
 
-        exp = replace(exp, quantile=quantile, pass_rate=pass_rate)
+        exp = replace(exp, quantile=quantile, pass_rate=pass_rate, backends=only)
     return exp
+
+
+def _expectation_backends(raw: object, path: str, errs: val.Errors, scenario_backends: tuple[str, ...]
+                          ) -> tuple[str, ...]:
+    """An expectation's `backends:` (empty: every backend's runs): some of the scenario's own."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        errs.add(path, f"expected a list of backends among {_choices(scenario_backends)}, got {show(raw)}")
+        return ()
+    out: list[str] = []
+    for i, b in enumerate(raw):
+        if not isinstance(b, str) or b not in scenario_backends:
+            errs.add(f"{path}[{i}]", f"expected one of the scenario's backends ({_choices(scenario_backends)}), "
+                                     f"got {show(b)}")
+        elif b in out:
+            errs.add(f"{path}[{i}]", f"duplicate of {b!r}")
+        else:
+            out.append(b)
+    return tuple(b for b in BACKENDS if b in out)
 
 
 def _expected_flow(kind: str, m: Mapping[str, Any], path: str, errs: val.Errors,

@@ -548,10 +548,13 @@ def _path_plans(remotes: list[RemoteConfig], uplinks: list[UplinkConfig], sid: i
 
 
 def _path_plan(n: int, rm: RemoteConfig, up: UplinkConfig, ep: EndpointConfig, sid: int, port_base: int,
-               probe_port: int, errs: Errors, if_prefix: str) -> PathPlan:
+               probe_port: int, errs: Errors, if_prefix: str, local_no: int | None = None) -> PathPlan:
+    """One path's plan; `local_no`: the number our uplink goes by in the ports (its position in the site
+    file, or for a learned remote its position in name order: see `with_remotes`)."""
     pid = f"{rm.name}:{up.name}-{ep.uplink}"
-    listen_port = port_base + rm.id * 16 + up.number * 4 + ep.uplink_no
-    peer_port = port_base + sid * 16 + ep.uplink_no * 4 + up.number
+    a = up.number if local_no is None else local_no
+    listen_port = port_base + rm.id * 16 + a * 4 + ep.uplink_no
+    peer_port = port_base + sid * 16 + ep.uplink_no * 4 + a
     for what, v in (("listen", listen_port), ("peer", peer_port)):
         if v > 65535:
             errs.add("wireguard.port_base", f"path {pid}: {what} port {v} exceeds 65535; lower port_base "
@@ -592,6 +595,9 @@ def with_remotes(cfg: SiteConfig, learned: Sequence[RemoteConfig]) -> SiteConfig
         used_r.add(no)
         out.append(dataclasses.replace(rm, number=no, learned=True))
     _check_overlaps(cfg.lan_prefixes, out, errs)
+    # Between discovering sites an uplink goes by its position in name order (an announcement lists its
+    # endpoints sorted by uplink name, and `learned_remote` numbers them so): both ends compute the same ports.
+    by_name = {u.name: i for i, u in enumerate(sorted(cfg.uplinks, key=lambda u: u.name))}
     wanted = sorted(((f"{rm.name}:{up.name}-{ep.uplink}", rm, up, ep)
                      for rm in out for up in cfg.uplinks for ep in rm.endpoints), key=lambda t: t[0])
     used_p = {kept[PathId(pid)] for pid, *_ in wanted if PathId(pid) in kept}
@@ -602,7 +608,8 @@ def with_remotes(cfg: SiteConfig, learned: Sequence[RemoteConfig]) -> SiteConfig
         if not n:
             errs.add("learned", f"more than {MAX_PATHS} paths")
             break
-        plans.append(_path_plan(n, rm, up, ep, cfg.id, cfg.wg_port_base, cfg.probe_port, errs, cfg.if_prefix))
+        plans.append(_path_plan(n, rm, up, ep, cfg.id, cfg.wg_port_base, cfg.probe_port, errs, cfg.if_prefix,
+                                by_name[up.name] if rm.learned else None))
     errs.check()
     return dataclasses.replace(cfg, remotes=tuple(out), paths=tuple(plans))
 
@@ -614,14 +621,16 @@ def _split_seed(x: object, port: int) -> tuple[str | None, int | None]:
     host, rest = x, ""
     if x.startswith("["):
         host, sep, rest = x[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
+        if not sep or (rest and not rest.startswith(":")) or rest == ":":
             return None, None
         rest = rest[1:]
     elif x.count(":") == 1:
         host, rest = x.split(":")
+        if not rest:
+            return host, None             # "10.0.0.1:" (a port was meant)
     if not rest:
         return host, port
-    return host, int(rest) if rest.isdigit() and len(rest) <= 5 else None
+    return host, int(rest) if rest.isascii() and rest.isdigit() and len(rest) <= 5 else None
 _MESH_KEYS = ("certificate", "signing_key", "root", "revocations", "port", "seeds", "topology", "timers", "region")
 
 
@@ -629,10 +638,10 @@ def _mesh_section(raw: object, errs: Errors) -> MeshSettings | None:
     """`mesh:` (None without one, or after recording its errors)."""
     if raw is None:
         return None
+    n = len(errs)
     m = mapping(raw, "mesh", errs, _MESH_KEYS, ("certificate", "signing_key", "root"))
     if m is None:
         return None
-    n = len(errs)
     files = {k: file_path(m[k], f"mesh.{k}", errs) for k in ("certificate", "signing_key", "root", "revocations")
              if m.get(k) is not None}
     port = integer(m.get("port", MESH_PORT), "mesh.port", errs, 1, 65535, "a UDP port") or MESH_PORT

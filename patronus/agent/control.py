@@ -102,7 +102,7 @@ class AgentApi:
     def topology(self) -> dict[str, Any]:
         a = self.agent
         cfg, monitor = a.cfg, a.runtime.logic.monitor
-        nodes = [{"id": cfg.name, "kind": "local", "prefixes": list(cfg.lan_prefixes)}]
+        nodes: list[dict[str, Any]] = [{"id": cfg.name, "kind": "local", "prefixes": list(cfg.lan_prefixes)}]
         nodes += [{"id": r.name, "kind": "remote", "prefixes": list(r.prefixes), "learned": r.learned}
                   for r in cfg.remotes]
         now = time.monotonic()

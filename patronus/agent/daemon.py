@@ -81,13 +81,16 @@ from patronus.core.events import (
     SteeringFailed,
     TunnelDown,
 )
-from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, Site, SiteId
+from patronus.core.model import Endpoint, EndpointId, FlowKey, PathId, PathStatus, Site, SiteId
 from patronus.core.plan import SteeringPlan
 from patronus.core.policy import RoutingPolicy
 from patronus.core.runtime import Actions, SiteRuntime
 from patronus.core.sla import SlaMonitor
 
 log = logging.getLogger("patronus.agent")
+
+
+WARM_RESPONDER_S = 1.0     # a tunnel's far end (the higher site id) starts a handshake after this, if none came
 
 
 class AgentError(RuntimeError):
@@ -129,6 +132,7 @@ class Agent:
         self._tasks: list[asyncio.Task[Any]] = []
         self._stopping = False
         self._private = ""
+        self._startup: dict[str, float] = {}           # how long each start step took (the "up" log line)
         self.cleanup_on_stop_now = cleanup
         self.mesh: Any = None                            # the mesh discovery driver (`meshdrive`), with `mesh:`
         self._remotes_lock = asyncio.Lock()
@@ -158,6 +162,7 @@ class Agent:
         cfg = self.cfg
         loop = self.loop
         assert loop is not None
+        t = time.monotonic()
         self._claim_host()
         store = self._open_store()
         private = await self.life.on_kernel(keymod.load_or_create_private_key, cfg.wg_private_key_file)
@@ -167,8 +172,11 @@ class Agent:
         self.token = cfg.api_token or keymod.load_or_create_token(cfg.api_token_file)
         record = self._dataplane_record()
         self._load_policies(store, record)
+        self._startup["host"] = -t + (t := time.monotonic())
         built = await self.dataplane.build(private, record, self.router.list_policies())
+        self._startup["dataplane"] = -t + (t := time.monotonic())
         await self._start_probing(built)
+        self._startup["probing"] = -t + (t := time.monotonic())
         self._start_core(time.monotonic(), built.kept_slots)
         if mesh_identity is not None:
             self._start_mesh(*mesh_identity)
@@ -180,8 +188,11 @@ class Agent:
         self.publish(AgentStarted(at=time.monotonic(), site=cfg.name, paths=len(cfg.paths),
                                   wireguard_backend=self.dataplane.wg_backend, steering=cfg.steering,
                                   adopted=self.adopted or None))
-        log.info("agent %s up: %d paths, wireguard %s, steering %s", cfg.name, len(cfg.paths),
-                 self.dataplane.wg_backend, cfg.steering)
+        ticks = start_ticks(os.getpid())
+        since = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK") if ticks else float("nan")
+        log.info("agent %s up: %d paths, wireguard %s, steering %s, %.2f s after its process started (%s)", cfg.name,
+                 len(cfg.paths), self.dataplane.wg_backend, cfg.steering, since,
+                 ", ".join(f"{k} {v:.2f} s" for k, v in self._startup.items()))
         # Everything allocated so far lives as long as the agent: keep it out of the cyclic collector's
         # full passes, whose pauses would otherwise grow with it (and delay probe processing).
         gc.collect()
@@ -248,14 +259,19 @@ class Agent:
             if not added:
                 return
             final = with_remotes(self.cfg, list(wanted.values()))
+            began = time.monotonic()
             await self._retarget(final)
             now = time.monotonic()
+            n = 0
             for r in added:
                 paths = [p for p in final.core_paths() if p.dst_site == r.name]
                 self.runtime.add_remote(r.name, r.prefixes, paths, now)
                 for p in paths:
                     self.status_since[p.id] = self.wall(now)
-                log.info("mesh: remote %s added (%d paths)", r.name, len(paths))
+                n += len(paths)
+            steps = ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in self.dataplane.last_change.items())
+            log.info("mesh: %d remotes added (%s), %d paths, in %.2f s (%s)", len(added),
+                     ", ".join(r.name for r in added), n, now - began, steps)
             self._store_remotes(final, added)
             self._pump(now)
 
@@ -447,6 +463,8 @@ class Agent:
         for ev in act.events:
             if isinstance(ev, PathStatusChanged):
                 self.status_since[ev.path_id] = self.wall(ev.at)
+                if ev.new is PathStatus.UP:
+                    self._warm(ev.path_id)
             elif isinstance(ev, TunnelDown):
                 log.warning("path %s: probes pass but tunnel %s has no WireGuard session; routing around it",
                             ev.path_id, ev.interface)
@@ -507,6 +525,27 @@ class Agent:
                 self.loop.run_in_executor(self.life.kernel, self.dataplane.nudge, plan)
         if self.runtime.has_news():
             self._pump(now)
+
+    def _warm(self, pid: PathId) -> None:
+        """A path came Up: its probes are answered, so the far end has its tunnel (an agent creates its
+        tunnels before its reflector answers a new remote). If the tunnel has never had a handshake, the
+        end that initiates (the lower site id) starts one at once: its first initiation may have reached
+        the far end before that tunnel existed (a site that just joined), and WireGuard would retry only
+        after its 5 s rekey timeout. The other end waits `WARM_RESPONDER_S` and starts one itself if there
+        is still none: the initiator may hold a session with this site's previous tunnel (removed and
+        built again when the mesh thought it dead), which it keeps using until its 2-minute rekey, sending
+        keepalives our new tunnel cannot read; one initiation from here replaces it."""
+        plan = self.numbers.plans.get(pid)
+        if plan is None or self.loop is None or self.dataplane.wg is None:
+            return
+        with contextlib.suppress(KeyError):
+            initiator = self.cfg.id < self.cfg.remote(plan.remote).id
+            warm = functools.partial(self.loop.run_in_executor, self.life.kernel, self.dataplane.warm, plan)
+            if initiator:
+                warm()
+            else:
+                self.loop.call_later(WARM_RESPONDER_S, lambda: None if self._stopping or
+                                     self.numbers.plans.get(pid) != plan else warm())
 
     def record_metrics(self, now: float) -> None:
         if self.store is None:
@@ -590,10 +629,6 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
     """Run the agent until SIGTERM/SIGINT; return the exit code. The API runs in the same loop.
     `cleanup`: remove the dataplane on stop (else the next agent adopts it). SIGUSR1 stops it and
     removes the dataplane whatever `cleanup` says (a test-bed's "the site loses its router")."""
-    import uvicorn
-
-    from patronus.agent.api import create_app
-
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -605,15 +640,15 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
         stop.set()
     loop.add_signal_handler(signal.SIGUSR1, stop_and_clean)
     await agent.start()
-    server: uvicorn.Server | None = None
+    server: Any = None
     api_task: asyncio.Task[Any] | None = None
     serving = False
     try:
         host, port = cfg.api_listen
-        config = uvicorn.Config(create_app(AgentApi(agent), agent.token), host=host, port=port, log_level="warning",
-                                lifespan="off", access_log=False, ws="websockets-sansio"
-                                if _has_ws_sansio() else "auto")
-        server = _QuietServer(config)
+        # The API stack (FastAPI, pydantic models: most of a second of CPU) is imported and built on a worker
+        # thread once the site is up: the event loop keeps probing and answering the mesh meanwhile, and a
+        # joining site's datagrams do not wait for it.
+        server = await loop.run_in_executor(None, _api_server, agent, host, port)
         api_task = loop.create_task(server.serve())
         while not server.started:
             if api_task.done():
@@ -638,6 +673,16 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
         await agent.stop(cleanup=None if serving or agent.cleanup_on_stop else not agent.dataplane.adopting)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
             loop.remove_signal_handler(sig)
+
+
+def _api_server(agent: Agent, host: str, port: int) -> Any:
+    import uvicorn
+
+    from patronus.agent.api import create_app
+
+    config = uvicorn.Config(create_app(AgentApi(agent), agent.token), host=host, port=port, log_level="warning",
+                            lifespan="off", access_log=False, ws="websockets-sansio" if _has_ws_sansio() else "auto")
+    return _QuietServer(config)
 
 
 def _has_ws_sansio() -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ class Dataplane:
         self.wg_backend = "none"
         self.steering: Steering | None = None
         self.adopting = False          # it found a dataplane of an earlier agent
+        self.last_change: dict[str, float] = {}     # how long the last `change_remotes` took, by step
 
     @property
     def steering_applied(self) -> bool:
@@ -158,16 +160,27 @@ class Dataplane:
         had = {p.ifname for p in old.paths}
         self.cfg = cfg
         specs = self.tunnel_specs(private)
-        created: list[str] = []
+        created = sorted(set(specs) - had)
+        t = time.monotonic()
+        self.last_change = {}
         try:
-            for ifname in sorted(set(specs) - had):
-                await k(self.wg.create, specs[ifname])
-                created.append(ifname)
+            await k(self.wg.create_many, [specs[i] for i in created])
+            self.last_change["tunnels_s"] = time.monotonic() - t
+            for ifname in created:
                 self.life.add(f"tunnel {ifname}", functools.partial(self.wg.delete, ifname), None, Thread.KERNEL)
             steering = self.steering
-            pruned = await k(steering.reload, cfg, policies) if steering is not None and steering.applied else []
+            pruned: list[str] = []
+            if steering is not None and steering.applied:
+                t = time.monotonic()
+                steering.reload(cfg, policies)          # nft on the loop thread, as every map update is
+                self.last_change["table_s"] = time.monotonic() - t
+                pruned = await k(steering.reload_routes, old)
+                self.last_change["routes_s"] = time.monotonic() - t - self.last_change["table_s"]
         except Exception:
             self.cfg = old
+            if self.steering is not None and self.steering.cfg is not old:
+                with contextlib.suppress(Exception):
+                    self.steering.reload(old, policies)     # the table back as it was, before its tunnels go
             for ifname in created:
                 with contextlib.suppress(Exception):
                     await k(self.wg.delete, ifname)
@@ -197,6 +210,12 @@ class Dataplane:
             except Exception:
                 out[p.id] = None
         return out
+
+    def warm(self, plan: PathPlan) -> None:
+        """A handshake now, if the tunnel has never had one (kernel thread)."""
+        with contextlib.suppress(Exception):
+            if not self.wg.status(plan.ifname).latest_handshake:
+                self.wg.kick(plan.ifname, self.cfg.wg_keepalive_s)
 
     def nudge(self, plan: PathPlan) -> None:
         """A fresh handshake initiation on a dead tunnel (kernel thread)."""

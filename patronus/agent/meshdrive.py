@@ -94,8 +94,10 @@ def _b64(raw: bytes) -> str:
 
 
 def learned_remote(a: Announcement) -> RemoteConfig:
-    """A peer's announcement as a remote of the site file would say it (its endpoints in its uplinks'
-    order: an endpoint's position is its uplink number, which the WireGuard ports are computed from)."""
+    """A peer's announcement as a remote of the site file would say it. An announcement lists the endpoints
+    in uplink-name order; an endpoint's position there is the uplink number the WireGuard ports are
+    computed from, and the far end numbers its own uplinks the same way for learned paths
+    (`config.with_remotes`)."""
     return RemoteConfig(name=a.site_name, id=a.site_id, public_key=_b64(a.wg_key),
                         prefixes=tuple(str(p) for p in a.prefixes),
                         endpoints=tuple(EndpointConfig(uplink=e.uplink, uplink_no=j, address=str(e.address))

@@ -37,6 +37,7 @@ class RunningAgent(Protocol):
     kernel_flows: list[KernelFlow]
     steering_changes: int
     last_steering_change: float | None
+    mesh: Any                       # the mesh discovery driver (patronus.agent.meshdrive), None without mesh:
 
     def publish(self, ev: Event) -> None: ...
 

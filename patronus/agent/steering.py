@@ -209,6 +209,11 @@ def route_keys(cfg: SiteConfig) -> set[tuple[int, int, str | None, int]]:
     return out
 
 
+def _path_routes(cfg: SiteConfig) -> set[tuple[str, int, str]]:
+    """(tunnel, its table, remote prefix) of every path route the site config wants."""
+    return {(p.ifname, p.table, pfx) for p in cfg.paths for pfx in cfg.remote(p.remote).prefixes}
+
+
 def our_table(table: int) -> bool:
     return UPLINK_TABLE_BASE <= table < UPLINK_TABLE_BASE + MAX_UPLINKS or \
         PATH_TABLE_BASE < table <= PATH_TABLE_BASE + MAX_PATHS
@@ -381,13 +386,12 @@ class Steering:
                 raise
             raise SteeringError(f"cannot install steering: {exc}") from exc
 
-    def reload(self, cfg: SiteConfig, policies: Iterable[tuple[int, RoutingPolicy]]) -> list[str]:
+    def reload(self, cfg: SiteConfig, policies: Iterable[tuple[int, RoutingPolicy]]) -> None:
         """The site's remotes changed (mesh discovery): the table for `cfg` replaces the one in place in one
         transaction that re-adds the current map elements (the agent has already dropped the slots of a
-        remote that left), so no other connection misses a packet; then the new paths' routes and rules,
-        then what no longer belongs is pruned (returned). The tunnels of new paths exist already."""
-        from pyroute2 import IPRoute
-
+        remote that left), so no other connection misses a packet. The tunnels of new paths exist already;
+        their routes and rules follow (`reload_routes`). On the loop thread, like `update`: one libnftables
+        context is never used by two threads at once."""
         old = self.cfg
         self.cfg = cfg
         self.remote_no = {r.name: r.number for r in cfg.remotes}
@@ -404,9 +408,41 @@ class Steering:
             self.cfg = old
             self.remote_no = {r.name: r.number for r in old.remotes}
             raise SteeringError(f"cannot install the steering of the new remotes: {exc}") from exc
+
+    def reload_routes(self, old: SiteConfig) -> list[str]:
+        """After `reload`: the routes and rules that differ between `old` and the new site config, added
+        (new paths' routes, new remotes' rules) before the ones no longer wanted are removed; nothing else is
+        touched or listed (a join into a mesh of hundreds stays cheap). Returns what was removed. Kernel
+        thread."""
+        from pyroute2 import IPRoute
+
+        new = self.cfg
+        before, after = set(rule_specs(old, uplinks=False)), set(rule_specs(new, uplinks=False))
+        routes_before, routes_after = _path_routes(old), _path_routes(new)
+        removed: list[str] = []
         with IPRoute() as ipr:
-            self._routes(ipr, "add", uplinks=False)
-        return self.prune()
+            for ifname, table, pfx in sorted(routes_after - routes_before):
+                idx = ipr.link_lookup(ifname=ifname)
+                if not idx:
+                    raise SteeringError(f"tunnel interface {ifname} does not exist")
+                ipr.route("replace", dst=pfx, table=table, oif=idx[0], proto=ROUTE_PROTO,
+                          family=socket.AF_INET6 if ":" in pfx else socket.AF_INET)
+            for rule in sorted(after - before, key=lambda r: r.priority):
+                try:
+                    ipr.rule("add", **rule.kwargs())
+                except Exception as exc:
+                    if getattr(exc, "code", None) != errno.EEXIST:
+                        raise SteeringError(f"cannot add ip rule {rule.priority}: {exc}") from exc
+            for rule in sorted(before - after, key=lambda r: r.priority):
+                with contextlib.suppress(Exception):
+                    ipr.rule("del", **rule.kwargs())
+                    removed.append(f"ip rule {rule.priority}")
+            for _ifname, table, pfx in sorted(routes_before - routes_after):
+                with contextlib.suppress(Exception):
+                    ipr.route("del", dst=pfx, table=table, proto=ROUTE_PROTO,
+                              family=socket.AF_INET6 if ":" in pfx else socket.AF_INET)
+                    removed.append(f"route table {table} {pfx}")
+        return removed
 
     def forget_remote(self, number: int) -> int:
         """Delete the connections steered toward remote `number` (conntrack marks 0x5?RR....): it left, and

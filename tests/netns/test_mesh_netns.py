@@ -14,6 +14,7 @@ import base64
 import ipaddress
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -86,7 +87,7 @@ def udp_echo(lab: TwoSiteLab, src: str, dst: str) -> bool:
 def send_from_core(lab: TwoSiteLab, to: str, datagrams: list[bytes]) -> None:
     """Send `datagrams` from the core namespace (the "internet") to `to`'s mesh port on its isp1."""
     code = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-            "for h in sys.argv[2:]:\n    s.sendto(bytes.fromhex(h),(sys.argv[1],%d))\n" % MESH_PORT)
+            f"for h in sys.argv[2:]:\n    s.sendto(bytes.fromhex(h),(sys.argv[1],{MESH_PORT}))\n")
     subprocess.run(["ip", "netns", "exec", lab.ns("core"), sys.executable, "-c", code,
                     lab.sites[to].uplinks["isp1"][0], *(d.hex() for d in datagrams)], check=True)
 
@@ -172,3 +173,28 @@ def test_a_revoked_site_never_gets_a_path(lab: tuple[TwoSiteLab, Org]) -> None:
              "hq refuses br's announcement three times (br keeps trying to join)")
     assert lab_.paths("hq") == {}
     assert topology(lab_, "hq")["mesh"]["members"] == []
+
+
+def test_a_peer_declared_dead_that_comes_back_gets_a_working_tunnel(lab: tuple[TwoSiteLab, Org]) -> None:
+    """hq's agent freezes past the suspicion timeout: br declares it dead and removes its tunnels; hq thaws,
+    refutes, and br builds them again; the tunnels handshake (hq, the lower id, initiates) and carry traffic."""
+    lab_, org = lab
+    for s in ("hq", "br"):
+        lab_.stop_agent(s)
+    br = lab_.sites["br"]
+    org.site("br", br.id, public_key(br.private_key), [br.lan_prefix])      # a certificate not revoked
+    start(lab_, org, "hq")
+    start(lab_, org, "br", seed="hq")
+    for site in ("hq", "br"):
+        wait_for(lambda s=site: len(lab_.paths(s)) == 4 and lab_.all_up(s), 30, f"{site}: 4 paths Up")
+    hq = lab_.sites["hq"].agent
+    assert hq is not None
+    os.killpg(hq.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: not lab_.paths("br"), 20, "br removes its paths to the silent hq")
+    finally:
+        os.killpg(hq.pid, signal.SIGCONT)
+    wait_for(lambda: len(lab_.paths("br")) == 4 and lab_.all_up("br"), 30, "br's paths to hq back and Up")
+    wait_for(lambda: all(t > 0 for s in ("hq", "br") for t in lab_.handshakes(s)), 20,
+             "a WireGuard handshake on every tunnel again")
+    assert udp_echo(lab_, "br", "hq")

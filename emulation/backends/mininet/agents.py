@@ -25,10 +25,13 @@ import yaml
 from emulation import rttcheck
 from emulation.backends.mininet.net import MininetNet
 from emulation.backends.mininet.procs import AGENT_NICE, RT_REFLECTOR, RunError, popen
+from emulation.org import Org
 from emulation.scenario.model import Scenario
 from emulation.siteconf import API_PORT, site_document
 from emulation.wait import wait_for
+from patronus.agent.config import MESH_PORT
 from patronus.agent.keys import generate_private_key, public_key
+from patronus.core.mesh import Member, peer_map
 
 
 class Agents:
@@ -41,7 +44,10 @@ class Agents:
         self.token = token
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.keys: dict[str, str] = {}
+        self.org: Org | None = None           # with a `mesh:` section: the run's organisation (emulation.org)
+        self.spawned_at: float | None = None  # when the first agents were started (wall time)
         self.stopped: set[str] = set()        # stopped by the timeline, on purpose
+        self.earlier_events: dict[str, list[dict[str, Any]]] = {}   # what agents said before the timeline stopped them
         # the run's own tunnel names (pt<run><site id>p<n>): wireguard-go's control sockets are shared by
         # every namespace, so a dead or kept run's tunnels must not have ours' names
         self.if_prefix = f"pt{net.run}"
@@ -69,15 +75,27 @@ class Agents:
         return self.dir / f"{site}.yaml"
 
     def site_file(self, site: str, agent: dict[str, Any], remotes: list[str]) -> dict[str, Any]:
-        """The site file of `site`'s agent (emulation.siteconf builds it the same way for every backend)."""
-        return site_document(self.sc, site, uplink_addr={n: dict(s.uplink_addr) for n, s in self.net.sites.items()},
-                             public_keys={r: public_key(self.keys[r]) for r in remotes},
-                             agents_dir=self.dir, api_listen=f"{self.net.sites[site].mgmt_ip}:{API_PORT}",
-                             token=self.token, remotes=remotes, agent=agent, probe_realtime=RT_REFLECTOR,
-                             interface_prefix=self.if_prefix)
+        """The site file of `site`'s agent (emulation.siteconf builds it the same way for every backend);
+        with a `mesh:` section, no remote and the site's `mesh:` (its certificate from the run's org)."""
+        uplink_addr = {n: dict(s.uplink_addr) for n, s in self.net.sites.items()}
+        doc = site_document(self.sc, site, uplink_addr=uplink_addr,
+                            public_keys={r: public_key(self.keys[r]) for r in remotes},
+                            agents_dir=self.dir, api_listen=f"{self.net.sites[site].mgmt_ip}:{API_PORT}",
+                            token=self.token, remotes=remotes, agent=agent, probe_realtime=RT_REFLECTOR,
+                            interface_prefix=self.if_prefix)
+        mesh = self.sc.mesh
+        if mesh is not None and self.org is not None:
+            me = self.sc.site(site)
+            seeds = [f"{uplink_addr[s][self.sc.site(s).uplinks[0].name][0]}:{MESH_PORT}" for s in mesh.seeds
+                     if s != site]
+            doc["mesh"] = self.org.mesh_section(site, seeds=seeds, extra={
+                "topology": mesh.topology.as_dict(), "timers": mesh.timers.to_dict(),
+                **({"region": me.region} if me.region else {})})
+        return doc
 
     def start(self, agents: dict[str, dict[str, Any]], remotes: dict[str, list[str]]) -> None:
-        """A key and a site file for every site, then its agent (`agents`: each site's agent settings)."""
+        """A key and a site file for every site, then its agent (`agents`: each site's agent settings); a
+        mesh site that joins later (`site_join`) gets its files now and its agent then (`join`)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         for site in self.net.sites:
             key = self.dir / f"{site}.key"
@@ -85,10 +103,36 @@ class Agents:
             fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(self.keys[site] + "\n")
+        if self.sc.mesh is not None:
+            self.org = Org.create(self.dir / "org", "testbed")
+            for s in self.sc.sites:
+                self.org.site(s.name, s.id, public_key(self.keys[s.name]), [s.lan_prefix])
+        self.spawned_at = time.time()
         for site in self.net.sites:
             self.config(site).write_text(yaml.safe_dump(self.site_file(site, agents.get(site, {}), remotes[site]),
                                                         sort_keys=False))
-            self.launch(site)
+            if self.sc.present_at_start(site):
+                self.launch(site)
+
+    def expected_paths(self) -> dict[str, int]:
+        """How many paths each running agent should have: its remotes' (the scenario's, or with a mesh the
+        topology's peers among the running sites) endpoints times its uplinks."""
+        up = {s.name: len(s.uplinks) for s in self.sc.sites}
+        mesh = self.sc.mesh
+        if mesh is None:
+            return {s: up[s] * sum(up[r] for r in self.sc.remotes_of(s)) for s in self.procs}
+        live = [s for s, p in self.procs.items() if p.poll() is None]
+        pm = peer_map({s: Member(self.sc.site(s).region) for s in live}, mesh.topology)
+        return {s: up[s] * sum(up[r] for r in pm.get(s, ())) for s in live}
+
+    def join(self, site: str) -> None:
+        """A mesh site comes up (`site_join`): its agent, on the site file written at the start."""
+        self.stopped.discard(site)
+        self.launch(site)
+
+    def leave(self, site: str) -> None:
+        """A mesh site leaves (`site_leave`): its agent says so, stops and removes its dataplane (SIGUSR1)."""
+        self.apply(site, running=False, cleanup=True)
 
     def launch(self, site: str) -> None:
         """`site`'s agent on its site file as it is (`agent_start` too: it adopts what a graceful stop left)."""
@@ -118,6 +162,7 @@ class Agents:
         self.stopped.add(site)
         p = self.procs[site]
         if p.poll() is None:
+            self._keep_events(site)
             p.send_signal(signal.SIGUSR1 if cleanup else signal.SIGTERM)
             p.wait(20)
         elif cleanup:              # stopped gracefully before: remove what it left
@@ -157,8 +202,10 @@ class Agents:
             raise RunError(err)
 
     def wait_ready(self, timeout_s: float) -> None:
-        """Every agent's paths are Up and lossless (an agent that exits meanwhile fails the run)."""
+        """Every agent's paths are Up and lossless, as many as it should have (an agent that exits meanwhile
+        fails the run; with a mesh, the paths appear as the sites find each other)."""
         pending = set(self.procs)
+        want = self.expected_paths()
 
         def ready() -> bool:
             self._raise_if_down()
@@ -167,7 +214,8 @@ class Agents:
                     ps = self.api(site, "/paths")
                 except (httpx.HTTPError, ValueError):
                     continue
-                if ps and all(p["status"] == "up" and p["loss_pct"] == 0 for p in ps):
+                if ps and len(ps) >= want.get(site, 0) and all(p["status"] == "up" and p["loss_pct"] == 0
+                                                               for p in ps):
                     pending.discard(site)
             return not pending
         wait_for(ready, timeout_s, lambda: f"paths not all Up after {timeout_s:g} s at: {', '.join(sorted(pending))}",
@@ -176,7 +224,7 @@ class Agents:
     def wait_tunnels(self, timeout_s: float) -> None:
         """Every WireGuard tunnel of every agent has completed a handshake (a run measures failovers,
         not the first handshake of a backup tunnel nobody had used yet)."""
-        pending = {s.name: s.id for s in self.sc.sites}
+        pending = {s.name: s.id for s in self.sc.sites if s.name in self.procs}
 
         def handshaken() -> bool:
             for site, sid in list(pending.items()):
@@ -250,8 +298,11 @@ class Agents:
         plans: dict[str, Any] = {}
         if_to_path: dict[tuple[str, str], str] = {}
         for site in self.net.sites:
+            now: list[dict[str, Any]] = []
             with contextlib.suppress(httpx.HTTPError, ValueError):
-                events.append((site, list(self.api(site, "/events?limit=10000"))))
+                now = list(self.api(site, "/events?limit=10000"))
+            if site in self.earlier_events or now:
+                events.append((site, self.earlier_events.get(site, []) + now))
             with contextlib.suppress(httpx.HTTPError, ValueError):
                 plans[site] = self.api(site, "/steering")
         for site in self.net.sites:
@@ -260,7 +311,14 @@ class Agents:
                     if_to_path[(site, p["interface"])] = p["id"]
         return events, plans, if_to_path
 
-    def timeline_row(self, at_s: float, site: str, running: bool, cleanup: bool) -> list[Any]:
-        """timeline.csv's row of an agent step applied now."""
-        return [at_s, round(time.time(), 6), "agent_start" if running else "agent_stop", site,
-                json.dumps({"cleanup": cleanup}) if not running else "{}"]
+    def _keep_events(self, site: str) -> None:
+        """The events of an agent the timeline is about to stop (a stopped agent answers nothing at the end,
+        and a new one starts with none): kept for `collect`."""
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            self.earlier_events.setdefault(site, []).extend(self.api(site, "/events?limit=10000"))
+
+    def timeline_row(self, at_s: float, site: str, running: bool, cleanup: bool,
+                     action: str | None = None) -> list[Any]:
+        """timeline.csv's row of an agent step (or a membership step: `action`) applied now."""
+        return [at_s, round(time.time(), 6), action or ("agent_start" if running else "agent_stop"), site,
+                json.dumps({"cleanup": cleanup}) if not running and action is None else "{}"]

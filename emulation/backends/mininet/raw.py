@@ -51,7 +51,7 @@ class Collected:
 
 
 def write_raw(raw: Path, scenario: Scenario, net: MininetNet, flows: list[FlowPlan], got: Collected, *,
-              impairment_backend: str, started_at: float, t0: float) -> None:
+              impairment_backend: str, started_at: float, t0: float, mesh: dict[str, Any] | None = None) -> None:
     """path_metrics.csv, timeline.csv, events.jsonl, steering.json, tcp.csv, http.csv, packets.csv, run.json."""
     raw.mkdir(parents=True, exist_ok=True)
     write_csv(raw / "path_metrics.csv", PATH_METRIC_COLUMNS, got.sampler.rows)
@@ -85,7 +85,7 @@ def write_raw(raw: Path, scenario: Scenario, net: MininetNet, flows: list[FlowPl
             for f in flows]
     write_json(raw / "run.json", run_document(
         scenario, backend="mininet", impairment_backend=impairment_backend, started_at=started_at,
-        t0=t0, flows=docs, links=got.links, expectations=got.expectations))
+        t0=t0, flows=docs, links=got.links, expectations=got.expectations, **({"mesh": mesh} if mesh else {})))
 
 
 def write_packets(raw: Path, net: MininetNet, flows: list[FlowPlan], if_to_path: Mapping[tuple[str, str], str]) -> None:

@@ -34,7 +34,7 @@ from emulation.links.settings import impairment_of
 from emulation.platform import CpuWatch
 from emulation.scenario.model import Scenario
 from emulation.scenario.timeline import schedule
-from emulation.siteconf import API_PORT, expectations_doc
+from emulation.siteconf import API_PORT, expectations_doc, mesh_doc
 from emulation.stallwatch import StallWatch
 
 __all__ = ["RunError", "Runner"]
@@ -229,8 +229,14 @@ class Runner:
         self.clock(total, total, "")
 
     def apply_step(self, step: Any) -> None:
-        from emulation.scenario.timeline import AgentStep
+        from emulation.scenario.timeline import AgentStep, MembershipStep
 
+        if isinstance(step, MembershipStep):
+            agents = self._agents()
+            (agents.join if step.joins else agents.leave)(step.site)
+            self.timeline_rows.append(agents.timeline_row(step.at_s, step.site, step.joins, not step.joins,
+                                                          "site_join" if step.joins else "site_leave"))
+            return
         if isinstance(step, AgentStep):
             self._agents().apply(step.site, step.running, step.cleanup)
             self.timeline_rows.append(self._agents().timeline_row(step.at_s, step.site, step.running, step.cleanup))
@@ -260,9 +266,11 @@ class Runner:
                  for s in self.sc.sites for u in s.uplinks]
         events, plans, if_to_path = agents.collect()
         got = Collected(sampler=sampler, timeline_rows=self.timeline_rows, events=events, plans=plans,
-                        if_to_path=if_to_path, expectations=expectations_doc(self.sc), links=links)
+                        if_to_path=if_to_path, expectations=expectations_doc(self.sc, "mininet"), links=links)
+        spawned = agents.spawned_at if agents.spawned_at is not None else self.t0
         write_raw(self.raw, self.sc, self._net(), self.traffic.flows, got,
-                  impairment_backend=self.impairment_backend, started_at=self.started_at, t0=self.t0)
+                  impairment_backend=self.impairment_backend, started_at=self.started_at, t0=self.t0,
+                  mesh=mesh_doc(self.sc, spawned - self.t0))
 
     # -- the end -----------------------------------------------------------------------------------
 

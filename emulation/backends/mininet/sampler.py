@@ -37,8 +37,11 @@ class Sampler(threading.Thread):
             n += 1
             for site, base in self.apis.items():
                 try:
-                    ps = self.client.get(base + "/paths").json()
+                    r = self.client.get(base + "/paths")
+                    ps = r.json() if r.status_code == 200 else None
                 except (httpx.HTTPError, ValueError):
+                    continue
+                if not isinstance(ps, list):      # an agent stopping (or not up yet) answers with an error
                     continue
                 for p in ps:
                     self.rows.append([site, p["id"], round(t, 4), p["status"], p["latency_ms"], p["jitter_ms"],
