@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from benchmarks.bench_failover import all_cores
 from benchmarks.bench_testbed import ROOT, _leftovers, _run
 from benchmarks.common import write
 
@@ -59,7 +60,7 @@ def main() -> list[dict[str, Any]]:
     from emulation.measure.load import load_run
     from emulation.measure.meshtimes import convergence, join_times
 
-    with tempfile.TemporaryDirectory(prefix="patronus-bench-join-") as d:
+    with all_cores(), tempfile.TemporaryDirectory(prefix="patronus-bench-join-") as d:
         tmp = Path(d)
         path = tmp / "mesh-join-repeated.yaml"
         path.write_text(yaml.safe_dump(scenario_doc(JOINS), sort_keys=False))

@@ -90,6 +90,7 @@ from patronus.core.sla import SlaMonitor
 log = logging.getLogger("patronus.agent")
 
 
+API_AFTER_MESH_S = 5.0     # a joining site's API waits at most this for its first peers to be applied
 WARM_RESPONDER_S = 1.0     # a tunnel's far end (the higher site id) starts a handshake after this, if none came
 
 
@@ -646,8 +647,12 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
     try:
         host, port = cfg.api_listen
         # The API stack (FastAPI, pydantic models: most of a second of CPU) is imported and built on a worker
-        # thread once the site is up: the event loop keeps probing and answering the mesh meanwhile, and a
-        # joining site's datagrams do not wait for it.
+        # thread once the site is up, and a joining site's first peers are applied first (at most
+        # API_AFTER_MESH_S): the control plane before the management plane, so that neither competes with
+        # the join for the CPU.
+        if agent.mesh is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(agent.mesh.settled.wait(), API_AFTER_MESH_S)
         server = await loop.run_in_executor(None, _api_server, agent, host, port)
         api_task = loop.create_task(server.serve())
         while not server.started:

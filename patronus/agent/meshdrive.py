@@ -115,6 +115,7 @@ class MeshDriver:
         self.socks: list[socket.socket] = []
         self.want: dict[str, RemoteConfig] = {}
         self._changed = asyncio.Event()
+        self.settled = asyncio.Event()          # the first peers applied (or none to wait for: no seeds)
         self._task: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -142,6 +143,8 @@ class MeshDriver:
             self.close()
             raise
         self._task = loop.create_task(self._reconcile(), name="patronus-mesh")
+        if not m.seeds:
+            self.settled.set()
         self.perform(self.node.start([f"{a}:{p}" for a, p in m.seeds], now))
 
     def leave(self) -> None:
@@ -258,6 +261,8 @@ class MeshDriver:
                 raise
             except Exception as exc:       # a remote the kernel or the file refuses: logged, retried on change
                 log.error("mesh: cannot apply the peers %s: %s", ", ".join(r.name for r in want) or "(none)", exc)
+            if not self._changed.is_set():
+                self.settled.set()
 
     def state(self) -> dict[str, Any]:
         """The mesh as this site sees it (the API's topology `mesh`): its members (and which it peers

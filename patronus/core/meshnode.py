@@ -33,9 +33,10 @@ Datagrams. Every datagram is signed by its sender's key. Version 1:
 
 A datagram is verified with the key of the sender's announcement: the one held, or the one attached
 (admitted through the gate first). A site attaches its announcement to everything it sends for
-`introduce_s` after its announcement changes (start, refutation, rotation, leave) and after it is asked
-"who are you?", so that a member that has not heard of it yet (gossip takes a few periods) can still
-check its pings. "Who are you?" goes to the datagram's source at most once every `WHO_EVERY_S` (5 s): it
+`introduce_s` after its announcement changes (start, refutation, rotation, leave), after it is asked
+"who are you?", and to a site that introduced itself with a new announcement (it may be a new process of
+a site that left: it knows nobody), so that a member that has not heard of it yet (gossip takes a few
+periods) can still check its pings. "Who are you?" goes to the datagram's source at most once every `WHO_EVERY_S` (5 s): it
 carries our announcement, ~460 bytes, in answer to what may be a spoofed datagram, so it must not amplify
 a flood. Refused datagrams are counted in `rejected` by reason, before any state changes:
 
@@ -401,9 +402,10 @@ class MeshNode:
             attached = self._admit_bytes(body[2:2 + n], None)
             body = body[2 + n:]
         a = attached if attached is not None and attached.site_id == sender else self.gate.held(sender)
-        if held is None and a is not None:
-            # a site we had not heard of introduced itself: it has not heard of us either (what answers a
-            # join does not wait for gossip), so what we send it carries ours for a while
+        if a is not None and (held is None or (a is attached and a.sequence > held.sequence)):
+            # a site we had not heard of introduced itself, or one we knew with a newer announcement (it
+            # restarted, say, after leaving): it may not know us (what answers a join does not wait for
+            # gossip), so what we send it carries ours for a while
             if len(self._introduce_to) > 1024:
                 self._introduce_to = {k: v for k, v in self._introduce_to.items() if v > now}
             self._introduce_to[a.site_name] = now + self._introduce_s

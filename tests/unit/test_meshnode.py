@@ -213,3 +213,20 @@ def test_an_unknown_source_gets_at_most_one_who_are_you_every_five_seconds() -> 
     later = node.on_datagram("198.51.100.7:9", data, lab.now + 5.1)     # 5 s after the first, and a bit
     assert len([o for o in later if isinstance(o, Transmit)]) == 1
     assert node.rejected["unknown_sender"] >= 101
+
+
+def test_a_site_that_left_and_comes_back_is_answered_at_once() -> None:
+    """A new process of a site that left joins again: the seed still holds its old announcement, and must
+    still attach its own to what it answers (the newcomer knows nobody), so that the join completes on its
+    first round trip, without a "who are you?" round and a join retry."""
+    lab = MeshLab(swim=FAST)
+    ten(lab, 4)
+    assert lab.when(lab.full_mesh, within=5.0) is not None
+    lab.handle("s4", lab.sites["s4"].node.leave(lab.now))
+    lab.kill("s4")
+    assert lab.when(lambda: all("s4" not in lab.sites[n].peers for n in lab.live()), within=2.0) is not None
+    lab.run_for(2.0)
+    lab.add("s4", 4, seeds=["s1"])          # a new node: a new announcement, a higher sequence
+    back = lab.when(lambda: len(lab.sites["s4"].peers) == 3, within=3.0)
+    assert back is not None and back < FAST.join_interval, back
+    assert "unknown_sender" not in lab.sites["s4"].node.rejected
