@@ -36,9 +36,9 @@ A datagram is verified with the key of the sender's announcement: the one held, 
 `introduce_s` after its announcement changes (start, refutation, rotation, leave), after it is asked
 "who are you?", and to a site that introduced itself with a new announcement (it may be a new process of
 a site that left: it knows nobody), so that a member that has not heard of it yet (gossip takes a few
-periods) can still check its pings. "Who are you?" goes to the datagram's source at most once every `WHO_EVERY_S` (5 s): it
-carries our announcement, ~460 bytes, in answer to what may be a spoofed datagram, so it must not amplify
-a flood. Refused datagrams are counted in `rejected` by reason, before any state changes:
+periods) can still check its pings. "Who are you?" goes to the datagram's source at most once every
+`WHO_EVERY_S` (5 s): it carries our announcement, ~460 bytes, in answer to what may be a spoofed datagram,
+so it must not amplify a flood. Refused datagrams are counted in `rejected` by reason, before any state changes:
 
   ================  ===================================================================
   rate_limited      the transport source sent more than `rate_per_s` (burst `burst`)
