@@ -28,6 +28,8 @@ SHORT: dict[str, dict[str, Any]] = {
                   "timeline.3.at": "26s", "expectations.9.flow_stays.during": ["5s", "13s"]},
     "agent-restart": {"duration": "24s", "timeline.0.at": "5s", "timeline.1.at": "9s", "timeline.2.at": "13s",
                       "timeline.3.at": "17s"},
+    "mesh-join": {"duration": "26s", "timeline.0.at": "8s", "traffic.1.start": "18s"},
+    "hierarchical-20": {"duration": "22s", "timeline.0.at": "8s"},
 }
 
 

@@ -13,7 +13,10 @@ Stop, and graceful restart (the decisions are in `patronus.agent.adopt`'s header
   as last decided and the peers' probes are still answered. kill -9 leaves the same.
 * `patronus agent --cleanup`: SIGTERM removes every interface, rule, route, table and process it
   created or adopted, as a site losing its router would (`patronus cleanup` does it afterwards).
-  SIGUSR1 does the same whatever the flag (the test-bed's `agent_stop` with `cleanup: true`).
+  SIGUSR1 does the same whatever the flag (the test-bed's `agent_stop` with `cleanup: true`). A mesh site
+  (`mesh:`) stopping with `--cleanup` announces that it leaves the mesh; on SIGUSR1 it says nothing (the
+  site failed: its peers find out); SIGUSR2 announces the leave, stops and removes everything (the
+  test-bed's `site_leave`, or decommissioning a site now).
 * A starting agent adopts what an earlier one left (tunnels verified and reconfigured in place, the
   table replaced atomically with the map elements that still mean the same, rules and routes kept or
   pruned) and must not disturb the steering it finds: every path starts Down in its monitor, so the
@@ -135,6 +138,7 @@ class Agent:
         self._private = ""
         self._startup: dict[str, float] = {}           # how long each start step took (the "up" log line)
         self.cleanup_on_stop_now = cleanup
+        self.leave_on_stop: bool | None = None          # announce a mesh leave on stop (None: when cleaning up)
         self.mesh: Any = None                            # the mesh discovery driver (`meshdrive`), with `mesh:`
         self._remotes_lock = asyncio.Lock()
 
@@ -227,7 +231,7 @@ class Agent:
         mesh.start(identity, revocations)
 
         def close() -> None:
-            if self.cleanup_on_stop_now:
+            if self.cleanup_on_stop_now if self.leave_on_stop is None else self.leave_on_stop:
                 mesh.leave()          # the site goes away with its dataplane: say so
             mesh.close()
         self.life.add("mesh", close, close, Thread.LOOP)
@@ -418,6 +422,11 @@ class Agent:
         cleanup = self.cleanup_on_stop if cleanup is None else cleanup
         self.cleanup_on_stop_now = cleanup
         self._stopping = True
+        if self.mesh is not None:
+            # a reconfiguration in flight finishes first (what it built is then registered for undo);
+            # none starts after `_stopping`
+            async with self._remotes_lock:
+                self.mesh.halt()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -629,17 +638,20 @@ class Agent:
 async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None, cleanup: bool = False) -> int:
     """Run the agent until SIGTERM/SIGINT; return the exit code. The API runs in the same loop.
     `cleanup`: remove the dataplane on stop (else the next agent adopts it). SIGUSR1 stops it and
-    removes the dataplane whatever `cleanup` says (a test-bed's "the site loses its router")."""
+    removes the dataplane whatever `cleanup` says (a test-bed's "the site loses its router": a mesh site
+    says nothing), SIGUSR2 too after saying that the site leaves the mesh."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     agent = Agent(cfg, cleanup=cleanup)
 
-    def stop_and_clean() -> None:
+    def stop_and_clean(leave: bool) -> None:
         agent.cleanup_on_stop = True
+        agent.leave_on_stop = leave
         stop.set()
-    loop.add_signal_handler(signal.SIGUSR1, stop_and_clean)
+    loop.add_signal_handler(signal.SIGUSR1, stop_and_clean, False)
+    loop.add_signal_handler(signal.SIGUSR2, stop_and_clean, True)
     await agent.start()
     server: Any = None
     api_task: asyncio.Task[Any] | None = None
@@ -676,7 +688,7 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
         # an agent that never served (its API could not listen) removes what it created, as a failed
         # start does; a dataplane it adopted stays
         await agent.stop(cleanup=None if serving or agent.cleanup_on_stop else not agent.dataplane.adopting)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
             loop.remove_signal_handler(sig)
 
 

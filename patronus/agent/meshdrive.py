@@ -20,8 +20,9 @@ and the remotes it finds turned into paths.
   every site): the pair key is derived from it and both site names, as for a static remote.
 * **Events.** `SiteJoined`, `SiteSuspected`, `SiteLeft`, `KeyRotated` are published and stored like the
   runtime's; the node stamps them with wall time, the hub wants monotonic.
-* **Leaving.** A stop that removes the site's dataplane (`--cleanup`, SIGUSR1) announces that the site
-  leaves; a graceful stop (an upgrade) does not: its peers keep their paths and see it back in seconds.
+* **Leaving.** A stop that removes the site's dataplane on purpose (`--cleanup`, SIGUSR2) announces that
+  the site leaves; a graceful stop (an upgrade) does not (its peers keep their paths and see it back in
+  seconds), nor does SIGUSR1 (the test-bed's "the site loses its router": its peers find it failed).
 """
 
 from __future__ import annotations
@@ -152,13 +153,17 @@ class MeshDriver:
         if self.node is not None and not self.closed:
             self.perform(self.node.leave(time.time()))
 
+    def halt(self) -> None:
+        """No more reconfiguration (the agent stops; it waited for one in flight)."""
+        if self._task is not None:
+            self._task.cancel()
+
     def close(self) -> None:
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._task is not None:
-            self._task.cancel()
+        self.halt()
         loop = asyncio.get_running_loop()
         for s in self.socks:
             with contextlib.suppress(ValueError, OSError):

@@ -59,7 +59,33 @@ def test_a_mesh_scenario_reads_round_trips_and_schedules_its_membership() -> Non
     assert sc.refusal("sim") is None
     doc = mesh_doc()
     del doc["backends"]
-    assert "simulator only" in (from_dict(doc).refusal("mininet") or "")
+    assert from_dict(doc).refusal("mininet") is None          # real agents discover too
+
+
+def test_an_expectation_may_judge_some_backends_only() -> None:
+    from emulation.siteconf import expectations_doc
+
+    doc = mesh_doc()
+    doc["backends"] = ["mininet", "sim"]
+    doc["expectations"] = [{"join_time": {"site": "s4", "max": "2s", "backends": ["sim"]}},
+                           {"join_time": {"site": "s4", "max": "5s", "backends": ["mininet"]}},
+                           {"converged": {"max": "5s"}}]
+    sc = from_dict(doc)
+    assert sc.expectations == (JoinTime(site="s4", max_s=2.0, backends=("sim",)),
+                               JoinTime(site="s4", max_s=5.0, backends=("mininet",)), Converged(max_s=5.0))
+    assert from_dict(sc.to_dict()) == sc
+    assert [(e["type"], e["max"]) for e in expectations_doc(sc, "sim")] == [("join_time", 2.0), ("converged", 5.0)]
+    assert [(e["type"], e["max"]) for e in expectations_doc(sc, "mininet")] == [("join_time", 5.0),
+                                                                                 ("converged", 5.0)]
+    assert len(expectations_doc(sc)) == 3
+    for bad, why in ((["netem"], "expectations[0].join_time.backends[0]"), ([], "expectations[0].join_time.backends"),
+                     ("sim", "expectations[0].join_time.backends"),
+                     (["sim", "sim"], "expectations[0].join_time.backends[1]")):
+        doc["expectations"][0]["join_time"]["backends"] = bad
+        assert why in errors(doc), (bad, errors(doc))
+    doc["backends"] = ["sim"]                                  # a backend the scenario does not run on
+    doc["expectations"][0]["join_time"]["backends"] = ["mininet"]
+    assert "expectations[0].join_time.backends[0]" in errors(doc)
 
 
 def test_timers_and_a_hierarchical_topology_are_read_and_checked() -> None:

@@ -131,8 +131,13 @@ class Agents:
         self.launch(site)
 
     def leave(self, site: str) -> None:
-        """A mesh site leaves (`site_leave`): its agent says so, stops and removes its dataplane (SIGUSR1)."""
-        self.apply(site, running=False, cleanup=True)
+        """A mesh site leaves (`site_leave`): its agent says so, stops and removes its dataplane (SIGUSR2)."""
+        self.stopped.add(site)
+        p = self.procs[site]
+        if p.poll() is None:
+            self._keep_events(site)
+            p.send_signal(signal.SIGUSR2)
+            p.wait(20)
 
     def launch(self, site: str) -> None:
         """`site`'s agent on its site file as it is (`agent_start` too: it adopts what a graceful stop left)."""
