@@ -230,11 +230,8 @@ class Agent:
         self.mesh = mesh = MeshDriver(self, self.cfg.mesh)
         mesh.start(identity, revocations)
 
-        def close() -> None:
-            if self.cleanup_on_stop_now if self.leave_on_stop is None else self.leave_on_stop:
-                mesh.leave()          # the site goes away with its dataplane: say so
-            mesh.close()
-        self.life.add("mesh", close, close, Thread.LOOP)
+        # `stop` has silenced it already (and said that the site leaves, when it does)
+        self.life.add("mesh", mesh.close, mesh.close, Thread.LOOP)
 
     async def set_learned(self, learned: Sequence[RemoteConfig]) -> None:
         """Mesh discovery's remotes become these (`meshdrive`): the ones gone or changed are removed (their
@@ -423,8 +420,12 @@ class Agent:
         self.cleanup_on_stop_now = cleanup
         self._stopping = True
         if self.mesh is not None:
-            # a reconfiguration in flight finishes first (what it built is then registered for undo);
-            # none starts after `_stopping`
+            # Silent at once (a site that leaves says so first): a failed router answers no more probes,
+            # and its peers start to suspect it from this instant. A reconfiguration in flight finishes
+            # (what it built is then registered for undo); none starts after `_stopping`.
+            if self.cleanup_on_stop_now if self.leave_on_stop is None else self.leave_on_stop:
+                self.mesh.leave()
+            self.mesh.silence()
             async with self._remotes_lock:
                 self.mesh.halt()
         if self._timer is not None:

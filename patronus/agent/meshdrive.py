@@ -158,18 +158,23 @@ class MeshDriver:
         if self._task is not None:
             self._task.cancel()
 
-    def close(self) -> None:
+    def silence(self) -> None:
+        """No datagram in or out from now on, no timer (the reconfiguration task is `halt`'s)."""
         self.closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self.socks:
+            loop = asyncio.get_running_loop()
+            for s in self.socks:
+                with contextlib.suppress(ValueError, OSError):
+                    loop.remove_reader(s.fileno())
+                s.close()
+            self.socks.clear()
+
+    def close(self) -> None:
+        self.silence()
         self.halt()
-        loop = asyncio.get_running_loop()
-        for s in self.socks:
-            with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(s.fileno())
-            s.close()
-        self.socks.clear()
 
     async def wait_closed(self) -> None:
         if self._task is not None:
