@@ -65,11 +65,13 @@ from typing import Any
 from patronus.agent import duties
 from patronus.agent import keys as keymod
 from patronus.agent.adopt import HostRecord
-from patronus.agent.config import RemoteConfig, SiteConfig, with_remotes
+from patronus.agent.config import SiteConfig
 from patronus.agent.control import AgentApi
 from patronus.agent.dataplane import Built, Dataplane
 from patronus.agent.hub import EventHub
+from patronus.agent.learned import Learned
 from patronus.agent.lifecycle import Lifecycle, Thread
+from patronus.agent.meshdrive import MeshDriver
 from patronus.agent.numbering import KernelNumbers
 from patronus.agent.prober import Prober, ReflectorProcess
 from patronus.agent.procs import running_agent_pid, start_ticks
@@ -94,7 +96,6 @@ log = logging.getLogger("patronus.agent")
 
 
 API_AFTER_MESH_S = 5.0     # a joining site's API waits at most this for its first peers to be applied
-WARM_RESPONDER_S = 1.0     # a tunnel's far end (the higher site id) starts a handshake after this, if none came
 
 
 class AgentError(RuntimeError):
@@ -134,13 +135,12 @@ class Agent:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._stopping = False
-        self._private = ""
-        self._startup: dict[str, float] = {}           # how long each start step took (the "up" log line)
+        self.stopping = False
+        self.private_key = ""
         self.cleanup_on_stop_now = cleanup
         self.leave_on_stop: bool | None = None          # announce a mesh leave on stop (None: when cleaning up)
-        self.mesh: Any = None                            # the mesh discovery driver (`meshdrive`), with `mesh:`
-        self._remotes_lock = asyncio.Lock()
+        self.mesh: MeshDriver | None = None              # with `mesh:` (patronus.agent.meshdrive)
+        self.learned = Learned(self, self._pump)         # mesh discovery's remotes, applied at run time
 
     def wall(self, mono: float) -> float:
         return mono + self.offset
@@ -167,24 +167,22 @@ class Agent:
         cfg = self.cfg
         loop = self.loop
         assert loop is not None
-        t = time.monotonic()
         self._claim_host()
         store = self._open_store()
         private = await self.life.on_kernel(keymod.load_or_create_private_key, cfg.wg_private_key_file)
-        self._private = private
+        self.private_key = private
         self.public_key = keymod.public_key(private)
-        mesh_identity = self._mesh_identity()
+        mesh = MeshDriver.prepare(self, cfg.mesh) if cfg.mesh is not None else None   # checked before building
         self.token = cfg.api_token or keymod.load_or_create_token(cfg.api_token_file)
         record = self._dataplane_record()
         self._load_policies(store, record)
-        self._startup["host"] = -t + (t := time.monotonic())
         built = await self.dataplane.build(private, record, self.router.list_policies())
-        self._startup["dataplane"] = -t + (t := time.monotonic())
         await self._start_probing(built)
-        self._startup["probing"] = -t + (t := time.monotonic())
         self._start_core(time.monotonic(), built.kept_slots)
-        if mesh_identity is not None:
-            self._start_mesh(*mesh_identity)
+        if mesh is not None:
+            self.mesh = mesh
+            mesh.start()
+            self.life.add("mesh", mesh.close, mesh.close, Thread.LOOP)   # `stop` has silenced it already
         self._tasks.append(loop.create_task(duties.periodic(self), name="patronus-periodic"))
         if cfg.pmtu:
             self._tasks.append(loop.create_task(duties.measure_mtus(self), name="patronus-pmtu"))
@@ -193,11 +191,8 @@ class Agent:
         self.publish(AgentStarted(at=time.monotonic(), site=cfg.name, paths=len(cfg.paths),
                                   wireguard_backend=self.dataplane.wg_backend, steering=cfg.steering,
                                   adopted=self.adopted or None))
-        ticks = start_ticks(os.getpid())
-        since = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK") if ticks else float("nan")
-        log.info("agent %s up: %d paths, wireguard %s, steering %s, %.2f s after its process started (%s)", cfg.name,
-                 len(cfg.paths), self.dataplane.wg_backend, cfg.steering, since,
-                 ", ".join(f"{k} {v:.2f} s" for k, v in self._startup.items()))
+        log.info("agent %s up: %d paths, wireguard %s, steering %s, %.2f s after its process started", cfg.name,
+                 len(cfg.paths), self.dataplane.wg_backend, cfg.steering, _process_age())
         # Everything allocated so far lives as long as the agent: keep it out of the cyclic collector's
         # full passes, whose pauses would otherwise grow with it (and delay probe processing).
         gc.collect()
@@ -213,105 +208,6 @@ class Agent:
         if kept_slots is not None:
             self.runtime.adopt(self.numbers.slots_of_marks(kept_slots), now)
         self._pump(now)
-
-    def _mesh_identity(self) -> Any:
-        """With a `mesh:` section: the site's certificate, key and root, checked against this site
-        (ConfigError naming the field, before anything is built on the host)."""
-        if self.cfg.mesh is None:
-            return None
-        from patronus.agent.meshdrive import load_identity
-
-        return load_identity(self.cfg, self.cfg.mesh, self.public_key)
-
-    def _start_mesh(self, identity: Any, revocations: bytes | None) -> None:
-        from patronus.agent.meshdrive import MeshDriver
-
-        assert self.cfg.mesh is not None
-        self.mesh = mesh = MeshDriver(self, self.cfg.mesh)
-        mesh.start(identity, revocations)
-
-        # `stop` has silenced it already (and said that the site leaves, when it does)
-        self.life.add("mesh", mesh.close, mesh.close, Thread.LOOP)
-
-    async def set_learned(self, learned: Sequence[RemoteConfig]) -> None:
-        """Mesh discovery's remotes become these (`meshdrive`): the ones gone or changed are removed (their
-        slots out of the kernel maps, their connections forgotten, then their steering and tunnels), then
-        the new ones added (tunnels, steering, probes, then the runtime). The other remotes' flows do not
-        move. ConfigError, nothing changed, when the set is refused (`config.with_remotes`)."""
-        async with self._remotes_lock:
-            if self._stopping:
-                return
-            old = self.cfg
-            have = {r.name: r for r in old.remotes if r.learned}
-            wanted = {r.name: dataclasses.replace(r, number=have[r.name].number) if r.name in have else r
-                      for r in learned}
-            final = with_remotes(old, list(wanted.values()))        # checked before anything changes
-            stay = [r for n, r in have.items() if n in wanted and wanted[n] == r]
-            gone = [r for n, r in have.items() if not (n in wanted and wanted[n] == r)]
-            if gone:
-                now = time.monotonic()
-                for r in gone:
-                    self.runtime.remove_remote(r.name, now)
-                self._pump(now)                   # the kernel maps lose their slots
-                for r in gone:
-                    forgotten = await self.life.on_kernel(self._forget, r.number)
-                    log.info("mesh: remote %s removed (%d connections forgotten)", r.name, forgotten)
-                await self._retarget(with_remotes(old, stay))
-            added = [r for n, r in wanted.items() if not any(s.name == n for s in stay)]
-            if not added:
-                return
-            final = with_remotes(self.cfg, list(wanted.values()))
-            began = time.monotonic()
-            await self._retarget(final)
-            now = time.monotonic()
-            n = 0
-            for r in added:
-                paths = [p for p in final.core_paths() if p.dst_site == r.name]
-                self.runtime.add_remote(r.name, r.prefixes, paths, now)
-                for p in paths:
-                    self.status_since[p.id] = self.wall(now)
-                n += len(paths)
-            steps = ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in self.dataplane.last_change.items())
-            log.info("mesh: %d remotes added (%s), %d paths, in %.2f s (%s)", len(added),
-                     ", ".join(r.name for r in added), n, now - began, steps)
-            self._store_remotes(final, added)
-            self._pump(now)
-
-    def _forget(self, number: int) -> int:
-        steering = self.dataplane.steering
-        return steering.forget_remote(number) if steering is not None and steering.applied else 0
-
-    async def _retarget(self, cfg: SiteConfig) -> None:
-        """Everything that reads the site's remotes and paths, moved to `cfg` (kernel first)."""
-        old = self.numbers.plans, self.numbers.remotes
-        self.numbers.retarget(cfg)
-        try:
-            await self.dataplane.change_remotes(cfg, self._private, self.numbers.numbered(self.router.list_policies()))
-        except Exception:
-            self.numbers.plans, self.numbers.remotes = old
-            raise
-        self.cfg = cfg
-        if self.prober is not None:
-            self.prober.retarget(cfg)
-        if self.reflector is not None:
-            self.reflector.set_peers(cfg)
-
-    def _store_remotes(self, cfg: SiteConfig, added: Sequence[RemoteConfig]) -> None:
-        if self.store is None:
-            return
-        names = {r.name for r in added}
-        try:
-            with self.store.transaction():
-                for r in added:
-                    self.store.upsert_site(Site(SiteId(r.name), r.name, r.prefixes), public_key=r.public_key)
-                    for ep in r.endpoints:
-                        self.store.add_endpoint(Endpoint(EndpointId(f"{r.name}:{ep.uplink}"), SiteId(r.name),
-                                                         ep.address))
-                for path in cfg.core_paths():
-                    if path.dst_site in names:
-                        self.store.upsert_path(path, wg_interface=self.numbers.plans[path.id].ifname)
-        except Exception as exc:
-            log.error("store: cannot record the learned remotes: %s", exc)
 
     def _claim_host(self) -> None:
         """Root where the site needs it, the state directory, and the pid file no other agent holds."""
@@ -418,16 +314,9 @@ class Agent:
         module's header). Safe to call more than once."""
         cleanup = self.cleanup_on_stop if cleanup is None else cleanup
         self.cleanup_on_stop_now = cleanup
-        self._stopping = True
+        self.stopping = True
         if self.mesh is not None:
-            # Silent at once (a site that leaves says so first): a failed router answers no more probes,
-            # and its peers start to suspect it from this instant. A reconfiguration in flight finishes
-            # (what it built is then registered for undo); none starts after `_stopping`.
-            if self.cleanup_on_stop_now if self.leave_on_stop is None else self.leave_on_stop:
-                self.mesh.leave()
-            self.mesh.silence()
-            async with self._remotes_lock:
-                self.mesh.halt()
+            await self.mesh.stop(self.cleanup_on_stop_now if self.leave_on_stop is None else self.leave_on_stop)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -459,12 +348,12 @@ class Agent:
             # replies already in the socket buffers first, with their kernel arrival times: a pause of
             # this loop must not turn an answered probe into a timed-out one
             self.prober.drain()
-        if not self._stopping:
+        if not self.stopping:
             self._perform(self.runtime.on_timer(time.monotonic(), due))
 
     def _pump(self, now: float) -> None:
         """One step of the runtime, performed; then re-arm."""
-        if not self._stopping:
+        if not self.stopping:
             self._perform(self.runtime.pump(now))
 
     def _perform(self, act: Actions) -> None:
@@ -475,7 +364,7 @@ class Agent:
             if isinstance(ev, PathStatusChanged):
                 self.status_since[ev.path_id] = self.wall(ev.at)
                 if ev.new is PathStatus.UP:
-                    self._warm(ev.path_id)
+                    self.learned.warm(ev.path_id)
             elif isinstance(ev, TunnelDown):
                 log.warning("path %s: probes pass but tunnel %s has no WireGuard session; routing around it",
                             ev.path_id, ev.interface)
@@ -489,7 +378,7 @@ class Agent:
                 log.error("steering update failed: %s", exc)
                 self.publish(SteeringFailed(at=time.monotonic(), error=str(exc)))
         if self.store is not None and (act.status_changed or act.stored):
-            self._store_events(act.stored)
+            self.store_events(act.stored)
         self._arm()
 
     def _steer(self, plan: SteeringPlan, moves: list[Event]) -> None:
@@ -537,27 +426,6 @@ class Agent:
         if self.runtime.has_news():
             self._pump(now)
 
-    def _warm(self, pid: PathId) -> None:
-        """A path came Up: its probes are answered, so the far end has its tunnel (an agent creates its
-        tunnels before its reflector answers a new remote). If the tunnel has never had a handshake, the
-        end that initiates (the lower site id) starts one at once: its first initiation may have reached
-        the far end before that tunnel existed (a site that just joined), and WireGuard would retry only
-        after its 5 s rekey timeout. The other end waits `WARM_RESPONDER_S` and starts one itself if there
-        is still none: the initiator may hold a session with this site's previous tunnel (removed and
-        built again when the mesh thought it dead), which it keeps using until its 2-minute rekey, sending
-        keepalives our new tunnel cannot read; one initiation from here replaces it."""
-        plan = self.numbers.plans.get(pid)
-        if plan is None or self.loop is None or self.dataplane.wg is None:
-            return
-        with contextlib.suppress(KeyError):
-            initiator = self.cfg.id < self.cfg.remote(plan.remote).id
-            warm = functools.partial(self.loop.run_in_executor, self.life.kernel, self.dataplane.warm, plan)
-            if initiator:
-                warm()
-            else:
-                self.loop.call_later(WARM_RESPONDER_S, lambda: None if self._stopping or
-                                     self.numbers.plans.get(pid) != plan else warm())
-
     def record_metrics(self, now: float) -> None:
         if self.store is None:
             return
@@ -589,13 +457,8 @@ class Agent:
                     self.store.remove_flow(rec.flow)
 
     def store_events(self, events: Sequence[Event]) -> None:
-        """Record `events` (their `at` monotonic) in the store."""
-        if self.store is not None:
-            self._store_events(events)
-
-    def _store_events(self, events: Sequence[Event]) -> None:
-        assert self.store is not None
-        if not events:
+        """Record `events` (their `at` monotonic) in the store, if there is one."""
+        if self.store is None or not events:
             return
         try:
             self.store.record_events([dataclasses.replace(e, at=self.wall(e.at)) for e in events])
@@ -691,6 +554,12 @@ async def serve(cfg: SiteConfig, *, ready: Callable[[Agent], None] | None = None
         await agent.stop(cleanup=None if serving or agent.cleanup_on_stop else not agent.dataplane.adopting)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
             loop.remove_signal_handler(sig)
+
+
+def _process_age() -> float:
+    """Seconds since this process started (the "agent up" log line)."""
+    ticks = start_ticks(os.getpid())
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK") if ticks else float("nan")
 
 
 def _api_server(agent: Agent, host: str, port: int) -> Any:

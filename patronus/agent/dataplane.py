@@ -23,7 +23,7 @@ from patronus.agent.adopt import HostRecord, Numbering, TunnelAction, kept_maps,
 from patronus.agent.config import PathPlan, SiteConfig
 from patronus.agent.lifecycle import Lifecycle, Thread
 from patronus.agent.numbering import KernelNumbers
-from patronus.agent.steering import FALLBACK_POLICY_NO, Steering
+from patronus.agent.steering import FALLBACK_POLICY_NO, Steering, change_routes
 from patronus.core.model import PathId
 from patronus.core.policy import RoutingPolicy
 
@@ -174,7 +174,7 @@ class Dataplane:
                 t = time.monotonic()
                 steering.reload(cfg, policies)          # nft on the loop thread, as every map update is
                 self.last_change["table_s"] = time.monotonic() - t
-                pruned = await k(steering.reload_routes, old)
+                pruned = await k(change_routes, old, cfg)
                 self.last_change["routes_s"] = time.monotonic() - t - self.last_change["table_s"]
         except Exception:
             self.cfg = old

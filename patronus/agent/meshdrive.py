@@ -13,7 +13,7 @@ and the remotes it finds turned into paths.
   per source). The node checks everything else: signatures, certificates, revocations, replays.
 * **Paths.** The node says which sites this one peers with (`PeerUp` / `PeerChanged` / `PeerDown`); the
   driver keeps the wanted set and one task reconciles the agent's learned remotes with it
-  (`Agent.set_learned`): removals first, then additions, a peer whose key, endpoints or prefixes changed
+  (`learned.Learned.apply`): removals first, then additions, a peer whose key, endpoints or prefixes changed
   is removed and added again. Coalescing: a burst of changes (a push-pull admitting ten sites) is one
   reconfiguration. A remote of the site file is never replaced by a learned one.
 * **Probe keys.** A learned remote's probes use the site's `probe.secret` (the organisation's, the same at
@@ -36,7 +36,7 @@ import logging
 import random
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from patronus.agent import keys as keymod
 from patronus.agent.ca import read_object
@@ -47,9 +47,6 @@ from patronus.core.announce import Announcement, Endpoint
 from patronus.core.errors import ConfigError
 from patronus.core.events import Event
 from patronus.core.meshnode import MeshIdentity, MeshNode, MeshOptions, Output, PeerChanged, PeerDown, PeerUp, Transmit
-
-if TYPE_CHECKING:
-    from patronus.agent.daemon import Agent
 
 log = logging.getLogger("patronus.agent")
 
@@ -107,11 +104,13 @@ def learned_remote(a: Announcement) -> RemoteConfig:
 
 
 class MeshDriver:
-    """One agent's mesh node, its sockets and timer, and the reconciliation of its peers into remotes."""
+    """One agent's mesh node, its sockets and timer, and the reconciliation of its peers into remotes.
+    `agent` is the running `patronus.agent.daemon.Agent` (typed loosely: that module imports this one)."""
 
-    def __init__(self, agent: Agent, settings: MeshSettings) -> None:
+    def __init__(self, agent: Any, settings: MeshSettings, identity: MeshIdentity, revocations: bytes | None) -> None:
         self.agent = agent
         self.m = settings
+        self.identity, self.revocations = identity, revocations
         self.node: MeshNode | None = None
         self.socks: list[socket.socket] = []
         self.want: dict[str, RemoteConfig] = {}
@@ -126,8 +125,15 @@ class MeshDriver:
 
     # -- start / stop ---------------------------------------------------------------------------------
 
-    def start(self, identity: MeshIdentity, revocations: bytes | None) -> None:
+    @classmethod
+    def prepare(cls, agent: Any, settings: MeshSettings) -> MeshDriver:
+        """The driver of `agent`'s mesh, its files read and checked against the site (`load_identity`:
+        ConfigError naming the field, before anything is built on the host); `start` it once the site is up."""
+        return cls(agent, settings, *load_identity(agent.cfg, settings, agent.public_key))
+
+    def start(self) -> None:
         cfg, m = self.agent.cfg, self.m
+        identity, revocations = self.identity, self.revocations
         endpoints = [Endpoint(u.name, ipaddress.ip_address(u.address), m.port) for u in cfg.uplinks]
         now = time.time()
         self.node = MeshNode(identity, MeshOptions(topology=m.topology, swim=m.swim),
@@ -152,6 +158,16 @@ class MeshDriver:
         """Say that this site leaves the mesh (best effort: the datagrams go out now, once)."""
         if self.node is not None and not self.closed:
             self.perform(self.node.leave(time.time()))
+
+    async def stop(self, leave: bool) -> None:
+        """The agent stops: silent at once (saying first that the site leaves, if it does), so that a
+        failed router answers no more probes and its peers suspect it from this instant; a
+        reconfiguration in flight finishes (what it built is then registered for undo)."""
+        if leave:
+            self.leave()
+        self.silence()
+        async with self.agent.learned.lock:
+            self.halt()
 
     def halt(self) -> None:
         """No more reconfiguration (the agent stops; it waited for one in flight)."""
@@ -266,7 +282,7 @@ class MeshDriver:
             self._changed.clear()
             want = sorted(self.want.values(), key=lambda r: r.name)
             try:
-                await self.agent.set_learned(want)
+                await self.agent.learned.apply(want)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:       # a remote the kernel or the file refuses: logged, retried on change

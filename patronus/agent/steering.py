@@ -390,7 +390,7 @@ class Steering:
         """The site's remotes changed (mesh discovery): the table for `cfg` replaces the one in place in one
         transaction that re-adds the current map elements (the agent has already dropped the slots of a
         remote that left), so no other connection misses a packet. The tunnels of new paths exist already;
-        their routes and rules follow (`reload_routes`). On the loop thread, like `update`: one libnftables
+        their routes and rules follow (`change_routes`). On the loop thread, like `update`: one libnftables
         context is never used by two threads at once."""
         old = self.cfg
         self.cfg = cfg
@@ -408,59 +408,6 @@ class Steering:
             self.cfg = old
             self.remote_no = {r.name: r.number for r in old.remotes}
             raise SteeringError(f"cannot install the steering of the new remotes: {exc}") from exc
-
-    def reload_routes(self, old: SiteConfig) -> list[str]:
-        """After `reload`: the routes and rules that differ between `old` and the new site config, added
-        (new paths' routes, new remotes' rules) before the ones no longer wanted are removed; nothing else is
-        touched or listed (a join into a mesh of hundreds stays cheap). Returns what was removed. Kernel
-        thread."""
-        from pyroute2 import IPRoute
-
-        new = self.cfg
-        before, after = set(rule_specs(old, uplinks=False)), set(rule_specs(new, uplinks=False))
-        routes_before, routes_after = _path_routes(old), _path_routes(new)
-        removed: list[str] = []
-        with IPRoute() as ipr:
-            for ifname, table, pfx in sorted(routes_after - routes_before):
-                idx = ipr.link_lookup(ifname=ifname)
-                if not idx:
-                    raise SteeringError(f"tunnel interface {ifname} does not exist")
-                ipr.route("replace", dst=pfx, table=table, oif=idx[0], proto=ROUTE_PROTO,
-                          family=socket.AF_INET6 if ":" in pfx else socket.AF_INET)
-            for rule in sorted(after - before, key=lambda r: r.priority):
-                try:
-                    ipr.rule("add", **rule.kwargs())
-                except Exception as exc:
-                    if getattr(exc, "code", None) != errno.EEXIST:
-                        raise SteeringError(f"cannot add ip rule {rule.priority}: {exc}") from exc
-            for rule in sorted(before - after, key=lambda r: r.priority):
-                with contextlib.suppress(Exception):
-                    ipr.rule("del", **rule.kwargs())
-                    removed.append(f"ip rule {rule.priority}")
-            for _ifname, table, pfx in sorted(routes_before - routes_after):
-                with contextlib.suppress(Exception):
-                    ipr.route("del", dst=pfx, table=table, proto=ROUTE_PROTO,
-                              family=socket.AF_INET6 if ":" in pfx else socket.AF_INET)
-                    removed.append(f"route table {table} {pfx}")
-        return removed
-
-    def forget_remote(self, number: int) -> int:
-        """Delete the connections steered toward remote `number` (conntrack marks 0x5?RR....): it left, and
-        its number may be given to another; their next packets are classified afresh. Returns how many."""
-        from pyroute2 import NFCTSocket
-
-        n = 0
-        for fam in (socket.AF_INET, socket.AF_INET6):
-            ct = NFCTSocket(nfgen_family=fam)
-            try:
-                for gen in (0, 1):
-                    mark = slot_mark(number, 0, 0, gen)
-                    n += sum(1 for _ in ct.dump(mark=mark, mark_mask=0xFFFF0000))
-                    with contextlib.suppress(Exception):
-                        ct.flush(mark=mark, mark_mask=0xFFFF0000)
-            finally:
-                ct.close()
-        return n
 
     def read_maps(self) -> tuple[dict[int, int], dict[int, int]] | None:
         """The elements of the table's `new_slot` and `slot_path` maps as the kernel has them, or None
@@ -676,3 +623,57 @@ class Steering:
 
 def path_mark(path_no: int) -> int:
     return PATH_MARK_BASE | path_no
+
+
+def change_routes(old: SiteConfig, new: SiteConfig) -> list[str]:
+    """After `Steering.reload`: the routes and rules that differ between `old` and `new`, added (new paths'
+    routes, new remotes' rules) before the ones no longer wanted are removed; nothing else is touched or
+    listed (a join into a mesh of hundreds stays cheap). Returns what was removed. Kernel thread."""
+    from pyroute2 import IPRoute
+
+    before, after = set(rule_specs(old, uplinks=False)), set(rule_specs(new, uplinks=False))
+    routes_before, routes_after = _path_routes(old), _path_routes(new)
+    removed: list[str] = []
+    with IPRoute() as ipr:
+        for ifname, table, pfx in sorted(routes_after - routes_before):
+            idx = ipr.link_lookup(ifname=ifname)
+            if not idx:
+                raise SteeringError(f"tunnel interface {ifname} does not exist")
+            ipr.route("replace", dst=pfx, table=table, oif=idx[0], proto=ROUTE_PROTO,
+                      family=socket.AF_INET6 if ":" in pfx else socket.AF_INET)
+        for rule in sorted(after - before, key=lambda r: r.priority):
+            try:
+                ipr.rule("add", **rule.kwargs())
+            except Exception as exc:
+                if getattr(exc, "code", None) != errno.EEXIST:
+                    raise SteeringError(f"cannot add ip rule {rule.priority}: {exc}") from exc
+        for rule in sorted(before - after, key=lambda r: r.priority):
+            with contextlib.suppress(Exception):
+                ipr.rule("del", **rule.kwargs())
+                removed.append(f"ip rule {rule.priority}")
+        for _ifname, table, pfx in sorted(routes_before - routes_after):
+            with contextlib.suppress(Exception):
+                ipr.route("del", dst=pfx, table=table, proto=ROUTE_PROTO,
+                          family=socket.AF_INET6 if ":" in pfx else socket.AF_INET)
+                removed.append(f"route table {table} {pfx}")
+    return removed
+
+
+def forget_remote(number: int) -> int:
+    """Delete the connections steered toward remote `number` (conntrack marks 0x5?RR....): it left, and its
+    number may be given to another; their next packets are classified afresh. Returns how many. Kernel
+    thread."""
+    from pyroute2 import NFCTSocket
+
+    n = 0
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        ct = NFCTSocket(nfgen_family=fam)
+        try:
+            for gen in (0, 1):
+                mark = slot_mark(number, 0, 0, gen)
+                n += sum(1 for _ in ct.dump(mark=mark, mark_mask=0xFFFF0000))
+                with contextlib.suppress(Exception):
+                    ct.flush(mark=mark, mark_mask=0xFFFF0000)
+        finally:
+            ct.close()
+    return n
