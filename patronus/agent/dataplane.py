@@ -212,10 +212,12 @@ class Dataplane:
         return out
 
     def warm(self, plan: PathPlan) -> None:
-        """A handshake now, if the tunnel has never had one (kernel thread)."""
+        """A handshake now, if the tunnel has never had one (kernel thread); the tunnel keeps the keepalive
+        its spec gives it (none at the end that does not initiate: see `tunnel_specs`)."""
         with contextlib.suppress(Exception):
             if not self.wg.status(plan.ifname).latest_handshake:
-                self.wg.kick(plan.ifname, self.cfg.wg_keepalive_s)
+                keeps = self.cfg.wg_keepalive_s if self.cfg.id < self.cfg.remote(plan.remote).id else 0
+                self.wg.kick(plan.ifname, self.cfg.wg_keepalive_s, then=keeps)
 
     def nudge(self, plan: PathPlan) -> None:
         """A fresh handshake initiation on a dead tunnel (kernel thread)."""

@@ -765,16 +765,17 @@ class WireGuardManager:
             return keys
         return _run(["wg", "show", ifname, "peers"], f"{ifname}: listing peers").split()
 
-    def kick(self, ifname: str, keepalive_s: int = 5) -> None:
-        """Make the tunnel start a fresh handshake now (setting a keepalive interval from off does)."""
+    def kick(self, ifname: str, keepalive_s: int = 5, *, then: int | None = None) -> None:
+        """Make the tunnel start a fresh handshake now (setting a keepalive interval from off does);
+        `then`: the keepalive to leave it with (a tunnel's end that keeps none: 0), else `keepalive_s`."""
         validate_ifname(ifname)
         for peer in self._peer_keys(ifname):
             if self.backend == "kernel":
                 with WireGuard() as wg:
-                    wg.set(ifname, peer={"public_key": peer, "persistent_keepalive": 0})
-                    wg.set(ifname, peer={"public_key": peer, "persistent_keepalive": keepalive_s})
+                    for value in (0, keepalive_s or 5, *(() if then is None else (then,))):
+                        wg.set(ifname, peer={"public_key": peer, "persistent_keepalive": value})
             else:
-                for value in ("off", str(keepalive_s or 5)):
+                for value in ("off", str(keepalive_s or 5), *(() if then is None else (str(then) if then else "off",))):
                     _run(["wg", "set", ifname, "peer", peer, "persistent-keepalive", value], f"{ifname}: kick")
 
     def update_peer_endpoint(self, ifname: str, host: str, port: int) -> None:
