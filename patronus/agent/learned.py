@@ -64,7 +64,8 @@ class Learned:
             if gone:
                 now = time.monotonic()
                 for r in gone:
-                    a.runtime.remove_remote(r.name, now)
+                    if SiteId(r.name) in a.runtime.remotes:      # (not after a removal the kernel refused)
+                        a.runtime.remove_remote(r.name, now)
                 self.pump(now)                    # the kernel maps lose their slots
                 for r in gone:
                     forgotten = await a.life.on_kernel(self._forget, r.number)
