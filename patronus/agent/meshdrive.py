@@ -28,7 +28,6 @@ and the remotes it finds turned into paths.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import ipaddress
@@ -71,7 +70,7 @@ def load_identity(cfg: SiteConfig, m: MeshSettings, wg_public_key: str) -> tuple
     if not isinstance(cert, ident.Certificate) or cert.is_ca:
         raise ConfigError(f"{m.certificate} is not a site certificate", "mesh.certificate")
     mine = (cfg.name, cfg.id, wg_public_key)
-    theirs = (cert.site_name, cert.site_id, _b64(cert.wg_public_key))
+    theirs = (cert.site_name, cert.site_id, keymod.key_text(cert.wg_public_key))
     if mine != theirs:
         raise ConfigError(f"{m.certificate} is the certificate of site {cert.site_name} (id {cert.site_id}, WireGuard "
                           f"key {theirs[2]}); this site is {cfg.name} (id {cfg.id}, key {wg_public_key})",
@@ -87,16 +86,12 @@ def load_identity(cfg: SiteConfig, m: MeshSettings, wg_public_key: str) -> tuple
     return MeshIdentity(cert_bytes, key, root), revocations
 
 
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
 def learned_remote(a: Announcement) -> RemoteConfig:
     """A peer's announcement as a remote of the site file would say it. An announcement lists the endpoints
     in uplink-name order; an endpoint's position there is the uplink number the WireGuard ports are
     computed from, and the far end numbers its own uplinks the same way for learned paths
     (`config.with_remotes`)."""
-    return RemoteConfig(name=a.site_name, id=a.site_id, public_key=_b64(a.wg_key),
+    return RemoteConfig(name=a.site_name, id=a.site_id, public_key=keymod.key_text(a.wg_key),
                         prefixes=tuple(str(p) for p in a.prefixes),
                         endpoints=tuple(EndpointConfig(uplink=e.uplink, uplink_no=j, address=str(e.address))
                                         for j, e in enumerate(a.endpoints)),
@@ -137,7 +132,7 @@ class MeshDriver:
         endpoints = [Endpoint(u.name, ipaddress.ip_address(u.address), m.port) for u in cfg.uplinks]
         now = time.time()
         self.node = MeshNode(identity, MeshOptions(topology=m.topology, swim=m.swim),
-                             wg_key=base64.b64decode(self.agent.public_key), endpoints=endpoints,
+                             wg_key=keymod.key_bytes(self.agent.public_key), endpoints=endpoints,
                              prefixes=[ipaddress.ip_network(p) for p in cfg.lan_prefixes], rand=random.Random(),
                              region=m.region, sequence_floor=int(now * 1000), revocations=revocations)
         loop = asyncio.get_running_loop()

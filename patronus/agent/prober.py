@@ -79,6 +79,11 @@ class _Sender:
         self.counters = StreamCounters()
 
 
+def _pair_keys(cfg: SiteConfig) -> dict[str, bytes | None]:
+    """Each remote endpoint address's probe pair key (None: authentication off)."""
+    return {ep.address: probe_key(cfg, r) for r in cfg.remotes for ep in r.endpoints}
+
+
 class Prober:
     """Owns the probe sockets of one agent. `on_reply(path_id, seq, sent_at_s, now_s)` is called for
     each authentic reply; times are `time.monotonic()` seconds."""
@@ -87,12 +92,8 @@ class Prober:
         self.cfg = cfg
         self.on_reply = on_reply
         self.senders: dict[PathId, _Sender] = {}
-        self._peer_key: dict[str, bytes | None] = {}          # remote endpoint address -> pair key
+        self._peer_key = _pair_keys(cfg)                      # remote endpoint address -> pair key
         self._loop: asyncio.AbstractEventLoop | None = None
-        for r in cfg.remotes:
-            k = probe_key(cfg, r)
-            for ep in r.endpoints:
-                self._peer_key[ep.address] = k
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -106,7 +107,7 @@ class Prober:
     def retarget(self, cfg: SiteConfig) -> None:
         """The site's remotes changed (mesh discovery): senders for the new paths, none for the gone."""
         self.cfg = cfg
-        self._peer_key = {ep.address: probe_key(cfg, r) for r in cfg.remotes for ep in r.endpoints}
+        self._peer_key = _pair_keys(cfg)
         want = {p.id: p for p in cfg.paths}
         for pid in [pid for pid in self.senders if pid not in want]:
             s = self.senders.pop(pid)
@@ -233,12 +234,7 @@ class ReflectorProcess:
         return self.cfg.state_dir / self.PEERS_FILE
 
     def peers(self) -> dict[str, str | None]:
-        peers: dict[str, str | None] = {}
-        for r in self.cfg.remotes:
-            k = probe_key(self.cfg, r)
-            for ep in r.endpoints:
-                peers[ep.address] = k.hex() if k is not None else None
-        return peers
+        return {a: k.hex() if k is not None else None for a, k in _pair_keys(self.cfg).items()}
 
     def spec(self) -> dict[str, Any]:
         peers = {} if self.cfg.mesh is not None else self.peers()
