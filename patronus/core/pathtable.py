@@ -6,7 +6,8 @@ What may change state here: `add` / `drop` (topology), `set_metrics` and the ent
 load-balancing policy's turn). This module must not know why a path's state changes nor move a flow:
 the router (`router.py`) composes the table and owns the flows; an entry only lists the flows on it.
 
-Ranking (cached until `invalidate`): Up paths before Degraded ones, Down never; paths not suspected
+Ranking (cached per policy and site until `invalidate`: of the one site whose path changed, or of all
+after a policy change): Up paths before Degraded ones, Down never; paths not suspected
 of sharing a sibling's failure before suspects, then paths meeting the policy's hard requirements
 before those that do not (strict requirements exclude them); the preference score decides, ties by
 path id. With load balancing, the paths within `lb_tolerance` points of the best share the flows.
@@ -69,8 +70,9 @@ class PathTable:
         self.by_site: dict[SiteId, list[PathEntry]] = {}
         self._prefixes: list[tuple[int, int, int, int, SiteId]] = []  # (-len, version, net, mask, site)
         self._site_cache: dict[str, SiteId | None] = {}
-        self._version = 0
-        self._rank_cache: dict[tuple[str, SiteId], tuple[int, list[PathEntry], list[float]]] = {}
+        self._version = 0                              # every ranking: a policy or the topology changed
+        self._site_version: dict[SiteId, int] = {}     # one site's rankings: one of its paths changed
+        self._rank_cache: dict[tuple[str, SiteId], tuple[tuple[int, int], list[PathEntry], list[float]]] = {}
         self._lb_state: dict[tuple[str, SiteId], Any] = {}
 
     # -- topology ---------------------------------------------------------------------------------
@@ -83,12 +85,12 @@ class PathTable:
         entry = PathEntry(path, status, _with_static(path, m))
         self.entries[path.id] = entry
         self.by_site.setdefault(path.dst_site, []).append(entry)
-        self.invalidate()
+        self.invalidate(path.dst_site)
 
     def drop(self, entry: PathEntry) -> None:
         del self.entries[entry.path.id]
         self.by_site[entry.path.dst_site].remove(entry)
-        self.invalidate()
+        self.invalidate(entry.path.dst_site)
 
     def drop_site(self, site: SiteId) -> list[PathEntry]:
         """Every path to `site` and its prefixes, and what the rankings kept for it; returns its paths."""
@@ -100,7 +102,7 @@ class PathTable:
         for key in [k for k in (*self._rank_cache, *self._lb_state) if k[1] == site]:
             self._rank_cache.pop(key, None)
             self._lb_state.pop(key, None)
-        self.invalidate()
+        self._site_version.pop(site, None)
         return gone
 
     def entry(self, path_id: PathId) -> PathEntry:
@@ -149,9 +151,15 @@ class PathTable:
 
     # -- ranking ----------------------------------------------------------------------------------
 
-    def invalidate(self) -> None:
-        """Some path, policy or the topology changed: rankings are computed again."""
-        self._version += 1
+    def invalidate(self, site: SiteId | None = None) -> None:
+        """A path toward `site` changed (added, dropped, its status, metrics or suspicion): that site's
+        rankings are computed again. Without a site (a policy changed, or a change the caller cannot
+        attribute to one site), every ranking is. A ranking reads only the paths toward its own site,
+        so a change to one site's paths cannot change another's."""
+        if site is None:
+            self._version += 1
+        else:
+            self._site_version[site] = self._site_version.get(site, 0) + 1
 
     def reset_balancing(self) -> None:
         """Forget every policy's load-balancing state (its mode, so its state's shape, may change)."""
@@ -161,8 +169,9 @@ class PathTable:
         """Usable paths toward `site` for `policy`, best first, with their preference scores.
         Cached until any path, policy or topology changes."""
         key = (policy.name, site)
+        version = (self._version, self._site_version.get(site, 0))
         hit = self._rank_cache.get(key)
-        if hit is not None and hit[0] == self._version:
+        if hit is not None and hit[0] == version:
             return hit[1], hit[2]
         usable = [e for e in self.by_site.get(site, ()) if e.status is not _DOWN]
         # suspicion first: a suspect's metrics are those of before its sibling failed (its own losses
@@ -180,7 +189,7 @@ class PathTable:
         scored = sorted(((-policy.score(e.metrics), e.path.id, e) for e in group), key=lambda t: (t[0], t[1]))
         ranked = [t[2] for t in scored]
         scores = [-t[0] for t in scored]
-        self._rank_cache[key] = (self._version, ranked, scores)
+        self._rank_cache[key] = (version, ranked, scores)
         return ranked, scores
 
     def tier(self, policy: RoutingPolicy, site: SiteId) -> list[tuple[PathId, float, float]]:

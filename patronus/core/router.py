@@ -163,7 +163,7 @@ class Router:
     def remove_path(self, path_id: PathId, now: float) -> None:
         entry = self._table.entry(path_id)     # ConfigError if there is none
         entry.status = _DOWN
-        self._table.invalidate()
+        self._table.invalidate(entry.path.dst_site)
         self._evacuate(entry, now, FailoverReason.PATH_REMOVED)
         self._table.drop(entry)
         self._gone(entry, now)
@@ -222,7 +222,7 @@ class Router:
             self._table.set_metrics(e, metrics)
         if status is not None:
             e.status = status
-        self._table.invalidate()
+        self._table.invalidate(e.path.dst_site)
         if e.status is _DOWN:
             if old is not _DOWN:
                 self._evacuate(e, now, FailoverReason.PATH_DOWN)
@@ -247,7 +247,7 @@ class Router:
         e = self._table.entry(path_id)
         if e.suspect != suspect:
             e.suspect = suspect
-            self._table.invalidate()
+            self._table.invalidate(e.path.dst_site)
 
     def pending_failbacks(self) -> int:
         """Origins with a failback timer running: flows will move back when it fires."""
