@@ -167,7 +167,7 @@ class PathTable:
 
     def ranking(self, policy: RoutingPolicy, site: SiteId) -> tuple[list[PathEntry], list[float]]:
         """Usable paths toward `site` for `policy`, best first, with their preference scores.
-        Cached until any path, policy or topology changes."""
+        Cached until a path toward `site` or a policy changes."""
         key = (policy.name, site)
         version = (self._version, self._site_version.get(site, 0))
         hit = self._rank_cache.get(key)
