@@ -15,6 +15,7 @@ Every `Link` has `backend`, `start()`, `set(direction, impairment) -> applied_at
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from emulation.links.impairment import Action, GilbertElliott, Impairment, ImpairmentModel
@@ -62,18 +63,20 @@ def choose_backend(preferred: str = "auto") -> tuple[Backend, str]:
 
 def make_link(backend: str, *, ns_x: str | None, if_x: str, ns_y: str | None, if_y: str, seed: int = 0,
               impairment_xy: Impairment | None = None, impairment_yx: Impairment | None = None,
-              tag: str = "patronus", nice: int | None = None, realtime: int | None = None) -> Link:
+              tag: str = "patronus", nice: int | None = None, realtime: int | None = None,
+              log_path: Path | None = None) -> Link:
     """A link handle for `backend` (not started). For the relay both ends are in one namespace
     (the relay node's: `ns_x` must equal `ns_y`); for netem they are the two ends of a direct link.
     `realtime` (relay only) runs the relay process SCHED_FIFO at that priority so its release times
-    hold on a busy host; `nice` is its niceness where the kernel refuses a real-time class."""
+    hold on a busy host; `nice` is its niceness where the kernel refuses a real-time class; `log_path`
+    (relay only) keeps its stderr in that file (else a temporary one)."""
     if backend == "relay":
         if ns_x != ns_y:
             raise ConfigError(f"the relay bridges two interfaces of one namespace, got {ns_x!r} and {ns_y!r}", "ns_y")
         from emulation.links.relay import RelayLink
 
         return RelayLink(ns_x, if_x, if_y, seed, impairment_xy, impairment_yx, tag=tag, nice=nice,
-                         realtime=realtime)
+                         realtime=realtime, log_path=log_path)
     if backend == "netem":
         from emulation.links.netem import NetemLink
 

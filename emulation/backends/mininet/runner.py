@@ -87,15 +87,17 @@ class Runner:
         from emulation.links import make_link
 
         net = self._net()
+        logs = self.out / "links"          # each relay's stderr: what a relay that died said
         for site in self.sc.sites:
             nodes = net.sites[site.name]
             for u in site.uplinks:
                 imp = impairment_of(u.baseline())
                 if self.impairment_backend == "relay":
                     ns = net.ns(nodes.relay_node[u.name])
+                    logs.mkdir(exist_ok=True)
                     link = make_link("relay", ns_x=ns, if_x="x", ns_y=ns, if_y="y", seed=self.sc.seed + len(self.links),
                                      impairment_xy=imp, impairment_yx=imp, tag=f"pt{self.run_id}",
-                                     nice=RELAY_NICE, realtime=RT_RELAY)
+                                     nice=RELAY_NICE, realtime=RT_RELAY, log_path=logs / f"{site.name}.{u.name}.log")
                 else:
                     link = make_link("netem", ns_x=net.ns(nodes.router), if_x=u.name, ns_y=net.ns(net.core),
                                      if_y=f"s{nodes.number}-{u.name}", seed=self.sc.seed + len(self.links),
