@@ -102,7 +102,7 @@ class PathTable:
         for key in [k for k in (*self._rank_cache, *self._lb_state) if k[1] == site]:
             self._rank_cache.pop(key, None)
             self._lb_state.pop(key, None)
-        self._site_version.pop(site, None)
+        self.invalidate(site)       # not reset: a site that comes back must not match what was kept for it
         return gone
 
     def entry(self, path_id: PathId) -> PathEntry:
@@ -161,6 +161,11 @@ class PathTable:
         else:
             self._site_version[site] = self._site_version.get(site, 0) + 1
 
+    def site_state(self, site: SiteId) -> tuple[int, int]:
+        """The version `ranking` keys its cache for `site` by: it changes whenever that site's rankings
+        may (see `invalidate`)."""
+        return self._version, self._site_version.get(site, 0)
+
     def reset_balancing(self) -> None:
         """Forget every policy's load-balancing state (its mode, so its state's shape, may change)."""
         self._lb_state.clear()
@@ -169,7 +174,7 @@ class PathTable:
         """Usable paths toward `site` for `policy`, best first, with their preference scores.
         Cached until a path toward `site` or a policy changes."""
         key = (policy.name, site)
-        version = (self._version, self._site_version.get(site, 0))
+        version = self.site_state(site)
         hit = self._rank_cache.get(key)
         if hit is not None and hit[0] == version:
             return hit[1], hit[2]

@@ -101,6 +101,7 @@ class Router:
         self._failbacks = Failbacks()
         self._displaced = self._failbacks.displaced   # the book's own dict: read here, changed by the book only
         self._next_sweep: float | None = None
+        self._flow_version: dict[SiteId, int] = {}    # a site's flows: one placed, moved, stranded or gone
         for p in default_policies() if policies is None else policies:
             self.add_policy(p)
 
@@ -233,6 +234,7 @@ class Router:
             for f in e.flows.values():      # flows stranded on this path simply resume on it
                 if f.stranded:
                     f.stranded = False
+                    self._flows_changed(f.site)
                     if f.origin == path_id:
                         self._failbacks.clear_origin(f)
             self._rescue_stranded(e.path.dst_site, now)
@@ -326,6 +328,16 @@ class Router:
         self._forget(f, now, idle_s=now - f.last_seen)
         return True
 
+    def site_state(self, site: SiteId) -> tuple[int, int, int]:
+        """A fingerprint of everything the router knows toward `site` that a steering plan reads: the
+        policies, that site's paths (as their rankings' cache sees them) and where its flows are. Equal
+        fingerprints, equal answers from `preview`, `preview_tier`, `flow_path` and `flow_info` for that
+        site (the runtime keeps each remote's part of its plan until its fingerprint changes)."""
+        return self._table.site_state(site) + (self._flow_version.get(site, 0),)
+
+    def _flows_changed(self, site: SiteId) -> None:
+        self._flow_version[site] = self._flow_version.get(site, 0) + 1
+
     def flow_path(self, flow: RouteKey) -> PathId | None:
         f = self._flows.get(flow)
         return None if f is None or f.stranded else f.entry.path.id
@@ -406,6 +418,7 @@ class Router:
     def _register(self, f: FlowState, now: float) -> FlowState:
         self._flows[f.key] = f
         f.entry.flows[f.key] = f
+        self._flows_changed(f.site)
         if self._next_sweep is None:
             self._next_sweep = now + self._sweep_period()
         self._events.append(FlowAssigned(at=now, flow=f.key, path_id=f.entry.path.id, policy=f.policy.name))
@@ -419,6 +432,7 @@ class Router:
         f.entry = to
         f.stranded = False
         f.moved_at = now
+        self._flows_changed(f.site)
         if reason is None:
             self._events.append(Failback(at=now, flow=f.key, from_path=frm.path.id, to_path=to.path.id,
                                          policy=f.policy.name))
@@ -434,6 +448,7 @@ class Router:
     def _forget(self, f: FlowState, now: float, idle_s: float) -> None:
         del self._flows[f.key]
         f.entry.flows.pop(f.key, None)
+        self._flows_changed(f.site)
         self._failbacks.clear_origin(f)
         self._events.append(FlowExpired(at=now, flow=f.key, path_id=f.entry.path.id, idle_s=idle_s))
 
@@ -449,6 +464,7 @@ class Router:
             self._move(f, to, now, reason)
         elif not f.stranded:
             f.stranded = True
+            self._flows_changed(f.site)
             self._events.append(FlowStranded(at=now, flow=f.key, from_path=e.path.id, reason=reason,
                                              policy=f.policy.name))
 

@@ -107,6 +107,8 @@ class SiteRuntime:
         self._pending: list[Event] = []                   # driver-facing events not yet handed out
         self._routing_dirty = False                       # an input outside a step changed routing
         self._plan = SteeringPlan()                       # as of the last step that replanned
+        # each remote's part of the plan, with the fingerprint it was computed at (`_remote_plan`)
+        self._plan_parts: dict[SiteId, tuple[tuple[int, ...], dict[Bucket, Slot], dict[Slot, PathId]]] = {}
         self._up_since: dict[PathId, float] = {}          # wall time a path was first seen Up (tunnel rule)
         for p in paths:
             self.add_path(p, now)
@@ -158,6 +160,7 @@ class SiteRuntime:
             self._up_since.pop(pid, None)
             self._pending.append(PathRemoved(at=now, path_id=pid, remote=rid))
         self.slots = {s for s in self.slots if s.remote != rid}
+        self._plan_parts.pop(rid, None)
         self._adopted = {s: p for s, p in self._adopted.items() if s.remote != rid}
         self._routing_dirty = True
         return gone
@@ -359,29 +362,65 @@ class SiteRuntime:
         dataplane has once the driver applied it. Changes nothing."""
         return self._plan
 
-    def _compute_plan(self) -> SteeringPlan:
-        """The steering the router's state asks for now. Places the second generation of a slot for
-        new connections where the plan needs one (`_slot_for_new`): only a step calls this."""
+    def _compute_plan(self, cached: bool = True) -> SteeringPlan:
+        """The steering the router's state asks for now: each remote's part (`_remote_plan`), kept
+        from the last step while nothing it reads changed (`cached=False`: every part computed again).
+        Places the second generation of a slot for new connections where the plan needs one
+        (`_slot_for_new`): only a step calls this."""
+        names = self._policy_names()
+        by_remote: dict[SiteId, list[Slot]] | None = None        # grouped at the first part to compute
+        new: dict[Bucket, Slot] = {}
+        slots: dict[Slot, PathId] = {}
+        for remote in self.remotes:
+            hit = self._plan_parts.get(remote)
+            if cached and hit is not None and hit[0] == self._fingerprint(remote):
+                part_new, part_slots = hit[1], hit[2]
+            else:
+                if by_remote is None:
+                    by_remote = {r: [] for r in self.remotes}
+                    for slot in self.slots:
+                        by_remote[slot.remote].append(slot)
+                part_new, part_slots = self._remote_plan(remote, names, by_remote[remote])
+            new.update(part_new)
+            slots.update(part_slots)
+        return SteeringPlan(new, slots)
+
+    def _fingerprint(self, remote: SiteId) -> tuple[int, ...]:
+        """Everything a remote's part of the plan reads, as versions (`Router.site_state`: the policies,
+        the remote's paths, and its flows: placed, moved, stranded or gone). The remote's slots are
+        among those flows: a slot joins `slots` as the router places it and leaves as the router
+        forgets it (or with its remote, whose part goes too)."""
+        return self.router.site_state(remote)
+
+    def _remote_plan(self, remote: SiteId, names: list[str | None],
+                     remote_slots: list[Slot]) -> tuple[dict[Bucket, Slot], dict[Slot, PathId]]:
+        """One remote's buckets and slots (`remote_slots`: its slots before), computed and kept with
+        the remote's fingerprint. A hub steers toward many remotes and a step changes one or two of
+        them (a path's status, a failover): `_compute_plan` keeps the others' parts while their
+        fingerprint stands, so a step costs what changed, not remotes × policies. Computing a part
+        may place a second-generation slot, which changes the fingerprint: the part is kept with the
+        one after."""
         router = self.router
         new: dict[Bucket, Slot] = {}
-        for remote in self.remotes:
-            for name in self._policy_names():
-                pol = router.policy_named(name)
-                if pol.load_balance is LoadBalance.NONE:
-                    best = router.preview(remote, name)
-                    if best is not None:
-                        new[Bucket(remote, name, 0)] = self._slot_for_new(remote, name, best)
-                    continue
-                tier = router.preview_tier(remote, name)
-                if tier:
-                    for i, pid in enumerate(lb_buckets(pol.load_balance, tier, self.buckets)):
-                        new[Bucket(remote, name, i)] = self._slot_for_new(remote, name, pid)
+        for name in names:
+            pol = router.policy_named(name)
+            if pol.load_balance is LoadBalance.NONE:
+                best = router.preview(remote, name)
+                if best is not None:
+                    new[Bucket(remote, name, 0)] = self._slot_for_new(remote, name, best)
+                continue
+            tier = router.preview_tier(remote, name)
+            if tier:
+                for i, pid in enumerate(lb_buckets(pol.load_balance, tier, self.buckets)):
+                    new[Bucket(remote, name, i)] = self._slot_for_new(remote, name, pid)
         slots: dict[Slot, PathId] = {}
-        for slot in self.slots:
+        placed = [s for s in new.values() if s.gen and s in self.slots and s not in remote_slots]
+        for slot in remote_slots + list(dict.fromkeys(placed)):
             cur = router.flow_path(slot)        # None: stranded
             if cur is not None:
                 slots[slot] = cur
-        return SteeringPlan(new, slots)
+        self._plan_parts[remote] = (self._fingerprint(remote), new, slots)
+        return new, slots
 
     def new_slot(self, bucket: Bucket) -> Slot | None:
         """The plan's slot for new connections of `bucket` (None: no usable path), without the rest."""
