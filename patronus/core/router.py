@@ -333,7 +333,7 @@ class Router:
         policies, that site's paths (as their rankings' cache sees them) and where its flows are. Equal
         fingerprints, equal answers from `preview`, `preview_tier`, `flow_path` and `flow_info` for that
         site (the runtime keeps each remote's part of its plan until its fingerprint changes)."""
-        return self._table.site_state(site) + (self._flow_version.get(site, 0),)
+        return (*self._table.site_state(site), self._flow_version.get(site, 0))
 
     def _flows_changed(self, site: SiteId) -> None:
         self._flow_version[site] = self._flow_version.get(site, 0) + 1
@@ -358,20 +358,6 @@ class Router:
         for f in old:
             self._forget(f, now, idle_s=now - f.last_seen)
         return len(old)
-
-    def reevaluate_all_flows(self, now: float) -> None:
-        """Re-check every flow against current path state and policies (after a topology or metric
-        change the driver could not attribute to one path)."""
-        self._table.invalidate()
-        for e in list(self._paths.values()):
-            if e.status is _DOWN:
-                self._evacuate(e, now, FailoverReason.PATH_DOWN)
-            else:
-                self._check_quality(e, now)
-        for site in list(self._table.by_site):
-            self._rescue_stranded(site, now)
-        for origin in list(self._displaced):
-            self._try_failback(origin, now)
 
     # -- time -------------------------------------------------------------------------------------
 

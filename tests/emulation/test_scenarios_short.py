@@ -51,7 +51,8 @@ def test_shipped_scenario_short_passes_and_leaves_nothing(name: str, tmp_path: P
         leftovers |= _ours() - before
         # a run that could not start its clock (exit 2: an agent down, paths not Up, RTTs far off) writes
         # no summary: say what it printed
-        assert (out / "summary.json").exists(), f"exit {r.returncode}, no summary:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
+        assert (out / "summary.json").exists(), \
+            f"exit {r.returncode}, no summary:\n{r.stdout[-3000:]}{r.stderr[-3000:]}"
         summary = json.loads((out / "summary.json").read_text())
         if summary["verdict"] != "inconclusive":
             break

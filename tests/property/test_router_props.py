@@ -336,11 +336,6 @@ class RouterMachine(RuleBasedStateMachine):
             self.r.add_path(Path(pid, HQ, BRANCH), self.now, s, met)
         self.absorb()
 
-    @rule()
-    def reevaluate(self) -> None:
-        self.r.reevaluate_all_flows(self.now)
-        self.absorb()
-
     def teardown(self) -> None:
         target(float(self.failbacks), label="failbacks")   # steer generation toward failbacks
 

@@ -781,20 +781,6 @@ def test_remove_last_path_drops_its_flows() -> None:
     assert len(r) == 0 and r.flow_info(flow(0)) is None
 
 
-def test_reevaluate_all_flows_applies_a_new_threshold() -> None:
-    r = make_router({"a": BROWN, "b": GOOD})
-    r.update_path(PathId("b"), 0.0, status=DOWN)
-    for i in range(3):
-        assert r.select_path(flow(i), 0.0) == "a"
-    r.update_path(PathId("b"), 1.0, status=UP, metrics=GOOD)
-    r.upsert_policy(RoutingPolicy("Default", 100, MatchRules(), failover_threshold=80.0))
-    assert of(r.drain_events(), FailoverTriggered) == []       # nothing moves by itself
-    r.reevaluate_all_flows(30.0)
-    moves = of(r.drain_events(), FailoverTriggered)
-    assert [(e.flow, e.to_path, e.reason, e.at) for e in moves] == [
-        (flow(i), "b", FailoverReason.BELOW_THRESHOLD, 30.0) for i in range(3)]
-
-
 def test_handle_monitor_events() -> None:
     r = make_router({"a": GOOD, "b": FAIR})
     r.select_path(sip(), 0.0)
