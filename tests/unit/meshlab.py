@@ -16,7 +16,17 @@ from patronus.core import identity as ident
 from patronus.core.announce import Announcement, Endpoint
 from patronus.core.events import Event
 from patronus.core.mesh import MeshTopology
-from patronus.core.meshnode import MeshIdentity, MeshNode, MeshOptions, Output, PeerChanged, PeerDown, PeerUp, Transmit
+from patronus.core.meshnode import (
+    MeshIdentity,
+    MeshNode,
+    MeshOptions,
+    Output,
+    PeerChanged,
+    PeerDown,
+    PeerUp,
+    SignedHere,
+    Transmit,
+)
 from patronus.core.swim import SwimConfig
 
 T0 = 1_800_000_000.0
@@ -69,10 +79,11 @@ class Site:
 
 class MeshLab:
     def __init__(self, *, topology: MeshTopology | None = None, swim: SwimConfig | None = None, delay: float = 0.005,
-                 loss: float = 0.0, seed: int = 1) -> None:
+                 loss: float = 0.0, seed: int = 1, signed_here: SignedHere | None = None) -> None:
         self.org = Org()
         self.options = MeshOptions(topology=topology or MeshTopology(), swim=swim or SwimConfig())
         self.delay, self.loss = delay, loss
+        self.signed_here = signed_here          # shared by every node, as in the simulator
         self.rand = random.Random(seed)
         self.now = T0
         self.sites: dict[str, Site] = {}
@@ -88,7 +99,7 @@ class MeshLab:
         node = MeshNode(identity or self.org.identity(name, site_id), options or self.options,
                         wg_key=wg_key(site_id, 0), endpoints=[endpoint], prefixes=[prefix_of(site_id)],
                         rand=random.Random(site_id), region=region,
-                        sequence_floor=int(self.now * 1000), revocations=revocations)
+                        sequence_floor=int(self.now * 1000), revocations=revocations, signed_here=self.signed_here)
         site = self.sites[name] = Site(node)
         self.handle(name, node.start(list(seeds), self.now))
         return site

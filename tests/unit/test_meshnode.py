@@ -14,7 +14,7 @@ from patronus.core.announce import Endpoint
 from patronus.core.errors import ConfigError
 from patronus.core.events import KeyRotated, SiteJoined, SiteLeft, SiteSuspected
 from patronus.core.mesh import Kind, MeshTopology
-from patronus.core.meshnode import MeshIdentity, MeshNode, Transmit
+from patronus.core.meshnode import MeshIdentity, MeshNode, SignedHere, Transmit
 from patronus.core.swim import SwimConfig
 from patronus.core.swimwire import Ping, Status, Update, encode
 from tests.unit.meshlab import T0, MeshLab, Org, prefix_of, wg_key
@@ -230,3 +230,37 @@ def test_a_site_that_left_and_comes_back_is_answered_at_once() -> None:
     back = lab.when(lambda: len(lab.sites["s4"].peers) == 3, within=3.0)
     assert back is not None and back < FAST.join_interval, back
     assert "unknown_sender" not in lab.sites["s4"].node.rejected
+
+
+def test_signatures_made_here_skip_their_check_and_change_nothing_else() -> None:
+    """The simulator's shortcut (`SignedHere`): nodes that share one form the same mesh with the very same
+    datagrams as nodes that check every signature, and an altered datagram is still refused."""
+    memo = SignedHere()
+    fast, plain = MeshLab(swim=FAST, signed_here=memo), MeshLab(swim=FAST)
+    for lab in (fast, plain):
+        ten(lab, 5)
+        assert lab.when(lab.full_mesh, within=5.0) is not None
+        lab.run_for(2.0)
+    assert memo.vouched > 100
+    assert fast.sent == plain.sent                  # byte for byte, at the same instants
+    node = fast.sites["s1"].node
+    good = next(d for _, src, dst, d in fast.sent if src == "s2" and dst == "s1")
+    before = node.rejected["bad_signature"]
+    for i in (len(good) - 70, len(good) - 1):       # the body's last byte, the signature's last
+        data = bytearray(good)
+        data[i] ^= 1
+        node.on_datagram("s2", bytes(data), fast.now)
+    assert node.rejected["bad_signature"] == before + 2
+
+
+def test_signed_here_vouches_for_exactly_what_was_signed_with_that_key() -> None:
+    memo = SignedHere(capacity=2)
+    memo.made(b"A" * 32, b"message", b"s" * 64)
+    assert memo.vouches(b"A" * 32, b"message", b"s" * 64)
+    assert not memo.vouches(b"B" * 32, b"message", b"s" * 64)       # another sender's key
+    assert not memo.vouches(b"A" * 32, b"messagE", b"s" * 64)       # other bytes
+    assert not memo.vouches(b"A" * 32, b"message", b"t" * 64)       # another signature
+    memo.made(b"A" * 32, b"two", b"2" * 64)
+    memo.made(b"A" * 32, b"three", b"3" * 64)                       # the oldest is forgotten
+    assert not memo.vouches(b"A" * 32, b"message", b"s" * 64)
+    assert memo.vouches(b"A" * 32, b"two", b"2" * 64) and memo.vouched == 2

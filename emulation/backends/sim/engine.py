@@ -196,7 +196,8 @@ class Simulation:
         """The mesh node of an agent that starts (None without a mesh)."""
         if self.org is None or self._mesh_options is None:
             return None
-        return SimMesh(agent, self.sc, self.org.identities[agent.name], self._mesh_options, agent.publish_wall_event)
+        return SimMesh(agent, self.sc, self.org.identities[agent.name], self._mesh_options, agent.publish_wall_event,
+                       self.org.signed_here)
 
     def set_forwarding(self, site: str, now: float, on: bool) -> None:
         hist = self.forwarding[site]

@@ -15,6 +15,10 @@ and its datagrams cross the modelled links.
   unclassifies the flows toward it (as conntrack entries whose mark maps to nothing, they are classified
   again when it comes back); `PeerChanged` with other endpoints or prefixes rebuilds them (a key change
   alone changes nothing here).
+* **Signatures.** Every datagram is signed and checked as on a real site, but a datagram a node of this run
+  signed, arriving unaltered with the sender's key, is known to verify (`SignedHere`): its check is skipped
+  (it took 40 % of the simulation of a 60-site mesh forming: 16.9 s of simulation became 9.6 s, the raw data
+  byte for byte the same). A datagram altered or signed by another key is still verified, and refused.
 * **Clock.** The node sees wall seconds (`World.wall`, the scenario's T0 plus virtual time); its timer is
   armed on the simulation's clock as the runtime's is.
 """
@@ -38,7 +42,17 @@ from emulation.siteconf import uplink_addresses
 from patronus.core import identity as ident
 from patronus.core.announce import Announcement, Endpoint
 from patronus.core.events import Event
-from patronus.core.meshnode import MeshIdentity, MeshNode, MeshOptions, Output, PeerChanged, PeerDown, PeerUp, Transmit
+from patronus.core.meshnode import (
+    MeshIdentity,
+    MeshNode,
+    MeshOptions,
+    Output,
+    PeerChanged,
+    PeerDown,
+    PeerUp,
+    SignedHere,
+    Transmit,
+)
 from patronus.core.model import EndpointId, Path, PathId, SiteId
 from patronus.core.runtime import SiteRuntime
 from patronus.core.swim import SwimConfig
@@ -100,6 +114,7 @@ class SimOrg:
         self.root = ident.self_sign_root(self.ca, "sim", nets, not_before=int(t0) - DAY,
                                          not_after=int(t0) + 365 * DAY, serial=1)
         self.identities: dict[str, MeshIdentity] = {}
+        self.signed_here = SignedHere()          # the datagrams this run's nodes signed
         for site in scenario.sites:
             key = _seeded_key("patronus-sim-site", scenario.name, scenario.seed, site.name)
             cert = ident.sign_site(self.ca, self.root, site_id=site.id, site_name=site.name,
@@ -125,7 +140,7 @@ class SimMesh:
     the agent (a new process, a new node), dropped at its stop."""
 
     def __init__(self, agent: _Agent, scenario: Scenario, identity: MeshIdentity, options: MeshOptions,
-                 publish: Callable[[Event], None]) -> None:
+                 publish: Callable[[Event], None], signed_here: SignedHere | None = None) -> None:
         self.agent = agent
         self.sim = agent.sim
         self.sc = scenario
@@ -138,7 +153,7 @@ class SimMesh:
         rand = random.Random(f"sim/{scenario.seed}/mesh/{agent.name}/{agent.generation}")
         self.node = MeshNode(identity, options, wg_key=wg_key(scenario, agent.name), endpoints=endpoints,
                              prefixes=[ipaddress.ip_network(self.site.lan_prefix)], rand=rand,
-                             region=self.site.region, sequence_floor=int(wall * 1000))
+                             region=self.site.region, sequence_floor=int(wall * 1000), signed_here=signed_here)
         self._token = 0
         self._timer_at: float | None = None
         self.alive = True
