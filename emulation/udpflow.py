@@ -1,14 +1,17 @@
 """A constant-rate UDP flow with sequence numbers and send timestamps, and its receiver.
 
     python -m emulation.udpflow send --to 10.2.0.10:5001 --rate 1000 --duration 10 [--sport 40001] [--start-at T]
-    python -m emulation.udpflow recv --port 5001 --out arrivals.json [--duration 12] [--ready FILE]
+    python -m emulation.udpflow recv --port 5001 --out arrivals.json [--duration 12] [--ready FILE] [--linger 0.5]
 
 Each datagram carries `!QQ` (sequence, CLOCK_REALTIME send time in ns) and padding. All network
 namespaces share the host's clock, and the receiver takes each arrival time from the kernel
 (`SO_TIMESTAMPNS`: when the datagram reached its socket), so the one-way delay is exact however late
 the receiver itself gets to run. The receiver writes every
 arrival (seq, sent_ns, received_ns) as JSON when it stops (SIGTERM, SIGINT or --duration), and
-`analyse()` turns that into the longest gap, losses and reordering.
+`analyse()` turns that into the longest gap, losses and reordering. A runner stops the receiver once
+the sender is done, when the flow's last datagrams may still be queued on the socket or crossing the
+network: the receiver reads on until its socket has been quiet for `--linger` seconds (at most ten
+times that), so that they are counted as arrived, not lost.
 
 The sender paces on an absolute schedule (packet i leaves at start + i/rate), so a late wake-up is
 caught up rather than accumulated, and it keeps one source port for the whole run: one connection,
@@ -35,6 +38,7 @@ from emulation.traffic.stopflag import StopFlag
 from patronus.agent import sched
 
 HEADER = struct.Struct("!QQ")
+LINGER_S = 0.5          # the receiver's quiet time before it stops (see the module's header)
 
 
 def send(dst: tuple[str, int], rate: float, duration: float, sport: int = 0, size: int = 64, burst: int = 1,
@@ -70,7 +74,7 @@ def send(dst: tuple[str, int], rate: float, duration: float, sport: int = 0, siz
         return seq
 
 
-def receive(port: int, out: Path, duration: float | None, ready: Path | None) -> int:
+def receive(port: int, out: Path, duration: float | None, ready: Path | None, linger: float = LINGER_S) -> int:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     kstamp.enable(s)
@@ -81,14 +85,25 @@ def receive(port: int, out: Path, duration: float | None, ready: Path | None) ->
     if ready is not None:
         ready.write_text("ready\n")
     end = time.monotonic() + duration if duration else None
-    while not stop and (end is None or time.monotonic() < end):
+
+    def take() -> bool:
+        """One datagram (False: none came within the socket's timeout)."""
         try:
             data, _addr, now = kstamp.recv_stamped(s, 2048)     # the kernel's arrival time, not ours
         except TimeoutError:
-            continue
+            return False
         if len(data) >= HEADER.size:
             seq, sent = HEADER.unpack_from(data)
             arrivals.append((seq, sent, now))
+        return True
+
+    while not stop and (end is None or time.monotonic() < end):
+        take()
+    if linger > 0:              # what is queued or still on its way: until the socket is quiet
+        s.settimeout(linger)
+        last = time.monotonic() + 10 * linger
+        while time.monotonic() < last and take():
+            pass
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps({"port": port, "arrivals": arrivals}))
     tmp.replace(out)
@@ -146,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--out", type=Path, required=True)
     rp.add_argument("--duration", type=float, default=None)
     rp.add_argument("--ready", type=Path, default=None)
+    rp.add_argument("--linger", type=float, default=LINGER_S, metavar="SECONDS",
+                    help="once stopped, read on until the socket has been quiet this long (0: stop at once)")
     a = ap.parse_args(argv)
     if a.realtime is not None:
         sched.apply(realtime=a.realtime)
@@ -154,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         n = send((host, int(port)), a.rate, a.duration, a.sport, a.size, a.burst, a.dscp, a.start_at)
         print(json.dumps({"sent": n}))
     else:
-        n = receive(a.port, a.out, a.duration, a.ready)
+        n = receive(a.port, a.out, a.duration, a.ready, a.linger)
         print(json.dumps({"received": n}))
     return 0
 

@@ -29,7 +29,7 @@ from emulation.backends.mininet.net import MininetNet, NetSpec, SiteSpec, Uplink
 from emulation.backends.mininet.procs import RELAY_NICE, RT_RELAY, RT_STALLWATCH, RunError
 from emulation.backends.mininet.raw import Collected, write_platform, write_raw, write_stalls
 from emulation.backends.mininet.sampler import Sampler
-from emulation.backends.mininet.traffic import Traffic, plan_flows
+from emulation.backends.mininet.traffic import Traffic, linger_s, plan_flows
 from emulation.links.settings import impairment_of
 from emulation.platform import CpuWatch
 from emulation.scenario.model import Scenario
@@ -77,7 +77,7 @@ class Runner:
 
     def plan(self) -> NetSpec:
         sc = self.sc
-        self.traffic = Traffic(plan_flows(sc), self.raw)
+        self.traffic = Traffic(plan_flows(sc), self.raw, linger_s(sc))
         return NetSpec(run=self.run_id, impairment_backend=self.impairment_backend, sites=tuple(
             SiteSpec(s.name, s.id, s.lan_prefix, s.hosts,
                      tuple(UplinkSpec(u.name, u.bandwidth_bps, u.cost_per_gb) for u in s.uplinks))

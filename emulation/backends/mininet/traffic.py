@@ -21,6 +21,7 @@ from emulation.backends.mininet.net import MininetNet
 from emulation.backends.mininet.procs import RT_TRAFFIC, RunError, kill_group, popen
 from emulation.scenario.model import Scenario
 from emulation.traffic.plan import SOURCE_PORT_BASE, traffic_plan
+from emulation.udpflow import LINGER_S
 from emulation.wait import wait_for
 
 
@@ -63,12 +64,24 @@ def plan_flows(scenario: Scenario) -> list[FlowPlan]:
     return flows
 
 
+def linger_s(sc: Scenario) -> float:
+    """How long a UDP receiver reads on once stopped, until its socket is quiet (`emulation.udpflow`):
+    udpflow's own half second plus twice the slowest one-way crossing of one link the scenario sets (its
+    delay and four times its jitter, at the start or after any timeline step): a datagram crosses two."""
+    from emulation.scenario.timeline import LinkStep, schedule
+
+    settings = [sc.uplink(ref).baseline() for ref in sc.links]
+    settings += [st.settings for st in schedule(sc) if isinstance(st, LinkStep)]
+    return LINGER_S + 2 * max((x.delay_s + 4 * x.jitter_s for x in settings), default=0.0)
+
+
 class Traffic:
     """The flows' processes and the taps (`helpers`, with the servers that have no flow of their own)."""
 
-    def __init__(self, flows: list[FlowPlan], raw: Path) -> None:
+    def __init__(self, flows: list[FlowPlan], raw: Path, linger: float = LINGER_S) -> None:
         self.flows = flows
         self.dir = raw / "traffic"
+        self.linger = linger
         self.helpers: list[subprocess.Popen[bytes]] = []   # taps
 
     def start_receivers(self, net: MininetNet) -> None:
@@ -82,7 +95,8 @@ class Traffic:
                 ready = self.dir / f"{f.name}.ready"
                 f.procs.append(popen(ns, [sys.executable, "-m", "emulation.udpflow", "recv", "--port",
                                           str(f.dst_port), "--out", str(self.dir / f"{f.name}.json"),
-                                          "--ready", str(ready), "--realtime", str(RT_TRAFFIC)]))
+                                          "--ready", str(ready), "--realtime", str(RT_TRAFFIC),
+                                          "--linger", f"{self.linger:.3f}"]))
                 _wait_file(ready, f"receiver of {f.name}")
             elif f.type == "tcp_bulk":
                 f.procs.append(popen(ns, ["iperf3", "-s", "-p", str(f.dst_port), "-1"]))
@@ -130,7 +144,8 @@ class Traffic:
 
     def finish(self) -> None:
         """Wait for the senders (they stop by themselves at their stop time), then stop the receivers
-        and taps so they write their records."""
+        and taps so they write their records: all at once (a UDP receiver reads what is still on its way
+        first, `linger`), then each waited for."""
         for f in self.flows:
             if len(f.procs) < 2:
                 continue
@@ -141,14 +156,15 @@ class Traffic:
                     f.sent = int(json.loads(out)["sent"])
             elif f.type == "tcp_bulk":
                 (self.dir / f"{f.name}.iperf.json").write_bytes(out or b"{}")
-        for p in [f.procs[0] for f in self.flows if f.procs] + self.helpers:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait(5)
+        stopping = [p for p in [f.procs[0] for f in self.flows if f.procs] + self.helpers if p.poll() is None]
+        for p in stopping:
+            p.send_signal(signal.SIGTERM)
+        for p in stopping:
+            try:
+                p.wait(10 + 10 * self.linger)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
 
     def kill_all(self) -> None:
         """SIGKILL to every process still running (a run that failed midway)."""
