@@ -125,13 +125,20 @@ def test_killed_runs_never_block_the_next_and_clean_touches_only_the_dead(tmp_pa
         run.kill()
         assert _namespaces(run.run_id), "the killed run left nothing: the test would prove nothing"
 
-        # the next run, with no `clean` in between, builds the same interface names and passes
-        out = tmp_path / "after"
-        r = subprocess.run([sys.executable, "-m", "emulation.cli", "run", str(scenario), "--out", str(out)],
-                           capture_output=True, text=True, timeout=420, cwd=ROOT)
-        summary = json.loads((out / "summary.json").read_text())
+        # the next run, with no `clean` in between, builds the same interface names and passes (a run
+        # whose verdict the platform's noise decided, measured and named, is run again, at most twice,
+        # as test_scenarios_short does: what is judged here is that nothing of the killed runs is in its way)
+        for attempt in range(3):
+            out = tmp_path / f"after-{attempt}"
+            r = subprocess.run([sys.executable, "-m", "emulation.cli", "run", str(scenario), "--out", str(out)],
+                               capture_output=True, text=True, timeout=420, cwd=ROOT)
+            assert (out / "summary.json").exists(), r.stdout[-3000:] + r.stderr[-2000:]
+            summary = json.loads((out / "summary.json").read_text())
+            if attempt == 0:
+                assert "removed what dead runs left" in r.stdout, r.stdout[-3000:]
+            if summary["verdict"] != "inconclusive":
+                break
         assert r.returncode == 0 and summary["verdict"] == "passed", r.stdout[-3000:] + r.stderr[-2000:]
-        assert "removed what dead runs left" in r.stdout, r.stdout[-3000:]
         for k in killed:
             assert not _leftovers(k.run_id, k.proc.pid, k.out), _leftovers(k.run_id, k.proc.pid, k.out)
 
