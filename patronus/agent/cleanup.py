@@ -21,6 +21,7 @@ from typing import Any
 from patronus.agent.adopt import HostRecord
 from patronus.agent.config import PATH_TABLE_BASE, ROUTE_PROTO, UPLINK_TABLE_BASE, SiteConfig
 from patronus.agent.nft import Nft, NftError
+from patronus.agent.ports import release_recorded
 
 log = logging.getLogger(__name__)
 _TABLE = re.compile(r"^table inet (patronus_s\d+)$", re.M)
@@ -105,6 +106,11 @@ def cleanup(cfg: SiteConfig | None, state_dirs: list[FsPath] | None = None) -> C
                 rep.removed.append(f"reflector process ({d})")
         except Exception as exc:
             rep.problems.append(f"reflector ({d}): {exc}")
+        try:
+            if n := release_recorded(d):
+                rep.removed.append(f"{n} reserved ports ({d / 'reserved-ports'})")
+        except (OSError, ValueError) as exc:
+            rep.problems.append(f"reserved ports ({d}): {exc}")
         if HostRecord.remove(d):
             rep.removed.append(f"dataplane record {d / 'dataplane.json'}")
     # tunnels and their processes

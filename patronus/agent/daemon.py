@@ -73,6 +73,7 @@ from patronus.agent.learned import Learned
 from patronus.agent.lifecycle import Lifecycle, Thread
 from patronus.agent.meshdrive import MeshDriver
 from patronus.agent.numbering import KernelNumbers
+from patronus.agent.ports import reserve_site_ports
 from patronus.agent.prober import Prober, ReflectorProcess
 from patronus.agent.procs import running_agent_pid, start_ticks
 from patronus.agent.steering import FALLBACK_POLICY_NO, LB_BUCKETS, KernelFlow
@@ -210,7 +211,8 @@ class Agent:
         self._pump(now)
 
     def _claim_host(self) -> None:
-        """Root where the site needs it, the state directory, and the pid file no other agent holds."""
+        """Root where the site needs it, the state directory, the pid file no other agent holds, and the
+        site's ports out of the kernel's ephemeral pool."""
         cfg = self.cfg
         if os.geteuid() != 0 and (cfg.steering != "none" or cfg.paths):
             raise AgentError("the agent needs root (CAP_NET_ADMIN) to create tunnels, routes and rules")
@@ -222,6 +224,9 @@ class Agent:
         pidfile.write_text(f"{os.getpid()}\n{start_ticks(os.getpid()) or ''}\n")
         unlink = functools.partial(pidfile.unlink, missing_ok=True)
         self.life.add("pidfile", unlink, unlink, Thread.LOOP)
+        reserved = reserve_site_ports(cfg)       # before any socket of ours binds port 0 (patronus.agent.ports)
+        if reserved is not None:
+            self.life.add("reserved ports", reserved.release, None, Thread.LOOP)
 
     def _open_store(self) -> Store:
         self.cfg.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -21,6 +21,7 @@ import pytest
 
 from emulation.netns_lab import TOKEN, TwoSiteLab, wait_for
 from emulation.udpflow import analyse
+from patronus.agent.config import load as load_config
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(300)]
 
@@ -56,6 +57,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoSiteLab]:
 
 
 
+
+
+def reserved_ports(ns: str) -> set[int]:
+    from patronus.agent.ports import parse
+
+    return parse(subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"],
+                                capture_output=True, text=True, check=True).stdout)
 
 
 def flow_path(lab: TwoSiteLab, dport: int) -> str | None:
@@ -261,6 +269,10 @@ def test_sigterm_removes_everything_the_agent_created(tmp_path: Path) -> None:
                     run("sh", "-c", "ls /var/run/wireguard 2>/dev/null; ip route show table all | grep -c 'proto 183'"))
         during = state()
         assert "pt" in during[0] and "7900" in during[1] and "patronus_s" in during[2]
+        reserved = reserved_ports(ns)                # the tunnels' ports, out of the ephemeral pool
+        config_path = lab.sites["hq"].config_path
+        assert config_path is not None
+        assert {p.listen_port for p in load_config(config_path).paths} <= reserved, sorted(reserved)[:5]
         # state that must survive a restart: a policy set through the API, and the metrics history
         base = lab.sites["hq"].api
         keep = {"name": "keep-me", "priority": 5, "match": {"dst_ports": 7000}, "preference": "lowest_loss"}
@@ -276,6 +288,7 @@ def test_sigterm_removes_everything_the_agent_created(tmp_path: Path) -> None:
         assert "proto 183" not in rules
         assert "patronus" not in tables
         assert rest.strip().splitlines()[-1] == "0"
+        assert reserved_ports(ns) == set()           # given back (the namespace had none reserved before)
         assert not list((tmp_path / "run-hq").glob("wg-*.pid"))
         assert lab.leftovers("hq") == []             # no pid file (reflector, agent), no dataplane record
         out = subprocess.run(["pgrep", "-f", f"wireguard-go -f pt{lab.sites['hq'].id}p"], capture_output=True)
@@ -319,6 +332,7 @@ def test_cleanup_after_kill_9_removes_only_that_agents_leftovers(tmp_path: Path)
         def run(*argv: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True)
         assert f"pt{sid}p1" in run("ip", "-o", "link").stdout          # the crash left its tunnels
+        assert reserved_ports(ns)                                       # and its port reservation
         r = run(sys.executable, "-m", "patronus.cli", "cleanup", "--config", str(lab.sites["hq"].config_path))
         assert r.returncode == 0, r.stdout + r.stderr
         assert "nft table inet patronus_s" in r.stdout
@@ -326,6 +340,7 @@ def test_cleanup_after_kill_9_removes_only_that_agents_leftovers(tmp_path: Path)
         assert "proto 183" not in run("ip", "rule").stdout
         assert "patronus" not in run("nft", "list", "tables").stdout
         assert "mgmt0" in run("ip", "-o", "link").stdout                # not ours: untouched
+        assert "reserved ports" in r.stdout and reserved_ports(ns) == set()
         out = subprocess.run(["pgrep", "-f", f"wireguard-go -f pt{sid}p"], capture_output=True)
         assert out.returncode == 1, out.stdout
         # the reflector outlived the crash (its own session), and the cleanup stopped it
