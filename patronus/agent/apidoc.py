@@ -271,6 +271,8 @@ class MeshState(_Open):
     revocations: int = Field(0, description="the sequence of the revocation list held (0: none)")
     sent: int
     send_errors: int
+    apply_failures: int = Field(0, description="reconfigurations for learned peers the host refused (each is "
+                                               "tried again: at the next change, or after a backoff of 1-30 s)")
 
 
 class TopologyLink(_Open):

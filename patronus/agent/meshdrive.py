@@ -50,6 +50,8 @@ from patronus.core.meshnode import MeshIdentity, MeshNode, MeshOptions, Output, 
 log = logging.getLogger("patronus.agent")
 
 _MAX_DGRAM = 65535
+RETRY_MIN_S = 1.0           # a refused reconfiguration is tried again after this, doubling...
+RETRY_MAX_S = 30.0          # ...up to this
 
 
 def load_identity(cfg: SiteConfig, m: MeshSettings, wg_public_key: str) -> tuple[MeshIdentity, bytes | None]:
@@ -116,6 +118,7 @@ class MeshDriver:
         self._timer_at: float | None = None
         self.sent = 0
         self.send_errors = 0
+        self.apply_failures = 0          # reconfigurations refused (each retried: `_reconcile`)
         self.closed = False
 
     # -- start / stop ---------------------------------------------------------------------------------
@@ -271,17 +274,29 @@ class MeshDriver:
     # -- remotes --------------------------------------------------------------------------------------
 
     async def _reconcile(self) -> None:
-        """Make the agent's learned remotes what the node wants, one reconfiguration per burst."""
+        """Make the agent's learned remotes what the node wants, one reconfiguration per burst. A
+        reconfiguration the kernel refuses (it undid itself: `Learned.apply`) is tried again on the next
+        membership change, or after a backoff (RETRY_MIN_S, doubling to RETRY_MAX_S) if none comes: the
+        cause may pass (a port held for a moment, a busy kernel)."""
+        backoff = 0.0
         while True:
-            await self._changed.wait()
+            if backoff:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), backoff)
+            else:
+                await self._changed.wait()
             self._changed.clear()
             want = sorted(self.want.values(), key=lambda r: r.name)
             try:
                 await self.agent.learned.apply(want)
+                backoff = 0.0
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:       # a remote the kernel or the file refuses: logged, retried on change
-                log.error("mesh: cannot apply the peers %s: %s", ", ".join(r.name for r in want) or "(none)", exc)
+            except Exception as exc:       # a remote the kernel or the file refuses: logged, retried
+                backoff = min(RETRY_MAX_S, max(RETRY_MIN_S, 2 * backoff))
+                self.apply_failures += 1
+                log.error("mesh: cannot apply the peers %s: %s (trying again in %.0f s, or at the next change)",
+                          ", ".join(r.name for r in want) or "(none)", exc, backoff)
             if not self._changed.is_set():
                 self.settled.set()
 
@@ -290,11 +305,13 @@ class MeshDriver:
         with), datagrams refused by reason, announcements refused by reason, datagrams sent."""
         node = self.node
         if node is None:
-            return {"members": [], "rejected": {}, "refused_announcements": {}, "sent": 0, "send_errors": 0}
+            return {"members": [], "rejected": {}, "refused_announcements": {}, "sent": 0, "send_errors": 0,
+                    "apply_failures": 0}
         peers = set(node.peers())
         return {"members": [{"site": name, "site_id": a.site_id, "peer": name in peers,
                              "endpoints": [f"{e.address}:{e.port}" for e in a.endpoints]}
                             for name, a in sorted(node.members().items())],
                 "rejected": dict(node.rejected), "refused_announcements": dict(node.gate.rejected),
-                "revocations": node.rl_sequence, "sent": self.sent, "send_errors": self.send_errors}
+                "revocations": node.rl_sequence, "sent": self.sent, "send_errors": self.send_errors,
+                "apply_failures": self.apply_failures}
 

@@ -3,6 +3,7 @@ announcement-to-remote mapping and identity loading (`meshdrive`), the reflector
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import dataclasses
@@ -268,3 +269,41 @@ def test_reflector_reload_replaces_the_peers_and_keeps_them_on_a_bad_file(tmp_pa
     peers.write_text(json.dumps({"peers": {}}))
     _reload(refl, str(peers))
     assert refl.peers == {}
+
+
+# --------------------------------------------------------------------------------------------- reconciliation
+
+class _FlakyLearned:
+    """`Learned` whose first `apply` the host refuses (as wireguard did with a port held: EADDRINUSE)."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail, self.calls = fail, 0
+        self.lock = asyncio.Lock()
+        self.done = asyncio.Event()
+
+    async def apply(self, want: list[RemoteConfig]) -> None:
+        self.calls += 1
+        if self.calls <= self.fail:
+            raise OSError(98, "Address already in use")
+        self.applied = [r.name for r in want]
+        self.done.set()
+
+
+def test_a_refused_reconfiguration_is_tried_again_without_a_membership_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(meshdrive, "RETRY_MIN_S", 0.01)
+    ny = announcement(Org(), "ny", 9, [("isp1", "192.0.2.9")])
+
+    async def run() -> tuple[meshdrive.MeshDriver, _FlakyLearned]:
+        learned = _FlakyLearned(fail=2)
+        agent = type("A", (), {"learned": learned, "cfg": cfgmod.from_dict(with_mesh())})()
+        drv = meshdrive.MeshDriver(agent, cfgmod.from_dict(with_mesh()).mesh, None, None)  # type: ignore[arg-type]
+        drv._want("ny", meshdrive.learned_remote(ny))         # one change, and no other
+        task = asyncio.get_running_loop().create_task(drv._reconcile())
+        try:
+            await asyncio.wait_for(learned.done.wait(), 5)
+        finally:
+            task.cancel()
+        return drv, learned
+    drv, learned = asyncio.run(run())
+    assert learned.calls == 3 and learned.applied == ["ny"]
+    assert drv.apply_failures == 2 and drv.settled.is_set()
