@@ -24,6 +24,7 @@ from patronus.core.plan import LB_BUCKETS, SteeringPlan, lb_buckets
 from patronus.core.policy import LoadBalance, MatchRules, PortRange, Requirements, RoutingPolicy
 from patronus.core.runtime import HOUSEKEEPING_S, TUNNEL_GRACE_S, Actions, SiteRuntime
 from patronus.core.site import uplink_of
+from tests.unit.virtualnet import VirtualNet
 
 pytestmark = pytest.mark.unit
 
@@ -42,16 +43,15 @@ SPREAD = RoutingPolicy("spread", 20, match=MatchRules(protocol=6), load_balance=
                        lb_tolerance=100.0)
 
 
-class Net:
+class Net(VirtualNet):
     """Drives a SiteRuntime the way a driver does: probes come back after RTT unless their uplink is cut;
     every step's actions are kept, and the last plan is the dataplane's."""
 
     def __init__(self, policies: list[RoutingPolicy] | None = None) -> None:
+        super().__init__()
         self.rt = SiteRuntime("hq", [_path(p) for p in RTT], {"br": ["10.2.0.0/24"]}, profile=PROFILES["fast"],
                               policies=[VOICE] if policies is None else policies)
-        self.now = 0.0
         self.cut: set[str] = set()
-        self.inflight: list[tuple[float, PathId, int, float]] = []
         self.events: list[Event] = []
         self.plan: SteeringPlan | None = None
         self.plans = 0
@@ -77,22 +77,6 @@ class Net:
                 extra = self.delay.get((p.path_id, p.seq), 0.0)
                 self.inflight.append((self.now + RTT[p.path_id] + extra, p.path_id, p.seq, self.now))
 
-    def run_until(self, t: float) -> None:
-        while True:
-            d = self.rt.next_deadline()
-            nxt = min([d if d is not None else t] + [a for a, *_ in self.inflight])
-            if nxt > t:
-                self.now = t
-                return
-            self.now = max(self.now, nxt)
-            due = [x for x in self.inflight if x[0] <= self.now]
-            self.inflight = [x for x in self.inflight if x[0] > self.now]
-            for _, pid, seq, sent in sorted(due):
-                self.rt.on_probe_reply(pid, seq, sent, self.now)
-            if d is not None and d <= self.now:
-                self.perform(self.rt.on_timer(self.now, d))
-            else:
-                self.perform(self.rt.pump(self.now))
 
     def of(self, kind: type[Event]) -> list[Event]:
         return [e for e in self.events if isinstance(e, kind)]

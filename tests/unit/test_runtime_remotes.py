@@ -21,6 +21,7 @@ from patronus.core.monitor import PROFILES
 from patronus.core.plan import SteeringPlan
 from patronus.core.runtime import Actions, SiteRuntime
 from patronus.core.site import uplink_of
+from tests.unit.virtualnet import VirtualNet
 
 pytestmark = pytest.mark.unit
 
@@ -36,15 +37,14 @@ def paths_to(remote: str) -> list[Path]:
     return out
 
 
-class Net:
+class Net(VirtualNet):
     """Drives a SiteRuntime as a driver does; `plan` is the dataplane's (the last one applied)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.rt = SiteRuntime("hq", paths_to("br"), {"br": ["10.2.0.0/24"]}, profile=PROFILES["fast"],
                               policies=[])
-        self.now = 0.0
         self.cut: set[str] = set()
-        self.inflight: list[tuple[float, PathId, int, float]] = []
         self.events: list[Event] = []
         self.plan = SteeringPlan()
 
@@ -57,19 +57,6 @@ class Net:
                 rtt = RTT[p.path_id.split(":")[1]]
                 self.inflight.append((self.now + rtt, p.path_id, p.seq, self.now))
 
-    def run_until(self, t: float) -> None:
-        while True:
-            d = self.rt.next_deadline()
-            nxt = min([d if d is not None else t] + [a for a, *_ in self.inflight])
-            if nxt > t:
-                self.now = t
-                return
-            self.now = max(self.now, nxt)
-            due = sorted(x for x in self.inflight if x[0] <= self.now)
-            self.inflight = [x for x in self.inflight if x[0] > self.now]
-            for _, pid, seq, sent in due:
-                self.rt.on_probe_reply(pid, seq, sent, self.now)
-            self.perform(self.rt.on_timer(self.now, d) if d is not None and d <= self.now else self.rt.pump(self.now))
 
     def of(self, kind: type[Event], since: int = 0) -> list[Event]:
         return [e for e in self.events[since:] if isinstance(e, kind)]
