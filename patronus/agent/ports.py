@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from patronus.agent.lifecycle import Lifecycle, Thread
+
 if TYPE_CHECKING:
     from patronus.agent.config import SiteConfig
 
@@ -134,8 +136,9 @@ def release_recorded(state_dir: Path, path: Path = RESERVED) -> int:
     return len(added)
 
 
-def reserve_site_ports(cfg: SiteConfig) -> Reservation | None:
-    """`Reservation.reserve` of `site_ports(cfg)`, or None (logged, with the reason) if the host refuses."""
+def reserve_site_ports(cfg: SiteConfig, life: Lifecycle | None = None) -> Reservation | None:
+    """`Reservation.reserve` of `site_ports(cfg)`, or None (logged, with the reason) if the host refuses;
+    its release registered with `life` (a cleanup stop gives the ports back, a graceful one keeps them)."""
     ports = site_ports(cfg)
     try:
         res = Reservation.reserve(ports, cfg.state_dir)
@@ -145,4 +148,6 @@ def reserve_site_ports(cfg: SiteConfig) -> Reservation | None:
         return None
     log.info("reserved %d ports against ephemeral binds: %s", len(ports),
              render(ports) if len(runs(ports)) <= 6 else f"{len(runs(ports))} ranges")
+    if life is not None:
+        life.add("reserved ports", res.release, None, Thread.LOOP)
     return res
