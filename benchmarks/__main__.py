@@ -15,7 +15,8 @@ from benchmarks.common import OUT_DIR, pin_one_core
 
 ALL = ["bench_routing", "bench_monitor", "bench_failover", "bench_probe_overhead", "bench_agent_startup", "bench_relay",
        "bench_testbed",
-       "bench_sim_events", "bench_sim_100x3", "bench_sim_scale1000", "bench_swim", "bench_mesh", "bench_mesh_join"]
+       "bench_sim_events", "bench_sim_100x3", "bench_sim_scale1000", "bench_swim", "bench_mesh", "bench_mesh_join",
+       "bench_mesh_scale"]
 
 
 # run by name only, with their own arguments
