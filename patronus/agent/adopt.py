@@ -17,7 +17,10 @@ What is kept, and how it is marked as ours (`owner` = `patronus:s<site id>`):
 * The probe reflector (own session) in `state_dir/reflector.pid`, so the peers' probes keep being
   answered and the peers keep their paths to us Up while our agent is away.
 * `state_dir/dataplane.json` (`HostRecord`): how the kept kernel state is numbered (remote, policy and
-  path numbers in the marks) and the sysctls the agent changed, with their values before it.
+  path numbers in the marks), the sysctls the agent changed, with their values before it, and the
+  remotes mesh discovery had found (`learned`): the next agent starts with them, so their tunnels and
+  steering are adopted like a static remote's, and keeps them while its mesh node finds them again
+  (`meshdrive.MeshDriver`: a kept remote not confirmed within a sync period goes).
 Another site's leftovers are never taken: they carry another owner, another table name, and live in
 another state directory. An interface with one of our names but another owner (or none) is not ours:
 the agent refuses to start rather than touch it.
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import ipaddress
 import json
 import os
 import time
@@ -61,13 +65,73 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
-from patronus.agent.config import PATH_MARK_BASE, SLOT_MARK_BASE
+from patronus.agent.config import PATH_MARK_BASE, SLOT_MARK_BASE, EndpointConfig, RemoteConfig
+from patronus.agent.keys import key_bytes
 from patronus.agent.wireguard import FoundTunnel
 from patronus.core.errors import ConfigError
 
 RECORD_FILE = "dataplane.json"
 RECORD_VERSION = 1
 _SLOT_MASK = 0xFE000000          # both generations of slot marks
+
+
+def remote_doc(r: RemoteConfig) -> dict[str, Any]:
+    """A learned remote as the record keeps it (its probe secret is the site's: learned remotes have none)."""
+    return {"name": r.name, "id": r.id, "number": r.number, "public_key": r.public_key, "prefixes": list(r.prefixes),
+            "endpoints": [{"uplink": e.uplink, "uplink_no": e.uplink_no, "address": e.address} for e in r.endpoints]}
+
+
+def remote_of(doc: Any, where: str) -> RemoteConfig:
+    """`remote_doc`'s inverse; ConfigError naming each bad field."""
+    errs: list[tuple[str, str]] = []
+    if not isinstance(doc, dict):
+        raise ConfigError(f"expected an object, got {type(doc).__name__}", where)
+    name: Any = doc.get("name")
+    sid: Any = doc.get("id")
+    number: Any = doc.get("number")
+    key: Any = doc.get("public_key")
+    pfx: tuple[str, ...] = ()
+    if not isinstance(name, str) or not name:
+        errs.append((f"{where}.name", f"expected a site name, got {name!r}"))
+    for fld, v, hi in (("id", sid, 4000), ("number", number, 0xFF)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
+            errs.append((f"{where}.{fld}", f"expected an integer 1..{hi}, got {v!r}"))
+    if not isinstance(key, str):
+        errs.append((f"{where}.public_key", f"expected a WireGuard public key, got {key!r}"))
+    else:
+        try:
+            key_bytes(key, f"{where}.public_key")
+        except ConfigError as exc:
+            errs += exc.errors
+    prefixes = doc.get("prefixes")
+    try:
+        if not isinstance(prefixes, list) or not prefixes:
+            raise ValueError("expected a list of prefixes")
+        pfx = tuple(str(ipaddress.ip_network(p)) for p in prefixes)
+    except (TypeError, ValueError) as exc:
+        errs.append((f"{where}.prefixes", str(exc)))
+    eps: list[EndpointConfig] = []
+    raw = doc.get("endpoints")
+    if not isinstance(raw, list) or not raw:
+        errs.append((f"{where}.endpoints", "expected a list of endpoints"))
+    else:
+        for j, e in enumerate(raw):
+            try:
+                if not isinstance(e, dict) or not isinstance(e.get("uplink"), str) or not e["uplink"]:
+                    raise ValueError("expected {uplink, uplink_no, address}")
+                no = e.get("uplink_no")
+                if not isinstance(no, int) or isinstance(no, bool) or not 0 <= no <= 3:
+                    raise ValueError(f"uplink_no: expected 0..3, got {no!r}")
+                addr = e.get("address")
+                if not isinstance(addr, str):
+                    raise ValueError(f"address: expected an IP address, got {addr!r}")
+                eps.append(EndpointConfig(e["uplink"], no, str(ipaddress.ip_address(addr))))
+            except (TypeError, ValueError) as exc:
+                errs.append((f"{where}.endpoints[{j}]", str(exc)))
+    if errs:
+        raise ConfigError(errs)
+    return RemoteConfig(name=name, id=sid, public_key=key, prefixes=pfx, endpoints=tuple(eps), probe_secret=None,
+                        number=number, learned=True)
 
 
 @dataclass(frozen=True)
@@ -81,13 +145,15 @@ class HostRecord:
     policies: dict[str, int]             # policy name -> its number in slot marks (0x50..PP..)
     paths: dict[str, int]                # path id -> its number (marks 0x5A0000NN, slots 0x50....NN)
     sysctls: dict[str, str] = field(default_factory=dict)   # what the agent changed -> the value before
+    learned: tuple[RemoteConfig, ...] = ()     # mesh discovery's remotes, whose tunnels and steering are kept
     written_at: float = 0.0
 
     def save(self, state_dir: FsPath) -> None:
         path = state_dir / RECORD_FILE
         tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"version": RECORD_VERSION, **asdict(self), "written_at": time.time()},
-                                  indent=1, sort_keys=True) + "\n")
+        doc = {"version": RECORD_VERSION, **asdict(self), "written_at": time.time(),
+               "learned": [remote_doc(r) for r in self.learned]}
+        tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, path)
 
     @classmethod
@@ -124,11 +190,21 @@ class HostRecord:
         if not isinstance(sysctls, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                     for k, v in sysctls.items()):
             errs.append((f"{where}.sysctls", "expected sysctl keys mapped to their former values"))
+        learned = doc.get("learned", [])
+        kept: list[RemoteConfig] = []
+        if not isinstance(learned, list):
+            errs.append((f"{where}.learned", "expected a list of learned remotes"))
+        else:
+            for i, r in enumerate(learned):
+                try:
+                    kept.append(remote_of(r, f"{where}.learned[{i}]"))
+                except ConfigError as exc:
+                    errs += exc.errors
         if errs:
             raise ConfigError(errs)
         return cls(site=doc["site"], site_id=doc["site_id"], owner=doc["owner"], remotes=dict(doc["remotes"]),
                    policies=dict(doc["policies"]), paths=dict(doc["paths"]), sysctls=dict(sysctls),
-                   written_at=float(doc.get("written_at") or 0.0))
+                   learned=tuple(kept), written_at=float(doc.get("written_at") or 0.0))
 
     @staticmethod
     def remove(state_dir: FsPath) -> bool:

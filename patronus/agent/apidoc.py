@@ -273,6 +273,8 @@ class MeshState(_Open):
     send_errors: int
     apply_failures: int = Field(0, description="reconfigurations for learned peers the host refused (each is "
                                                "tried again: at the next change, or after a backoff of 1-30 s)")
+    kept: list[str] = Field([], description="remotes kept from the previous agent (graceful restart) that the "
+                                            "mesh has not confirmed yet; dropped if not found within a sync period")
 
 
 class TopologyLink(_Open):

@@ -565,10 +565,13 @@ def _path_plan(n: int, rm: RemoteConfig, up: UplinkConfig, ep: EndpointConfig, s
                     ifname=f"{if_prefix}{sid}p{n}", listen_port=listen_port, peer_port=peer_port)
 
 
-def with_remotes(cfg: SiteConfig, learned: Sequence[RemoteConfig]) -> SiteConfig:
+def with_remotes(cfg: SiteConfig, learned: Sequence[RemoteConfig], *,
+                 numbers: tuple[Mapping[str, int], Mapping[str, int]] | None = None) -> SiteConfig:
     """`cfg` with `learned` (mesh discovery's remotes) in place of the ones it learned before; the site
     file's remotes stay. Numbers are stable: a remote or path that stays keeps its number (its marks,
-    its tunnel's name), a new one takes the lowest free. ConfigError (nothing changed) when a learned
+    its tunnel's name), a new one takes the lowest free. `numbers` (remote name → number, path id →
+    number: an earlier agent's, from its dataplane record) are taken for learned remotes and their
+    paths where `cfg` gives none and the number is free. ConfigError (nothing changed) when a learned
     remote clashes with this site or another remote, or the numbers or ports run out."""
     errs = Errors()
     static = [r for r in cfg.remotes if not r.learned]
@@ -576,6 +579,14 @@ def with_remotes(cfg: SiteConfig, learned: Sequence[RemoteConfig]) -> SiteConfig
     ids = {r.id for r in static} | {cfg.id}
     kept = {p.id: p.number for p in cfg.paths}
     remote_nos = {r.name: r.number for r in cfg.remotes}
+    if numbers is not None:
+        wanted_names = {r.name for r in learned} - {r.name for r in cfg.remotes}
+        for name, rno in numbers[0].items():
+            if name in wanted_names and rno not in remote_nos.values():
+                remote_nos[name] = rno
+        for pid, pno in numbers[1].items():
+            if pid.split(":", 1)[0] in wanted_names and PathId(pid) not in kept and pno not in kept.values():
+                kept[PathId(pid)] = pno
     used_r = {r.number for r in static}
     out = list(static)
     for i, rm in enumerate(learned):

@@ -176,6 +176,8 @@ class Agent:
         mesh = MeshDriver.prepare(self, cfg.mesh) if cfg.mesh is not None else None   # checked before building
         self.token = cfg.api_token or keymod.load_or_create_token(cfg.api_token_file)
         record = self._dataplane_record()
+        if record is not None and record.learned and mesh is not None:
+            self.learned.keep(record)
         self._load_policies(store, record)
         built = await self.dataplane.build(private, record, self.router.list_policies())
         await self._start_probing(built)
@@ -224,9 +226,7 @@ class Agent:
         pidfile.write_text(f"{os.getpid()}\n{start_ticks(os.getpid()) or ''}\n")
         unlink = functools.partial(pidfile.unlink, missing_ok=True)
         self.life.add("pidfile", unlink, unlink, Thread.LOOP)
-        reserved = reserve_site_ports(cfg)       # before any socket of ours binds port 0 (patronus.agent.ports)
-        if reserved is not None:
-            self.life.add("reserved ports", reserved.release, None, Thread.LOOP)
+        reserve_site_ports(cfg, self.life)       # before any socket of ours binds port 0 (patronus.agent.ports)
 
     def _open_store(self) -> Store:
         self.cfg.database.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -196,7 +196,8 @@ class Dataplane:
         sysctls = self.steering.sysctls_changed if self.steering is not None else {}
         try:
             HostRecord(site=self.cfg.name, site_id=self.cfg.id, owner=self.cfg.owner, remotes=dict(n.remotes),
-                       policies=dict(n.policies), paths=dict(n.paths), sysctls=sysctls).save(self.cfg.state_dir)
+                       policies=dict(n.policies), paths=dict(n.paths), sysctls=sysctls,
+                       learned=tuple(r for r in self.cfg.remotes if r.learned)).save(self.cfg.state_dir)
         except OSError as exc:
             log.error("cannot write the dataplane record in %s: %s (a next agent would not keep its slots)",
                       self.cfg.state_dir, exc)

@@ -16,6 +16,8 @@ reconfiguration at a time; the agent's stop waits for the one in flight):
 Numbers stay: a remote or path that stays keeps its number (its marks, its tunnel's name), a new one takes
 the lowest free (`config.with_remotes`), so the kernel state of the others is untouched.
 
+`keep(record)`, at start: the remotes an earlier agent had learned, from its dataplane record (graceful restart).
+
 `warm(path)`: a path came Up; the tunnel's handshake is started if it has none (see its docstring).
 """
 
@@ -30,8 +32,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from patronus.agent.adopt import HostRecord
 from patronus.agent.config import RemoteConfig, SiteConfig, with_remotes
+from patronus.agent.dataplane import Dataplane
+from patronus.agent.numbering import KernelNumbers
 from patronus.agent.steering import forget_remote
+from patronus.core.errors import ConfigError
 from patronus.core.model import Endpoint, EndpointId, PathId, Site, SiteId
 
 log = logging.getLogger("patronus.agent")
@@ -47,6 +53,26 @@ class Learned:
         self.agent = agent
         self.pump = pump
         self.lock = asyncio.Lock()
+
+    def keep(self, record: HostRecord) -> None:
+        """At start: the remotes the previous agent had learned (its dataplane record), numbered as it
+        numbered them, so their tunnels and steering are adopted as they are (the mesh driver keeps them
+        while its node finds them again: `MeshDriver.start`). Ones that no longer fit the site file are
+        left out, and their tunnels go like any the site no longer has."""
+        a = self.agent
+        try:
+            cfg = with_remotes(a.cfg, record.learned, numbers=(record.remotes, record.paths))
+        except ConfigError as exc:
+            log.warning("not keeping the learned remotes of the dataplane record: %s", exc)
+            return
+        now = time.monotonic()
+        for r in cfg.remotes:
+            if r.learned:
+                a.runtime.add_remote(r.name, r.prefixes, [], now)      # its paths come with the others
+        a.cfg = cfg
+        a.numbers = KernelNumbers(cfg)
+        a.dataplane = Dataplane(cfg, a.numbers, a.life)
+        log.info("kept the learned remotes %s from the dataplane record", ", ".join(r.name for r in record.learned))
 
     async def apply(self, learned: Sequence[RemoteConfig]) -> None:
         """Make the agent's learned remotes `learned` (see the module's header)."""

@@ -45,7 +45,17 @@ from patronus.core import identity as ident
 from patronus.core.announce import Announcement, Endpoint
 from patronus.core.errors import ConfigError
 from patronus.core.events import Event
-from patronus.core.meshnode import MeshIdentity, MeshNode, MeshOptions, Output, PeerChanged, PeerDown, PeerUp, Transmit
+from patronus.core.meshnode import (
+    MeshIdentity,
+    MeshNode,
+    MeshOptions,
+    Output,
+    PeerChanged,
+    PeerDown,
+    PeerUp,
+    Transmit,
+    kept_for,
+)
 
 log = logging.getLogger("patronus.agent")
 
@@ -111,6 +121,7 @@ class MeshDriver:
         self.node: MeshNode | None = None
         self.socks: list[socket.socket] = []
         self.want: dict[str, RemoteConfig] = {}
+        self.kept: set[str] = set()             # kept from the previous agent, not yet found again
         self._changed = asyncio.Event()
         self.settled = asyncio.Event()          # the first peers applied (or none to wait for: no seeds)
         self._task: asyncio.Task[Any] | None = None
@@ -147,10 +158,22 @@ class MeshDriver:
         except Exception:
             self.close()
             raise
+        # the remotes kept from the previous agent (`Agent._keep_learned`): wanted until the node says
+        # otherwise, or until a sync period passes without the node finding them (`_expire_kept`)
+        self.want = {r.name: r for r in cfg.remotes if r.learned}
+        self.kept = set(self.want)
+        if self.kept:
+            loop.call_later(kept_for(m.swim), self._expire_kept)
         self._task = loop.create_task(self._reconcile(), name="patronus-mesh")
-        if not m.seeds:
-            self.settled.set()
-        self.perform(self.node.start([f"{a}:{p}" for a, p in m.seeds], now))
+        if not m.seeds or self.kept:
+            self.settled.set()          # nothing to wait for, or the peers are there already
+        # a restarted agent asks its kept peers too (at the organisation's mesh port): they are the likeliest
+        # live members, and a site that is its mesh's only seed would otherwise wait for a peer that may
+        # have declared it failed meanwhile
+        seeds = [f"{a}:{p}" for a, p in m.seeds]
+        for r in sorted(self.want.values(), key=lambda r: r.name):
+            seeds += [f"[{e.address}]:{m.port}" if ":" in e.address else f"{e.address}:{m.port}" for e in r.endpoints]
+        self.perform(self.node.start(list(dict.fromkeys(seeds)), now))
 
     def leave(self) -> None:
         """Say that this site leaves the mesh (best effort: the datagrams go out now, once)."""
@@ -206,6 +229,7 @@ class MeshDriver:
             elif isinstance(o, PeerUp | PeerChanged):
                 self._want(o.site, learned_remote(o.announcement))
             elif isinstance(o, PeerDown):
+                self.kept.discard(o.site)
                 if self.want.pop(o.site, None) is not None:
                     self._changed.set()
             elif isinstance(o, Event):
@@ -214,10 +238,24 @@ class MeshDriver:
                 self.agent.store_events([ev])
         self._arm()
 
+    def _expire_kept(self) -> None:
+        """Kept remotes the node has not found again: gone (their tunnels and steering with them)."""
+        stale = sorted(self.kept)
+        self.kept.clear()
+        if stale and not self.closed:
+            log.info("mesh: kept remotes not found again within %.0f s: %s", kept_for(self.m.swim), ", ".join(stale))
+            for name in stale:
+                self.want.pop(name, None)
+            self._changed.set()
+
     def _want(self, site: str, remote: RemoteConfig) -> None:
         if any(r.name == site and not r.learned for r in self.agent.cfg.remotes):
             return          # the site file's remote wins
-        if self.want.get(site) != remote:
+        self.kept.discard(site)
+        have = self.want.get(site)
+        if have is not None and dataclasses.replace(have, number=remote.number) == remote:
+            self.want[site] = remote        # the same remote (a kept one found again): nothing to change
+        elif have != remote:
             self.want[site] = remote
             self._changed.set()
 
@@ -306,12 +344,12 @@ class MeshDriver:
         node = self.node
         if node is None:
             return {"members": [], "rejected": {}, "refused_announcements": {}, "sent": 0, "send_errors": 0,
-                    "apply_failures": 0}
+                    "apply_failures": 0, "kept": sorted(self.kept)}
         peers = set(node.peers())
         return {"members": [{"site": name, "site_id": a.site_id, "peer": name in peers,
                              "endpoints": [f"{e.address}:{e.port}" for e in a.endpoints]}
                             for name, a in sorted(node.members().items())],
                 "rejected": dict(node.rejected), "refused_announcements": dict(node.gate.rejected),
                 "revocations": node.rl_sequence, "sent": self.sent, "send_errors": self.send_errors,
-                "apply_failures": self.apply_failures}
+                "apply_failures": self.apply_failures, "kept": sorted(self.kept)}
 

@@ -132,6 +132,14 @@ class MeshOptions:
     introduce_s: float | None = None  # None: 4 probe intervals plus the suspicion timeout's base
 
 
+def kept_for(swim: SwimConfig) -> float:
+    """How long a driver keeps the peers an earlier run of its site had (a graceful restart keeps their
+    tunnels and steering) while its new node has not found them again: a push-pull sync period (by then
+    the node has exchanged its whole membership with a peer), at least three join attempts. A kept peer
+    not found by then is removed as a `PeerDown` would remove it."""
+    return max(swim.sync_interval, 3 * swim.join_interval)
+
+
 class SignedHere:
     """The datagram signatures the nodes of this process made, for a driver that runs many nodes in one
     process (the simulator: every datagram its nodes receive, one of them signed). A datagram whose exact

@@ -12,6 +12,7 @@ import pytest
 
 from patronus.agent import config as cfgmod
 from patronus.agent.adopt import HostRecord, Numbering, TunnelAction, kept_maps, plan_tunnels
+from patronus.agent.config import EndpointConfig, RemoteConfig
 from patronus.agent.keys import generate_private_key, public_key
 from patronus.agent.steering import (
     FALLBACK_POLICY_NO,
@@ -193,6 +194,26 @@ def test_record_round_trip_and_removal(tmp_path: Path) -> None:
         (rec.site, rec.owner, rec.remotes, rec.policies, rec.paths, rec.sysctls)
     assert HostRecord.remove(tmp_path) and not HostRecord.remove(tmp_path)
     assert HostRecord.load(tmp_path) is None
+
+
+def test_record_keeps_the_learned_remotes_and_names_a_bad_one(tmp_path: Path) -> None:
+    key = public_key(generate_private_key())
+    br = RemoteConfig("br", 7, key, ("10.7.0.0/24", "fd00:7::/64"), (EndpointConfig("isp1", 0, "192.0.2.7"),
+                                                                    EndpointConfig("lte", 1, "2001:db8::7")),
+                      None, number=2, learned=True)
+    rec = HostRecord(site="hq", site_id=10, owner="patronus:s10", remotes={"br": 2}, policies={},
+                     paths={"br:isp1-isp1": 1}, learned=(br,))
+    rec.save(tmp_path)
+    back = HostRecord.load(tmp_path)
+    assert back is not None and back.learned == (br,)
+    doc = json.loads((tmp_path / "dataplane.json").read_text())
+    doc["learned"][0].update(id=0, public_key="nope", prefixes=["10.7.0.0/33"])
+    doc["learned"][0]["endpoints"][1]["address"] = 7
+    (tmp_path / "dataplane.json").write_text(json.dumps(doc))
+    with pytest.raises(ConfigError) as info:
+        HostRecord.load(tmp_path)
+    fields = [f.split("dataplane.json.", 1)[-1] for f, _ in info.value.errors]
+    assert fields == ["learned[0].id", "learned[0].public_key", "learned[0].prefixes", "learned[0].endpoints[1]"]
 
 
 def test_a_bad_record_names_every_field(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from patronus.core import identity as ident
 from patronus.core.announce import Announcement, Endpoint, decode_announcement, sign_announcement
 from patronus.core.errors import ConfigError
 from patronus.core.mesh import Kind
+from patronus.core.meshnode import kept_for
 from patronus.core.swim import SwimConfig
 from tests.agent.test_config import site
 from tests.unit.meshlab import T0, Org, prefix_of, wg_key
@@ -146,6 +147,23 @@ def test_learned_remotes_take_the_lowest_free_numbers_and_keep_them(base: SiteCo
     assert again.remote("mm").number == 3
     assert sorted(n for k, (n, _) in numbers(again).items() if k.startswith("mm:")) == [7, 8, 9, 10]
     assert {k: v for k, v in numbers(again).items() if not k.startswith("mm:")} == numbers(gone)
+
+
+def test_learned_remotes_take_an_earlier_agents_numbers_where_they_are_free(base: SiteConfig) -> None:
+    """A restarted agent numbers the remotes it keeps as its predecessor did (its dataplane record), so
+    their tunnels (named by path number) and marks are adopted as they are."""
+    before = cfgmod.with_remotes(base, [remote("aa", 15, 15), remote("zz", 20, 20)])
+    gone = cfgmod.with_remotes(before, [remote("zz", 20, 20)])            # aa left: zz keeps 4 and its paths
+    record = ({r.name: r.number for r in gone.remotes}, {str(p.id): p.number for p in gone.paths})
+    fresh = cfgmod.with_remotes(base, [remote("zz", 20, 20)])
+    assert fresh.remote("zz").number == 3 and numbers(fresh) != numbers(gone)     # lowest free: renumbered
+    kept = cfgmod.with_remotes(base, [remote("zz", 20, 20)], numbers=record)
+    assert kept.remote("zz").number == gone.remote("zz").number and numbers(kept) == numbers(gone)
+    # a number the site file has taken since is not taken: the remote gets a free one
+    clash = ({"zz": 1}, {"zz:isp1-isp1": 1})
+    moved = cfgmod.with_remotes(base, [remote("zz", 20, 20)], numbers=clash)
+    assert moved.remote("zz").number == 3 and numbers(moved)["zz:isp1-isp1"][0] != 1
+    assert numbers(moved)["br:isp1-isp1"] == numbers(base)["br:isp1-isp1"]
 
 
 @pytest.mark.parametrize(("clash", "field"), [
@@ -307,3 +325,27 @@ def test_a_refused_reconfiguration_is_tried_again_without_a_membership_change(mo
     drv, learned = asyncio.run(run())
     assert learned.calls == 3 and learned.applied == ["ny"]
     assert drv.apply_failures == 2 and drv.settled.is_set()
+
+
+def _kept_driver(kept: list[RemoteConfig], swim: SwimConfig) -> meshdrive.MeshDriver:
+    cfg = cfgmod.with_remotes(cfgmod.from_dict(with_mesh()), kept)
+    agent = type("A", (), {"cfg": cfg, "learned": _FlakyLearned(fail=0)})()
+    drv = meshdrive.MeshDriver(agent, dataclasses.replace(cfg.mesh, swim=swim), None, None)  # type: ignore[arg-type]
+    drv.want = {r.name: r for r in cfg.remotes if r.learned}      # what `start` does, without sockets
+    drv.kept = set(drv.want)
+    return drv
+
+
+def test_a_kept_remote_found_again_changes_nothing_and_one_not_found_goes() -> None:
+    ny = meshdrive.learned_remote(announcement(Org(), "ny", 9, [("isp1", "192.0.2.9")]))
+    la = meshdrive.learned_remote(announcement(Org(), "la", 11, [("isp1", "192.0.2.11")]))
+    drv = _kept_driver([ny, la], SwimConfig())
+    drv._want("ny", ny)                       # the node found ny again: the same remote, no reconfiguration
+    assert not drv._changed.is_set() and drv.kept == {"la"}
+    drv._expire_kept()                        # a sync period later, la was not found: it goes
+    assert drv._changed.is_set() and set(drv.want) == {"ny"} and not drv.kept
+    assert kept_for(SwimConfig()) == 30.0
+    assert kept_for(SwimConfig(sync_interval=0, join_interval=2.0, join_max_backoff=30)) == 6.0
+    moved = dataclasses.replace(ny, endpoints=(EndpointConfig("isp1", 0, "192.0.2.99"),))
+    drv._want("ny", moved)                    # changed while we were away: reconfigured
+    assert drv.want["ny"] == moved and drv._changed.is_set()

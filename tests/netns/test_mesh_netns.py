@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import json
 import os
 import random
 import signal
@@ -25,6 +26,7 @@ import pytest
 
 from emulation.netns_lab import TwoSiteLab, wait_for
 from emulation.org import Org
+from emulation.udpflow import analyse
 from patronus.agent.config import MESH_PORT
 from patronus.agent.keys import load_signing_key, public_key
 from patronus.core import identity as ident
@@ -54,9 +56,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TwoSiteLab, 
             print(f"--- agent {s} log (tail) ---\n{text}")
 
 
-def start(lab: TwoSiteLab, org: Org, name: str, *, seed: str | None = None, revocations: bool = False) -> None:
+def start(lab: TwoSiteLab, org: Org, name: str, *, seed: str | None = None, revocations: bool = False,
+          cleanup: bool = True) -> None:
     seeds = [f"{lab.sites[seed].uplinks['isp1'][0]}:{MESH_PORT}"] if seed else []
-    lab.start_agent(name, mesh=org.mesh_section(name, seeds=seeds, revocations=revocations,
+    lab.start_agent(name, cleanup=cleanup, mesh=org.mesh_section(name, seeds=seeds, revocations=revocations,
                                                 extra={"timers": {"probe_interval": "500ms",
                                                                   "probe_timeout": "250ms"}}))
 
@@ -199,3 +202,67 @@ def test_a_peer_declared_dead_that_comes_back_gets_a_working_tunnel(lab: tuple[T
     wait_for(lambda: all(t > 0 for s in ("hq", "br") for t in lab_.handshakes(s)), 20,
              "a WireGuard handshake on every tunnel again")
     assert udp_echo(lab_, "br", "hq")
+
+
+def wg_pids(lab: TwoSiteLab, site: str) -> dict[str, int]:
+    """Tunnel → the pid of its wireguard-go (the agent's pid files)."""
+    out = {}
+    for f in lab.state_dir(site).glob("wg-*.pid"):
+        pid, ifname = f.read_text().split()[:2]
+        out[ifname] = int(pid)
+    return out
+
+
+@pytest.mark.parametrize("site", ["hq", "br"])
+def test_a_graceful_restart_keeps_the_learned_tunnels_and_the_flow(lab: tuple[TwoSiteLab, Org], site: str) -> None:
+    """A mesh site's agent restarts (SIGTERM, no cleanup, a new agent at once): it starts with the remotes
+    its predecessor had learned (the dataplane record), adopts their tunnels (the same wireguard-go
+    processes) and steering, and its node finds the peer again; nothing is removed, and a 1,000
+    packets/s flow across the restart loses no more than one probe window (the agents' `fast` profile: 1 s
+    of traffic), as a restart with static remotes does (tests/netns/test_agent_restart.py). hq is the
+    site without seeds (it waits for br's probes), br the one that joins through hq."""
+    lab_, org = lab
+    for s in ("hq", "br"):
+        lab_.stop_agent(s)
+    br = lab_.sites["br"]
+    org.site("br", br.id, public_key(br.private_key), [br.lan_prefix])
+    start(lab_, org, "hq", cleanup=False)
+    start(lab_, org, "br", seed="hq", cleanup=False)
+    for s in ("hq", "br"):
+        wait_for(lambda s=s: len(lab_.paths(s)) == 4 and lab_.all_up(s), 30, f"{s}: 4 learned paths Up")
+    before = wg_pids(lab_, site)
+    assert len(before) == 4
+    out = lab_.workdir / f"restart-{site}-{time.monotonic_ns()}.json"
+    ready = out.with_suffix(".ready")
+    recv = subprocess.Popen(["ip", "netns", "exec", lab_.sites["br"].host_ns, sys.executable, "-m",
+                             "emulation.udpflow", "recv", "--port", "5201", "--out", str(out), "--ready", str(ready),
+                             "--duration", "20"], stdout=subprocess.DEVNULL)
+    try:
+        wait_for(ready.exists, 10, "the receiver")
+        send = subprocess.Popen(["ip", "netns", "exec", lab_.sites["hq"].host_ns, sys.executable, "-m",
+                                 "emulation.udpflow", "send", "--to", f"{lab_.sites['br'].host_ip}:5201", "--rate",
+                                 "1000", "--duration", "8", "--sport", "35201"], stdout=subprocess.PIPE, text=True)
+        wait_for(lambda: any(f["dst_port"] == 5201 for f in lab_.api("hq", "/flows")), 10, "the flow steered")
+        assert lab_.stop_agent(site) == 0, lab_.agent_log(site)[-2000:]
+        spawned = time.time()
+        lab_.start_agent(site, cleanup=False, write=False)
+        wait_for(lambda: len(lab_.paths(site)) == 4 and lab_.all_up(site), 30, f"{site}'s restarted agent: 4 paths Up")
+        wait_for(lambda: topology(lab_, site)["mesh"]["kept"] == [], 30, f"{site}'s node finds its kept peer again")
+        sent = json.loads(send.communicate(timeout=60)[0])["sent"]
+    finally:
+        recv.terminate()
+        recv.wait(10)
+    lost = analyse(out, sent=sent).lost
+    print(f"{site}: {lost} packets lost of a 1000 packets/s flow across the restart")
+    assert wg_pids(lab_, site) == before, "the learned tunnels were built again, not adopted"
+    assert "kept the learned remotes" in lab_.agent_log(site)
+    other = "br" if site == "hq" else "hq"
+    for s in (site, other):
+        since = [e for e in lab_.api(s, "/events?limit=1000") if e["at"] >= spawned]
+        assert not [e for e in since if e["kind"] in ("PathRemoved", "SiteLeft", "PathAdded")], (s, since)
+    assert lost <= 1000
+    for s in ("hq", "br"):
+        lab_.stop_agent(s)
+        r = subprocess.run(["ip", "netns", "exec", lab_.sites[s].ns, sys.executable, "-m", "patronus.cli", "cleanup",
+                            "--config", str(lab_.sites[s].config_path)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr

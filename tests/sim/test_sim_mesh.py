@@ -118,8 +118,8 @@ def test_a_site_whose_certificate_is_not_good_never_gets_a_path(tmp_path: Path, 
                                                              issued_at=int(sim.wall(0.0)), serials=[cert.serial]))
         original = sim.start_mesh
 
-        def start_mesh(agent):          # type: ignore[no-untyped-def]
-            mesh = original(agent)
+        def start_mesh(agent, kept):          # type: ignore[no-untyped-def]
+            mesh = original(agent, kept)
             if mesh is not None and agent.name != "d":
                 mesh.node.set_revocations(rl, sim.wall(agent.env.now))
             return mesh
@@ -165,3 +165,50 @@ def test_mesh_join_passes_and_reports_its_join_and_convergence_times(tmp_path: P
     assert values["converged"] < 3.0, values
     report = (tmp_path / "report.md").read_text()
     assert "## Mesh" in report and "site_join s11" in report
+
+
+RESTART = """
+version: 1
+name: mesh-restart
+seed: 5
+duration: 16s
+backends: [sim]
+mesh:
+  topology: {kind: full-mesh}
+  seeds: [a]
+  timers: {probe_interval: 300ms, probe_timeout: 150ms, sync_interval: 6s}
+sites:
+  a: {uplinks: {isp1: {delay: 5ms}}, agent: {monitor: {profile: fast, interval: 100ms}}}
+  b: {uplinks: {isp1: {delay: 5ms}}, agent: {monitor: {profile: fast, interval: 100ms}}}
+  c: {uplinks: {isp1: {delay: 5ms}}, agent: {monitor: {profile: fast, interval: 100ms}}}
+traffic:
+  - {name: ab, type: voip, from: a, to: b}
+timeline:
+  - {at: 4s, action: agent_stop, site: a, note: a graceful restart of a begins}
+  - {at: 4.1s, action: agent_stop, site: c, cleanup: true, note: c fails while a is away}
+  - {at: 4.5s, action: agent_start, site: a}
+"""
+
+
+def test_a_graceful_restart_keeps_the_learned_peers_and_drops_one_not_found_again(tmp_path: Path) -> None:
+    """As the agent does (`Agent._keep_learned`, `MeshDriver`): a's restarted agent starts with the peers its
+    dataplane kept. b is found again by the new node and nothing about it changes; c failed while a was
+    away, is never found again, and goes `kept_for` (the sync period, 6 s) after a's start."""
+    from patronus.core.meshnode import kept_for
+    from patronus.core.swim import SwimConfig
+
+    sim = Simulation(parse(RESTART), tmp_path, "packet")
+    sim.run()
+    a = sim.agents["a"]
+    started = [e["at"] for e in a.events if e["kind"] == "AgentStarted"][-1]
+    assert started >= sim.wall(4.5)
+    after = [e for e in a.events if e["at"] >= started]
+    assert not [e for e in after if e.get("remote") == "b" and e["kind"] in ("PathRemoved", "PathAdded")], after
+    gone = [e["at"] - started for e in after if e["kind"] == "PathRemoved" and e["remote"] == "c"]
+    wait = kept_for(SwimConfig(sync_interval=6.0))
+    assert gone and all(wait <= g < wait + 0.5 for g in gone), gone
+    assert _paths(sim, "a") == {"b:isp1-isp1"} and _up(sim, "a")
+    mesh = a.mesh
+    assert mesh is not None and not mesh.kept
+    (flow,) = a.flows
+    assert flow.sent > 0 and all(flow.recv_ns), "the call from a to b lost packets across a's restart"

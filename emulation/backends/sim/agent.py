@@ -46,10 +46,12 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from emulation.backends.sim.clock import SimEnvironment
-from emulation.backends.sim.meshdrive import SimMesh
+from emulation.backends.sim.meshdrive import SimMesh, add_learned
 from emulation.backends.sim.network import PROBE_WIRE_BYTES, Network, SimOptions, SimPath
 from emulation.backends.sim.traffic import SimFlow
+from emulation.scenario.model import Site as ScenarioSite
 from patronus.agent.config import SiteConfig
+from patronus.core.announce import Announcement
 from patronus.core.events import AgentStarted, Event
 from patronus.core.model import PathId, SiteId
 from patronus.core.plan import LB_BUCKETS, SteeringPlan
@@ -78,7 +80,8 @@ class World(Protocol):
     def agents(self) -> Mapping[str, SimAgent]: ...
     def wall(self, t: float) -> float: ...
     def set_forwarding(self, site: str, now: float, on: bool) -> None: ...
-    def start_mesh(self, agent: SimAgent) -> SimMesh | None: ...
+    def start_mesh(self, agent: SimAgent, kept: list[str]) -> SimMesh | None: ...
+    def scenario_site(self, name: str) -> ScenarioSite: ...
 
 
 def _finite(v: Any) -> Any:
@@ -114,6 +117,7 @@ class SimAgent:
         for p in cfg.paths:
             self.paths[p.id] = net.path(p.id, cfg.name, p.uplink.name, p.remote, p.endpoint.uplink)
         self.mesh: SimMesh | None = None         # the running agent's mesh node (scenarios with a mesh)
+        self.learned: dict[str, Announcement] = {}   # the dataplane's learned remotes (kept across a graceful stop)
         self.flows: list[SimFlow] = []          # flows sent from this site
         self.events: list[dict[str, Any]] = []  # published, in order
         self.steering_changes = 0
@@ -151,6 +155,13 @@ class SimAgent:
         self.runtime = rt
         self.logic = rt.logic
         self._classifier = rt
+        # over a kept dataplane, the remotes the last agent had learned come back with it (their tunnels
+        # and steering were kept), as the agent's do (`Agent._keep_learned`); the mesh keeps them while its
+        # new node finds them again
+        kept = dict(self.learned) if adopting else {}
+        self.learned.clear()
+        for name, a in sorted(kept.items()):
+            add_learned(self, self.sim.scenario_site(self.name), name, a, now, kept=True)
         flows = sum(f.classified for f in self.flows)
         if adopting and self.plan is not None and flows:
             rt.adopt(self.plan.slots, now)      # the kernel steers as the last agent left it meanwhile
@@ -159,7 +170,7 @@ class SimAgent:
         self._publish_event(AgentStarted(at=now, site=cfg.name, paths=len(cfg.paths), wireguard_backend="none",
                                          steering=cfg.steering, adopted={"flows": flows} if adopting else None))
         self._pump(now)
-        self.mesh = self.sim.start_mesh(self)
+        self.mesh = self.sim.start_mesh(self, kept=sorted(kept))
 
     def stop(self, now: float, cleanup: bool = False) -> None:
         """SIGTERM: graceful (the dataplane stays) or, with `cleanup`, the dataplane goes too."""
@@ -184,6 +195,7 @@ class SimAgent:
             self.forwarding = False
             self.sim.set_forwarding(self.name, now, False)
             self.plan = None
+            self.learned.clear()
             for f in self.flows:
                 f.classified = False
                 f.slot = None

@@ -50,7 +50,7 @@ from emulation.rawfiles import (
     write_json,
     write_packets,
 )
-from emulation.scenario.model import Ramp, Scenario
+from emulation.scenario.model import Ramp, Scenario, Site
 from emulation.scenario.timeline import AgentStep, LinkStep, MembershipStep, Step, schedule
 from emulation.siteconf import (
     API_PORT,
@@ -192,12 +192,15 @@ class Simulation:
             self._forwarding_tables[site] = tr.StepTable(self.forwarding[site])
         return self._forwarding_tables[site]
 
-    def start_mesh(self, agent: SimAgent) -> SimMesh | None:
-        """The mesh node of an agent that starts (None without a mesh)."""
+    def start_mesh(self, agent: SimAgent, kept: list[str]) -> SimMesh | None:
+        """The mesh node of an agent that starts (None without a mesh); `kept`: the peers its dataplane kept."""
         if self.org is None or self._mesh_options is None:
             return None
         return SimMesh(agent, self.sc, self.org.identities[agent.name], self._mesh_options, agent.publish_wall_event,
-                       self.org.signed_here)
+                       self.org.signed_here, kept)
+
+    def scenario_site(self, name: str) -> Site:
+        return self.sc.site(name)
 
     def set_forwarding(self, site: str, now: float, on: bool) -> None:
         hist = self.forwarding[site]

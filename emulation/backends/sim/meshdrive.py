@@ -29,7 +29,7 @@ import base64
 import hashlib
 import ipaddress
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from emulation.backends.sim.clock import SimEnvironment
 from emulation.backends.sim.network import FROM_CORE, IPV4_BYTES, TO_CORE, UDP_BYTES, Network, SimPath
 from emulation.backends.sim.traffic import SimFlow
-from emulation.scenario.model import Mesh, Scenario
+from emulation.scenario.model import Mesh, Scenario, Site
 from emulation.siteconf import uplink_addresses
 from patronus.core import identity as ident
 from patronus.core.announce import Announcement, Endpoint
@@ -52,6 +52,7 @@ from patronus.core.meshnode import (
     PeerUp,
     SignedHere,
     Transmit,
+    kept_for,
 )
 from patronus.core.model import EndpointId, Path, PathId, SiteId
 from patronus.core.runtime import SiteRuntime
@@ -74,6 +75,7 @@ class _Agent(Protocol):
     runtime: SiteRuntime | None
     paths: dict[PathId, SimPath]
     flows: list[SimFlow]
+    learned: dict[str, Announcement]        # the dataplane's learned remotes (kept across a graceful stop)
 
     @property
     def sim(self) -> _World: ...
@@ -140,7 +142,8 @@ class SimMesh:
     the agent (a new process, a new node), dropped at its stop."""
 
     def __init__(self, agent: _Agent, scenario: Scenario, identity: MeshIdentity, options: MeshOptions,
-                 publish: Callable[[Event], None], signed_here: SignedHere | None = None) -> None:
+                 publish: Callable[[Event], None], signed_here: SignedHere | None = None,
+                 kept: Iterable[str] = ()) -> None:
         self.agent = agent
         self.sim = agent.sim
         self.sc = scenario
@@ -157,8 +160,17 @@ class SimMesh:
         self._token = 0
         self._timer_at: float | None = None
         self.alive = True
+        # peers an earlier run of this agent had, kept with the dataplane (`SimAgent.start` put them back
+        # in the runtime): kept until the node finds them again, at most `kept_for`
+        self.kept = set(kept)
+        self._kept_token = 0
+        if self.kept:
+            agent.env.later(kept_for(options.swim), self._expire_kept, self._kept_token)
         assert scenario.mesh is not None
+        # a restarted agent asks its kept peers too: they are the likeliest live members, and a site that is
+        # its mesh's only seed would otherwise wait for a peer that may have declared it failed meanwhile
         seeds = [s for s in scenario.mesh.seeds if s != agent.name]
+        seeds += [s for s in sorted(self.kept) if s not in seeds]
         self.perform(self.node.start(seeds, wall))
 
     # -- the node's outputs -------------------------------------------------------------------------------
@@ -171,9 +183,19 @@ class SimMesh:
             if isinstance(o, Transmit):
                 self._transmit(o.to, o.data)
             elif isinstance(o, PeerUp):
+                rt = agent.runtime
+                if o.site in self.kept and rt is not None and SiteId(o.site) in rt.remotes:
+                    self.kept.discard(o.site)       # found again: as kept, unless it changed meanwhile
+                    if self._paths_of(o.site, o.announcement) != \
+                            {p.id for p in rt.paths.values() if p.dst_site == o.site}:
+                        self._remove(o.site, now)
+                        self._add(o.site, o.announcement, now)
+                        changed = True
+                    continue
                 self._add(o.site, o.announcement, now)
                 changed = True
             elif isinstance(o, PeerDown):
+                self.kept.discard(o.site)
                 self._remove(o.site, now)
                 changed = True
             elif isinstance(o, PeerChanged):
@@ -204,26 +226,22 @@ class SimMesh:
         return {_path_id(remote, u.name, e.uplink) for u in self.site.uplinks for e in a.endpoints}
 
     def _add(self, remote: str, a: Announcement, now: float) -> None:
-        agent = self.agent
-        rt = agent.runtime
-        if rt is None:
+        add_learned(self.agent, self.site, remote, a, now)
+
+    def _expire_kept(self, token: int) -> None:
+        """Kept peers the node has not found again within `kept_for`: removed, as a PeerDown would."""
+        if token != self._kept_token or not self.alive or not self.kept:
             return
-        net = self.sim.net
-        paths: list[Path] = []
-        for up in self.site.uplinks:
-            for e in a.endpoints:
-                pid = _path_id(remote, up.name, e.uplink)
-                if pid not in agent.paths:
-                    agent.paths[pid] = net.path(pid, agent.name, up.name, remote, e.uplink)
-                bw = up.bandwidth_bps / 1e6 if up.bandwidth_bps else None
-                paths.append(Path(id=pid, src_site=SiteId(agent.name), dst_site=SiteId(remote),
-                                  src_endpoint=EndpointId(f"{agent.name}:{up.name}"),
-                                  dst_endpoint=EndpointId(f"{remote}:{e.uplink}"), cost_per_gb=up.cost_per_gb,
-                                  bandwidth_mbps=bw))
-        rt.add_remote(remote, [str(p) for p in a.prefixes], paths, now)
+        now = self.agent.env.now
+        for name in sorted(self.kept):
+            self._remove(name, now)
+        self.kept.clear()
+        if self.agent.runtime is not None:
+            self.agent.pump_now(now)
 
     def _remove(self, remote: str, now: float) -> None:
         agent = self.agent
+        agent.learned.pop(remote, None)
         rt = agent.runtime
         if rt is None or SiteId(remote) not in rt.remotes:
             return
@@ -272,3 +290,30 @@ class SimMesh:
         now = max(self.agent.env.now, at)
         self.perform(self.node.on_timer(self.sim.wall(now)))
 
+
+def add_learned(agent: _Agent, site: Site, remote: str, a: Announcement, now: float, *, kept: bool = False) -> None:
+    """The paths to a peer (the site's uplinks × its endpoints) into the agent's runtime, and the peer
+    into its dataplane's learned remotes (kept across a graceful restart). `kept`: a peer the dataplane
+    kept across a restart, whose paths exist already (no `PathAdded`, as the agent adopts them)."""
+    rt = agent.runtime
+    if rt is None:
+        return
+    agent.learned[remote] = a
+    net = agent.sim.net
+    paths: list[Path] = []
+    for up in site.uplinks:
+        for e in a.endpoints:
+            pid = _path_id(remote, up.name, e.uplink)
+            if pid not in agent.paths:
+                agent.paths[pid] = net.path(pid, agent.name, up.name, remote, e.uplink)
+            bw = up.bandwidth_bps / 1e6 if up.bandwidth_bps else None
+            paths.append(Path(id=pid, src_site=SiteId(agent.name), dst_site=SiteId(remote),
+                              src_endpoint=EndpointId(f"{agent.name}:{up.name}"),
+                              dst_endpoint=EndpointId(f"{remote}:{e.uplink}"), cost_per_gb=up.cost_per_gb,
+                              bandwidth_mbps=bw))
+    if kept:
+        rt.add_remote(remote, [str(p) for p in a.prefixes], [], now)
+        for path in paths:
+            rt.add_path(path, now)
+    else:
+        rt.add_remote(remote, [str(p) for p in a.prefixes], paths, now)
