@@ -27,6 +27,7 @@ from emulation.netns_lab import TwoSiteLab, wait_for
 
 RESTARTS = 12          # graceful restarts measured (alternating sites)
 FRESH = 4              # fresh starts measured
+AGENT_NICE = -5        # emulation.backends.mininet.procs.AGENT_NICE
 
 
 def _settled(lab: TwoSiteLab, site: str) -> bool:
@@ -41,7 +42,7 @@ def _start_up(lab: TwoSiteLab, site: str, fresh: bool) -> float:
         if r.returncode != 0:
             raise RuntimeError(f"patronus cleanup failed: {r.stdout}{r.stderr}")
     spawned = time.time()
-    lab.start_agent(site, cleanup=False, write=False)
+    lab.start_agent(site, cleanup=False, write=False, nice=AGENT_NICE)
     wait_for(lambda: _settled(lab, site), 60, f"{site}'s agent settled")
     started = float(max(e["at"] for e in lab.api(site, "/events?limit=1000") if e["kind"] == "AgentStarted"))
     adopted = lab.api(site, "/site")["adopted"]
@@ -59,7 +60,7 @@ def main() -> list[dict[str, Any]]:
         try:
             lab.build()
             for s in ("hq", "br"):
-                lab.start_agent(s, cleanup=False)
+                lab.start_agent(s, cleanup=False, nice=AGENT_NICE)
             lab.wait_ready()
             check_identity(lab)
             adopting = [_start_up(lab, ("hq", "br")[i % 2], fresh=False) for i in range(RESTARTS)]

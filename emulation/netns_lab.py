@@ -13,12 +13,6 @@ agent left a dataplane behind (a graceful stop, a kill -9: its wireguard-go and 
 outlive it). `build()` runs in try/except: a failed build tears down what it made before re-raising.
 Agents start with `--cleanup` (they remove everything on SIGTERM) unless `start_agent(cleanup=False)`.
 
-Scheduling, as the test-bed's runner does it (`emulation.backends.mininet.procs`): the reflectors run
-SCHED_FIFO (`probe.realtime_priority`), the agents at nice -5. Both sites share this host's two cores
-where in the world each is a box of its own; with the reflector at the default class, one agent's
-start (a Python process importing for ~0.6 s of CPU) delayed the other site's probe replies past the
-`fast` profile's 60 ms detection, so a restarted agent could see a healthy path Down.
-
 Used by the agent's integration tests and the failover-gap benchmark; also a way to try two agents
 by hand (`python -m emulation.netns_lab up`, see the README).
 """
@@ -39,7 +33,6 @@ from typing import Any
 import yaml
 
 from emulation import runs
-from emulation.backends.mininet.procs import AGENT_NICE, RT_REFLECTOR
 from emulation.siteconf import API_PORT, RemoteEntry, UplinkEntry, site_file
 from emulation.wait import wait_for as _wait_for
 from patronus.agent.keys import generate_private_key, public_key
@@ -230,7 +223,7 @@ class TwoSiteLab:
         return site_file(name, me.id, [me.lan_prefix], uplinks, [remote] if self.static_remotes else [],
                          agents_dir=self.workdir,
                          api_listen=f"{me.mgmt_ip}:{API_PORT}", token=TOKEN, probe_secret=SECRET,
-                         probe_realtime=RT_REFLECTOR, lan_interfaces=["lan0"], state_dir=self.state_dir(name),
+                         lan_interfaces=["lan0"], state_dir=self.state_dir(name),
                          settings={"monitor": "fast", "router": {"failback_hold": "3s", "failover_cooldown": "1s"},
                                    **overrides})
 
@@ -247,7 +240,7 @@ class TwoSiteLab:
         me.config_path = path
         return path
 
-    def start_agent(self, name: str, *, cleanup: bool = True, write: bool = True, nice: int = AGENT_NICE,
+    def start_agent(self, name: str, *, cleanup: bool = True, write: bool = True, nice: int = 0,
                     **overrides: Any) -> subprocess.Popen[bytes]:
         """Start `name`'s agent (`cleanup`: with --cleanup; `write`: write its site file first, with
         `overrides`, else run on the file as it is; `nice`: its scheduling priority, as the test-bed's
