@@ -102,12 +102,20 @@ class Reservation:
         record = state_dir / RECORD
         ours = _recorded(record) & before          # an earlier agent's of this site, still reserved
         res = cls((ports - before) | ours, record, path)
-        if res.added:
+        old = record.read_text() if record.exists() else None
+        if res.added:           # recorded first: a crash right after the write below still knows its ports
             record.write_text(render(res.added) + "\n")
-        if ports - before:
-            path.write_text(render(before | ports) + "\n")
-            if not ports <= parse(path.read_text()):
-                raise OSError(f"{path} did not take the reservation")
+        try:
+            if ports - before:
+                path.write_text(render(before | ports) + "\n")
+                if not ports <= parse(path.read_text()):
+                    raise OSError(f"{path} did not take the reservation")
+        except (OSError, ValueError):
+            if old is None:         # nothing was changed: the record says so too
+                record.unlink(missing_ok=True)
+            else:
+                record.write_text(old)
+            raise
         return res
 
     def release(self) -> None:

@@ -95,3 +95,20 @@ def test_a_host_that_refuses_changes_nothing(tmp_path: Path) -> None:
     assert sysctl.read_text() == "garbage\n" and not (state / ports.RECORD).exists()
     with pytest.raises(OSError):
         ports.Reservation.reserve({40000}, state, tmp_path / "missing")
+
+
+
+def test_a_sysctl_write_the_host_refuses_leaves_no_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sysctl, state = tmp_path / "sysctl", tmp_path / "state"
+    state.mkdir()
+    sysctl.write_text("7\n")
+    real = Path.write_text
+
+    def refuse(self: Path, *a: object, **kw: object) -> int:
+        if self == sysctl:
+            raise PermissionError(13, "Permission denied")      # a read-only /proc/sys
+        return real(self, *a, **kw)  # type: ignore[arg-type]
+    monkeypatch.setattr(Path, "write_text", refuse)
+    with pytest.raises(OSError):
+        ports.Reservation.reserve({40000}, state, sysctl)
+    assert not (state / ports.RECORD).exists() and sysctl.read_text() == "7\n"
