@@ -158,7 +158,7 @@ class MeshDriver:
         except Exception:
             self.close()
             raise
-        # the remotes kept from the previous agent (`Agent._keep_learned`): wanted until the node says
+        # the remotes kept from the previous agent (`Learned.keep`): wanted until the node says
         # otherwise, or until a sync period passes without the node finding them (`_expire_kept`)
         self.want = {r.name: r for r in cfg.remotes if r.learned}
         self.kept = set(self.want)

@@ -191,7 +191,7 @@ timeline:
 
 
 def test_a_graceful_restart_keeps_the_learned_peers_and_drops_one_not_found_again(tmp_path: Path) -> None:
-    """As the agent does (`Agent._keep_learned`, `MeshDriver`): a's restarted agent starts with the peers its
+    """As the agent does (`Learned.keep`, `MeshDriver`): a's restarted agent starts with the peers its
     dataplane kept. b is found again by the new node and nothing about it changes; c failed while a was
     away, is never found again, and goes `kept_for` (the sync period, 6 s) after a's start."""
     from patronus.core.meshnode import kept_for

@@ -156,7 +156,7 @@ class SimAgent:
         self.logic = rt.logic
         self._classifier = rt
         # over a kept dataplane, the remotes the last agent had learned come back with it (their tunnels
-        # and steering were kept), as the agent's do (`Agent._keep_learned`); the mesh keeps them while its
+        # and steering were kept), as the agent's do (`Learned.keep`); the mesh keeps them while its
         # new node finds them again
         kept = dict(self.learned) if adopting else {}
         self.learned.clear()
